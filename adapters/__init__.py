@@ -1,0 +1,1 @@
+"""Speech -> LLM adapters, one file each, chosen by name from a registry."""

@@ -1,0 +1,1 @@
+"""User-facing front ends: the ``speechllm`` CLI, batch transcription, voice chat, fine-tuning."""

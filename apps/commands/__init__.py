@@ -1,0 +1,1 @@
+"""Subcommands of the ``speechllm`` console script, registered in ``speechllm.apps.cli``."""

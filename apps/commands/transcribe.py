@@ -1,0 +1,41 @@
+"""``speechllm transcribe FILES... [--output out.jsonl]``: batch speech-to-text."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "transcribe audio files, folders or globs (JSON lines with --output)"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="AUDIO", help="audio files, folders or globs")
+    parser.add_argument("--output", "-o", type=Path,
+                        help='JSON lines: one {"audio", "text", "segments", ...} object per input')
+    parser.add_argument("--model", default="whisper-tiny.en", help="zoo name, folder or Hugging Face id")
+    parser.add_argument("--batch-size", type=int, default=8, help="segments decoded together")
+    parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep finished rows of --output and transcribe only the rest")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no transcripts")
+
+
+def run(args: argparse.Namespace) -> int:
+    from speechllm.apps.batch import expand_inputs, run_batch
+    from speechllm.transcriber import WhisperTranscriber
+
+    if args.resume and not args.output:
+        raise ValueError("--resume needs --output")
+    inputs = expand_inputs(args.inputs)
+    if not inputs:
+        raise ValueError("no audio files found in the given inputs")
+    transcriber = WhisperTranscriber(args.model, device=args.device, beam_size=args.beam_size,
+                                     batch_size=args.batch_size)
+    summary = run_batch(transcriber, inputs, args.output, resume=args.resume,
+                        progress=not args.quiet, echo=not args.quiet)
+    if summary.failed or summary.skipped:
+        print(f"{summary.done} transcribed, {summary.failed} failed, {summary.skipped} already done",
+              file=sys.stderr)
+    return 1 if summary.failed else 0

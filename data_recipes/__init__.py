@@ -1,0 +1,1 @@
+"""Building speech corpora offline and importing common corpus layouts into manifests."""

@@ -1,0 +1,142 @@
+"""Speech → text with the Whisper baseline: any length, batched, with segment timestamps.
+
+Long recordings are streamed and cut into ≤ 30 s segments (``speechllm.segment``); segments of
+several files share one batch, so many short files and one long file both keep the model busy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechllm.audio import SAMPLE_RATE, AudioError, stream_audio
+from speechllm.segment import AudioSegment, segment_stream
+
+AudioSource = str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    segments: tuple[Segment, ...]
+    duration: float
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _segments_of(source: AudioSource, max_seconds: float) -> Iterator[AudioSegment]:
+    if isinstance(source, np.ndarray):
+        audio = np.asarray(source, dtype=np.float32)
+        if audio.ndim != 1 or audio.size == 0:
+            raise AudioError("<array>", "expected a non-empty 1-D float array at 16 kHz")
+        if not np.isfinite(audio).all():
+            raise AudioError("<array>", "audio contains NaN or Inf samples")
+        return segment_stream([audio], max_seconds)
+    return segment_stream(stream_audio(source), max_seconds)
+
+
+class WhisperTranscriber:
+    """Batch transcription with the project's own Whisper (greedy or beam search)."""
+
+    max_segment_seconds = 30.0
+
+    def __init__(self, model: str = "whisper-tiny.en", device: str | None = None,
+                 beam_size: int = 1, batch_size: int = 8, dtype: torch.dtype = torch.float32):
+        from speechllm.whisper import DecodingOptions, load_whisper
+        from speechllm.zoo import resolve
+
+        self.device = pick_device(device)
+        self.resolved = resolve(model)
+        self.model, self.tokenizer = load_whisper(self.resolved.path, device=self.device, dtype=dtype)
+        self.options = DecodingOptions(beam_size=beam_size)
+        self.batch_size = max(1, batch_size)
+
+    def decode_segments(self, segments: list[np.ndarray]) -> list[str]:
+        """Text of each ≤ 30 s segment, decoded as one batch."""
+        from speechllm.features import N_SAMPLES_30S, log_mel_spectrogram
+        from speechllm.whisper import decode
+
+        lengths = torch.tensor([len(s) for s in segments])
+        audio = torch.zeros(len(segments), int(lengths.max()))
+        for i, seg in enumerate(segments):
+            audio[i, : len(seg)] = torch.from_numpy(seg)
+        pad_to = N_SAMPLES_30S if self.options.pad_to_30s else None
+        mel, frames = log_mel_spectrogram(audio.to(self.device), lengths.to(self.device), pad_to=pad_to)
+        results = decode(self.model, self.tokenizer, mel, frames, self.options)
+        return [r.text.strip() for r in results]
+
+    def transcribe(self, source: AudioSource) -> Transcript:
+        result = next(self.transcribe_many([source]))[1]
+        if isinstance(result, AudioError):
+            raise result
+        return result
+
+    def transcribe_many(
+        self, sources: Iterable[AudioSource]
+    ) -> Iterator[tuple[AudioSource, Transcript | AudioError]]:
+        """Yield ``(source, Transcript or AudioError)`` in input order; bad files do not stop it."""
+        pending: list[tuple[int, AudioSegment]] = []
+        done: dict[int, list[tuple[AudioSegment, str]]] = {}
+        order: list[tuple[AudioSource, AudioError | None, int]] = []  # source, error, n segments
+
+        def flush() -> None:
+            texts = self.decode_segments([seg.audio for _, seg in pending])
+            for (idx, seg), text in zip(pending, texts, strict=True):
+                done.setdefault(idx, []).append((seg, text))
+            pending.clear()
+
+        def ready() -> Iterator[tuple[AudioSource, Transcript | AudioError]]:
+            while order:
+                source, error, count = order[0]
+                idx = len(finished)
+                if error is None and len(done.get(idx, [])) < count:
+                    return
+                order.pop(0)
+                finished.append(idx)
+                yield source, (error if error is not None else self._assemble(done.pop(idx, [])))
+
+        finished: list[int] = []
+        for idx, source in enumerate(sources):
+            count, error = 0, None
+            try:
+                for seg in _segments_of(source, self.max_segment_seconds):
+                    pending.append((idx, seg))
+                    count += 1
+                    if len(pending) >= self.batch_size:
+                        flush()
+                if count == 0:
+                    raise AudioError(source if not isinstance(source, np.ndarray) else "<array>",
+                                     "no audio samples (0 s)")
+            except AudioError as exc:
+                error = exc
+                pending[:] = [p for p in pending if p[0] != idx]
+                done.pop(idx, None)
+            order.append((source, error, count))
+            yield from ready()
+        if pending:
+            flush()
+        yield from ready()
+
+    @staticmethod
+    def _assemble(parts: list[tuple[AudioSegment, str]]) -> Transcript:
+        parts.sort(key=lambda p: p[0].start)
+        segments = tuple(Segment(round(s.start / SAMPLE_RATE, 3), round(s.end / SAMPLE_RATE, 3), t)
+                         for s, t in parts)
+        text = " ".join(s.text for s in segments if s.text)
+        duration = parts[-1][0].end / SAMPLE_RATE if parts else 0.0
+        return Transcript(text, segments, duration)

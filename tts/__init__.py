@@ -1,0 +1,1 @@
+"""Speech out: speech tokenizer, interleaved text-speech LM, flow matching, vocoder."""
