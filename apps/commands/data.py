@@ -1,0 +1,123 @@
+"""``speechllm data ACTION``: import corpus layouts into manifests, validate manifests.
+
+Actions live in :data:`ACTIONS` (name -> :class:`Action`); a new one (``synth``, ...) is
+one more entry. Problems go to stderr one per line, results to stdout; the exit code is 1
+whenever an item was left out or a row is bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+HELP = "build and check data manifests (import corpus layouts, validate)"
+
+
+@dataclass(frozen=True)
+class Action:
+    help: str
+    register: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    epilog: Callable[[], str] | None = None  # called only when the parser is built
+
+
+def _print_problems(problems: list[str]) -> None:
+    for line in problems:
+        print(line, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- import
+
+
+def _register_import(parser: argparse.ArgumentParser) -> None:
+    from speechllm.data_recipes.importers import IMPORTERS
+
+    from speechllm.manifest import TASKS
+
+    parser.add_argument("format", choices=list(IMPORTERS), metavar="FORMAT", help=", ".join(IMPORTERS))
+    parser.add_argument("src", type=Path, metavar="SRC", help="corpus folder, Kaldi data dir or TSV file")
+    parser.add_argument("--out", "-o", type=Path, required=True, metavar="OUT.jsonl", help="manifest path")
+    parser.add_argument("--task", default="asr", choices=list(TASKS), help="task of every row (default: asr)")
+    parser.add_argument("--lang", help="language of every row (overrides the corpus' own, e.g. a locale)")
+    parser.add_argument(
+        "--no-duration", dest="duration", action="store_false",
+        help="do not read audio headers for durations (files are still checked to exist)",
+    )
+    parser.add_argument(
+        "--clips", type=Path, metavar="DIR", help="commonvoice: clips folder (default: clips/ beside the TSV)"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _import_epilog() -> str:
+    from speechllm.data_recipes.importers import IMPORTERS
+
+    return "formats:\n" + "\n".join(f"  {name:<12} {imp.help}" for name, imp in IMPORTERS.items())
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from speechllm.data_recipes.importers import ImportOptions, import_corpus
+
+    from speechllm.manifest import summarize, write_manifest
+
+    opts = ImportOptions(
+        task=args.task, lang=args.lang, duration=args.duration, clips=args.clips, progress=not args.quiet
+    )
+    result = import_corpus(args.format, args.src, opts)
+    _print_problems(result.problems)
+    if not result.rows:
+        print(f"no usable rows in {args.src}; nothing written", file=sys.stderr)
+        return 1
+    write_manifest(args.out, result.rows)
+    print(f"wrote {args.out}: {summarize(result.rows).describe()}")
+    if result.problems:
+        print(f"{len(result.problems)} problem(s); those items were left out of {args.out}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- validate
+
+
+def _register_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", type=Path, metavar="MANIFEST", help="JSON-lines manifest")
+    parser.add_argument(
+        "--check-audio", action="store_true",
+        help="also open every audio header (missing, unreadable, empty files)",
+    )
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from speechllm.manifest import summarize, validate_manifest
+
+    rows, problems = validate_manifest(args.manifest, check_audio=args.check_audio)
+    _print_problems(problems)
+    print(f"{args.manifest}: {summarize(rows).describe()}")
+    if problems:
+        print(f"{len(problems)} bad row(s) in {args.manifest}", file=sys.stderr)
+        return 1
+    return 0
+
+
+ACTIONS: dict[str, Action] = {
+    "import": Action("import a corpus layout into a manifest", _register_import, _run_import, _import_epilog),
+    "validate": Action("check every row of a manifest (and its audio)", _register_validate, _run_validate),
+}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, action in ACTIONS.items():
+        sub_parser = sub.add_parser(
+            name, help=action.help, description=action.help, epilog=action.epilog and action.epilog(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        action.register(sub_parser)
+        sub_parser.set_defaults(_data_run=action.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._data_run(args) or 0)
