@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import soundfile as sf
-from speechllm.apps.batch import expand_inputs, run_batch
 
+from speechllm.apps.batch import expand_inputs, run_batch
 from speechllm.audio import AudioError, audio_info
 
 

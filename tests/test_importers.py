@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+
 from speechllm.apps import cli
 from speechllm.data_recipes.importers import IMPORTERS, ImportOptions, import_corpus
-
 from speechllm.manifest import read_manifest, write_manifest
 
 SR = 16_000

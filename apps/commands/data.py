@@ -34,7 +34,6 @@ def _print_problems(problems: list[str]) -> None:
 
 def _register_import(parser: argparse.ArgumentParser) -> None:
     from speechllm.data_recipes.importers import IMPORTERS
-
     from speechllm.manifest import TASKS
 
     parser.add_argument("format", choices=list(IMPORTERS), metavar="FORMAT", help=", ".join(IMPORTERS))
@@ -60,7 +59,6 @@ def _import_epilog() -> str:
 
 def _run_import(args: argparse.Namespace) -> int:
     from speechllm.data_recipes.importers import ImportOptions, import_corpus
-
     from speechllm.manifest import summarize, write_manifest
 
     opts = ImportOptions(
