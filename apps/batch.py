@@ -64,11 +64,38 @@ def append_line(handle, row: dict) -> None:
     os.fsync(handle.fileno())
 
 
+def shard(inputs: list[str], spec: str | None) -> list[str]:
+    """``i/n`` (0-based i): every n-th input starting at i, the same split on every machine."""
+    if not spec:
+        return inputs
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {spec!r}: expected i/n, e.g. 0/4") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"--shard {spec!r}: need 0 <= i < n")
+    return inputs[index::count]
+
+
 def run_batch(transcriber, inputs: list[str], output: Path | None, resume: bool = False,
-              progress: bool = True, echo: bool = True) -> BatchSummary:
-    """Transcribe ``inputs`` with any object offering ``transcribe_many`` (see WhisperTranscriber)."""
+              progress: bool = True, echo: bool = True, formats: tuple[str, ...] = (),
+              format_dir: Path | None = None) -> BatchSummary:
+    """Transcribe ``inputs`` with any object offering ``transcribe_many`` (see WhisperTranscriber).
+
+    ``formats`` (txt, srt, vtt) are written per input into ``format_dir`` (default: beside
+    ``output``).
+    """
+    import time
+
     from tqdm import tqdm
 
+    from speechllm.apps.subtitles import write_transcript
+
+    format_dir = format_dir or (output.parent if output else Path("."))
+    started, audio_seconds = time.perf_counter(), 0.0
+
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
     finished = read_finished(output) if (output and resume) else {}
     todo = [i for i in inputs if i not in finished]
     if output and not resume and output.exists():
@@ -87,11 +114,16 @@ def run_batch(transcriber, inputs: list[str], output: Path | None, resume: bool 
                        "segments": [{"start": s.start, "end": s.end, "text": s.text}
                                     for s in result.segments]}
                 done += 1
+                audio_seconds += result.duration
+                for fmt in formats:
+                    write_transcript(result, source, format_dir, fmt)
                 if echo:
                     print(f"{source}\t{result.text}" if len(inputs) > 1 else result.text)
             if handle:
                 append_line(handle, row)
             bar.update(1)
+            speed = audio_seconds / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"{audio_seconds / 3600:.2f} h audio, {speed:.1f}x real time")
     finally:
         bar.close()
         if handle:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechllm.audio import SAMPLE_RATE, AudioError, stream_audio
+from speechllm.audio import SAMPLE_RATE, AudioError, audio_info, stream_audio
 from speechllm.segment import AudioSegment, segment_stream
 
 AudioSource = str | Path | np.ndarray
@@ -39,15 +39,54 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _segments_of(source: AudioSource, max_seconds: float) -> Iterator[AudioSegment]:
+class Segmenter:
+    """Cuts one recording into ≤ 30 s pieces; ``fixed`` cuts at quiet points, ``vad`` keeps speech only."""
+
+    def __call__(self, blocks: Iterable[np.ndarray], max_seconds: float) -> Iterator[AudioSegment]:
+        raise NotImplementedError
+
+
+class FixedSegmenter(Segmenter):
+    def __call__(self, blocks, max_seconds):
+        return segment_stream(blocks, max_seconds)
+
+
+class VadSegmenter(Segmenter):
+    def __init__(self) -> None:
+        from speechllm.vad import SileroVAD
+
+        self.vad = SileroVAD()
+
+    def __call__(self, blocks, max_seconds):
+        from speechllm.vad import VadOptions, vad_segments
+
+        return vad_segments(blocks, self.vad, VadOptions(max_seconds=max_seconds))
+
+
+SEGMENTERS: dict[str, type[Segmenter]] = {"vad": VadSegmenter, "fixed": FixedSegmenter}
+
+
+def make_segmenter(name: str = "auto") -> Segmenter:
+    """``auto``: Silero VAD when its bundle is installed, else fixed-length cuts at quiet points."""
+    if name == "auto":
+        from speechllm.zoo import ZOO
+
+        name = "vad" if ZOO["silero-vad"].bundle.folder() is not None else "fixed"
+    if name not in SEGMENTERS:
+        raise ValueError(f"unknown segmenter {name!r} (choose from {', '.join(SEGMENTERS)})")
+    return SEGMENTERS[name]()
+
+
+def open_source(source: AudioSource) -> tuple[Iterable[np.ndarray], float]:
+    """Audio blocks of a file or array, and its duration in seconds."""
     if isinstance(source, np.ndarray):
         audio = np.asarray(source, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise AudioError("<array>", "expected a non-empty 1-D float array at 16 kHz")
         if not np.isfinite(audio).all():
             raise AudioError("<array>", "audio contains NaN or Inf samples")
-        return segment_stream([audio], max_seconds)
-    return segment_stream(stream_audio(source), max_seconds)
+        return [audio], len(audio) / SAMPLE_RATE
+    return stream_audio(source), audio_info(source).duration
 
 
 class WhisperTranscriber:
@@ -56,7 +95,8 @@ class WhisperTranscriber:
     max_segment_seconds = 30.0
 
     def __init__(self, model: str = "whisper-tiny.en", device: str | None = None,
-                 beam_size: int = 1, batch_size: int = 8, dtype: torch.dtype = torch.float32):
+                 beam_size: int = 1, batch_size: int = 8, dtype: torch.dtype = torch.float32,
+                 segmenter: str = "auto"):
         from speechllm.whisper import DecodingOptions, load_whisper
         from speechllm.zoo import resolve
 
@@ -65,6 +105,7 @@ class WhisperTranscriber:
         self.model, self.tokenizer = load_whisper(self.resolved.path, device=self.device, dtype=dtype)
         self.options = DecodingOptions(beam_size=beam_size)
         self.batch_size = max(1, batch_size)
+        self.segmenter = make_segmenter(segmenter)
 
     def decode_segments(self, segments: list[np.ndarray]) -> list[str]:
         """Text of each ≤ 30 s segment, decoded as one batch."""
@@ -92,7 +133,8 @@ class WhisperTranscriber:
         """Yield ``(source, Transcript or AudioError)`` in input order; bad files do not stop it."""
         pending: list[tuple[int, AudioSegment]] = []
         done: dict[int, list[tuple[AudioSegment, str]]] = {}
-        order: list[tuple[AudioSource, AudioError | None, int]] = []  # source, error, n segments
+        order: list[tuple[AudioSource, AudioError | None, int, float]] = []  # + n segments, duration
+        finished: list[int] = []
 
         def flush() -> None:
             texts = self.decode_segments([seg.audio for _, seg in pending])
@@ -102,41 +144,38 @@ class WhisperTranscriber:
 
         def ready() -> Iterator[tuple[AudioSource, Transcript | AudioError]]:
             while order:
-                source, error, count = order[0]
+                source, error, count, duration = order[0]
                 idx = len(finished)
                 if error is None and len(done.get(idx, [])) < count:
                     return
                 order.pop(0)
                 finished.append(idx)
-                yield source, (error if error is not None else self._assemble(done.pop(idx, [])))
+                parts = done.pop(idx, [])
+                yield source, (error if error is not None else self._assemble(parts, duration))
 
-        finished: list[int] = []
         for idx, source in enumerate(sources):
-            count, error = 0, None
+            count, error, duration = 0, None, 0.0
             try:
-                for seg in _segments_of(source, self.max_segment_seconds):
+                blocks, duration = open_source(source)
+                for seg in self.segmenter(blocks, self.max_segment_seconds):
                     pending.append((idx, seg))
                     count += 1
                     if len(pending) >= self.batch_size:
                         flush()
-                if count == 0:
-                    raise AudioError(source if not isinstance(source, np.ndarray) else "<array>",
-                                     "no audio samples (0 s)")
             except AudioError as exc:
                 error = exc
                 pending[:] = [p for p in pending if p[0] != idx]
                 done.pop(idx, None)
-            order.append((source, error, count))
+            order.append((source, error, count, duration))
             yield from ready()
         if pending:
             flush()
         yield from ready()
 
     @staticmethod
-    def _assemble(parts: list[tuple[AudioSegment, str]]) -> Transcript:
+    def _assemble(parts: list[tuple[AudioSegment, str]], duration: float) -> Transcript:
         parts.sort(key=lambda p: p[0].start)
         segments = tuple(Segment(round(s.start / SAMPLE_RATE, 3), round(s.end / SAMPLE_RATE, 3), t)
                          for s, t in parts)
         text = " ".join(s.text for s in segments if s.text)
-        duration = parts[-1][0].end / SAMPLE_RATE if parts else 0.0
         return Transcript(text, segments, duration)

@@ -73,3 +73,26 @@ def test_expand_folders_and_globs(tmp_path):
     assert expand_inputs([str(tmp_path / "in")]) == sorted(good + [bad])
     assert expand_inputs([str(tmp_path / "in" / "clip*.wav")]) == good
     assert expand_inputs(["as-given.wav"]) == ["as-given.wav"]
+
+
+def test_shard_splits_deterministically():
+    import pytest
+
+    from speechllm.apps.batch import shard
+
+    items = [f"f{i}.wav" for i in range(10)]
+    parts = [shard(items, f"{i}/3") for i in range(3)]
+    assert sorted(sum(parts, [])) == sorted(items) and parts[1] == ["f1.wav", "f4.wav", "f7.wav"]
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(ValueError, match="--shard"):
+            shard(items, bad)
+
+
+def test_subtitle_formats_written_beside_output(tmp_path):
+    good, _ = make_inputs(tmp_path)
+    out = tmp_path / "res" / "out.jsonl"
+    run_batch(FakeTranscriber(), good[2:], out, progress=False, echo=False, formats=("srt", "vtt", "txt"))
+    srt = (out.parent / "clip2.srt").read_text()
+    assert srt == "1\n00:00:00,000 --> 00:00:03,000\n3.0 seconds\n"
+    assert (out.parent / "clip2.vtt").read_text().startswith("WEBVTT\n\n00:00:00.000 --> 00:00:03.000\n")
+    assert (out.parent / "clip2.txt").read_text() == "3.0 seconds\n"
