@@ -26,6 +26,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", metavar="I/N", help="only every N-th input starting at I (0-based)")
     parser.add_argument("--segmenter", default="auto", choices=["auto", "vad", "fixed"],
                         help="long-audio segmentation: Silero VAD or fixed ≤30 s cuts at quiet points")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="run on a Ray cluster (ADDRESS, e.g. auto or ray://host:10001; "
+                             "no ADDRESS: a local Ray instance)")
+    parser.add_argument("--ray-workers", type=int, default=1, help="Ray actors, each holding one model")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no transcripts")
 
 
@@ -38,8 +42,14 @@ def run(args: argparse.Namespace) -> int:
     inputs = shard(expand_inputs(args.inputs), args.shard)
     if not inputs:
         raise ValueError("no audio files found in the given inputs")
-    transcriber = WhisperTranscriber(args.model, device=args.device, beam_size=args.beam_size,
-                                     batch_size=args.batch_size, segmenter=args.segmenter)
+    options = dict(model=args.model, device=args.device, beam_size=args.beam_size,
+                   batch_size=args.batch_size, segmenter=args.segmenter)
+    if args.ray:
+        from speechllm.apps.ray_backend import RayTranscriber
+
+        transcriber = RayTranscriber(args.ray, workers=args.ray_workers, **options)
+    else:
+        transcriber = WhisperTranscriber(**options)
     summary = run_batch(transcriber, inputs, args.output, resume=args.resume,
                         progress=not args.quiet, echo=not args.quiet, formats=tuple(args.format),
                         format_dir=args.format_dir)
