@@ -1,0 +1,111 @@
+"""ASR baseline: the project's Whisper vs faster-whisper on the same tiny.en weights.
+
+    .venv/bin/python benchmarks/asr_baseline.py --manifest corpora/asr/test.jsonl --limit 200
+
+Every system transcribes the same files in one run, with the same thread count; the table
+gives WER (normalised with speechllm.text_normalize) and real-time factor (wall time / audio
+time, audio decoding included, after one warm-up file). faster-whisper comes from the
+optional ``bench`` extra (``pip install -e '.[bench]'``) and is skipped when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from speechllm.manifest import read_manifest
+from speechllm.metrics import word_error_rate
+
+REPO = Path(__file__).resolve().parent.parent
+System = Callable[[list[str]], list[str]]
+
+
+def speechllm_whisper(args, dtype: torch.dtype) -> System:
+    from speechllm.transcriber import WhisperTranscriber
+
+    model = WhisperTranscriber(args.model, device="cpu", beam_size=args.beam_size,
+                               batch_size=args.batch_size, dtype=dtype)
+
+    def run(paths: list[str]) -> list[str]:
+        return [r.text if not isinstance(r, Exception) else "" for _, r in model.transcribe_many(paths)]
+
+    return run
+
+
+def faster_whisper(args) -> System:
+    from faster_whisper import WhisperModel
+
+    from speechllm.zoo import resolve
+
+    model = WhisperModel(str(resolve(args.model).path), device="cpu", compute_type="int8",
+                         cpu_threads=args.threads)
+
+    def run(paths: list[str]) -> list[str]:
+        out = []
+        for path in paths:
+            segments, _ = model.transcribe(path, beam_size=args.beam_size, language="en",
+                                           without_timestamps=True, vad_filter=False)
+            out.append(" ".join(s.text.strip() for s in segments))
+        return out
+
+    return run
+
+
+SYSTEMS: dict[str, Callable] = {
+    "speechllm-whisper fp32": lambda a: speechllm_whisper(a, torch.float32),
+    "speechllm-whisper bf16": lambda a: speechllm_whisper(a, torch.bfloat16),
+    "faster-whisper int8": faster_whisper,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", type=Path, default=REPO / "examples" / "manifest.jsonl")
+    parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    rows = read_manifest(args.manifest)
+    rows = rows[: args.limit] if args.limit else rows
+    paths, refs = [r.audio for r in rows], [r.text for r in rows]
+    audio_seconds = sum(r.duration or 0.0 for r in rows)
+    if not audio_seconds:
+        from speechllm.audio import audio_info
+
+        audio_seconds = sum(audio_info(p).duration for p in paths)
+
+    results = []
+    print(f"{len(rows)} files, {audio_seconds / 60:.1f} min of audio, {args.threads} threads, "
+          f"beam {args.beam_size}")
+    print("| system | WER | RTF | wall s |\n|---|---|---|---|")
+    for name in args.systems:
+        try:
+            system = SYSTEMS[name](args)
+        except ImportError as exc:
+            print(f"| {name} | skipped: {exc} | | |")
+            continue
+        system(paths[:1])  # warm-up
+        start = time.perf_counter()
+        hyps = system(paths)
+        wall = time.perf_counter() - start
+        wer = word_error_rate(refs, hyps)
+        results.append({"system": name, "wer": wer.rate, "rtf": wall / audio_seconds, "wall_s": wall,
+                        "files": len(rows), "audio_s": audio_seconds})
+        print(f"| {name} | {100 * wer.rate:.2f}% | {wall / audio_seconds:.3f} | {wall:.1f} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
