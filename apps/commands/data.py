@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-HELP = "build and check data manifests (import corpus layouts, validate)"
+HELP = "build and check data manifests (import corpus layouts, synthesize corpora, validate)"
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,21 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- synth
+
+
+def _register_synth(parser: argparse.ArgumentParser) -> None:
+    from speechllm.data_recipes.synth import register_synth
+
+    register_synth(parser)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from speechllm.data_recipes.synth import run_synth
+
+    return run_synth(args)
+
+
 # ---------------------------------------------------------------- validate
 
 
@@ -102,6 +117,7 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 ACTIONS: dict[str, Action] = {
     "import": Action("import a corpus layout into a manifest", _register_import, _run_import, _import_epilog),
+    "synth": Action("synthesize a corpus offline (asr, st, sqa, tts)", _register_synth, _run_synth),
     "validate": Action("check every row of a manifest (and its audio)", _register_validate, _run_validate),
 }
 
