@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "models": "speechllm.apps.commands.models",
     "transcribe": "speechllm.apps.commands.transcribe",
     "data": "speechllm.apps.commands.data",
+    "finetune": "speechllm.apps.commands.finetune",
 }
 
 

@@ -1,0 +1,136 @@
+"""The frozen parts of a speech-LLM: a speech encoder and a causal LM, each loaded by name.
+
+Encoders come from the :data:`ENCODERS` registry and share one interface
+(:class:`SpeechEncoder`): ``features(audio, lengths)`` turns padded 16 kHz audio into model
+input on the fly, ``forward(inputs, lengths) -> (hidden [B, T, D], mask [B, T])``.
+
+* ``whisper``: the project's own Whisper encoder (variable length, no 30 s padding);
+* ``hf``: a Hugging Face speech encoder through ``transformers.AutoModel`` (wav2vec2, HuBERT).
+
+:func:`load_backbone` loads the LLM: with ``quant`` set, through the project's low-bit loader
+(``speechllm.llm.load_llm``); otherwise with transformers, in fp32, from a folder or a GGUF
+file (dequantised), so that any Hugging Face causal LM with a chat template can serve.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from speechllm.zoo import resolve
+
+
+class SpeechEncoder(nn.Module):
+    dim: int
+    max_seconds: float | None = None  # longest input it takes (None: no limit)
+
+    def features(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class WhisperEncoder(SpeechEncoder):
+    max_seconds = 30.0
+
+    def __init__(self, encoder: nn.Module, n_mels: int):
+        super().__init__()
+        self.encoder, self.n_mels = encoder, n_mels
+        self.dim = encoder.ln_post.normalized_shape[0]
+
+    def features(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        from speechllm.features import log_mel_spectrogram
+
+        return log_mel_spectrogram(audio, lengths, n_mels=self.n_mels)
+
+    def forward(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(inputs, lengths)
+
+
+class HFEncoder(SpeechEncoder):
+    """wav2vec2 / HuBERT-style ``AutoModel`` on raw audio (normalised per item)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.dim = model.config.hidden_size
+
+    def features(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        valid = torch.arange(audio.shape[1], device=audio.device) < lengths[:, None]
+        n = lengths[:, None].clamp(min=1)
+        mean = (audio * valid).sum(1, keepdim=True) / n
+        var = (((audio - mean) * valid) ** 2).sum(1, keepdim=True) / n
+        return ((audio - mean) / (var + 1e-7).sqrt()) * valid, lengths
+
+    def forward(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        valid = torch.arange(inputs.shape[1], device=inputs.device) < lengths[:, None]
+        hidden = self.model(inputs, attention_mask=valid.long()).last_hidden_state
+        out_lengths = self.model._get_feat_extract_output_lengths(lengths)
+        mask = torch.arange(hidden.shape[1], device=hidden.device) < out_lengths[:, None]
+        return hidden * mask[..., None], mask
+
+
+def _load_whisper_encoder(name_or_path: str) -> SpeechEncoder:
+    from speechllm.whisper import load_whisper
+
+    model, _ = load_whisper(resolve(name_or_path).path)
+    return WhisperEncoder(model.encoder, model.config.n_mels)
+
+
+def _load_hf_encoder(name_or_path: str) -> SpeechEncoder:
+    from transformers import AutoModel
+
+    return HFEncoder(AutoModel.from_pretrained(resolve(name_or_path).path))
+
+
+ENCODERS: dict[str, Callable[[str], SpeechEncoder]] = {
+    "whisper": _load_whisper_encoder,
+    "hf": _load_hf_encoder,
+}
+
+
+def load_encoder(name_or_path: str, kind: str = "whisper") -> SpeechEncoder:
+    """A frozen encoder (eval mode, no gradients) by registry kind and zoo name or path."""
+    if kind not in ENCODERS:
+        raise ValueError(f"unknown encoder kind {kind!r} (known: {', '.join(ENCODERS)})")
+    encoder = ENCODERS[kind](name_or_path).eval()
+    encoder.requires_grad_(False)
+    return encoder
+
+
+def load_backbone(name_or_path: str, quant: str | None = None):
+    """(causal LM, tokenizer) by zoo name, folder, GGUF file or Hugging Face id; frozen, eval mode."""
+    if quant is not None:
+        if importlib.util.find_spec("speechllm.llm") is None:
+            raise ValueError(f"quant={quant!r} needs speechllm.llm, which this install lacks")
+        from speechllm.llm import load_llm
+
+        model, tokenizer = load_llm(name_or_path, quant=quant)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        resolved = resolve(name_or_path)
+        folder, gguf = _gguf_parts(resolved.path, resolved.main_file)
+        kwargs = {"gguf_file": gguf} if gguf else {}
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{name_or_path}: the tokenizer has no chat template")
+    model.eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def _gguf_parts(path: Path, main_file: Path | None) -> tuple[Path, str | None]:
+    """(folder, GGUF file name or None): a GGUF file itself, or a folder holding one and no config.json."""
+    if path.is_file():
+        return path.parent, path.name
+    if (path / "config.json").is_file():
+        return path, None
+    gguf = main_file if main_file is not None and main_file.suffix == ".gguf" else None
+    gguf = gguf or next(iter(sorted(path.glob("*.gguf"))), None)
+    return path, (gguf.name if gguf else None)

@@ -1,0 +1,139 @@
+"""A trained speech-LLM as a self-describing folder; nothing pickled, every file written atomically.
+
+    MODEL_DIR/
+      config.json            format + version; encoder, adapter (name + options), LLM (+ quant)
+                             by zoo name or path; LoRA spec; prompt format
+      adapter.safetensors    the adapter's weights
+      lora/                  optional standard peft folder (adapter_config.json,
+                             adapter_model.safetensors)
+
+Each file goes to a temporary name in the same folder and is renamed into place, so a reader
+(or a crash) never sees half a file; ``lora/`` is swapped as a whole. ``config.json`` is
+written last: a folder with a config always has the weights it names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from speechllm.speechlm.model import SpeechLLM, SpeechLLMConfig
+
+FORMAT, VERSION = "speechllm", 1
+CONFIG_FILE, ADAPTER_FILE, LORA_DIR = "config.json", "adapter.safetensors", "lora"
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                        metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    tmp = _tmp_name(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def replace_folder(new: Path, final: Path) -> None:
+    """Move the finished folder ``new`` to ``final``, replacing what was there."""
+    old = _tmp_name(final)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as a model folder; ``info`` (e.g. training facts) goes into config.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(model.adapter.state_dict(), folder / ADAPTER_FILE, {"adapter": model.config.adapter})
+    if model.has_lora:
+        tmp = _tmp_name(folder / LORA_DIR)
+        model.llm.save_pretrained(str(tmp), save_embedding_layers=False)
+        replace_folder(tmp, folder / LORA_DIR)
+    elif (folder / LORA_DIR).exists():
+        shutil.rmtree(folder / LORA_DIR)
+    config = model.config.to_dict()
+    config["adapter_options"] = _json_safe(vars(model.adapter.config))  # every option, dims included
+    document = {"format": FORMAT, "version": VERSION, **config, "info": info or {}}
+    atomic_write_text(folder / CONFIG_FILE, json.dumps(document, indent=2) + "\n")
+    return folder
+
+
+def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def is_speechlm_folder(path: str | Path) -> bool:
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def read_config(folder: str | Path) -> tuple[SpeechLLMConfig, dict[str, Any]]:
+    """(model config, info) from a model folder's config.json."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: not a speech-LLM model folder (no {CONFIG_FILE})")
+    document = json.loads(path.read_text(encoding="utf-8"))
+    if document.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {document.get('format')!r}, expected {FORMAT!r}")
+    if document.get("version", 0) > VERSION:
+        raise ValueError(f"{path}: version {document['version']} is newer than this speechllm ({VERSION})")
+    info = document.pop("info", {})
+    for key in ("format", "version"):
+        document.pop(key, None)
+    return SpeechLLMConfig.from_dict(document), info
+
+
+def load_speechlm(folder: str | Path, device: str | torch.device | None = None, encoder=None, llm=None,
+                  tokenizer=None) -> SpeechLLM:
+    """The model saved in ``folder`` (in eval mode). ``encoder``/``llm``+``tokenizer`` may be given
+    already loaded (they must be the ones config.json names); otherwise they load by name."""
+    folder = Path(folder)
+    config, _ = read_config(folder)
+    model = SpeechLLM.build(config, encoder=encoder, llm=llm, tokenizer=tokenizer)
+    model.adapter.load_state_dict(load_file(folder / ADAPTER_FILE))
+    if config.lora is not None:
+        from peft import set_peft_model_state_dict
+
+        weights = folder / LORA_DIR / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{folder}: config.json names LoRA but {weights} is missing")
+        result = set_peft_model_state_dict(model.llm, load_file(weights))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"{weights}: unexpected LoRA weights, e.g. {unexpected[0]}")
+    if device is not None:
+        model = model.to(device)
+    return model.eval()

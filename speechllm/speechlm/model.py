@@ -1,0 +1,372 @@
+"""The speech-LLM: frozen speech encoder → trainable adapter → frozen causal LM (+ optional LoRA).
+
+Read top-down: options (tasks, prompt format, LoRA, the model config) → prompt building →
+splicing → the module.
+
+Audio embeddings go inside the LLM's own chat template. The user turn holds the instruction
+and an audio marker; the rendered prompt is split at the marker and each side tokenized
+alone, so the marker itself never reaches the tokenizer::
+
+    <|im_start|>user\\n [audio embeddings] \\nTranscribe the speech.<|im_end|>\\n<|im_start|>assistant\\n
+
+``PromptFormat.audio_first`` puts the audio before the instruction (the default: AlignFormer
+found higher instruction following that way) or after it. The target is the reply followed by
+the template's end of turn. Without audio the LLM answers as itself: LoRA is switched off, as
+in Granite-speech, so text chat stays exactly the base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from speechllm.adapters import Adapter, AdapterOutput, build_adapter, ctc_vocab
+from speechllm.speechlm.backbone import SpeechEncoder, load_backbone, load_encoder
+from speechllm.speechlm.generate import Generation, GenerationOptions, LMState, decode_text, run_decoder
+
+# ---------------------------------------------------------------- options
+
+DEFAULT_OPTIONS = GenerationOptions()
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    instruction: str  # may use {prompt} (the row's text prompt) and {target} (a language)
+    description: str = ""
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
+
+
+for _task in (
+    Task("transcribe", "Transcribe the speech.", "speech recognition"),
+    Task("translate", "Translate the speech into {target}.", "speech translation"),
+    Task("spoken-question", "Answer the question asked in the speech.", "spoken question answering"),
+    Task("passage-question", "Answer this question about the speech: {prompt}",
+         "text question about a spoken passage"),
+    Task("instruct", "{prompt}", "any free instruction"),
+):
+    register_task(_task)
+
+
+def instruction(task: str, prompt: str | None = None, target: str = "English") -> str:
+    """The instruction text of a registered task."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    if "{prompt}" in TASKS[task].instruction and not prompt:
+        raise ValueError(f"task {task!r} needs a prompt")
+    return TASKS[task].instruction.format(prompt=prompt or "", target=target)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    audio_first: bool = True  # audio, then the instruction, in the user turn
+    system: str | None = None  # None: whatever the chat template does without a system turn
+    separator: str = "\n"  # between audio and instruction
+    audio_marker: str = "<|speechllm-audio|>"  # split point, never tokenized
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class SpeechLLMConfig:
+    """Everything needed to rebuild the model; models are referred to by zoo name or path."""
+
+    encoder: str = "whisper-tiny.en"
+    encoder_kind: str = "whisper"  # an ENCODERS name
+    adapter: str = "alignformer"  # an ADAPTERS name
+    adapter_options: dict[str, Any] = field(default_factory=dict, hash=False)  # beyond the two dims
+    llm: str = "smollm2-135m-instruct"
+    quant: str | None = None  # None: fp32 transformers; else speechllm.llm's format name
+    lora: LoraSpec | None = None
+    prompt: PromptFormat = PromptFormat()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SpeechLLMConfig:
+        values = dict(values)
+        lora = values.pop("lora", None)
+        if lora is not None:
+            lora = LoraSpec(**{**lora, "target_modules": tuple(lora.get("target_modules", ()))})
+        prompt = PromptFormat(**values.pop("prompt", {}))
+        return cls(**values, lora=lora, prompt=prompt)
+
+
+@dataclass(frozen=True)
+class SpeechLLMOutput:
+    loss: Tensor  # lm_loss + ctc_weight * aux_loss
+    lm_loss: Tensor
+    aux_loss: Tensor | None
+    n_tokens: int  # target tokens in the batch
+
+
+@dataclass(frozen=True)
+class Spliced:
+    """LLM input for a left-padded batch: prompt pieces, audio and target in one sequence."""
+
+    embeds: Tensor  # [B, L, D]
+    attention_mask: Tensor  # [B, L] long
+    position_ids: Tensor  # [B, L]
+    labels: Tensor | None  # [B, L], -100 outside the targets
+
+
+# ---------------------------------------------------------------- the module
+
+
+class SpeechLLM(nn.Module):
+    def __init__(self, config: SpeechLLMConfig, encoder: SpeechEncoder, adapter: Adapter, llm: nn.Module,
+                 tokenizer: Any):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.adapter = adapter
+        self.llm = llm
+        self.tokenizer = tokenizer
+        vocab_name = getattr(adapter.config, "vocab", None)
+        self.ctc_vocab = ctc_vocab(vocab_name, tokenizer) if vocab_name else None
+        self._end_of_turn, self._stop_ids = self._end_of_turn_parts()
+        self._prompt_cache: dict[tuple[str, bool], tuple[list[int], list[int]]] = {}
+
+    @classmethod
+    def build(cls, config: SpeechLLMConfig, encoder: SpeechEncoder | None = None,
+              llm: nn.Module | None = None, tokenizer: Any = None) -> SpeechLLM:
+        """A new model with a freshly initialised adapter (and LoRA); loads what is not given."""
+        encoder = encoder if encoder is not None else load_encoder(config.encoder, config.encoder_kind)
+        if llm is None:
+            llm, tokenizer = load_backbone(config.llm, config.quant)
+        llm.requires_grad_(False)
+        options = dict(config.adapter_options)
+        if options.get("vocab") == "llm":
+            options["vocab_size"] = len(tokenizer) + 1
+        llm_dim = llm.get_input_embeddings().embedding_dim
+        adapter = build_adapter(config.adapter, options, encoder_dim=encoder.dim, llm_dim=llm_dim)
+        if config.lora is not None:
+            llm = apply_lora(llm, config.lora)
+        device = next(llm.parameters()).device
+        return cls(config, encoder.to(device), adapter.to(device), llm, tokenizer)
+
+    # -- properties and modes
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.adapter.parameters()).device
+
+    @property
+    def has_lora(self) -> bool:
+        return hasattr(self.llm, "disable_adapter")
+
+    def train(self, mode: bool = True) -> SpeechLLM:
+        super().train(mode)
+        self.encoder.eval()  # frozen: no dropout, fixed statistics
+        return self
+
+    def text_mode(self):
+        """Context in which the LLM is the base model (LoRA off)."""
+        return self.llm.disable_adapter() if self.has_lora else nullcontext()
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Adapter weights (``adapter.*``) and LoRA weights (``lora.*``, peft's names)."""
+        state = {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
+        if self.has_lora:
+            from peft import get_peft_model_state_dict
+
+            state.update({f"lora.{k}": v for k, v in get_peft_model_state_dict(self.llm).items()})
+        return state
+
+    # -- prompts
+
+    def _end_of_turn_parts(self) -> tuple[str, tuple[int, ...]]:
+        """Text that closes an assistant turn (e.g. ``<|im_end|>``) and the token ids that stop generation."""
+        sentinel = "\x00REPLY\x00"
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": sentinel}], tokenize=False)
+        end = text[text.index(sentinel) + len(sentinel):].rstrip()
+        stops = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
+        if end:
+            stops.add(self.tokenizer.encode(end, add_special_tokens=False)[0])
+        return end, tuple(sorted(stops))
+
+    def prompt_ids(self, instruction_text: str, has_audio: bool = True) -> tuple[list[int], list[int]]:
+        """Token ids before and after the audio in the rendered chat prompt (after is empty without audio)."""
+        key = (instruction_text, has_audio)
+        if key not in self._prompt_cache:
+            if len(self._prompt_cache) >= 4096:  # per-row questions: keep it bounded
+                self._prompt_cache.clear()
+            self._prompt_cache[key] = self._render_prompt(instruction_text, has_audio)
+        return self._prompt_cache[key]
+
+    def _render_prompt(self, instruction_text: str, has_audio: bool) -> tuple[list[int], list[int]]:
+        fmt = self.config.prompt
+        content = instruction_text
+        if has_audio:
+            content = (fmt.audio_marker + fmt.separator + instruction_text if fmt.audio_first
+                       else instruction_text + fmt.separator + fmt.audio_marker)
+        messages = ([{"role": "system", "content": fmt.system}] if fmt.system else []) + [
+            {"role": "user", "content": content}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        before, _, after = text.partition(fmt.audio_marker) if has_audio else (text, "", "")
+        encode = self.tokenizer.encode
+        return encode(before, add_special_tokens=False), encode(after, add_special_tokens=False)
+
+    def target_ids(self, reply: str) -> list[int]:
+        return self.tokenizer.encode(reply.strip() + self._end_of_turn, add_special_tokens=False)
+
+    def ctc_targets(self, texts: Sequence[str | None]) -> tuple[Tensor, Tensor] | None:
+        """Padded CTC targets and lengths (0 = no transcript) for a CTC adapter, else None."""
+        if self.ctc_vocab is None:
+            return None
+        ids = [self.ctc_vocab.encode(t) if t else [] for t in texts]
+        targets = torch.zeros(len(ids), max(1, max(map(len, ids))), dtype=torch.long)
+        for i, seq in enumerate(ids):
+            targets[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return targets.to(self.device), torch.tensor([len(s) for s in ids], device=self.device)
+
+    # -- audio
+
+    def encode_audio(self, audio: Tensor, lengths: Tensor, ctc_targets: Tensor | None = None,
+                     ctc_lengths: Tensor | None = None) -> AdapterOutput:
+        """Padded 16 kHz audio [B, T] + lengths → adapter output (LLM-sized embeddings)."""
+        with torch.no_grad():
+            inputs, input_lengths = self.encoder.features(audio.to(self.device), lengths.to(self.device))
+            hidden, mask = self.encoder(inputs, input_lengths)
+        return self.adapter(hidden, mask, ctc_targets, ctc_lengths)
+
+    # -- splicing
+
+    def splice(self, before: Sequence[Sequence[int]], audio: AdapterOutput | None,
+               after: Sequence[Sequence[int]], targets: Sequence[Sequence[int]] | None = None) -> Spliced:
+        """Left-padded ``before | audio | after | target`` per item (audio rows may be None)."""
+        batch = len(before)
+        n_audio = audio.mask.sum(1).tolist() if audio is not None else [0] * batch
+        targets = targets if targets is not None else [()] * batch
+        lengths = [len(b) + n + len(a) + len(t)
+                   for b, n, a, t in zip(before, n_audio, after, targets, strict=True)]
+        width = max(lengths)
+        ids = torch.zeros(batch, width, dtype=torch.long)
+        is_audio = torch.zeros(batch, width, dtype=torch.bool)
+        labels = torch.full((batch, width), -100, dtype=torch.long)
+        for i in range(batch):
+            pos = width - lengths[i]
+            for part, kind in ((before[i], "text"), (n_audio[i], "audio"), (after[i], "text"),
+                               (targets[i], "target")):
+                size = part if kind == "audio" else len(part)
+                if kind == "audio":
+                    is_audio[i, pos : pos + size] = True
+                else:
+                    ids[i, pos : pos + size] = torch.tensor(part, dtype=torch.long)
+                    if kind == "target":
+                        labels[i, pos : pos + size] = ids[i, pos : pos + size]
+                pos += size
+        device = self.device
+        embed = self.llm.get_input_embeddings()
+        embeds = embed(ids.to(device))
+        if audio is not None and bool(is_audio.any()):
+            embeds = embeds.masked_scatter(is_audio.to(device)[..., None],
+                                           audio.embeddings[audio.mask].to(embeds.dtype))
+        attention = (torch.arange(width) >= width - torch.tensor(lengths)[:, None]).long()
+        positions = (attention.cumsum(1) - 1).clamp(min=0)
+        labels = labels.to(device) if any(len(t) for t in targets) else None
+        return Spliced(embeds, attention.to(device), positions.to(device), labels)
+
+    # -- training
+
+    def forward(self, audio: Tensor, lengths: Tensor, instructions: Sequence[str], replies: Sequence[str],
+                transcripts: Sequence[str | None] | None = None, ctc_weight: float = 1.0) -> SpeechLLMOutput:
+        """Teacher-forced loss on a batch; ``transcripts`` feed a CTC adapter's auxiliary loss."""
+        ctc = self.ctc_targets(transcripts) if transcripts is not None else None
+        encoded = self.encode_audio(audio, lengths, *(ctc or (None, None)))
+        prompts = [self.prompt_ids(text, True) for text in instructions]
+        spliced = self.splice([p[0] for p in prompts], encoded, [p[1] for p in prompts],
+                              [self.target_ids(r) for r in replies])
+        out = self.llm(inputs_embeds=spliced.embeds, attention_mask=spliced.attention_mask,
+                       position_ids=spliced.position_ids, labels=spliced.labels, use_cache=False)
+        aux = encoded.aux_loss
+        loss = out.loss if aux is None else out.loss + ctc_weight * aux
+        return SpeechLLMOutput(loss, out.loss.detach(), None if aux is None else aux.detach(),
+                               int((spliced.labels != -100).sum()))
+
+    # -- inference
+
+    def _prefill(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str]) -> Spliced:
+        if audio is None:
+            prompts = [self.prompt_ids(text, False) for text in instructions]
+            return self.splice([p[0] for p in prompts], None, [p[1] for p in prompts])
+        if len(audio) != len(instructions):
+            raise ValueError(f"{len(audio)} audio inputs but {len(instructions)} instructions")
+        padded, lengths = pad_audio(audio)
+        encoded = self.encode_audio(padded, lengths)
+        prompts = [self.prompt_ids(text, True) for text in instructions]
+        return self.splice([p[0] for p in prompts], encoded, [p[1] for p in prompts])
+
+    @torch.no_grad()
+    def generate(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str] | str,
+                 options: GenerationOptions = DEFAULT_OPTIONS) -> list[Generation]:
+        """Replies for a batch of 16 kHz clips (or, with ``audio=None``, text-only prompts)."""
+        instructions = [instructions] * (len(audio) if audio is not None else 1) if isinstance(
+            instructions, str) else list(instructions)
+        with self.text_mode() if audio is None else nullcontext():
+            spliced = self._prefill(audio, instructions)
+            state = LMState(self.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids)
+            results = run_decoder(state, self._stop_ids, options)
+        return [Generation(tuple(tokens), decode_text(self.tokenizer, tokens), logprob)
+                for tokens, logprob in results]
+
+    @torch.no_grad()
+    def stream(self, audio: np.ndarray | None, instruction_text: str,
+               options: GenerationOptions = DEFAULT_OPTIONS) -> Iterator[str]:
+        """Greedy reply to one clip (or text prompt), yielded as text pieces as tokens arrive."""
+        from speechllm.speechlm.generate import greedy_steps
+
+        with self.text_mode() if audio is None else nullcontext():
+            spliced = self._prefill(None if audio is None else [audio], [instruction_text])
+            state = LMState(self.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids)
+            tokens: list[int] = []
+            shown = ""
+            for step in greedy_steps(state, self._stop_ids, options.max_new_tokens):
+                token = int(step[0])
+                if token < 0 or token in self._stop_ids:
+                    break
+                tokens.append(token)
+                text = decode_text(self.tokenizer, tokens, strip=False).lstrip()
+                if not text.endswith("\ufffd") and len(text) > len(shown):  # whole characters only
+                    yield text[len(shown):]
+                    shown = text
+            text = decode_text(self.tokenizer, tokens)
+            if len(text) > len(shown):
+                yield text[len(shown):]
+
+
+def pad_audio(clips: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+    lengths = torch.tensor([len(c) for c in clips])
+    audio = torch.zeros(len(clips), int(lengths.max()))
+    for i, clip in enumerate(clips):
+        audio[i, : len(clip)] = torch.as_tensor(np.asarray(clip, dtype=np.float32))
+    return audio, lengths
+
+
+def apply_lora(llm: nn.Module, spec: LoraSpec) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=list(spec.target_modules), bias="none")
+    return get_peft_model(llm, config)

@@ -1,0 +1,41 @@
+"""Batch speech → text with a speech-LLM, on the same protocol as the Whisper baseline.
+
+:class:`SpeechLLMTranscriber` reuses :class:`speechllm.transcriber.WhisperTranscriber`'s
+``transcribe`` / ``transcribe_many`` (long audio cut into ≤ 30 s segments by its segmenter,
+VAD or fixed cuts; segments of several files decoded in one batch; bad files reported, not
+fatal) and replaces only how a batch of segments becomes text. The same class translates or answers when
+given another task, e.g. ``SpeechLLMTranscriber(dir, task="translate")``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from speechllm.speechlm.generate import GenerationOptions
+from speechllm.speechlm.model import SpeechLLM, instruction
+from speechllm.transcriber import WhisperTranscriber, make_segmenter, pick_device
+
+
+class SpeechLLMTranscriber(WhisperTranscriber):
+    def __init__(self, model: str | SpeechLLM, device: str | None = None, beam_size: int = 1,
+                 batch_size: int = 8, task: str = "transcribe", prompt: str | None = None,
+                 max_new_tokens: int = 200, segmenter: str = "auto"):
+        if isinstance(model, SpeechLLM):
+            self.model = model
+            self.device = model.device
+        else:
+            from speechllm.speechlm.io import load_speechlm
+
+            self.device = pick_device(device)
+            self.model = load_speechlm(model, device=self.device)
+        self.model.eval()
+        limit = self.model.encoder.max_seconds
+        self.max_segment_seconds = limit if limit is not None else 30.0
+        self.instruction = instruction(task, prompt)
+        self.options = GenerationOptions(max_new_tokens=max_new_tokens, beam_size=beam_size)
+        self.batch_size = max(1, batch_size)
+        self.segmenter = make_segmenter(segmenter)
+
+    def decode_segments(self, segments: list[np.ndarray]) -> list[str]:
+        results = self.model.generate(segments, [self.instruction] * len(segments), self.options)
+        return [r.text for r in results]

@@ -1,0 +1,480 @@
+"""Training a speech-LLM on mixed-task manifests: the loop behind ``speechllm finetune``.
+
+Read top-down: options → what each manifest task teaches → data (validation, dataset, resumable
+batch order, collate) → evaluation (WER/CER, BLEU, IFR, QA accuracy) → checkpoints → the loop.
+
+* Every bad row of both manifests (bad JSON, missing fields, unreadable or empty audio, clips
+  longer than the encoder takes) is reported, ``FILE:LINE: reason``, before a model is loaded.
+* Features are computed on the fly from the audio, on the training device.
+* Only the adapter and LoRA train; the encoder and LLM stay frozen. AdamW, linear warm-up then
+  cosine decay to 10 %, gradient clipping, gradient accumulation.
+* Checkpoints: ``OUT/checkpoints/step-N/`` is a full model folder (config.json,
+  adapter.safetensors, lora/) plus ``optimizer.safetensors`` and ``trainer_state.json``, built
+  in a temporary folder and renamed into place; the newest two are kept, and ``OUT/`` itself is
+  refreshed as the latest model folder. ``resume`` starts from the newest complete checkpoint
+  at its step, with the same batch order as an uninterrupted run.
+* Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs as DDP, one process per device; each rank
+  reads its own shard of every batch order and rank 0 alone evaluates and writes.
+
+Instruction-following rate (IFR), per evaluated row: the reply is non-empty and does the kind of
+thing asked. We know what the audio says (the transcript, or the source text for translation);
+call *closeness* the character error rate of the reply against it. For ``transcribe`` the reply
+follows the instruction when it is a transcript, not a chat reply: closeness < 0.5 and at most
+twice the transcript's length (+10 characters). For every other task (translate, answer) it
+follows when it is *not* merely a transcript of the audio: closeness >= 0.5 (the SLAM-LLM failure
+mode: an ASR-trained model transcribes whatever it is asked). Rows whose spoken text is unknown
+count as followed when the reply is non-empty.
+QA accuracy: the normalised answer appears, as whole words, in the normalised reply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from speechllm.manifest import ManifestError, ManifestRow, validate_manifest
+from speechllm.speechlm.generate import GenerationOptions
+from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text, load_speechlm, save_speechlm
+from speechllm.speechlm.model import (
+    LoraSpec,
+    PromptFormat,
+    SpeechLLM,
+    SpeechLLMConfig,
+    instruction,
+    pad_audio,
+)
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    train: str
+    out: str
+    eval: str | None = None
+    adapter: str = "alignformer"
+    adapter_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    encoder: str = "whisper-tiny.en"
+    encoder_kind: str = "whisper"
+    llm: str = "smollm2-135m-instruct"
+    quant: str | None = None
+    lora_rank: int = 0  # 0: no LoRA
+    lora_alpha: float | None = None  # default 2 x rank
+    audio_first: bool = True
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup: int = 100
+    max_grad_norm: float = 1.0
+    ctc_weight: float = 1.0
+    eval_every: int = 500
+    save_every: int | None = None  # default: eval_every
+    eval_max_rows: int = 200
+    eval_batch_size: int = 8
+    max_new_tokens: int = 128
+    max_seconds: float | None = None  # longest clip (default: what the encoder takes, 30 s for Whisper)
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 10
+    resume: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+    def model_config(self) -> SpeechLLMConfig:
+        lora = None
+        if self.lora_rank > 0:
+            lora = LoraSpec(rank=self.lora_rank, alpha=self.lora_alpha or 2.0 * self.lora_rank)
+        return SpeechLLMConfig(encoder=self.encoder, encoder_kind=self.encoder_kind, adapter=self.adapter,
+                               adapter_options=dict(self.adapter_options), llm=self.llm, quant=self.quant,
+                               lora=lora, prompt=PromptFormat(audio_first=self.audio_first))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    step: int  # last step done
+    start_step: int  # where this run began (> 0 when resumed)
+    losses: tuple[float, ...]  # mean training loss of each optimizer step of this run
+    evals: tuple[dict[str, Any], ...]
+
+
+# ---------------------------------------------------------------- what each manifest task teaches
+
+LANGUAGES = {"en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian",
+             "pt": "Portuguese"}
+
+
+@dataclass(frozen=True)
+class Example:
+    task: str  # a speechllm.speechlm TASKS name
+    instruction: str
+    reply: str
+    spoken: str | None  # what the audio says, when known: CTC target and IFR reference
+
+
+def _reply(row: ManifestRow) -> str:
+    return (row.answer or row.text or "").strip()
+
+
+def _asr(row: ManifestRow) -> Example:
+    return Example("transcribe", instruction("transcribe"), row.text.strip(), row.text)
+
+
+def _st(row: ManifestRow) -> Example:
+    target = LANGUAGES.get(row.extra.get("target_lang", "en"), "English")
+    return Example("translate", instruction("translate", target=target), row.text.strip(),
+                   row.extra.get("source_text"))
+
+
+def _sqa(row: ManifestRow) -> Example:
+    spoken = row.text if row.answer else None  # with an answer, text is what the audio says
+    if row.prompt:  # a text question about a spoken passage
+        return Example("passage-question", instruction("passage-question", row.prompt), _reply(row), spoken)
+    return Example("spoken-question", instruction("spoken-question"), _reply(row), spoken)
+
+
+def _instruct(row: ManifestRow) -> Example:
+    return Example("instruct", instruction("instruct", row.prompt), _reply(row), row.extra.get("transcript"))
+
+
+ROW_TASKS: dict[str, Callable[[ManifestRow], Example]] = {
+    "asr": _asr, "tts": _asr, "st": _st, "sqa": _sqa, "instruct": _instruct,
+}
+
+
+def example_of(row: ManifestRow) -> Example:
+    return ROW_TASKS[row.task](row)
+
+
+# ---------------------------------------------------------------- data
+
+
+def check_manifests(paths: Sequence[str | Path], max_seconds: float | None) -> list[list[ManifestRow]]:
+    """Rows of each manifest, or one ManifestError listing every bad row of all of them."""
+    all_rows, errors = [], []
+    for path in paths:
+        rows, problems = validate_manifest(path, check_audio=True)
+        where = re.compile(rf"{re.escape(str(path))}:(\d+):")
+        bad_lines = {int(m.group(1)) for p in problems if (m := where.match(p))}
+        with open(path, "rb") as f:
+            good_lines = [n for n, line in enumerate(f, 1) if line.strip() and n not in bad_lines]
+        for line, row in zip(good_lines, rows, strict=True):
+            if max_seconds is not None and row.duration is not None and row.duration > max_seconds:
+                problems.append(f"{path}:{line}: audio {row.audio} is {row.duration:.1f} s, over the "
+                                f"encoder's {max_seconds:g} s (cut it with speechllm.segment first)")
+            elif row.task not in ROW_TASKS:
+                problems.append(f"{path}:{line}: task {row.task!r} is not trained here")
+        if not rows and not problems:
+            problems.append(f"{path}: no rows")
+        errors += sorted(problems, key=lambda p: int(m.group(1)) if (m := re.search(r":(\d+):", p)) else 0)
+        all_rows.append(rows)
+    if errors:
+        raise ManifestError(", ".join(map(str, paths)), errors)
+    return all_rows
+
+
+class SpeechDataset(Dataset):
+    def __init__(self, rows: Sequence[ManifestRow]):
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Example]:
+        from speechllm.audio import load_audio
+
+        row = self.rows[index]
+        return load_audio(row.audio), example_of(row)
+
+
+def collate(items: list[tuple[np.ndarray, Example]]) -> dict[str, Any]:
+    audio, lengths = pad_audio([a for a, _ in items])
+    examples = [e for _, e in items]
+    return {"audio": audio, "lengths": lengths, "examples": examples}
+
+
+class BatchOrder(Sampler):
+    """Micro-batch m of an endless, seeded shuffle; any m can be computed, so a resumed run
+    picks up exactly where it stopped. Each rank takes every world-th index of the epoch."""
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int, start: int = 0, rank: int = 0,
+                 world: int = 1):
+        self.n, self.batch_size, self.seed, self.start, self.rank, self.world = (
+            n_rows, batch_size, seed, start, rank, world)
+        self.per_rank = math.ceil(n_rows / world)
+        self.per_epoch = math.ceil(self.per_rank / batch_size)
+
+    def batch(self, m: int) -> list[int]:
+        epoch, i = divmod(m, self.per_epoch)
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        order = (order * (self.per_rank * self.world // self.n + 1))[: self.per_rank * self.world]
+        mine = order[self.rank :: self.world]
+        return mine[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        m = self.start
+        while True:
+            yield self.batch(m)
+            m += 1
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def follows_instruction(task: str, reply: str, spoken: str | None) -> bool:
+    """The IFR test of one reply (see the module docstring)."""
+    from speechllm.metrics import char_error_rate
+    from speechllm.text_normalize import normalize
+
+    if not normalize(reply):
+        return False
+    if not spoken or not normalize(spoken):
+        return True
+    closeness = char_error_rate([spoken], [reply]).rate
+    if task == "transcribe":
+        return closeness < 0.5 and len(normalize(reply)) <= 2 * len(normalize(spoken)) + 10
+    return closeness >= 0.5
+
+
+def answer_correct(answer: str, reply: str) -> bool:
+    from speechllm.text_normalize import normalize
+
+    a, r = normalize(answer).split(), normalize(reply).split()
+    return bool(a) and any(r[i : i + len(a)] == a for i in range(len(r) - len(a) + 1))
+
+
+@torch.no_grad()
+def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
+             max_new_tokens: int = 128) -> dict[str, Any]:
+    """Greedy replies to ``rows``; metrics per kind of task, and IFR per task and overall."""
+    from speechllm.audio import load_audio
+    from speechllm.metrics import char_error_rate, word_error_rate
+    from speechllm.metrics_bleu import corpus_bleu
+
+    was_training = model.training
+    model.eval()
+    options = GenerationOptions(max_new_tokens=max_new_tokens)
+    examples = [example_of(r) for r in rows]
+    replies: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        audio = [load_audio(r.audio) for r in chunk]
+        out = model.generate(audio, [e.instruction for e in examples[start : start + batch_size]], options)
+        replies += [g.text for g in out]
+    model.train(was_training)
+    metrics: dict[str, Any] = {"rows": len(rows)}
+    by_task: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_task.setdefault(e.task, []).append(i)
+    followed = [follows_instruction(e.task, r, e.spoken) for e, r in zip(examples, replies, strict=True)]
+    for task, idx in by_task.items():
+        refs, hyps = [examples[i].reply for i in idx], [replies[i] for i in idx]
+        metrics[f"ifr/{task}"] = float(np.mean([followed[i] for i in idx]))
+        if task == "transcribe":
+            metrics["wer"] = word_error_rate(refs, hyps).rate
+            metrics["cer"] = char_error_rate(refs, hyps).rate
+        elif task == "translate":
+            metrics["bleu"] = corpus_bleu(refs, hyps).score
+        elif task in ("spoken-question", "passage-question"):
+            correct = [answer_correct(r, h) for r, h in zip(refs, hyps, strict=True)]
+            metrics[f"qa_acc/{task}"] = float(np.mean(correct))
+    metrics["ifr"] = float(np.mean(followed)) if followed else 0.0
+    metrics["examples"] = [{"task": e.task, "ref": e.reply, "hyp": r}
+                           for e, r in list(zip(examples, replies, strict=True))[:5]]
+    return metrics
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CHECKPOINTS, STATE_FILE, OPTIMIZER_FILE = "checkpoints", "trainer_state.json", "optimizer.safetensors"
+
+
+def save_checkpoint(model: SpeechLLM, optimizer: torch.optim.Optimizer, out: Path, step: int,
+                    config: TrainConfig, keep: int = 2) -> Path:
+    """A complete checkpoint folder, renamed into place only once whole; then ``out`` is refreshed."""
+    root = out / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_speechlm(model, tmp, info={"step": step})
+    state = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    atomic_save_tensors(tensors, tmp / OPTIMIZER_FILE)
+    atomic_write_text(tmp / STATE_FILE, json.dumps({
+        "step": step, "param_groups": state["param_groups"], "config": asdict(config)}, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    save_speechlm(model, out, info={"step": step, "train": config.train})
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = sorted(p for p in (out / CHECKPOINTS).glob("step-*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, folder: Path) -> int:
+    from safetensors.torch import load_file
+
+    saved = json.loads((folder / STATE_FILE).read_text())
+    tensors = load_file(folder / OPTIMIZER_FILE)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    return int(saved["step"])
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _distributed() -> tuple[int, int, int]:
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def _device(config: TrainConfig, local_rank: int) -> torch.device:
+    if config.device != "auto":
+        return torch.device(config.device)
+    return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    warmup = min(config.warmup, max(config.steps // 10, 1))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(config.steps - warmup, 1)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
+    """Run (or resume) training; ``model`` may be passed in already built (tests, notebooks)."""
+    rank, world, local_rank = _distributed()
+    out = Path(config.out)
+    # 1. every bad row, before anything heavy
+    manifests = [config.train] + ([config.eval] if config.eval else [])
+    max_seconds = config.max_seconds if config.max_seconds is not None else (
+        30.0 if config.encoder_kind == "whisper" else None)
+    rows = check_manifests(manifests, max_seconds)
+    train_rows, eval_rows = rows[0], (rows[1] if config.eval else [])
+    if len(eval_rows) > config.eval_max_rows:  # a fixed, seeded subset across the whole file (all tasks)
+        keep = sorted(random.Random(config.seed).sample(range(len(eval_rows)), config.eval_max_rows))
+        eval_rows = [eval_rows[i] for i in keep]
+    # 2. model, optimizer, where to start
+    started_group = world > 1 and not torch.distributed.is_initialized()
+    if started_group:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = _device(config, local_rank)
+    checkpoint = latest_checkpoint(out) if config.resume else None
+    if config.resume and checkpoint is None and rank == 0:
+        print(f"no checkpoint in {out / CHECKPOINTS}: starting from step 0", file=sys.stderr)
+    torch.manual_seed(config.seed)
+    if checkpoint is not None:
+        model = load_speechlm(checkpoint)
+    elif model is None:
+        model = SpeechLLM.build(config.model_config())
+    model = model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    start = load_optimizer_state(optimizer, checkpoint) if checkpoint is not None else 0
+    net: Any = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
+    order = BatchOrder(len(train_rows), config.batch_size, config.seed, start * config.grad_accum, rank,
+                       world)
+    loader = iter(DataLoader(SpeechDataset(train_rows), batch_sampler=order, collate_fn=collate,
+                             num_workers=config.num_workers, persistent_workers=config.num_workers > 0))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        n_train = sum(p.numel() for p in params)
+        print(f"{len(train_rows)} training rows, {len(eval_rows)} eval rows; {n_train / 1e6:.2f} M trainable "
+              f"parameters; steps {start}..{config.steps}", file=sys.stderr)
+    # 3. steps
+    from tqdm import tqdm
+
+    save_every = config.save_every or config.eval_every
+    losses: list[float] = []
+    evals: list[dict[str, Any]] = []
+    bar = tqdm(total=config.steps, initial=start, disable=not config.progress or rank != 0, file=sys.stderr,
+               unit="step", dynamic_ncols=True)
+    log = open(out / "train_log.jsonl", "a", encoding="utf-8") if rank == 0 else None
+    t0, seen_utts, seen_audio = time.perf_counter(), 0, 0.0
+    try:
+        for step in range(start, config.steps):
+            total = lm = ctc = 0.0
+            for k in range(config.grad_accum):
+                batch = next(loader)
+                examples: list[Example] = batch["examples"]
+                sync = net.no_sync() if world > 1 and k < config.grad_accum - 1 else nullcontext()
+                with sync:
+                    result = net(batch["audio"], batch["lengths"], [e.instruction for e in examples],
+                                 [e.reply for e in examples], [e.spoken for e in examples], config.ctc_weight)
+                    (result.loss / config.grad_accum).backward()
+                total += float(result.loss.detach()) / config.grad_accum
+                lm += float(result.lm_loss) / config.grad_accum
+                ctc += float(result.aux_loss or 0.0) / config.grad_accum
+                seen_utts += len(examples)
+                seen_audio += float(batch["lengths"].sum()) / 16000
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(total)
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{total:.3f}", ctc=f"{ctc:.3f}", utt_s=f"{seen_utts / elapsed:.1f}",
+                            audio_x=f"{seen_audio / elapsed:.1f}")
+            bar.update(1)
+            done = step + 1
+            if log and (done % config.log_every == 0 or done == config.steps):
+                log.write(json.dumps({"step": done, "loss": total, "lm_loss": lm, "ctc_loss": ctc,
+                                      "lr": lr_at(step, config), "utt_per_s": seen_utts / elapsed}) + "\n")
+                log.flush()
+            last = done == config.steps
+            if eval_rows and (done % config.eval_every == 0 or last):
+                if rank == 0:
+                    metrics = {"step": done, **evaluate(model, eval_rows, config.eval_batch_size,
+                                                        config.max_new_tokens)}
+                    evals.append(metrics)
+                    log.write(json.dumps({"eval": metrics}) + "\n")
+                    log.flush()
+                    shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+                    bar.write(f"step {done}: {shown}")
+                if world > 1:
+                    torch.distributed.barrier()
+            if done % save_every == 0 or last:
+                if rank == 0:
+                    save_checkpoint(model, optimizer, out, done, config)
+                if world > 1:
+                    torch.distributed.barrier()
+    finally:
+        bar.close()
+        if log:
+            log.close()
+        if started_group:
+            torch.distributed.destroy_process_group()
+    return TrainResult(out, config.steps, start, tuple(losses), tuple(evals))

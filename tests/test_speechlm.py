@@ -1,0 +1,236 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from speechllm.audio import AudioError
+from speechllm.speechlm import (
+    BeamSearchDecoder,
+    GenerationOptions,
+    GreedyDecoder,
+    LMState,
+    LoraSpec,
+    PromptFormat,
+    SpeechLLM,
+    SpeechLLMConfig,
+    SpeechLLMTranscriber,
+    instruction,
+    load_speechlm,
+    read_config,
+    save_speechlm,
+)
+from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
+from speechllm.transcriber import Transcript
+
+TRANSCRIBE = "Transcribe the speech."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only add overhead
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return make_tiny_whisper(root / "whisper"), make_tiny_llm(root / "llm")
+
+
+def build(folders, adapter="linear", lora=True, **prompt) -> SpeechLLM:
+    whisper, llm = folders
+    config = SpeechLLMConfig(encoder=str(whisper), adapter=adapter, llm=str(llm),
+                             adapter_options={"hidden_dim": 32} if adapter == "linear" else {"d_ffn": 32},
+                             lora=LoraSpec(rank=4) if lora else None, prompt=PromptFormat(**prompt))
+    torch.manual_seed(0)
+    model = SpeechLLM.build(config)
+    with torch.no_grad():  # LoRA B starts at zero; make it matter
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(folders):
+    return build(folders).double()
+
+
+def clips(*seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(max(seconds) * 16000)) / 16000
+    return [(0.3 * np.sin(2 * np.pi * (200 + 100 * i) * t[: int(s * 16000)])
+             + 0.05 * rng.standard_normal(int(s * 16000))).astype(np.float32) for i, s in enumerate(seconds)]
+
+
+@pytest.mark.parametrize("audio_first", [True, False])
+def test_splice_follows_the_chat_template(folders, audio_first):
+    model = build(folders, audio_first=audio_first)
+    tok = model.tokenizer
+    before, after = model.prompt_ids(TRANSCRIBE)
+    marker = "[AUDIO]"
+    content = f"{marker}\n{TRANSCRIBE}" if audio_first else f"{TRANSCRIBE}\n{marker}"
+    expected = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                       add_generation_prompt=True)
+    assert tok.decode(before) + marker + tok.decode(after) == expected
+    # two items of different lengths, one with a target: left padding, audio in place, labels on target only
+    audio = model.encode_audio(*_pad(clips(1.0, 0.5)))
+    target = model.target_ids("hello world")
+    spliced = model.splice([before, before], audio, [after, after], [target, []])
+    n = audio.mask.sum(1).tolist()
+    lengths = [len(before) + n[0] + len(after) + len(target), len(before) + n[1] + len(after)]
+    assert spliced.attention_mask.sum(1).tolist() == lengths
+    embed = model.llm.get_input_embeddings()
+    for i in range(2):
+        start = spliced.embeds.shape[1] - lengths[i]
+        row = spliced.embeds[i, start:]
+        k = len(before)
+        torch.testing.assert_close(row[:k], embed(torch.tensor(before)))
+        torch.testing.assert_close(row[k : k + n[i]], audio.embeddings[i, : n[i]])
+        torch.testing.assert_close(row[k + n[i] : k + n[i] + len(after)], embed(torch.tensor(after)))
+        assert spliced.position_ids[i, start:].tolist() == list(range(lengths[i]))
+    assert spliced.labels[0, -len(target):].tolist() == target
+    assert (spliced.labels[0, :-len(target)] == -100).all()
+    assert (spliced.labels[1] == -100).all()
+    assert tok.decode(target) == "hello world<|im_end|>"
+
+
+def _pad(audio):
+    from speechllm.speechlm.model import pad_audio
+
+    return pad_audio(audio)
+
+
+def _state(model, audio, text=TRANSCRIBE):
+    spliced = model._prefill(audio, [text] * len(audio))
+    return LMState(model.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids)
+
+
+def test_greedy_equals_beam_of_one(model):
+    audio = clips(1.0, 0.6, 0.3)
+    options = GenerationOptions(max_new_tokens=12)
+    greedy = GreedyDecoder(model._stop_ids, options).run(_state(model, audio))
+    beam = BeamSearchDecoder(model._stop_ids, replace(options, beam_size=1)).run(_state(model, audio))
+    assert [g[0] for g in greedy] == [b[0] for b in beam]
+    assert np.allclose([g[1] for g in greedy], [b[1] for b in beam])
+    assert len({tuple(g[0]) for g in greedy}) > 1  # the clips give different outputs
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_batched_equals_single(model, beam_size):
+    audio = clips(1.0, 0.45, 0.7)
+    options = GenerationOptions(max_new_tokens=10, beam_size=beam_size)
+    batched = model.generate(audio, TRANSCRIBE, options)
+    single = [model.generate([a], TRANSCRIBE, options)[0] for a in audio]
+    assert [b.tokens for b in batched] == [s.tokens for s in single]
+    assert all(len(b.tokens) > 0 for b in batched)
+
+
+def test_stream_gives_the_greedy_text(model):
+    audio = clips(0.8)[0]
+    options = GenerationOptions(max_new_tokens=12)
+    pieces = list(model.stream(audio, TRANSCRIBE, options))
+    assert len(pieces) > 1 and "".join(pieces) == model.generate([audio], TRANSCRIBE, options)[0].text
+
+
+def test_text_only_mode_is_the_base_llm(folders, model):
+    base = AutoModelForCausalLM.from_pretrained(folders[1]).double().eval()
+    prompt = "hello world"
+    ids = model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                              add_generation_prompt=True, tokenize=True, return_dict=False)
+    with torch.no_grad():
+        reference = base.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                  eos_token_id=model._stop_ids[0], pad_token_id=model._stop_ids[0])
+    reply = model.generate(None, prompt, GenerationOptions(max_new_tokens=8))[0]
+    assert list(reply.tokens) == [t for t in reference[0, len(ids):].tolist() if t not in model._stop_ids]
+    with torch.no_grad():  # and the LoRA does change the LLM when audio is present
+        x = torch.tensor([ids])
+        assert not torch.allclose(model.llm(input_ids=x).logits, base(input_ids=x).logits)
+        with model.text_mode():
+            torch.testing.assert_close(model.llm(input_ids=x).logits, base(input_ids=x).logits)
+
+
+def test_loss_trains_only_adapter_and_lora(folders):
+    model = build(folders, adapter="ctc").train()
+    audio, lengths = _pad(clips(1.0, 0.5))
+    out = model(audio, lengths, [TRANSCRIBE, instruction("translate")], ["hello world", "paris"],
+                transcripts=["hello world", None])
+    assert out.aux_loss is not None and torch.isfinite(out.loss) and out.n_tokens > 4
+    out.loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("adapter.") or "lora_" in n for n in trainable)
+    assert all(model.get_parameter(n).grad is not None for n in trainable)
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+
+
+def test_save_load_round_trip(folders, model, tmp_path):
+    model = build(folders, adapter="alignformer", audio_first=False)
+    with torch.no_grad():
+        for p in model.adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    folder = save_speechlm(model, tmp_path / "model", info={"steps": 3})
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json", "lora"]
+    assert not list(folder.glob(".*tmp"))
+    document = json.loads((folder / "config.json").read_text())
+    assert document["format"] == "speechllm" and document["adapter"] == "alignformer"
+    assert document["prompt"]["audio_first"] is False and document["lora"]["rank"] == 4
+    config, info = read_config(folder)
+    assert replace(config, adapter_options={}) == replace(model.config, adapter_options={})
+    assert config.adapter_options == vars(model.adapter.config) and info == {"steps": 3}  # every option
+    loaded = load_speechlm(folder)
+    a, b = model.trainable_state_dict(), loaded.trainable_state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    audio = clips(0.7, 0.4)
+    options = GenerationOptions(max_new_tokens=8)
+    assert [g.tokens for g in model.generate(audio, TRANSCRIBE, options)] == [
+        g.tokens for g in loaded.generate(audio, TRANSCRIBE, options)]
+    save_speechlm(loaded, folder)  # overwriting in place keeps a whole folder
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json", "lora"]
+
+
+def test_transcriber_protocol(model, tmp_path):
+    import soundfile
+
+    path = tmp_path / "a.wav"
+    soundfile.write(path, clips(0.5)[0], 16000)
+    transcriber = SpeechLLMTranscriber(model, batch_size=4, max_new_tokens=6, segmenter="fixed")
+    results = list(transcriber.transcribe_many([str(path), str(tmp_path / "missing.wav"), clips(0.3)[0]]))
+    assert [r[0] for r in results[:2]] == [str(path), str(tmp_path / "missing.wav")]
+    assert isinstance(results[0][1], Transcript) and isinstance(results[1][1], AudioError)
+    assert isinstance(results[2][1], Transcript) and results[0][1].duration == pytest.approx(0.5)
+    assert results[0][1].text == model.generate([clips(0.5)[0]], TRANSCRIBE,
+                                                GenerationOptions(max_new_tokens=6))[0].text
+
+
+def test_instructions_registry():
+    assert instruction("translate") == "Translate the speech into English."
+    assert instruction("passage-question", "Who?").endswith("Who?")
+    with pytest.raises(ValueError, match="needs a prompt"):
+        instruction("instruct")
+    with pytest.raises(ValueError, match="unknown task"):
+        instruction("summarise")
+
+
+def test_hf_encoder_behind_the_same_interface(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from speechllm.speechlm import load_encoder
+
+    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                            conv_dim=(8, 8), conv_kernel=(10, 3), conv_stride=(5, 2),
+                            num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
+                            feat_extract_norm="layer", do_stable_layer_norm=True)
+    Wav2Vec2Model(config).save_pretrained(tmp_path / "w2v")
+    encoder = load_encoder(str(tmp_path / "w2v"), kind="hf")
+    audio, lengths = _pad(clips(0.2, 0.1))
+    with torch.no_grad():
+        hidden, mask = encoder(*encoder.features(audio, lengths))
+        alone, alone_mask = encoder(*encoder.features(audio[1:, :1600], lengths[1:]))
+    assert hidden.shape[-1] == encoder.dim == 16 and mask.sum(1).tolist() == [319, 159]
+    n = int(alone_mask.sum())
+    torch.testing.assert_close(hidden[1, :n], alone[0, :n], atol=1e-4, rtol=1e-4)

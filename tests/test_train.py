@@ -1,0 +1,147 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from speechllm.apps.cli import main
+from speechllm.manifest import ManifestError
+from speechllm.metrics_bleu import corpus_bleu
+from speechllm.speechlm import load_speechlm
+from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
+from speechllm.train import (
+    BatchOrder,
+    TrainConfig,
+    answer_correct,
+    follows_instruction,
+    latest_checkpoint,
+    train,
+)
+
+ROWS = [
+    {"audio": "tone.wav", "text": "hello world", "task": "asr"},
+    {"audio": "noise.wav", "text": "paris", "task": "sqa", "prompt": "where?", "answer": "paris"},
+    {"audio": "chirp.wav", "text": "the weather", "task": "st", "source_text": "el tiempo"},
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    t = np.arange(12000) / 16000
+    rng = np.random.default_rng(0)
+    soundfile.write(root / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)
+    soundfile.write(root / "noise.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    chirp = 0.3 * np.sin(2 * np.pi * (200 + 800 * t) * t)
+    soundfile.write(root / "chirp.wav", chirp.astype(np.float32), 16000)
+    manifest = root / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    whisper, llm = make_tiny_whisper(root / "whisper"), make_tiny_llm(root / "llm")
+    return root, manifest, whisper, llm
+
+
+def config(data, out, **changes) -> TrainConfig:
+    root, manifest, whisper, llm = data
+    base = TrainConfig(train=str(manifest), out=str(out), encoder=str(whisper), llm=str(llm),
+                       adapter="alignformer", adapter_options={"d_model": 16, "d_ffn": 32}, lora_rank=2,
+                       steps=4, batch_size=3, lr=3e-3, warmup=1, eval_every=100, log_every=1, progress=False)
+    return replace(base, **changes)
+
+
+def test_loss_decreases_and_eval_reports_metrics(data, tmp_path):
+    run = config(data, tmp_path / "run", steps=12, eval=str(data[1]), eval_every=12, max_new_tokens=4)
+    result = train(run)
+    first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
+    assert last < 0.8 * first, result.losses
+    metrics = result.evals[-1]
+    for key in ("wer", "cer", "bleu", "ifr", "ifr/transcribe", "ifr/translate", "qa_acc/passage-question"):
+        assert key in metrics and 0 <= metrics[key] <= 100
+    assert metrics["step"] == 12 and metrics["rows"] == 3
+    model = load_speechlm(tmp_path / "run")  # the output folder is a model
+    assert model.config.adapter == "alignformer" and model.has_lora
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "step" in r] == list(range(1, 13)) and "eval" in log[-1]
+
+
+def test_resume_continues_from_the_same_step(data, tmp_path):
+    whole = train(config(data, tmp_path / "whole", steps=4, save_every=2))
+    assert [p.name for p in sorted((tmp_path / "whole" / "checkpoints").iterdir())] == [
+        "step-0000002", "step-0000004"]
+    first = train(config(data, tmp_path / "split", steps=2, save_every=2))
+    assert latest_checkpoint(tmp_path / "split").name == "step-0000002"
+    resumed = train(config(data, tmp_path / "split", steps=4, save_every=2, resume=True))
+    assert resumed.start_step == 2 and len(resumed.losses) == 2
+    np.testing.assert_allclose(first.losses + resumed.losses, whole.losses, rtol=1e-5)
+    a = load_speechlm(tmp_path / "whole").trainable_state_dict()
+    b = load_speechlm(tmp_path / "split").trainable_state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_bad_rows_reported_before_training(data, tmp_path):
+    root = data[0]
+    soundfile.write(root / "long.wav", np.zeros(31 * 16000, dtype=np.float32), 16000)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([
+        json.dumps({"audio": str(root / "tone.wav"), "text": "fine"}),
+        "{not json",
+        json.dumps({"audio": str(root / "missing.wav"), "text": "x"}),
+        json.dumps({"audio": str(root / "long.wav"), "text": "too long"}),
+        json.dumps({"audio": str(root / "tone.wav"), "task": "st"}),
+    ]) + "\n")
+    out = tmp_path / "never"
+    with pytest.raises(ManifestError) as info:
+        train(config(data, out, train=str(bad), eval=str(bad)))
+    lines = [e.split(":")[1] for e in info.value.errors]
+    assert lines == ["2", "3", "4", "5"] * 2  # both manifests, every bad row, in order
+    assert "31.0 s" in info.value.errors[2] and "no such file" in info.value.errors[1]
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_finetune_cli(data, tmp_path, capsys):
+    root, manifest, whisper, llm = data
+    out = tmp_path / "cli"
+    code = main(["finetune", "--train", str(manifest), "--eval", str(manifest), "--adapter", "linear",
+                 "--adapter-options", '{"hidden_dim": 16}', "--encoder", str(whisper), "--llm", str(llm),
+                 "--out", str(out), "--steps", "2", "--batch-size", "2", "--grad-accum", "2",
+                 "--eval-every", "2", "--max-new-tokens", "3", "--quiet"])
+    assert code == 0 and "final evaluation (step 2)" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["adapter"] == "linear"
+    assert main(["finetune", "--train", str(manifest), "--out", str(out), "--adapter", "mlp"]) == 1
+
+
+def test_batch_order_is_resumable_and_sharded():
+    order = BatchOrder(7, 3, seed=1)
+    epoch = [i for m in range(order.per_epoch) for i in order.batch(m)]
+    assert sorted(epoch) == list(range(7))  # each row once per epoch
+    assert next(iter(BatchOrder(7, 3, seed=1, start=4))) == order.batch(4)
+    shards = [BatchOrder(7, 2, seed=1, rank=r, world=2) for r in range(2)]
+    assert shards[0].per_epoch == shards[1].per_epoch == 2  # ranks step together
+    seen = [i for s in shards for m in range(2) for i in s.batch(m)]
+    assert len(seen) == 8 and set(seen) == set(range(7))  # 7 rows cover 2 ranks x 2 batches x 2
+
+
+def test_ifr_and_qa_rules():
+    assert follows_instruction("transcribe", "hello word", "hello world")
+    assert not follows_instruction("transcribe", "Sure! Here is a poem about the sea.", "hello world")
+    assert not follows_instruction("translate", "el tiempo", "el tiempo")  # transcribed, not translated
+    assert follows_instruction("translate", "the weather", "el tiempo")
+    assert not follows_instruction("spoken-question", "", "what is the capital of france")
+    assert answer_correct("Paris", "It is Paris.") and not answer_correct("Paris", "Parisian")
+
+
+def test_bleu():
+    assert corpus_bleu(["the cat is on the mat"], ["the cat is on the mat"]).score == pytest.approx(100)
+    assert corpus_bleu(["the cat is on the mat"], ["a dog"]).score == 0
+    score = corpus_bleu(["The cat sat on the mat.", "It is raining today in the city."],
+                        ["The cat sat on a mat.", "It rains today in the city."])
+    assert score.brevity_penalty == pytest.approx(np.exp(1 - 15 / 14)) and 50 < score.score < 56
