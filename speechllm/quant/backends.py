@@ -1,0 +1,286 @@
+"""Matmul kernels for quantized weights: a registry, and a choice made by measuring once per shape.
+
+A backend computes ``x @ W.T`` for ``x`` ``[M, K]`` and a :class:`QuantizedWeight` ``W`` ``[N, K]``.
+``prepare`` turns the weight into whatever the kernel reads (a re-packed copy, or the weight itself);
+``run`` does the product. ``exact`` backends keep activations in floating point (fp32 or bf16), so they
+agree with the dequantized reference up to float rounding; the others quantize activations too.
+
+:func:`choose` times every applicable backend on the first input of each (device, format, N, K, M-bucket)
+and remembers the fastest, in this process and in a small JSON file per machine
+(``$SPEECHLLM_KERNEL_CACHE``, default ``~/.cache/speechllm/kernels.json``; ``0`` turns it off).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .formats import QuantizedWeight, QuantSpec, pack_int4
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    supports: Callable[[QuantSpec, int, int, torch.device], bool]  # (spec, N, K, device)
+    prepare: Callable[[QuantizedWeight], Any]
+    run: Callable[[Any, torch.Tensor], torch.Tensor]
+    exact: bool = True
+    auto: bool = True  # tried by the automatic choice
+    # the canonical packed codes back from a prepared state, when the kernel's copy can stand in for them
+    # (then the module drops its own copy: see ``QuantLinear.compact``); returns None when it cannot
+    codes_from_state: Callable[[Any], torch.Tensor | None] | None = None
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def _has(op: str) -> bool:
+    return hasattr(torch.ops.aten, op)
+
+
+# --- dequantize + matmul: always works ------------------------------------------------------------
+
+def _dequant_run(qw: QuantizedWeight, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, qw.dequantize(x.dtype))
+
+
+register_backend(Backend("dequant", lambda s, n, k, d: True, lambda qw: qw, _dequant_run))
+
+
+# --- torch's int4 "tinygemm" kernels (bf16 activations) -------------------------------------------
+
+def _int4_scales_zeros(qw: QuantizedWeight) -> torch.Tensor:
+    """tinygemm reads ``w = (q - 8) * scale + zero``: ``[groups, N, 2]`` in bf16."""
+    zero = qw.offset.float() + 8 * qw.scale.float()
+    return torch.stack([qw.scale.float(), zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def _int4pack_supported(spec: QuantSpec, n: int, k: int, device: torch.device, dev: str) -> bool:
+    return (spec.bits == 4 and device.type == dev and spec.group(k) in (32, 64, 128, 256)
+            and n % 16 == 0 and k % 32 == 0)
+
+
+def _int4pack_cpu_prepare(qw: QuantizedWeight) -> tuple:
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(qw.int_codes().to(torch.int32), 1)
+    return packed, qw.spec.group(qw.shape[1]), _int4_scales_zeros(qw)
+
+
+def _int4pack_cpu_run(state: tuple, x: torch.Tensor) -> torch.Tensor:
+    packed, group, sz = state
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, group, sz).to(x.dtype)
+
+
+def _untile_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Read torch's CPU int4 layout: 64-row tiles; byte ``[t*K + k, j]`` = rows ``t*64+j`` | ``t*64+32+j``."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    tiles = packed.view(n // 64, k, 32)
+    q = torch.stack([tiles & 15, tiles >> 4], 1).transpose(2, 3)  # [tiles, 2, 32, K]
+    return pack_int4(q.reshape(n, k))
+
+
+@lru_cache(maxsize=1)
+def _int4pack_layout_known() -> bool:
+    """Check once that this torch build still packs int4 the way ``_untile_int4`` reads it."""
+    q = torch.randint(0, 16, (128, 64), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    return packed.shape == (128, 32) and torch.equal(_untile_int4(packed), pack_int4(q))
+
+
+def _int4pack_cpu_codes(state: tuple) -> torch.Tensor | None:
+    packed = state[0]
+    return _untile_int4(packed) if packed.shape[0] % 64 == 0 and _int4pack_layout_known() else None
+
+
+if _has("_weight_int4pack_mm_for_cpu"):
+    register_backend(Backend(
+        "int4pack-cpu", lambda s, n, k, d: _int4pack_supported(s, n, k, d, "cpu"),
+        _int4pack_cpu_prepare, _int4pack_cpu_run, codes_from_state=_int4pack_cpu_codes))
+
+
+def _int4pack_cuda_prepare(qw: QuantizedWeight, inner_k_tiles: int = 8) -> tuple:
+    q = qw.int_codes()
+    high_first = (q[:, 0::2] << 4 | q[:, 1::2]).contiguous()
+    packed = torch.ops.aten._convert_weight_to_int4pack(high_first, inner_k_tiles)
+    return packed, qw.spec.group(qw.shape[1]), _int4_scales_zeros(qw)
+
+
+def _int4pack_cuda_run(state: tuple, x: torch.Tensor) -> torch.Tensor:
+    packed, group, sz = state
+    return torch.ops.aten._weight_int4pack_mm(x.to(torch.bfloat16), packed, group, sz).to(x.dtype)
+
+
+if _has("_weight_int4pack_mm"):
+    register_backend(Backend(
+        "int4pack-cuda", lambda s, n, k, d: _int4pack_supported(s, n, k, d, "cuda") and k % 1024 == 0,
+        _int4pack_cuda_prepare, _int4pack_cuda_run))
+
+
+# --- torch's int8 weight-only kernel (bf16 activations) -------------------------------------------
+
+def _int8pack_run(state: tuple, x: torch.Tensor) -> torch.Tensor:
+    codes, scale = state
+    return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), codes, scale).to(x.dtype)
+
+
+if _has("_weight_int8pack_mm"):
+    register_backend(Backend(
+        "int8pack", lambda s, n, k, d: s.bits == 8 and s.group_size in (-1, 0),
+        lambda qw: (qw.codes, qw.scale[:, 0].to(torch.bfloat16)), _int8pack_run))
+
+
+# --- fbgemm / onednn dynamic int8 (activations quantized per tensor on the fly) -------------------
+
+@lru_cache(maxsize=1)
+def _reduce_range() -> bool:
+    """fbgemm's AVX2 path can saturate 16-bit sums of u8*s8 pairs; AVX512-VNNI cannot."""
+    try:
+        return "avx512_vnni" not in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+
+
+def _dyn8_prepare(qw: QuantizedWeight) -> Any:
+    n = qw.shape[0]
+    with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        qt = torch._make_per_channel_quantized_tensor(
+            qw.codes, qw.scale[:, 0].double(), torch.zeros(n, dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(qt, None)
+
+
+def _dyn8_codes(packed: Any) -> torch.Tensor:
+    return torch.ops.quantized.linear_unpack(packed)[0].int_repr()
+
+
+def _dyn8_run(packed: Any, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, _reduce_range()).to(x.dtype)
+
+
+if any(e in torch.backends.quantized.supported_engines for e in ("fbgemm", "x86", "onednn")):
+    register_backend(Backend(
+        "dyn-int8", lambda s, n, k, d: s.bits == 8 and s.group_size in (-1, 0) and d.type == "cpu",
+        _dyn8_prepare, _dyn8_run, exact=False, codes_from_state=_dyn8_codes))
+
+
+# --- fused dequantize-matmul generated by torch.compile (opt-in: slow to build, slow here on CPU) ---
+
+@lru_cache(maxsize=1)
+def _compiled_dequant_linear() -> Callable:
+    return torch.compile(_dequant_run, dynamic=False)
+
+
+register_backend(Backend(
+    "compile", lambda s, n, k, d: True, lambda qw: qw,
+    lambda qw, x: _compiled_dequant_linear()(qw, x), auto=False))
+
+
+# --- the choice ----------------------------------------------------------------------------------
+
+def bucket(m: int) -> str:
+    return "decode" if m == 1 else ("small" if m <= 32 else "prefill")
+
+
+def _cache_path() -> Path | None:
+    env = os.environ.get("SPEECHLLM_KERNEL_CACHE", "")
+    if env == "0":
+        return None
+    return Path(env) if env else Path.home() / ".cache" / "speechllm" / "kernels.json"
+
+
+def _machine(device: torch.device) -> str:
+    cuda = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else torch.backends.cpu.get_cpu_capability()
+    return f"torch{torch.__version__}|{device.type}|{name}|threads{torch.get_num_threads()}"
+
+
+_CHOICES: dict[str, str] = {}
+_LOADED = False
+
+
+def _load_choices() -> None:
+    global _LOADED
+    _LOADED = True
+    path = _cache_path()
+    if path and path.is_file():
+        try:
+            _CHOICES.update({k: v for k, v in json.loads(path.read_text()).items() if v in BACKENDS})
+        except (OSError, ValueError):
+            pass
+
+
+def _save_choices() -> None:
+    path = _cache_path()
+    if not path:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_CHOICES, indent=0, sort_keys=True))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def candidates(spec: QuantSpec, n: int, k: int, device: torch.device, exact: bool = True) -> list[Backend]:
+    """Backends the automatic choice may try for this weight (``dequant`` always among them)."""
+    return [b for b in BACKENDS.values()
+            if b.auto and (b.exact or not exact) and b.supports(spec, n, k, device)]
+
+
+def time_backend(backend: Backend, state: Any, x: torch.Tensor, repeats: int = 7) -> float:
+    """Median seconds per call, after two warm-up calls."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    with torch.no_grad():
+        for _ in range(2):
+            backend.run(state, x)
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            backend.run(state, x)
+            sync()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def choose(qw: QuantizedWeight, x: torch.Tensor, prepared: dict[str, Any], exact: bool = True) -> Backend:
+    """The fastest applicable backend for this weight and input size (measured once, then cached).
+
+    ``prepared`` holds the prepared weights per backend name (the caller's, e.g. a module's); entries
+    for backends tried but not chosen stay there for the caller to drop.
+    """
+    if not _LOADED:
+        _load_choices()
+    n, k = qw.shape
+    key = f"{_machine(x.device)}|{qw.spec.name}|{n}x{k}|{bucket(x.shape[0])}|{'exact' if exact else 'any'}"
+    name = _CHOICES.get(key)
+    if name is None:
+        options = candidates(qw.spec, n, k, x.device, exact)
+        timings = {}
+        for b in options:
+            if b.name not in prepared:
+                prepared[b.name] = b.prepare(qw)
+            try:
+                timings[b.name] = time_backend(b, prepared[b.name], x)
+            except RuntimeError:  # a kernel this build or machine cannot run after all
+                prepared.pop(b.name, None)
+        name = min(timings, key=timings.get)
+        _CHOICES[key] = name
+        _save_choices()
+    return BACKENDS[name]

@@ -1,0 +1,107 @@
+"""Every kernel against the dequantized reference; the measured choice, its cache, compaction, gradients."""
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speechllm.quant import BACKENDS, QuantLinear, QuantSpec, quantize_weight
+from speechllm.quant import backends as kernels
+
+# max |y - y_ref| / max |y_ref|: bf16 activations cost ~3 significant digits; per-tensor int8 activations more
+BOUND = {True: 2e-2, False: 6e-2}
+SPECS = [QuantSpec(4, 32), QuantSpec(4, 64), QuantSpec(4, 128), QuantSpec(8, -1), QuantSpec(8, 32)]
+
+
+@pytest.fixture(autouse=True)
+def _kernel_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPEECHLLM_KERNEL_CACHE", str(tmp_path / "kernels.json"))
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    monkeypatch.setattr(kernels, "_LOADED", False)
+
+
+def _backends_to_test():
+    names = [n for n in BACKENDS if n != "compile" or os.environ.get("SPEECHLLM_TEST_COMPILE")]
+    return [n for n in names if BACKENDS[n].supports(QuantSpec(8, -1), 128, 256, torch.device("cpu"))
+            or BACKENDS[n].supports(QuantSpec(4, 32), 128, 256, torch.device("cpu"))]
+
+
+@pytest.mark.parametrize("name", _backends_to_test())
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("m", [1, 7, 64])
+def test_backend_matches_dequantized_reference(name, spec, m):
+    backend = BACKENDS[name]
+    n, k = 128, 256
+    if not backend.supports(spec, n, k, torch.device("cpu")):
+        pytest.skip(f"{name} does not take {spec.name}")
+    torch.manual_seed(0)
+    qw = quantize_weight(torch.randn(n, k), spec)
+    x = torch.randn(m, k)
+    ref = F.linear(x, qw.dequantize())
+    out = backend.run(backend.prepare(qw), x)
+    assert out.shape == ref.shape and out.dtype == x.dtype
+    assert (out - ref).abs().max() / ref.abs().max() < BOUND[backend.exact]
+
+
+def test_dequant_backend_is_exact():
+    qw = quantize_weight(torch.randn(64, 96), QuantSpec(4, 32))
+    x = torch.randn(3, 96)
+    assert torch.equal(BACKENDS["dequant"].run(qw, x), F.linear(x, qw.dequantize()))
+
+
+def test_choice_is_measured_once_and_cached(tmp_path):
+    layer = QuantLinear.from_linear(torch.nn.Linear(256, 128), QuantSpec(4, 32))
+    layer(torch.randn(1, 256))
+    layer(torch.randn(2, 5, 256))  # 10 rows: another bucket
+    cache = json.loads((tmp_path / "kernels.json").read_text())
+    assert len(cache) == 2 and {k.split("|")[-2] for k in cache} == {"decode", "small"}
+    assert all(v in BACKENDS and BACKENDS[v].exact for v in cache.values())
+    assert set(layer._prepared) <= {b.name for b in layer._chosen.values()}
+    # a second layer of the same shape reuses the choice without timing anything
+    other = QuantLinear.from_linear(torch.nn.Linear(256, 128), QuantSpec(4, 32))
+    calls = []
+    original = kernels.time_backend
+    kernels.time_backend = lambda *a, **kw: calls.append(a) or original(*a, **kw)
+    try:
+        other(torch.randn(1, 256))
+    finally:
+        kernels.time_backend = original
+    assert calls == [] and other._chosen["decode"].name == layer._chosen["decode"].name
+
+
+def test_forced_backend_and_inexact_choice():
+    lin = torch.nn.Linear(256, 128)
+    forced = QuantLinear.from_linear(lin, QuantSpec(4, 32), backend="dequant")
+    x = torch.randn(4, 256)
+    assert torch.equal(forced(x), F.linear(x, forced.dequantize()) + forced.bias)
+    anything = QuantLinear.from_linear(lin, QuantSpec(8, -1), exact=False)
+    anything(x)
+    assert anything._chosen["small"].name in {b.name for b in kernels.candidates(
+        anything.spec, 128, 256, x.device, exact=False)}
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, 32), QuantSpec(8, -1)], ids=lambda s: s.name)
+def test_compact_holds_the_weight_once(spec):
+    layer = QuantLinear.from_linear(torch.nn.Linear(256, 128, bias=False), spec, exact=False)
+    x = torch.randn(1, 256)
+    y = layer(x)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    if layer.compact():
+        assert layer.codes is None
+        assert torch.equal(layer.state_dict()["codes"], state["codes"])
+        assert torch.equal(layer(x), y)
+    layer.uncompact()
+    assert torch.equal(layer.codes, state["codes"])
+
+
+def test_gradient_reaches_the_input_only():
+    torch.manual_seed(3)
+    layer = QuantLinear.from_linear(torch.nn.Linear(256, 128), QuantSpec(4, 32))
+    x = torch.randn(5, 256, requires_grad=True)
+    layer(x).pow(2).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    F.linear(x_ref, layer.dequantize(), layer.bias).pow(2).sum().backward()
+    assert (x.grad - x_ref.grad).abs().max() / x_ref.grad.abs().max() < 5e-2
+    assert all(not p.requires_grad for p in layer.parameters())
