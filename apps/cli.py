@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "transcribe": "speechllm.apps.commands.transcribe",
     "data": "speechllm.apps.commands.data",
     "finetune": "speechllm.apps.commands.finetune",
+    "chat": "speechllm.apps.commands.chat",
 }
 
 

@@ -1,0 +1,26 @@
+"""``speechllm chat``: a voice chat with the speech-LLM in the browser (Gradio).
+
+* :mod:`.engine`: one turn in (speech or text), streamed text and speech out; no web code.
+* :mod:`.voices`: the voices the answer can be spoken with, by name.
+* :mod:`.ui`: the Gradio page and its server.
+"""
+
+from speechllm.apps.chat.engine import (
+    QUANT_CHOICES,
+    ChatEngine,
+    ChatOptions,
+    Notice,
+    SentenceChunker,
+    SpeechChunk,
+    TextDelta,
+    Turn,
+    TurnDone,
+    load_chat_model,
+)
+from speechllm.apps.chat.voices import DEFAULT_VOICE, VOICES, Voice, VoiceError, load_voice, register_voice
+
+__all__ = [
+    "DEFAULT_VOICE", "QUANT_CHOICES", "VOICES", "ChatEngine", "ChatOptions", "Notice", "SentenceChunker",
+    "SpeechChunk", "TextDelta", "Turn", "TurnDone", "Voice", "VoiceError", "load_chat_model", "load_voice",
+    "register_voice",
+]

@@ -1,0 +1,254 @@
+"""The voice chat without the web page: a spoken or typed turn in, streamed text and speech out.
+
+The speech-LLM answers the recording itself (audio embeddings in its prompt, no separate ASR
+step). As its tokens arrive, :class:`SentenceChunker` cuts the text at sentence and clause ends
+and a :class:`SpeechWorker` thread speaks each piece while the LLM keeps writing, so text and
+audio chunks come out interleaved: :meth:`ChatEngine.reply` yields :class:`TextDelta`,
+:class:`SpeechChunk`, :class:`Notice` and, last, :class:`TurnDone`.
+
+History is kept as text turns and put in front of the instruction (the model's prompt has one
+user turn). A spoken turn enters the history as its transcript, made by the same model after
+the answer (``ChatOptions.remember_speech``) while the last sentences are still being spoken.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from speechllm.apps.chat.voices import Voice
+
+QUANT_CHOICES = ("saved", "fp32", "int8", "int4")  # saved: whatever the model folder's config.json says
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    max_new_tokens: int = 200
+    max_seconds: float = 30.0  # longest spoken turn accepted
+    history_chars: int = 2000  # most recent history kept in the prompt
+    remember_speech: bool = True  # transcribe spoken turns for the history (one more model pass)
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" | "assistant"
+    text: str
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    samples: np.ndarray  # float32 mono
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class Notice:
+    message: str  # something went wrong on the side (e.g. the voice); the text goes on
+
+
+@dataclass(frozen=True)
+class TurnDone:
+    user: str  # what the user said or typed, for the history
+    answer: str
+
+
+Event = TextDelta | SpeechChunk | Notice | TurnDone
+
+
+def load_chat_model(model: str, quant: str = "saved", device: str | None = None):
+    """A speech-LLM by model folder or zoo name; ``quant`` re-loads its LLM in another format."""
+    from speechllm.speechlm import is_speechlm_folder, load_backbone, load_speechlm, read_config
+    from speechllm.transcriber import pick_device
+    from speechllm.zoo import resolve
+
+    if quant not in QUANT_CHOICES:
+        raise ValueError(f"quantization {quant!r}: choose from {', '.join(QUANT_CHOICES)}")
+    folder = resolve(model).path
+    if not is_speechlm_folder(folder):
+        raise ValueError(f"{model}: not a speech-LLM model folder (no config.json of format 'speechllm'); "
+                         "make one with `speechllm finetune`")
+    target = pick_device(device)
+    if quant == "saved":
+        return load_speechlm(folder, device=target)
+    config, _ = read_config(folder)
+    llm, tokenizer = load_backbone(config.llm, None if quant == "fp32" else quant)
+    return load_speechlm(folder, device=target, llm=llm, tokenizer=tokenizer)
+
+
+class SentenceChunker:
+    """Text pieces in, speakable pieces out: whole sentences, or clauses once long enough."""
+
+    _SENTENCE = re.compile(r"[.!?…](?=\s)|\n")
+    _CLAUSE = re.compile(r"[,;:](?=\s)")
+
+    def __init__(self, min_clause_chars: int = 30, max_chars: int = 200):
+        self.min_clause_chars, self.max_chars = min_clause_chars, max_chars
+        self.buffer = ""
+
+    def push(self, text: str) -> list[str]:
+        self.buffer += text
+        out = []
+        while piece := self._cut():
+            out.append(piece)
+        return out
+
+    def flush(self) -> list[str]:
+        rest, self.buffer = self.buffer.strip(), ""
+        return [rest] if rest else []
+
+    def _cut(self) -> str | None:
+        end = None
+        if m := self._SENTENCE.search(self.buffer):
+            end = m.end()
+        else:
+            long_enough = [m.end() for m in self._CLAUSE.finditer(self.buffer)
+                           if m.end() >= self.min_clause_chars]
+            if long_enough:
+                end = long_enough[0]
+            elif len(self.buffer) > self.max_chars and " " in self.buffer[: self.max_chars]:
+                end = self.buffer.rindex(" ", 0, self.max_chars)
+        if end is None:
+            return None
+        piece, self.buffer = self.buffer[:end].strip(), self.buffer[end:].lstrip()
+        return piece or self._cut()
+
+
+class SpeechWorker:
+    """Speaks queued text on its own thread; chunks are collected with :meth:`ready` / :meth:`finish`."""
+
+    def __init__(self, voice: Voice):
+        self.voice = voice
+        self.inbox: queue.Queue[str | None] = queue.Queue()
+        self.outbox: queue.Queue[np.ndarray | Exception | None] = queue.Queue()
+        self.ended = False
+        self.thread = threading.Thread(target=self._run, name="speechllm-tts", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        failed = False
+        while (text := self.inbox.get()) is not None:
+            if failed:
+                continue
+            try:
+                for chunk in self.voice.stream(text):
+                    if len(chunk):
+                        self.outbox.put(np.asarray(chunk, dtype=np.float32))
+            except Exception as exc:  # the voice's problem must not end the text answer
+                failed = True
+                self.outbox.put(exc)
+        self.outbox.put(None)
+
+    def say(self, text: str) -> None:
+        self.inbox.put(text)
+
+    def _events(self, block: bool) -> Iterator[Event]:
+        while True:
+            try:
+                item = self.outbox.get(block=block)
+            except queue.Empty:
+                return
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                yield Notice(f"the voice failed: {item}")
+            else:
+                yield SpeechChunk(item, self.voice.sample_rate)
+
+    def ready(self) -> Iterator[Event]:
+        """Chunks made so far, without waiting."""
+        return self._events(block=False)
+
+    def end(self) -> None:
+        """No more text: the thread speaks what it has and stops."""
+        if not self.ended:
+            self.ended = True
+            self.inbox.put(None)
+
+    def finish(self) -> Iterator[Event]:
+        """All remaining chunks, waiting for the last one."""
+        self.end()
+        return self._events(block=True)
+
+
+def with_history(turns: Sequence[Turn], request: str, max_chars: int) -> str:
+    """The newest turns that fit in ``max_chars``, then the request."""
+    lines: list[str] = []
+    used = 0
+    for turn in reversed(turns):
+        line = f"{'User' if turn.role == 'user' else 'Assistant'}: {turn.text.strip()}"
+        if used + len(line) > max_chars:
+            break
+        lines.insert(0, line)
+        used += len(line) + 1
+    if not lines:
+        return request
+    return "Earlier in this conversation:\n" + "\n".join(lines) + "\n\n" + request
+
+
+class ChatEngine:
+    def __init__(self, model, voice: Voice | None = None, options: ChatOptions = ChatOptions()):
+        self.model, self.voice, self.options = model, voice, options
+
+    def load_turn_audio(self, audio: str | Path | np.ndarray) -> np.ndarray:
+        """A recording (file or 16 kHz float32 array) checked against the duration limit."""
+        from speechllm.audio import SAMPLE_RATE, AudioError, load_audio
+
+        limit = self.options.max_seconds
+        if isinstance(audio, np.ndarray):
+            clip = np.asarray(audio, dtype=np.float32).reshape(-1)
+            if clip.size == 0 or not np.isfinite(clip).all():
+                raise AudioError("<recording>", "empty or not finite")
+            if clip.size > limit * SAMPLE_RATE:
+                raise AudioError("<recording>", f"{clip.size / SAMPLE_RATE:.1f} s is over the limit of "
+                                                f"{limit:g} s")
+            return clip
+        return load_audio(audio, max_duration=limit)
+
+    def reply(self, history: Sequence[Turn], audio: str | Path | np.ndarray | None = None,
+              text: str | None = None) -> Iterator[Event]:
+        """Answer one turn: speech (optionally with a typed instruction about it) or text alone."""
+        from speechllm.speechlm import GenerationOptions, instruction
+
+        text = (text or "").strip()
+        if audio is None and not text:
+            raise ValueError("say or type something first")
+        clip = self.load_turn_audio(audio) if audio is not None else None
+        request = text if text else instruction("spoken-question")
+        prompt = with_history(history, request, self.options.history_chars)
+        options = GenerationOptions(max_new_tokens=self.options.max_new_tokens)
+        worker = SpeechWorker(self.voice) if self.voice is not None else None
+        chunker = SentenceChunker()
+        answer = ""
+        try:
+            for piece in self.model.stream(clip, prompt, options):
+                answer += piece
+                yield TextDelta(piece)
+                if worker is not None:
+                    for sentence in chunker.push(piece):
+                        worker.say(sentence)
+                    yield from worker.ready()
+            if worker is not None:
+                for sentence in chunker.flush():
+                    worker.say(sentence)
+                worker.end()  # speaking goes on while the turn is transcribed
+            user = text
+            if clip is not None and self.options.remember_speech:
+                heard = self.model.generate([clip], instruction("transcribe"), options)[0].text
+                user = f"{heard} ({text})" if text else heard
+            if worker is not None:
+                yield from worker.finish()
+            yield TurnDone(user or "(speech)", answer.strip())
+        finally:
+            if worker is not None:
+                worker.end()

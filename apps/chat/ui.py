@@ -1,0 +1,236 @@
+"""The Gradio page of ``speechllm chat``: record or upload, or type; the answer streams as text and speech.
+
+Speech reaches the browser as it is made: each chunk is appended (base64 16-bit PCM) to a hidden
+text box, which Gradio streams as diffs, and a small Web Audio player in the page schedules each
+new chunk right after the previous one. No ffmpeg, no media server. When the turn is over the
+whole answer also lands in an ordinary audio player, to replay or download.
+
+Exposure: binds 127.0.0.1 unless told otherwise; uploads are capped in size (``max_file_size``)
+and spoken turns in length; files are served only from the app's own temporary folder (Gradio
+serves its upload/cache folder and ``allowed_paths``, which stays empty; the folder is a fresh
+private one, so it holds nothing but this app's uploads and answers).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from speechllm.apps.chat.engine import (
+    QUANT_CHOICES,
+    ChatEngine,
+    ChatOptions,
+    Notice,
+    SpeechChunk,
+    TextDelta,
+    Turn,
+    TurnDone,
+    load_chat_model,
+)
+from speechllm.apps.chat.voices import DEFAULT_VOICE, VOICES, Voice, load_voice
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: Gradio picks a free one from 7860 up
+    max_upload_mb: float = 20.0
+    temp_dir: str | None = None  # None: a fresh private folder for this app's files
+
+
+PLAYER_HEAD = """<script>
+// Web Audio player for the streamed answer. The hidden box holds "TURN RATE CHUNK CHUNK ...":
+// every chunk is base64 little-endian int16 PCM; chunks of the same turn are played back to back.
+window.speechllmPlayer = (() => {
+  let ctx = null, next = 0, turn = null, done = 0, played = 0, seconds = 0;
+  function context() {
+    if (!ctx) ctx = new (window.AudioContext || window.webkitAudioContext)();
+    if (ctx.state === "suspended") ctx.resume();
+    return ctx;
+  }
+  function play(b64, rate) {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const pcm = new Int16Array(bytes.buffer, 0, bytes.length >> 1);
+    const c = context();
+    const buffer = c.createBuffer(1, pcm.length, rate);
+    const data = buffer.getChannelData(0);
+    for (let i = 0; i < pcm.length; i++) data[i] = pcm[i] / 32768;
+    const source = c.createBufferSource();
+    source.buffer = buffer;
+    source.connect(c.destination);
+    const start = Math.max(c.currentTime + 0.05, next);
+    source.start(start);
+    next = start + buffer.duration;
+    played += 1;
+    seconds += buffer.duration;
+  }
+  return {
+    unlock() { context(); },
+    update(value) {
+      if (!value) return;
+      const parts = value.trim().split(" ");
+      if (parts.length < 2) return;
+      if (parts[0] !== turn) { turn = parts[0]; done = 0; }
+      const rate = Number(parts[1]), chunks = parts.slice(2);
+      for (; done < chunks.length; done++) play(chunks[done], rate);
+    },
+    state() { return {turn, played, seconds, context: ctx && ctx.state}; },
+  };
+})();
+</script>"""
+
+
+def pcm16(samples: np.ndarray) -> np.ndarray:
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+
+
+def encode_chunk(samples: np.ndarray) -> str:
+    return base64.b64encode(pcm16(samples).tobytes()).decode("ascii")
+
+
+class ChatApp:
+    """The loaded model and voices behind the page (one local user; one turn at a time)."""
+
+    def __init__(self, model: str, quant: str = "saved", voice: str = DEFAULT_VOICE,
+                 device: str | None = None, options: ChatOptions | None = None, loaded_model: Any = None):
+        self.options, self.device = options or ChatOptions(), device
+        self.model_name, self.quant = model, quant
+        self.model = loaded_model if loaded_model is not None else load_chat_model(model, quant, device)
+        self.default_voice = voice
+        self._voices: dict[str, Voice | None] = {voice: load_voice(voice)}  # fail at start, not mid-chat
+        self._lock = threading.Lock()
+        self._turns = itertools.count(1)
+
+    def load_model(self, model: str, quant: str) -> str:
+        with self._lock:
+            self.model = load_chat_model(model, quant, self.device)
+            self.model_name, self.quant = model, quant
+        return f"loaded {model} ({quant})"
+
+    def voice(self, name: str) -> Voice | None:
+        with self._lock:
+            if name not in self._voices:
+                self._voices[name] = load_voice(name)
+            return self._voices[name]
+
+    def engine(self, voice: str, max_new_tokens: int) -> ChatEngine:
+        options = replace(self.options, max_new_tokens=int(max_new_tokens))
+        return ChatEngine(self.model, self.voice(voice), options)
+
+    def next_turn(self) -> int:
+        return next(self._turns)
+
+
+def _messages(turns: list[dict]) -> list[dict]:
+    return [{"role": t["role"], "content": t["text"]} for t in turns]
+
+
+def build_blocks(app: ChatApp):
+    """The Blocks page; ``launch`` serves it."""
+    import gradio as gr
+
+    def respond(audio_path, text, turns, voice_name, max_new_tokens):
+        turns = list(turns or [])
+        if not audio_path and not (text or "").strip():
+            raise gr.Error("Record or upload a question, or type one.")
+        engine = app.engine(voice_name, max_new_tokens)
+        shown_user = (f"🎤 {text}" if text else "🎤 (speaking…)") if audio_path else text
+        messages = _messages(turns) + [{"role": "user", "content": shown_user},
+                                       {"role": "assistant", "content": ""}]
+        rate = engine.voice.sample_rate if engine.voice is not None else 0
+        stream = f"{app.next_turn()} {rate}"
+        chunks: list[np.ndarray] = []
+        answer = ""
+        try:
+            events = engine.reply([Turn(t["role"], t["text"]) for t in turns],
+                                  audio=audio_path or None, text=text)
+            for event in events:
+                if isinstance(event, TextDelta):
+                    answer += event.text
+                    messages[-1] = {"role": "assistant", "content": answer}
+                    yield messages, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                elif isinstance(event, SpeechChunk):
+                    chunks.append(event.samples)
+                    stream += " " + encode_chunk(event.samples)
+                    yield gr.skip(), stream, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                elif isinstance(event, Notice):
+                    gr.Warning(event.message)
+                elif isinstance(event, TurnDone):
+                    turns += [{"role": "user", "text": event.user},
+                              {"role": "assistant", "text": event.answer}]
+                    shown_user = f"🎤 {event.user}" if audio_path else event.user
+                    messages[-2] = {"role": "user", "content": shown_user}
+        except (ValueError, FileNotFoundError) as exc:  # AudioError (too long, unreadable) is a ValueError
+            raise gr.Error(str(exc)) from None
+        spoken = (rate, pcm16(np.concatenate(chunks))) if chunks else None
+        yield messages, stream, spoken, turns, None, ""
+
+    def load(model_name, quant):
+        try:
+            return app.load_model(model_name, quant)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            raise gr.Error(str(exc)) from None
+
+    with gr.Blocks(title="speechllm chat", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        turns = gr.State([])
+        gr.Markdown("### speechllm voice chat\nSpeak, upload a recording, or type. The model answers "
+                    "the recording itself; the answer is spoken as it is written.")
+        chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="conversation")
+        with gr.Row():
+            audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your turn (speech)",
+                                elem_id="speech-in")
+            text_in = gr.Textbox(label="…or type (with a recording: an instruction about it)", lines=3,
+                                 elem_id="text-in")
+        with gr.Row():
+            send = gr.Button("Send", variant="primary", elem_id="send")
+            clear = gr.Button("New conversation", elem_id="clear")
+        answer_audio = gr.Audio(label="Spoken answer (whole turn)", type="numpy", interactive=False,
+                                elem_id="answer-audio")
+        stream_box = gr.Textbox(visible="hidden", elem_id="speech-stream")
+        with gr.Accordion("Settings", open=False):
+            voice = gr.Dropdown(sorted(set(VOICES) | {app.default_voice}), value=app.default_voice,
+                                label="Voice", allow_custom_value=True)
+            max_new_tokens = gr.Slider(16, 512, value=app.options.max_new_tokens, step=8,
+                                       label="Longest answer (tokens)")
+            model_name = gr.Textbox(app.model_name, label="Model (folder or zoo name)")
+            quant = gr.Dropdown(list(QUANT_CHOICES), value=app.quant, label="LLM weights")
+            load_button = gr.Button("Load model")
+            status = gr.Markdown(f"model: {app.model_name} ({app.quant})")
+
+        send.click(fn=None, js="() => { window.speechllmPlayer && window.speechllmPlayer.unlock(); }")
+        inputs = [audio_in, text_in, turns, voice, max_new_tokens]
+        outputs = [chatbot, stream_box, answer_audio, turns, audio_in, text_in]
+        send.click(respond, inputs, outputs, api_name="respond")
+        text_in.submit(respond, inputs, outputs, api_visibility="private")
+        stream_box.change(fn=None, inputs=stream_box,
+                          js="(v) => { window.speechllmPlayer && window.speechllmPlayer.update(v); }")
+        clear.click(lambda: ([], [], None, ""), None, [chatbot, turns, answer_audio, stream_box],
+                    api_name="clear")
+        load_button.click(load, [model_name, quant], status, api_name="load_model")
+    return demo
+
+
+def launch(app: ChatApp, server: ServerOptions = ServerOptions(), block: bool = True, quiet: bool = False):
+    """Serve the page; with ``block=False`` return ``(demo, url)`` and keep serving in the background."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    temp_dir = server.temp_dir or tempfile.mkdtemp(prefix="speechllm-chat-")
+    Path(temp_dir).mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = temp_dir  # uploads and answers live here, and only here
+    import gradio as gr
+
+    demo = build_blocks(app)
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(
+        server_name=server.host, server_port=server.port, share=False, prevent_thread_lock=not block,
+        max_file_size=f"{server.max_upload_mb:g}mb", allowed_paths=[], ssr_mode=False, mcp_server=False,
+        pwa=False, enable_monitoring=False, show_error=True, quiet=quiet, head=PLAYER_HEAD,
+        theme=gr.themes.Default())
+    return demo, url

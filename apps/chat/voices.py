@@ -1,0 +1,118 @@
+"""Voices for the chat, chosen by name from a registry: text in, float32 audio chunks out as they are made.
+
+A voice is anything with ``sample_rate`` and ``stream(text) -> Iterator[np.ndarray]`` (float32 mono
+in [-1, 1]). The chat hands it one sentence or clause at a time while the LLM is still writing, so
+the first audio plays long before the answer is finished.
+
+* ``piper-joe``: the zoo's Piper VITS voice (onnxruntime; natural, ~0.1 real-time factor), one chunk
+  per sentence;
+* ``espeak``: espeak-ng (formant synthesis, robotic but a few milliseconds per sentence);
+* ``none``: text only;
+* any other name goes to the project's own streaming TTS, ``speechllm.tts.load(name)``, whose
+  ``synthesize(text, stream=True)`` yields chunks; a Piper ``.onnx`` path works too.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class Voice(Protocol):
+    sample_rate: int
+
+    def stream(self, text: str) -> Iterator[np.ndarray]: ...
+
+
+class VoiceError(RuntimeError):
+    """A voice that cannot be loaded; the message says what is missing."""
+
+
+class PiperStreamVoice:
+    """Piper synthesises a whole sentence at once: one chunk per sentence of the text it is given."""
+
+    def __init__(self, name_or_path: str = "piper-joe", threads: int = 1):
+        from speechllm.tts.piper import PiperError, PiperVoice
+
+        try:
+            self.voice = PiperVoice.load(name_or_path, threads=threads)
+        except PiperError as exc:
+            raise VoiceError(str(exc)) from None
+        self.sample_rate = self.voice.sample_rate
+
+    def stream(self, text: str) -> Iterator[np.ndarray]:
+        from speechllm.tts.piper import phoneme_ids, phonemize
+
+        for sentence in phonemize(text, self.voice.config.espeak_voice):
+            yield self.voice.synthesize_ids(phoneme_ids(sentence, self.voice.config.phoneme_id_map))
+
+
+class EspeakVoice:
+    """espeak-ng through its command line (``--stdout`` wav); fast enough for any CPU."""
+
+    sample_rate = 22050
+
+    def __init__(self, language: str = "en-us", speed: int = 165):
+        if shutil.which("espeak-ng") is None:
+            raise VoiceError("espeak-ng is not installed (apt-get install espeak-ng)")
+        self.language, self.speed = language, speed
+
+    def stream(self, text: str) -> Iterator[np.ndarray]:
+        import soundfile
+
+        if not text.strip():
+            return
+        proc = subprocess.run(["espeak-ng", "--stdout", "-v", self.language, "-s", str(self.speed)],
+                              input=text.encode("utf-8"), capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise VoiceError(f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
+        audio, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="float32")
+        if rate != self.sample_rate:
+            from speechllm.audio import resample
+
+            audio = resample(audio, rate, self.sample_rate)
+        yield audio
+
+
+class ProjectVoice:
+    """Adapter for ``speechllm.tts.load(name)``: ``synthesize(text, stream=True)`` yields chunks."""
+
+    def __init__(self, name: str):
+        import speechllm.tts as tts
+
+        if not hasattr(tts, "load"):
+            raise VoiceError(f"unknown voice {name!r} (known: {', '.join(VOICES)}); "
+                             "this install has no speechllm.tts.load for other voices")
+        self.model = tts.load(name)
+        self.sample_rate = int(self.model.sample_rate)
+
+    def stream(self, text: str) -> Iterator[np.ndarray]:
+        for chunk in self.model.synthesize(text, stream=True):
+            yield np.asarray(chunk, dtype=np.float32).reshape(-1)
+
+
+VOICES: dict[str, Callable[[], Voice | None]] = {
+    "piper-joe": PiperStreamVoice,
+    "espeak": EspeakVoice,
+    "none": lambda: None,
+}
+DEFAULT_VOICE = "piper-joe"  # until the project's own streaming voice ships
+
+
+def register_voice(name: str, factory: Callable[[], Voice | None]) -> None:
+    VOICES[name] = factory
+
+
+def load_voice(name: str) -> Voice | None:
+    """A voice by registry name, Piper ``.onnx`` path, or project TTS name (None for ``none``)."""
+    if name in VOICES:
+        return VOICES[name]()
+    if name.endswith(".onnx") or Path(name).is_dir():
+        return PiperStreamVoice(name)
+    return ProjectVoice(name)

@@ -1,0 +1,48 @@
+"""``speechllm chat --model MODEL_DIR``: the voice chat in the browser, on http://127.0.0.1:7860."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+HELP = "voice chat with a speech-LLM in the browser (Gradio; pip install 'speechllm[chat]')"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    from speechllm.apps.chat.engine import QUANT_CHOICES, ChatOptions
+    from speechllm.apps.chat.voices import DEFAULT_VOICE, VOICES
+
+    defaults = ChatOptions()
+    parser.add_argument("--model", required=True, help="speech-LLM model folder (from speechllm finetune) "
+                                                       "or zoo name")
+    parser.add_argument("--voice", default=DEFAULT_VOICE,
+                        help=f"{', '.join(VOICES)}, a Piper .onnx, or a speechllm.tts voice name "
+                             f"(default {DEFAULT_VOICE})")
+    parser.add_argument("--quant", default="saved", choices=QUANT_CHOICES,
+                        help="LLM weights: as the model folder says (saved), fp32, int8 or int4")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    parser.add_argument("--port", type=int, default=None, help="default: the first free port from 7860")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload")
+    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
+                        help="longest spoken turn accepted")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help="longest answer (changeable in the page)")
+    parser.add_argument("--no-remember-speech", dest="remember_speech", action="store_false",
+                        help="do not transcribe spoken turns for the history (saves one model pass per turn)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("gradio") is None:
+        raise RuntimeError("the chat needs Gradio: pip install 'speechllm[chat]'")
+    from speechllm.apps.chat.engine import ChatOptions
+    from speechllm.apps.chat.ui import ChatApp, ServerOptions, launch
+
+    if args.max_seconds <= 0 or args.max_upload_mb <= 0 or args.max_new_tokens < 1:
+        raise ValueError("--max-seconds, --max-upload-mb and --max-new-tokens must be positive")
+    options = ChatOptions(max_new_tokens=args.max_new_tokens, max_seconds=args.max_seconds,
+                          remember_speech=args.remember_speech)
+    app = ChatApp(args.model, quant=args.quant, voice=args.voice, device=args.device, options=options)
+    launch(app, ServerOptions(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb))
+    return 0
