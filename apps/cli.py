@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "transcribe": "speechllm.apps.commands.transcribe",
     "data": "speechllm.apps.commands.data",
     "finetune": "speechllm.apps.commands.finetune",
+    "tts": "speechllm.apps.commands.tts",
+    "quantize": "speechllm.apps.commands.quantize",
     "chat": "speechllm.apps.commands.chat",
 }
 

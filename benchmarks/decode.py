@@ -86,8 +86,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads (1 is steadier when other jobs share the CPU)")
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "WEIGHTS", "DECODER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.one:
         print(json.dumps(run_one(*args.one, args.new_tokens, args.repeats)))
         return
@@ -100,7 +103,8 @@ def main() -> None:
         base = None
         for weights, decoder in PATHS:
             cmd = [sys.executable, __file__, "--one", model_name, weights, decoder,
-                   "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+                   "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+                   "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 print(f"| {model_name} | {weights} | {decoder} | failed: {out.stderr.strip()[-200:]} |")

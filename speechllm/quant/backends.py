@@ -138,10 +138,21 @@ def _int8pack_run(state: tuple, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), codes, scale).to(x.dtype)
 
 
+def _aligned(t: torch.Tensor, alignment: int = 64) -> torch.Tensor:
+    """``t`` itself, or an aligned copy: the int8 kernel crashes on codes at odd addresses (as
+    ``safetensors.load_file`` can give them)."""
+    aligned = t.is_contiguous() and t.data_ptr() % alignment == 0
+    return t if aligned else t.clone(memory_format=torch.contiguous_format)
+
+
+def _int8pack_prepare(qw: QuantizedWeight) -> tuple:
+    return _aligned(qw.codes), qw.scale[:, 0].to(torch.bfloat16)
+
+
 if _has("_weight_int8pack_mm"):
     register_backend(Backend(
-        "int8pack", lambda s, n, k, d: s.bits == 8 and s.group_size in (-1, 0),
-        lambda qw: (qw.codes, qw.scale[:, 0].to(torch.bfloat16)), _int8pack_run))
+        "int8pack", lambda s, n, k, d: s.bits == 8 and s.group_size in (-1, 0), _int8pack_prepare,
+        _int8pack_run))
 
 
 # --- fbgemm / onednn dynamic int8 (activations quantized per tensor on the fly) -------------------

@@ -61,6 +61,15 @@ class QuantizedWeight:
         return n, self.codes.shape[1] * (2 if self.spec.bits == 4 else 1)
 
     @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The codes' integer dtype (peft reads it, and never casts adapters to an integer dtype)."""
+        return self.codes.dtype
+
+    @property
     def nbytes(self) -> int:
         tensors = [self.codes, self.scale] + ([self.offset] if self.offset is not None else [])
         return sum(t.numel() * t.element_size() for t in tensors)

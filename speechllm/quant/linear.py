@@ -108,6 +108,11 @@ class QuantLinear(_QuantWeightHolder):
     def from_linear(cls, linear: nn.Linear, spec: QuantSpec = INT4, **kwargs: Any) -> QuantLinear:
         return cls.from_weight(quantize_weight(linear.weight, spec), linear.bias, **kwargs)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The float dtype this layer computes in (peft keeps LoRA adapters in it: fp32)."""
+        return self.bias.dtype if self.bias is not None else torch.float32
+
     def _weight_changed(self) -> None:
         self._compact_from = None
         self._prepared.clear()

@@ -75,6 +75,12 @@ def _load_methods() -> None:
     from . import awq, quad, rtn  # noqa: F401  (each registers itself)
 
 
+def method_names() -> list[str]:
+    """The registered quantization methods (``rtn``, ``awq``, ``quad``)."""
+    _load_methods()
+    return list(METHODS)
+
+
 def target_linears(model: nn.Module, config: QuantConfig) -> dict[str, nn.Linear]:
     """The float linears ``quantize`` will replace: all but the head and ``skip``."""
     return {name: m for name, m in model.named_modules()
@@ -95,16 +101,21 @@ def quantize(model: nn.Module, config: QuantConfig | None = None, calib: list[to
 
 
 def quantize_head_and_embedding(model: nn.Module, config: QuantConfig) -> None:
+    """The token embedding and output head: int8 per channel, or int4 in ``config``'s groups."""
+
+    def group_for(bits: int) -> int:
+        return -1 if bits == 8 else config.group_size
+
     emb, head = model.get_input_embeddings(), getattr(model, HEAD, None)
     tied = isinstance(head, nn.Linear) and isinstance(emb, nn.Embedding) and head.weight is emb.weight
     if config.embed_bits and isinstance(emb, nn.Embedding):
-        qemb = QuantEmbedding.from_embedding(emb, QuantSpec(config.embed_bits, -1))
+        qemb = QuantEmbedding.from_embedding(emb, QuantSpec(config.embed_bits, group_for(config.embed_bits)))
         model.set_input_embeddings(qemb)
         if tied and config.head_bits == config.embed_bits:
             setattr(model, HEAD, QuantLinear.from_weight(qemb.qweight, exact=config.exact_head))
             return
     if config.head_bits and isinstance(head, nn.Linear):
-        spec = QuantSpec(config.head_bits, -1 if config.head_bits == 8 else config.group_size)
+        spec = QuantSpec(config.head_bits, group_for(config.head_bits))
         setattr(model, HEAD, QuantLinear.from_linear(head, spec, exact=config.exact_head))
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from speechllm.adapters import Adapter, AdapterOutput, build_adapter, ctc_vocab
+from speechllm.adapters import Adapter, AdapterOutput, adapter_class, build_adapter, ctc_vocab
 from speechllm.speechlm.backbone import SpeechEncoder, load_backbone, load_encoder
 from speechllm.speechlm.generate import Generation, GenerationOptions, LMState, decode_text, run_decoder
 
@@ -156,10 +156,12 @@ class SpeechLLM(nn.Module):
             llm, tokenizer = load_backbone(config.llm, config.quant)
         llm.requires_grad_(False)
         options = dict(config.adapter_options)
-        if options.get("vocab") == "llm":
+        fields = adapter_class(config.adapter).Config.__dataclass_fields__
+        if options.get("vocab", getattr(fields.get("vocab"), "default", None)) == "llm":
             options["vocab_size"] = len(tokenizer) + 1
         llm_dim = llm.get_input_embeddings().embedding_dim
         adapter = build_adapter(config.adapter, options, encoder_dim=encoder.dim, llm_dim=llm_dim)
+        adapter.attach_llm(llm.get_input_embeddings())
         if config.lora is not None:
             llm = apply_lora(llm, config.lora)
         device = next(llm.parameters()).device
@@ -291,17 +293,29 @@ class SpeechLLM(nn.Module):
     # -- training
 
     def forward(self, audio: Tensor, lengths: Tensor, instructions: Sequence[str], replies: Sequence[str],
-                transcripts: Sequence[str | None] | None = None, ctc_weight: float = 1.0) -> SpeechLLMOutput:
-        """Teacher-forced loss on a batch; ``transcripts`` feed a CTC adapter's auxiliary loss."""
+                transcripts: Sequence[str | None] | None = None, ctc_weight: float = 1.0,
+                lm_weight: float = 1.0) -> SpeechLLMOutput:
+        """Teacher-forced loss on a batch; ``transcripts`` feed a CTC adapter's auxiliary loss.
+
+        ``lm_weight=0`` trains on the CTC loss alone and never runs the LLM (for adapters whose
+        output is defined by their CTC posteriors, e.g. ``ctc-posterior``).
+        """
         ctc = self.ctc_targets(transcripts) if transcripts is not None else None
         encoded = self.encode_audio(audio, lengths, *(ctc or (None, None)))
+        if lm_weight == 0:
+            if ctc is None:
+                raise ValueError(f"lm_weight=0 needs a CTC adapter; {self.config.adapter!r} has no CTC loss")
+            aux = encoded.aux_loss if encoded.aux_loss is not None else encoded.embeddings.sum() * 0.0
+            zero = aux.detach() * 0.0
+            return SpeechLLMOutput(ctc_weight * aux, zero, aux.detach(), 0)
         prompts = [self.prompt_ids(text, True) for text in instructions]
         spliced = self.splice([p[0] for p in prompts], encoded, [p[1] for p in prompts],
                               [self.target_ids(r) for r in replies])
         out = self.llm(inputs_embeds=spliced.embeds, attention_mask=spliced.attention_mask,
                        position_ids=spliced.position_ids, labels=spliced.labels, use_cache=False)
         aux = encoded.aux_loss
-        loss = out.loss if aux is None else out.loss + ctc_weight * aux
+        lm_loss = lm_weight * out.loss
+        loss = lm_loss if aux is None else lm_loss + ctc_weight * aux
         return SpeechLLMOutput(loss, out.loss.detach(), None if aux is None else aux.detach(),
                                int((spliced.labels != -100).sum()))
 
@@ -365,7 +379,7 @@ def pad_audio(clips: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
 
 
 def apply_lora(llm: nn.Module, spec: LoraSpec) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from speechllm.quant.lora import LoraConfig, get_peft_model  # also wraps QuantLinear (QLoRA)
 
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=list(spec.target_modules), bias="none")
