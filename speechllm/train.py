@@ -260,6 +260,14 @@ def answer_correct(answer: str, reply: str) -> bool:
     return bool(a) and any(r[i : i + len(a)] == a for i in range(len(r) - len(a) + 1))
 
 
+def eval_subset(rows: Sequence[ManifestRow], max_rows: int, seed: int) -> list[ManifestRow]:
+    """At most ``max_rows``: a fixed, seeded subset across the whole file (all tasks), in file order."""
+    if len(rows) <= max_rows:
+        return list(rows)
+    keep = sorted(random.Random(seed).sample(range(len(rows)), max_rows))
+    return [rows[i] for i in keep]
+
+
 @torch.no_grad()
 def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
              max_new_tokens: int = 128) -> dict[str, Any]:
@@ -378,9 +386,7 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
         30.0 if config.encoder_kind == "whisper" else None)
     rows = check_manifests(manifests, max_seconds)
     train_rows, eval_rows = rows[0], (rows[1] if config.eval else [])
-    if len(eval_rows) > config.eval_max_rows:  # a fixed, seeded subset across the whole file (all tasks)
-        keep = sorted(random.Random(config.seed).sample(range(len(eval_rows)), config.eval_max_rows))
-        eval_rows = [eval_rows[i] for i in keep]
+    eval_rows = eval_subset(eval_rows, config.eval_max_rows, config.seed)
     # 2. model, optimizer, where to start
     started_group = world > 1 and not torch.distributed.is_initialized()
     if started_group:

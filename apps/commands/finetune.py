@@ -1,8 +1,14 @@
-"""``speechllm finetune --train TRAIN.jsonl --eval EVAL.jsonl --adapter alignformer --out DIR``.
+"""``speechllm finetune --train TRAIN --out DIR [--base MODEL] [--eval EVAL]``.
 
-Trains a speech-LLM (frozen encoder + adapter + frozen LLM, optional LoRA) on mixed-task
-manifests and leaves a model folder in DIR that every ``--model`` option accepts. Runs as is
-under ``torchrun --nproc_per_node N`` (DDP). See ``speechllm.train`` for the details.
+Trains a speech-LLM (frozen encoder + adapter + frozen LLM, optional LoRA) and leaves a model
+folder in DIR that every ``--model`` option accepts.
+
+* From scratch: ``--train TRAIN.jsonl --eval EVAL.jsonl --adapter alignformer`` (mixed-task
+  manifests). Runs as is under ``torchrun --nproc_per_node N`` (DDP). See ``speechllm.train``.
+* Adapting a trained model to your data: ``--train my_recordings/ --base MODEL``: the recordings
+  (audio + same-named .txt, or ``--layout librispeech|commonvoice|kaldi``, or a manifest) are
+  imported and validated, an eval set is held out when none is given, the base model is evaluated,
+  trained on, and evaluated again; WER before and after is printed. See ``speechllm.apps.finetune``.
 """
 
 from __future__ import annotations
@@ -10,23 +16,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 HELP = "train a speech-LLM adapter (+ LoRA) on manifests; the output folder is a model"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train", required=True, metavar="TRAIN.jsonl", help="training manifest")
-    parser.add_argument("--eval", metavar="EVAL.jsonl", help="evaluation manifest (WER/CER, BLEU, IFR, QA)")
+    from speechllm.data_recipes.importers import IMPORTERS
+
+    parser.add_argument("--train", required=True, metavar="TRAIN",
+                        help="training manifest (.jsonl), or a corpus: a folder of audio files with "
+                             "same-named .txt transcripts, or any --layout")
+    parser.add_argument("--eval", metavar="EVAL",
+                        help="evaluation manifest or corpus (WER/CER, BLEU, IFR, QA); default: hold out "
+                             "--eval-fraction of TRAIN")
     parser.add_argument("--out", required=True, metavar="DIR", help="model folder + checkpoints")
-    parser.add_argument("--adapter", default="alignformer",
+    parser.add_argument("--layout", choices=["manifest", *IMPORTERS], default=None,
+                        help="how TRAIN/EVAL are laid out (default: manifest for a .jsonl file, folder for a "
+                             "folder)")
+    parser.add_argument("--base", metavar="MODEL",
+                        help="start from this trained speech-LLM (folder or zoo name): its encoder, adapter, "
+                             "LLM and LoRA; it is evaluated before and after")
+    parser.add_argument("--eval-fraction", type=float, default=0.1,
+                        help="share of TRAIN held out for evaluation when no --eval is given (0: none)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="train without bad items (listed on stderr) instead of stopping at them")
+    parser.add_argument("--adapter", default=None,
                         help="linear | conv | qformer | window-qformer | ctc | alignformer (default)")
-    parser.add_argument("--adapter-options", default="{}", metavar="JSON",
+    parser.add_argument("--adapter-options", default=None, metavar="JSON",
                         help='adapter config fields, e.g. \'{"max_window": 24}\'')
-    parser.add_argument("--encoder", default="whisper-tiny.en", help="zoo name or folder")
-    parser.add_argument("--encoder-kind", default="whisper", help="whisper | hf (wav2vec2/HuBERT)")
-    parser.add_argument("--llm", default="smollm2-135m-instruct", help="zoo name, folder or GGUF file")
+    parser.add_argument("--encoder", default=None, help="zoo name or folder (default whisper-tiny.en)")
+    parser.add_argument("--encoder-kind", default=None, help="whisper (default) | hf (wav2vec2/HuBERT)")
+    parser.add_argument("--llm", default=None,
+                        help="zoo name, folder or GGUF file (default smollm2-135m-instruct)")
     parser.add_argument("--quant", default=None, help="load the LLM through speechllm.llm in this format")
-    parser.add_argument("--lora-rank", type=int, default=0, help="0 = no LoRA (default)")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="0 = no LoRA (default); with --base: add LoRA of this rank to a base without")
     parser.add_argument("--lora-alpha", type=float, default=None, help="default 2 x rank")
     parser.add_argument("--instruction-first", action="store_true",
                         help="put the instruction before the audio (default: audio first)")
@@ -48,10 +73,23 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
+ARCHITECTURE = {"adapter": "alignformer", "adapter_options": "{}", "encoder": "whisper-tiny.en",
+                "encoder_kind": "whisper", "llm": "smollm2-135m-instruct", "quant": None}
+
+
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from speechllm.adapters import adapter_class
+    from speechllm.apps.finetune import DataOptions, adapt, prepare_data
     from speechllm.train import TrainConfig, train
 
+    given = [f"--{k.replace('_', '-')}" for k in ARCHITECTURE if getattr(args, k) is not None]
+    if args.base and given:
+        raise ValueError(f"{', '.join(given)}: the architecture comes from --base {args.base}")
+    for key, default in ARCHITECTURE.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     adapter_class(args.adapter)  # an unknown name fails here, listing the known ones
     try:
         adapter_options = json.loads(args.adapter_options)
@@ -61,8 +99,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--adapter-options must be a JSON object")
     if args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.eval_every < 1:
         raise ValueError("--steps, --batch-size, --grad-accum and --eval-every must be at least 1")
+    if not 0 <= args.eval_fraction < 1:
+        raise ValueError("--eval-fraction must be in [0, 1)")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    data_options = DataOptions(layout=args.layout, eval_fraction=args.eval_fraction, skip_bad=args.skip_bad,
+                               seed=args.seed, progress=not args.quiet)
+    prepared = prepare_data(args.train, args.eval, Path(args.out), data_options, resume=args.resume) \
+        if world == 1 else None
+    if world > 1 and (args.base or not args.train.endswith(".jsonl")):
+        raise ValueError("under torchrun pass prepared manifests and no --base: run the import/adaptation "
+                         "front end in one process")
+    for note in prepared.notes if prepared else ():
+        print(note, file=sys.stderr)
     config = TrainConfig(
-        train=args.train, eval=args.eval, out=args.out, adapter=args.adapter, adapter_options=adapter_options,
+        train=prepared.train if prepared else args.train, eval=prepared.eval if prepared else args.eval,
+        out=args.out, adapter=args.adapter, adapter_options=adapter_options,
         encoder=args.encoder, encoder_kind=args.encoder_kind, llm=args.llm, quant=args.quant,
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, audio_first=not args.instruction_first,
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
@@ -70,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, save_every=args.save_every, eval_max_rows=args.eval_max_rows,
         max_new_tokens=args.max_new_tokens, seed=args.seed, num_workers=args.num_workers, device=args.device,
         resume=args.resume, progress=not args.quiet)
+    if prepared is not None and (args.base or prepared.train != args.train):  # the front end's way
+        adapt(config, args.base, prepared)
+        print(f"model folder: {args.out}")
+        return 0
     result = train(config)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
         return 0

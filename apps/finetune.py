@@ -1,0 +1,242 @@
+"""Fine-tuning front end: your recordings (any importable layout, or a manifest) → an adapted model.
+
+``speechllm finetune --train my_recordings/ --base MODEL --out adapted/`` runs, in order:
+
+1. **import**: a folder of audio + same-named ``.txt`` (or ``--layout librispeech | commonvoice |
+   kaldi``) becomes a manifest (``speechllm.data_recipes.importers``); a manifest is taken as is;
+2. **validate**: every bad item is listed (``FILE:LINE: reason`` or ``AUDIO: reason``: missing or
+   unreadable audio, empty transcripts, clips over the encoder's limit) before anything is loaded;
+   ``--skip-bad`` trains without them instead;
+3. **split**: without ``--eval``, a seeded ``--eval-fraction`` of the utterances is held out;
+4. **evaluate the base model** on the held-out set (WER/CER, IFR);
+5. **train** (``speechllm.train``: progress bar, checkpoints, ``--resume``), starting from the base
+   model's adapter (and LoRA), then **evaluate after** on the same rows;
+6. leave ``OUT/`` as a model folder, ``OUT/data/`` with the exact manifests used, and
+   ``OUT/adaptation.json`` with the metrics before and after.
+
+``--resume`` reuses ``OUT/data/`` and the stored "before" metrics, so an interrupted run redoes only
+the training steps it had not finished.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from speechllm.manifest import ManifestError, ManifestRow
+
+MANIFEST_SUFFIXES = (".jsonl", ".json")
+DATA_DIR, PREPARED_FILE, REPORT_FILE = "data", "prepared.json", "adaptation.json"
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    layout: str | None = None  # an importer name; None: a manifest file, or "folder" for a folder
+    eval_fraction: float = 0.1  # held out when no eval set is given (0: none)
+    skip_bad: bool = False  # leave bad items out (listed on stderr) instead of stopping
+    seed: int = 0
+    max_seconds: float | None = 30.0  # longest clip the encoder takes
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: str  # manifest paths handed to the trainer
+    eval: str | None
+    notes: tuple[str, ...] = ()  # what was done, for the user
+
+
+def is_manifest(path: str | Path) -> bool:
+    return Path(path).is_file() and Path(path).suffix.lower() in MANIFEST_SUFFIXES
+
+
+def read_source(src: str | Path, options: DataOptions) -> tuple[list[ManifestRow], list[str]]:
+    """Rows of a manifest or of an importable corpus, and every problem (FILE:LINE or AUDIO: reason)."""
+    from speechllm.train import check_manifests
+
+    if is_manifest(src) and options.layout in (None, "manifest"):
+        try:
+            return check_manifests([src], options.max_seconds)[0], []
+        except ManifestError as exc:
+            if not options.skip_bad:
+                raise
+            from speechllm.manifest import validate_manifest
+
+            rows, _ = validate_manifest(src, check_audio=True)
+            return [r for r in rows if not _too_long(r, options)], exc.errors
+    from speechllm.data_recipes.importers import ImportOptions, import_corpus
+
+    layout = options.layout or "folder"
+    result = import_corpus(layout, src, ImportOptions(task="asr", progress=options.progress))
+    problems = list(result.problems)
+    rows = []
+    for row in result.rows:
+        if _too_long(row, options):
+            problems.append(f"{row.audio}: {row.duration:.1f} s is over the encoder's "
+                            f"{options.max_seconds:g} s (cut it into shorter clips)")
+        else:
+            rows.append(row)
+    return rows, problems
+
+
+def _too_long(row: ManifestRow, options: DataOptions) -> bool:
+    return options.max_seconds is not None and row.duration is not None and row.duration > options.max_seconds
+
+
+def split_eval(rows: list[ManifestRow], fraction: float,
+               seed: int) -> tuple[list[ManifestRow], list[ManifestRow]]:
+    """(train, eval): a seeded ``fraction`` of the rows (at least one) held out, both in input order."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"--eval-fraction {fraction:g}: must be between 0 and 1")
+    if len(rows) < 2:
+        raise ValueError(f"{len(rows)} usable utterance(s): need at least 2 to hold some out "
+                         "(or pass --eval)")
+    n_eval = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+    held = set(random.Random(seed).sample(range(len(rows)), n_eval))
+    return ([r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held])
+
+
+def prepare_data(train: str, eval: str | None, out: Path, options: DataOptions,
+                 resume: bool = False) -> PreparedData:
+    """Import, validate and split as needed; writes ``OUT/data/{train,eval}.jsonl`` when anything changed."""
+    from speechllm.manifest import summarize, write_manifest
+    from speechllm.speechlm.io import atomic_write_text
+    from speechllm.train import latest_checkpoint
+
+    data = out / DATA_DIR
+    if resume and (data / PREPARED_FILE).is_file():
+        saved = json.loads((data / PREPARED_FILE).read_text(encoding="utf-8"))
+        return PreparedData(saved["train"], saved["eval"], (f"reusing the data prepared in {data}",))
+    manifests = is_manifest(train) and (eval is None or is_manifest(eval))
+    as_given = manifests and options.layout in (None, "manifest")
+    if as_given and (eval is not None or options.eval_fraction == 0 or (resume and latest_checkpoint(out))):
+        return PreparedData(train, eval)  # manifests as they are: the trainer validates them
+    train_rows, problems = read_source(train, options)
+    eval_rows = None
+    if eval is not None:
+        eval_rows, eval_problems = read_source(eval, options)
+        problems += eval_problems
+    if problems:
+        if not options.skip_bad:
+            raise ManifestError(train if eval is None else f"{train} and {eval}",
+                                problems + ["(fix these, or pass --skip-bad to train without them)"])
+        for line in problems:
+            print(f"skipped: {line}", file=sys.stderr)
+    if not train_rows:
+        raise ValueError(f"{train}: no usable utterances")
+    notes = []
+    if eval_rows is None and options.eval_fraction > 0:
+        train_rows, eval_rows = split_eval(train_rows, options.eval_fraction, options.seed)
+        total = len(train_rows) + len(eval_rows)
+        notes.append(f"held out {len(eval_rows)} of {total} utterances for evaluation")
+    train_path = data / "train.jsonl"
+    write_manifest(train_path, train_rows)
+    eval_path = None
+    if eval_rows is not None:
+        eval_path = data / "eval.jsonl"
+        write_manifest(eval_path, eval_rows)
+    notes.append(f"training data {train_path}: {summarize(train_rows).describe()}")
+    if problems:
+        notes.append(f"{len(problems)} bad item(s) left out")
+    prepared = PreparedData(str(train_path), str(eval_path) if eval_path else None, tuple(notes))
+    atomic_write_text(data / PREPARED_FILE, json.dumps({"train": prepared.train, "eval": prepared.eval,
+                                                        "sources": {"train": str(train), "eval": eval}},
+                                                       indent=2) + "\n")
+    return prepared
+
+
+def load_base(base: str, lora_rank: int = 0):
+    """(model, its config) from a speech-LLM folder or zoo name; ``lora_rank`` > 0 adds a fresh LoRA
+    to a base that has none (its adapter weights are kept)."""
+    from safetensors.torch import load_file
+
+    from speechllm.speechlm import LoraSpec, SpeechLLM, is_speechlm_folder, load_speechlm, read_config
+    from speechllm.speechlm.io import ADAPTER_FILE
+    from speechllm.zoo import resolve
+
+    folder = resolve(base).path
+    if not is_speechlm_folder(folder):
+        raise ValueError(f"--base {base}: not a speech-LLM model folder "
+                         "(no config.json of format 'speechllm')")
+    config, _ = read_config(folder)
+    if lora_rank <= 0:
+        return load_speechlm(folder), config
+    if config.lora is not None:
+        raise ValueError(f"--base {base} already has LoRA (rank {config.lora.rank}), which is trained as is; "
+                         "leave out --lora-rank")
+    config = replace(config, lora=LoraSpec(rank=lora_rank, alpha=2.0 * lora_rank))
+    model = SpeechLLM.build(config)
+    model.adapter.load_state_dict(load_file(folder / ADAPTER_FILE))
+    return model.eval(), config
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    parts = [f"{k.upper()} {100 * metrics[k]:.1f}%" for k in ("wer", "cer") if k in metrics]
+    if "ifr" in metrics:
+        parts.append(f"IFR {100 * metrics['ifr']:.0f}%")
+    return ", ".join(parts) or json.dumps({k: v for k, v in metrics.items() if isinstance(v, float)})
+
+
+def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
+    """Evaluate the base model, train from it (or from scratch without ``base``), evaluate after.
+
+    ``config`` is a :class:`speechllm.train.TrainConfig` naming the prepared manifests; returns
+    the report also written to ``OUT/adaptation.json``.
+    """
+    import torch
+
+    from speechllm.manifest import read_manifest
+    from speechllm.speechlm import load_speechlm
+    from speechllm.speechlm.io import atomic_write_text
+    from speechllm.train import eval_subset, evaluate, latest_checkpoint, train
+
+    out = Path(config.out)
+    report_path = out / REPORT_FILE
+    report: dict[str, Any] = {"base": base, "train": prepared.train, "eval": prepared.eval}
+    if config.resume and report_path.is_file():
+        report = {**json.loads(report_path.read_text(encoding="utf-8")), **report}
+    eval_rows = eval_subset(read_manifest(prepared.eval), config.eval_max_rows, config.seed) \
+        if prepared.eval else []
+    report["eval_rows"] = len(eval_rows)
+    model = None
+    resuming = config.resume and latest_checkpoint(out) is not None
+    if base is not None and not resuming:
+        model, model_config = load_base(base, config.lora_rank)
+        config = replace(config, encoder=model_config.encoder, encoder_kind=model_config.encoder_kind,
+                         adapter=model_config.adapter, adapter_options=dict(model_config.adapter_options),
+                         llm=model_config.llm, quant=model_config.quant,
+                         lora_rank=model_config.lora.rank if model_config.lora else 0,
+                         audio_first=model_config.prompt.audio_first)
+    if base is not None and eval_rows and "before" not in report:
+        if model is None:  # resumed after the base evaluation was lost: evaluate the base again
+            model, _ = load_base(base, config.lora_rank)
+        print(f"evaluating the base model on {len(eval_rows)} held-out utterances ...", file=sys.stderr)
+        device = torch.device(config.device if config.device != "auto" else
+                              ("cuda" if torch.cuda.is_available() else "cpu"))
+        report["before"] = _numbers(evaluate(model.to(device), eval_rows, config.eval_batch_size,
+                                             config.max_new_tokens))
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+        print(f"before: {_metrics_line(report['before'])}")
+    result = train(config, model=None if resuming else model)
+    if eval_rows:
+        after = result.evals[-1] if result.evals and result.evals[-1]["step"] == result.step else None
+        if after is None:  # nothing left to train (an earlier run finished): evaluate the model folder
+            after = evaluate(load_speechlm(out), eval_rows, config.eval_batch_size, config.max_new_tokens)
+        report["after"] = _numbers(after)
+        report["steps"] = result.step
+        print(f"after:  {_metrics_line(report['after'])}")
+        if "before" in report and "wer" in report["before"] and "wer" in report["after"]:
+            before, after = 100 * report["before"]["wer"], 100 * report["after"]["wer"]
+            print(f"WER on {len(eval_rows)} held-out utterances: {before:.1f}% (base) -> "
+                  f"{after:.1f}% (adapted)")
+    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}

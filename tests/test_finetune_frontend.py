@@ -1,0 +1,117 @@
+"""``speechllm finetune --train FOLDER --base MODEL``: import → validate → split → evaluate → train →
+evaluate, end to end on a tiny speech-LLM, with resume and line-numbered data errors."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from speechllm.apps.cli import main
+from speechllm.apps.finetune import DataOptions, prepare_data, split_eval
+from speechllm.manifest import ManifestError, ManifestRow, read_manifest
+
+TEXTS = ["hello world", "paris", "the weather will be sunny tomorrow", "a quick brown fox", "tone noise beep",
+         "one two three", "what is the capital of france", "hello paris"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def recordings(folder, n=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(8000) / 16000
+    for i, text in enumerate(TEXTS[: n or len(TEXTS)]):
+        audio = 0.3 * np.sin(2 * np.pi * (150 + 60 * i) * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+        soundfile.write(folder / f"utt{i:02d}.wav", audio.astype(np.float32), 16000)
+        (folder / f"utt{i:02d}.txt").write_text(text + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    from speechllm.speechlm import SpeechLLM, SpeechLLMConfig, save_speechlm
+    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
+
+    root = tmp_path_factory.mktemp("base")
+    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(root / "whisper")), adapter="linear",
+                             llm=str(make_tiny_llm(root / "llm")), adapter_options={"hidden_dim": 32})
+    torch.manual_seed(0)
+    return save_speechlm(SpeechLLM.build(config), root / "model")
+
+
+def test_split_is_seeded_and_keeps_order():
+    rows = [ManifestRow(audio=f"{i}.wav", text=str(i)) for i in range(20)]
+    train, held = split_eval(rows, 0.1, seed=3)
+    assert len(held) == 2 and len(train) == 18 and sorted(train + held, key=lambda r: int(r.text)) == rows
+    assert split_eval(rows, 0.1, seed=3) == (train, held)
+    with pytest.raises(ValueError, match="need at least 2"):
+        split_eval(rows[:1], 0.5, 0)
+
+
+def test_bad_items_are_listed_before_anything_loads(tmp_path, capsys):
+    data = recordings(tmp_path / "rec", 5)
+    (data / "utt01.wav").write_bytes(b"not audio" * 30)
+    (data / "utt02.txt").unlink()
+    (data / "utt03.txt").write_text("  \n")
+    with pytest.raises(ManifestError) as info:
+        prepare_data(str(data), None, tmp_path / "out", DataOptions(progress=False))
+    lines = info.value.errors
+    assert any(str(data / "utt01.wav") in l and "unreadable" in l for l in lines)
+    assert any(str(data / "utt02.wav") in l and "no transcript utt02.txt" in l for l in lines)
+    assert any(str(data / "utt03.txt") in l and "empty transcript" in l for l in lines)
+    assert not (tmp_path / "out").exists()
+    # a manifest keeps its own line numbers
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": str(data / "utt00.wav"), "text": "hi"}) + "\n"
+                        + json.dumps({"audio": str(data / "nope.wav"), "text": "x"}) + "\n{bad json\n")
+    assert main(["finetune", "--train", str(manifest), "--base", "x", "--out", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err
+    assert f"{manifest}:2:" in err and f"{manifest}:3: bad JSON" in err
+    # --skip-bad trains without them
+    prepared = prepare_data(str(data), None, tmp_path / "out", DataOptions(skip_bad=True, progress=False))
+    assert len(read_manifest(prepared.train)) == 1 and len(read_manifest(prepared.eval)) == 1
+    assert "3 bad item(s) left out" in prepared.notes[-1]
+    assert capsys.readouterr().err.count("skipped: ") == 3
+
+
+def test_adapt_a_model_to_a_folder_of_recordings_and_resume(tmp_path, base_model, capsys):
+    from speechllm.speechlm import load_speechlm
+    from speechllm.train import evaluate
+
+    data = recordings(tmp_path / "my_recordings")
+    out = tmp_path / "adapted"
+    args = ["finetune", "--train", str(data), "--base", str(base_model), "--out", str(out),
+            "--lora-rank", "2", "--batch-size", "2", "--lr", "3e-3", "--warmup", "1", "--eval-every", "100",
+            "--max-new-tokens", "8", "--quiet"]
+    assert main(args + ["--steps", "2"]) == 0
+    printed = capsys.readouterr()
+    assert "WER on 1 held-out utterances:" in printed.out and "(base) ->" in printed.out
+    assert "held out 1 of 8 utterances" in printed.err
+    train_rows = read_manifest(out / "data" / "train.jsonl")
+    eval_rows = read_manifest(out / "data" / "eval.jsonl")
+    assert len(train_rows) == 7 and len(eval_rows) == 1
+    assert {r.text for r in train_rows + eval_rows} == set(TEXTS)
+    report = json.loads((out / "adaptation.json").read_text())
+    assert report["eval_rows"] == 1 and report["steps"] == 2
+    # the numbers are those of the models themselves on the held-out rows
+    base = load_speechlm(base_model)
+    assert report["before"]["wer"] == pytest.approx(evaluate(base, eval_rows, max_new_tokens=8)["wer"])
+    adapted = load_speechlm(out)
+    assert adapted.has_lora and not base.has_lora
+    assert report["after"]["wer"] == pytest.approx(evaluate(adapted, eval_rows, max_new_tokens=8)["wer"])
+    # resume: the same data and "before", training goes on from step 2
+    assert main(args + ["--steps", "3", "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert "reusing the data prepared" in printed.err and "steps 2..3" in printed.err
+    again = json.loads((out / "adaptation.json").read_text())
+    assert again["before"] == report["before"] and again["steps"] == 3
+    # the architecture comes from the base
+    assert main(args + ["--steps", "3", "--adapter", "conv"]) == 1
+    assert "the architecture comes from --base" in capsys.readouterr().err
