@@ -17,6 +17,7 @@ from speechllm.adapters.alignformer import AlignFormerAdapter, AlignFormerConfig
 from speechllm.adapters.base import Adapter, AdapterOutput
 from speechllm.adapters.conv import ConvAdapter, ConvConfig
 from speechllm.adapters.ctc import CharVocab, CTCAdapter, CTCConfig, TokenVocab, ctc_vocab
+from speechllm.adapters.ctc_posterior import CTCPosteriorAdapter, CTCPosteriorConfig
 from speechllm.adapters.linear import LinearAdapter, LinearConfig
 from speechllm.adapters.qformer import QFormerAdapter, QFormerConfig
 from speechllm.adapters.window_qformer import WindowQFormerAdapter, WindowQFormerConfig
@@ -28,6 +29,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "window-qformer": WindowQFormerAdapter,
     "ctc": CTCAdapter,
     "alignformer": AlignFormerAdapter,
+    "ctc-posterior": CTCPosteriorAdapter,
 }
 
 
@@ -57,7 +59,8 @@ def build_adapter(name: str, config: Mapping[str, Any] | Any = None, **overrides
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "AdapterOutput", "AlignFormerConfig", "CTCConfig", "CharVocab", "ConvConfig",
+    "ADAPTERS", "Adapter", "AdapterOutput", "AlignFormerConfig", "CTCConfig", "CTCPosteriorConfig",
+    "CharVocab", "ConvConfig",
     "LinearConfig", "QFormerConfig", "TokenVocab", "WindowQFormerConfig", "adapter_class", "adapter_config",
     "build_adapter", "ctc_vocab",
 ]

@@ -37,6 +37,9 @@ class Adapter(nn.Module):
                 ctc_lengths: Tensor | None = None) -> AdapterOutput:
         raise NotImplementedError
 
+    def attach_llm(self, embeddings: nn.Module) -> None:
+        """Called once the LLM is loaded, with its input embedding table; most adapters ignore it."""
+
 
 def lengths_to_mask(lengths: Tensor, size: int | None = None) -> Tensor:
     """[B] lengths -> [B, size] bool mask, True for positions < length."""

@@ -86,11 +86,14 @@ class CTCConfig:
 class CTCHead(nn.Module):
     """Blocks over the encoder output, then frame-wise logits over the CTC vocabulary."""
 
-    def __init__(self, dim: int, vocab_size: int, n_layers: int, n_heads: int, d_ffn: int):
+    def __init__(self, dim: int, vocab_size: int, n_layers: int, n_heads: int, d_ffn: int,
+                 bottleneck: int = 0):
         super().__init__()
         self.blocks = nn.ModuleList(SelfAttentionBlock(dim, n_heads, d_ffn) for _ in range(n_layers))
         self.ln = nn.LayerNorm(dim)
-        self.out = nn.Linear(dim, vocab_size)
+        # a large vocabulary (the LLM's ~50k tokens) costs most of the compute: a low-rank output helps
+        self.out = (nn.Sequential(nn.Linear(dim, bottleneck, bias=False), nn.Linear(bottleneck, vocab_size))
+                    if bottleneck else nn.Linear(dim, vocab_size))
 
     def forward(self, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """→ (hidden [B, T, D], logits [B, T, V]); both zero on padded frames."""

@@ -84,6 +84,7 @@ class TrainConfig:
     warmup: int = 100
     max_grad_norm: float = 1.0
     ctc_weight: float = 1.0
+    lm_weight: float = 1.0  # 0: CTC loss only, the LLM never runs in training (ctc-posterior)
     eval_every: int = 500
     save_every: int | None = None  # default: eval_every
     eval_max_rows: int = 200
@@ -438,7 +439,8 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
                 sync = net.no_sync() if world > 1 and k < config.grad_accum - 1 else nullcontext()
                 with sync:
                     result = net(batch["audio"], batch["lengths"], [e.instruction for e in examples],
-                                 [e.reply for e in examples], [e.spoken for e in examples], config.ctc_weight)
+                                 [e.reply for e in examples], [e.spoken for e in examples], config.ctc_weight,
+                                 config.lm_weight)
                     (result.loss / config.grad_accum).backward()
                 total += float(result.loss.detach()) / config.grad_accum
                 lm += float(result.lm_loss) / config.grad_accum

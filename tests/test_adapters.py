@@ -15,12 +15,15 @@ SMALL = {  # tiny sizes so the tests run in milliseconds
     "window-qformer": {"window": 5, "queries_per_window": 2, "d_model": 16, "d_ffn": 32},
     "ctc": {"vocab_size": 6, "d_ffn": 32, "hidden_dim": 32},
     "alignformer": {"vocab_size": 6, "d_ffn": 32, "d_model": 16, "max_window": 6, "queries_per_window": 2},
+    "ctc-posterior": {"vocab_size": 7, "d_ffn": 32, "top_k": 3},
 }
 
 
 def make(name: str):
     torch.manual_seed(0)
-    return build_adapter(name, {"encoder_dim": D_ENC, "llm_dim": D_LLM, **SMALL[name]}).eval()
+    adapter = build_adapter(name, {"encoder_dim": D_ENC, "llm_dim": D_LLM, **SMALL[name]}).eval()
+    adapter.attach_llm(torch.nn.Embedding(6, D_LLM))  # a 6-token "LLM"; only ctc-posterior uses it
+    return adapter
 
 
 def batch(lengths=(40, 23), seed=1):
@@ -30,7 +33,7 @@ def batch(lengths=(40, 23), seed=1):
     return hidden, mask
 
 
-def test_registry_has_all_six():
+def test_registry_has_every_adapter():
     assert set(ADAPTERS) == set(SMALL)
     assert build_adapter("window_qformer", encoder_dim=4, llm_dim=4).config.window == 15  # _ accepted
     with pytest.raises(ValueError, match="unknown adapter"):
@@ -75,7 +78,7 @@ def test_gradient_reaches_every_parameter(name):
     targets = torch.tensor([[1, 2, 3, 2], [4, 5, 0, 0]])
     out = adapter(hidden, mask, ctc_targets=targets, ctc_lengths=torch.tensor([4, 2]))
     loss = out.embeddings.pow(2).mean()
-    if name in ("ctc", "alignformer"):
+    if name in ("ctc", "alignformer", "ctc-posterior"):
         assert out.aux_loss is not None and out.aux_loss.item() > 0
         loss = loss + out.aux_loss
     else:
@@ -107,6 +110,23 @@ def test_ctc_segments_and_unit_windows():
     assert (lo[1, 0].item(), hi[1, 0].item()) == (0, 6)
     lo, hi = unit_windows(seg, counts, mask, max_window=2)
     assert (hi - lo).max() <= 2 and ((lo <= (hi - 1)) | (hi == 0)).all()
+
+
+def test_ctc_posterior_units_are_mixes_of_llm_embeddings():
+    adapter = make("ctc-posterior")
+    table = adapter.embeddings.weight
+    posteriors = torch.tensor([[0.5, 0.0, 0.4, 0.1, 0.0, 0.0, 0.0],  # blank dropped, top-3 renormalised
+                               [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    with torch.no_grad():
+        units = adapter.unit_embeddings(posteriors)
+    torch.testing.assert_close(units[0], 0.8 * table[1] + 0.2 * table[2])
+    torch.testing.assert_close(units[1], table[5])
+    hidden, mask = batch()
+    assert len(adapter.greedy_units(hidden, mask)) == 2
+    assert "embeddings" not in dict(adapter.named_modules()) and not any(
+        "embeddings" in k for k in adapter.state_dict())  # the LLM's table is not the adapter's
+    with pytest.raises(ValueError, match="vocab='llm'"):
+        build_adapter("ctc-posterior", encoder_dim=4, llm_dim=4, vocab="chars", vocab_size=5)
 
 
 def test_char_vocab():

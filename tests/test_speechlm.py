@@ -168,6 +168,26 @@ def test_loss_trains_only_adapter_and_lora(folders):
     assert all(not p.requires_grad for p in model.encoder.parameters())
 
 
+def test_ctc_only_training_never_runs_the_llm(folders, monkeypatch):
+    model = build(folders, adapter="ctc-posterior", lora=False).train()
+    audio, lengths = _pad(clips(1.0, 0.5))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the LLM ran")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model.llm, "forward", refuse)
+        out = model(audio, lengths, [TRANSCRIBE] * 2, ["hello world", "paris"],
+                    transcripts=["hello world", "paris"], lm_weight=0.0)
+    assert out.n_tokens == 0 and torch.equal(out.loss.detach(), out.aux_loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.adapter.parameters())
+    with pytest.raises(ValueError, match="needs a CTC adapter"):
+        build(folders, adapter="linear")(audio, lengths, [TRANSCRIBE] * 2, ["a", "b"], lm_weight=0.0)
+    reply = model.eval().generate(clips(0.6), TRANSCRIBE, GenerationOptions(max_new_tokens=4))[0]
+    assert len(reply.tokens) <= 4  # the LLM reads the mixed token embeddings
+
+
 def test_save_load_round_trip(folders, model, tmp_path):
     model = build(folders, adapter="alignformer", audio_first=False)
     with torch.no_grad():
