@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
+MANIFEST_SUFFIXES = (".jsonl",)
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,17 @@ class BatchSummary:
 
 
 def expand_inputs(items: Iterable[str]) -> list[str]:
-    """Files as given; folders (recursive) and glob patterns expand to their audio files, sorted."""
+    """Files as given; folders (recursive) and glob patterns expand to their audio files, sorted;
+    a manifest (``.jsonl``) to the audio of its rows, in order, as resolved paths (relative paths
+    in it are relative to its folder). A bad manifest row stops everything, ``FILE:LINE: reason``."""
+    from speechllm.manifest import read_manifest
+
     out: list[str] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
+        if path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
+            out += [row.audio for row in read_manifest(path)]
+        elif path.is_dir():
             out += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
         elif not path.exists() and glob.has_magic(item):
             out += sorted(glob.glob(item, recursive=True))

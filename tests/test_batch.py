@@ -75,6 +75,21 @@ def test_expand_folders_and_globs(tmp_path):
     assert expand_inputs(["as-given.wav"]) == ["as-given.wav"]
 
 
+def test_manifest_inputs(tmp_path):
+    import pytest
+
+    from speechllm.manifest import ManifestError
+
+    good, bad = make_inputs(tmp_path)
+    manifest = tmp_path / "in" / "list.jsonl"
+    manifest.write_text(json.dumps({"audio": "clip1.wav", "text": "x"}) + "\n"
+                        + json.dumps({"audio": good[0], "text": "y"}) + "\n")
+    assert expand_inputs([str(manifest), good[2]]) == [good[1], good[0], good[2]]
+    manifest.write_text(json.dumps({"audio": "clip1.wav", "text": "x"}) + "\n{not json\n")
+    with pytest.raises(ManifestError, match=f"{manifest}:2: bad JSON"):
+        expand_inputs([str(manifest)])
+
+
 def test_shard_splits_deterministically():
     import pytest
 

@@ -6,11 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "transcribe audio files, folders or globs (JSON lines with --output)"
+HELP = "transcribe audio files, folders, globs or manifests (JSON lines with --output)"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="AUDIO", help="audio files, folders or globs")
+    parser.add_argument("inputs", nargs="+", metavar="AUDIO",
+                        help="audio files, folders (recursive), globs or manifests (.jsonl)")
     parser.add_argument("--output", "-o", type=Path,
                         help='JSON lines: one {"audio", "text", "segments", ...} object per input')
     parser.add_argument("--model", default="whisper-tiny.en", help="zoo name, folder or Hugging Face id")
