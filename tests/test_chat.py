@@ -165,6 +165,8 @@ def test_espeak_voice_speaks():
     chunks = list(voice.stream("Hello there."))
     assert len(chunks) == 1 and chunks[0].dtype == np.float32 and len(chunks[0]) > 0.3 * voice.sample_rate
     assert np.abs(chunks[0]).max() > 0.05
+    other = load_voice("espeak:en-gb+m3:s150")  # any corpus speaker id
+    assert other.speaker.id == "espeak:en-gb+m3:s150" and len(next(other.stream("Hi."))) > 1600
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None or ZOO["piper-joe"].bundle.folder() is None,

@@ -6,7 +6,8 @@ the first audio plays long before the answer is finished.
 
 * ``piper-joe``: the zoo's Piper VITS voice (onnxruntime; natural, ~0.1 real-time factor), one chunk
   per sentence;
-* ``espeak``: espeak-ng (formant synthesis, robotic but a few milliseconds per sentence);
+* ``espeak``: espeak-ng (formant synthesis, robotic but a few milliseconds per sentence); any
+  corpus speaker id works too (``flite:slt``, ``espeak:en-gb+m3:s150``; ``speechllm.data_recipes.voices``);
 * ``none``: text only;
 * any other name goes to the project's own streaming TTS, ``speechllm.tts.load(name)``, whose
   ``synthesize(text, stream=True)`` yields chunks; a Piper ``.onnx`` path works too.
@@ -14,9 +15,6 @@ the first audio plays long before the answer is finished.
 
 from __future__ import annotations
 
-import io
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -53,31 +51,26 @@ class PiperStreamVoice:
             yield self.voice.synthesize_ids(phoneme_ids(sentence, self.voice.config.phoneme_id_map))
 
 
-class EspeakVoice:
-    """espeak-ng through its command line (``--stdout`` wav); fast enough for any CPU."""
+class SpeakerVoice:
+    """A synthetic speaker of the corpus recipes (``espeak:en-us+f3``, ``flite:slt``, ...): the
+    Debian synthesizers, a few milliseconds per sentence, 16 kHz."""
 
-    sample_rate = 22050
+    sample_rate = 16000
 
-    def __init__(self, language: str = "en-us", speed: int = 165):
-        if shutil.which("espeak-ng") is None:
-            raise VoiceError("espeak-ng is not installed (apt-get install espeak-ng)")
-        self.language, self.speed = language, speed
+    def __init__(self, speaker_id: str = "espeak:en-us"):
+        from speechllm.data_recipes.voices import MissingToolError, Speaker, check_speakers
+
+        try:
+            self.speaker = Speaker.parse(speaker_id)
+            check_speakers([self.speaker])
+        except (ValueError, MissingToolError) as exc:
+            raise VoiceError(str(exc)) from None
 
     def stream(self, text: str) -> Iterator[np.ndarray]:
-        import soundfile
+        from speechllm.data_recipes.voices import synthesize
 
-        if not text.strip():
-            return
-        proc = subprocess.run(["espeak-ng", "--stdout", "-v", self.language, "-s", str(self.speed)],
-                              input=text.encode("utf-8"), capture_output=True, check=False)
-        if proc.returncode != 0:
-            raise VoiceError(f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
-        audio, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="float32")
-        if rate != self.sample_rate:
-            from speechllm.audio import resample
-
-            audio = resample(audio, rate, self.sample_rate)
-        yield audio
+        if text.strip():
+            yield synthesize(self.speaker, text)
 
 
 class ProjectVoice:
@@ -99,7 +92,7 @@ class ProjectVoice:
 
 VOICES: dict[str, Callable[[], Voice | None]] = {
     "piper-joe": PiperStreamVoice,
-    "espeak": EspeakVoice,
+    "espeak": SpeakerVoice,
     "none": lambda: None,
 }
 DEFAULT_VOICE = "piper-joe"  # until the project's own streaming voice ships
@@ -110,9 +103,12 @@ def register_voice(name: str, factory: Callable[[], Voice | None]) -> None:
 
 
 def load_voice(name: str) -> Voice | None:
-    """A voice by registry name, Piper ``.onnx`` path, or project TTS name (None for ``none``)."""
+    """A voice by registry name, Piper ``.onnx`` path, corpus speaker id (``engine:voice...``) or
+    project TTS name (None for ``none``)."""
     if name in VOICES:
         return VOICES[name]()
     if name.endswith(".onnx") or Path(name).is_dir():
         return PiperStreamVoice(name)
+    if ":" in name:
+        return SpeakerVoice(name)
     return ProjectVoice(name)
