@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, str] = {
     "models": "speechllm.apps.commands.models",
     "transcribe": "speechllm.apps.commands.transcribe",
+    "translate": "speechllm.apps.commands.translate",
+    "ask": "speechllm.apps.commands.ask",
     "data": "speechllm.apps.commands.data",
     "finetune": "speechllm.apps.commands.finetune",
     "tts": "speechllm.apps.commands.tts",

@@ -16,9 +16,9 @@ from speechllm.transcriber import Segment, Transcript
 
 class _Worker:
     def __init__(self, **options):
-        from speechllm.transcriber import WhisperTranscriber
+        import speechllm
 
-        self.transcriber = WhisperTranscriber(**options)
+        self.transcriber = speechllm.load(options.pop("model", None), **options)
 
     def __call__(self, batch: dict) -> dict:
         out = []

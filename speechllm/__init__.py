@@ -1,12 +1,15 @@
 """speechllm: speech applications on one small quantized LLM.
 
     import speechllm
-    model = speechllm.load("whisper-tiny.en")   # zoo name, local folder or Hugging Face id
+    model = speechllm.load()                       # the starter speech-LLM (else Whisper tiny.en)
     print(model.transcribe("examples/weather_awb.flac").text)
+    speechllm.load(task="translate").transcribe("clip_es.flac").text
+    speechllm.load("whisper-tiny.en")              # zoo name, local folder or Hugging Face id
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -14,12 +17,49 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from speechllm.transcriber import WhisperTranscriber
 
+STARTER = "speechllm-starter"
+BASELINE = "whisper-tiny.en"
 
-def load(name_or_dir: str = "whisper-tiny.en", device: str | None = None, **options) -> WhisperTranscriber:
-    """Load a speech-to-text model by zoo name, folder or Hugging Face id.
 
-    Options (``beam_size``, ``batch_size``, ``dtype``) go to the transcriber.
+def default_model() -> str:
+    """The shipped starter speech-LLM when this install has it, else the Whisper baseline."""
+    from speechllm.zoo import ZOO
+
+    return STARTER if ZOO[STARTER].bundle.folder() is not None else BASELINE
+
+
+def speechlm_path(name_or_dir: str) -> Path | None:
+    """The folder of a speech-LLM named by zoo name or path, or None when it names something else."""
+    from speechllm.speechlm.io import is_speechlm_folder
+    from speechllm.zoo import ZOO, resolve
+
+    entry = ZOO.get(name_or_dir)
+    if entry is not None:
+        return resolve(name_or_dir).path if entry.kind == "speech-llm" else None
+    path = Path(name_or_dir).expanduser()
+    return path if path.is_dir() and is_speechlm_folder(path) else None
+
+
+def load(name_or_dir: str | None = None, device: str | None = None, task: str = "transcribe",
+         prompt: str | None = None, **options) -> WhisperTranscriber:
+    """Load a speech model by zoo name, folder or Hugging Face id (default: :func:`default_model`).
+
+    A speech-LLM folder (``speechllm finetune``'s output) or zoo entry gives a
+    :class:`~speechllm.speechlm.SpeechLLMTranscriber` doing ``task`` ("transcribe", "translate",
+    "spoken-question", "passage-question" with ``prompt``, ...); anything else is a Whisper model,
+    which only transcribes. Options (``beam_size``, ``batch_size``, ``segmenter``, ...) go to the
+    transcriber.
     """
+    name = name_or_dir or default_model()
+    folder = speechlm_path(name)
+    if folder is not None:
+        from speechllm.speechlm.transcriber import SpeechLLMTranscriber
+
+        options.pop("dtype", None)  # the Whisper baseline's option
+        return SpeechLLMTranscriber(str(folder), device=device, task=task, prompt=prompt, **options)
+    if task != "transcribe":
+        raise ValueError(f"{name} is a speech recognition model; {task!r} needs a speech-LLM "
+                         f"(--model {STARTER} or a folder written by speechllm finetune)")
     from speechllm.transcriber import WhisperTranscriber
 
-    return WhisperTranscriber(name_or_dir, device=device, **options)
+    return WhisperTranscriber(name, device=device, **options)

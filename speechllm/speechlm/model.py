@@ -61,6 +61,15 @@ for _task in (
     register_task(_task)
 
 
+LANGUAGES = {"en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian",
+             "pt": "Portuguese"}
+
+
+def language_name(code_or_name: str) -> str:
+    """``en`` → ``English``; a name passes through (capitalised)."""
+    return LANGUAGES.get(code_or_name.lower(), code_or_name[:1].upper() + code_or_name[1:])
+
+
 def instruction(task: str, prompt: str | None = None, target: str = "English") -> str:
     """The instruction text of a registered task."""
     if task not in TASKS:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from speechllm.speechlm.generate import GenerationOptions
-from speechllm.speechlm.model import SpeechLLM, instruction
+from speechllm.speechlm.model import SpeechLLM, instruction, language_name
 from speechllm.transcriber import WhisperTranscriber, make_segmenter, pick_device
 
 
 class SpeechLLMTranscriber(WhisperTranscriber):
     def __init__(self, model: str | SpeechLLM, device: str | None = None, beam_size: int = 1,
                  batch_size: int = 8, task: str = "transcribe", prompt: str | None = None,
-                 max_new_tokens: int = 200, segmenter: str = "auto"):
+                 target: str = "English", max_new_tokens: int = 200, segmenter: str = "auto"):
         if isinstance(model, SpeechLLM):
             self.model = model
             self.device = model.device
@@ -31,7 +31,7 @@ class SpeechLLMTranscriber(WhisperTranscriber):
         self.model.eval()
         limit = self.model.encoder.max_seconds
         self.max_segment_seconds = limit if limit is not None else 30.0
-        self.instruction = instruction(task, prompt)
+        self.instruction = instruction(task, prompt, language_name(target))
         self.options = GenerationOptions(max_new_tokens=max_new_tokens, beam_size=beam_size)
         self.batch_size = max(1, batch_size)
         self.segmenter = make_segmenter(segmenter)

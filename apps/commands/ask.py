@@ -1,0 +1,24 @@
+"""``speechllm ask AUDIO [QUESTION]``: answer the question spoken in AUDIO, or QUESTION about it."""
+
+from __future__ import annotations
+
+import argparse
+
+from speechllm.apps.commands.transcribe import add_model_options, run_task
+
+HELP = "answer a spoken question, or a text question about a recording, with the speech-LLM"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("audio", metavar="AUDIO", help="the recording")
+    parser.add_argument("question", nargs="?", metavar="QUESTION",
+                        help="a text question about the recording (default: answer the question it asks)")
+    add_model_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.question is not None and not args.question.strip():
+        raise ValueError("QUESTION is empty")
+    if args.question:
+        return run_task(args, [args.audio], "passage-question", prompt=args.question.strip())
+    return run_task(args, [args.audio], "spoken-question")

@@ -1,0 +1,19 @@
+"""``speechllm translate AUDIO... --to en``: speech translation with the speech-LLM."""
+
+from __future__ import annotations
+
+import argparse
+
+from speechllm.apps.commands.transcribe import add_model_options, run_task
+
+HELP = "translate speech into another language (default English) with the speech-LLM"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="AUDIO", help="audio files, folders or globs")
+    parser.add_argument("--to", default="en", metavar="LANG", help="target language, code or name (en)")
+    add_model_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_task(args, args.inputs, "translate", target=args.to)
