@@ -85,6 +85,7 @@ class TrainConfig:
     warmup: int = 100
     max_grad_norm: float = 1.0
     ctc_weight: float = 1.0
+    augment: dict[str, Any] | None = field(default=None, hash=False)  # AugmentConfig fields; None: off
     lm_weight: float = 1.0  # 0: CTC loss only, the LLM never runs in training (ctc-posterior)
     eval_every: int = 500
     save_every: int | None = None  # default: eval_every
@@ -189,9 +190,29 @@ def check_manifests(paths: Sequence[str | Path], max_seconds: float | None) -> l
     return all_rows
 
 
+def augment_config(options: dict[str, Any] | None):
+    """``AugmentConfig`` from a dict of its fields (lists become the (low, high) tuples), or None."""
+    if options is None:
+        return None
+    from speechllm.augment import AugmentConfig
+
+    known = set(AugmentConfig.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"augmentation has no option(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+
 class SpeechDataset(Dataset):
-    def __init__(self, rows: Sequence[ManifestRow]):
+    """Rows → (16 kHz audio, example); with ``augment`` (training only), each draw of an item is
+    perturbed afresh (speed, noise, gain, reverb), seeded by (seed, item, draw)."""
+
+    def __init__(self, rows: Sequence[ManifestRow], augment=None, seed: int = 0):
         self.rows = list(rows)
+        self.augment = augment
+        self.seed = seed
+        self.draws = [0] * len(self.rows)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -200,7 +221,14 @@ class SpeechDataset(Dataset):
         from speechllm.audio import load_audio
 
         row = self.rows[index]
-        return load_audio(row.audio), example_of(row)
+        audio = load_audio(row.audio)
+        if self.augment is not None:
+            from speechllm.augment import augment
+
+            self.draws[index] += 1
+            rng = np.random.default_rng([self.seed, index, self.draws[index]])
+            audio = augment(audio, rng, self.augment)
+        return audio, example_of(row)
 
 
 def collate(items: list[tuple[np.ndarray, Example]]) -> dict[str, Any]:
@@ -411,7 +439,8 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
                                       find_unused_parameters=True)
     order = BatchOrder(len(train_rows), config.batch_size, config.seed, start * config.grad_accum, rank,
                        world)
-    loader = iter(DataLoader(SpeechDataset(train_rows), batch_sampler=order, collate_fn=collate,
+    dataset = SpeechDataset(train_rows, augment_config(config.augment), config.seed)
+    loader = iter(DataLoader(dataset, batch_sampler=order, collate_fn=collate,
                              num_workers=config.num_workers, persistent_workers=config.num_workers > 0))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

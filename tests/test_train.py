@@ -145,3 +145,20 @@ def test_bleu():
     score = corpus_bleu(["The cat sat on the mat.", "It is raining today in the city."],
                         ["The cat sat on a mat.", "It rains today in the city."])
     assert score.brevity_penalty == pytest.approx(np.exp(1 - 15 / 14)) and 50 < score.score < 56
+
+
+def test_augmentation_perturbs_each_draw_and_is_validated(data):
+    from speechllm.manifest import read_manifest
+    from speechllm.train import SpeechDataset, augment_config
+
+    rows = read_manifest(data[1])
+    plain = SpeechDataset(rows)
+    noisy = SpeechDataset(rows, augment_config({"noise_prob": 1.0, "speed_prob": 0.0, "reverb_prob": 0.0,
+                                                "gain_prob": 0.0, "snr_db_range": [10, 10]}), seed=3)
+    clean = plain[0][0]
+    first, second = noisy[0][0], noisy[0][0]
+    assert first.shape == clean.shape and not np.allclose(first, clean) and not np.allclose(first, second)
+    assert plain[0][1] == noisy[0][1]  # the example (instruction, reply) is untouched
+    assert augment_config(None) is None
+    with pytest.raises(ValueError, match="no option"):
+        augment_config({"noize": 1})

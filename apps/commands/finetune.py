@@ -62,6 +62,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup", type=int, default=100, help="warm-up steps")
     parser.add_argument("--ctc-weight", type=float, default=1.0, help="weight of a CTC adapter's loss")
+    parser.add_argument("--augment", nargs="?", const="{}", default=None, metavar="JSON",
+                        help="on-the-fly augmentation of training audio (speed, noise, gain, reverb); "
+                             "optional JSON of speechllm.augment.AugmentConfig fields, "
+                             "e.g. '{\"noise_prob\": 0.8}'")
     parser.add_argument("--lm-weight", type=float, default=1.0,
                         help="weight of the LLM's loss; 0 trains a ctc-posterior adapter on CTC alone, "
                              "without running the LLM")
@@ -80,6 +84,19 @@ ARCHITECTURE = {"adapter": "alignformer", "adapter_options": "{}", "encoder": "w
                 "encoder_kind": "whisper", "llm": "smollm2-135m-instruct", "quant": None}
 
 
+def _json_option(text: str | None, flag: str) -> dict | None:
+    """A JSON-object option's value (None stays None), or a one-line error naming the flag."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -94,12 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, key) is None:
             setattr(args, key, default)
     adapter_class(args.adapter)  # an unknown name fails here, listing the known ones
-    try:
-        adapter_options = json.loads(args.adapter_options)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--adapter-options is not JSON: {exc}") from None
-    if not isinstance(adapter_options, dict):
-        raise ValueError("--adapter-options must be a JSON object")
+    adapter_options = _json_option(args.adapter_options, "--adapter-options")
     if args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.eval_every < 1:
         raise ValueError("--steps, --batch-size, --grad-accum and --eval-every must be at least 1")
     if not 0 <= args.eval_fraction < 1:
@@ -121,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, audio_first=not args.instruction_first,
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, ctc_weight=args.ctc_weight,
-        lm_weight=args.lm_weight,
+        lm_weight=args.lm_weight, augment=_json_option(args.augment, "--augment"),
         eval_every=args.eval_every, save_every=args.save_every, eval_max_rows=args.eval_max_rows,
         max_new_tokens=args.max_new_tokens, seed=args.seed, num_workers=args.num_workers, device=args.device,
         resume=args.resume, progress=not args.quiet)
