@@ -1,1 +1,13 @@
-"""Speech out: speech tokenizer, interleaved text-speech LM, flow matching, vocoder."""
+"""Speech out: speech tokenizer, interleaved text-speech LM, flow matching, vocoder.
+
+>>> from speechllm import tts
+>>> voice = tts.load()                       # the project's own voice; tts.load("piper-joe") for Piper
+>>> for chunk in voice.synthesize("Hello there.", stream=True):   # float32 chunks at voice.sample_rate
+...     play(chunk)
+"""
+
+from speechllm.tts.synthesize import DEFAULT_VOICE, VOICES, PiperTTS, SpeechTTS, SynthesisOptions, load
+from speechllm.tts.text import TextError, prepare_text
+
+__all__ = ["DEFAULT_VOICE", "VOICES", "PiperTTS", "SpeechTTS", "SynthesisOptions", "TextError", "load",
+           "prepare_text"]

@@ -1,0 +1,76 @@
+"""``speechllm tts``: text (``--text`` or stdin) → an audio file; ``--stream`` writes it chunk by chunk."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+HELP = "speak text into an audio file (the project's own voice, or --voice piper-joe / a model folder)"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text", default=None, help="what to say (default: read standard input)")
+    parser.add_argument("--output", "-o", required=True, help="audio file to write (.wav, .flac, .ogg)")
+    parser.add_argument("--stream", action="store_true",
+                        help="synthesize chunk by chunk, appending each chunk to the file as it comes")
+    parser.add_argument("--voice", default=None,
+                        help="voice name or TTS model folder (default: speechllm-joe)")
+    parser.add_argument("--steps", type=int, default=None, help="flow-matching ODE steps (own voices)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (own voices)")
+    parser.add_argument("--vocoder", choices=["vocos", "griffin-lim"], default=None,
+                        help="griffin-lim: the weightless fallback vocoder (own voices)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    text = args.text if args.text is not None else sys.stdin.read()
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from speechllm import tts
+    from speechllm.tts.synthesize import SpeechTTS
+
+    tts.prepare_text(text)  # bad text fails here, before any model loads
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kwargs = {}
+    if args.vocoder:
+        kwargs["vocoder"] = args.vocoder
+    voice = tts.load(args.voice, **kwargs)
+    if isinstance(voice, SpeechTTS) and (args.steps is not None or args.seed is not None):
+        from dataclasses import replace
+
+        changes = {k: v for k, v in (("flow_steps", args.steps), ("seed", args.seed)) if v is not None}
+        voice.options = replace(voice.options, **changes)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if not args.stream:
+        from speechllm.audio import write_audio
+
+        audio = voice.synthesize(text)
+        write_audio(out, audio, voice.sample_rate)
+        seconds = len(audio) / voice.sample_rate
+        first = None
+    else:
+        tmp = out.with_name(f".{out.name}.tmp")
+        fmt = out.suffix.lstrip(".").upper() or "WAV"
+        samples, first = 0, None
+        with sf.SoundFile(str(tmp), "w", voice.sample_rate, 1, format=fmt) as f:
+            for chunk in voice.synthesize(text, stream=True):
+                if first is None:
+                    first = time.perf_counter() - start
+                f.write(np.asarray(chunk, dtype=np.float32))
+                samples += len(chunk)
+        tmp.replace(out)
+        seconds = samples / voice.sample_rate
+    elapsed = time.perf_counter() - start
+    rtf = elapsed / seconds if seconds else float("nan")
+    note = f", first audio after {first * 1000:.0f} ms" if first is not None else ""
+    print(f"{out}: {seconds:.2f} s of audio at {voice.sample_rate} Hz in {elapsed:.2f} s "
+          f"(RTF {rtf:.2f}{note})", file=sys.stderr)
+    return 0

@@ -1,0 +1,312 @@
+"""Streaming TTS stages on tiny random models: shapes, FSQ, chunk causality, streaming == whole, CLI."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from speechllm.tts.flow import FlowConfig, FlowMatching, chunk_mask
+from speechllm.tts.lm import LMConfig, SamplingOptions, TextSpeechLM, interleave, split_words
+from speechllm.tts.text import TextError, prepare_text, sentence_streams, sentences
+from speechllm.tts.tokenizer import FSQ, SpeechTokenizer, TokenizerConfig
+from speechllm.tts.vocoder import GriffinLim, StreamingISTFT, VocoderConfig, Vocos, istft_same
+
+N_SPEECH = 24
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    from speechllm.speechlm.tiny import make_tiny_llm
+
+    return make_tiny_llm(tmp_path_factory.mktemp("llm"), hidden=32, layers=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_llm):
+    torch.manual_seed(0)
+    config = LMConfig(backbone=str(tiny_llm), n_layers=2, n_speech=N_SPEECH, text_chunk=2, speech_chunk=3,
+                      lora_rank=4)
+    lm = TextSpeechLM.build(config).eval()
+    for p in lm.parameters():  # LoRA B starts at zero; make every trained part matter
+        if p.requires_grad:
+            p.data.add_(torch.randn_like(p) * 0.05)
+    return lm
+
+
+def tiny_flow(**changes):
+    torch.manual_seed(0)
+    flow = FlowMatching(FlowConfig(n_tokens=N_SPEECH, dim=32, n_layers=2, n_heads=2, **changes)).eval()
+    for block in flow.blocks:  # adaLN starts at zero (identity blocks): give it weights
+        torch.nn.init.normal_(block.ada.weight, std=0.2)
+    return flow
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def test_fsq_round_trip_and_grid():
+    fsq = FSQ((8, 5, 5, 5))
+    every = torch.arange(1000)
+    assert torch.equal(fsq.codes_to_indices(fsq.indices_to_codes(every)), every)
+    z = (torch.randn(64, 4) * 3).requires_grad_()
+    codes = fsq.quantize(z)
+    ids = fsq.codes_to_indices(codes)
+    assert ids.min() >= 0 and ids.max() < 1000
+    assert torch.allclose(fsq.indices_to_codes(ids), codes)
+    codes.sum().backward()  # straight-through: gradients reach z
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_tokenizer_shapes_and_ctc():
+    torch.manual_seed(0)
+    model = SpeechTokenizer(TokenizerConfig(d_in=16, d_model=32, n_heads=2, n_pre=1, n_post=1, levels=(3, 3)))
+    model.eval()
+    enc, lengths = torch.randn(2, 21, 16), torch.tensor([21, 10])
+    logp, mask, ids = model(enc, lengths)
+    assert logp.shape == (2, 11, model.config.n_chars) and mask.sum(1).tolist() == [11, 5]
+    tokens, _ = model.tokenize(enc, lengths)
+    assert (tokens[1, 5:] == -1).all() and tokens[:, :5].ge(0).all() and tokens.max() < 9
+    single, _ = model.tokenize(enc[1:, :9], torch.tensor([9]))
+    odd, _ = model.tokenize(enc, torch.tensor([21, 9]))
+    assert torch.equal(single[0], odd[1, :5])  # padding never changes an item's tokens
+    loss, _ = model.ctc_loss(enc, lengths, [torch.tensor([3, 4, 5]), torch.tensor([7])])
+    loss.backward()
+    assert torch.isfinite(loss) and model.proj_in.weight.grad is not None
+
+
+# ---------------------------------------------------------------- vocoder
+
+
+def test_istft_streaming_equals_whole():
+    spec = torch.randn(1, 65, 17, dtype=torch.complex64)
+    whole = istft_same(spec, 128, 32)[0]
+    assert whole.shape == (17 * 32,)
+    stream = StreamingISTFT(128, 32)
+    parts = [stream.push(spec[0, :, a:b]) for a, b in ((0, 1), (1, 6), (6, 7), (7, 17))] + [stream.flush()]
+    assert torch.allclose(torch.cat(parts), whole, atol=1e-5)
+
+
+def test_vocoder_streams_exactly_and_is_causal():
+    torch.manual_seed(0)
+    vocoder = Vocos(VocoderConfig(dim=16, ffn=32, n_layers=2, n_fft=128, hop=32)).eval()
+    mel = torch.randn(1, 80, 40) - 5
+    with torch.no_grad():
+        whole = vocoder(mel)[0]
+        stream = vocoder.stream()
+        rng = random.Random(0)
+        parts, start = [], 0
+        while start < 40:
+            size = rng.randint(1, 9)
+            parts.append(stream.push(mel[0, :, start:start + size]))
+            start += size
+        parts.append(stream.flush())
+        assert torch.allclose(torch.cat(parts), whole, atol=1e-5)
+        changed = mel.clone()
+        changed[..., 20:] += 1.0  # later mel changes nothing before it (minus the overlap-add tail)
+        early = 20 * 32 - (128 - 32) // 2
+        assert torch.allclose(vocoder(changed)[0, :early], whole[:early], atol=1e-6)
+        assert not torch.allclose(vocoder(changed)[0, early + 64:], whole[early + 64:])
+
+
+def test_griffin_lim_fallback_shape():
+    audio = GriffinLim(iters=2)(torch.randn(1, 80, 10) - 5)
+    assert audio.shape == (1, 3200) and torch.isfinite(audio).all()
+
+
+# ---------------------------------------------------------------- flow matching
+
+
+def test_chunk_mask():
+    mask = chunk_mask(torch.tensor([2]), torch.tensor([7]), 8, 2)[0, 0]
+    assert mask[0].tolist() == [True, True] + [False] * 6  # the prompt sees the prompt
+    assert mask[2].tolist() == [True] * 4 + [False] * 4  # chunk 0 = frames 2, 3
+    assert mask[6].tolist() == [True] * 7 + [False]  # the last frame is padding: nobody sees it
+
+
+def test_flow_first_chunks_ignore_later_tokens():
+    flow = tiny_flow()
+    tokens = torch.randint(0, N_SPEECH, (12,))
+    prompt_mel, prompt_tokens = torch.randn(80, 6) - 5, torch.randint(0, N_SPEECH, (3,))
+    mel = flow.synthesize(tokens, prompt_mel, prompt_tokens, steps=3, chunk_tokens=4)
+    assert mel.shape == (80, 24)
+    other = tokens.clone()
+    other[8:] = (other[8:] + 1) % N_SPEECH
+    mel2 = flow.synthesize(other, prompt_mel, prompt_tokens, steps=3, chunk_tokens=4)
+    assert torch.equal(mel2[:, :16], mel[:, :16])
+    assert not torch.allclose(mel2[:, 16:], mel[:, 16:])
+    full = flow.synthesize(tokens, prompt_mel, prompt_tokens, steps=3)  # one chunk: full attention
+    assert full.shape == mel.shape and not torch.allclose(full, mel)
+
+
+def test_flow_streaming_matches_training_mask():
+    """The cached chunk-by-chunk velocity equals the velocity the training mask gives."""
+    flow = tiny_flow()
+    n_prompt, chunk = 4, 4
+    x = torch.randn(1, 16, 80)
+    cond = torch.cat([x[:, :n_prompt], torch.zeros(1, 12, 80)], 1)
+    x[:, :n_prompt] = cond[:, :n_prompt]
+    tokens = torch.randint(0, N_SPEECH, (1, 16))
+    t = torch.tensor([0.3])
+    mask = chunk_mask(torch.tensor([n_prompt]), torch.tensor([16]), 16, chunk)
+    whole = flow.velocity(flow.embed(x, cond, tokens, 0), t, mask)
+    keep = []
+    p = slice(0, n_prompt)
+    flow.velocity(flow.embed(x[:, p], cond[:, p], tokens[:, p], 0), t, None, None, keep)
+    cache = keep
+    for start in range(n_prompt, 16, chunk):
+        sl = slice(start, start + chunk)
+        keep = []
+        v = flow.velocity(flow.embed(x[:, sl], cond[:, sl], tokens[:, sl], start), t, None, cache, keep)
+        cache = [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
+                 for (k0, v0), (k1, v1) in zip(cache, keep, strict=True)]
+        assert torch.allclose(v, whole[:, sl], atol=1e-5)
+
+
+def test_flow_stream_equals_chunked_synthesis_and_trains():
+    flow = tiny_flow()
+    tokens = torch.randint(0, N_SPEECH, (10,))
+    chunked = flow.synthesize(tokens, steps=2, chunk_tokens=3)
+    pieces = iter([tokens[:3], tokens[3:6], tokens[6:9], tokens[9:]])
+    streamed = torch.cat(list(flow.stream(pieces, steps=2)), 1)
+    assert torch.equal(streamed, chunked)
+    flow.train()
+    loss = flow.loss(torch.randn(2, 20, 80) - 5, torch.randint(0, N_SPEECH, (2, 10)), torch.tensor([20, 14]),
+                     torch.tensor([4, 0]), chunk=4)
+    loss.backward()
+    assert torch.isfinite(loss) and flow.token_emb.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- text-speech LM
+
+
+def test_interleave_groups():
+    config = LMConfig(n_speech=N_SPEECH, text_chunk=2, speech_chunk=3)
+    ids, is_speech = interleave([100, 101, 102], [1, 2, 3, 4, 5, 6, 7, 8], config)
+    assert ids == [config.start, 100, 101, 1, 2, 3, 102, config.text_end, 4, 5, 6, 7, 8, config.eos]
+    assert is_speech == [True, False, False, True, True, True, False] + [True] * 7
+
+
+def test_lm_streams_while_text_arrives(tiny_lm):
+    consumed = []
+
+    def pieces():
+        for word in split_words("hello world the weather will be sunny tomorrow"):
+            consumed.append(word)
+            yield word
+
+    stream = tiny_lm.stream(pieces(), SamplingOptions(temperature=0, max_tokens_per_text_token=3))
+    first = next(stream)
+    assert len(first) == 3 and len(consumed) < 8  # spoke before reading all the text
+    rest = list(stream)
+    assert len(consumed) == 8 and rest and all(len(c) <= 3 for c in rest)
+
+
+def test_lm_stream_matches_teacher_forcing(tiny_lm):
+    """Greedy incremental decoding (KV cache, text fed group by group) = argmax of the training forward."""
+    text = "the weather will be sunny"
+    options = SamplingOptions(temperature=0, max_tokens_per_text_token=2)
+    speech = [t for c in tiny_lm.stream(split_words(text), options) for t in c.tolist()]
+    ids, is_speech = interleave(tiny_lm.text_ids(text), speech, tiny_lm.config)
+    ids, is_speech = torch.tensor([ids]), torch.tensor([is_speech])
+    with torch.no_grad():
+        hidden = tiny_lm.decoder(inputs_embeds=tiny_lm.embed(ids, is_speech)).last_hidden_state
+        logits = tiny_lm.head(hidden[0, :-1])
+    seq = ids[0].tolist()
+    text_end_at = seq.index(tiny_lm.config.text_end)
+    for pos in range(len(seq) - 2):  # the last target is EOS or the length cap
+        target = seq[pos + 1]
+        if is_speech[0, pos + 1] and target < tiny_lm.config.eos:
+            row = logits[pos].clone()
+            if pos < text_end_at:
+                row[tiny_lm.config.eos] = float("-inf")
+            assert int(row.argmax()) == target
+
+
+def test_lm_saved_state_round_trip(tiny_lm, tiny_llm):
+    state = tiny_lm.saved_state()
+    assert state and all("lora_" in k or not k.startswith("decoder.") for k in state)
+    other = TextSpeechLM.build(tiny_lm.config)
+    other.load_saved_state(state)
+    ids, flags = torch.tensor([[tiny_lm.config.start, 5, 6]]), torch.tensor([[True, True, True]])
+    with torch.no_grad():
+        a = tiny_lm.decoder(inputs_embeds=tiny_lm.embed(ids, flags)).last_hidden_state
+        b = other.decoder(inputs_embeds=other.embed(ids, flags)).last_hidden_state
+    assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="missing"):
+        other.load_saved_state({k: v for k, v in state.items() if k != "head.weight"})
+
+
+# ---------------------------------------------------------------- text
+
+
+def test_prepare_text_normalises_or_refuses():
+    assert prepare_text("Café costs $3.50 😀") == "Cafe costs three dollars and fifty cents"
+    for bad, reason in (("", "empty"), ("  \n", "empty"), ("😀 ☃", "nothing speakable"), (7, "string"),
+                        ("a" * 100_001, "over the limit")):
+        with pytest.raises(TextError, match=reason):
+            prepare_text(bad)
+
+
+def test_sentences_and_streams():
+    assert sentences("Hi there. How are you? Fine") == ["Hi there.", "How are you?", "Fine"]
+    long = " ".join(["word"] * 100)
+    assert all(len(s.split()) <= 40 for s in sentences(long))
+    streams = [list(s) for s in sentence_streams(["Hel", "lo the", "re. How ", "are you?"])]
+    assert streams == [["Hello", " there."], ["How", " are", " you?"]]
+
+
+# ---------------------------------------------------------------- the whole voice + CLI
+
+
+@pytest.fixture(scope="module")
+def tiny_voice_dir(tiny_lm, tmp_path_factory):
+    from speechllm.tts.synthesize import SynthesisOptions, save_tts
+
+    folder = tmp_path_factory.mktemp("voice")
+    vocoder = Vocos(VocoderConfig(dim=16, ffn=32, n_layers=1))
+    save_tts(folder, tiny_lm, tiny_flow(), vocoder, torch.randn(80, 8) - 5, torch.randint(0, N_SPEECH, (4,)),
+             SynthesisOptions(flow_steps=2, max_speech_per_text=2.0))
+    return folder
+
+
+def test_voice_folder_streams_and_whole(tiny_voice_dir):
+    from speechllm import tts
+
+    voice = tts.load(str(tiny_voice_dir))
+    assert voice.sample_rate == 16_000
+    chunks = list(voice.synthesize("Hello world. The weather", stream=True))
+    assert chunks and all(c.dtype == np.float32 and c.ndim == 1 for c in chunks)
+    total = sum(len(c) for c in chunks)
+    assert total > 0 and total % 320 == 0  # whole mel frames
+    whole = voice.synthesize("Hello world. The weather")
+    assert whole.dtype == np.float32 and len(whole) % 320 == 0 and np.abs(whole).max() <= 1.0
+    pieces = list(voice.synthesize(iter(["Hel", "lo wor", "ld."]), stream=True))
+    assert sum(len(c) for c in pieces) > 0
+    with pytest.raises(TextError):
+        voice.synthesize("")
+    with pytest.raises(FileNotFoundError, match="unknown voice"):
+        tts.load("no-such-voice")
+
+
+def test_cli(tiny_voice_dir, tmp_path, capsys, monkeypatch):
+    import io
+
+    import soundfile as sf
+
+    from speechllm.apps.cli import main
+
+    out = tmp_path / "out.wav"
+    assert main(["tts", "--text", "Hello world.", "--output", str(out), "--voice", str(tiny_voice_dir),
+                 "--stream", "--steps", "2"]) == 0
+    audio, sr = sf.read(out)
+    assert sr == 16_000 and len(audio) > 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("The weather."))
+    assert main(["tts", "--output", str(tmp_path / "b.wav"), "--voice", str(tiny_voice_dir)]) == 0
+    assert (tmp_path / "b.wav").is_file()
+    capsys.readouterr()
+    assert main(["tts", "--text", "  ", "--output", str(tmp_path / "c.wav")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "speechllm tts: error: empty text: nothing to say" and not (tmp_path / "c.wav").exists()
+    assert main(["tts", "--text", "hi", "--output", str(tmp_path / "d.wav"), "--voice", "nope"]) == 1
+    assert "unknown voice 'nope'" in capsys.readouterr().err

@@ -1,0 +1,142 @@
+"""Training data for the TTS stages: a feature cache built once from ``tts`` manifests.
+
+Every stage trains on the same cached arrays, so the frozen Whisper encoder runs once per
+corpus instead of once per step (the machine this was built on has two CPU cores):
+
+    CACHE/{split}-{part:03d}.safetensors    per part of ``PART`` utterances, flat arrays + offsets:
+        enc  [sum T_enc, 384] fp16   Whisper encoder output (50 Hz)
+        mel  [sum T_mel, 80]  fp16   the TTS log-mel (tts.mel, 50 Hz)
+        wav  [sum samples]    int16  16 kHz audio
+      metadata "rows": JSON list of {"id", "text", "speaker"}
+    CACHE/tokens-{split}.safetensors         speech tokens (25 Hz) from a trained tokenizer
+
+Parts are written atomically and skipped when present, so an interrupted build resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from speechllm.speechlm.io import atomic_save_tensors
+from speechllm.text_normalize import normalize
+from speechllm.tts.mel import MelConfig, mel_spectrogram
+
+PART = 64
+CHARS = " abcdefghijklmnopqrstuvwxyz'"  # CTC targets; index 0 is the blank
+_CHAR_ID = {c: i + 1 for i, c in enumerate(CHARS)}
+
+
+def char_ids(text: str) -> list[int]:
+    """CTC targets: the scoring form of ``text`` (spoken, lower case), unknown characters dropped."""
+    return [_CHAR_ID[c] for c in normalize(text) if c in _CHAR_ID]
+
+
+def chars_text(ids: list[int]) -> str:
+    return "".join(CHARS[i - 1] for i in ids if 0 < i <= len(CHARS))
+
+
+@dataclass
+class Corpus:
+    """One split in memory: per utterance arrays (torch, as stored) and its text and speaker."""
+
+    ids: list[str]
+    texts: list[str]
+    speakers: list[str]
+    enc: list[torch.Tensor]
+    mel: list[torch.Tensor]
+    wav: list[torch.Tensor]
+    tokens: list[torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, keep: list[int]) -> Corpus:
+        pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
+        return Corpus(pick(self.ids), pick(self.texts), pick(self.speakers), pick(self.enc), pick(self.mel),
+                      pick(self.wav), pick(self.tokens))
+
+
+def _split_flat(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def _offsets(arrays: list[torch.Tensor]) -> torch.Tensor:
+    return torch.tensor([0] + np.cumsum([len(a) for a in arrays]).tolist(), dtype=torch.long)
+
+
+@torch.inference_mode()
+def build_cache(manifest: str | Path, cache: str | Path, split: str, encoder: str = "whisper-tiny.en",
+                batch_size: int = 8, mel_config: MelConfig | None = None) -> int:
+    """Encode ``manifest`` into ``cache``; returns the number of utterances (all parts)."""
+    from speechllm.audio import load_audio
+    from speechllm.manifest import read_manifest
+    from speechllm.speechlm.backbone import load_encoder
+
+    mel_config = mel_config or MelConfig()
+    rows = read_manifest(manifest)
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    whisper = None
+    for start in range(0, len(rows), PART):
+        path = cache / f"{split}-{start // PART:03d}.safetensors"
+        if path.is_file():
+            continue
+        whisper = whisper or load_encoder(encoder)
+        part = rows[start:start + PART]
+        enc, mel, wav = [], [], []
+        for b in range(0, len(part), batch_size):
+            audios = [torch.from_numpy(load_audio(r.audio)) for r in part[b:b + batch_size]]
+            lengths = torch.tensor([len(a) for a in audios])
+            padded = torch.nn.utils.rnn.pad_sequence(audios, batch_first=True)
+            feats, feat_lengths = whisper.features(padded, lengths)
+            hidden, mask = whisper(feats, feat_lengths)
+            for i, audio in enumerate(audios):
+                enc.append(hidden[i, : int(mask[i].sum())].half())
+                mel.append(mel_spectrogram(audio, mel_config)[0].T.half())
+                wav.append((audio.clamp(-1, 1) * 32767).round().short())
+        meta = [{"id": r.extra.get("id", Path(r.audio).stem), "text": r.text or "",
+                 "speaker": r.speaker or ""} for r in part]
+        atomic_save_tensors(
+            {"enc": torch.cat(enc), "enc_off": _offsets(enc), "mel": torch.cat(mel), "mel_off": _offsets(mel),
+             "wav": torch.cat(wav), "wav_off": _offsets(wav)},
+            path, {"rows": json.dumps(meta)})
+        print(f"cache {path.name}: {len(part)} utterances", flush=True)
+    return len(rows)
+
+
+def load_corpus(cache: str | Path, split: str, tokens: bool = False) -> Corpus:
+    """A split from the cache; ``tokens=True`` also reads ``tokens-{split}.safetensors``."""
+    cache = Path(cache)
+    parts = sorted(cache.glob(f"{split}-[0-9][0-9][0-9].safetensors"))
+    if not parts:
+        raise FileNotFoundError(f"{cache}: no cached '{split}' parts; run the 'cache' stage first")
+    corpus = Corpus([], [], [], [], [], [])
+    for path in parts:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["rows"])
+            corpus.ids += [m["id"] for m in meta]
+            corpus.texts += [m["text"] for m in meta]
+            corpus.speakers += [m["speaker"] for m in meta]
+            for key in ("enc", "mel", "wav"):
+                getattr(corpus, key).extend(_split_flat(f.get_tensor(key), f.get_tensor(f"{key}_off")))
+    if tokens:
+        path = cache / f"tokens-{split}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; run the 'tokens' stage first")
+        with safe_open(str(path), "pt") as f:
+            ids = json.loads(f.metadata()["ids"])
+            if ids != corpus.ids:
+                raise ValueError(f"{path}: utterances differ from the cached '{split}' split; rerun 'tokens'")
+            corpus.tokens = _split_flat(f.get_tensor("tokens"), f.get_tensor("tokens_off"))
+    return corpus
+
+
+def save_tokens(cache: str | Path, split: str, ids: list[str], tokens: list[torch.Tensor]) -> None:
+    atomic_save_tensors({"tokens": torch.cat(tokens).long(), "tokens_off": _offsets(tokens)},
+                        Path(cache) / f"tokens-{split}.safetensors", {"ids": json.dumps(ids)})

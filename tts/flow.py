@@ -1,0 +1,202 @@
+"""Speech tokens → 80-bin mel by conditional flow matching (Lipman et al., 2023; CosyVoice 2),
+with chunk-causal attention so one model serves streaming and whole-utterance synthesis.
+
+    frame j (50 Hz; token j // 2):  x_t[j] (80) ⊕ cond[j] (80: prompt mel, else 0) → linear
+        + token embedding + position ─► N transformer blocks (adaLN on the flow time t)
+        ─► velocity [80]
+
+Attention: frames in the speaker prompt see only the prompt; a frame after it sees the prompt,
+every earlier chunk and its own chunk (``chunk`` frames; 0 = no chunks, all frames). Training
+draws the chunk size at random per batch (CosyVoice 2's chunk masks), so the same weights run
+both ways. Synthesis integrates dx/dt = v(x, t) from noise (t=0) to mel (t=1) with a few Euler
+steps; streaming runs the steps chunk by chunk with one key/value cache per step, and the
+noise of frame j is always row j of one fixed noise bank, so a chunk's mel never depends on later
+tokens and streaming gives the same mel as running the same chunks all at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    n_tokens: int = 1000
+    n_mels: int = 80
+    dim: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    upsample: int = 2  # mel frames per token
+    train_chunks: tuple[int, ...] = (0, 0, 8, 12, 16, 18, 20, 24, 40)  # frames; 0 = full attention
+    mel_mean: float = -5.0  # normalisation of the log-mel (set from data when training)
+    mel_std: float = 2.5
+    noise_frames: int = 6000  # noise bank rows (2 minutes at 50 Hz); longer input wraps around
+
+
+def sinusoid(x: Tensor, dim: int) -> Tensor:
+    """[N] positions or times → [N, dim]."""
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=x.device) / (dim // 2))
+    angles = x.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def chunk_ids(n_prompt: int, n_frames: int, chunk: int, device=None) -> Tensor:
+    """Chunk index per frame: -1 for the prompt, then 0, 1, ... every ``chunk`` frames (0: one chunk)."""
+    j = torch.arange(n_frames, device=device)
+    ids = (j - n_prompt) // chunk if chunk > 0 else torch.zeros_like(j)
+    return torch.where(j < n_prompt, -1, ids)
+
+
+def chunk_mask(n_prompt: Tensor, lengths: Tensor, n_frames: int, chunk: int) -> Tensor:
+    """[B, 1, T, T] boolean: query i may attend key j (also hides padding keys)."""
+    rows = [chunk_ids(int(p), n_frames, chunk, lengths.device) for p in n_prompt]
+    ids = torch.stack(rows)
+    allowed = ids[:, None, :] <= ids[:, :, None]  # key chunk <= query chunk; the prompt is chunk -1
+    keys = torch.arange(n_frames, device=lengths.device)[None, :] < lengths[:, None]
+    return (allowed & keys[:, None, :])[:, None]
+
+
+class Block(nn.Module):
+    """Pre-norm attention + MLP, each with shift/scale/gate from the time embedding (DiT adaLN)."""
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.ada = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: Tensor, temb: Tensor, mask: Tensor | None,
+                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [B, T, D]; ``past`` keys/values [B, H, T', d] come before x; returns x and x's own k, v."""
+        s1, c1, g1, s2, c2, g2 = self.ada(temb)[:, None].chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + c1) + s1
+        b, t, d = h.shape
+        q, k, v = self.qkv(h).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        x = x + g1 * self.proj(a.transpose(1, 2).reshape(b, t, d))
+        x = x + g2 * self.mlp(self.norm2(x) * (1 + c2) + s2)
+        return x, (k, v)
+
+
+class FlowMatching(nn.Module):
+    def __init__(self, config: FlowConfig = FlowConfig()):
+        super().__init__()
+        self.config = c = config
+        self.token_emb = nn.Embedding(c.n_tokens, c.dim)
+        self.in_proj = nn.Linear(2 * c.n_mels, c.dim)
+        self.time_mlp = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.blocks = nn.ModuleList(Block(c.dim, c.n_heads) for _ in range(c.n_layers))
+        self.norm_out = nn.LayerNorm(c.dim)
+        self.out = nn.Linear(c.dim, c.n_mels)
+        bank = torch.randn(c.noise_frames, c.n_mels, generator=torch.Generator().manual_seed(1234))
+        self.register_buffer("noise_bank", bank, persistent=False)
+
+    # -- the network
+    def embed(self, x: Tensor, cond: Tensor, tokens: Tensor, start: int) -> Tensor:
+        """x, cond [B, T, 80] (normalised); tokens [B, T] (one per frame); frames start at ``start``."""
+        pos = sinusoid(torch.arange(start, start + x.shape[1], device=x.device), self.config.dim)
+        return self.in_proj(torch.cat([x, cond], -1)) + self.token_emb(tokens.clamp(min=0)) + pos
+
+    def velocity(self, h: Tensor, t: Tensor, mask: Tensor | None, cache: list | None = None,
+                 keep: list | None = None) -> Tensor:
+        temb = self.time_mlp(sinusoid(t * 1000.0, self.config.dim))
+        for i, block in enumerate(self.blocks):
+            h, kv = block(h, temb, mask, None if cache is None else cache[i])
+            if keep is not None:
+                keep.append(kv)
+        return self.out(self.norm_out(h))
+
+    def normalize(self, mel: Tensor) -> Tensor:
+        return (mel - self.config.mel_mean) / self.config.mel_std
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x * self.config.mel_std + self.config.mel_mean
+
+    def frame_tokens(self, tokens: Tensor) -> Tensor:
+        return tokens.repeat_interleave(self.config.upsample, dim=-1)
+
+    # -- training
+    def loss(self, mel: Tensor, tokens: Tensor, lengths: Tensor, n_prompt: Tensor, chunk: int) -> Tensor:
+        """mel [B, T, 80] raw log-mel, tokens [B, T/upsample], lengths/n_prompt [B] in frames."""
+        x1 = self.normalize(mel)
+        b, n, _ = x1.shape
+        frames = torch.arange(n, device=mel.device)[None, :]
+        prompt = (frames < n_prompt[:, None])[..., None]
+        valid = (frames < lengths[:, None])[..., None]
+        t = torch.rand(b, device=mel.device)
+        x0 = torch.randn_like(x1)
+        xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
+        xt = torch.where(prompt, x1, xt)
+        cond = torch.where(prompt, x1, torch.zeros_like(x1))
+        h = self.embed(xt, cond, self.frame_tokens(tokens)[:, :n], 0)
+        v = self.velocity(h, t, chunk_mask(n_prompt, lengths, n, chunk))
+        weight = (valid & ~prompt).float()
+        return (((v - (x1 - x0)) ** 2) * weight).sum() / (weight.sum() * x1.shape[-1]).clamp(min=1)
+
+    # -- synthesis
+    @torch.no_grad()
+    def stream(self, chunks: Iterator[Tensor], prompt_mel: Tensor | None = None,
+               prompt_tokens: Tensor | None = None, steps: int = 6) -> Iterator[Tensor]:
+        """Token chunks [n] in → log-mel chunks [80, n * upsample] out, each as soon as its tokens are in.
+
+        ``prompt_mel`` [80, P] (raw log-mel) and its ``prompt_tokens`` [P / upsample] set the voice.
+
+        The chunk sizes are the caller's (a streaming policy); one chunk holding every token is
+        whole-utterance synthesis with full attention.
+        """
+        c = self.config
+        device = self.noise_bank.device
+        if prompt_mel is None or prompt_tokens is None:
+            prompt_mel, prompt_tokens = torch.zeros(c.n_mels, 0), torch.zeros(0, dtype=torch.long)
+        n_prompt = min(prompt_mel.shape[1], len(prompt_tokens) * c.upsample)
+        p = self.normalize(prompt_mel.T[:n_prompt].to(device))
+        times = [1 - math.cos(i / steps * math.pi / 2) for i in range(steps + 1)]  # denser near t=0
+        caches: list[list[tuple[Tensor, Tensor]] | None] = [None] * steps
+        if n_prompt:
+            pt = self.frame_tokens(prompt_tokens.to(device))[:n_prompt][None]
+            h = self.embed(p[None], p[None], pt, 0)
+            for i in range(steps):
+                keep: list = []
+                self.velocity(h, torch.tensor([times[i]], device=device), None, None, keep)
+                caches[i] = keep
+        pos = n_prompt
+        for chunk in chunks:
+            if chunk.numel() == 0:
+                continue
+            ft = self.frame_tokens(chunk.to(device))[None]
+            n = ft.shape[1]
+            rows = torch.arange(pos, pos + n, device=device) % c.noise_frames
+            x = self.noise_bank[rows][None]
+            zeros = torch.zeros_like(x)
+            for i in range(steps):
+                h = self.embed(x, zeros, ft, pos)
+                keep = []
+                v = self.velocity(h, torch.tensor([times[i]], device=device), None, caches[i], keep)
+                past = caches[i]
+                caches[i] = keep if past is None else [(torch.cat([pk, k], 2), torch.cat([pv, vv], 2))
+                                                       for (pk, pv), (k, vv) in zip(past, keep, strict=True)]
+                x = x + (times[i + 1] - times[i]) * v
+            pos += n
+            yield self.denormalize(x[0]).T
+
+    @torch.no_grad()
+    def synthesize(self, tokens: Tensor, prompt_mel: Tensor | None = None,
+                   prompt_tokens: Tensor | None = None, steps: int = 6, chunk_tokens: int = 0) -> Tensor:
+        """Whole utterance: [n] tokens → log-mel [80, n * upsample] (``chunk_tokens`` 0: full attention)."""
+        size = chunk_tokens or max(len(tokens), 1)
+        pieces = (tokens[i:i + size] for i in range(0, len(tokens), size))
+        out = list(self.stream(pieces, prompt_mel, prompt_tokens, steps))
+        return torch.cat(out, dim=1) if out else torch.zeros(self.config.n_mels, 0)

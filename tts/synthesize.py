@@ -1,0 +1,240 @@
+"""Streaming synthesis: text (or a stream of text pieces) → float32 audio chunks, and the voice registry.
+
+    text ─► prepare (spoken form, ASCII) ─► sentences ─► per sentence, word by word:
+        TextSpeechLM.stream (n text : m speech tokens) ─► FlowMatching.stream (chunk-causal,
+        speaker prompt) ─► VocoderStream (causal Vocos, overlap-add) ─► audio chunks
+
+``load(name_or_dir)`` gives a voice by registry name (:data:`VOICES`) or a TTS model folder::
+
+    MODEL_DIR/
+      config.json        {"format": "speechllm-tts", "version": 1, "lm": LMConfig, "flow": FlowConfig,
+                          "vocoder": {"kind": "vocos", "config": VocoderConfig}, "synthesis": {...}}
+      lm.safetensors     TTS LoRA + speech embeddings + head (the backbone loads by zoo name)
+      flow.safetensors   vocoder.safetensors
+      prompt.safetensors the voice's speaker prompt: "mel" [80, P] and "tokens" [P / 2]
+
+Every voice has ``sample_rate`` and ``synthesize(text, stream=False)``: the whole waveform, or
+with ``stream=True`` an iterator of float32 chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text
+from speechllm.tts.flow import FlowConfig, FlowMatching
+from speechllm.tts.lm import LMConfig, SamplingOptions, TextSpeechLM, split_words
+from speechllm.tts.text import prepare_text, sentence_streams, sentences
+from speechllm.tts.vocoder import VOCODERS, VocoderConfig
+
+FORMAT, VERSION = "speechllm-tts", 1
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_VOICE = "speechllm-joe"
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    flow_steps: int = 6
+    temperature: float = 0.8
+    top_k: int = 20
+    seed: int = 0
+    max_speech_per_text: float = 20.0  # speech tokens per text token before a sentence is cut off
+
+
+class SpeechTTS:
+    """The project's own voice: text-speech LM → flow matching → vocoder, all streaming."""
+
+    def __init__(self, lm: TextSpeechLM, flow: FlowMatching, vocoder: torch.nn.Module,
+                 prompt_mel: torch.Tensor, prompt_tokens: torch.Tensor,
+                 options: SynthesisOptions | None = None):
+        self.lm, self.flow, self.vocoder = lm.eval(), flow.eval(), vocoder.eval()
+        self.prompt_mel, self.prompt_tokens = prompt_mel, prompt_tokens
+        self.options = options or SynthesisOptions()
+        self.sample_rate = getattr(vocoder, "config", VocoderConfig()).sample_rate
+
+    def _sampling(self) -> SamplingOptions:
+        o = self.options
+        return SamplingOptions(temperature=o.temperature, top_k=o.top_k, seed=o.seed,
+                               max_tokens_per_text_token=o.max_speech_per_text)
+
+    def synthesize(self, text: str | Iterable[str], stream: bool = False
+                   ) -> np.ndarray | Iterator[np.ndarray]:
+        """``text``: a string, or an iterable of text pieces (then always streamed)."""
+        if isinstance(text, str):
+            prepared = prepare_text(text)
+            if stream:
+                return self._stream(iter([prepared]))
+            return self._whole(prepared)
+        return self._stream(iter(text))
+
+    def synthesize_tokens(self, tokens: torch.Tensor, stream: bool = False) -> np.ndarray:
+        """Speech tokens straight to audio (no LM): resynthesis, for checking the flow and vocoder."""
+        mel = self.flow.synthesize(tokens, self.prompt_mel, self.prompt_tokens, self.options.flow_steps)
+        return self.vocoder(mel[None])[0].numpy()
+
+    def _stream(self, pieces: Iterator[str]) -> Iterator[np.ndarray]:
+        for words in sentence_streams(pieces):
+            voc = self._vocoder_stream()
+            token_chunks = self.lm.stream(words, self._sampling())
+            steps = self.options.flow_steps
+            for mel in self.flow.stream(token_chunks, self.prompt_mel, self.prompt_tokens, steps):
+                audio = voc.push(mel)
+                if len(audio):
+                    yield audio.numpy().astype(np.float32, copy=False)
+            tail = voc.flush()
+            if len(tail):
+                yield tail.numpy().astype(np.float32, copy=False)
+
+    def _vocoder_stream(self):
+        if hasattr(self.vocoder, "stream"):
+            return self.vocoder.stream()
+        return _WholeVocoderStream(self.vocoder)
+
+    def _whole(self, prepared: str) -> np.ndarray:
+        """Non-streaming: all speech tokens first, then full-attention flow and the vocoder per sentence."""
+        out = []
+        for sentence in sentences(prepared):
+            chunks = self.lm.stream(split_words(sentence), self._sampling())
+            tokens = [t for chunk in chunks for t in chunk.tolist()]
+            if not tokens:
+                continue
+            mel = self.flow.synthesize(torch.tensor(tokens), self.prompt_mel, self.prompt_tokens,
+                                       self.options.flow_steps)
+            with torch.no_grad():
+                out.append(self.vocoder(mel[None])[0].numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+class _WholeVocoderStream:
+    """A vocoder without a streaming form (Griffin-Lim): collects mel, renders it at the end."""
+
+    def __init__(self, vocoder: torch.nn.Module):
+        self.vocoder, self.mels = vocoder, []
+
+    def push(self, mel: torch.Tensor) -> torch.Tensor:
+        self.mels.append(mel)
+        return torch.zeros(0)
+
+    def flush(self) -> torch.Tensor:
+        return self.vocoder(torch.cat(self.mels, 1)[None])[0] if self.mels else torch.zeros(0)
+
+
+class PiperTTS:
+    """Piper joe (the baseline) behind the same interface; streams sentence by sentence."""
+
+    def __init__(self, name: str = "piper-joe", threads: int = 1):
+        from speechllm.tts.piper import PiperVoice
+
+        self.voice = PiperVoice.load(name, threads=threads)
+        self.sample_rate = self.voice.sample_rate
+
+    def synthesize(self, text: str | Iterable[str], stream: bool = False
+                   ) -> np.ndarray | Iterator[np.ndarray]:
+        if not isinstance(text, str):
+            text = "".join(text)
+        prepared = prepare_text(text)
+        if stream:
+            return (self.voice.synthesize(s) for s in sentences(prepared))
+        return self.voice.synthesize(prepared)
+
+
+# ---------------------------------------------------------------- model folders
+
+
+def save_tts(folder: str | Path, lm: TextSpeechLM, flow: FlowMatching, vocoder: torch.nn.Module,
+             prompt_mel: torch.Tensor, prompt_tokens: torch.Tensor, options: SynthesisOptions | None = None,
+             info: dict[str, Any] | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(lm.saved_state(), folder / "lm.safetensors")
+    atomic_save_tensors(flow.state_dict(), folder / "flow.safetensors")
+    atomic_save_tensors(vocoder.state_dict(), folder / "vocoder.safetensors")
+    atomic_save_tensors({"mel": prompt_mel.float(), "tokens": prompt_tokens.long()},
+                        folder / "prompt.safetensors")
+    document = {"format": FORMAT, "version": VERSION, "lm": _plain(asdict(lm.config)),
+                "flow": _plain(asdict(flow.config)),
+                "vocoder": {"kind": "vocos", "config": _plain(asdict(vocoder.config))},
+                "synthesis": asdict(options or SynthesisOptions()), "info": info or {}}
+    atomic_write_text(folder / "config.json", json.dumps(document, indent=2) + "\n")
+    return folder
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def is_tts_folder(path: str | Path) -> bool:
+    config = Path(path) / "config.json"
+    try:
+        return config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_tts_folder(folder: str | Path, options: SynthesisOptions | None = None, quant: str | None = None,
+                    vocoder: str | None = None) -> SpeechTTS:
+    """A TTS model folder; ``quant`` loads the LM backbone low-bit, ``vocoder="griffin-lim"`` the fallback."""
+    from speechllm.tts.train import config_from_dict
+
+    folder = Path(folder)
+    if not is_tts_folder(folder):
+        raise FileNotFoundError(f"{folder}: not a TTS model folder (config.json with format {FORMAT!r})")
+    document = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if document.get("version", 0) > VERSION:
+        raise ValueError(f"{folder}: TTS folder version {document['version']} is newer than this speechllm")
+    lm_config = config_from_dict(LMConfig, document["lm"])
+    if quant is not None:
+        lm_config = replace(lm_config, quant=quant)
+    lm = TextSpeechLM.build(lm_config)
+    lm.load_saved_state(load_file(folder / "lm.safetensors"))
+    flow = FlowMatching(config_from_dict(FlowConfig, document["flow"]))
+    flow.load_state_dict(load_file(folder / "flow.safetensors"))
+    kind = vocoder or document["vocoder"]["kind"]
+    if kind not in VOCODERS:
+        raise ValueError(f"unknown vocoder {kind!r} (known: {', '.join(VOCODERS)})")
+    if kind == document["vocoder"]["kind"]:
+        voc = VOCODERS[kind](config_from_dict(VocoderConfig, document["vocoder"]["config"]))
+        voc.load_state_dict(load_file(folder / "vocoder.safetensors"))
+    else:
+        voc = VOCODERS[kind]()
+    prompt = load_file(folder / "prompt.safetensors")
+    saved = SynthesisOptions(**document.get("synthesis", {}))
+    return SpeechTTS(lm, flow, voc, prompt["mel"], prompt["tokens"], options or saved)
+
+
+# ---------------------------------------------------------------- registry
+
+
+def _own_voice(name: str) -> Callable[..., SpeechTTS]:
+    def load_voice(**kwargs: Any) -> SpeechTTS:
+        folder = WEIGHTS_DIR / name
+        if not is_tts_folder(folder):
+            raise FileNotFoundError(f"voice {name!r}: its weights are not installed ({folder} is missing)")
+        return load_tts_folder(folder, **kwargs)
+
+    return load_voice
+
+
+VOICES: dict[str, Callable[..., Any]] = {
+    DEFAULT_VOICE: _own_voice("joe"),
+    "piper-joe": lambda **kwargs: PiperTTS("piper-joe"),
+}
+
+
+def load(name_or_dir: str | Path | None = None, **kwargs: Any) -> SpeechTTS | PiperTTS:
+    """A voice by registry name (default: the project's own), or a TTS model folder."""
+    name = str(name_or_dir or DEFAULT_VOICE)
+    if name in VOICES:
+        return VOICES[name](**kwargs)
+    if is_tts_folder(name):
+        return load_tts_folder(name, **kwargs)
+    raise FileNotFoundError(f"unknown voice {name!r}: not a TTS model folder, and not one of "
+                            f"{', '.join(VOICES)}")

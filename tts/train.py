@@ -1,0 +1,540 @@
+"""Train the TTS stages one at a time, each resumable from its last checkpoint.
+
+    python -m speechllm.tts.train --stage cache     --data corpora/tts-1h --cache runs/tts/cache-1h
+    python -m speechllm.tts.train --stage tokenizer --cache runs/tts/cache-1h --out runs/tts/tokenizer
+    python -m speechllm.tts.train --stage tokens    --cache runs/tts/cache-1h --out runs/tts/tokenizer
+    python -m speechllm.tts.train --stage vocoder   --cache runs/tts/cache-1h --out runs/tts/vocoder
+    python -m speechllm.tts.train --stage flow      --cache runs/tts/cache-1h --out runs/tts/flow
+    python -m speechllm.tts.train --stage lm        --cache runs/tts/cache-1h --out runs/tts/lm --ratio 3:9
+    python -m speechllm.tts.train --stage assemble  --out tts/weights/joe --tokenizer runs/tts/tokenizer ...
+
+Each training stage writes ``OUT/config.json`` + ``OUT/model.safetensors`` (the stage's model
+folder) and ``OUT/checkpoint/`` (model, optimizer, step) every ``--save-every`` steps; rerun the
+same command to go on from the checkpoint (``--steps`` is the total). Stages come from the
+:data:`STAGES` registry; each is a small class that builds its model, its batches and its loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text
+from speechllm.train import OPTIMIZER_FILE, STATE_FILE, load_optimizer_state
+from speechllm.tts.data import Corpus, char_ids, chars_text, load_corpus, save_tokens
+
+MODEL_FILE, CONFIG_FILE, CHECKPOINT = "model.safetensors", "config.json", "checkpoint"
+
+
+def pad(seqs: list[Tensor], value: float = 0.0) -> tuple[Tensor, Tensor]:
+    """[B, T, ...] padded batch and lengths."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value), lengths
+
+
+def save_stage(model: nn.Module, out: Path, stage: str, config: Any, info: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(trainable_state(model), out / MODEL_FILE)
+    document = {"stage": stage, "config": _json(asdict(config)), "info": info}
+    atomic_write_text(out / CONFIG_FILE, json.dumps(document, indent=2) + "\n")
+
+
+def _json(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """A frozen config dataclass from JSON (lists back to tuples; unknown keys refused)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown options {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def read_stage(folder: str | Path, stage: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; train the '{stage}' stage there first")
+    document = json.loads(path.read_text(encoding="utf-8"))
+    if document.get("stage") != stage:
+        raise ValueError(f"{path}: holds stage {document.get('stage')!r}, expected {stage!r}")
+    return document["config"], load_file(folder / MODEL_FILE)
+
+
+def trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    """What a stage saves: its own weights (a frozen shared backbone stays out)."""
+    if hasattr(model, "saved_state"):
+        return model.saved_state()
+    return model.state_dict()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    steps: int = 2000
+    lr: float = 1e-3
+    warmup: int = 100
+    batch_size: int = 16
+    save_every: int = 250
+    eval_every: int = 250
+    log_every: int = 25
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def lr_at(step: int, options: LoopOptions) -> float:
+    if step < options.warmup:
+        return options.lr * (step + 1) / options.warmup
+    progress = min((step - options.warmup) / max(options.steps - options.warmup, 1), 1.0)
+    return options.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Stage:
+    """One trainable stage: subclasses fill in the model, a batch and the loss."""
+
+    name = ""
+    config: Any
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, dev: Corpus) -> dict[str, float]:
+        return {}
+
+    def usable(self, corpus: Corpus) -> list[int]:
+        return list(range(len(corpus)))
+
+    def load_data(self) -> tuple[Corpus, Corpus]:
+        cache = self.args.cache
+        return load_corpus(cache, "train"), load_corpus(cache, "dev")
+
+
+def train_stage(stage: Stage, out: Path, options: LoopOptions) -> dict[str, float]:
+    torch.manual_seed(options.seed)
+    train, dev = stage.load_data()
+    model = stage.build()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    ckpt = out / CHECKPOINT
+    step = 0
+    if (ckpt / STATE_FILE).is_file():
+        missing, unexpected = model.load_state_dict(load_file(ckpt / MODEL_FILE), strict=False)
+        if unexpected:
+            raise ValueError(f"{ckpt}: weights do not fit the model, e.g. {unexpected[0]}")
+        step = load_optimizer_state(optimizer, ckpt)
+        print(f"{stage.name}: resumed at step {step}", flush=True)
+    usable = stage.usable(train)
+    print(f"{stage.name}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable params, "
+          f"{len(usable)}/{len(train)} training utterances", flush=True)
+    rng = random.Random(options.seed * 1000003 + step)
+    metrics: dict[str, float] = {}
+    t0, running = time.time(), {}
+    model.train()
+    while step < options.steps:
+        index = rng.sample(usable, min(options.batch_size, len(usable)))
+        loss, parts = stage.loss(model, stage.batch(train, index, rng))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, options)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+        optimizer.step()
+        step += 1
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            running[k] = running.get(k, 0.0) + v
+        if step % options.log_every == 0:
+            text = " ".join(f"{k} {v / options.log_every:.4f}" for k, v in running.items())
+            print(f"{stage.name} step {step}: {text} ({(time.time() - t0) / step:.2f} s/step this run)",
+                  flush=True)
+            running = {}
+        if step % options.eval_every == 0 or step == options.steps:
+            model.eval()
+            metrics = stage.evaluate(model, dev)
+            model.train()
+            print(f"{stage.name} eval at {step}: {json.dumps(metrics)}", flush=True)
+        if step % options.save_every == 0 or step == options.steps:
+            _save_checkpoint(model, optimizer, ckpt, step)
+            save_stage(model, out, stage.name, stage.config,
+                       {"step": step, "metrics": metrics, "loop": asdict(options)})
+    model.eval()
+    return metrics
+
+
+def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt: Path, step: int) -> None:
+    tmp = ckpt.with_name(f".{ckpt.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_save_tensors(trainable_state(model), tmp / MODEL_FILE)
+    state = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    atomic_save_tensors(tensors, tmp / OPTIMIZER_FILE)
+    atomic_write_text(tmp / STATE_FILE, json.dumps({"step": step, "param_groups": state["param_groups"]}))
+    old = ckpt.with_name(f".{ckpt.name}.old")
+    if ckpt.exists():
+        ckpt.replace(old)
+    tmp.replace(ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- stages
+
+
+class TokenizerStage(Stage):
+    name = "tokenizer"
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args)
+        from speechllm.tts.tokenizer import TokenizerConfig
+
+        self.config = TokenizerConfig()
+
+    def build(self) -> nn.Module:
+        from speechllm.tts.tokenizer import SpeechTokenizer
+
+        return SpeechTokenizer(self.config)
+
+    def batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
+        enc, lengths = pad([corpus.enc[i] for i in index])
+        return enc, lengths, [torch.tensor(char_ids(corpus.texts[i])) for i in index]
+
+    def usable(self, corpus: Corpus) -> list[int]:
+        return [i for i, t in enumerate(corpus.texts) if char_ids(t)]
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        loss, _ = model.ctc_loss(*batch)
+        return loss, {}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dev: Corpus) -> dict[str, float]:
+        from speechllm.metrics import char_error_rate
+        from speechllm.tts.tokenizer import ctc_greedy
+
+        refs, hyps, counts = [], [], torch.zeros(self.config.n_tokens)
+        for b in range(0, len(dev), 16):
+            index = list(range(b, min(b + 16, len(dev))))
+            enc, lengths, _ = self.batch(dev, index, random.Random(0))
+            logp, mask, ids = model(enc, lengths)
+            hyps += [chars_text(h) for h in ctc_greedy(logp, mask)]
+            refs += [chars_text(char_ids(dev.texts[i])) for i in index]
+            counts += torch.bincount(ids[mask], minlength=self.config.n_tokens).float()
+        p = counts / counts.sum()
+        entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+        return {"cer": round(char_error_rate(refs, hyps).rate, 4),
+                "codes_used": int((counts > 0).sum()), "code_perplexity": round(math.exp(entropy), 1)}
+
+
+def _speaker_filter(corpus: Corpus, prefix: str | None) -> Corpus:
+    if not prefix:
+        return corpus
+    keep = [i for i, s in enumerate(corpus.speakers) if s.startswith(prefix)]
+    if not keep:
+        raise ValueError(f"no utterances with a speaker starting with {prefix!r}")
+    return corpus.select(keep)
+
+
+class VocoderStage(Stage):
+    name = "vocoder"
+    crop = 64  # mel frames per training segment (1.28 s)
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__(args)
+        from speechllm.tts.vocoder import VocoderConfig
+
+        self.config = VocoderConfig()
+
+    def build(self) -> nn.Module:
+        from speechllm.tts.vocoder import Vocos
+
+        return Vocos(self.config)
+
+    def load_data(self) -> tuple[Corpus, Corpus]:
+        train, dev = super().load_data()
+        return _speaker_filter(train, self.args.speakers), _speaker_filter(dev, self.args.speakers)
+
+    def usable(self, corpus: Corpus) -> list[int]:
+        return [i for i, m in enumerate(corpus.mel) if len(m) >= self.crop]
+
+    def batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
+        hop, mels, wavs = self.config.hop, [], []
+        for i in index:
+            start = rng.randrange(0, len(corpus.mel[i]) - self.crop + 1)
+            mels.append(corpus.mel[i][start:start + self.crop].float().T)
+            wavs.append(corpus.wav[i][start * hop:(start + self.crop) * hop].float() / 32767)
+        return torch.stack(mels), torch.stack(wavs)
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        from speechllm.tts.vocoder import vocoder_loss
+
+        mel, wav = batch
+        return vocoder_loss(model(mel), wav)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dev: Corpus) -> dict[str, float]:
+        from speechllm.tts.mel import mel_spectrogram
+
+        errors = []
+        for i in range(min(len(dev), 12)):
+            mel = dev.mel[i].float().T[None]
+            errors.append(float((mel_spectrogram(model(mel)) - mel).abs().mean()))
+        return {"dev_mel_l1": round(sum(errors) / len(errors), 4)}
+
+
+class FlowStage(Stage):
+    name = "flow"
+    max_frames = 300  # longest training crop (6 s)
+
+    def load_data(self) -> tuple[Corpus, Corpus]:
+        from speechllm.tts.flow import FlowConfig
+
+        train = _speaker_filter(load_corpus(self.args.cache, "train", tokens=True), self.args.speakers)
+        dev = _speaker_filter(load_corpus(self.args.cache, "dev", tokens=True), self.args.speakers)
+        frames = torch.cat([m.float() for m in train.mel])
+        tok_config, _ = read_stage(self.args.tokenizer, "tokenizer")
+        n_tokens = math.prod(tok_config["levels"])
+        self.config = FlowConfig(n_tokens=n_tokens, mel_mean=round(float(frames.mean()), 4),
+                                 mel_std=round(float(frames.std()), 4))
+        return train, dev
+
+    def build(self) -> nn.Module:
+        from speechllm.tts.flow import FlowMatching
+
+        return FlowMatching(self.config)
+
+    def usable(self, corpus: Corpus) -> list[int]:
+        return [i for i, t in enumerate(corpus.tokens) if len(t) >= 8]
+
+    def batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
+        up = self.config.upsample
+        mels, toks, prompts = [], [], []
+        for i in index:
+            n_tok = min(len(corpus.tokens[i]), len(corpus.mel[i]) // up)
+            take = min(n_tok, self.max_frames // up)
+            start = rng.randrange(0, n_tok - take + 1)
+            toks.append(corpus.tokens[i][start:start + take])
+            mels.append(corpus.mel[i][start * up:(start + take) * up].float())
+            prompts.append(up * int(take * rng.uniform(0.1, 0.4)) if rng.random() < 0.8 else 0)
+        mel, lengths = pad(mels)
+        tokens, _ = pad(toks)
+        return mel, tokens, lengths, torch.tensor(prompts), rng.choice(self.config.train_chunks)
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        return model.loss(*batch), {}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dev: Corpus) -> dict[str, float]:
+        torch.manual_seed(0)
+        rng = random.Random(0)
+        index = self.usable(dev)[:16]
+        batch = list(self.batch(dev, index, rng))
+        full = float(model.loss(*batch[:4], 0))
+        chunked = float(model.loss(*batch[:4], 12))
+        return {"dev_loss_full": round(full, 4), "dev_loss_chunk12": round(chunked, 4)}
+
+
+class LMStage(Stage):
+    name = "lm"
+
+    def load_data(self) -> tuple[Corpus, Corpus]:
+        from speechllm.tts.lm import LMConfig
+
+        train = _speaker_filter(load_corpus(self.args.cache, "train", tokens=True), self.args.speakers)
+        dev = _speaker_filter(load_corpus(self.args.cache, "dev", tokens=True), self.args.speakers)
+        tok_config, _ = read_stage(self.args.tokenizer, "tokenizer")
+        n, m = (int(x) for x in self.args.ratio.split(":"))
+        self.config = LMConfig(backbone=self.args.backbone, n_layers=self.args.layers or LMConfig.n_layers,
+                               n_speech=math.prod(tok_config["levels"]), text_chunk=n, speech_chunk=m)
+        return train, dev
+
+    def build(self) -> nn.Module:
+        from speechllm.tts.lm import TextSpeechLM
+
+        self.model = TextSpeechLM.build(self.config)
+        return self.model
+
+    def usable(self, corpus: Corpus) -> list[int]:
+        return [i for i, t in enumerate(corpus.tokens) if len(t) >= 4 and corpus.texts[i].strip()]
+
+    def batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
+        from speechllm.text_normalize import spoken_form
+        from speechllm.tts.lm import interleave
+
+        seqs, flags = [], []
+        for i in index:
+            ids, is_speech = interleave(self.model.text_ids(spoken_form(corpus.texts[i])),
+                                        corpus.tokens[i].tolist(), self.config)
+            seqs.append(torch.tensor(ids))
+            flags.append(torch.tensor(is_speech))
+        ids, lengths = pad(seqs)
+        is_speech, _ = pad(flags)
+        return ids, is_speech.bool(), lengths
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        loss, accuracy = model.loss(*batch)
+        return loss, {"acc": float(accuracy)}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dev: Corpus) -> dict[str, float]:
+        index = self.usable(dev)[:24]
+        losses, accs = [], []
+        for b in range(0, len(index), 8):
+            loss, acc = model.loss(*self.batch(dev, index[b:b + 8], random.Random(0)))
+            losses.append(float(loss))
+            accs.append(float(acc))
+        return {"dev_loss": round(sum(losses) / len(losses), 4), "dev_acc": round(sum(accs) / len(accs), 4)}
+
+
+STAGES: dict[str, Callable[[argparse.Namespace], Stage]] = {
+    "lm": LMStage,
+    "tokenizer": TokenizerStage,
+    "vocoder": VocoderStage,
+    "flow": FlowStage,
+}
+
+
+# ---------------------------------------------------------------- non-training steps
+
+
+def run_cache(args: argparse.Namespace) -> None:
+    from speechllm.tts.data import build_cache
+
+    for split in ("dev", "test", "train"):
+        manifest = Path(args.data) / f"{split}.jsonl"
+        if manifest.is_file():
+            n = build_cache(manifest, args.cache, split)
+            print(f"{split}: {n} utterances cached in {args.cache}", flush=True)
+
+
+@torch.no_grad()
+def run_tokens(args: argparse.Namespace) -> None:
+    """Tokenize every cached split with the trained tokenizer in ``--out``."""
+    from speechllm.tts.tokenizer import SpeechTokenizer, TokenizerConfig
+
+    config, state = read_stage(args.out, "tokenizer")
+    model = SpeechTokenizer(config_from_dict(TokenizerConfig, config))
+    model.load_state_dict(state)
+    model.eval()
+    for split in ("train", "dev", "test"):
+        try:
+            corpus = load_corpus(args.cache, split)
+        except FileNotFoundError:
+            continue
+        tokens = []
+        for enc in corpus.enc:
+            ids, _ = model.tokenize(enc[None].float(), torch.tensor([len(enc)]))
+            tokens.append(ids[0])
+        save_tokens(args.cache, split, corpus.ids, tokens)
+        print(f"tokens-{split}: {len(tokens)} utterances, {sum(len(t) for t in tokens)} tokens", flush=True)
+
+
+def run_assemble(args: argparse.Namespace) -> None:
+    """Trained stages → one TTS model folder in ``--out``, with a speaker prompt from the cache."""
+    from speechllm.tts.flow import FlowConfig, FlowMatching
+    from speechllm.tts.lm import LMConfig, TextSpeechLM
+    from speechllm.tts.synthesize import save_tts
+    from speechllm.tts.vocoder import VocoderConfig, Vocos
+
+    lm_config, lm_state = read_stage(args.lm, "lm")
+    lm = TextSpeechLM.build(config_from_dict(LMConfig, lm_config))
+    lm.load_saved_state(lm_state)
+    flow_config, flow_state = read_stage(args.flow, "flow")
+    flow = FlowMatching(config_from_dict(FlowConfig, flow_config))
+    flow.load_state_dict(flow_state)
+    voc_config, voc_state = read_stage(args.vocoder, "vocoder")
+    vocoder = Vocos(config_from_dict(VocoderConfig, voc_config))
+    vocoder.load_state_dict(voc_state)
+    train = load_corpus(args.cache, "train", tokens=True)
+    prefix = args.speakers or "piper"
+    pick = next(i for i, (s, t) in enumerate(zip(train.speakers, train.tokens, strict=True))
+                if s.startswith(prefix) and 60 <= len(t) <= 90)
+    tokens = train.tokens[pick]
+    mel = train.mel[pick][: 2 * len(tokens)].float().T
+    info = {"prompt": {"id": train.ids[pick], "text": train.texts[pick]},
+            "stages": {k: str(getattr(args, k)) for k in ("tokenizer", "flow", "vocoder", "lm")}}
+    save_tts(args.out, lm, flow, vocoder, mel, tokens[: mel.shape[1] // 2], info=info)
+    print(f"TTS model folder written to {args.out}", flush=True)
+
+
+STEPS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "assemble": run_assemble,
+    "cache": run_cache,
+    "tokens": run_tokens,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m speechllm.tts.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--stage", required=True, choices=[*STEPS, *STAGES])
+    parser.add_argument("--data", default="corpora/tts-1h", help="corpus folder (train/dev/test.jsonl)")
+    parser.add_argument("--cache", default="runs/tts/cache-1h", help="feature cache folder")
+    parser.add_argument("--out", default=None, help="the stage's output folder")
+    parser.add_argument("--threads", type=int, default=1)
+    for f in fields(LoopOptions):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+    StageArgs.register(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.stage in STEPS:
+        STEPS[args.stage](args)
+        return 0
+    if args.out is None:
+        parser.error("--out is required for a training stage")
+    stage = STAGES[args.stage](args)
+    defaults = STAGE_DEFAULTS.get(args.stage, {})
+    options = LoopOptions(**{f.name: getattr(args, f.name) if getattr(args, f.name) is not None
+                             else defaults.get(f.name, f.default) for f in fields(LoopOptions)})
+    metrics = train_stage(stage, Path(args.out), options)
+    print(json.dumps({"stage": args.stage, "out": args.out, **metrics}), flush=True)
+    return 0
+
+
+class StageArgs:
+    """Options of particular stages (kept here so --help lists them all)."""
+
+    @staticmethod
+    def register(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--ratio", default="3:9", help="lm: text tokens : speech tokens per group")
+        parser.add_argument("--backbone", default="smollm2-135m-instruct", help="lm: backbone zoo name/path")
+        parser.add_argument("--layers", type=int, default=None, help="lm: use the first N backbone layers")
+        parser.add_argument("--speakers", default=None, help="only utterances whose speaker starts with this")
+        parser.add_argument("--tokenizer", default="runs/tts/tokenizer", help="flow, lm: trained tokenizer")
+        parser.add_argument("--flow", default="runs/tts/flow", help="assemble: the trained flow model")
+        parser.add_argument("--vocoder", default="runs/tts/vocoder", help="assemble: the trained vocoder")
+        parser.add_argument("--lm", default="runs/tts/lm", help="assemble: the trained LM")
+
+
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tokenizer": {"steps": 1500, "lr": 1e-3, "batch_size": 16},
+    "vocoder": {"steps": 4000, "lr": 1e-3, "batch_size": 8, "save_every": 200, "eval_every": 500},
+    "lm": {"steps": 600, "lr": 1e-3, "batch_size": 8, "save_every": 50, "eval_every": 100, "warmup": 30},
+    "flow": {"steps": 3000, "lr": 5e-4, "batch_size": 8, "save_every": 200, "eval_every": 500},
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
