@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 System = Callable[[list[str]], list[str]]
 
 
-def speechllm_whisper(args, dtype: torch.dtype) -> System:
+def speechllm_whisper(args, dtype: torch.dtype, quant: str | None = None) -> System:
     from speechllm.transcriber import WhisperTranscriber
 
     model = WhisperTranscriber(args.model, device="cpu", beam_size=args.beam_size,
-                               batch_size=args.batch_size, dtype=dtype)
+                               batch_size=args.batch_size, dtype=dtype, quant=quant)
 
     def run(paths: list[str]) -> list[str]:
         return [r.text if not isinstance(r, Exception) else "" for _, r in model.transcribe_many(paths)]
@@ -59,6 +59,8 @@ def faster_whisper(args) -> System:
 SYSTEMS: dict[str, Callable] = {
     "speechllm-whisper fp32": lambda a: speechllm_whisper(a, torch.float32),
     "speechllm-whisper bf16": lambda a: speechllm_whisper(a, torch.bfloat16),
+    "speechllm-whisper int8": lambda a: speechllm_whisper(a, torch.float32, "int8"),  # transcribe --quant
+    "speechllm-whisper int4": lambda a: speechllm_whisper(a, torch.float32, "int4"),
     "faster-whisper int8": faster_whisper,
 }
 

@@ -89,6 +89,25 @@ def open_source(source: AudioSource) -> tuple[Iterable[np.ndarray], float]:
     return stream_audio(source), audio_info(source).duration
 
 
+QUANT_CHOICES = ("int8", "int4")
+
+
+def quantize_linears(model: torch.nn.Module, quant: str) -> int:
+    """Swap every ``nn.Linear`` for a round-to-nearest ``QuantLinear`` (``speechllm.quant``); returns
+    how many. int8 lets the kernel choice quantize activations too (fbgemm dynamic int8: measured
+    ~2-3x faster than fp32 for whisper-tiny.en on 2 CPU cores, same transcripts on examples/)."""
+    from speechllm.quant import INT4, INT8, QuantLinear
+    from speechllm.quant.model import QuantConfig, set_module, target_linears
+
+    if quant not in QUANT_CHOICES:
+        raise ValueError(f"--quant {quant!r}: choose from {', '.join(QUANT_CHOICES)}")
+    spec = INT8 if quant == "int8" else INT4
+    linears = target_linears(model, QuantConfig(bits=spec.bits, group_size=spec.group_size))
+    for name, linear in linears.items():
+        set_module(model, name, QuantLinear.from_linear(linear, spec, exact=False))
+    return len(linears)
+
+
 class WhisperTranscriber:
     """Batch transcription with the project's own Whisper (greedy or beam search)."""
 
@@ -96,13 +115,15 @@ class WhisperTranscriber:
 
     def __init__(self, model: str = "whisper-tiny.en", device: str | None = None,
                  beam_size: int = 1, batch_size: int = 8, dtype: torch.dtype = torch.float32,
-                 segmenter: str = "auto"):
+                 segmenter: str = "auto", quant: str | None = None):
         from speechllm.whisper import DecodingOptions, load_whisper
         from speechllm.zoo import resolve
 
         self.device = pick_device(device)
         self.resolved = resolve(model)
         self.model, self.tokenizer = load_whisper(self.resolved.path, device=self.device, dtype=dtype)
+        if quant is not None:
+            quantize_linears(self.model, quant)
         self.options = DecodingOptions(beam_size=beam_size)
         self.batch_size = max(1, batch_size)
         self.segmenter = make_segmenter(segmenter)

@@ -94,3 +94,23 @@ def test_kill_9_then_resume_redoes_only_unfinished_work(job, tmp_path, capsys):
     for audio in inputs - corrupt:
         row = by_audio[audio]
         assert row["text"] and row["segments"][-1]["end"] == row["duration"]
+
+
+def test_quant_swaps_the_linears_and_still_transcribes(job, tmp_path, capsys):
+    from speechllm.quant import QuantLinear
+    from speechllm.transcriber import WhisperTranscriber
+
+    folder, whisper = job
+    for quant in ("int8", "int4"):
+        model = WhisperTranscriber(str(whisper), segmenter="fixed", quant=quant)
+        layers = [m for m in model.model.modules() if isinstance(m, QuantLinear)]
+        assert layers and not any(type(m) is torch.nn.Linear for m in model.model.modules())
+        assert {m.qweight.spec.bits for m in layers} == {int(quant[-1])}
+        assert model.transcribe(str(folder / "short0.wav")).text
+    out = tmp_path / "q.jsonl"
+    assert main(["transcribe", str(folder / "short0.wav"), "--model", str(whisper), "--quant", "int8",
+                 "--segmenter", "fixed", "--output", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["text"]
+    with pytest.raises(SystemExit):
+        main(["transcribe", "x.wav", "--quant", "int3"])
+    assert "invalid choice" in capsys.readouterr().err

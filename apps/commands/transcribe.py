@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "transcribe audio files, folders or globs (JSON lines with --output)"
+HELP = "transcribe audio files, folders, globs or manifests (JSON lines with --output)"
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="segments decoded together")
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument("--quant", choices=["int8", "int4"], default=None,
+                        help="run the model's linear layers in this weight format (default: as loaded)")
     parser.add_argument("--resume", action="store_true",
                         help="keep finished rows of --output and process only the rest")
     parser.add_argument("--segmenter", default="auto", choices=["auto", "vad", "fixed"],
@@ -31,7 +33,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="AUDIO", help="audio files, folders or globs")
+    parser.add_argument("inputs", nargs="+", metavar="AUDIO",
+                        help="audio files, folders (recursive), globs or manifests (.jsonl)")
     add_model_options(parser)
     parser.add_argument("--format", action="append", default=[], choices=["txt", "srt", "vtt"],
                         help="also write <audio stem>.FORMAT per input (repeatable)")
@@ -58,6 +61,11 @@ def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcrib
                    segmenter=args.segmenter)
     if task != "transcribe":
         options.update(task=task, **task_options)
+    if args.quant:
+        if speechllm.speechlm_path(args.model or speechllm.default_model()) is not None:
+            raise ValueError("--quant is for Whisper models: a speech-LLM runs its LLM in the format its "
+                             "config.json names")
+        options["quant"] = args.quant
     if getattr(args, "ray", None):
         from speechllm.apps.ray_backend import RayTranscriber
 
