@@ -40,6 +40,21 @@ class Adapter(nn.Module):
     def attach_llm(self, embeddings: nn.Module) -> None:
         """Called once the LLM is loaded, with its input embedding table; most adapters ignore it."""
 
+    def ctc_vocabulary(self, tokenizer):
+        """The vocabulary of this adapter's CTC targets (see ``ctc.CTC_VOCABS``), or None without CTC."""
+        from speechllm.adapters.ctc import ctc_vocab
+
+        name = getattr(self.config, "vocab", None)
+        return ctc_vocab(name, tokenizer) if name else None
+
+    def fit_vocabulary(self, tokenizer, texts) -> None:
+        """Called on a freshly built adapter with the training transcripts, before training."""
+
+    def ctc_only_loss(self, hidden: Tensor, mask: Tensor, ctc_targets: Tensor,
+                      ctc_lengths: Tensor) -> Tensor | None:
+        """The CTC loss alone (training without the LLM); adapters may skip their LLM-side output."""
+        return self(hidden, mask, ctc_targets, ctc_lengths).aux_loss
+
 
 def lengths_to_mask(lengths: Tensor, size: int | None = None) -> Tensor:
     """[B] lengths -> [B, size] bool mask, True for positions < length."""

@@ -14,7 +14,7 @@ without the source text) and are left out of the loss.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,17 +46,27 @@ class CharVocab:
 
 
 class TokenVocab:
-    """The LLM tokenizer's ids shifted by one (blank is 0)."""
+    """The LLM tokenizer's ids shifted by one (blank is 0), or, with ``subset`` (LLM token ids),
+    CTC id ``k`` is ``subset[k - 1]`` and tokens outside the subset are dropped from targets."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, subset: Sequence[int] | None = None):
         self.tokenizer = tokenizer
-        self.size = len(tokenizer) + 1
+        self.subset = None if subset is None else [int(i) for i in subset]
+        self.index = None if subset is None else {t: k + 1 for k, t in enumerate(self.subset)}
+        self.size = (len(tokenizer) if subset is None else len(self.subset)) + 1
+
+    def llm_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(" ".join(text.split()), add_special_tokens=False)
 
     def encode(self, text: str) -> list[int]:
-        return [i + 1 for i in self.tokenizer.encode(" ".join(text.split()), add_special_tokens=False)]
+        ids = self.llm_ids(text)
+        if self.index is None:
+            return [i + 1 for i in ids]
+        return [self.index[i] for i in ids if i in self.index]
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode([i - 1 for i in ids if i > 0])
+        llm = [i - 1 if self.subset is None else self.subset[i - 1] for i in ids if i > 0]
+        return self.tokenizer.decode(llm)
 
 
 CTC_VOCABS: dict[str, Callable] = {"chars": lambda tokenizer: CharVocab(), "llm": TokenVocab}

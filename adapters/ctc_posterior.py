@@ -20,14 +20,16 @@ the adapter's weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.adapters.base import Adapter, AdapterOutput, lengths_to_mask
-from speechllm.adapters.ctc import BLANK, CTCHead, ctc_loss, ctc_segments, pool_segments
+from speechllm.adapters.ctc import BLANK, CTCHead, TokenVocab, ctc_loss, ctc_segments, pool_segments
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class CTCPosteriorConfig:
     n_heads: int = 4
     d_ffn: int = 1024
     top_k: int = 8  # tokens mixed per unit
+    restrict_vocab: bool = True  # keep only the tokens of the training transcripts (fit_vocabulary)
     temperature: float = 1.0  # of the posteriors that weight the embeddings
 
 
@@ -67,11 +70,47 @@ class CTCPosteriorAdapter(Adapter):
         super().__init__(config)
         c = config
         self.ctc = CTCHead(c.encoder_dim, c.vocab_size, c.n_layers, c.n_heads, c.d_ffn, c.bottleneck)
+        # CTC id k (k >= 1) is LLM token token_ids[k - 1]: the whole vocabulary, or a subset
+        self.register_buffer("token_ids", torch.arange(c.vocab_size - 1))
         self.embeddings: nn.Embedding | None = None
+        self._vocab = None
 
     def attach_llm(self, embeddings: nn.Module) -> None:
         # kept out of the module tree: it belongs to the LLM, is frozen and is not saved here
         self.__dict__["embeddings"] = embeddings
+
+    def ctc_vocabulary(self, tokenizer) -> TokenVocab:
+        key = (id(tokenizer), self.token_ids.data_ptr(), len(self.token_ids))
+        if self._vocab is None or self._vocab[0] != key:
+            self._vocab = (key, TokenVocab(tokenizer, self.token_ids.tolist()))
+        return self._vocab[1]
+
+    def fit_vocabulary(self, tokenizer, texts: Iterable[str]) -> None:
+        if self.config.restrict_vocab:
+            self.restrict_vocabulary(tokenizer, texts)
+
+    def restrict_vocabulary(self, tokenizer, texts: Iterable[str]) -> int:
+        """Keep only the LLM tokens that ``texts`` use (plus single characters), before training.
+
+        A 50k-token output layer and softmax cost most of this adapter's compute; a corpus uses a
+        fraction of them, and a token never seen in training cannot be learnt anyway. The new
+        output layer starts fresh; returns the number of tokens kept.
+        """
+        vocab = TokenVocab(tokenizer)
+        keep = {i for text in texts for i in vocab.llm_ids(text)}
+        for char in string.ascii_letters + string.digits + string.punctuation:
+            keep.update(vocab.llm_ids(char))
+            keep.update(tokenizer.encode(" " + char, add_special_tokens=False))
+        ids = torch.tensor(sorted(keep), device=self.token_ids.device)
+        self.config = replace(self.config, vocab_size=len(ids) + 1)
+        old = self.ctc.out[-1] if isinstance(self.ctc.out, nn.Sequential) else self.ctc.out
+        new = nn.Linear(old.in_features, len(ids) + 1, device=old.weight.device)
+        if isinstance(self.ctc.out, nn.Sequential):
+            self.ctc.out[-1] = new
+        else:
+            self.ctc.out = new
+        self.token_ids = ids
+        return len(ids)
 
     def unit_embeddings(self, posteriors: Tensor) -> Tensor:
         """[..., V] unit posteriors (blank first) → [..., D_llm] mixes of the top-k token embeddings."""
@@ -79,7 +118,7 @@ class CTCPosteriorAdapter(Adapter):
             raise RuntimeError("ctc-posterior: attach_llm(llm.get_input_embeddings()) before use")
         probs, ids = posteriors[..., BLANK + 1:].topk(self.config.top_k, dim=-1)
         probs = probs / probs.sum(-1, keepdim=True).clamp(min=1e-9)
-        table = self.embeddings(ids)  # token id = CTC id - 1
+        table = self.embeddings(self.token_ids[ids])  # column j of the posteriors is CTC id j + 1
         return (probs[..., None].to(table.dtype) * table).sum(-2)
 
     def forward(self, hidden: Tensor, mask: Tensor, ctc_targets: Tensor | None = None,
@@ -93,6 +132,11 @@ class CTCPosteriorAdapter(Adapter):
         units = pool_segments(posteriors, seg, counts)
         out = self.unit_embeddings(units) * out_mask[..., None]
         return AdapterOutput(out, out_mask, loss)
+
+    def ctc_only_loss(self, hidden: Tensor, mask: Tensor, ctc_targets: Tensor,
+                      ctc_lengths: Tensor) -> Tensor | None:
+        hidden, mask = downsample(hidden, mask, self.config.stride)
+        return ctc_loss(self.ctc(hidden, mask)[1], mask, ctc_targets, ctc_lengths)
 
     @torch.no_grad()
     def greedy_units(self, hidden: Tensor, mask: Tensor) -> list[list[int]]:

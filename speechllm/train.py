@@ -427,6 +427,7 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
         model = load_speechlm(checkpoint)
     elif model is None:
         model = SpeechLLM.build(config.model_config())
+        model.adapter.fit_vocabulary(model.tokenizer, [t for r in train_rows if (t := example_of(r).spoken)])
     model = model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

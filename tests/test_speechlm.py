@@ -188,6 +188,24 @@ def test_ctc_only_training_never_runs_the_llm(folders, monkeypatch):
     assert len(reply.tokens) <= 4  # the LLM reads the mixed token embeddings
 
 
+def test_ctc_posterior_vocabulary_subset_survives_save_and_load(folders, tmp_path):
+    model = build(folders, adapter="ctc-posterior", lora=False)
+    full = model.adapter.config.vocab_size
+    model.adapter.fit_vocabulary(model.tokenizer, ["hello world", "paris"])
+    kept = model.adapter.token_ids.tolist()
+    assert model.adapter.config.vocab_size == len(kept) + 1 < full
+    vocab = model.ctc_vocab
+    ids = vocab.encode("hello world")
+    assert ids and max(ids) <= len(kept) and vocab.decode(ids) == "hello world"
+    audio = clips(0.8)
+    options = GenerationOptions(max_new_tokens=4)
+    before = model.generate(audio, TRANSCRIBE, options)[0].tokens
+    loaded = load_speechlm(save_speechlm(model, tmp_path / "subset"))
+    assert loaded.adapter.token_ids.tolist() == kept
+    assert loaded.ctc_vocab.encode("paris") == vocab.encode("paris")
+    assert loaded.generate(audio, TRANSCRIBE, options)[0].tokens == before
+
+
 def test_save_load_round_trip(folders, model, tmp_path):
     model = build(folders, adapter="alignformer", audio_first=False)
     with torch.no_grad():

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from speechllm.adapters import Adapter, AdapterOutput, adapter_class, build_adapter, ctc_vocab
+from speechllm.adapters import Adapter, AdapterOutput, adapter_class, build_adapter
 from speechllm.speechlm.backbone import SpeechEncoder, load_backbone, load_encoder
 from speechllm.speechlm.generate import Generation, GenerationOptions, LMState, decode_text, run_decoder
 
@@ -151,8 +151,6 @@ class SpeechLLM(nn.Module):
         self.adapter = adapter
         self.llm = llm
         self.tokenizer = tokenizer
-        vocab_name = getattr(adapter.config, "vocab", None)
-        self.ctc_vocab = ctc_vocab(vocab_name, tokenizer) if vocab_name else None
         self._end_of_turn, self._stop_ids = self._end_of_turn_parts()
         self._prompt_cache: dict[tuple[str, bool], tuple[list[int], list[int]]] = {}
 
@@ -167,7 +165,7 @@ class SpeechLLM(nn.Module):
         options = dict(config.adapter_options)
         fields = adapter_class(config.adapter).Config.__dataclass_fields__
         if options.get("vocab", getattr(fields.get("vocab"), "default", None)) == "llm":
-            options["vocab_size"] = len(tokenizer) + 1
+            options.setdefault("vocab_size", len(tokenizer) + 1)  # a saved model may use a subset
         llm_dim = llm.get_input_embeddings().embedding_dim
         adapter = build_adapter(config.adapter, options, encoder_dim=encoder.dim, llm_dim=llm_dim)
         adapter.attach_llm(llm.get_input_embeddings())
@@ -181,6 +179,11 @@ class SpeechLLM(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.adapter.parameters()).device
+
+    @property
+    def ctc_vocab(self):
+        """The adapter's CTC target vocabulary (None without a CTC head)."""
+        return self.adapter.ctc_vocabulary(self.tokenizer)
 
     @property
     def has_lora(self) -> bool:
@@ -257,10 +260,13 @@ class SpeechLLM(nn.Module):
     def encode_audio(self, audio: Tensor, lengths: Tensor, ctc_targets: Tensor | None = None,
                      ctc_lengths: Tensor | None = None) -> AdapterOutput:
         """Padded 16 kHz audio [B, T] + lengths → adapter output (LLM-sized embeddings)."""
-        with torch.no_grad():
-            inputs, input_lengths = self.encoder.features(audio.to(self.device), lengths.to(self.device))
-            hidden, mask = self.encoder(inputs, input_lengths)
-        return self.adapter(hidden, mask, ctc_targets, ctc_lengths)
+        return self.adapter(*self.encode_frames(audio, lengths), ctc_targets, ctc_lengths)
+
+    @torch.no_grad()
+    def encode_frames(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Padded 16 kHz audio [B, T] + lengths → the frozen encoder's (hidden [B, F, D], mask [B, F])."""
+        inputs, input_lengths = self.encoder.features(audio.to(self.device), lengths.to(self.device))
+        return self.encoder(inputs, input_lengths)
 
     # -- splicing
 
@@ -310,13 +316,16 @@ class SpeechLLM(nn.Module):
         output is defined by their CTC posteriors, e.g. ``ctc-posterior``).
         """
         ctc = self.ctc_targets(transcripts) if transcripts is not None else None
-        encoded = self.encode_audio(audio, lengths, *(ctc or (None, None)))
         if lm_weight == 0:
             if ctc is None:
                 raise ValueError(f"lm_weight=0 needs a CTC adapter; {self.config.adapter!r} has no CTC loss")
-            aux = encoded.aux_loss if encoded.aux_loss is not None else encoded.embeddings.sum() * 0.0
+            hidden, mask = self.encode_frames(audio, lengths)
+            aux = self.adapter.ctc_only_loss(hidden, mask, *ctc)
+            if aux is None:  # no item of the batch has a transcript
+                aux = sum(p.sum() for p in self.adapter.parameters() if p.requires_grad) * 0.0
             zero = aux.detach() * 0.0
             return SpeechLLMOutput(ctc_weight * aux, zero, aux.detach(), 0)
+        encoded = self.encode_audio(audio, lengths, *(ctc or (None, None)))
         prompts = [self.prompt_ids(text, True) for text in instructions]
         spliced = self.splice([p[0] for p in prompts], encoded, [p[1] for p in prompts],
                               [self.target_ids(r) for r in replies])
