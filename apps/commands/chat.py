@@ -1,4 +1,4 @@
-"""``speechllm chat --model MODEL_DIR``: the voice chat in the browser, on http://127.0.0.1:7860."""
+"""``speechllm chat [--model MODEL_DIR]``: the voice chat in the browser, on http://127.0.0.1:7860."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     from speechllm.apps.chat.voices import DEFAULT_VOICE, VOICES
 
     defaults = ChatOptions()
-    parser.add_argument("--model", required=True, help="speech-LLM model folder (from speechllm finetune) "
-                                                       "or zoo name")
+    from speechllm import STARTER
+
+    parser.add_argument("--model", default=STARTER,
+                        help=f"speech-LLM folder (from speechllm finetune) or zoo name (default {STARTER})")
     parser.add_argument("--voice", default=DEFAULT_VOICE,
-                        help=f"{', '.join(VOICES)}, a Piper .onnx, or a speechllm.tts voice name "
-                             f"(default {DEFAULT_VOICE})")
+                        help=f"{', '.join(VOICES)}, a corpus speaker id (flite:slt, espeak:en-gb+m3), a "
+                             f"Piper .onnx, or a speechllm.tts voice name (default {DEFAULT_VOICE})")
     parser.add_argument("--quant", default="saved", choices=QUANT_CHOICES,
                         help="LLM weights: as the model folder says (saved), fp32, int8 or int4")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
