@@ -146,3 +146,22 @@ def test_summarize():
     assert (s.rows, s.hours, s.no_duration, s.speakers) == (3, 1.0, 1, 1)
     assert s.tasks == {"asr": 2, "st": 1}
     assert "3 rows, 1.00 h" in s.describe()
+
+
+def test_data_merge_rebases_paths_and_caps_tasks(tmp_path, capsys):
+    from speechllm.apps.cli import main
+
+    for name, task in (("a", "asr"), ("b", "sqa")):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"audio": f"{i}.wav", "text": f"{name} {i}", "task": task, "answer": "x"} for i in range(3)]
+        (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "mix" / "all.jsonl"
+    assert main(["data", "merge", str(tmp_path / "a/m.jsonl"), str(tmp_path / "b/m.jsonl"),
+                 "--out", str(out), "--shuffle", "1", "--per-task", "2"]) == 0
+    merged = read_manifest(out)
+    assert sorted(r.task for r in merged) == ["asr", "asr", "sqa", "sqa"]
+    assert all(Path(r.audio).parent.name in ("a", "b") and Path(r.audio).is_absolute() for r in merged)
+    (tmp_path / "bad.jsonl").write_text('{"audio": "x.wav"}\n')
+    assert main(["data", "merge", str(tmp_path / "bad.jsonl"), "--out", str(out)]) == 1
+    assert "bad.jsonl:1" in capsys.readouterr().err

@@ -92,6 +92,34 @@ def _run_synth(args: argparse.Namespace) -> int:
     return run_synth(args)
 
 
+# ---------------------------------------------------------------- merge
+
+
+def _register_merge(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST", help="JSON-lines manifests")
+    parser.add_argument("--out", "-o", type=Path, required=True, metavar="OUT.jsonl", help="merged manifest")
+    parser.add_argument("--shuffle", type=int, metavar="SEED", help="shuffle the rows with this seed")
+    parser.add_argument("--per-task", type=int, metavar="N", help="keep at most N rows of each task")
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    import random
+
+    from speechllm.manifest import read_manifest, summarize, write_manifest
+
+    rows = [row for path in args.manifests for row in read_manifest(path)]  # bad rows: one error each
+    if args.shuffle is not None:
+        random.Random(args.shuffle).shuffle(rows)
+    if args.per_task is not None:
+        by_task: dict[str, list] = {}
+        for row in rows:
+            by_task.setdefault(row.task, []).append(row)
+        rows = [row for task_rows in by_task.values() for row in task_rows[: args.per_task]]
+    write_manifest(args.out, rows)
+    print(f"wrote {args.out}: {summarize(rows).describe()}")
+    return 0
+
+
 # ---------------------------------------------------------------- validate
 
 
@@ -118,6 +146,8 @@ def _run_validate(args: argparse.Namespace) -> int:
 ACTIONS: dict[str, Action] = {
     "import": Action("import a corpus layout into a manifest", _register_import, _run_import, _import_epilog),
     "synth": Action("synthesize a corpus offline (asr, st, sqa, tts)", _register_synth, _run_synth),
+    "merge": Action("merge manifests into one (paths rebased; optional shuffle, per-task cap)",
+                    _register_merge, _run_merge),
     "validate": Action("check every row of a manifest (and its audio)", _register_validate, _run_validate),
 }
 
