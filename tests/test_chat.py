@@ -5,6 +5,7 @@ playable audio back. All offline on a tiny speech-LLM built here."""
 import base64
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -266,7 +267,8 @@ def test_browser_upload_gets_text_and_playable_audio(served, question_wav, tmp_p
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}"):
+                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):  # a beeping mic
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
@@ -292,5 +294,18 @@ def test_browser_upload_gets_text_and_playable_audio(served, question_wav, tmp_p
               .then((b) => new AudioContext().decodeAudioData(b)).then((a) => done(a.duration))
               .catch((e) => done(-1));""", link.get_attribute("href"))
         assert abs(seconds - state["seconds"]) < 0.01
+        # a second turn through the microphone: record, stop, send; the first turn stays in the history
+        driver.find_element(By.CSS_SELECTOR, "#speech-in button[aria-label='Record audio']").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#speech-in button.record-button"))
+        driver.find_element(By.CSS_SELECTOR, "#speech-in button.record-button").click()
+        time.sleep(1.5)
+        next(b for b in driver.find_elements(By.CSS_SELECTOR, "#speech-in button.stop-button")
+             if b.is_displayed()).click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#speech-in a[download]"))  # recorded
+        driver.find_element(By.ID, "send").click()
+        again = wait.until(lambda d: (s := d.execute_script(player))["turn"] != state["turn"] and s["played"]
+                           and s)
+        assert again["played"] > state["played"]
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#conversation .message-row")) >= 4)
     finally:
         driver.quit()
