@@ -1,7 +1,10 @@
-"""ASR baseline: the project's Whisper vs faster-whisper on the same tiny.en weights.
+"""ASR side by side: speech-LLMs, the project's Whisper, and faster-whisper on the same tiny.en weights.
 
-    .venv/bin/python benchmarks/asr_baseline.py --manifest corpora/asr/test.jsonl --limit 200
+    .venv/bin/python benchmarks/asr.py --manifest corpora/asr-10h/test.jsonl --limit 200 \
+        --speechllm runs/lego speechllm-starter
 
+Each ``--speechllm`` model folder (or zoo name) is one more system, transcribing through
+``speechllm.load`` exactly as ``speechllm transcribe --model`` does.
 Every system transcribes the same files in one run, with the same thread count; the table
 gives WER (normalised with speechllm.text_normalize) and real-time factor (wall time / audio
 time, audio decoding included, after one warm-up file). faster-whisper comes from the
@@ -25,16 +28,20 @@ REPO = Path(__file__).resolve().parent.parent
 System = Callable[[list[str]], list[str]]
 
 
-def speechllm_whisper(args, dtype: torch.dtype, quant: str | None = None) -> System:
-    from speechllm.transcriber import WhisperTranscriber
-
-    model = WhisperTranscriber(args.model, device="cpu", beam_size=args.beam_size,
-                               batch_size=args.batch_size, dtype=dtype, quant=quant)
+def transcriber_system(model) -> System:
+    """Any object with ``transcribe_many`` (the batch protocol); a failed file scores as empty text."""
 
     def run(paths: list[str]) -> list[str]:
         return [r.text if not isinstance(r, Exception) else "" for _, r in model.transcribe_many(paths)]
 
     return run
+
+
+def speechllm_whisper(args, dtype: torch.dtype, quant: str | None = None) -> System:
+    from speechllm.transcriber import WhisperTranscriber
+
+    return transcriber_system(WhisperTranscriber(args.model, device="cpu", beam_size=args.beam_size,
+                                                 batch_size=args.batch_size, dtype=dtype, quant=quant))
 
 
 def faster_whisper(args) -> System:
@@ -56,6 +63,13 @@ def faster_whisper(args) -> System:
     return run
 
 
+def speechllm_model(args, name: str) -> System:
+    import speechllm
+
+    return transcriber_system(speechllm.load(name, device="cpu", beam_size=args.beam_size,
+                                             batch_size=args.batch_size))
+
+
 SYSTEMS: dict[str, Callable] = {
     "speechllm-whisper fp32": lambda a: speechllm_whisper(a, torch.float32),
     "speechllm-whisper bf16": lambda a: speechllm_whisper(a, torch.bfloat16),
@@ -74,6 +88,8 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--speechllm", nargs="*", default=[], metavar="MODEL",
+                        help="speech-LLM folders or zoo names to add as systems")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -87,13 +103,16 @@ def main() -> None:
 
         audio_seconds = sum(audio_info(p).duration for p in paths)
 
+    systems = {name: SYSTEMS[name] for name in args.systems}
+    for name in args.speechllm:
+        systems[f"speech-LLM {name}"] = lambda a, n=name: speechllm_model(a, n)
     results = []
     print(f"{len(rows)} files, {audio_seconds / 60:.1f} min of audio, {args.threads} threads, "
           f"beam {args.beam_size}")
     print("| system | WER | RTF | wall s |\n|---|---|---|---|")
-    for name in args.systems:
+    for name, build in systems.items():
         try:
-            system = SYSTEMS[name](args)
+            system = build(args)
         except ImportError as exc:
             print(f"| {name} | skipped: {exc} | | |")
             continue
