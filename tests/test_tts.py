@@ -237,6 +237,21 @@ def test_lm_saved_state_round_trip(tiny_lm, tiny_llm):
         other.load_saved_state({k: v for k, v in state.items() if k != "head.weight"})
 
 
+def test_lm_merge_lora_and_quantize_keep_the_stream(tiny_llm, tiny_lm):
+    import copy
+
+    options = SamplingOptions(temperature=0, max_tokens_per_text_token=2, first_yield=2)
+    before = [c.tolist() for c in tiny_lm.stream(split_words("hello world the weather"), options)]
+    assert len(before[0]) == 2 and len(before[1]) == 1  # the first group, split for earlier audio
+    merged = copy.deepcopy(tiny_lm).merge_lora()
+    assert not any("lora" in n for n, _ in merged.decoder.named_modules())
+    assert [c.tolist() for c in merged.stream(split_words("hello world the weather"), options)] == before
+    quantized = merged.quantize_linears("int4")
+    assert sum(len(c) for c in quantized.stream(split_words("hello world"), options)) > 0
+    with pytest.raises(ValueError, match="unknown TTS LM quantization"):
+        merged.quantize_linears("int3")
+
+
 # ---------------------------------------------------------------- text
 
 
@@ -287,6 +302,16 @@ def test_voice_folder_streams_and_whole(tiny_voice_dir):
         voice.synthesize("")
     with pytest.raises(FileNotFoundError, match="unknown voice"):
         tts.load("no-such-voice")
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_cli_default_voice_falls_back_to_piper(tmp_path, capsys, monkeypatch):
+    from speechllm import tts
+    from speechllm.apps.cli import main
+
+    monkeypatch.setattr(tts.synthesize, "OWN_VOICES", {})
+    assert main(["tts", "--text", "Hi.", "--output", str(tmp_path / "p.wav"), "--stream"]) == 0
+    assert "speaking with piper-joe" in capsys.readouterr().err
 
 
 def test_cli(tiny_voice_dir, tmp_path, capsys, monkeypatch):

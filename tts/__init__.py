@@ -6,8 +6,16 @@
 ...     play(chunk)
 """
 
-from speechllm.tts.synthesize import DEFAULT_VOICE, VOICES, PiperTTS, SpeechTTS, SynthesisOptions, load
+from speechllm.tts.synthesize import (
+    DEFAULT_VOICE,
+    VOICES,
+    PiperTTS,
+    SpeechTTS,
+    SynthesisOptions,
+    is_installed,
+    load,
+)
 from speechllm.tts.text import TextError, prepare_text
 
-__all__ = ["DEFAULT_VOICE", "VOICES", "PiperTTS", "SpeechTTS", "SynthesisOptions", "TextError", "load",
-           "prepare_text"]
+__all__ = ["DEFAULT_VOICE", "VOICES", "PiperTTS", "SpeechTTS", "SynthesisOptions", "TextError",
+           "is_installed", "load", "prepare_text"]

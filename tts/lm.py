@@ -63,6 +63,7 @@ class SamplingOptions:
     top_k: int = 20
     seed: int = 0
     max_tokens_per_text_token: float = 20.0  # cap on speech length: a stuck model still stops
+    first_yield: int = 0  # yield the first group's first k tokens at once (earlier first audio); 0: off
 
 
 def load_tts_backbone(name: str, quant: str | None = None, n_layers: int | None = None):
@@ -147,6 +148,42 @@ class TextSpeechLM(nn.Module):
         mine = [k for k in missing if not k.startswith("decoder.") or "lora_" in k]
         if mine:
             raise ValueError(f"TTS LM weights are missing {mine[0]}")
+
+    # -- inference
+    def merge_lora(self) -> TextSpeechLM:
+        """Fold the LoRA into the base linears (a copy of their weights: the backbone the loader
+        returned may be shared) and drop the adapters: decoding then runs plain linears."""
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(self.decoder.named_modules()):
+            if isinstance(module, LoraLayer):
+                base = module.get_base_layer()
+                merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+                delta = module.get_delta_weight("default")
+                merged.weight = nn.Parameter(base.weight.detach() + delta.detach(), requires_grad=False)
+                if base.bias is not None:
+                    merged.bias = nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+                parent_name, _, child = name.rpartition(".")
+                parent = self.decoder.get_submodule(parent_name) if parent_name else self.decoder
+                setattr(parent, child, merged)
+        return self
+
+    def quantize_linears(self, quant: str) -> TextSpeechLM:
+        """After :meth:`merge_lora`: the decoder's linears in a low-bit format of ``speechllm.quant``
+        ("int8": per-channel, activations may be quantized too; "int4": groups of 32, weight-only)."""
+        from speechllm.quant.formats import INT4, INT8
+        from speechllm.quant.linear import QuantLinear
+
+        specs = {"int8": (INT8, False), "int4": (INT4, True)}
+        if quant not in specs:
+            raise ValueError(f"unknown TTS LM quantization {quant!r} (known: {', '.join(specs)})")
+        spec, exact = specs[quant]
+        for name, module in list(self.decoder.named_modules()):
+            if type(module) is nn.Linear:
+                parent_name, _, child = name.rpartition(".")
+                parent = self.decoder.get_submodule(parent_name) if parent_name else self.decoder
+                setattr(parent, child, QuantLinear.from_linear(module, spec, exact=exact))
+        return self
 
     # -- text
     def text_ids(self, text: str) -> list[int]:
@@ -242,8 +279,12 @@ class TextSpeechLM(nn.Module):
                     return
                 out.append(token)
                 n_speech += 1
+                if n_speech == options.first_yield and len(out) < c.speech_chunk:
+                    yield torch.tensor(out)
+                    out = []
                 hidden = feed([token], True)
-            yield torch.tensor(out)
+            if out:
+                yield torch.tensor(out)
 
     @staticmethod
     def _sample(logits: Tensor, options: SamplingOptions, gen: torch.Generator) -> int:

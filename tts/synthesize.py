@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class SynthesisOptions:
     top_k: int = 20
     seed: int = 0
     max_speech_per_text: float = 20.0  # speech tokens per text token before a sentence is cut off
+    first_chunk: int = 4  # speech tokens in the first streamed chunk (the rest come a group at a time)
 
 
 class SpeechTTS:
@@ -63,7 +64,7 @@ class SpeechTTS:
     def _sampling(self) -> SamplingOptions:
         o = self.options
         return SamplingOptions(temperature=o.temperature, top_k=o.top_k, seed=o.seed,
-                               max_tokens_per_text_token=o.max_speech_per_text)
+                               max_tokens_per_text_token=o.max_speech_per_text, first_yield=o.first_chunk)
 
     def synthesize(self, text: str | Iterable[str], stream: bool = False
                    ) -> np.ndarray | Iterator[np.ndarray]:
@@ -181,7 +182,8 @@ def is_tts_folder(path: str | Path) -> bool:
 
 def load_tts_folder(folder: str | Path, options: SynthesisOptions | None = None, quant: str | None = None,
                     vocoder: str | None = None) -> SpeechTTS:
-    """A TTS model folder; ``quant`` loads the LM backbone low-bit, ``vocoder="griffin-lim"`` the fallback."""
+    """A TTS model folder, ready to speak: the LoRA merged into the LM's linears, which ``quant``
+    ("int8", "int4") then stores low-bit; ``vocoder="griffin-lim"`` takes the weightless fallback."""
     from speechllm.tts.train import config_from_dict
 
     folder = Path(folder)
@@ -190,11 +192,11 @@ def load_tts_folder(folder: str | Path, options: SynthesisOptions | None = None,
     document = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     if document.get("version", 0) > VERSION:
         raise ValueError(f"{folder}: TTS folder version {document['version']} is newer than this speechllm")
-    lm_config = config_from_dict(LMConfig, document["lm"])
-    if quant is not None:
-        lm_config = replace(lm_config, quant=quant)
-    lm = TextSpeechLM.build(lm_config)
+    lm = TextSpeechLM.build(config_from_dict(LMConfig, document["lm"]))
     lm.load_saved_state(load_file(folder / "lm.safetensors"))
+    lm.merge_lora()
+    if quant is not None:
+        lm.quantize_linears(quant)
     flow = FlowMatching(config_from_dict(FlowConfig, document["flow"]))
     flow.load_state_dict(load_file(folder / "flow.safetensors"))
     kind = vocoder or document["vocoder"]["kind"]
@@ -223,10 +225,16 @@ def _own_voice(name: str) -> Callable[..., SpeechTTS]:
     return load_voice
 
 
+OWN_VOICES = {DEFAULT_VOICE: "joe"}  # registry name -> folder under tts/weights/
 VOICES: dict[str, Callable[..., Any]] = {
-    DEFAULT_VOICE: _own_voice("joe"),
+    **{name: _own_voice(folder) for name, folder in OWN_VOICES.items()},
     "piper-joe": lambda **kwargs: PiperTTS("piper-joe"),
 }
+
+
+def is_installed(name: str) -> bool:
+    """Whether a registered own voice has its weights in the package."""
+    return name in OWN_VOICES and is_tts_folder(WEIGHTS_DIR / OWN_VOICES[name])
 
 
 def load(name_or_dir: str | Path | None = None, **kwargs: Any) -> SpeechTTS | PiperTTS:

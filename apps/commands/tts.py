@@ -15,7 +15,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="store_true",
                         help="synthesize chunk by chunk, appending each chunk to the file as it comes")
     parser.add_argument("--voice", default=None,
-                        help="voice name or TTS model folder (default: speechllm-joe)")
+                        help="voice name or TTS model folder (default: speechllm-joe, or piper-joe "
+                             "where its weights are not installed)")
     parser.add_argument("--steps", type=int, default=None, help="flow-matching ODE steps (own voices)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (own voices)")
     parser.add_argument("--vocoder", choices=["vocos", "griffin-lim"], default=None,
@@ -40,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.vocoder:
         kwargs["vocoder"] = args.vocoder
-    voice = tts.load(args.voice, **kwargs)
+    name = args.voice
+    if name is None and not tts.is_installed(tts.DEFAULT_VOICE):
+        name = "piper-joe"
+        print(f"note: the {tts.DEFAULT_VOICE} weights are not installed; speaking with piper-joe",
+              file=sys.stderr)
+    voice = tts.load(name, **kwargs)
     if isinstance(voice, SpeechTTS) and (args.steps is not None or args.seed is not None):
         from dataclasses import replace
 

@@ -1,0 +1,179 @@
+"""Streaming TTS benchmark: the project's voices side by side with Piper joe, in one run.
+
+    .venv/bin/python benchmarks/tts.py --voices speechllm-joe piper-joe --limit 20 --threads 2 \
+        --resynthesis runs/tts/cache-1h --json benchmarks/results/tts.json
+
+For every voice and held-out sentence (the ``test`` split of a tts corpus, Piper joe's rows):
+* intelligibility: WER of the synthesized audio transcribed by Whisper tiny.en through
+  faster-whisper (CTranslate2 int8, if installed) and through the project's Whisper;
+* streaming: time to the first audio chunk (median and 90th percentile) and real-time factor
+  (wall time / audio time) of ``synthesize(text, stream=True)``;
+* non-streaming: real-time factor of ``synthesize(text)`` (full-attention flow matching).
+A voice may be a registry name or a TTS model folder, so voices trained with different
+text:speech ratios compare in one table. ``--resynthesis CACHE`` adds, for each own voice,
+the WER of its flow + vocoder on the tokenizer's tokens of the recorded test audio, and of its
+vocoder on the recorded mel: where intelligibility is lost, stage by stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechllm.audio import resample
+from speechllm.manifest import read_manifest
+from speechllm.metrics import word_error_rate
+from speechllm.text_normalize import normalize
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Transcribers:
+    """Whisper tiny.en two ways; audio in at any rate, text out."""
+
+    def __init__(self, threads: int):
+        from speechllm.transcriber import WhisperTranscriber
+
+        self.ours = WhisperTranscriber("whisper-tiny.en", device="cpu", beam_size=1)
+        self.fw = None
+        try:
+            from faster_whisper import WhisperModel
+
+            from speechllm.zoo import resolve
+
+            self.fw = WhisperModel(str(resolve("whisper-tiny.en").path), device="cpu", compute_type="int8",
+                                   cpu_threads=threads)
+        except ImportError:
+            print("faster-whisper is not installed (pip install -e '.[bench]'): its column stays empty")
+
+    def __call__(self, audio: np.ndarray, rate: int) -> dict[str, str]:
+        audio = resample(np.asarray(audio, np.float32), rate, 16_000) if rate != 16_000 else audio
+        if len(audio) < 1600:
+            audio = np.pad(audio, (0, 1600 - len(audio)))
+        out = {"whisper": self.ours.transcribe(audio).text}
+        if self.fw is not None:
+            segments, _ = self.fw.transcribe(audio, beam_size=1, language="en", without_timestamps=True,
+                                             vad_filter=False)
+            out["faster-whisper"] = " ".join(s.text.strip() for s in segments)
+        return out
+
+
+def wer(refs: list[str], hyps: list[str]) -> float:
+    return word_error_rate([normalize(r) for r in refs], [normalize(h) for h in hyps]).rate
+
+
+def measure_voice(name: str, voice, texts: list[str], asr: Transcribers) -> dict:
+    rate = voice.sample_rate
+    first, stream_time, stream_audio, whole_time, whole_audio = [], 0.0, 0.0, 0.0, 0.0
+    hyps: dict[str, list[str]] = {}
+    voice.synthesize(texts[0])  # warm-up
+    for text in texts:
+        start = time.perf_counter()
+        chunks = []
+        for chunk in voice.synthesize(text, stream=True):
+            if not chunks:
+                first.append(time.perf_counter() - start)
+            chunks.append(chunk)
+        stream_time += time.perf_counter() - start
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        stream_audio += len(audio) / rate
+        for k, v in asr(audio, rate).items():
+            hyps.setdefault(f"stream {k}", []).append(v)
+        start = time.perf_counter()
+        audio = voice.synthesize(text)
+        whole_time += time.perf_counter() - start
+        whole_audio += len(audio) / rate
+        for k, v in asr(audio, rate).items():
+            hyps.setdefault(f"whole {k}", []).append(v)
+    row = {"voice": name, "sentences": len(texts), "audio_s": round(stream_audio, 1),
+           "first_chunk_ms_median": round(1000 * statistics.median(first)),
+           "first_chunk_ms_p90": round(1000 * sorted(first)[int(0.9 * (len(first) - 1))]),
+           "rtf_stream": round(stream_time / max(stream_audio, 1e-9), 3),
+           "rtf_whole": round(whole_time / max(whole_audio, 1e-9), 3)}
+    lm = getattr(voice, "lm", None)
+    if lm is not None:
+        row["ratio"] = f"{lm.config.text_chunk}:{lm.config.speech_chunk}"
+        row["lm_layers"] = len(lm.decoder.layers)
+    for k, v in hyps.items():
+        row[f"wer {k}"] = round(wer(texts, v), 4)
+    row["examples"] = [{"text": t, "heard": h} for t, h in zip(texts[:3], hyps.get("stream whisper", []),
+                                                                 strict=False)]
+    return row
+
+
+def resynthesis(name: str, voice, cache: str, limit: int, asr: Transcribers) -> list[dict]:
+    from speechllm.tts.data import load_corpus
+
+    test = load_corpus(cache, "test", tokens=True)
+    index = [i for i, s in enumerate(test.speakers) if s.startswith("piper")][:limit]
+    texts = [test.texts[i] for i in index]
+    rows = []
+    for label, make in (
+        ("recording", lambda i: test.wav[i].float().numpy() / 32767),
+        ("vocoder on recorded mel", lambda i: voice.vocoder(test.mel[i].float().T[None])[0].numpy()),
+        ("flow+vocoder on tokenizer tokens", lambda i: voice.synthesize_tokens(test.tokens[i])),
+    ):
+        hyps: dict[str, list[str]] = {}
+        with torch.no_grad():
+            for i in index:
+                for k, v in asr(make(i), 16_000).items():
+                    hyps.setdefault(k, []).append(v)
+        rows.append({"voice": name, "input": label, "sentences": len(index),
+                     **{f"wer {k}": round(wer(texts, v), 4) for k, v in hyps.items()}})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--voices", nargs="+", default=["speechllm-joe", "piper-joe"])
+    parser.add_argument("--manifest", default=str(REPO / "corpora/tts-1h/test.jsonl"))
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=None, help="flow-matching steps for own voices")
+    parser.add_argument("--resynthesis", default=None, help="feature cache with test tokens (own voices)")
+    parser.add_argument("--json", default=None, help="write the results here too")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from speechllm import tts
+
+    rows = [r for r in read_manifest(args.manifest) if (r.speaker or "").startswith("piper") and r.text]
+    texts = [r.text for r in rows[: args.limit]]
+    asr = Transcribers(args.threads)
+    results, stages = [], []
+    for name in args.voices:
+        voice = tts.load(name)
+        if args.steps is not None and hasattr(voice, "options"):
+            from dataclasses import replace
+
+            voice.options = replace(voice.options, flow_steps=args.steps)
+        results.append(measure_voice(name, voice, texts, asr))
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
+        if args.resynthesis and hasattr(voice, "flow"):
+            stages += resynthesis(name, voice, args.resynthesis, args.limit, asr)
+            print(json.dumps(stages[-3:]), flush=True)
+    cols = ["voice", "ratio", "wer stream faster-whisper", "wer stream whisper", "wer whole faster-whisper",
+            "wer whole whisper", "first_chunk_ms_median", "first_chunk_ms_p90", "rtf_stream", "rtf_whole"]
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in results:
+        print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
+    if stages:
+        cols = ["voice", "input", "wer faster-whisper", "wer whisper"]
+        print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+        for r in stages:
+            print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
+    if args.json:
+        from speechllm.speechlm.io import atomic_write_text
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, json.dumps({"threads": args.threads, "voices": results,
+                                                 "stages": stages}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
