@@ -178,6 +178,29 @@ def test_piper_voice_streams_one_chunk_per_sentence():
     assert voice.sample_rate == 22050 and len(chunks) == 2 and all(len(c) > 0.3 * 22050 for c in chunks)
 
 
+def test_project_tts_voices_plug_in_by_name(monkeypatch):
+    import speechllm.tts as tts
+    from speechllm.apps.chat import default_voice
+
+    class StreamingTTS:
+        sample_rate = 24000
+
+        def synthesize(self, text, stream=False):
+            assert stream
+            for word in text.split():
+                yield np.full(240 * len(word), 0.1, dtype=np.float64)
+
+    monkeypatch.setitem(tts.VOICES, "test-streaming-tts", lambda **kwargs: StreamingTTS())
+    voice = load_voice("test-streaming-tts")
+    chunks = list(voice.stream("two words"))
+    assert voice.sample_rate == 24000 and [len(c) for c in chunks] == [720, 1200]
+    assert all(c.dtype == np.float32 for c in chunks)
+    monkeypatch.setattr(tts, "is_installed", lambda name: name == tts.DEFAULT_VOICE)
+    assert default_voice() == tts.DEFAULT_VOICE
+    monkeypatch.setattr(tts, "is_installed", lambda name: False)
+    assert default_voice() == "piper-joe"
+
+
 def test_unknown_voice_is_a_clear_error():
     from speechllm.apps.chat import VoiceError
 

@@ -17,10 +17,17 @@ from speechllm.apps.chat.engine import (
     TurnDone,
     load_chat_model,
 )
-from speechllm.apps.chat.voices import DEFAULT_VOICE, VOICES, Voice, VoiceError, load_voice, register_voice
+from speechllm.apps.chat.voices import (
+    VOICES,
+    Voice,
+    VoiceError,
+    default_voice,
+    load_voice,
+    register_voice,
+)
 
 __all__ = [
-    "DEFAULT_VOICE", "QUANT_CHOICES", "VOICES", "ChatEngine", "ChatOptions", "Notice", "SentenceChunker",
-    "SpeechChunk", "TextDelta", "Turn", "TurnDone", "Voice", "VoiceError", "load_chat_model", "load_voice",
+    "QUANT_CHOICES", "VOICES", "ChatEngine", "ChatOptions", "Notice", "SentenceChunker", "SpeechChunk",
+    "TextDelta", "Turn", "TurnDone", "Voice", "VoiceError", "default_voice", "load_chat_model", "load_voice",
     "register_voice",
 ]

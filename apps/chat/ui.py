@@ -35,7 +35,7 @@ from speechllm.apps.chat.engine import (
     TurnDone,
     load_chat_model,
 )
-from speechllm.apps.chat.voices import DEFAULT_VOICE, VOICES, Voice, load_voice
+from speechllm.apps.chat.voices import VOICES, Voice, default_voice, load_voice
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,12 @@ def encode_chunk(samples: np.ndarray) -> str:
 class ChatApp:
     """The loaded model and voices behind the page (one local user; one turn at a time)."""
 
-    def __init__(self, model: str, quant: str = "saved", voice: str = DEFAULT_VOICE,
+    def __init__(self, model: str, quant: str = "saved", voice: str | None = None,
                  device: str | None = None, options: ChatOptions | None = None, loaded_model: Any = None):
         self.options, self.device = options or ChatOptions(), device
         self.model_name, self.quant = model, quant
         self.model = loaded_model if loaded_model is not None else load_chat_model(model, quant, device)
+        voice = voice or default_voice()
         self.default_voice = voice
         self._voices: dict[str, Voice | None] = {voice: load_voice(voice)}  # fail at start, not mid-chat
         self._lock = threading.Lock()

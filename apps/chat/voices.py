@@ -4,8 +4,9 @@ A voice is anything with ``sample_rate`` and ``stream(text) -> Iterator[np.ndarr
 in [-1, 1]). The chat hands it one sentence or clause at a time while the LLM is still writing, so
 the first audio plays long before the answer is finished.
 
-* ``piper-joe``: the zoo's Piper VITS voice (onnxruntime; natural, ~0.1 real-time factor), one chunk
-  per sentence;
+* the project's own streaming voice (``speechllm.tts``), the default once its weights are installed;
+* ``piper-joe``: the zoo's Piper VITS voice (the default until then; onnxruntime, natural, ~0.1
+  real-time factor), one chunk per sentence;
 * ``espeak``: espeak-ng (formant synthesis, robotic but a few milliseconds per sentence); any
   corpus speaker id works too (``flite:slt``, ``espeak:en-gb+m3:s150``; ``speechllm.data_recipes.voices``);
 * ``none``: text only;
@@ -95,7 +96,16 @@ VOICES: dict[str, Callable[[], Voice | None]] = {
     "espeak": SpeakerVoice,
     "none": lambda: None,
 }
-DEFAULT_VOICE = "piper-joe"  # until the project's own streaming voice ships
+FALLBACK_VOICE = "piper-joe"
+
+
+def default_voice() -> str:
+    """The project's own streaming voice once its weights are installed; Piper joe until then."""
+    import speechllm.tts as tts
+
+    own = getattr(tts, "DEFAULT_VOICE", None)
+    installed = getattr(tts, "is_installed", None)
+    return own if own and installed is not None and installed(own) else FALLBACK_VOICE
 
 
 def register_voice(name: str, factory: Callable[[], Voice | None]) -> None:

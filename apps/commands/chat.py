@@ -10,16 +10,17 @@ HELP = "voice chat with a speech-LLM in the browser (Gradio; pip install 'speech
 
 def register(parser: argparse.ArgumentParser) -> None:
     from speechllm.apps.chat.engine import QUANT_CHOICES, ChatOptions
-    from speechllm.apps.chat.voices import DEFAULT_VOICE, VOICES
+    from speechllm.apps.chat.voices import FALLBACK_VOICE, VOICES
 
     defaults = ChatOptions()
     from speechllm import STARTER
 
     parser.add_argument("--model", default=STARTER,
                         help=f"speech-LLM folder (from speechllm finetune) or zoo name (default {STARTER})")
-    parser.add_argument("--voice", default=DEFAULT_VOICE,
+    parser.add_argument("--voice", default=None,
                         help=f"{', '.join(VOICES)}, a corpus speaker id (flite:slt, espeak:en-gb+m3), a "
-                             f"Piper .onnx, or a speechllm.tts voice name (default {DEFAULT_VOICE})")
+                             "Piper .onnx, or a speechllm.tts voice name (default: the project's own voice "
+                             f"when installed, else {FALLBACK_VOICE})")
     parser.add_argument("--quant", default="saved", choices=QUANT_CHOICES,
                         help="LLM weights: as the model folder says (saved), fp32, int8 or int4")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
