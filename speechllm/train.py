@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from speechllm.encoder_cache import EncoderCache
 from speechllm.manifest import ManifestError, ManifestRow, validate_manifest
 from speechllm.speechlm.generate import GenerationOptions
 from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text, load_speechlm, save_speechlm
@@ -86,6 +87,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     ctc_weight: float = 1.0
     augment: dict[str, Any] | None = field(default=None, hash=False)  # AugmentConfig fields; None: off
+    encoder_cache: str | None = None  # folder for the frozen encoder's outputs (see encoder_cache.py)
     lm_weight: float = 1.0  # 0: CTC loss only, the LLM never runs in training (ctc-posterior)
     eval_every: int = 500
     save_every: int | None = None  # default: eval_every
@@ -217,7 +219,7 @@ class SpeechDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, Example]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Example, str]:
         from speechllm.audio import load_audio
 
         row = self.rows[index]
@@ -228,13 +230,13 @@ class SpeechDataset(Dataset):
             self.draws[index] += 1
             rng = np.random.default_rng([self.seed, index, self.draws[index]])
             audio = augment(audio, rng, self.augment)
-        return audio, example_of(row)
+        return audio, example_of(row), row.audio
 
 
-def collate(items: list[tuple[np.ndarray, Example]]) -> dict[str, Any]:
-    audio, lengths = pad_audio([a for a, _ in items])
-    examples = [e for _, e in items]
-    return {"audio": audio, "lengths": lengths, "examples": examples}
+def collate(items: list[tuple[np.ndarray, Example, str]]) -> dict[str, Any]:
+    audio, lengths = pad_audio([item[0] for item in items])
+    return {"audio": audio, "lengths": lengths, "examples": [item[1] for item in items],
+            "paths": [item[2] for item in items]}
 
 
 class BatchOrder(Sampler):
@@ -440,6 +442,9 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
                                       find_unused_parameters=True)
     order = BatchOrder(len(train_rows), config.batch_size, config.seed, start * config.grad_accum, rank,
                        world)
+    if config.encoder_cache and config.augment is not None:
+        raise ValueError("--encoder-cache and --augment exclude each other (augmented audio differs)")
+    cache = EncoderCache(config.encoder_cache, config.encoder) if config.encoder_cache else None
     dataset = SpeechDataset(train_rows, augment_config(config.augment), config.seed)
     loader = iter(DataLoader(dataset, batch_sampler=order, collate_fn=collate,
                              num_workers=config.num_workers, persistent_workers=config.num_workers > 0))
@@ -465,10 +470,12 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
                 batch = next(loader)
                 examples: list[Example] = batch["examples"]
                 sync = net.no_sync() if world > 1 and k < config.grad_accum - 1 else nullcontext()
+                frames = (cache.frames(model, batch["paths"], batch["audio"], batch["lengths"])
+                          if cache else None)
                 with sync:
                     result = net(batch["audio"], batch["lengths"], [e.instruction for e in examples],
                                  [e.reply for e in examples], [e.spoken for e in examples], config.ctc_weight,
-                                 config.lm_weight)
+                                 config.lm_weight, frames)
                     (result.loss / config.grad_accum).backward()
                 total += float(result.loss.detach()) / config.grad_accum
                 lm += float(result.lm_loss) / config.grad_accum

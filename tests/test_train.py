@@ -162,3 +162,18 @@ def test_augmentation_perturbs_each_draw_and_is_validated(data):
     assert augment_config(None) is None
     with pytest.raises(ValueError, match="no option"):
         augment_config({"noize": 1})
+
+
+def test_encoder_cache_gives_the_same_training(data, tmp_path):
+    from speechllm.encoder_cache import EncoderCache
+
+    plain = train(config(data, tmp_path / "plain", steps=3))
+    cached = train(config(data, tmp_path / "cached", steps=3, encoder_cache=str(tmp_path / "cache")))
+    assert cached.losses == pytest.approx(plain.losses, rel=2e-3)  # fp16 frames
+    files = sorted((tmp_path / "cache").rglob("*.safetensors"))
+    assert len(files) == len(ROWS)
+    cache = EncoderCache(tmp_path / "cache", data[2].as_posix())
+    assert cache.path_for(str(data[0] / "tone.wav")) in files
+    assert EncoderCache(tmp_path / "cache", "another-encoder").path_for(str(data[0] / "tone.wav")) not in files
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(config(data, tmp_path / "both", encoder_cache=str(tmp_path / "cache"), augment={}))

@@ -66,6 +66,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="on-the-fly augmentation of training audio (speed, noise, gain, reverb); "
                              "optional JSON of speechllm.augment.AugmentConfig fields, "
                              "e.g. '{\"noise_prob\": 0.8}'")
+    parser.add_argument("--encoder-cache", metavar="DIR",
+                        help="keep the frozen encoder's outputs here; later epochs (and other adapters on "
+                             "the same data) skip the encoder")
     parser.add_argument("--lm-weight", type=float, default=1.0,
                         help="weight of the LLM's loss; 0 trains a ctc-posterior adapter on CTC alone, "
                              "without running the LLM")
@@ -134,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, ctc_weight=args.ctc_weight,
         lm_weight=args.lm_weight, augment=_json_option(args.augment, "--augment"),
+        encoder_cache=args.encoder_cache,
         eval_every=args.eval_every, save_every=args.save_every, eval_max_rows=args.eval_max_rows,
         max_new_tokens=args.max_new_tokens, seed=args.seed, num_workers=args.num_workers, device=args.device,
         resume=args.resume, progress=not args.quiet)

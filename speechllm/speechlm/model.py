@@ -309,23 +309,24 @@ class SpeechLLM(nn.Module):
 
     def forward(self, audio: Tensor, lengths: Tensor, instructions: Sequence[str], replies: Sequence[str],
                 transcripts: Sequence[str | None] | None = None, ctc_weight: float = 1.0,
-                lm_weight: float = 1.0) -> SpeechLLMOutput:
+                lm_weight: float = 1.0, frames: tuple[Tensor, Tensor] | None = None) -> SpeechLLMOutput:
         """Teacher-forced loss on a batch; ``transcripts`` feed a CTC adapter's auxiliary loss.
 
         ``lm_weight=0`` trains on the CTC loss alone and never runs the LLM (for adapters whose
-        output is defined by their CTC posteriors, e.g. ``ctc-posterior``).
+        output is defined by their CTC posteriors, e.g. ``ctc-posterior``). ``frames``: the
+        encoder's (hidden, mask) for this batch when already known (``speechllm.encoder_cache``).
         """
         ctc = self.ctc_targets(transcripts) if transcripts is not None else None
+        hidden, mask = frames if frames is not None else self.encode_frames(audio, lengths)
         if lm_weight == 0:
             if ctc is None:
                 raise ValueError(f"lm_weight=0 needs a CTC adapter; {self.config.adapter!r} has no CTC loss")
-            hidden, mask = self.encode_frames(audio, lengths)
             aux = self.adapter.ctc_only_loss(hidden, mask, *ctc)
             if aux is None:  # no item of the batch has a transcript
                 aux = sum(p.sum() for p in self.adapter.parameters() if p.requires_grad) * 0.0
             zero = aux.detach() * 0.0
             return SpeechLLMOutput(ctc_weight * aux, zero, aux.detach(), 0)
-        encoded = self.encode_audio(audio, lengths, *(ctc or (None, None)))
+        encoded = self.adapter(hidden, mask, *(ctc or (None, None)))
         prompts = [self.prompt_ids(text, True) for text in instructions]
         spliced = self.splice([p[0] for p in prompts], encoded, [p[1] for p in prompts],
                               [self.target_ids(r) for r in replies])
