@@ -56,7 +56,7 @@ def is_manifest(path: str | Path) -> bool:
 
 def read_source(src: str | Path, options: DataOptions) -> tuple[list[ManifestRow], list[str]]:
     """Rows of a manifest or of an importable corpus, and every problem (FILE:LINE or AUDIO: reason)."""
-    from speechllm.train import check_manifests
+    from speechllm.train import ROW_TASKS, check_manifests
 
     if is_manifest(src) and options.layout in (None, "manifest"):
         try:
@@ -67,7 +67,7 @@ def read_source(src: str | Path, options: DataOptions) -> tuple[list[ManifestRow
             from speechllm.manifest import validate_manifest
 
             rows, _ = validate_manifest(src, check_audio=True)
-            return [r for r in rows if not _too_long(r, options)], exc.errors
+            return [r for r in rows if not _too_long(r, options) and r.task in ROW_TASKS], exc.errors
     from speechllm.data_recipes.importers import ImportOptions, import_corpus
 
     layout = options.layout or "folder"
@@ -192,9 +192,11 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
     from speechllm.manifest import read_manifest
     from speechllm.speechlm import load_speechlm
     from speechllm.speechlm.io import atomic_write_text
-    from speechllm.train import eval_subset, evaluate, latest_checkpoint, train
+    from speechllm.train import check_manifests, eval_subset, evaluate, latest_checkpoint, train
 
     out = Path(config.out)
+    if base is not None:  # bad rows before the base model loads (the trainer checks again, durations too)
+        check_manifests([prepared.train] + ([prepared.eval] if prepared.eval else []), None)
     report_path = out / REPORT_FILE
     report: dict[str, Any] = {"base": base, "train": prepared.train, "eval": prepared.eval}
     if config.resume and report_path.is_file():

@@ -74,6 +74,11 @@ def test_bad_items_are_listed_before_anything_loads(tmp_path, capsys):
     assert main(["finetune", "--train", str(manifest), "--base", "x", "--out", str(tmp_path / "o2")]) == 1
     err = capsys.readouterr().err
     assert f"{manifest}:2:" in err and f"{manifest}:3: bad JSON" in err
+    # with an eval set given, the manifests are checked before the base model is looked at
+    assert main(["finetune", "--train", str(manifest), "--eval", str(manifest), "--base", "no-such-model",
+                 "--out", str(tmp_path / "o3")]) == 1
+    err = capsys.readouterr().err
+    assert f"{manifest}:3: bad JSON" in err and "no-such-model" not in err
     # --skip-bad trains without them
     prepared = prepare_data(str(data), None, tmp_path / "out", DataOptions(skip_bad=True, progress=False))
     assert len(read_manifest(prepared.train)) == 1 and len(read_manifest(prepared.eval)) == 1
