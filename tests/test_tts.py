@@ -149,15 +149,15 @@ def test_flow_streaming_matches_training_mask():
     tokens = torch.randint(0, N_SPEECH, (1, 16))
     t = torch.tensor([0.3])
     mask = chunk_mask(torch.tensor([n_prompt]), torch.tensor([16]), 16, chunk)
-    whole = flow.velocity(flow.embed(x, cond, tokens, 0), t, mask)
+    whole = flow.velocity(flow.embed(x, cond, tokens, 0)[0], t, mask)
     keep = []
     p = slice(0, n_prompt)
-    flow.velocity(flow.embed(x[:, p], cond[:, p], tokens[:, p], 0), t, None, None, keep)
+    flow.velocity(flow.embed(x[:, p], cond[:, p], tokens[:, p], 0)[0], t, None, None, keep)
     cache = keep
     for start in range(n_prompt, 16, chunk):
         sl = slice(start, start + chunk)
         keep = []
-        v = flow.velocity(flow.embed(x[:, sl], cond[:, sl], tokens[:, sl], start), t, None, cache, keep)
+        v = flow.velocity(flow.embed(x[:, sl], cond[:, sl], tokens[:, sl], start)[0], t, None, cache, keep)
         cache = [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
                  for (k0, v0), (k1, v1) in zip(cache, keep, strict=True)]
         assert torch.allclose(v, whole[:, sl], atol=1e-5)
@@ -171,10 +171,10 @@ def test_flow_stream_equals_chunked_synthesis_and_trains():
     streamed = torch.cat(list(flow.stream(pieces, steps=2)), 1)
     assert torch.equal(streamed, chunked)
     flow.train()
-    loss = flow.loss(torch.randn(2, 20, 80) - 5, torch.randint(0, N_SPEECH, (2, 10)), torch.tensor([20, 14]),
-                     torch.tensor([4, 0]), chunk=4)
+    loss, parts = flow.loss(torch.randn(2, 20, 80) - 5, torch.randint(0, N_SPEECH, (2, 10)),
+                            torch.tensor([20, 14]), torch.tensor([4, 0]), chunk=4)
     loss.backward()
-    assert torch.isfinite(loss) and flow.token_emb.weight.grad.abs().sum() > 0
+    assert torch.isfinite(loss) and parts["prior"] > 0 and flow.token_emb.weight.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- text-speech LM

@@ -1,9 +1,11 @@
 """Speech tokens → 80-bin mel by conditional flow matching (Lipman et al., 2023; CosyVoice 2),
 with chunk-causal attention so one model serves streaming and whole-utterance synthesis.
 
-    frame j (50 Hz; token j // 2):  x_t[j] (80) ⊕ cond[j] (80: prompt mel, else 0) → linear
-        + token embedding + position ─► N transformer blocks (adaLN on the flow time t)
-        ─► velocity [80]
+    frame j (50 Hz; token j // 2):  e[j] = token embedding + sub-frame embedding (j mod 2)
+        μ[j] = linear(e[j])  (a per-frame mel estimate, trained with an L2 "prior" loss as in
+                              Matcha-TTS: the tokens' content reaches the mel from the first step)
+        x_t[j] (80) ⊕ cond[j] (80: prompt mel, else 0) ⊕ μ[j] (80) → linear + e[j] + position
+        ─► N transformer blocks (adaLN on the flow time t) ─► velocity [80]
 
 Attention: frames in the speaker prompt see only the prompt; a frame after it sees the prompt,
 every earlier chunk and its own chunk (``chunk`` frames; 0 = no chunks, all frames). Training
@@ -37,6 +39,7 @@ class FlowConfig:
     mel_mean: float = -5.0  # normalisation of the log-mel (set from data when training)
     mel_std: float = 2.5
     noise_frames: int = 6000  # noise bank rows (2 minutes at 50 Hz); longer input wraps around
+    prior_weight: float = 1.0  # weight of the L2 loss of μ against the mel
 
 
 def sinusoid(x: Tensor, dim: int) -> Tensor:
@@ -96,7 +99,9 @@ class FlowMatching(nn.Module):
         super().__init__()
         self.config = c = config
         self.token_emb = nn.Embedding(c.n_tokens, c.dim)
-        self.in_proj = nn.Linear(2 * c.n_mels, c.dim)
+        self.subframe_emb = nn.Embedding(c.upsample, c.dim)
+        self.prior = nn.Linear(c.dim, c.n_mels)
+        self.in_proj = nn.Linear(3 * c.n_mels, c.dim)
         self.time_mlp = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.blocks = nn.ModuleList(Block(c.dim, c.n_heads) for _ in range(c.n_layers))
         self.norm_out = nn.LayerNorm(c.dim)
@@ -105,10 +110,14 @@ class FlowMatching(nn.Module):
         self.register_buffer("noise_bank", bank, persistent=False)
 
     # -- the network
-    def embed(self, x: Tensor, cond: Tensor, tokens: Tensor, start: int) -> Tensor:
-        """x, cond [B, T, 80] (normalised); tokens [B, T] (one per frame); frames start at ``start``."""
-        pos = sinusoid(torch.arange(start, start + x.shape[1], device=x.device), self.config.dim)
-        return self.in_proj(torch.cat([x, cond], -1)) + self.token_emb(tokens.clamp(min=0)) + pos
+    def embed(self, x: Tensor, cond: Tensor, tokens: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """x, cond [B, T, 80] (normalised); tokens [B, T] (one per frame); frames start at ``start``.
+        Returns the transformer input and μ (normalised mel estimate from the tokens alone)."""
+        frames = torch.arange(start, start + x.shape[1], device=x.device)
+        e = self.token_emb(tokens.clamp(min=0)) + self.subframe_emb(frames % self.config.upsample)
+        mu = self.prior(e)
+        pos = sinusoid(frames, self.config.dim)
+        return self.in_proj(torch.cat([x, cond, mu], -1)) + e + pos, mu
 
     def velocity(self, h: Tensor, t: Tensor, mask: Tensor | None, cache: list | None = None,
                  keep: list | None = None) -> Tensor:
@@ -129,8 +138,10 @@ class FlowMatching(nn.Module):
         return tokens.repeat_interleave(self.config.upsample, dim=-1)
 
     # -- training
-    def loss(self, mel: Tensor, tokens: Tensor, lengths: Tensor, n_prompt: Tensor, chunk: int) -> Tensor:
-        """mel [B, T, 80] raw log-mel, tokens [B, T/upsample], lengths/n_prompt [B] in frames."""
+    def loss(self, mel: Tensor, tokens: Tensor, lengths: Tensor, n_prompt: Tensor, chunk: int
+             ) -> tuple[Tensor, dict[str, float]]:
+        """mel [B, T, 80] raw log-mel, tokens [B, T/upsample], lengths/n_prompt [B] in frames.
+        Returns the flow-matching loss + the weighted prior loss, and both as floats."""
         x1 = self.normalize(mel)
         b, n, _ = x1.shape
         frames = torch.arange(n, device=mel.device)[None, :]
@@ -141,10 +152,14 @@ class FlowMatching(nn.Module):
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
         xt = torch.where(prompt, x1, xt)
         cond = torch.where(prompt, x1, torch.zeros_like(x1))
-        h = self.embed(xt, cond, self.frame_tokens(tokens)[:, :n], 0)
+        h, mu = self.embed(xt, cond, self.frame_tokens(tokens)[:, :n], 0)
         v = self.velocity(h, t, chunk_mask(n_prompt, lengths, n, chunk))
         weight = (valid & ~prompt).float()
-        return (((v - (x1 - x0)) ** 2) * weight).sum() / (weight.sum() * x1.shape[-1]).clamp(min=1)
+        total = (weight.sum() * x1.shape[-1]).clamp(min=1)
+        flow = (((v - (x1 - x0)) ** 2) * weight).sum() / total
+        prior = (((mu - x1) ** 2) * weight).sum() / total
+        parts = {"flow": float(flow.detach()), "prior": float(prior.detach())}
+        return flow + self.config.prior_weight * prior, parts
 
     # -- synthesis
     @torch.no_grad()
@@ -167,7 +182,7 @@ class FlowMatching(nn.Module):
         caches: list[list[tuple[Tensor, Tensor]] | None] = [None] * steps
         if n_prompt:
             pt = self.frame_tokens(prompt_tokens.to(device))[:n_prompt][None]
-            h = self.embed(p[None], p[None], pt, 0)
+            h, _ = self.embed(p[None], p[None], pt, 0)
             for i in range(steps):
                 keep: list = []
                 self.velocity(h, torch.tensor([times[i]], device=device), None, None, keep)
@@ -182,7 +197,7 @@ class FlowMatching(nn.Module):
             x = self.noise_bank[rows][None]
             zeros = torch.zeros_like(x)
             for i in range(steps):
-                h = self.embed(x, zeros, ft, pos)
+                h, _ = self.embed(x, zeros, ft, pos)
                 keep = []
                 v = self.velocity(h, torch.tensor([times[i]], device=device), None, caches[i], keep)
                 past = caches[i]

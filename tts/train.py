@@ -130,6 +130,10 @@ class Stage:
     def usable(self, corpus: Corpus) -> list[int]:
         return list(range(len(corpus)))
 
+    def pick(self, corpus: Corpus, usable: list[int], batch_size: int, rng: random.Random) -> list[int]:
+        """The utterances of one batch (default: at random)."""
+        return rng.sample(usable, min(batch_size, len(usable)))
+
     def load_data(self) -> tuple[Corpus, Corpus]:
         cache = self.args.cache
         return load_corpus(cache, "train"), load_corpus(cache, "dev")
@@ -157,7 +161,7 @@ def train_stage(stage: Stage, out: Path, options: LoopOptions) -> dict[str, floa
     t0, running = time.time(), {}
     model.train()
     while step < options.steps:
-        index = rng.sample(usable, min(options.batch_size, len(usable)))
+        index = stage.pick(train, usable, options.batch_size, rng)
         loss, parts = stage.loss(model, stage.batch(train, index, rng))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, options)
@@ -344,7 +348,7 @@ class FlowStage(Stage):
         return mel, tokens, lengths, torch.tensor(prompts), rng.choice(self.config.train_chunks)
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        return model.loss(*batch), {}
+        return model.loss(*batch)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dev: Corpus) -> dict[str, float]:
@@ -352,9 +356,10 @@ class FlowStage(Stage):
         rng = random.Random(0)
         index = self.usable(dev)[:16]
         batch = list(self.batch(dev, index, rng))
-        full = float(model.loss(*batch[:4], 0))
-        chunked = float(model.loss(*batch[:4], 12))
-        return {"dev_loss_full": round(full, 4), "dev_loss_chunk12": round(chunked, 4)}
+        full = model.loss(*batch[:4], 0)[1]
+        chunked = model.loss(*batch[:4], 12)[1]
+        return {"dev_flow_full": round(full["flow"], 4), "dev_flow_chunk12": round(chunked["flow"], 4),
+                "dev_prior": round(full["prior"], 4)}
 
 
 class LMStage(Stage):
@@ -379,6 +384,12 @@ class LMStage(Stage):
 
     def usable(self, corpus: Corpus) -> list[int]:
         return [i for i, t in enumerate(corpus.tokens) if len(t) >= 4 and corpus.texts[i].strip()]
+
+    def pick(self, corpus: Corpus, usable: list[int], batch_size: int, rng: random.Random) -> list[int]:
+        """Utterances of similar length (little padding: the backbone's passes are the cost here)."""
+        by_length = sorted(usable, key=lambda i: len(corpus.tokens[i]))
+        start = rng.randrange(0, max(len(by_length) - batch_size, 0) + 1)
+        return by_length[start:start + batch_size]
 
     def batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
         from speechllm.text_normalize import spoken_form
