@@ -158,7 +158,7 @@ def train_stage(stage: Stage, out: Path, options: LoopOptions) -> dict[str, floa
           f"{len(usable)}/{len(train)} training utterances", flush=True)
     rng = random.Random(options.seed * 1000003 + step)
     metrics: dict[str, float] = {}
-    t0, running = time.time(), {}
+    t0, first_step, running = time.time(), step, {}
     model.train()
     while step < options.steps:
         index = stage.pick(train, usable, options.batch_size, rng)
@@ -174,8 +174,8 @@ def train_stage(stage: Stage, out: Path, options: LoopOptions) -> dict[str, floa
             running[k] = running.get(k, 0.0) + v
         if step % options.log_every == 0:
             text = " ".join(f"{k} {v / options.log_every:.4f}" for k, v in running.items())
-            print(f"{stage.name} step {step}: {text} ({(time.time() - t0) / step:.2f} s/step this run)",
-                  flush=True)
+            per_step = (time.time() - t0) / (step - first_step)
+            print(f"{stage.name} step {step}: {text} ({per_step:.2f} s/step this run)", flush=True)
             running = {}
         if step % options.eval_every == 0 or step == options.steps:
             model.eval()
