@@ -92,13 +92,16 @@ def question_wav(tmp_path_factory):
 
 
 def test_sentence_chunker_cuts_sentences_and_long_clauses():
-    chunker = SentenceChunker(min_clause_chars=20)
+    chunker = SentenceChunker(min_clause_chars=20, first_words=None)
     out = []
     for piece in ["Hel", "lo there. ", "Short, ", "then a much longer clause, and ", "the rest"]:
         out += chunker.push(piece)
     assert out == ["Hello there.", "Short, then a much longer clause,"]
     assert chunker.flush() == ["and the rest"] and chunker.flush() == []
     assert SentenceChunker().push("3.5 degrees") == []  # no cut inside a number
+    early = SentenceChunker(first_words=3)  # the first piece goes out after three words, then sentences
+    assert early.push("one two three four five six ") == ["one two three"]
+    assert early.push("seven. eight") == ["four five six seven."] and early.flush() == ["eight"]
 
 
 def test_reply_streams_text_and_speech_and_keeps_history():

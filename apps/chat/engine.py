@@ -87,14 +87,19 @@ def load_chat_model(model: str, quant: str = "saved", device: str | None = None)
 
 
 class SentenceChunker:
-    """Text pieces in, speakable pieces out: whole sentences, or clauses once long enough."""
+    """Text pieces in, speakable pieces out: whole sentences, or clauses once long enough.
+
+    The first piece goes out sooner, after ``first_words`` words, so the voice can start while the
+    LLM is still on its first sentence (time to first audio is what a listener notices)."""
 
     _SENTENCE = re.compile(r"[.!?…](?=\s)|\n")
     _CLAUSE = re.compile(r"[,;:](?=\s)")
+    _WORD_END = re.compile(r"\S(?=\s)")
 
-    def __init__(self, min_clause_chars: int = 30, max_chars: int = 200):
-        self.min_clause_chars, self.max_chars = min_clause_chars, max_chars
+    def __init__(self, min_clause_chars: int = 30, max_chars: int = 150, first_words: int | None = 6):
+        self.min_clause_chars, self.max_chars, self.first_words = min_clause_chars, max_chars, first_words
         self.buffer = ""
+        self.emitted = False
 
     def push(self, text: str) -> list[str]:
         self.buffer += text
@@ -118,9 +123,14 @@ class SentenceChunker:
                 end = long_enough[0]
             elif len(self.buffer) > self.max_chars and " " in self.buffer[: self.max_chars]:
                 end = self.buffer.rindex(" ", 0, self.max_chars)
+        if end is None and not self.emitted and self.first_words:
+            word_ends = [m.end() for m in self._WORD_END.finditer(self.buffer)]
+            if len(word_ends) >= self.first_words:
+                end = word_ends[self.first_words - 1]
         if end is None:
             return None
         piece, self.buffer = self.buffer[:end].strip(), self.buffer[end:].lstrip()
+        self.emitted = self.emitted or bool(piece)
         return piece or self._cut()
 
 
