@@ -162,6 +162,34 @@ class FlowMatching(nn.Module):
         return flow + self.config.prior_weight * prior, parts
 
     # -- synthesis
+    @staticmethod
+    def times(steps: int) -> list[float]:
+        return [1 - math.cos(i / steps * math.pi / 2) for i in range(steps + 1)]  # denser near t=0
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt_mel: Tensor | None, prompt_tokens: Tensor | None, steps: int
+                      ) -> tuple[int, list[list[tuple[Tensor, Tensor]] | None]]:
+        """(prompt frames, per-step key/value caches of the prompt): the same for every sentence of a
+        voice, so they are computed once per (prompt, steps) and kept."""
+        if prompt_mel is None or prompt_tokens is None or prompt_tokens.numel() == 0:
+            return 0, [None] * steps
+        key = (prompt_mel.data_ptr(), tuple(prompt_mel.shape), prompt_tokens.data_ptr(), steps)
+        cached = getattr(self, "_prompt_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        c, device = self.config, self.noise_bank.device
+        n_prompt = min(prompt_mel.shape[1], len(prompt_tokens) * c.upsample)
+        p = self.normalize(prompt_mel.T[:n_prompt].to(device))
+        pt = self.frame_tokens(prompt_tokens.to(device))[:n_prompt][None]
+        h, _ = self.embed(p[None], p[None], pt, 0)
+        caches: list[list[tuple[Tensor, Tensor]] | None] = []
+        for t in self.times(steps)[:-1]:
+            keep: list = []
+            self.velocity(h, torch.tensor([t], device=device), None, None, keep)
+            caches.append(keep)
+        self._prompt_cache = (key, (n_prompt, caches))
+        return n_prompt, caches
+
     @torch.no_grad()
     def stream(self, chunks: Iterator[Tensor], prompt_mel: Tensor | None = None,
                prompt_tokens: Tensor | None = None, steps: int = 6) -> Iterator[Tensor]:
@@ -174,19 +202,9 @@ class FlowMatching(nn.Module):
         """
         c = self.config
         device = self.noise_bank.device
-        if prompt_mel is None or prompt_tokens is None:
-            prompt_mel, prompt_tokens = torch.zeros(c.n_mels, 0), torch.zeros(0, dtype=torch.long)
-        n_prompt = min(prompt_mel.shape[1], len(prompt_tokens) * c.upsample)
-        p = self.normalize(prompt_mel.T[:n_prompt].to(device))
-        times = [1 - math.cos(i / steps * math.pi / 2) for i in range(steps + 1)]  # denser near t=0
-        caches: list[list[tuple[Tensor, Tensor]] | None] = [None] * steps
-        if n_prompt:
-            pt = self.frame_tokens(prompt_tokens.to(device))[:n_prompt][None]
-            h, _ = self.embed(p[None], p[None], pt, 0)
-            for i in range(steps):
-                keep: list = []
-                self.velocity(h, torch.tensor([times[i]], device=device), None, None, keep)
-                caches[i] = keep
+        n_prompt, prompt_caches = self.encode_prompt(prompt_mel, prompt_tokens, steps)
+        caches = list(prompt_caches)  # this utterance's caches grow; the prompt's stay as they are
+        times = self.times(steps)
         pos = n_prompt
         for chunk in chunks:
             if chunk.numel() == 0:
