@@ -252,6 +252,8 @@ def test_api_with_gradio_client(served, question_wav):
     soundfile.write(too_long, np.zeros(16000 * 6, dtype=np.float32), 16000)
     with pytest.raises(Exception, match="over the limit of 5 s"):
         client.predict(handle_file(str(too_long)), "", "test-tone", 16, api_name="/respond")
+    with pytest.raises(Exception, match="voice 'no-such-voice'"):
+        client.predict(None, "hi", "no-such-voice", 16, api_name="/respond")
 
 
 def test_serves_no_host_files(served, tiny_model_dir):

@@ -35,7 +35,7 @@ from speechllm.apps.chat.engine import (
     TurnDone,
     load_chat_model,
 )
-from speechllm.apps.chat.voices import VOICES, Voice, default_voice, load_voice
+from speechllm.apps.chat.voices import VOICES, Voice, VoiceError, default_voice, load_voice
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,10 @@ def build_blocks(app: ChatApp):
         turns = list(turns or [])
         if not audio_path and not (text or "").strip():
             raise gr.Error("Record or upload a question, or type one.")
-        engine = app.engine(voice_name, max_new_tokens)
+        try:
+            engine = app.engine(voice_name, max_new_tokens)
+        except (VoiceError, ValueError, FileNotFoundError) as exc:
+            raise gr.Error(f"voice {voice_name!r}: {exc}") from None
         shown_user = (f"🎤 {text}" if text else "🎤 (speaking…)") if audio_path else text
         messages = _messages(turns) + [{"role": "user", "content": shown_user},
                                        {"role": "assistant", "content": ""}]
@@ -150,6 +153,7 @@ def build_blocks(app: ChatApp):
         stream = f"{app.next_turn()} {rate}"
         chunks: list[np.ndarray] = []
         answer = ""
+        yield messages, stream, None, gr.skip(), gr.skip(), gr.skip()  # the turn shows at once
         try:
             events = engine.reply([Turn(t["role"], t["text"]) for t in turns],
                                   audio=audio_path or None, text=text)
