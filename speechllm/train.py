@@ -108,7 +108,8 @@ class TrainConfig:
             lora = LoraSpec(rank=self.lora_rank, alpha=self.lora_alpha or 2.0 * self.lora_rank)
         return SpeechLLMConfig(encoder=self.encoder, encoder_kind=self.encoder_kind, adapter=self.adapter,
                                adapter_options=dict(self.adapter_options), llm=self.llm, quant=self.quant,
-                               lora=lora, prompt=PromptFormat(audio_first=self.audio_first))
+                               lora=lora, prompt=PromptFormat(audio_first=self.audio_first),
+                               asr_decoder="ctc" if self.lm_weight == 0 else "llm")
 
 
 @dataclass(frozen=True)

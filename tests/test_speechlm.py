@@ -204,6 +204,17 @@ def test_ctc_posterior_vocabulary_subset_survives_save_and_load(folders, tmp_pat
     assert loaded.adapter.token_ids.tolist() == kept
     assert loaded.ctc_vocab.encode("paris") == vocab.encode("paris")
     assert loaded.generate(audio, TRANSCRIBE, options)[0].tokens == before
+    # asr_decoder="ctc": the transcribe instruction is answered by the CTC path, the rest by the LLM
+    ctc_model = SpeechLLM(replace(model.config, asr_decoder="ctc"), model.encoder, model.adapter, model.llm,
+                          model.tokenizer).eval()
+    two = clips(0.8, 0.5)
+    replies = ctc_model.generate(two, [TRANSCRIBE, instruction("translate")], options)
+    padded, lengths = _pad(two)
+    units = model.adapter.greedy_units(*model.encode_frames(padded, lengths))
+    assert replies[0].text == model.ctc_vocab.decode(units[0]).strip()
+    assert replies[1].tokens == model.generate(two[1:], instruction("translate"), options)[0].tokens
+    with pytest.raises(ValueError, match="asr_decoder"):
+        replace(model.config, asr_decoder="whisper")
 
 
 def test_save_load_round_trip(folders, model, tmp_path):

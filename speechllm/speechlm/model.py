@@ -107,6 +107,13 @@ class SpeechLLMConfig:
     quant: str | None = None  # None: fp32 transformers; else speechllm.llm's format name
     lora: LoraSpec | None = None
     prompt: PromptFormat = PromptFormat()
+    # "ctc": the transcribe instruction is answered by the adapter's own CTC path over the LLM's
+    # tokens (ctc-posterior trained without the LLM's loss: exact and fast); "llm": by generation
+    asr_decoder: str = "llm"
+
+    def __post_init__(self) -> None:
+        if self.asr_decoder not in ("llm", "ctc"):
+            raise ValueError(f"asr_decoder must be 'llm' or 'ctc', not {self.asr_decoder!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -351,12 +358,33 @@ class SpeechLLM(nn.Module):
         prompts = [self.prompt_ids(text, True) for text in instructions]
         return self.splice([p[0] for p in prompts], encoded, [p[1] for p in prompts])
 
+    def ctc_transcripts(self, audio: Sequence[np.ndarray]) -> list[Generation]:
+        """Transcripts from the adapter's greedy CTC path (adapters with ``greedy_units`` over LLM tokens)."""
+        if not hasattr(self.adapter, "greedy_units"):
+            raise ValueError(f"asr_decoder='ctc' needs an adapter with CTC units over the LLM's tokens, "
+                             f"not {self.config.adapter!r}")
+        padded, lengths = pad_audio(audio)
+        units = self.adapter.greedy_units(*self.encode_frames(padded, lengths))
+        vocab = self.ctc_vocab
+        return [Generation(tuple(vocab.subset[u - 1] if vocab.subset else u - 1 for u in item),
+                           vocab.decode(item).strip(), 0.0) for item in units]
+
     @torch.no_grad()
     def generate(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str] | str,
                  options: GenerationOptions = DEFAULT_OPTIONS) -> list[Generation]:
         """Replies for a batch of 16 kHz clips (or, with ``audio=None``, text-only prompts)."""
         instructions = [instructions] * (len(audio) if audio is not None else 1) if isinstance(
             instructions, str) else list(instructions)
+        if audio is not None and self.config.asr_decoder == "ctc":
+            asr = instruction("transcribe")
+            by_ctc = [i for i, text in enumerate(instructions) if text == asr]
+            if by_ctc:
+                rest = [i for i in range(len(instructions)) if i not in set(by_ctc)]
+                replies = dict(zip(by_ctc, self.ctc_transcripts([audio[i] for i in by_ctc]), strict=True))
+                if rest:
+                    others = self.generate([audio[i] for i in rest], [instructions[i] for i in rest], options)
+                    replies.update(zip(rest, others, strict=True))
+                return [replies[i] for i in range(len(instructions))]
         with self.text_mode() if audio is None else nullcontext():
             spliced = self._prefill(audio, instructions)
             state = LMState(self.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids)
