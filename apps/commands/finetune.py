@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-HELP = "train a speech-LLM adapter (+ LoRA) on manifests; the output folder is a model"
+HELP = "train a speech-LLM, or adapt one to a folder of your recordings (--base); the output is a model"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
