@@ -220,7 +220,7 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
         device = torch.device(config.device if config.device != "auto" else
                               ("cuda" if torch.cuda.is_available() else "cpu"))
         report["before"] = _numbers(evaluate(model.to(device), eval_rows, config.eval_batch_size,
-                                             config.max_new_tokens))
+                                             config.max_new_tokens, progress=config.progress))
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
         print(f"before: {_metrics_line(report['before'])}")
@@ -228,7 +228,8 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
     if eval_rows:
         after = result.evals[-1] if result.evals and result.evals[-1]["step"] == result.step else None
         if after is None:  # nothing left to train (an earlier run finished): evaluate the model folder
-            after = evaluate(load_speechlm(out), eval_rows, config.eval_batch_size, config.max_new_tokens)
+            after = evaluate(load_speechlm(out), eval_rows, config.eval_batch_size, config.max_new_tokens,
+                             progress=config.progress)
         report["after"] = _numbers(after)
         report["steps"] = result.step
         print(f"after:  {_metrics_line(report['after'])}")

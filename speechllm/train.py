@@ -300,8 +300,10 @@ def eval_subset(rows: Sequence[ManifestRow], max_rows: int, seed: int) -> list[M
 
 @torch.no_grad()
 def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
-             max_new_tokens: int = 128) -> dict[str, Any]:
+             max_new_tokens: int = 128, progress: bool = False) -> dict[str, Any]:
     """Greedy replies to ``rows``; metrics per kind of task, and IFR per task and overall."""
+    from tqdm import tqdm
+
     from speechllm.audio import load_audio
     from speechllm.metrics import char_error_rate, word_error_rate
     from speechllm.metrics_bleu import corpus_bleu
@@ -311,11 +313,14 @@ def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
     options = GenerationOptions(max_new_tokens=max_new_tokens)
     examples = [example_of(r) for r in rows]
     replies: list[str] = []
+    bar = tqdm(total=len(rows), desc="evaluating", unit="utt", disable=not progress, file=sys.stderr)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         audio = [load_audio(r.audio) for r in chunk]
         out = model.generate(audio, [e.instruction for e in examples[start : start + batch_size]], options)
         replies += [g.text for g in out]
+        bar.update(len(chunk))
+    bar.close()
     model.train(was_training)
     metrics: dict[str, Any] = {"rows": len(rows)}
     by_task: dict[str, list[int]] = {}
