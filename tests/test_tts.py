@@ -8,6 +8,7 @@ import torch
 
 from speechllm.tts.flow import FlowConfig, FlowMatching, chunk_mask
 from speechllm.tts.lm import LMConfig, SamplingOptions, TextSpeechLM, interleave, split_words
+from speechllm.tts.synthesize import SynthesisOptions
 from speechllm.tts.text import TextError, prepare_text, sentence_streams, sentences
 from speechllm.tts.tokenizer import FSQ, SpeechTokenizer, TokenizerConfig
 from speechllm.tts.vocoder import GriffinLim, StreamingISTFT, VocoderConfig, Vocos, istft_same
@@ -276,7 +277,7 @@ def test_sentences_and_streams():
 
 @pytest.fixture(scope="module")
 def tiny_voice_dir(tiny_lm, tmp_path_factory):
-    from speechllm.tts.synthesize import SynthesisOptions, save_tts
+    from speechllm.tts.synthesize import save_tts
 
     folder = tmp_path_factory.mktemp("voice")
     vocoder = Vocos(VocoderConfig(dim=16, ffn=32, n_layers=1))
@@ -335,3 +336,45 @@ def test_cli(tiny_voice_dir, tmp_path, capsys, monkeypatch):
     assert err == "speechllm tts: error: empty text: nothing to say" and not (tmp_path / "c.wav").exists()
     assert main(["tts", "--text", "hi", "--output", str(tmp_path / "d.wav"), "--voice", "nope"]) == 1
     assert "unknown voice 'nope'" in capsys.readouterr().err
+
+
+def test_training_driver_end_to_end(tiny_llm, tmp_path):
+    """Every stage of ``python -m speechllm.tts.train`` on a tiny fake cache: train, resume, assemble,
+    speak."""
+    from speechllm.speechlm.io import atomic_save_tensors
+    from speechllm.tts import load
+    from speechllm.tts.train import main
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    for split in ("train", "dev"):
+        frames = [50, 70, 60]
+        enc = [torch.randn(n, 384, generator=rng).half() for n in frames]
+        mel = [(torch.randn(n, 80, generator=rng) - 5).half() for n in frames]
+        wav = [(torch.randn(n * 320, generator=rng) * 3000).short() for n in frames]
+        off = lambda xs: torch.tensor([0] + np.cumsum([len(x) for x in xs]).tolist())  # noqa: E731
+        rows = [{"id": f"{split}{i}", "text": t, "speaker": "piper:joe"}
+                for i, t in enumerate(("hello world", "the weather is fine", "a quick brown fox"))]
+        atomic_save_tensors({"enc": torch.cat(enc), "enc_off": off(enc), "mel": torch.cat(mel),
+                             "mel_off": off(mel), "wav": torch.cat(wav), "wav_off": off(wav)},
+                            cache / f"{split}-000.safetensors", {"rows": __import__("json").dumps(rows)})
+    common = ["--cache", str(cache), "--batch-size", "2", "--log-every", "1", "--save-every", "1",
+              "--eval-every", "2"]
+    run = lambda *a: main([*a, *common])  # noqa: E731
+    assert run("--stage", "tokenizer", "--out", str(tmp_path / "tok"), "--steps", "1") == 0
+    assert run("--stage", "tokenizer", "--out", str(tmp_path / "tok"), "--steps", "2") == 0  # resumes
+    state = __import__("json").loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 2
+    assert run("--stage", "tokens", "--out", str(tmp_path / "tok")) == 0
+    assert run("--stage", "vocoder", "--out", str(tmp_path / "voc"), "--steps", "1") == 0
+    assert run("--stage", "flow", "--out", str(tmp_path / "flow"), "--steps", "1",
+               "--tokenizer", str(tmp_path / "tok")) == 0
+    assert run("--stage", "lm", "--out", str(tmp_path / "lm"), "--steps", "1", "--tokenizer",
+               str(tmp_path / "tok"), "--backbone", str(tiny_llm), "--layers", "2", "--ratio", "2:5") == 0
+    assert run("--stage", "assemble", "--out", str(tmp_path / "voice"), "--lm", str(tmp_path / "lm"),
+               "--flow", str(tmp_path / "flow"), "--vocoder", str(tmp_path / "voc")) == 0
+    voice = load(str(tmp_path / "voice"))
+    assert voice.lm.config.text_chunk == 2 and voice.prompt_tokens.numel() > 0
+    voice.options = SynthesisOptions(flow_steps=2, max_speech_per_text=1.0)
+    assert len(voice.synthesize("Hello.")) > 0

@@ -481,8 +481,11 @@ def run_assemble(args: argparse.Namespace) -> None:
     vocoder.load_state_dict(voc_state)
     train = load_corpus(args.cache, "train", tokens=True)
     prefix = args.speakers or "piper"
-    pick = next(i for i, (s, t) in enumerate(zip(train.speakers, train.tokens, strict=True))
-                if s.startswith(prefix) and 60 <= len(t) <= 90)
+    candidates = [i for i, s in enumerate(train.speakers) if s.startswith(prefix)]
+    if not candidates:
+        raise ValueError(f"{args.cache}: no training utterance of a speaker starting with {prefix!r} "
+                         "to take the voice prompt from")
+    pick = min(candidates, key=lambda i: abs(len(train.tokens[i]) - 75))  # about 3 s
     tokens = train.tokens[pick]
     mel = train.mel[pick][: 2 * len(tokens)].float().T
     info = {"prompt": {"id": train.ids[pick], "text": train.texts[pick]},

@@ -213,7 +213,7 @@ def vocoder_loss(pred: Tensor, target: Tensor, mel_config: MelConfig | None = No
         sc = torch.linalg.norm(t - p) / torch.linalg.norm(t)
         stft = stft + sc + F.l1_loss(p.log(), t.log())
     stft = stft / 4
-    return 2.0 * mel + stft, {"mel_l1": float(mel), "stft": float(stft)}
+    return 2.0 * mel + stft, {"mel_l1": float(mel.detach()), "stft": float(stft.detach())}
 
 
 VOCODERS: dict[str, Callable[..., nn.Module]] = {
