@@ -5,19 +5,22 @@
 
 Models: SmolLM2-135M-Instruct (real weights, from the zoo's GGUF) and a randomly initialised ~1.1B
 Llama-shaped model (TinyLlama's shape: hidden 2048, MLP 5632, 22 layers, 32/4 heads, vocab 32000;
-speed only). Paths: fp32 / int8 / int4 weights, each decoded by transformers' ``generate`` and by
-``speechllm.generation`` (static KV cache, lean forward). Every row runs in its own process (so peak
-memory is that path's own), one after the other in the same run; tokens/s is the best of ``--repeats``
-runs of ``--new-tokens`` greedy tokens after a short prompt, and the ratio is against the first row
-(transformers fp32 generate). Weight memory counts parameters, buffers and the kernels' re-packed
-copies (``speechllm.quant.model.weight_bytes``); peak RSS is the process's high-water mark.
+speed only; its int8/int4 rows are built straight into quantized modules, one fp32 matrix at a time).
+Paths: fp32 / int8 / int4 weights, each decoded by transformers' ``generate`` and by
+``speechllm.generation`` (static KV cache, lean forward). Each model runs in its own process with its
+three weight variants loaded; the six paths then take turns, ``--repeats`` rounds of ``--new-tokens``
+greedy tokens after a short prompt, and each path's figure is its best round: other jobs sharing the
+CPU only ever slow a run down, and taking turns exposes every path to the same conditions. Ratios are
+against transformers' fp32 ``generate`` in the same run. Weight memory counts parameters, buffers
+and the kernels' re-packed copies (``speechllm.quant.model.weight_bytes``); "RSS added" is how much
+the process grew while that variant loaded (allocator reuse makes it approximate).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -25,7 +28,7 @@ import time
 import torch
 
 PATHS = [("fp32", "hf"), ("fp32", "runner"), ("int8", "hf"), ("int8", "runner"), ("int4", "hf"),
-         ("int4", "runner")]
+         ("int4", "runner")]  # (weights, decoder)
 PROMPT = "The history of the Roman Empire begins"
 
 
@@ -36,20 +39,40 @@ def _smollm2(weights: str):
     return model, tok(PROMPT, return_tensors="pt").input_ids
 
 
+def _random_quantized(cfg, spec):
+    """A random Llama built straight into quantized modules: one fp32 matrix at a time, never the model."""
+    from transformers import LlamaForCausalLM
+
+    from speechllm.quant.formats import INT8, quantize_weight
+    from speechllm.quant.model import build_model
+
+    with torch.device("meta"):
+        shapes = {name: p.shape for name, p in LlamaForCausalLM(cfg).named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, shape in shapes.items():
+        if name.endswith("norm.weight"):
+            tensors[name] = torch.ones(shape)
+            continue
+        w = torch.randn(shape, generator=gen) * cfg.initializer_range
+        tensors[name] = quantize_weight(w, INT8 if "embed_tokens" in name or "lm_head" in name else spec)
+    return build_model(cfg, tensors)
+
+
 def _llama_1b(weights: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from speechllm.llm import prepare_kernels
-    from speechllm.quant.model import QuantConfig, quantize
+    from speechllm.quant.formats import INT4, INT8
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                       num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
                       tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg).eval()
-    if weights != "fp32":
-        bits, group = (4, 32) if weights == "int4" else (8, -1)
-        quantize(model, QuantConfig(bits=bits, group_size=group))
+    if weights == "fp32":
+        model = LlamaForCausalLM(cfg).eval()
+    else:
+        model = _random_quantized(cfg, INT4 if weights == "int4" else INT8)
         prepare_kernels(model)
     return model, torch.randint(0, 32000, (1, 8))
 
@@ -57,65 +80,79 @@ def _llama_1b(weights: str):
 MODELS = {"smollm2": _smollm2, "llama-1b": _llama_1b}
 
 
-def run_one(model_name: str, weights: str, decoder: str, new_tokens: int, repeats: int) -> dict:
-    from speechllm.generation import GenerationOptions, LlamaRunner, generate
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _decode_once(model, ids: torch.Tensor, decoder: str, runner, new_tokens: int) -> float:
+    from speechllm.generation import GenerationOptions, generate
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        if decoder == "hf":
+            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            return new_tokens / (time.perf_counter() - t0)
+        r = generate(model, ids, GenerationOptions(max_new_tokens=new_tokens, eos_token_id=-1), runner)
+        return len(r.tokens) / (time.perf_counter() - t0)
+
+
+def bench_model(model_name: str, new_tokens: int, repeats: int) -> list[dict]:
+    """Load the fp32, int8 and int4 variants, then time every path in turn, ``repeats`` rounds."""
+    from speechllm.generation import LlamaRunner
     from speechllm.quant.model import weight_bytes
 
-    model, ids = MODELS[model_name](weights)
-    best = 0.0
-    runner = LlamaRunner(model, ids.shape[1] + new_tokens) if decoder == "runner" else None
-    with torch.no_grad():
-        for i in range(repeats + 1):  # the first run warms up
-            if decoder == "hf":
-                t0 = time.perf_counter()
-                model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-                rate = new_tokens / (time.perf_counter() - t0)
-            else:
-                t0 = time.perf_counter()
-                options = GenerationOptions(max_new_tokens=new_tokens, eos_token_id=-1)
-                r = generate(model, ids, options, runner)
-                rate = len(r.tokens) / (time.perf_counter() - t0)
-            best = max(best, rate) if i else best
-    return {"model": model_name, "weights": weights, "decoder": decoder, "tokens_per_s": best,
-            "weight_mb": weight_bytes(model) / 2**20,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    loaded = {}
+    for weights in ("fp32", "int8", "int4"):
+        before = _rss_mb()
+        model, ids = MODELS[model_name](weights)
+        loaded[weights] = (model, ids, LlamaRunner(model, ids.shape[1] + new_tokens),
+                           weight_bytes(model) / 2**20, _rss_mb() - before)
+    best = dict.fromkeys(PATHS, 0.0)
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for weights, decoder in PATHS:
+            model, ids, runner, _, _ = loaded[weights]
+            rate = _decode_once(model, ids, decoder, runner, new_tokens)
+            if round_:
+                best[weights, decoder] = max(best[weights, decoder], rate)
+    return [{"model": model_name, "weights": w, "decoder": d, "tokens_per_s": best[w, d],
+             "weight_mb": loaded[w][3], "rss_added_mb": loaded[w][4]} for w, d in PATHS]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads (1 is steadier when other jobs share the CPU)")
-    parser.add_argument("--one", nargs=3, metavar=("MODEL", "WEIGHTS", "DECODER"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", metavar="MODEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(run_one(*args.one, args.new_tokens, args.repeats)))
+        print(json.dumps(bench_model(args.one, args.new_tokens, args.repeats)))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{torch.backends.cpu.get_cpu_capability()}; {args.new_tokens} new tokens, "
-          f"best of {args.repeats}\n")
-    print("| model | weights | decoder | tokens/s | vs HF fp32 | weight MB | vs fp32 weights | peak RSS MB |")
+          f"best of {args.repeats} interleaved rounds\n")
+    print("| model | weights | decoder | tokens/s | vs HF fp32 | weight MB | vs fp32 weights "
+          "| RSS added MB |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    for model_name in args.models:
-        base = None
-        for weights, decoder in PATHS:
-            cmd = [sys.executable, __file__, "--one", model_name, weights, decoder,
-                   "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
-                   "--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                print(f"| {model_name} | {weights} | {decoder} | failed: {out.stderr.strip()[-200:]} |")
-                continue
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            base = base or row
-            label = "transformers generate" if decoder == "hf" else "speechllm"
-            print(f"| {model_name} | {weights} | {label} "
+    for model_name in args.models:  # one process per model, so one model's memory never meets another's
+        cmd = [sys.executable, __file__, "--one", model_name, "--new-tokens", str(args.new_tokens),
+               "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            print(f"| {model_name} | failed: {out.stderr.strip()[-300:]} |")
+            continue
+        rows = json.loads(out.stdout.strip().splitlines()[-1])
+        base = rows[0]
+        for row in rows:
+            label = "transformers generate" if row["decoder"] == "hf" else "speechllm"
+            print(f"| {model_name} | {row['weights']} | {label} "
                   f"| {row['tokens_per_s']:.1f} | {row['tokens_per_s'] / base['tokens_per_s']:.2f}x "
                   f"| {row['weight_mb']:.0f} | {row['weight_mb'] / base['weight_mb']:.0%} "
-                  f"| {row['peak_rss_mb']:.0f} |", flush=True)
+                  f"| {row['rss_added_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

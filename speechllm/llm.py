@@ -142,7 +142,7 @@ def load_llm(name_or_path: str | os.PathLike, quant: str = "auto", device: str |
     if quant not in QUANT_CHOICES:
         raise ValueError(f"quant must be one of {', '.join(QUANT_CHOICES)}, not {quant!r}")
     resolved = resolve(name_or_path)
-    path = Path(resolved.main_file or resolved.path) if resolved.main_file else Path(resolved.path)
+    path = Path(resolved.main_file or resolved.path)
     for source in SOURCES:
         if source.matches(path):
             model, tokenizer = source.load(path, quant)

@@ -33,10 +33,12 @@ def _qdq(w: torch.Tensor, spec: QuantSpec, clip: torch.Tensor | None = None) -> 
 
 
 def search_scales(x: torch.Tensor, weights: list[torch.Tensor], spec: QuantSpec, act_bits: int = 16,
-                  grid: int = 20) -> torch.Tensor:
-    """Per-input-channel scales minimising the group's output error after quantization."""
-    ref = torch.cat([x @ w.T for w in weights], dim=1)
+                  grid: int = 20, tokens: int = 1024) -> torch.Tensor:
+    """Per-input-channel scales minimising the group's output error after quantization (the mean
+    ``|x|`` over all rows; the error over an even subsample of ``tokens`` rows)."""
     x_mean = x.abs().mean(0).clamp_min(1e-5)
+    x = x[:: max(1, x.shape[0] // tokens)][:tokens]
+    ref = torch.cat([x @ w.T for w in weights], dim=1)
     best, best_err = torch.ones_like(x_mean), float("inf")
     for i in range(grid + 1):
         s = x_mean.pow(i / grid)
@@ -54,7 +56,7 @@ def search_clip(x: torch.Tensor, w: torch.Tensor, spec: QuantSpec, steps: int = 
     """Per (row, group) range factor in [min_ratio, 1] minimising that group's share of the output error."""
     n, k = w.shape
     g = spec.group(k)
-    xg = x[:tokens].reshape(-1, k // g, g)  # [T, G, g]
+    xg = x[:: max(1, x.shape[0] // tokens)][:tokens].reshape(-1, k // g, g)  # [T, G, g]
     wg = w.reshape(n, k // g, g)
     ref_out = torch.einsum("tgk,ngk->tng", xg, wg)
     best = torch.ones(n, k // g)

@@ -193,7 +193,7 @@ if any(e in torch.backends.quantized.supported_engines for e in ("fbgemm", "x86"
 
 @lru_cache(maxsize=1)
 def _compiled_dequant_linear() -> Callable:
-    return torch.compile(_dequant_run, dynamic=False)
+    return torch.compile(_dequant_run)  # shapes turn dynamic after the first recompile
 
 
 register_backend(Backend(

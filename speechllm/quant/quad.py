@@ -52,6 +52,14 @@ def rotate(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     return ((x * signs).reshape(*x.shape[:-1], k // b, b) @ h).reshape(x.shape)
 
 
+def outlier_basis(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top-``rank`` directions of ``x``'s second moment (its SVD's right singular vectors), ``[K, r]``."""
+    if not rank:
+        return x.new_zeros(x.shape[1], 0)
+    cov = x.double().T @ x.double() / max(x.shape[0], 1)
+    return torch.linalg.eigh(cov).eigenvectors[:, -rank:].flip(-1).float()
+
+
 class QuadLinear(nn.Module):
     """``y = (x U) Wo^T + Q4(x_res Q) · Q4(W_res Q)^T + b`` (see the module docstring)."""
 
@@ -67,11 +75,12 @@ class QuadLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, x: torch.Tensor, rank: int, spec: QuantSpec, act_bits: int = 4,
-                    outlier_act_bits: int = 16, seed: int = 0) -> QuadLinear:
-        """Decompose ``linear`` using its calibration inputs ``x`` (``[T, K]``)."""
+                    outlier_act_bits: int = 16, seed: int = 0, basis: torch.Tensor | None = None
+                    ) -> QuadLinear:
+        """Decompose ``linear`` using its calibration inputs ``x`` (``[T, K]``), or a given ``basis``."""
         k = linear.in_features
-        cov = x.double().T @ x.double() / max(x.shape[0], 1)
-        basis = torch.linalg.eigh(cov).eigenvectors[:, -rank:].flip(-1).float() if rank else torch.zeros(k, 0)
+        if basis is None:
+            basis = outlier_basis(x, rank)
         gen = torch.Generator().manual_seed(seed)
         signs = torch.randint(0, 2, (k,), generator=gen).float() * 2 - 1
         w = linear.weight.detach().float()
@@ -123,10 +132,16 @@ def quantize_quad(model: nn.Module, linears: dict[str, nn.Linear], config: Quant
     targets = {id(m): name for name, m in linears.items()}
 
     def per_layer(_i: int, layer: nn.Module, inputs: dict[str, torch.Tensor]) -> None:
+        bases: list[tuple[torch.Tensor, torch.Tensor]] = []  # linears reading the same input share one
         for name, m in list(layer.named_modules()):
             if id(m) in targets and name in inputs:
-                set_module(layer, name, QuadLinear.from_linear(m, inputs[name], config.rank, config.spec,
-                                                               config.act_bits))
+                x = inputs[name]
+                basis = next((b for seen, b in bases if seen.shape == x.shape and torch.equal(seen, x)), None)
+                if basis is None:
+                    basis = outlier_basis(x, config.rank)
+                    bases.append((x, basis))
+                quad = QuadLinear.from_linear(m, x, config.rank, config.spec, config.act_bits, basis=basis)
+                set_module(layer, name, quad)
 
     layerwise(model, calib, per_layer, progress=progress)
 
