@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -93,7 +94,7 @@ def measure_voice(name: str, voice, texts: list[str], asr: Transcribers) -> dict
             hyps.setdefault(f"whole {k}", []).append(v)
     row = {"voice": name, "sentences": len(texts), "audio_s": round(stream_audio, 1),
            "first_chunk_ms_median": round(1000 * statistics.median(first)),
-           "first_chunk_ms_p90": round(1000 * sorted(first)[int(0.9 * (len(first) - 1))]),
+           "first_chunk_ms_p90": round(1000 * sorted(first)[max(math.ceil(0.9 * len(first)) - 1, 0)]),
            "rtf_stream": round(stream_time / max(stream_audio, 1e-9), 3),
            "rtf_whole": round(whole_time / max(whole_audio, 1e-9), 3)}
     lm = getattr(voice, "lm", None)

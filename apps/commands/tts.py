@@ -21,6 +21,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (own voices)")
     parser.add_argument("--vocoder", choices=["vocos", "griffin-lim"], default=None,
                         help="griffin-lim: the weightless fallback vocoder (own voices)")
+    parser.add_argument("--lm-quant", choices=["int4", "int8", "none"], default=None,
+                        help="weights of the text-speech LM's linears (own voices; default int4)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.vocoder:
         kwargs["vocoder"] = args.vocoder
+    if args.lm_quant:
+        kwargs["quant"] = args.lm_quant
     name = args.voice
     if name is None and not tts.is_installed(tts.DEFAULT_VOICE):
         name = "piper-joe"
