@@ -10,7 +10,7 @@ For every voice and held-out sentence (the ``test`` split of a tts corpus, Piper
   (wall time / audio time) of ``synthesize(text, stream=True)``;
 * non-streaming: real-time factor of ``synthesize(text)`` (full-attention flow matching).
 A voice may be a registry name or a TTS model folder, so voices trained with different
-text:speech ratios compare in one table. ``--resynthesis CACHE`` adds, for each own voice,
+text:speech ratios compare in one table. ``--resynthesis CACHE`` adds, for the first own voice,
 the WER of its flow + vocoder on the tokenizer's tokens of the recorded test audio, and of its
 vocoder on the recorded mel: where intelligibility is lost, stage by stage.
 """
@@ -155,7 +155,7 @@ def main() -> None:
             voice.options = replace(voice.options, flow_steps=args.steps)
         results.append(measure_voice(name, voice, texts, asr))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
-        if args.resynthesis and hasattr(voice, "flow"):
+        if args.resynthesis and hasattr(voice, "flow") and not stages:  # flow + vocoder: once is enough
             stages += resynthesis(name, voice, args.resynthesis, args.limit, asr)
             print(json.dumps(stages[-3:]), flush=True)
     cols = ["voice", "ratio", "wer stream faster-whisper", "wer stream whisper", "wer whole faster-whisper",
