@@ -38,7 +38,7 @@ def tiny_lm(tiny_llm):
 def tiny_flow(**changes):
     torch.manual_seed(0)
     flow = FlowMatching(FlowConfig(n_tokens=N_SPEECH, dim=32, n_layers=2, n_heads=2, **changes)).eval()
-    for block in flow.blocks:  # adaLN starts at zero (identity blocks): give it weights
+    for block in [*flow.blocks, *flow.encoder]:  # adaLN starts at zero (identity blocks): give it weights
         torch.nn.init.normal_(block.ada.weight, std=0.2)
     return flow
 
@@ -125,8 +125,9 @@ def test_chunk_mask():
     assert mask[6].tolist() == [True] * 7 + [False]  # the last frame is padding: nobody sees it
 
 
-def test_flow_first_chunks_ignore_later_tokens():
-    flow = tiny_flow()
+@pytest.mark.parametrize("encoder_layers", [0, 1])
+def test_flow_first_chunks_ignore_later_tokens(encoder_layers):
+    flow = tiny_flow(encoder_layers=encoder_layers)
     tokens = torch.randint(0, N_SPEECH, (12,))
     prompt_mel, prompt_tokens = torch.randn(80, 6) - 5, torch.randint(0, N_SPEECH, (3,))
     mel = flow.synthesize(tokens, prompt_mel, prompt_tokens, steps=3, chunk_tokens=4)
@@ -140,9 +141,12 @@ def test_flow_first_chunks_ignore_later_tokens():
     assert full.shape == mel.shape and not torch.allclose(full, mel)
 
 
-def test_flow_streaming_matches_training_mask():
-    """The cached chunk-by-chunk velocity equals the velocity the training mask gives."""
-    flow = tiny_flow()
+@pytest.mark.parametrize("encoder_layers", [0, 1])
+def test_flow_streaming_matches_training_mask(encoder_layers):
+    """Chunk by chunk with key/value caches (encoder and decoder) = one pass under the training mask."""
+    from speechllm.tts.flow import _grow
+
+    flow = tiny_flow(encoder_layers=encoder_layers)
     n_prompt, chunk = 4, 4
     x = torch.randn(1, 16, 80)
     cond = torch.cat([x[:, :n_prompt], torch.zeros(1, 12, 80)], 1)
@@ -150,22 +154,21 @@ def test_flow_streaming_matches_training_mask():
     tokens = torch.randint(0, N_SPEECH, (1, 16))
     t = torch.tensor([0.3])
     mask = chunk_mask(torch.tensor([n_prompt]), torch.tensor([16]), 16, chunk)
-    whole = flow.velocity(flow.embed(x, cond, tokens, 0)[0], t, mask)
-    keep = []
-    p = slice(0, n_prompt)
-    flow.velocity(flow.embed(x[:, p], cond[:, p], tokens[:, p], 0)[0], t, None, None, keep)
-    cache = keep
-    for start in range(n_prompt, 16, chunk):
-        sl = slice(start, start + chunk)
-        keep = []
-        v = flow.velocity(flow.embed(x[:, sl], cond[:, sl], tokens[:, sl], start)[0], t, None, cache, keep)
-        cache = [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
-                 for (k0, v0), (k1, v1) in zip(cache, keep, strict=True)]
+    whole = flow.velocity(flow.embed(x, cond, tokens, 0, mask)[0], t, mask)
+    cache, enc_cache = None, None
+    for start, stop in [(0, n_prompt), *[(a, a + chunk) for a in range(n_prompt, 16, chunk)]]:
+        sl = slice(start, stop)
+        keep, keep_enc = [], []
+        e, mu = flow.encode(tokens[:, sl], start, None, enc_cache, keep_enc)
+        enc_cache = _grow(enc_cache, keep_enc) if keep_enc else None
+        v = flow.velocity(flow.join(x[:, sl], cond[:, sl], e, mu, start), t, None, cache, keep)
+        cache = _grow(cache, keep)
         assert torch.allclose(v, whole[:, sl], atol=1e-5)
 
 
-def test_flow_stream_equals_chunked_synthesis_and_trains():
-    flow = tiny_flow()
+@pytest.mark.parametrize("encoder_layers", [0, 1])
+def test_flow_stream_equals_chunked_synthesis_and_trains(encoder_layers):
+    flow = tiny_flow(encoder_layers=encoder_layers)
     tokens = torch.randint(0, N_SPEECH, (10,))
     chunked = flow.synthesize(tokens, steps=2, chunk_tokens=3)
     pieces = iter([tokens[:3], tokens[3:6], tokens[6:9], tokens[9:]])

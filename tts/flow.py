@@ -40,6 +40,7 @@ class FlowConfig:
     mel_std: float = 2.5
     noise_frames: int = 6000  # noise bank rows (2 minutes at 50 Hz); longer input wraps around
     prior_weight: float = 1.0  # weight of the L2 loss of μ against the mel
+    encoder_layers: int = 0  # chunk-causal transformer layers over the tokens before μ (0: μ per token)
 
 
 def sinusoid(x: Tensor, dim: int) -> Tensor:
@@ -100,6 +101,7 @@ class FlowMatching(nn.Module):
         self.config = c = config
         self.token_emb = nn.Embedding(c.n_tokens, c.dim)
         self.subframe_emb = nn.Embedding(c.upsample, c.dim)
+        self.encoder = nn.ModuleList(Block(c.dim, c.n_heads) for _ in range(c.encoder_layers))
         self.prior = nn.Linear(c.dim, c.n_mels)
         self.in_proj = nn.Linear(3 * c.n_mels, c.dim)
         self.time_mlp = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
@@ -110,14 +112,31 @@ class FlowMatching(nn.Module):
         self.register_buffer("noise_bank", bank, persistent=False)
 
     # -- the network
-    def embed(self, x: Tensor, cond: Tensor, tokens: Tensor, start: int) -> tuple[Tensor, Tensor]:
-        """x, cond [B, T, 80] (normalised); tokens [B, T] (one per frame); frames start at ``start``.
-        Returns the transformer input and μ (normalised mel estimate from the tokens alone)."""
-        frames = torch.arange(start, start + x.shape[1], device=x.device)
+    def encode(self, tokens: Tensor, start: int, mask: Tensor | None = None, cache: list | None = None,
+               keep: list | None = None) -> tuple[Tensor, Tensor]:
+        """Token features and μ (normalised mel estimate from the tokens alone) for frames from ``start``;
+        with encoder layers, chunk-causal like the decoder (``cache``/``keep``: their keys/values)."""
+        frames = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         e = self.token_emb(tokens.clamp(min=0)) + self.subframe_emb(frames % self.config.upsample)
-        mu = self.prior(e)
-        pos = sinusoid(frames, self.config.dim)
-        return self.in_proj(torch.cat([x, cond, mu], -1)) + e + pos, mu
+        if len(self.encoder):
+            e = e + sinusoid(frames, self.config.dim)
+            still = torch.zeros(e.shape[0], self.config.dim, device=e.device)
+            for i, block in enumerate(self.encoder):
+                e, kv = block(e, still, mask, None if cache is None else cache[i])
+                if keep is not None:
+                    keep.append(kv)
+        return e, self.prior(e)
+
+    def join(self, x: Tensor, cond: Tensor, e: Tensor, mu: Tensor, start: int) -> Tensor:
+        pos = sinusoid(torch.arange(start, start + x.shape[1], device=x.device), self.config.dim)
+        return self.in_proj(torch.cat([x, cond, mu], -1)) + e + pos
+
+    def embed(self, x: Tensor, cond: Tensor, tokens: Tensor, start: int, mask: Tensor | None = None
+              ) -> tuple[Tensor, Tensor]:
+        """x, cond [B, T, 80] (normalised); tokens [B, T] (one per frame); frames start at ``start``.
+        Returns the transformer input and μ."""
+        e, mu = self.encode(tokens, start, mask)
+        return self.join(x, cond, e, mu, start), mu
 
     def velocity(self, h: Tensor, t: Tensor, mask: Tensor | None, cache: list | None = None,
                  keep: list | None = None) -> Tensor:
@@ -152,8 +171,9 @@ class FlowMatching(nn.Module):
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * x1
         xt = torch.where(prompt, x1, xt)
         cond = torch.where(prompt, x1, torch.zeros_like(x1))
-        h, mu = self.embed(xt, cond, self.frame_tokens(tokens)[:, :n], 0)
-        v = self.velocity(h, t, chunk_mask(n_prompt, lengths, n, chunk))
+        mask = chunk_mask(n_prompt, lengths, n, chunk)
+        h, mu = self.embed(xt, cond, self.frame_tokens(tokens)[:, :n], 0, mask)
+        v = self.velocity(h, t, mask)
         weight = (valid & ~prompt).float()
         total = (weight.sum() * x1.shape[-1]).clamp(min=1)
         flow = (((v - (x1 - x0)) ** 2) * weight).sum() / total
@@ -168,27 +188,29 @@ class FlowMatching(nn.Module):
 
     @torch.no_grad()
     def encode_prompt(self, prompt_mel: Tensor | None, prompt_tokens: Tensor | None, steps: int
-                      ) -> tuple[int, list[list[tuple[Tensor, Tensor]] | None]]:
-        """(prompt frames, per-step key/value caches of the prompt): the same for every sentence of a
-        voice, so they are computed once per (prompt, steps) and kept."""
+                      ) -> tuple[int, list, list | None]:
+        """(prompt frames, per-step decoder key/value caches, encoder caches) of the speaker prompt:
+        the same for every sentence of a voice, so computed once per (prompt, steps) and kept."""
         if prompt_mel is None or prompt_tokens is None or prompt_tokens.numel() == 0:
-            return 0, [None] * steps
+            return 0, [None] * steps, None
         key = (prompt_mel.data_ptr(), tuple(prompt_mel.shape), prompt_tokens.data_ptr(), steps)
         cached = getattr(self, "_prompt_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
         c, device = self.config, self.noise_bank.device
         n_prompt = min(prompt_mel.shape[1], len(prompt_tokens) * c.upsample)
-        p = self.normalize(prompt_mel.T[:n_prompt].to(device))
+        p = self.normalize(prompt_mel.T[:n_prompt].to(device))[None]
         pt = self.frame_tokens(prompt_tokens.to(device))[:n_prompt][None]
-        h, _ = self.embed(p[None], p[None], pt, 0)
-        caches: list[list[tuple[Tensor, Tensor]] | None] = []
+        enc_cache: list = []
+        e, mu = self.encode(pt, 0, None, None, enc_cache)
+        h = self.join(p, p, e, mu, 0)
+        caches: list = []
         for t in self.times(steps)[:-1]:
             keep: list = []
             self.velocity(h, torch.tensor([t], device=device), None, None, keep)
             caches.append(keep)
-        self._prompt_cache = (key, (n_prompt, caches))
-        return n_prompt, caches
+        self._prompt_cache = (key, (n_prompt, caches, enc_cache or None))
+        return n_prompt, caches, enc_cache or None
 
     @torch.no_grad()
     def stream(self, chunks: Iterator[Tensor], prompt_mel: Tensor | None = None,
@@ -202,8 +224,8 @@ class FlowMatching(nn.Module):
         """
         c = self.config
         device = self.noise_bank.device
-        n_prompt, prompt_caches = self.encode_prompt(prompt_mel, prompt_tokens, steps)
-        caches = list(prompt_caches)  # this utterance's caches grow; the prompt's stay as they are
+        n_prompt, caches, enc_cache = self.encode_prompt(prompt_mel, prompt_tokens, steps)
+        caches = list(caches)  # this utterance's caches grow; the prompt's stay as they are
         times = self.times(steps)
         pos = n_prompt
         for chunk in chunks:
@@ -211,16 +233,16 @@ class FlowMatching(nn.Module):
                 continue
             ft = self.frame_tokens(chunk.to(device))[None]
             n = ft.shape[1]
-            rows = torch.arange(pos, pos + n, device=device) % c.noise_frames
-            x = self.noise_bank[rows][None]
+            keep_enc: list = []
+            e, mu = self.encode(ft, pos, None, enc_cache, keep_enc)
+            enc_cache = _grow(enc_cache, keep_enc) if keep_enc else None
+            x = self.noise_bank[torch.arange(pos, pos + n, device=device) % c.noise_frames][None]
             zeros = torch.zeros_like(x)
             for i in range(steps):
-                h, _ = self.embed(x, zeros, ft, pos)
-                keep = []
-                v = self.velocity(h, torch.tensor([times[i]], device=device), None, caches[i], keep)
-                past = caches[i]
-                caches[i] = keep if past is None else [(torch.cat([pk, k], 2), torch.cat([pv, vv], 2))
-                                                       for (pk, pv), (k, vv) in zip(past, keep, strict=True)]
+                keep: list = []
+                v = self.velocity(self.join(x, zeros, e, mu, pos), torch.tensor([times[i]], device=device),
+                                  None, caches[i], keep)
+                caches[i] = _grow(caches[i], keep)
                 x = x + (times[i + 1] - times[i]) * v
             pos += n
             yield self.denormalize(x[0]).T
@@ -233,3 +255,11 @@ class FlowMatching(nn.Module):
         pieces = (tokens[i:i + size] for i in range(0, len(tokens), size))
         out = list(self.stream(pieces, prompt_mel, prompt_tokens, steps))
         return torch.cat(out, dim=1) if out else torch.zeros(self.config.n_mels, 0)
+
+
+def _grow(past: list | None, new: list) -> list:
+    """Per-layer keys/values of earlier frames with this chunk's appended."""
+    if past is None:
+        return new
+    pairs = zip(past, new, strict=True)
+    return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in pairs]

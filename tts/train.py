@@ -322,7 +322,7 @@ class FlowStage(Stage):
         tok_config, _ = read_stage(self.args.tokenizer, "tokenizer")
         n_tokens = math.prod(tok_config["levels"])
         self.config = FlowConfig(n_tokens=n_tokens, mel_mean=round(float(frames.mean()), 4),
-                                 mel_std=round(float(frames.std()), 4))
+                                 mel_std=round(float(frames.std()), 4), encoder_layers=self.args.flow_encoder)
         return train, dev
 
     def build(self) -> nn.Module:
@@ -538,6 +538,8 @@ class StageArgs:
         parser.add_argument("--speakers", default=None, help="only utterances whose speaker starts with this")
         parser.add_argument("--tokenizer", default="runs/tts/tokenizer", help="flow, lm: trained tokenizer")
         parser.add_argument("--flow", default="runs/tts/flow", help="assemble: the trained flow model")
+        parser.add_argument("--flow-encoder", type=int, default=0,
+                            help="flow: chunk-causal token-encoder layers before the prior μ")
         parser.add_argument("--vocoder", default="runs/tts/vocoder", help="assemble: the trained vocoder")
         parser.add_argument("--lm", default="runs/tts/lm", help="assemble: the trained LM")
 
