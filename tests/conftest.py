@@ -19,3 +19,14 @@ def make_tone():
 
 def needs(tool: str):
     return pytest.mark.skipif(shutil.which(tool) is None, reason=f"{tool} not installed")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: torch threads only add overhead (and the CI machine has 2 cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,12 +16,7 @@ TEXTS = ["hello world", "paris", "the weather will be sunny tomorrow", "a quick 
          "one two three", "what is the capital of france", "hello paris"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def recordings(folder, n=None):

@@ -27,12 +27,7 @@ ROWS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +169,7 @@ def test_encoder_cache_gives_the_same_training(data, tmp_path):
     assert len(files) == len(ROWS)
     cache = EncoderCache(tmp_path / "cache", data[2].as_posix())
     assert cache.path_for(str(data[0] / "tone.wav")) in files
-    assert EncoderCache(tmp_path / "cache", "another-encoder").path_for(str(data[0] / "tone.wav")) not in files
+    other = EncoderCache(tmp_path / "cache", "another-encoder")
+    assert other.path_for(str(data[0] / "tone.wav")) not in files
     with pytest.raises(ValueError, match="exclude each other"):
         train(config(data, tmp_path / "both", encoder_cache=str(tmp_path / "cache"), augment={}))
