@@ -330,10 +330,12 @@ def test_browser_upload_gets_text_and_playable_audio(served, question_wav, tmp_p
         next(b for b in driver.find_elements(By.CSS_SELECTOR, "#speech-in button.stop-button")
              if b.is_displayed()).click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#speech-in a[download]"))  # recorded
+        before = driver.execute_script(player)["played"]  # turn 1's chunks, all of them by now
         driver.find_element(By.ID, "send").click()
-        again = wait.until(lambda d: (s := d.execute_script(player))["turn"] != state["turn"] and s["played"]
-                           and s)
-        assert again["played"] > state["played"]
+        # the new turn's id reaches the player before its first chunk: wait for a chunk of turn 2
+        again = wait.until(lambda d: (s := d.execute_script(player))["turn"] != state["turn"]
+                           and s["played"] > before and s)
+        assert again["seconds"] > state["seconds"]
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#conversation .message-row")) >= 4)
     finally:
         driver.quit()
