@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from speechllm.encoder_cache import EncoderCache
 from speechllm.manifest import ManifestError, ManifestRow, validate_manifest
+from speechllm.schedule import warmup_cosine
 from speechllm.speechlm.generate import GenerationOptions
 from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text, load_speechlm, save_speechlm
 from speechllm.speechlm.model import (
@@ -404,11 +405,7 @@ def _device(config: TrainConfig, local_rank: int) -> torch.device:
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
-    warmup = min(config.warmup, max(config.steps // 10, 1))
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(config.steps - warmup, 1)
-    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    return warmup_cosine(step, config.lr, min(config.warmup, max(config.steps // 10, 1)), config.steps)
 
 
 def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:

@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from speechllm.schedule import warmup_cosine
 from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text
 from speechllm.train import OPTIMIZER_FILE, STATE_FILE, load_optimizer_state
 from speechllm.tts.data import Corpus, char_ids, chars_text, load_corpus, save_tokens
@@ -100,10 +101,7 @@ class LoopOptions:
 
 
 def lr_at(step: int, options: LoopOptions) -> float:
-    if step < options.warmup:
-        return options.lr * (step + 1) / options.warmup
-    progress = min((step - options.warmup) / max(options.steps - options.warmup, 1), 1.0)
-    return options.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine(step, options.lr, options.warmup, options.steps, floor=0.05)
 
 
 class Stage:
