@@ -62,6 +62,25 @@ def lengths_to_mask(lengths: Tensor, size: int | None = None) -> Tensor:
     return torch.arange(size, device=lengths.device) < lengths[:, None]
 
 
+def spec_augment(hidden: Tensor, mask: Tensor, time_share: float, channel_share: float,
+                 span: int = 10) -> Tensor:
+    """Zero random time spans (about ``time_share`` of each item's frames, ``span`` frames each)
+    and random channels (``channel_share`` of them, per item) of [B, T, D] features (SpecAugment,
+    applied to the encoder output so it works with cached encoder frames too)."""
+    b, t, d = hidden.shape
+    keep = torch.ones(b, t, 1, device=hidden.device, dtype=hidden.dtype)
+    if time_share > 0:
+        lengths = mask.sum(1)
+        n_spans = (lengths * time_share / span).round().long()
+        for i in range(b):
+            for start in torch.randint(0, max(int(lengths[i]) - span, 1), (int(n_spans[i]),)).tolist():
+                keep[i, start:start + span] = 0
+    if channel_share > 0:
+        channels = (torch.rand(b, 1, d, device=hidden.device) >= channel_share).to(hidden.dtype)
+        keep = keep * channels
+    return hidden * keep
+
+
 def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     """The usual 2-layer projector (SLAM-ASR, LLaVA): Linear → GELU → Linear."""
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))

@@ -21,6 +21,7 @@ the adapter's weights.
 from __future__ import annotations
 
 import string
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechllm.adapters.base import Adapter, AdapterOutput, lengths_to_mask
+from speechllm.adapters.base import Adapter, AdapterOutput, lengths_to_mask, spec_augment
 from speechllm.adapters.ctc import BLANK, CTCHead, TokenVocab, ctc_loss, ctc_segments, pool_segments
 
 
@@ -45,6 +46,9 @@ class CTCPosteriorConfig:
     d_ffn: int = 1024
     top_k: int = 8  # tokens mixed per unit
     restrict_vocab: bool = True  # keep only the tokens of the training transcripts (fit_vocabulary)
+    vocab_min_count: int = 1  # ...seen at least this often; rarer ones are respelt with kept tokens
+    time_mask: float = 0.0  # training only: share of frames zeroed in spans (SpecAugment)
+    channel_mask: float = 0.0  # training only: share of feature channels zeroed
     temperature: float = 1.0  # of the posteriors that weight the embeddings
 
 
@@ -93,11 +97,14 @@ class CTCPosteriorAdapter(Adapter):
         """Keep only the LLM tokens that ``texts`` use (plus single characters), before training.
 
         A 50k-token output layer and softmax cost most of this adapter's compute; a corpus uses a
-        fraction of them, and a token never seen in training cannot be learnt anyway. The new
-        output layer starts fresh; returns the number of tokens kept.
+        fraction of them, and a token never seen in training cannot be learnt anyway. Tokens seen
+        fewer than ``vocab_min_count`` times are left out too and respelt from kept ones: a few
+        hours of speech teach a rare token poorly, its pieces well. The new output layer starts
+        fresh; returns the number of tokens kept.
         """
         vocab = TokenVocab(tokenizer)
-        keep = {i for text in texts for i in vocab.llm_ids(text)}
+        counts = Counter(i for text in texts for i in vocab.llm_ids(text))
+        keep = {i for i, n in counts.items() if n >= self.config.vocab_min_count}
         for char in string.ascii_letters + string.digits + string.punctuation:
             keep.update(vocab.llm_ids(char))
             keep.update(tokenizer.encode(" " + char, add_special_tokens=False))
@@ -121,9 +128,14 @@ class CTCPosteriorAdapter(Adapter):
         table = self.embeddings(self.token_ids[ids])  # column j of the posteriors is CTC id j + 1
         return (probs[..., None].to(table.dtype) * table).sum(-2)
 
+    def _frames(self, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and (self.config.time_mask or self.config.channel_mask):
+            hidden = spec_augment(hidden, mask, self.config.time_mask, self.config.channel_mask)
+        return downsample(hidden, mask, self.config.stride)
+
     def forward(self, hidden: Tensor, mask: Tensor, ctc_targets: Tensor | None = None,
                 ctc_lengths: Tensor | None = None) -> AdapterOutput:
-        hidden, mask = downsample(hidden, mask, self.config.stride)
+        hidden, mask = self._frames(hidden, mask)
         _, logits = self.ctc(hidden, mask)
         loss = ctc_loss(logits, mask, ctc_targets, ctc_lengths)
         seg, counts = ctc_segments(logits.detach(), mask)
@@ -135,7 +147,7 @@ class CTCPosteriorAdapter(Adapter):
 
     def ctc_only_loss(self, hidden: Tensor, mask: Tensor, ctc_targets: Tensor,
                       ctc_lengths: Tensor) -> Tensor | None:
-        hidden, mask = downsample(hidden, mask, self.config.stride)
+        hidden, mask = self._frames(hidden, mask)
         return ctc_loss(self.ctc(hidden, mask)[1], mask, ctc_targets, ctc_lengths)
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ import torch
 
 from speechllm.adapters import ADAPTERS, CharVocab, adapter_config, build_adapter
 from speechllm.adapters.alignformer import unit_windows
+from speechllm.adapters.base import spec_augment
 from speechllm.adapters.ctc import ctc_segments
 
 D_ENC, D_LLM = 16, 24
@@ -133,3 +134,25 @@ def test_char_vocab():
     vocab = CharVocab()
     ids = vocab.encode("Hello,  World!")
     assert vocab.decode(ids) == "hello world" and 0 not in ids
+
+
+def test_spec_augment_masks_training_frames_only():
+    options = {"encoder_dim": D_ENC, "llm_dim": D_LLM, **SMALL["ctc-posterior"], "time_mask": 0.3,
+               "channel_mask": 0.25}
+    adapter = build_adapter("ctc-posterior", options)
+    adapter.attach_llm(torch.nn.Embedding(6, D_LLM))
+    hidden, mask = batch((200, 120))
+    torch.manual_seed(0)
+    masked = spec_augment(hidden, mask, 0.3, 0.0)
+    zero_frames = (masked == 0).all(-1) & mask
+    share = zero_frames.sum(1) / mask.sum(1)
+    assert ((share > 0.1) & (share <= 0.3 + 1e-6)).all()  # overlapping spans can cover less
+    channels = (spec_augment(hidden, mask, 0.0, 0.25) == 0).all(1)
+    assert 0 < int(channels.sum()) < 2 * D_ENC
+    adapter.eval()
+    with torch.no_grad():
+        first, second = adapter(hidden, mask).embeddings, adapter(hidden, mask).embeddings
+    torch.testing.assert_close(first, second)  # evaluation never masks
+    adapter.train()
+    with torch.no_grad():
+        assert not torch.equal(adapter(hidden, mask).embeddings, first)

@@ -37,10 +37,11 @@ def folders(tmp_path_factory):
     return make_tiny_whisper(root / "whisper"), make_tiny_llm(root / "llm")
 
 
-def build(folders, adapter="linear", lora=True, **prompt) -> SpeechLLM:
+def build(folders, adapter="linear", lora=True, adapter_options=None, **prompt) -> SpeechLLM:
     whisper, llm = folders
+    options = {"hidden_dim": 32} if adapter == "linear" else {"d_ffn": 32}
     config = SpeechLLMConfig(encoder=str(whisper), adapter=adapter, llm=str(llm),
-                             adapter_options={"hidden_dim": 32} if adapter == "linear" else {"d_ffn": 32},
+                             adapter_options={**options, **(adapter_options or {})},
                              lora=LoraSpec(rank=4) if lora else None, prompt=PromptFormat(**prompt))
     torch.manual_seed(0)
     model = SpeechLLM.build(config)
@@ -210,6 +211,18 @@ def test_ctc_posterior_vocabulary_subset_survives_save_and_load(folders, tmp_pat
     assert replies[1].tokens == model.generate(two[1:], instruction("translate"), options)[0].tokens
     with pytest.raises(ValueError, match="asr_decoder"):
         replace(model.config, asr_decoder="whisper")
+
+
+def test_ctc_posterior_rare_tokens_are_respelt_from_kept_ones(folders):
+    model = build(folders, adapter="ctc-posterior", lora=False,
+                  adapter_options={"vocab_min_count": 2})
+    model.adapter.fit_vocabulary(model.tokenizer, ["the cat", "the dog", "a cat"])
+    vocab = model.ctc_vocab
+    kept = set(model.adapter.token_ids.tolist())
+    assert not {i for i in vocab.llm_ids(" dog") if i not in vocab.llm_ids(" cat")} <= kept  # rare: out
+    for text in ("the dog", "zebra cat", "the catalogue"):
+        ids = vocab.encode(text)
+        assert 0 not in ids and vocab.decode(ids).strip() == text  # any word is still written
 
 
 def test_save_load_round_trip(folders, model, tmp_path):
