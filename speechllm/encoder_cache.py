@@ -6,12 +6,17 @@ frames (fp16 safetensors, one file per clip, written atomically); later epochs a
 adapters trained on the same encoder and data read them back. Keys cover the audio file's
 path, size and modification time and the encoder's name, so a changed file or another encoder
 never reads stale frames. Not for augmented training (each draw differs).
+
+``python -m speechllm.encoder_cache --cache DIR MANIFEST...`` fills the cache ahead of training
+(for instance on a spare core while another run trains): training then starts at cached speed.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,3 +71,79 @@ class EncoderCache:
             hidden[i, : len(x)] = x
             mask[i, : len(x)] = True
         return hidden, mask
+
+
+class EncoderOnly(torch.nn.Module):
+    """Just the encoder, with :meth:`SpeechLLM.encode_frames`'s interface, for filling a cache."""
+
+    def __init__(self, encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    @torch.no_grad()
+    def encode_frames(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        inputs, input_lengths = self.encoder.features(audio.to(self.device), lengths.to(self.device))
+        return self.encoder(inputs, input_lengths)
+
+
+def fill(cache: EncoderCache, paths: Sequence[str], encoder_kind: str = "whisper", batch_size: int = 16,
+         progress: bool = True) -> tuple[int, list[str]]:
+    """Encode every file of ``paths`` not yet cached; → (files encoded, one-line errors)."""
+    from tqdm import tqdm
+
+    from speechllm.audio import load_audio
+    from speechllm.speechlm.backbone import load_encoder
+    from speechllm.speechlm.model import pad_audio
+
+    todo = sorted({p for p in paths if not cache.path_for(p).exists()}, key=lambda p: os.stat(p).st_size)
+    if not todo:
+        return 0, []
+    model = EncoderOnly(load_encoder(cache.encoder_name, encoder_kind))
+    errors: list[str] = []
+    done = 0
+    with tqdm(total=len(todo), unit="file", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch, clips = [], []
+            for path in todo[start:start + batch_size]:
+                try:
+                    clips.append(load_audio(path))
+                    batch.append(path)
+                except Exception as error:  # recorded, the rest goes on
+                    errors.append(f"{path}: {error}")
+            if batch:
+                audio, lengths = pad_audio(clips)
+                cache.frames(model, batch, audio, lengths)
+                done += len(batch)
+            bar.update(len(todo[start:start + batch_size]))
+    return done, errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from speechllm.manifest import read_manifest
+
+    parser = argparse.ArgumentParser(prog="python -m speechllm.encoder_cache",
+                                     description="fill a training run's encoder cache ahead of time")
+    parser.add_argument("manifests", nargs="+", help="training manifests (jsonl)")
+    parser.add_argument("--cache", required=True, help="the folder given to finetune --encoder-cache")
+    parser.add_argument("--encoder", default="whisper-tiny.en")
+    parser.add_argument("--encoder-kind", default="whisper")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = [row.audio for manifest in args.manifests for row in read_manifest(manifest)]
+    done, errors = fill(EncoderCache(args.cache, args.encoder), paths, args.encoder_kind, args.batch_size)
+    for error in errors:
+        print(error, file=sys.stderr)
+    cached = len(set(paths)) - done - len(errors)
+    print(f"{done} files encoded, {len(errors)} failed, {cached} already cached")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

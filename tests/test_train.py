@@ -173,3 +173,27 @@ def test_encoder_cache_gives_the_same_training(data, tmp_path):
     assert other.path_for(str(data[0] / "tone.wav")) not in files
     with pytest.raises(ValueError, match="exclude each other"):
         train(config(data, tmp_path / "both", encoder_cache=str(tmp_path / "cache"), augment={}))
+
+
+def test_encoder_cache_filled_ahead_is_what_training_reads(data, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from speechllm.encoder_cache import main
+
+    root, manifest, whisper, _ = data
+    bad = root / "bad.jsonl"
+    (root / "broken.wav").write_bytes(b"RIFF not audio")
+    bad.write_text(json.dumps({"audio": "broken.wav", "text": "x", "task": "asr"}) + "\n")
+    ahead = tmp_path / "ahead"
+    assert main([str(manifest), str(bad), "--cache", str(ahead), "--encoder", whisper.as_posix()]) == 1
+    out = capsys.readouterr()
+    assert "3 files encoded, 1 failed" in out.out and "broken.wav" in out.err
+    filled = {f.relative_to(ahead): load_file(f)["hidden"] for f in ahead.rglob("*.safetensors")}
+    train(config(data, tmp_path / "run", steps=1, encoder_cache=str(tmp_path / "cache")))
+    written = {f.relative_to(tmp_path / "cache"): load_file(f)["hidden"]
+               for f in (tmp_path / "cache").rglob("*.safetensors")}
+    assert written.keys() == filled.keys()
+    for key, frames in written.items():
+        torch.testing.assert_close(frames, filled[key], atol=2e-3, rtol=2e-3)  # batch padding differs
+    assert main([str(manifest), "--cache", str(ahead), "--encoder", whisper.as_posix()]) == 0
+    assert "0 files encoded" in capsys.readouterr().out
