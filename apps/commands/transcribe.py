@@ -62,7 +62,7 @@ def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcrib
     if task != "transcribe":
         options.update(task=task, **task_options)
     if args.quant:
-        if speechllm.speechlm_path(args.model or speechllm.default_model()) is not None:
+        if speechllm.speechlm_path(args.model or speechllm.default_model(task)) is not None:
             raise ValueError("--quant is for Whisper models: a speech-LLM runs its LLM in the format its "
                              "config.json names")
         options["quant"] = args.quant

@@ -1,0 +1,37 @@
+"""The starter speech-LLM shipped inside the package: small, safetensors only, the default model,
+and it transcribes the example recordings (held-out voices and texts) through the speech-LLM."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import speechllm
+from speechllm.metrics import word_error_rate
+from speechllm.zoo import ZOO
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+FOLDER = ZOO[speechllm.STARTER].bundle.folder()
+
+pytestmark = [pytest.mark.skipif(FOLDER is None, reason="starter weights not in this checkout"),
+              pytest.mark.usefixtures("one_thread")]
+
+
+def test_starter_is_small_safetensors_and_the_default():
+    files = {p.name: p.stat().st_size for p in FOLDER.iterdir()}
+    assert set(files) <= {"config.json", "adapter.safetensors", "lora", "README.md"}
+    assert sum(files.values()) < 50e6
+    config = json.loads((FOLDER / "config.json").read_text())
+    assert config["format"] == "speechllm" and config["asr_decoder"] in ("ctc", "llm")
+    starter, baseline = speechllm.STARTER, speechllm.BASELINE
+    assert speechllm.default_model("translate") == speechllm.default_model("spoken-question") == starter
+    assert speechllm.default_model() == (starter if speechllm.STARTER_TRANSCRIBES else baseline)
+
+
+def test_starter_transcribes_the_examples():
+    rows = [json.loads(line) for line in (EXAMPLES / "manifest.jsonl").read_text().splitlines()]
+    model = speechllm.load(speechllm.STARTER)
+    assert type(model).__name__ == "SpeechLLMTranscriber"
+    results = dict(model.transcribe_many([str(EXAMPLES / r["audio"]) for r in rows]))
+    hyps = [results[str(EXAMPLES / r["audio"])].text for r in rows]
+    assert word_error_rate([r["text"] for r in rows], hyps).rate <= 0.25, hyps
