@@ -18,8 +18,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", type=Path,
                         help='JSON lines: one {"audio", "text", "segments", ...} object per input')
     parser.add_argument("--model", default=None,
-                        help="zoo name, folder or Hugging Face id (default: the starter speech-LLM when "
-                             "installed, else whisper-tiny.en)")
+                        help="zoo name, folder or Hugging Face id (default: whisper-tiny.en for transcribe, "
+                             "the shipped speechllm-starter for translate and ask)")
     parser.add_argument("--batch-size", type=int, default=8, help="segments decoded together")
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
