@@ -25,7 +25,7 @@ import torch
 from speechllm import speechlm_path
 from speechllm.manifest import read_manifest
 from speechllm.speechlm.io import load_speechlm
-from speechllm.speechlm.model import PromptFormat, SpeechLLM
+from speechllm.speechlm.model import SpeechLLM
 from speechllm.train import evaluate
 
 COLUMNS = ("ifr/translate", "bleu", "ifr/spoken-question", "qa_acc/spoken-question", "ifr/passage-question",
@@ -33,7 +33,7 @@ COLUMNS = ("ifr/translate", "bleu", "ifr/spoken-question", "qa_acc/spoken-questi
 
 
 def placed(model: SpeechLLM, audio_first: bool) -> SpeechLLM:
-    prompt = PromptFormat(**{**model.config.prompt.__dict__, "audio_first": audio_first})
+    prompt = replace(model.config.prompt, audio_first=audio_first)
     config = replace(model.config, prompt=prompt, asr_decoder="llm")
     return SpeechLLM(config, model.encoder, model.adapter, model.llm, model.tokenizer).eval()
 

@@ -39,9 +39,10 @@ class EncoderCache:
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.folder / digest[:2] / f"{digest}.safetensors"
 
-    def frames(self, model, paths: Sequence[str], audio: Tensor,
-               lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """The encoder's (hidden [B, F, D], mask [B, F]) of a padded batch; computes only what is missing."""
+    def frames(self, encoder, paths: Sequence[str], audio: Tensor, lengths: Tensor,
+               device: torch.device) -> tuple[Tensor, Tensor]:
+        """``encoder``'s (hidden [B, F, D], mask [B, F]) of a padded batch, on ``device``; computes only
+        what is missing."""
         files = [self.path_for(p) for p in paths]
         found: dict[int, Tensor] = {}
         for i, file in enumerate(files):
@@ -56,13 +57,12 @@ class EncoderCache:
         if missing:
             rows = torch.tensor(missing)
             width = int(lengths[rows].max())
-            hidden, mask = model.encode_frames(audio[rows, :width], lengths[rows])
+            hidden, mask = encoder.frames(audio[rows, :width], lengths[rows], device)
             for j, i in enumerate(missing):
                 item = hidden[j, : int(mask[j].sum())].to(torch.float16).cpu().contiguous()
                 files[i].parent.mkdir(parents=True, exist_ok=True)
                 atomic_save_tensors({"hidden": item}, files[i])
                 found[i] = item
-        device = model.device
         items = [found[i].to(device=device, dtype=torch.float32) for i in range(len(paths))]
         size = max(len(x) for x in items)
         hidden = torch.zeros(len(items), size, items[0].shape[1], device=device)
@@ -71,23 +71,6 @@ class EncoderCache:
             hidden[i, : len(x)] = x
             mask[i, : len(x)] = True
         return hidden, mask
-
-
-class EncoderOnly(torch.nn.Module):
-    """Just the encoder, with :meth:`SpeechLLM.encode_frames`'s interface, for filling a cache."""
-
-    def __init__(self, encoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.encoder.parameters()).device
-
-    @torch.no_grad()
-    def encode_frames(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        inputs, input_lengths = self.encoder.features(audio.to(self.device), lengths.to(self.device))
-        return self.encoder(inputs, input_lengths)
 
 
 def fill(cache: EncoderCache, paths: Sequence[str], encoder_kind: str = "whisper", batch_size: int = 16,
@@ -102,7 +85,8 @@ def fill(cache: EncoderCache, paths: Sequence[str], encoder_kind: str = "whisper
     todo = sorted({p for p in paths if not cache.path_for(p).exists()}, key=lambda p: os.stat(p).st_size)
     if not todo:
         return 0, []
-    model = EncoderOnly(load_encoder(cache.encoder_name, encoder_kind))
+    encoder = load_encoder(cache.encoder_name, encoder_kind)
+    device = next(encoder.parameters()).device
     errors: list[str] = []
     done = 0
     with tqdm(total=len(todo), unit="file", disable=not progress, file=sys.stderr) as bar:
@@ -116,7 +100,7 @@ def fill(cache: EncoderCache, paths: Sequence[str], encoder_kind: str = "whisper
                     errors.append(f"{path}: {error}")
             if batch:
                 audio, lengths = pad_audio(clips)
-                cache.frames(model, batch, audio, lengths)
+                cache.frames(encoder, batch, audio, lengths, device)
                 done += len(batch)
             bar.update(len(todo[start:start + batch_size]))
     return done, errors

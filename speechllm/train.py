@@ -473,7 +473,8 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
                 batch = next(loader)
                 examples: list[Example] = batch["examples"]
                 sync = net.no_sync() if world > 1 and k < config.grad_accum - 1 else nullcontext()
-                frames = (cache.frames(model, batch["paths"], batch["audio"], batch["lengths"])
+                frames = (cache.frames(model.encoder, batch["paths"], batch["audio"], batch["lengths"],
+                                       model.device)
                           if cache else None)
                 with sync:
                     result = net(batch["audio"], batch["lengths"], [e.instruction for e in examples],

@@ -34,6 +34,11 @@ class SpeechEncoder(nn.Module):
     def forward(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def frames(self, audio: Tensor, lengths: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Padded 16 kHz audio [B, T] + lengths → (hidden [B, F, D], mask [B, F]) on ``device``."""
+        return self(*self.features(audio.to(device), lengths.to(device)))
+
 
 class WhisperEncoder(SpeechEncoder):
     max_seconds = 30.0

@@ -269,11 +269,9 @@ class SpeechLLM(nn.Module):
         """Padded 16 kHz audio [B, T] + lengths → adapter output (LLM-sized embeddings)."""
         return self.adapter(*self.encode_frames(audio, lengths), ctc_targets, ctc_lengths)
 
-    @torch.no_grad()
     def encode_frames(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Padded 16 kHz audio [B, T] + lengths → the frozen encoder's (hidden [B, F, D], mask [B, F])."""
-        inputs, input_lengths = self.encoder.features(audio.to(self.device), lengths.to(self.device))
-        return self.encoder(inputs, input_lengths)
+        return self.encoder.frames(audio, lengths, self.device)
 
     # -- splicing
 
