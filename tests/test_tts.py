@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from speechllm.tts.flow import FlowConfig, FlowMatching, chunk_mask
@@ -381,3 +382,52 @@ def test_training_driver_end_to_end(tiny_llm, tmp_path):
     assert voice.lm.config.text_chunk == 2 and voice.prompt_tokens.numel() > 0
     voice.options = SynthesisOptions(flow_steps=2, max_speech_per_text=1.0)
     assert len(voice.synthesize("Hello.")) > 0
+
+
+def test_tokenizer_trains_on_extra_asr_data(tmp_path):
+    """``--asr-data`` adds transcribed rows whose frames sit in a speech-LLM encoder cache (rows without
+    frames are skipped), and the tokenizer trains on both sets."""
+    import json
+
+    from speechllm.encoder_cache import EncoderCache
+    from speechllm.speechlm.io import atomic_save_tensors
+    from speechllm.tts.data import asr_corpus, load_corpus
+    from speechllm.tts.train import main
+
+    rng = torch.Generator().manual_seed(0)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for split in ("train", "dev"):
+        enc = [torch.randn(n, 384, generator=rng).half() for n in (40, 30)]
+        off = torch.tensor([0, 40, 70])
+        empty = torch.zeros(0)
+        rows = [{"id": f"{split}{i}", "text": "hello there", "speaker": "piper:joe"} for i in range(2)]
+        none = torch.zeros(3).long()
+        atomic_save_tensors({"enc": torch.cat(enc), "enc_off": off, "mel": empty.half(), "mel_off": none,
+                             "wav": empty.short(), "wav_off": none.clone()},
+                            cache / f"{split}-000.safetensors", {"rows": json.dumps(rows)})
+    encoder_cache = EncoderCache(tmp_path / "enc", "whisper-tiny.en")
+    manifest = tmp_path / "asr.jsonl"
+    lines = []
+    for i, text in enumerate(("a quick brown fox", "jumps over", "not cached")):
+        audio = tmp_path / f"a{i}.wav"
+        sf.write(audio, np.zeros(1600, np.float32), 16_000)
+        if i < 2:
+            target = encoder_cache.path_for(str(audio))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save_tensors({"hidden": torch.randn(24 + i, 384, generator=rng).half()}, target)
+        lines.append(json.dumps({"audio": str(audio), "text": text}))
+    manifest.write_text("\n".join(lines) + "\n")
+
+    extra = asr_corpus([str(manifest)], tmp_path / "enc")
+    assert extra.texts == ["a quick brown fox", "jumps over"] and [len(e) for e in extra.enc] == [24, 25]
+    both = load_corpus(cache, "train") + extra
+    assert len(both) == 4 and both.tokens is None
+
+    args = ["--stage", "tokenizer", "--cache", str(cache), "--out", str(tmp_path / "tok"), "--steps", "1",
+            "--batch-size", "4", "--tokenizer-pre", "0", "--asr-data", str(manifest)]
+    with pytest.raises(ValueError, match="--encoder-cache"):
+        main(args)
+    assert main([*args, "--encoder-cache", str(tmp_path / "enc")]) == 0
+    config = json.loads((tmp_path / "tok" / "config.json").read_text())["config"]
+    assert config["n_pre"] == 0

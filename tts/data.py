@@ -28,6 +28,7 @@ from speechllm.text_normalize import normalize
 from speechllm.tts.mel import MelConfig, mel_spectrogram
 
 PART = 64
+ENCODER = "whisper-tiny.en"  # the frozen encoder whose frames the cache holds
 CHARS = " abcdefghijklmnopqrstuvwxyz'"  # CTC targets; index 0 is the blank
 _CHAR_ID = {c: i + 1 for i, c in enumerate(CHARS)}
 
@@ -61,6 +62,12 @@ class Corpus:
         return Corpus(pick(self.ids), pick(self.texts), pick(self.speakers), pick(self.enc), pick(self.mel),
                       pick(self.wav), pick(self.tokens))
 
+    def __add__(self, other: Corpus) -> Corpus:
+        """Both corpora's utterances (tokens only when both have them)."""
+        tokens = None if self.tokens is None or other.tokens is None else self.tokens + other.tokens
+        return Corpus(self.ids + other.ids, self.texts + other.texts, self.speakers + other.speakers,
+                      self.enc + other.enc, self.mel + other.mel, self.wav + other.wav, tokens)
+
 
 def _split_flat(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
     return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
@@ -71,7 +78,7 @@ def _offsets(arrays: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def build_cache(manifest: str | Path, cache: str | Path, split: str, encoder: str = "whisper-tiny.en",
+def build_cache(manifest: str | Path, cache: str | Path, split: str, encoder: str = ENCODER,
                 batch_size: int = 8, mel_config: MelConfig | None = None) -> int:
     """Encode ``manifest`` into ``cache``; returns the number of utterances (all parts)."""
     from speechllm.audio import load_audio
@@ -134,6 +141,34 @@ def load_corpus(cache: str | Path, split: str, tokens: bool = False) -> Corpus:
             if ids != corpus.ids:
                 raise ValueError(f"{path}: utterances differ from the cached '{split}' split; rerun 'tokens'")
             corpus.tokens = _split_flat(f.get_tensor("tokens"), f.get_tensor("tokens_off"))
+    return corpus
+
+
+def asr_corpus(manifests: list[str], encoder_cache: str | Path, encoder: str = ENCODER) -> Corpus:
+    """Transcribed rows of ASR manifests whose Whisper frames are already in a speech-LLM encoder
+    cache (``python -m speechllm.encoder_cache``): more speakers and hours for the tokenizer, which
+    needs only frames and text. ``mel`` and ``wav`` are empty; rows without frames are skipped."""
+    from safetensors.torch import load_file
+
+    from speechllm.encoder_cache import EncoderCache
+    from speechllm.manifest import read_manifest
+
+    cache = EncoderCache(encoder_cache, encoder)
+    corpus, skipped, empty = Corpus([], [], [], [], [], []), 0, torch.zeros(0)
+    for manifest in manifests:
+        for row in read_manifest(manifest):
+            path = cache.path_for(row.audio) if row.text and Path(row.audio).is_file() else None
+            if path is None or not path.is_file():
+                skipped += 1
+                continue
+            corpus.ids.append(row.extra.get("id", Path(row.audio).stem))
+            corpus.texts.append(row.text)
+            corpus.speakers.append(row.speaker or "")
+            corpus.enc.append(load_file(path)["hidden"])
+            corpus.mel.append(empty)
+            corpus.wav.append(empty)
+    print(f"ASR data: {len(corpus)} utterances with cached frames, {skipped} skipped "
+          f"(no text or not in {encoder_cache})", flush=True)
     return corpus
 
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from speechllm.schedule import warmup_cosine
 from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text
 from speechllm.train import OPTIMIZER_FILE, STATE_FILE, load_optimizer_state
-from speechllm.tts.data import Corpus, char_ids, chars_text, load_corpus, save_tokens
+from speechllm.tts.data import Corpus, asr_corpus, char_ids, chars_text, load_corpus, save_tokens
 
 MODEL_FILE, CONFIG_FILE, CHECKPOINT = "model.safetensors", "config.json", "checkpoint"
 
@@ -214,7 +214,16 @@ class TokenizerStage(Stage):
         super().__init__(args)
         from speechllm.tts.tokenizer import TokenizerConfig
 
-        self.config = TokenizerConfig()
+        pre = args.tokenizer_pre
+        self.config = TokenizerConfig() if pre is None else TokenizerConfig(n_pre=pre)
+
+    def load_data(self) -> tuple[Corpus, Corpus]:
+        train, dev = super().load_data()
+        if self.args.asr_data:
+            if not self.args.encoder_cache:
+                raise ValueError("--asr-data needs --encoder-cache (filled by speechllm.encoder_cache)")
+            train = train + asr_corpus(self.args.asr_data, self.args.encoder_cache)
+        return train, dev
 
     def build(self) -> nn.Module:
         from speechllm.tts.tokenizer import SpeechTokenizer
@@ -538,6 +547,12 @@ class StageArgs:
         parser.add_argument("--flow", default="runs/tts/flow", help="assemble: the trained flow model")
         parser.add_argument("--flow-encoder", type=int, default=0,
                             help="flow: chunk-causal token-encoder layers before the prior μ")
+        parser.add_argument("--tokenizer-pre", type=int, default=None,
+                            help="tokenizer: transformer layers before FSQ (0: tokens from each frame alone)")
+        parser.add_argument("--asr-data", nargs="+", default=None,
+                            help="tokenizer: ASR manifests to add (frames from --encoder-cache)")
+        parser.add_argument("--encoder-cache", default=None,
+                            help="tokenizer: speech-LLM encoder cache holding the --asr-data frames")
         parser.add_argument("--vocoder", default="runs/tts/vocoder", help="assemble: the trained vocoder")
         parser.add_argument("--lm", default="runs/tts/lm", help="assemble: the trained LM")
 
