@@ -50,6 +50,7 @@ class CTCPosteriorConfig:
     time_mask: float = 0.0  # training only: share of frames zeroed in spans (SpecAugment)
     channel_mask: float = 0.0  # training only: share of feature channels zeroed
     temperature: float = 1.0  # of the posteriors that weight the embeddings
+    blank_penalty: float = 0.0  # subtracted from the blank logit of the CTC transcript (fewer dropped tokens)
 
 
 def downsample(hidden: Tensor, mask: Tensor, stride: int) -> tuple[Tensor, Tensor]:
@@ -155,6 +156,8 @@ class CTCPosteriorAdapter(Adapter):
         """The greedy CTC path's units (CTC ids, blank = 0) per item: the adapter's own transcript."""
         hidden, mask = downsample(hidden, mask, self.config.stride)
         _, logits = self.ctc(hidden, mask)
+        if self.config.blank_penalty:
+            logits = logits - self.config.blank_penalty * F.one_hot(torch.tensor(BLANK), logits.shape[-1])
         seg, counts = ctc_segments(logits, mask)
         labels = logits.argmax(-1)
         units = []

@@ -1,4 +1,4 @@
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -128,6 +128,19 @@ def test_ctc_posterior_units_are_mixes_of_llm_embeddings():
         "embeddings" in k for k in adapter.state_dict())  # the LLM's table is not the adapter's
     with pytest.raises(ValueError, match="vocab='llm'"):
         build_adapter("ctc-posterior", encoder_dim=4, llm_dim=4, vocab="chars", vocab_size=5)
+
+
+def test_ctc_posterior_blank_penalty_keeps_more_units():
+    adapter = make("ctc-posterior")
+    hidden, mask = batch()
+    with torch.no_grad():
+        adapter.ctc.out[-1].bias[0] += 8.0  # a blank-heavy head: most frames decode to blank
+    plain = adapter.greedy_units(hidden, mask)
+    penalised = replace(adapter.config, blank_penalty=100.0)
+    adapter.config = penalised
+    every_frame = adapter.greedy_units(hidden, mask)
+    assert sum(map(len, every_frame)) > sum(map(len, plain))
+    assert all(u != 0 for units in every_frame for u in units)
 
 
 def test_char_vocab():
