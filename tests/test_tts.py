@@ -72,9 +72,28 @@ def test_tokenizer_shapes_and_ctc():
     single, _ = model.tokenize(enc[1:, :9], torch.tensor([9]))
     odd, _ = model.tokenize(enc, torch.tensor([21, 9]))
     assert torch.equal(single[0], odd[1, :5])  # padding never changes an item's tokens
-    loss, _ = model.ctc_loss(enc, lengths, [torch.tensor([3, 4, 5]), torch.tensor([7])])
+    targets = [torch.tensor([3, 4, 5]), torch.tensor([7])]
+    loss, parts = model.loss(enc, lengths, targets)
     loss.backward()
-    assert torch.isfinite(loss) and model.proj_in.weight.grad is not None
+    assert torch.isfinite(loss) and model.proj_in.weight.grad is not None and set(parts) == {"ctc"}
+
+
+def test_tokenizer_mel_reconstruction_term():
+    torch.manual_seed(0)
+    config = TokenizerConfig(d_in=16, d_model=32, n_heads=2, n_pre=0, n_post=1, levels=(3, 3),
+                             recon_weight=0.5, n_mels=6)
+    model = SpeechTokenizer(config).eval()  # no dropout: two calls compare exactly
+    enc, lengths = torch.randn(2, 21, 16), torch.tensor([21, 10])
+    targets = [torch.tensor([3, 4, 5]), torch.tensor([7])]
+    mel = torch.randn(2, 21, 6) - 5
+    loss, parts = model.loss(enc, lengths, targets, mel, torch.tensor([21, 0]))  # item 1: no mel (ASR row)
+    assert abs(float(loss.detach()) - (parts["ctc"] + 0.5 * parts["recon"])) < 1e-4
+    loss.backward()
+    assert model.mel_head.weight.grad.abs().sum() > 0 and model.to_fsq.weight.grad.abs().sum() > 0
+    mel2 = mel.clone()
+    mel2[1] += 100  # an item without mel never counts
+    again = model.loss(enc, lengths, targets, mel2, torch.tensor([21, 0]))[1]
+    assert abs(again["recon"] - parts["recon"]) < 1e-4
 
 
 # ---------------------------------------------------------------- vocoder
@@ -425,7 +444,7 @@ def test_tokenizer_trains_on_extra_asr_data(tmp_path):
     assert len(both) == 4 and both.tokens is None
 
     args = ["--stage", "tokenizer", "--cache", str(cache), "--out", str(tmp_path / "tok"), "--steps", "1",
-            "--batch-size", "4", "--tokenizer-pre", "0", "--asr-data", str(manifest)]
+            "--batch-size", "4", "--tokenizer-options", '{"n_pre": 0}', "--asr-data", str(manifest)]
     with pytest.raises(ValueError, match="--encoder-cache"):
         main(args)
     assert main([*args, "--encoder-cache", str(tmp_path / "enc")]) == 0

@@ -33,6 +33,10 @@ class TokenizerConfig:
     n_post: int = 2
     levels: tuple[int, ...] = (8, 5, 5, 5)  # 1000 tokens
     n_chars: int = len(CHARS) + 1  # + CTC blank
+    recon_weight: float = 0.0  # > 0: also predict the mel from the tokens (acoustic detail in the tokens)
+    n_mels: int = 80
+    mel_mean: float = -5.0  # normalisation of the reconstructed log-mel
+    mel_std: float = 2.5
 
     @property
     def n_tokens(self) -> int:
@@ -90,6 +94,7 @@ class SpeechTokenizer(nn.Module):
         self.from_fsq = nn.Linear(len(c.levels), c.d_model)
         self.post = nn.ModuleList(Block(c.d_model, c.n_heads) for _ in range(c.n_post))
         self.ctc = nn.Linear(c.d_model, c.n_chars)
+        self.mel_head = nn.Linear(c.d_model, c.pool * c.n_mels) if c.recon_weight > 0 else None
 
     def pool(self, enc: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """[B, T50, D] -> [B, ceil(T50 / pool), pool * D] and token lengths."""
@@ -114,20 +119,40 @@ class SpeechTokenizer(nn.Module):
         codes, mask = self.encode_codes(enc, lengths)
         return self.fsq.codes_to_indices(codes).masked_fill(~mask, -1), mask
 
-    def forward(self, enc: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """CTC log-probs [B, T25, n_chars], the mask, and the token ids."""
+    def decode(self, enc: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Post-FSQ features [B, T25, d_model], the mask, and the token ids."""
         codes, mask = self.encode_codes(enc, lengths)
         x = self.from_fsq(codes)
         for block in self.post:
             x = block(x, mask)
-        return self.ctc(x).log_softmax(-1), mask, self.fsq.codes_to_indices(codes.detach())
+        return x, mask, self.fsq.codes_to_indices(codes.detach())
 
-    def ctc_loss(self, enc: Tensor, lengths: Tensor, targets: list[Tensor]) -> tuple[Tensor, Tensor]:
-        logp, mask, ids = self(enc, lengths)
-        target_lengths = torch.tensor([len(t) for t in targets])
-        loss = F.ctc_loss(logp.transpose(0, 1), torch.cat(targets), mask.sum(1), target_lengths,
-                          blank=0, zero_infinity=True)
-        return loss, ids.masked_fill(~mask, -1)
+    def forward(self, enc: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """CTC log-probs [B, T25, n_chars], the mask, and the token ids."""
+        x, mask, ids = self.decode(enc, lengths)
+        return self.ctc(x).log_softmax(-1), mask, ids
+
+    def loss(self, enc: Tensor, lengths: Tensor, targets: list[Tensor], mel: Tensor | None = None,
+             mel_lengths: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """CTC loss, plus ``recon_weight`` x the MSE of the normalised mel [B, T50, n_mels] predicted
+        from the tokens (frames past ``mel_lengths`` and items without mel, length 0, left out)."""
+        x, mask, _ = self.decode(enc, lengths)
+        ctc = _ctc(self.ctc(x).log_softmax(-1), mask, targets)
+        if self.mel_head is None or mel is None or mel_lengths is None:
+            return ctc, {"ctc": float(ctc.detach())}
+        c = self.config
+        pred = self.mel_head(x).unflatten(-1, (c.pool, c.n_mels)).flatten(1, 2)  # [B, T25 * pool, n_mels]
+        n = min(pred.shape[1], mel.shape[1])
+        valid = (torch.arange(n) < mel_lengths[:, None]) & mask.repeat_interleave(c.pool, 1)[:, :n]
+        error = ((pred[:, :n] - (mel[:, :n] - c.mel_mean) / c.mel_std) ** 2).mean(-1)
+        recon = (error * valid).sum() / valid.sum().clamp(min=1)
+        return ctc + c.recon_weight * recon, {"ctc": float(ctc.detach()), "recon": float(recon.detach())}
+
+
+def _ctc(logp: Tensor, mask: Tensor, targets: list[Tensor]) -> Tensor:
+    target_lengths = torch.tensor([len(t) for t in targets])
+    return F.ctc_loss(logp.transpose(0, 1), torch.cat(targets), mask.sum(1), target_lengths,
+                      blank=0, zero_infinity=True)
 
 
 def ctc_greedy(logp: Tensor, mask: Tensor) -> list[list[int]]:

@@ -214,8 +214,7 @@ class TokenizerStage(Stage):
         super().__init__(args)
         from speechllm.tts.tokenizer import TokenizerConfig
 
-        pre = args.tokenizer_pre
-        self.config = TokenizerConfig() if pre is None else TokenizerConfig(n_pre=pre)
+        self.config = config_from_dict(TokenizerConfig, json.loads(args.tokenizer_options or "{}"))
 
     def load_data(self) -> tuple[Corpus, Corpus]:
         train, dev = super().load_data()
@@ -232,14 +231,17 @@ class TokenizerStage(Stage):
 
     def batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
         enc, lengths = pad([corpus.enc[i] for i in index])
-        return enc, lengths, [torch.tensor(char_ids(corpus.texts[i])) for i in index]
+        targets = [torch.tensor(char_ids(corpus.texts[i])) for i in index]
+        if not self.config.recon_weight:
+            return enc, lengths, targets
+        mel, mel_lengths = pad([corpus.mel[i].float() for i in index])  # ASR rows have no mel: length 0
+        return enc, lengths, targets, mel, mel_lengths
 
     def usable(self, corpus: Corpus) -> list[int]:
         return [i for i, t in enumerate(corpus.texts) if char_ids(t)]
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        loss, _ = model.ctc_loss(*batch)
-        return loss, {}
+        return model.loss(*batch)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dev: Corpus) -> dict[str, float]:
@@ -249,7 +251,7 @@ class TokenizerStage(Stage):
         refs, hyps, counts = [], [], torch.zeros(self.config.n_tokens)
         for b in range(0, len(dev), 16):
             index = list(range(b, min(b + 16, len(dev))))
-            enc, lengths, _ = self.batch(dev, index, random.Random(0))
+            enc, lengths = self.batch(dev, index, random.Random(0))[:2]
             logp, mask, ids = model(enc, lengths)
             hyps += [chars_text(h) for h in ctc_greedy(logp, mask)]
             refs += [chars_text(char_ids(dev.texts[i])) for i in index]
@@ -547,8 +549,8 @@ class StageArgs:
         parser.add_argument("--flow", default="runs/tts/flow", help="assemble: the trained flow model")
         parser.add_argument("--flow-encoder", type=int, default=0,
                             help="flow: chunk-causal token-encoder layers before the prior μ")
-        parser.add_argument("--tokenizer-pre", type=int, default=None,
-                            help="tokenizer: transformer layers before FSQ (0: tokens from each frame alone)")
+        parser.add_argument("--tokenizer-options", default=None,
+                            help='tokenizer: TokenizerConfig fields as JSON, e.g. \'{"recon_weight": 1}\'')
         parser.add_argument("--asr-data", nargs="+", default=None,
                             help="tokenizer: ASR manifests to add (frames from --encoder-cache)")
         parser.add_argument("--encoder-cache", default=None,
