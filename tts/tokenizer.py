@@ -143,7 +143,8 @@ class SpeechTokenizer(nn.Module):
         c = self.config
         pred = self.mel_head(x).unflatten(-1, (c.pool, c.n_mels)).flatten(1, 2)  # [B, T25 * pool, n_mels]
         n = min(pred.shape[1], mel.shape[1])
-        valid = (torch.arange(n) < mel_lengths[:, None]) & mask.repeat_interleave(c.pool, 1)[:, :n]
+        frames = torch.arange(n, device=mel.device)
+        valid = (frames < mel_lengths[:, None]) & mask.repeat_interleave(c.pool, 1)[:, :n]
         error = ((pred[:, :n] - (mel[:, :n] - c.mel_mean) / c.mel_std) ** 2).mean(-1)
         recon = (error * valid).sum() / valid.sum().clamp(min=1)
         return ctc + c.recon_weight * recon, {"ctc": float(ctc.detach()), "recon": float(recon.detach())}
