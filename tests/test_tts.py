@@ -145,9 +145,9 @@ def test_chunk_mask():
     assert mask[6].tolist() == [True] * 7 + [False]  # the last frame is padding: nobody sees it
 
 
-@pytest.mark.parametrize("encoder_layers", [0, 1])
-def test_flow_first_chunks_ignore_later_tokens(encoder_layers):
-    flow = tiny_flow(encoder_layers=encoder_layers)
+@pytest.mark.parametrize("encoder_layers,conv_kernel", [(0, 0), (1, 0), (1, 5)])
+def test_flow_first_chunks_ignore_later_tokens(encoder_layers, conv_kernel):
+    flow = tiny_flow(encoder_layers=encoder_layers, conv_kernel=conv_kernel)
     tokens = torch.randint(0, N_SPEECH, (12,))
     prompt_mel, prompt_tokens = torch.randn(80, 6) - 5, torch.randint(0, N_SPEECH, (3,))
     mel = flow.synthesize(tokens, prompt_mel, prompt_tokens, steps=3, chunk_tokens=4)
@@ -161,12 +161,12 @@ def test_flow_first_chunks_ignore_later_tokens(encoder_layers):
     assert full.shape == mel.shape and not torch.allclose(full, mel)
 
 
-@pytest.mark.parametrize("encoder_layers", [0, 1])
-def test_flow_streaming_matches_training_mask(encoder_layers):
+@pytest.mark.parametrize("encoder_layers,conv_kernel", [(0, 0), (1, 0), (1, 5)])
+def test_flow_streaming_matches_training_mask(encoder_layers, conv_kernel):
     """Chunk by chunk with key/value caches (encoder and decoder) = one pass under the training mask."""
     from speechllm.tts.flow import _grow
 
-    flow = tiny_flow(encoder_layers=encoder_layers)
+    flow = tiny_flow(encoder_layers=encoder_layers, conv_kernel=conv_kernel)
     n_prompt, chunk = 4, 4
     x = torch.randn(1, 16, 80)
     cond = torch.cat([x[:, :n_prompt], torch.zeros(1, 12, 80)], 1)
@@ -186,9 +186,9 @@ def test_flow_streaming_matches_training_mask(encoder_layers):
         assert torch.allclose(v, whole[:, sl], atol=1e-5)
 
 
-@pytest.mark.parametrize("encoder_layers", [0, 1])
-def test_flow_stream_equals_chunked_synthesis_and_trains(encoder_layers):
-    flow = tiny_flow(encoder_layers=encoder_layers)
+@pytest.mark.parametrize("encoder_layers,conv_kernel", [(0, 0), (1, 0), (1, 5)])
+def test_flow_stream_equals_chunked_synthesis_and_trains(encoder_layers, conv_kernel):
+    flow = tiny_flow(encoder_layers=encoder_layers, conv_kernel=conv_kernel)
     tokens = torch.randint(0, N_SPEECH, (10,))
     chunked = flow.synthesize(tokens, steps=2, chunk_tokens=3)
     pieces = iter([tokens[:3], tokens[3:6], tokens[6:9], tokens[9:]])

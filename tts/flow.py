@@ -41,6 +41,7 @@ class FlowConfig:
     noise_frames: int = 6000  # noise bank rows (2 minutes at 50 Hz); longer input wraps around
     prior_weight: float = 1.0  # weight of the L2 loss of μ against the mel
     encoder_layers: int = 0  # chunk-causal transformer layers over the tokens before μ (0: μ per token)
+    conv_kernel: int = 0  # > 1: a causal depthwise convolution of this many frames in every block
 
 
 def sinusoid(x: Tensor, dim: int) -> Tensor:
@@ -66,12 +67,37 @@ def chunk_mask(n_prompt: Tensor, lengths: Tensor, n_frames: int, chunk: int) -> 
     return (allowed & keys[:, None, :])[:, None]
 
 
-class Block(nn.Module):
-    """Pre-norm attention + MLP, each with shift/scale/gate from the time embedding (DiT adaLN)."""
+class CausalConv(nn.Module):
+    """Depthwise convolution over frames, causal (frame j sees frames j-k+1..j): the local
+    mixing that attention learns slowly (Conformer; CosyVoice 2's causal convolutions). A chunk
+    needs only the last k-1 inputs of the frames before it, so streaming stays exact."""
 
-    def __init__(self, dim: int, n_heads: int):
+    def __init__(self, dim: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.norm = nn.LayerNorm(dim)
+        self.depthwise = nn.Conv1d(dim, dim, kernel, groups=dim)
+        self.pointwise = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, past: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x [B, T, D]; ``past`` [B, k-1, D] normalised inputs before x (None: zeros).
+        Returns the residual update and the last k-1 inputs (the next chunk's ``past``)."""
+        h = self.norm(x)
+        if past is None:
+            past = h.new_zeros(h.shape[0], self.kernel - 1, h.shape[2])
+        full = torch.cat([past, h], 1)
+        y = self.depthwise(full.transpose(1, 2)).transpose(1, 2)
+        return self.pointwise(F.gelu(y)), full[:, full.shape[1] - (self.kernel - 1):]
+
+
+class Block(nn.Module):
+    """Pre-norm attention (+ optional causal convolution) + MLP, with shift/scale/gate from the
+    time embedding (DiT adaLN)."""
+
+    def __init__(self, dim: int, n_heads: int, conv_kernel: int = 0):
         super().__init__()
         self.n_heads = n_heads
+        self.conv = CausalConv(dim, conv_kernel) if conv_kernel > 1 else None
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -82,8 +108,9 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.bias)
 
     def forward(self, x: Tensor, temb: Tensor, mask: Tensor | None,
-                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x [B, T, D]; ``past`` keys/values [B, H, T', d] come before x; returns x and x's own k, v."""
+                past: tuple[Tensor, ...] | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """x [B, T, D]; ``past``: keys/values [B, H, T', d] of the frames before x (and the
+        convolution's last inputs); returns x and its own state (k, v[, convolution inputs])."""
         s1, c1, g1, s2, c2, g2 = self.ada(temb)[:, None].chunk(6, dim=-1)
         h = self.norm1(x) * (1 + c1) + s1
         b, t, d = h.shape
@@ -91,8 +118,13 @@ class Block(nn.Module):
         keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
         a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         x = x + g1 * self.proj(a.transpose(1, 2).reshape(b, t, d))
+        state: tuple[Tensor, ...] = (k, v)
+        if self.conv is not None:
+            update, tail = self.conv(x, None if past is None else past[2])
+            x = x + update
+            state = (k, v, tail)
         x = x + g2 * self.mlp(self.norm2(x) * (1 + c2) + s2)
-        return x, (k, v)
+        return x, state
 
 
 class FlowMatching(nn.Module):
@@ -101,11 +133,11 @@ class FlowMatching(nn.Module):
         self.config = c = config
         self.token_emb = nn.Embedding(c.n_tokens, c.dim)
         self.subframe_emb = nn.Embedding(c.upsample, c.dim)
-        self.encoder = nn.ModuleList(Block(c.dim, c.n_heads) for _ in range(c.encoder_layers))
+        self.encoder = nn.ModuleList(Block(c.dim, c.n_heads, c.conv_kernel) for _ in range(c.encoder_layers))
         self.prior = nn.Linear(c.dim, c.n_mels)
         self.in_proj = nn.Linear(3 * c.n_mels, c.dim)
         self.time_mlp = nn.Sequential(nn.Linear(c.dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
-        self.blocks = nn.ModuleList(Block(c.dim, c.n_heads) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(Block(c.dim, c.n_heads, c.conv_kernel) for _ in range(c.n_layers))
         self.norm_out = nn.LayerNorm(c.dim)
         self.out = nn.Linear(c.dim, c.n_mels)
         bank = torch.randn(c.noise_frames, c.n_mels, generator=torch.Generator().manual_seed(1234))
@@ -258,8 +290,9 @@ class FlowMatching(nn.Module):
 
 
 def _grow(past: list | None, new: list) -> list:
-    """Per-layer keys/values of earlier frames with this chunk's appended."""
+    """Per-layer keys/values of earlier frames with this chunk's appended (a convolution's last
+    inputs, already joined with the earlier ones by the block, replace the old)."""
     if past is None:
         return new
     pairs = zip(past, new, strict=True)
-    return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in pairs]
+    return [(torch.cat([old[0], now[0]], 2), torch.cat([old[1], now[1]], 2), *now[2:]) for old, now in pairs]

@@ -330,8 +330,9 @@ class FlowStage(Stage):
         frames = torch.cat([m.float() for m in train.mel])
         tok_config, _ = read_stage(self.args.tokenizer, "tokenizer")
         n_tokens = math.prod(tok_config["levels"])
-        self.config = FlowConfig(n_tokens=n_tokens, mel_mean=round(float(frames.mean()), 4),
-                                 mel_std=round(float(frames.std()), 4), encoder_layers=self.args.flow_encoder)
+        options = {"encoder_layers": self.args.flow_encoder, **json.loads(self.args.flow_options or "{}")}
+        self.config = config_from_dict(FlowConfig, {"n_tokens": n_tokens, "mel_mean": round(float(frames.mean()), 4),
+                                                    "mel_std": round(float(frames.std()), 4), **options})
         return train, dev
 
     def build(self) -> nn.Module:
@@ -549,6 +550,8 @@ class StageArgs:
         parser.add_argument("--flow", default="runs/tts/flow", help="assemble: the trained flow model")
         parser.add_argument("--flow-encoder", type=int, default=0,
                             help="flow: chunk-causal token-encoder layers before the prior μ")
+        parser.add_argument("--flow-options", default=None,
+                            help='flow: FlowConfig fields as JSON, e.g. \'{"conv_kernel": 5}\'')
         parser.add_argument("--tokenizer-options", default=None,
                             help='tokenizer: TokenizerConfig fields as JSON, e.g. \'{"recon_weight": 1}\'')
         parser.add_argument("--asr-data", nargs="+", default=None,
