@@ -320,7 +320,7 @@ class VocoderStage(Stage):
 
 class FlowStage(Stage):
     name = "flow"
-    max_frames = 300  # longest training crop (6 s)
+    max_frames = 600  # longest training crop (12 s): a 3 s voice prompt + most sentences, as in synthesis
 
     def load_data(self) -> tuple[Corpus, Corpus]:
         from speechllm.tts.flow import FlowConfig
