@@ -11,8 +11,10 @@ For every voice and held-out sentence (the ``test`` split of a tts corpus, Piper
 * non-streaming: real-time factor of ``synthesize(text)`` (full-attention flow matching).
 A voice may be a registry name or a TTS model folder, so voices trained with different
 text:speech ratios compare in one table. ``--resynthesis CACHE`` adds, for the first own voice,
-the WER of its flow + vocoder on the tokenizer's tokens of the recorded test audio, and of its
-vocoder on the recorded mel: where intelligibility is lost, stage by stage.
+the WER of its flow + vocoder (and of the flow's prior μ alone) on the tokenizer's tokens of the
+recorded test audio, and of its vocoder on the recorded mel, plain and blurred over 5 and 9 frames
+(a known smear, with its normalised-mel MSE, to read the prior's MSE against): where
+intelligibility is lost, stage by stage.
 """
 
 from __future__ import annotations
@@ -108,25 +110,51 @@ def measure_voice(name: str, voice, texts: list[str], asr: Transcribers) -> dict
     return row
 
 
+def blurred(mel: torch.Tensor, frames: int) -> torch.Tensor:
+    """Log-mel [T, 80] averaged over ``frames`` neighbouring frames: a known smear to read a
+    model's mel error against (how much of it Whisper still understands)."""
+    x = torch.nn.functional.pad(mel.T[None], (frames // 2, frames // 2), mode="replicate")
+    return torch.nn.functional.avg_pool1d(x, frames, 1)[0].T
+
+
+def prior_mel(flow, tokens: torch.Tensor) -> torch.Tensor:
+    """The flow model's per-frame prior μ from the tokens alone, as a log-mel [T, 80]."""
+    _, mu = flow.encode(flow.frame_tokens(tokens)[None], 0)
+    return flow.denormalize(mu[0])
+
+
 def resynthesis(name: str, voice, cache: str, limit: int, asr: Transcribers) -> list[dict]:
+    """WER (and normalised-mel MSE against the recording) of each stage on recorded test audio."""
     from speechllm.tts.data import load_corpus
 
     test = load_corpus(cache, "test", tokens=True)
     index = [i for i, s in enumerate(test.speakers) if s.startswith("piper")][:limit]
     texts = [test.texts[i] for i in index]
+    flow = voice.flow
+    mels = {
+        "vocoder on recorded mel": lambda i: test.mel[i].float(),
+        "vocoder on recorded mel blurred over 5 frames": lambda i: blurred(test.mel[i].float(), 5),
+        "vocoder on recorded mel blurred over 9 frames": lambda i: blurred(test.mel[i].float(), 9),
+        "flow prior μ + vocoder on tokenizer tokens": lambda i: prior_mel(flow, test.tokens[i]),
+    }
+    makers = {"recording": lambda i: test.wav[i].float().numpy() / 32767,
+              **{k: (lambda i, f=f: voice.vocoder(f(i).T[None])[0].numpy()) for k, f in mels.items()},
+              "flow+vocoder on tokenizer tokens": lambda i: voice.synthesize_tokens(test.tokens[i])}
     rows = []
-    for label, make in (
-        ("recording", lambda i: test.wav[i].float().numpy() / 32767),
-        ("vocoder on recorded mel", lambda i: voice.vocoder(test.mel[i].float().T[None])[0].numpy()),
-        ("flow+vocoder on tokenizer tokens", lambda i: voice.synthesize_tokens(test.tokens[i])),
-    ):
+    for label, make in makers.items():
         hyps: dict[str, list[str]] = {}
+        errors = []
         with torch.no_grad():
             for i in index:
                 for k, v in asr(make(i), 16_000).items():
                     hyps.setdefault(k, []).append(v)
+                if label in mels:
+                    mel, ref = mels[label](i), test.mel[i].float()
+                    n = min(len(mel), len(ref))
+                    errors.append(float((flow.normalize(mel[:n]) - flow.normalize(ref[:n])).pow(2).mean()))
         rows.append({"voice": name, "input": label, "sentences": len(index),
-                     **{f"wer {k}": round(wer(texts, v), 4) for k, v in hyps.items()}})
+                     **{f"wer {k}": round(wer(texts, v), 4) for k, v in hyps.items()},
+                     **({"mel mse": round(statistics.mean(errors), 4)} if errors else {})})
     return rows
 
 
@@ -157,14 +185,14 @@ def main() -> None:
         print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), flush=True)
         if args.resynthesis and hasattr(voice, "flow") and not stages:  # flow + vocoder: once is enough
             stages += resynthesis(name, voice, args.resynthesis, args.limit, asr)
-            print(json.dumps(stages[-3:]), flush=True)
+            print(json.dumps(stages), flush=True)
     cols = ["voice", "ratio", "wer stream faster-whisper", "wer stream whisper", "wer whole faster-whisper",
             "wer whole whisper", "first_chunk_ms_median", "first_chunk_ms_p90", "rtf_stream", "rtf_whole"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in results:
         print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
     if stages:
-        cols = ["voice", "input", "wer faster-whisper", "wer whisper"]
+        cols = ["voice", "input", "wer faster-whisper", "wer whisper", "mel mse"]
         print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
         for r in stages:
             print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
