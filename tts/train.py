@@ -331,8 +331,8 @@ class FlowStage(Stage):
         tok_config, _ = read_stage(self.args.tokenizer, "tokenizer")
         n_tokens = math.prod(tok_config["levels"])
         options = {"encoder_layers": self.args.flow_encoder, **json.loads(self.args.flow_options or "{}")}
-        self.config = config_from_dict(FlowConfig, {"n_tokens": n_tokens, "mel_mean": round(float(frames.mean()), 4),
-                                                    "mel_std": round(float(frames.std()), 4), **options})
+        stats = {"mel_mean": round(float(frames.mean()), 4), "mel_std": round(float(frames.std()), 4)}
+        self.config = config_from_dict(FlowConfig, {"n_tokens": n_tokens, **stats, **options})
         return train, dev
 
     def build(self) -> nn.Module:
