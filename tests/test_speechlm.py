@@ -19,6 +19,7 @@ from speechllm.speechlm import (
     SpeechLLMTranscriber,
     instruction,
     load_speechlm,
+    peft_base_name,
     read_config,
     save_speechlm,
 )
@@ -236,6 +237,8 @@ def test_save_load_round_trip(folders, model, tmp_path):
     document = json.loads((folder / "config.json").read_text())
     assert document["format"] == "speechllm" and document["adapter"] == "alignformer"
     assert document["prompt"]["audio_first"] is False and document["lora"]["rank"] == 4
+    peft_document = json.loads((folder / "lora" / "adapter_config.json").read_text())
+    assert peft_document["base_model_name_or_path"] == model.config.llm
     config, info = read_config(folder)
     assert replace(config, adapter_options={}) == replace(model.config, adapter_options={})
     assert config.adapter_options == vars(model.adapter.config) and info == {"steps": 3}  # every option
@@ -248,6 +251,11 @@ def test_save_load_round_trip(folders, model, tmp_path):
         g.tokens for g in loaded.generate(audio, TRANSCRIBE, options)]
     save_speechlm(loaded, folder)  # overwriting in place keeps a whole folder
     assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json", "lora"]
+
+
+def test_lora_folder_names_the_llm_portably():
+    assert peft_base_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert peft_base_name("/models/my-llm") == "/models/my-llm"
 
 
 def test_transcriber_protocol(model, tmp_path):

@@ -14,7 +14,13 @@ from speechllm.speechlm.generate import (
     GreedyDecoder,
     LMState,
 )
-from speechllm.speechlm.io import is_speechlm_folder, load_speechlm, read_config, save_speechlm
+from speechllm.speechlm.io import (
+    is_speechlm_folder,
+    load_speechlm,
+    peft_base_name,
+    read_config,
+    save_speechlm,
+)
 from speechllm.speechlm.model import (
     TASKS,
     LoraSpec,
@@ -32,5 +38,5 @@ __all__ = [
     "LoraSpec", "PromptFormat", "SpeechEncoder", "SpeechLLM", "SpeechLLMConfig", "SpeechLLMTranscriber",
     "Task",
     "instruction", "is_speechlm_folder", "load_backbone", "load_encoder", "load_speechlm", "read_config",
-    "register_task", "save_speechlm",
+    "peft_base_name", "register_task", "save_speechlm",
 ]

@@ -74,6 +74,8 @@ def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | N
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(model.adapter.state_dict(), folder / ADAPTER_FILE, {"adapter": model.config.adapter})
     if model.has_lora:
+        for peft_config in model.llm.peft_config.values():  # peft would record the local folder
+            peft_config.base_model_name_or_path = peft_base_name(model.config.llm)
         tmp = _tmp_name(folder / LORA_DIR)
         model.llm.save_pretrained(str(tmp), save_embedding_layers=False)
         replace_folder(tmp, folder / LORA_DIR)
@@ -84,6 +86,15 @@ def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | N
     document = {"format": FORMAT, "version": VERSION, **config, "info": info or {}}
     atomic_write_text(folder / CONFIG_FILE, json.dumps(document, indent=2) + "\n")
     return folder
+
+
+def peft_base_name(llm: str) -> str:
+    """The base model a saved ``lora/`` folder names: the Hugging Face id of a zoo LLM, so the peft
+    folder means the same on another machine, else the name or path config.json uses."""
+    from speechllm.zoo import ZOO
+
+    entry = ZOO.get(llm)
+    return entry.hf_id if entry is not None and entry.hf_id else llm
 
 
 def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
