@@ -90,6 +90,7 @@ class TrainConfig:
     augment: dict[str, Any] | None = field(default=None, hash=False)  # AugmentConfig fields; None: off
     encoder_cache: str | None = None  # folder for the frozen encoder's outputs (see encoder_cache.py)
     lm_weight: float = 1.0  # 0: CTC loss only, the LLM never runs in training (ctc-posterior)
+    freeze_adapter: bool = False  # train the LoRA alone: a base model's adapter (and CTC transcript) stays
     eval_every: int = 500
     save_every: int | None = None  # default: eval_every
     eval_max_rows: int = 200
@@ -434,6 +435,11 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
         model = SpeechLLM.build(config.model_config())
         model.adapter.fit_vocabulary(model.tokenizer, [t for r in train_rows if (t := example_of(r).spoken)])
     model = model.to(device).train()
+    if config.freeze_adapter:
+        if not model.has_lora or config.lm_weight == 0:
+            raise ValueError("a frozen adapter leaves only LoRA to train: give LoRA (--lora-rank) and the "
+                             "LLM's loss (--lm-weight > 0)")
+        model.adapter.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start = load_optimizer_state(optimizer, checkpoint) if checkpoint is not None else 0

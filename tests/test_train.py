@@ -82,6 +82,19 @@ def test_resume_continues_from_the_same_step(data, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_frozen_adapter_trains_only_lora(data, tmp_path):
+    train(config(data, tmp_path / "base", steps=2))
+    model = load_speechlm(tmp_path / "base")
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    train(config(data, tmp_path / "lora", steps=3, freeze_adapter=True), model=model)
+    after = load_speechlm(tmp_path / "lora").trainable_state_dict()
+    assert after.keys() == before.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("lora.") for k in changed), sorted(changed)[:3]
+    with pytest.raises(ValueError, match="only LoRA"):
+        train(config(data, tmp_path / "none", lora_rank=0, freeze_adapter=True))
+
+
 def test_bad_rows_reported_before_training(data, tmp_path):
     root = data[0]
     soundfile.write(root / "long.wav", np.zeros(31 * 16000, dtype=np.float32), 16000)

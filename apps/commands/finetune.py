@@ -72,6 +72,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-weight", type=float, default=1.0,
                         help="weight of the LLM's loss; 0 trains a ctc-posterior adapter on CTC alone, "
                              "without running the LLM")
+    parser.add_argument("--freeze-adapter", action="store_true",
+                        help="train only the LoRA: the base model's adapter, and so its CTC transcript, stay "
+                             "as they are (e.g. teaching a --base new tasks)")
     parser.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
     parser.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument("--eval-max-rows", type=int, default=200)
@@ -136,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, audio_first=not args.instruction_first,
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, ctc_weight=args.ctc_weight,
-        lm_weight=args.lm_weight, augment=_json_option(args.augment, "--augment"),
-        encoder_cache=args.encoder_cache,
+        lm_weight=args.lm_weight, freeze_adapter=args.freeze_adapter,
+        augment=_json_option(args.augment, "--augment"), encoder_cache=args.encoder_cache,
         eval_every=args.eval_every, save_every=args.save_every, eval_max_rows=args.eval_max_rows,
         max_new_tokens=args.max_new_tokens, seed=args.seed, num_workers=args.num_workers, device=args.device,
         resume=args.resume, progress=not args.quiet)
