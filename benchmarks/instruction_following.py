@@ -9,6 +9,7 @@ question about the passage / transcribe), is answered greedily by the LLM, and i
 training (``speechllm.train.evaluate``): IFR per task, BLEU for translation, answer accuracy for
 questions, WER for transcripts. The model is run twice, with the audio placed before and after the
 instruction in the chat template (AlignFormer reports audio-first following instructions better).
+``--no-lora`` switches a model's LoRA off (its adapter alone, e.g. the starter zero-shot).
 Transcription goes through the LLM here even for models whose ``asr_decoder`` is ``"ctc"``: the
 point is whether the LLM does what it is asked.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,6 +47,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=40, help="first N rows of each manifest")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-lora", action="store_true",
+                        help="run with the model's LoRA switched off (the adapter alone: zero-shot)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,8 +62,9 @@ def main() -> None:
     results = {}
     for audio_first in (True, False):
         where = "audio first" if audio_first else "instruction first"
-        metrics = evaluate(placed(model, audio_first), rows, max_new_tokens=args.max_new_tokens,
-                           progress=True)
+        with model.text_mode() if args.no_lora else nullcontext():
+            metrics = evaluate(placed(model, audio_first), rows, max_new_tokens=args.max_new_tokens,
+                               progress=True)
         results[where] = metrics
         cells = [f"{metrics[c]:.2f}" if c in metrics else "-" for c in COLUMNS]
         print(f"| {where} | " + " | ".join(cells) + " |", flush=True)
