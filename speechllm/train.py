@@ -429,9 +429,11 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
     if config.resume and checkpoint is None and rank == 0:
         print(f"no checkpoint in {out / CHECKPOINTS}: starting from step 0", file=sys.stderr)
     torch.manual_seed(config.seed)
+    built_here = False
     if checkpoint is not None:
         model = load_speechlm(checkpoint)
     elif model is None:
+        built_here = True
         model = SpeechLLM.build(config.model_config())
         model.adapter.fit_vocabulary(model.tokenizer, [t for r in train_rows if (t := example_of(r).spoken)])
     model = model.to(device).train()
@@ -439,6 +441,8 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
         if not model.has_lora or config.lm_weight == 0:
             raise ValueError("a frozen adapter leaves only LoRA to train: give LoRA (--lora-rank) and the "
                              "LLM's loss (--lm-weight > 0)")
+        if built_here:
+            raise ValueError("--freeze-adapter keeps a trained adapter as it is: start from one (--base)")
         model.adapter.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -93,6 +93,8 @@ def test_frozen_adapter_trains_only_lora(data, tmp_path):
     assert changed and all(k.startswith("lora.") for k in changed), sorted(changed)[:3]
     with pytest.raises(ValueError, match="only LoRA"):
         train(config(data, tmp_path / "none", lora_rank=0, freeze_adapter=True))
+    with pytest.raises(ValueError, match="--base"):
+        train(config(data, tmp_path / "scratch", freeze_adapter=True))
 
 
 def test_bad_rows_reported_before_training(data, tmp_path):
