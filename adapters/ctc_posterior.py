@@ -152,14 +152,21 @@ class CTCPosteriorAdapter(Adapter):
         return ctc_loss(self.ctc(hidden, mask)[1], mask, ctc_targets, ctc_lengths)
 
     @torch.no_grad()
-    def greedy_units(self, hidden: Tensor, mask: Tensor) -> list[list[int]]:
-        """The greedy CTC path's units (CTC ids, blank = 0) per item: the adapter's own transcript."""
+    def frame_log_probs(self, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """CTC log-probabilities per (downsampled) frame [B, T, V] (blank = 0, ``blank_penalty``
+        applied) and the frame mask [B, T]: what the transcript is decoded from."""
         hidden, mask = downsample(hidden, mask, self.config.stride)
         _, logits = self.ctc(hidden, mask)
         if self.config.blank_penalty:
             logits = logits - self.config.blank_penalty * F.one_hot(torch.tensor(BLANK), logits.shape[-1])
-        seg, counts = ctc_segments(logits, mask)
-        labels = logits.argmax(-1)
+        return logits.log_softmax(-1), mask
+
+    @torch.no_grad()
+    def greedy_units(self, hidden: Tensor, mask: Tensor) -> list[list[int]]:
+        """The greedy CTC path's units (CTC ids, blank = 0) per item: the adapter's own transcript."""
+        log_probs, mask = self.frame_log_probs(hidden, mask)
+        seg, counts = ctc_segments(log_probs, mask)
+        labels = log_probs.argmax(-1)
         units = []
         for b in range(len(counts)):
             keep = seg[b] >= 0

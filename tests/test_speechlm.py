@@ -23,6 +23,12 @@ from speechllm.speechlm import (
     read_config,
     save_speechlm,
 )
+from speechllm.speechlm.ctc_beam import (
+    CTCBeamOptions,
+    CTCPrefixBeamSearch,
+    LLMPrefixScorer,
+    document_start_id,
+)
 from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 from speechllm.transcriber import Transcript
 
@@ -212,6 +218,22 @@ def test_ctc_posterior_vocabulary_subset_survives_save_and_load(folders, tmp_pat
     assert replies[1].tokens == model.generate(two[1:], instruction("translate"), options)[0].tokens
     with pytest.raises(ValueError, match="asr_decoder"):
         replace(model.config, asr_decoder="whisper")
+    # ctc_beam: prefix beam search with the (LoRA-free) LLM as language model, blank penalty included
+    beam = {"beam_size": 3, "lm_weight": 0.5, "token_bonus": 0.5, "blank_skip": 1.0}
+    model.adapter.config = replace(model.adapter.config, blank_penalty=0.7)
+    lm_model = SpeechLLM(replace(ctc_model.config, ctc_beam=beam), model.encoder, model.adapter, model.llm,
+                         model.tokenizer).eval()
+    log_probs, mask = lm_model.adapter.frame_log_probs(*model.encode_frames(padded, lengths))
+    search = CTCPrefixBeamSearch(CTCBeamOptions(**beam), lambda n: LLMPrefixScorer(
+        model.llm, model.adapter.token_ids, n, document_start_id(model.tokenizer)))
+    expected = search.decode([lp[m] for lp, m in zip(log_probs, mask, strict=True)])
+    texts = [r.text for r in lm_model.generate(two, TRANSCRIBE, options)]
+    assert texts == [model.ctc_vocab.decode(u).strip() for u in expected]
+    assert lm_model.generate(two[1:], TRANSCRIBE, options)[0].text == texts[1]  # as alone as in a batch
+    with pytest.raises(ValueError, match="beam_size"):
+        replace(model.config, ctc_beam={"beam_size": 0})
+    with pytest.raises(TypeError):
+        replace(model.config, ctc_beam={"beams": 4})
 
 
 def test_ctc_posterior_rare_tokens_are_respelt_from_kept_ones(folders):

@@ -7,6 +7,7 @@
 """
 
 from speechllm.speechlm.backbone import ENCODERS, SpeechEncoder, load_backbone, load_encoder
+from speechllm.speechlm.ctc_beam import CTCBeamOptions, CTCPrefixBeamSearch, LLMPrefixScorer
 from speechllm.speechlm.generate import (
     BeamSearchDecoder,
     Generation,
@@ -34,9 +35,9 @@ from speechllm.speechlm.model import (
 from speechllm.speechlm.transcriber import SpeechLLMTranscriber
 
 __all__ = [
-    "ENCODERS", "TASKS", "BeamSearchDecoder", "Generation", "GenerationOptions", "GreedyDecoder", "LMState",
-    "LoraSpec", "PromptFormat", "SpeechEncoder", "SpeechLLM", "SpeechLLMConfig", "SpeechLLMTranscriber",
-    "Task",
+    "ENCODERS", "TASKS", "BeamSearchDecoder", "CTCBeamOptions", "CTCPrefixBeamSearch", "Generation",
+    "GenerationOptions", "GreedyDecoder", "LLMPrefixScorer", "LMState", "LoraSpec", "PromptFormat",
+    "SpeechEncoder", "SpeechLLM", "SpeechLLMConfig", "SpeechLLMTranscriber", "Task",
     "instruction", "is_speechlm_folder", "load_backbone", "load_encoder", "load_speechlm", "read_config",
     "peft_base_name", "register_task", "save_speechlm",
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,12 @@ from torch import Tensor, nn
 
 from speechllm.adapters import Adapter, AdapterOutput, adapter_class, build_adapter
 from speechllm.speechlm.backbone import SpeechEncoder, load_backbone, load_encoder
+from speechllm.speechlm.ctc_beam import (
+    CTCBeamOptions,
+    CTCPrefixBeamSearch,
+    LLMPrefixScorer,
+    document_start_id,
+)
 from speechllm.speechlm.generate import Generation, GenerationOptions, LMState, decode_text, run_decoder
 
 # ---------------------------------------------------------------- options
@@ -110,10 +116,14 @@ class SpeechLLMConfig:
     # "ctc": the transcribe instruction is answered by the adapter's own CTC path over the LLM's
     # tokens (ctc-posterior trained without the LLM's loss: exact and fast); "llm": by generation
     asr_decoder: str = "llm"
+    # how the "ctc" decoder searches (CTCBeamOptions' fields): greedy by default; beam_size > 1
+    # runs a prefix beam search with the LLM as language model
+    ctc_beam: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.asr_decoder not in ("llm", "ctc"):
             raise ValueError(f"asr_decoder must be 'llm' or 'ctc', not {self.asr_decoder!r}")
+        CTCBeamOptions(**self.ctc_beam)  # unknown or bad options fail here, not at the first transcript
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -356,13 +366,26 @@ class SpeechLLM(nn.Module):
         prompts = [self.prompt_ids(text, True) for text in instructions]
         return self.splice([p[0] for p in prompts], encoded, [p[1] for p in prompts])
 
-    def ctc_transcripts(self, audio: Sequence[np.ndarray]) -> list[Generation]:
-        """Transcripts from the adapter's greedy CTC path (adapters with ``greedy_units`` over LLM tokens)."""
+    def ctc_transcripts(self, audio: Sequence[np.ndarray], beam_size: int = 1) -> list[Generation]:
+        """Transcripts from the adapter's CTC path over LLM tokens: greedy, or the prefix beam
+        search with the LLM as language model that ``config.ctc_beam`` sets (a ``beam_size`` > 1
+        here overrides its beam size)."""
         if not hasattr(self.adapter, "greedy_units"):
             raise ValueError(f"asr_decoder='ctc' needs an adapter with CTC units over the LLM's tokens, "
                              f"not {self.config.adapter!r}")
         padded, lengths = pad_audio(audio)
-        units = self.adapter.greedy_units(*self.encode_frames(padded, lengths))
+        hidden, mask = self.encode_frames(padded, lengths)
+        options = CTCBeamOptions(**self.config.ctc_beam)
+        if beam_size > 1:
+            options = replace(options, beam_size=beam_size)
+        if options.beam_size == 1:
+            units = self.adapter.greedy_units(hidden, mask)
+        else:
+            log_probs, mask = self.adapter.frame_log_probs(hidden, mask)
+            search = CTCPrefixBeamSearch(options, lambda items: LLMPrefixScorer(
+                self.llm, self.adapter.token_ids, items, document_start_id(self.tokenizer)))
+            with self.text_mode():
+                units = search.decode([lp[m] for lp, m in zip(log_probs, mask, strict=True)])
         vocab = self.ctc_vocab
         return [Generation(tuple(vocab.subset[u - 1] if vocab.subset else u - 1 for u in item),
                            vocab.decode(item).strip(), 0.0) for item in units]
@@ -378,7 +401,8 @@ class SpeechLLM(nn.Module):
             by_ctc = [i for i, text in enumerate(instructions) if text == asr]
             if by_ctc:
                 rest = [i for i in range(len(instructions)) if i not in set(by_ctc)]
-                replies = dict(zip(by_ctc, self.ctc_transcripts([audio[i] for i in by_ctc]), strict=True))
+                transcripts = self.ctc_transcripts([audio[i] for i in by_ctc], options.beam_size)
+                replies = dict(zip(by_ctc, transcripts, strict=True))
                 if rest:
                     others = self.generate([audio[i] for i in rest], [instructions[i] for i in rest], options)
                     replies.update(zip(rest, others, strict=True))

@@ -1,0 +1,198 @@
+"""CTC prefix beam search over LLM-token units, with the LLM itself as the language model.
+
+The CTC head of ``ctc-posterior`` writes LLM tokens; greedily, it drops and mishears short
+words, which a language model would not let through. The speech-LLM already holds one: its
+LLM. A prefix ``y`` of CTC units is scored ``log P_ctc(y | audio) + lm_weight * log P_llm(y) +
+token_bonus * len(y)`` (shallow fusion); ``P_ctc`` sums over all the paths that collapse to
+``y`` (prefix beam search, Hannun et al., 2014), ``P_llm`` is the LLM's probability of the
+tokens ``y`` stands for, read as plain text after ``<|endoftext|>``.
+
+The LLM runs one token per new prefix, on a batched KV cache that holds one row per live
+prefix (:class:`LLMPrefixScorer`); all items of a batch advance frame by frame together, so
+one LLM call serves every item's beams. Frames where the blank is near certain
+(``blank_skip``) only extend by blank or a repeat and need no LLM call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+NEG_INF = float("-inf")
+Key = tuple[int, tuple[int, ...]]  # (item, prefix of CTC ids)
+
+
+@dataclass(frozen=True)
+class CTCBeamOptions:
+    beam_size: int = 1  # 1: the greedy CTC path, no LLM
+    lm_weight: float = 0.5  # weight of the LLM's log-probability
+    token_bonus: float = 1.0  # added per unit: offsets the LM's bias towards short outputs
+    candidates: int = 8  # most likely units tried per frame...
+    min_logprob: float = -8.0  # ...if at least this likely
+    blank_skip: float = 0.999  # frames whose blank probability is above this emit nothing new
+    prune: float = 10.0  # prefixes scoring this far below the best are dropped (fewer LLM calls)
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1 or self.candidates < 1:
+            raise ValueError("beam_size and candidates must be at least 1")
+        if not 0.0 < self.blank_skip <= 1.0:
+            raise ValueError("blank_skip must be in (0, 1]")
+
+
+def document_start_id(tokenizer) -> int:
+    """The token a plain-text document starts after: the end-of-text separator when the
+    tokenizer has one (SmolLM2, GPT-2, Qwen), else its BOS or EOS."""
+    for token in ("<|endoftext|>", tokenizer.bos_token, tokenizer.eos_token):
+        if token is not None and token in tokenizer.get_vocab():
+            return tokenizer.convert_tokens_to_ids(token)
+    raise ValueError("the tokenizer has no end-of-text, BOS or EOS token to start the LM context from")
+
+
+def log_add(a: float, b: float) -> float:
+    if a < b:
+        a, b = b, a
+    return a if b == NEG_INF else a + math.log1p(math.exp(b - a))
+
+
+def cache_tensors(cache) -> list[tuple[Tensor, Tensor]]:
+    """(keys, values) [rows, heads, length, dim] per layer of a Hugging Face KV cache."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+def make_cache(tensors: list[tuple[Tensor, Tensor]]):
+    from transformers import DynamicCache
+
+    if hasattr(DynamicCache, "from_legacy_cache"):
+        return DynamicCache.from_legacy_cache(tuple(tensors))
+    return DynamicCache(ddp_cache_data=tensors)
+
+
+class LLMPrefixScorer:
+    """The LLM's next-token log-probabilities, over the CTC units, of many prefixes at once.
+
+    A pool of KV-cache rows holds one row per live prefix. :meth:`update` runs the LLM only on
+    the prefixes not seen yet, each from a copy of its parent's row plus its last token, and
+    appends their rows to the pool; the other rows get one masked column so all rows keep one
+    length (cheap: attention over a masked column, no matrix products).
+    """
+
+    @torch.no_grad()
+    def __init__(self, llm: nn.Module, unit_tokens: Tensor, items: int, bos: int):
+        self.llm = llm
+        self.unit_tokens = unit_tokens  # CTC id k (k >= 1) is LLM token unit_tokens[k - 1]
+        device = next(llm.parameters()).device
+        ids = torch.full((items, 1), bos, device=device)
+        self.mask = torch.ones_like(ids)
+        self.next_position = torch.ones(items, dtype=torch.long, device=device)
+        out = llm(input_ids=ids, attention_mask=self.mask, position_ids=torch.zeros_like(ids), use_cache=True)
+        self.kv = cache_tensors(out.past_key_values)
+        self.rows: dict[Key, int] = {(item, ()): item for item in range(items)}
+        self.logprobs: dict[Key, Tensor] = {}
+        self._store(list(self.rows), out.logits[:, -1])
+
+    def _store(self, keys: Sequence[Key], logits: Tensor) -> None:
+        scores = logits.float().log_softmax(-1)[:, self.unit_tokens.to(logits.device)].cpu()
+        for key, row in zip(keys, scores, strict=True):
+            self.logprobs[key] = row
+
+    @torch.no_grad()
+    def update(self, live: Sequence[Key]) -> None:
+        """Make sure every live prefix has log-probabilities; the pool keeps exactly these rows."""
+        new = [k for k in live if k not in self.rows]
+        if not new:
+            return
+        kept = torch.tensor([self.rows[k] for k in live if k in self.rows], dtype=torch.long)
+        parents = torch.tensor([self.rows[(k[0], k[1][:-1])] for k in new], dtype=torch.long)
+        tokens = torch.tensor([[int(self.unit_tokens[k[1][-1] - 1])] for k in new], device=self.mask.device)
+        mask = torch.cat([self.mask[parents], self.mask.new_ones(len(new), 1)], dim=1)
+        out = self.llm(input_ids=tokens, attention_mask=mask, position_ids=self.next_position[parents, None],
+                       past_key_values=make_cache([(k[parents], v[parents]) for k, v in self.kv]),
+                       use_cache=True)
+        grown = cache_tensors(out.past_key_values)
+        self.kv = [(torch.cat([_pad_column(k[kept]), k2]), torch.cat([_pad_column(v[kept]), v2]))
+                   for (k, v), (k2, v2) in zip(self.kv, grown, strict=True)]
+        self.mask = torch.cat([_pad_column(self.mask[kept]), mask])
+        self.next_position = torch.cat([self.next_position[kept], self.next_position[parents] + 1])
+        order = [k for k in live if k in self.rows] + new
+        self.rows = {k: i for i, k in enumerate(order)}
+        self.logprobs = {k: self.logprobs[k] for k in order[: len(kept)]}
+        self._store(new, out.logits[:, -1])
+
+
+def _pad_column(x: Tensor) -> Tensor:
+    """One zero (masked) position appended on the sequence axis: [rows, L] or [rows, heads, L, dim]."""
+    return torch.nn.functional.pad(x, (0, 1) if x.dim() == 2 else (0, 0, 0, 1))
+
+
+@dataclass
+class Beam:
+    blank: float = NEG_INF  # log P of the paths ending in blank
+    unit: float = NEG_INF  # ... ending in the prefix's last unit
+    lm: float = 0.0  # LLM log-probability of the prefix
+
+    @property
+    def ctc(self) -> float:
+        return log_add(self.blank, self.unit)
+
+
+class CTCPrefixBeamSearch:
+    def __init__(self, options: CTCBeamOptions, scorer_factory):
+        """``scorer_factory(items)`` → an :class:`LLMPrefixScorer` (or None for no LM)."""
+        self.options = options
+        self.scorer_factory = scorer_factory
+
+    def score(self, prefix: tuple[int, ...], beam: Beam) -> float:
+        return beam.ctc + self.options.lm_weight * beam.lm + self.options.token_bonus * len(prefix)
+
+    def decode(self, log_probs: Sequence[Tensor]) -> list[list[int]]:
+        """Per item, CTC log-probabilities [T_i, V] (blank = 0) → the best prefix of CTC ids."""
+        o = self.options
+        scorer = self.scorer_factory(len(log_probs)) if o.lm_weight else None
+        beams: list[dict[tuple[int, ...], Beam]] = [{(): Beam(blank=0.0)} for _ in log_probs]
+        log_probs = [lp.float().cpu() for lp in log_probs]
+        skip = math.log(o.blank_skip)
+        for t in range(max((len(lp) for lp in log_probs), default=0)):
+            candidates: dict[int, list[tuple[int, float]]] = {}
+            for item, lp in enumerate(log_probs):
+                if t < len(lp) and float(lp[t, 0]) <= skip:
+                    values, units = lp[t, 1:].topk(min(o.candidates, lp.shape[1] - 1))
+                    candidates[item] = [(int(u) + 1, float(v)) for v, u in zip(values, units, strict=True)
+                                        if float(v) >= o.min_logprob]
+            if scorer is not None and any(candidates.values()):
+                scorer.update([(item, prefix) for item, b in enumerate(beams)
+                               if t < len(log_probs[item]) for prefix in b])
+            for item, lp in enumerate(log_probs):
+                if t < len(lp):
+                    beams[item] = self._step(item, beams[item], lp[t], candidates.get(item, []), scorer)
+        return [list(max(b.items(), key=lambda kv: self.score(*kv))[0]) for b in beams]
+
+    def _step(self, item: int, beams: dict[tuple[int, ...], Beam], frame: Tensor,
+              candidates: list[tuple[int, float]],
+              scorer: LLMPrefixScorer | None) -> dict[tuple[int, ...], Beam]:
+        blank = float(frame[0])
+        out: dict[tuple[int, ...], Beam] = {}
+
+        def add(prefix: tuple[int, ...], lm: float, ends_blank: float, ends_unit: float) -> None:
+            beam = out.setdefault(prefix, Beam(lm=lm))
+            beam.blank = log_add(beam.blank, ends_blank)
+            beam.unit = log_add(beam.unit, ends_unit)
+
+        for prefix, beam in beams.items():
+            add(prefix, beam.lm, beam.ctc + blank, NEG_INF)
+            if prefix:  # the last unit goes on
+                add(prefix, beam.lm, NEG_INF, beam.unit + float(frame[prefix[-1]]))
+            lm_next = scorer.logprobs[(item, prefix)] if scorer is not None and candidates else None
+            for unit, logprob in candidates:
+                lm = beam.lm + (float(lm_next[unit - 1]) if lm_next is not None else 0.0)
+                # a repeated unit needs a blank in between, else it merges into the last one
+                before = beam.blank if prefix and unit == prefix[-1] else beam.ctc
+                add(prefix + (unit,), lm, NEG_INF, before + logprob)
+        scored = sorted(((self.score(*kv), kv) for kv in out.items()), key=lambda x: x[0], reverse=True)
+        floor = scored[0][0] - self.options.prune
+        return dict(kv for score, kv in scored[: self.options.beam_size] if score >= floor)

@@ -1,0 +1,101 @@
+"""CTC prefix beam search with the LLM as language model (speechllm.speechlm.ctc_beam)."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from speechllm.speechlm.ctc_beam import (
+    CTCBeamOptions,
+    CTCPrefixBeamSearch,
+    LLMPrefixScorer,
+    document_start_id,
+)
+from speechllm.speechlm.tiny import make_tiny_llm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def frames(*rows: list[float]) -> torch.Tensor:
+    """Per-frame probabilities (blank first) → log-probabilities [T, V]."""
+    return torch.tensor(rows).log()
+
+
+class FixedLM:
+    """A stand-in scorer: every prefix gets the same next-unit log-probabilities."""
+
+    def __init__(self, unit_logprobs: list[float]):
+        self.row = torch.tensor(unit_logprobs)
+        self.logprobs: dict = {}
+        self.calls = 0
+
+    def update(self, live) -> None:
+        self.calls += 1
+        self.logprobs = {key: self.row for key in live}
+
+
+def test_prefix_search_sums_paths_that_greedy_misses():
+    # greedy path: blank, blank -> "" (p 0.36); but "a" has paths aa, a-, -a: p 0.64
+    lp = frames([0.6, 0.4], [0.6, 0.4])
+    search = CTCPrefixBeamSearch(CTCBeamOptions(beam_size=4, lm_weight=0, token_bonus=0), lambda n: None)
+    assert search.decode([lp]) == [[1]]
+    # a repeated unit needs a blank between its two copies: "a a" is not "a"
+    lp = frames([0.01, 0.98, 0.01], [0.98, 0.01, 0.01], [0.01, 0.98, 0.01])
+    assert search.decode([lp]) == [[1, 1]]
+
+
+def test_lm_breaks_acoustic_ties_and_bonus_counters_short_outputs():
+    lp = frames([0.02, 0.49, 0.49])  # units 1 and 2 equally likely
+    prefer_two = FixedLM([math.log(0.1), math.log(0.9)])
+    search = CTCPrefixBeamSearch(CTCBeamOptions(beam_size=4, lm_weight=1.0, token_bonus=0),
+                                 lambda n: prefer_two)
+    assert search.decode([lp]) == [[2]]
+    assert prefer_two.calls == 1
+    # two units of fair evidence vs the LM's cost of saying anything: the bonus decides
+    lp = frames([0.3, 0.7, 0.0 + 1e-9], [0.3, 1e-9, 0.7])
+    costly = FixedLM([math.log(0.05), math.log(0.05)])
+    quiet = CTCPrefixBeamSearch(CTCBeamOptions(beam_size=4, lm_weight=1.0, token_bonus=0), lambda n: costly)
+    spoken = CTCPrefixBeamSearch(CTCBeamOptions(beam_size=4, lm_weight=1.0, token_bonus=3), lambda n: costly)
+    assert len(quiet.decode([lp])[0]) < 2
+    assert spoken.decode([lp]) == [[1, 2]]
+
+
+def test_items_of_different_lengths_decode_as_alone():
+    a = frames([0.1, 0.8, 0.1], [0.9, 0.05, 0.05], [0.1, 0.1, 0.8])
+    b = frames([0.1, 0.1, 0.8])
+    search = CTCPrefixBeamSearch(CTCBeamOptions(beam_size=3, lm_weight=0.5), lambda n: FixedLM([-1.0, -2.0]))
+    assert search.decode([a, b]) == search.decode([a]) + search.decode([b])
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    folder = make_tiny_llm(tmp_path_factory.mktemp("llm"))
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def test_scorer_matches_a_fresh_forward_pass(tiny_llm):
+    llm, tokenizer = tiny_llm
+    bos = document_start_id(tokenizer)
+    assert bos == tokenizer.bos_token_id  # the tiny tokenizer has no <|endoftext|>
+    units = torch.tensor([5, 9, 17, 30])  # CTC id k is LLM token units[k - 1]
+    scorer = LLMPrefixScorer(llm, units, items=2, bos=bos)
+    # live prefixes change as a beam search would change them: extended, kept, dropped
+    # (children of rows that rode along as padding must see their parent's tokens only)
+    rounds = [[(0, ()), (1, ())], [(0, (1,)), (0, ()), (1, (3,))],
+              [(0, (1, 2)), (0, ()), (1, (3,)), (1, (3, 4))],
+              [(0, (1, 2, 2)), (0, (2,)), (1, (3, 4, 1)), (1, (3, 2))]]
+    with torch.no_grad():
+        for live in rounds:
+            scorer.update(live)
+            for key in live:
+                ids = torch.tensor([[bos] + [int(units[u - 1]) for u in key[1]]])
+                expected = llm(input_ids=ids).logits[0, -1].float().log_softmax(-1)[units]
+                assert torch.allclose(scorer.logprobs[key], expected, atol=1e-4), key
+    assert set(scorer.rows) == set(rounds[-1])
+
+
+def test_options_are_checked():
+    for bad in ({"beam_size": 0}, {"candidates": 0}, {"blank_skip": 0.0}):
+        with pytest.raises(ValueError):
+            CTCBeamOptions(**bad)
