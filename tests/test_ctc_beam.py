@@ -30,9 +30,9 @@ class FixedLM:
         self.logprobs: dict = {}
         self.calls = 0
 
-    def update(self, live) -> None:
+    def update(self, need, keep) -> None:
         self.calls += 1
-        self.logprobs = {key: self.row for key in live}
+        self.logprobs.update({key: self.row for key in need})
 
 
 def test_prefix_search_sums_paths_that_greedy_misses():
@@ -87,10 +87,10 @@ def test_scorer_matches_a_fresh_forward_pass(tiny_llm):
               [(0, (1, 2, 2)), (0, (2,)), (1, (3, 4, 1)), (1, (3, 2))]]
     with torch.no_grad():
         for live in rounds:
-            scorer.update(live)
+            scorer.update(live, keep=[k for k in live if k in scorer.rows])
             for key in live:
                 ids = torch.tensor([[bos] + [int(units[u - 1]) for u in key[1]]])
-                expected = llm(input_ids=ids).logits[0, -1].float().log_softmax(-1)[units]
+                expected = llm(input_ids=ids).logits[0, -1, units].float().log_softmax(-1)
                 assert torch.allclose(scorer.logprobs[key], expected, atol=1e-4), key
     assert set(scorer.rows) == set(rounds[-1])
 
@@ -99,3 +99,42 @@ def test_options_are_checked():
     for bad in ({"beam_size": 0}, {"candidates": 0}, {"blank_skip": 0.0}):
         with pytest.raises(ValueError):
             CTCBeamOptions(**bad)
+
+
+class PrefixLM:
+    """Pseudo-random but fixed next-unit log-probabilities per prefix. ``eager``: every prefix is
+    known from the start (the search never has to ask); otherwise only those ``update`` computed."""
+
+    def __init__(self, units: int, eager: bool):
+        self.units, self.calls = units, 0
+        self.logprobs = self.Everything(self) if eager else {}
+
+    def dist(self, key) -> torch.Tensor:
+        seed = torch.Generator().manual_seed(hash(key) % 2**31)
+        return torch.randn(self.units, generator=seed).log_softmax(-1)
+
+    def update(self, need, keep) -> None:
+        self.calls += 1
+        self.logprobs.update({key: self.dist(key) for key in need})
+
+    class Everything(dict):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def get(self, key, default=None):
+            return self.lm.dist(key)
+
+        def __contains__(self, key):
+            return True
+
+
+def test_lazy_lm_scoring_finds_what_scoring_everything_finds():
+    torch.manual_seed(0)
+    items = [(torch.randn(t, 7) * 3).log_softmax(-1) for t in (30, 12, 25)]
+    options = CTCBeamOptions(beam_size=4, lm_weight=0.8, token_bonus=1.0, candidates=3, min_logprob=-6)
+    eager, lazy = PrefixLM(6, eager=True), PrefixLM(6, eager=False)
+    expected = CTCPrefixBeamSearch(options, lambda n: eager).decode(items)
+    assert CTCPrefixBeamSearch(options, lambda n: lazy).decode(items) == expected
+    assert eager.calls == 0 and 0 < lazy.calls
+    assert any(len(e) > 2 for e in expected)

@@ -5,7 +5,8 @@ words, which a language model would not let through. The speech-LLM already hold
 LLM. A prefix ``y`` of CTC units is scored ``log P_ctc(y | audio) + lm_weight * log P_llm(y) +
 token_bonus * len(y)`` (shallow fusion); ``P_ctc`` sums over all the paths that collapse to
 ``y`` (prefix beam search, Hannun et al., 2014), ``P_llm`` is the LLM's probability of the
-tokens ``y`` stands for, read as plain text after ``<|endoftext|>``.
+tokens ``y`` stands for, read as plain text after ``<|endoftext|>`` and normalised over the
+tokens the CTC head can write.
 
 The LLM runs one token per new prefix, on a batched KV cache that holds one row per live
 prefix (:class:`LLMPrefixScorer`); all items of a batch advance frame by frame together, so
@@ -16,7 +17,7 @@ one LLM call serves every item's beams. Frames where the blank is near certain
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,13 +29,14 @@ Key = tuple[int, tuple[int, ...]]  # (item, prefix of CTC ids)
 
 @dataclass(frozen=True)
 class CTCBeamOptions:
+    # defaults: tuned for speechllm-starter on held-out texts (README, "The starter model")
     beam_size: int = 1  # 1: the greedy CTC path, no LLM
-    lm_weight: float = 0.5  # weight of the LLM's log-probability
-    token_bonus: float = 1.0  # added per unit: offsets the LM's bias towards short outputs
-    candidates: int = 8  # most likely units tried per frame...
-    min_logprob: float = -8.0  # ...if at least this likely
+    lm_weight: float = 0.3  # weight of the LLM's log-probability
+    token_bonus: float = 2.0  # added per unit: offsets the LM's bias towards short outputs
+    candidates: int = 4  # most likely units tried per frame...
+    min_logprob: float = -5.0  # ...if at least this likely
     blank_skip: float = 0.999  # frames whose blank probability is above this emit nothing new
-    prune: float = 10.0  # prefixes scoring this far below the best are dropped (fewer LLM calls)
+    prune: float = 5.0  # prefixes scoring this far below the best are dropped (fewer LLM calls)
 
     def __post_init__(self) -> None:
         if self.beam_size < 1 or self.candidates < 1:
@@ -84,45 +86,52 @@ class LLMPrefixScorer:
 
     @torch.no_grad()
     def __init__(self, llm: nn.Module, unit_tokens: Tensor, items: int, bos: int):
-        self.llm = llm
-        self.unit_tokens = unit_tokens  # CTC id k (k >= 1) is LLM token unit_tokens[k - 1]
+        self.decoder = llm.get_decoder()  # the transformer without its output layer
         device = next(llm.parameters()).device
+        self.unit_tokens = unit_tokens.to(device)  # CTC id k (k >= 1) is LLM token unit_tokens[k - 1]
+        # the output layer's rows for the units only: the CTC can write no other token, so the
+        # LM is normalised over them (and a 49k-row product per step is most of a small LLM's cost)
+        self.head = llm.get_output_embeddings().weight[self.unit_tokens]
         ids = torch.full((items, 1), bos, device=device)
         self.mask = torch.ones_like(ids)
         self.next_position = torch.ones(items, dtype=torch.long, device=device)
-        out = llm(input_ids=ids, attention_mask=self.mask, position_ids=torch.zeros_like(ids), use_cache=True)
+        out = self.decoder(input_ids=ids, attention_mask=self.mask, position_ids=torch.zeros_like(ids),
+                           use_cache=True)
         self.kv = cache_tensors(out.past_key_values)
         self.rows: dict[Key, int] = {(item, ()): item for item in range(items)}
         self.logprobs: dict[Key, Tensor] = {}
-        self._store(list(self.rows), out.logits[:, -1])
+        self._store(list(self.rows), out.last_hidden_state[:, -1])
 
-    def _store(self, keys: Sequence[Key], logits: Tensor) -> None:
-        scores = logits.float().log_softmax(-1)[:, self.unit_tokens.to(logits.device)].cpu()
+    def _store(self, keys: Sequence[Key], hidden: Tensor) -> None:
+        scores = (hidden @ self.head.T).float().log_softmax(-1).cpu()
         for key, row in zip(keys, scores, strict=True):
             self.logprobs[key] = row
 
     @torch.no_grad()
-    def update(self, live: Sequence[Key]) -> None:
-        """Make sure every live prefix has log-probabilities; the pool keeps exactly these rows."""
-        new = [k for k in live if k not in self.rows]
+    def update(self, need: Sequence[Key], keep: Sequence[Key]) -> None:
+        """Compute the prefixes ``need`` (each from its parent's row) in one batched step; the
+        pool then holds their rows and those of ``keep`` (prefixes still to be extended, or
+        parents of prefixes not computed yet)."""
+        new = [k for k in dict.fromkeys(need) if k not in self.rows]
         if not new:
             return
-        kept = torch.tensor([self.rows[k] for k in live if k in self.rows], dtype=torch.long)
+        kept_keys = [k for k in dict.fromkeys(keep) if k in self.rows]
+        kept = torch.tensor([self.rows[k] for k in kept_keys], dtype=torch.long)
         parents = torch.tensor([self.rows[(k[0], k[1][:-1])] for k in new], dtype=torch.long)
-        tokens = torch.tensor([[int(self.unit_tokens[k[1][-1] - 1])] for k in new], device=self.mask.device)
+        tokens = self.unit_tokens[torch.tensor([k[1][-1] - 1 for k in new], device=self.mask.device)]
         mask = torch.cat([self.mask[parents], self.mask.new_ones(len(new), 1)], dim=1)
-        out = self.llm(input_ids=tokens, attention_mask=mask, position_ids=self.next_position[parents, None],
-                       past_key_values=make_cache([(k[parents], v[parents]) for k, v in self.kv]),
-                       use_cache=True)
+        out = self.decoder(input_ids=tokens[:, None], attention_mask=mask,
+                           position_ids=self.next_position[parents, None],
+                           past_key_values=make_cache([(k[parents], v[parents]) for k, v in self.kv]),
+                           use_cache=True)
         grown = cache_tensors(out.past_key_values)
         self.kv = [(torch.cat([_pad_column(k[kept]), k2]), torch.cat([_pad_column(v[kept]), v2]))
                    for (k, v), (k2, v2) in zip(self.kv, grown, strict=True)]
         self.mask = torch.cat([_pad_column(self.mask[kept]), mask])
         self.next_position = torch.cat([self.next_position[kept], self.next_position[parents] + 1])
-        order = [k for k in live if k in self.rows] + new
-        self.rows = {k: i for i, k in enumerate(order)}
-        self.logprobs = {k: self.logprobs[k] for k in order[: len(kept)]}
-        self._store(new, out.logits[:, -1])
+        self.rows = {k: i for i, k in enumerate(kept_keys + new)}
+        self.logprobs = {k: self.logprobs[k] for k in kept_keys}
+        self._store(new, out.last_hidden_state[:, -1])
 
 
 def _pad_column(x: Tensor) -> Tensor:
@@ -135,13 +144,27 @@ class Beam:
     blank: float = NEG_INF  # log P of the paths ending in blank
     unit: float = NEG_INF  # ... ending in the prefix's last unit
     lm: float = 0.0  # LLM log-probability of the prefix
+    estimated: bool = False  # lm is an upper bound: the parent's next-token LM is not computed yet
 
     @property
     def ctc(self) -> float:
         return log_add(self.blank, self.unit)
 
 
+Prefixes = dict[tuple[int, ...], Beam]
+Request = tuple[list[Key], list[Key]]  # (prefixes whose LM is needed, rows to keep)
+
+
 class CTCPrefixBeamSearch:
+    """Each item's search runs until it needs the LLM (:meth:`_search` is a generator); the
+    requests of all waiting items then go to the LLM as one batch.
+
+    The LLM runs lazily: an extension is first scored with its LM term at its upper bound (0),
+    and the parent's next-token distribution is computed only if that bound would keep the
+    extension in the beam, so the result is the same as scoring every extension, with far fewer
+    LLM rows (a prefix usually dies before anything is appended to it).
+    """
+
     def __init__(self, options: CTCBeamOptions, scorer_factory):
         """``scorer_factory(items)`` → an :class:`LLMPrefixScorer` (or None for no LM)."""
         self.options = options
@@ -152,47 +175,71 @@ class CTCPrefixBeamSearch:
 
     def decode(self, log_probs: Sequence[Tensor]) -> list[list[int]]:
         """Per item, CTC log-probabilities [T_i, V] (blank = 0) → the best prefix of CTC ids."""
+        scorer = self.scorer_factory(len(log_probs)) if self.options.lm_weight else None
+        searches = [self._search(item, lp.float().cpu(), scorer) for item, lp in enumerate(log_probs)]
+        results: list[list[int]] = [[] for _ in searches]
+        requests: dict[int, Request] = {}
+
+        def advance(item: int) -> None:
+            try:
+                requests[item] = next(searches[item])
+            except StopIteration as done:
+                results[item] = done.value
+                requests.pop(item, None)
+
+        for item in range(len(searches)):
+            advance(item)
+        while requests:
+            scorer.update([k for need, _ in requests.values() for k in need],
+                          [k for _, keep in requests.values() for k in keep])
+            for item in list(requests):
+                advance(item)
+        return results
+
+    def _search(self, item: int, log_probs: Tensor, scorer) -> Iterator[Request]:
         o = self.options
-        scorer = self.scorer_factory(len(log_probs)) if o.lm_weight else None
-        beams: list[dict[tuple[int, ...], Beam]] = [{(): Beam(blank=0.0)} for _ in log_probs]
-        log_probs = [lp.float().cpu() for lp in log_probs]
+        beams: Prefixes = {(): Beam(blank=0.0)}
         skip = math.log(o.blank_skip)
-        for t in range(max((len(lp) for lp in log_probs), default=0)):
-            candidates: dict[int, list[tuple[int, float]]] = {}
-            for item, lp in enumerate(log_probs):
-                if t < len(lp) and float(lp[t, 0]) <= skip:
-                    values, units = lp[t, 1:].topk(min(o.candidates, lp.shape[1] - 1))
-                    candidates[item] = [(int(u) + 1, float(v)) for v, u in zip(values, units, strict=True)
-                                        if float(v) >= o.min_logprob]
-            if scorer is not None and any(candidates.values()):
-                scorer.update([(item, prefix) for item, b in enumerate(beams)
-                               if t < len(log_probs[item]) for prefix in b])
-            for item, lp in enumerate(log_probs):
-                if t < len(lp):
-                    beams[item] = self._step(item, beams[item], lp[t], candidates.get(item, []), scorer)
-        return [list(max(b.items(), key=lambda kv: self.score(*kv))[0]) for b in beams]
+        for frame in log_probs:
+            candidates = []
+            if float(frame[0]) <= skip:
+                values, units = frame[1:].topk(min(o.candidates, len(frame) - 1))
+                candidates = [(int(u) + 1, float(v)) for v, u in zip(values, units, strict=True)
+                              if float(v) >= o.min_logprob]
+            while True:
+                kept, missing = self._step(item, beams, frame, candidates, scorer)
+                if not missing:
+                    break
+                keep = [(item, p) if (item, p) in scorer.logprobs else (item, p[:-1]) for p in beams]
+                yield [(item, p) for p in missing], keep
+            beams = kept
+        return list(max(beams.items(), key=lambda kv: self.score(*kv))[0])
 
-    def _step(self, item: int, beams: dict[tuple[int, ...], Beam], frame: Tensor,
-              candidates: list[tuple[int, float]],
-              scorer: LLMPrefixScorer | None) -> dict[tuple[int, ...], Beam]:
+    def _step(self, item: int, beams: Prefixes, frame: Tensor, candidates: list[tuple[int, float]],
+              scorer) -> tuple[Prefixes, set[tuple[int, ...]]]:
+        """One frame: the kept prefixes, or the parents whose LM must be computed first."""
         blank = float(frame[0])
-        out: dict[tuple[int, ...], Beam] = {}
+        out: Prefixes = {}
 
-        def add(prefix: tuple[int, ...], lm: float, ends_blank: float, ends_unit: float) -> None:
-            beam = out.setdefault(prefix, Beam(lm=lm))
+        def add(prefix: tuple[int, ...], lm: float, estimated: bool, ends_blank: float,
+                ends_unit: float) -> None:
+            beam = out.setdefault(prefix, Beam(lm=lm, estimated=estimated))
+            if beam.estimated and not estimated:
+                beam.lm, beam.estimated = lm, False
             beam.blank = log_add(beam.blank, ends_blank)
             beam.unit = log_add(beam.unit, ends_unit)
 
         for prefix, beam in beams.items():
-            add(prefix, beam.lm, beam.ctc + blank, NEG_INF)
+            add(prefix, beam.lm, beam.estimated, beam.ctc + blank, NEG_INF)
             if prefix:  # the last unit goes on
-                add(prefix, beam.lm, NEG_INF, beam.unit + float(frame[prefix[-1]]))
-            lm_next = scorer.logprobs[(item, prefix)] if scorer is not None and candidates else None
+                add(prefix, beam.lm, beam.estimated, NEG_INF, beam.unit + float(frame[prefix[-1]]))
+            lm_next = None if scorer is None else scorer.logprobs.get((item, prefix))
             for unit, logprob in candidates:
                 lm = beam.lm + (float(lm_next[unit - 1]) if lm_next is not None else 0.0)
                 # a repeated unit needs a blank in between, else it merges into the last one
                 before = beam.blank if prefix and unit == prefix[-1] else beam.ctc
-                add(prefix + (unit,), lm, NEG_INF, before + logprob)
-        scored = sorted(((self.score(*kv), kv) for kv in out.items()), key=lambda x: x[0], reverse=True)
-        floor = scored[0][0] - self.options.prune
-        return dict(kv for score, kv in scored[: self.options.beam_size] if score >= floor)
+                add(prefix + (unit,), lm, scorer is not None and lm_next is None, NEG_INF, before + logprob)
+        ranked = sorted(((self.score(*kv), kv) for kv in out.items()), key=lambda x: x[0], reverse=True)
+        floor = ranked[0][0] - self.options.prune
+        kept = dict(kv for score, kv in ranked[: self.options.beam_size] if score >= floor)
+        return kept, {p[:-1] for p, beam in kept.items() if beam.estimated}
