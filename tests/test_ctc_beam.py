@@ -66,6 +66,8 @@ def test_items_of_different_lengths_decode_as_alone():
     b = frames([0.1, 0.1, 0.8])
     search = CTCPrefixBeamSearch(CTCBeamOptions(beam_size=3, lm_weight=0.5), lambda n: FixedLM([-1.0, -2.0]))
     assert search.decode([a, b]) == search.decode([a]) + search.decode([b])
+    assert search.decode([a, torch.zeros(0, 3)]) == search.decode([a]) + [[]]  # a clip with no frames
+    assert search.decode([]) == []
 
 
 @pytest.fixture(scope="module")

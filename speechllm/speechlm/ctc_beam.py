@@ -8,16 +8,17 @@ token_bonus * len(y)`` (shallow fusion); ``P_ctc`` sums over all the paths that 
 tokens ``y`` stands for, read as plain text after ``<|endoftext|>`` and normalised over the
 tokens the CTC head can write.
 
-The LLM runs one token per new prefix, on a batched KV cache that holds one row per live
-prefix (:class:`LLMPrefixScorer`); all items of a batch advance frame by frame together, so
-one LLM call serves every item's beams. Frames where the blank is near certain
-(``blank_skip``) only extend by blank or a repeat and need no LLM call.
+The LLM runs one token per prefix it must score, on a pooled KV cache that holds one row per
+prefix still needed (:class:`LLMPrefixScorer`), and only for prefixes whose extensions could stay
+in the beam (lazy scoring, :class:`CTCPrefixBeamSearch`). Each item of a batch searches on until
+it needs the LLM; the requests of all items then go through the LLM as one batch. Frames where
+the blank is near certain (``blank_skip``) only extend by blank or a repeat.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -165,8 +166,9 @@ class CTCPrefixBeamSearch:
     LLM rows (a prefix usually dies before anything is appended to it).
     """
 
-    def __init__(self, options: CTCBeamOptions, scorer_factory):
-        """``scorer_factory(items)`` → an :class:`LLMPrefixScorer` (or None for no LM)."""
+    def __init__(self, options: CTCBeamOptions, scorer_factory: Callable[[int], LLMPrefixScorer | None]):
+        """``scorer_factory(items)`` → an :class:`LLMPrefixScorer` for that many items (called only
+        when ``lm_weight`` is not 0)."""
         self.options = options
         self.scorer_factory = scorer_factory
 
@@ -175,6 +177,8 @@ class CTCPrefixBeamSearch:
 
     def decode(self, log_probs: Sequence[Tensor]) -> list[list[int]]:
         """Per item, CTC log-probabilities [T_i, V] (blank = 0) → the best prefix of CTC ids."""
+        if not log_probs:
+            return []
         scorer = self.scorer_factory(len(log_probs)) if self.options.lm_weight else None
         searches = [self._search(item, lp.float().cpu(), scorer) for item, lp in enumerate(log_probs)]
         results: list[list[int]] = [[] for _ in searches]
