@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechllm.hf_cache import cache_arg
 from speechllm.speechlm.model import LoraSpec
 
 IGNORE = -100
@@ -232,7 +233,7 @@ class TextSpeechLM(nn.Module):
         def feed(ids: list[int], speech: bool) -> Tensor:
             t = torch.tensor([ids], device=device)
             flags = torch.full_like(t, speech, dtype=torch.bool)
-            out = self.decoder(inputs_embeds=self.embed(t, flags), past_key_values=cache, use_cache=True)
+            out = self.decoder(inputs_embeds=self.embed(t, flags), use_cache=True, **cache_arg(cache))
             return out.last_hidden_state[0, -1]
 
         def pull(k: int) -> list[int]:

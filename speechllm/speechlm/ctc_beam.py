@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from speechllm.hf_cache import cache_arg, cache_tensors, make_cache, output_cache
+
 NEG_INF = float("-inf")
 Key = tuple[int, tuple[int, ...]]  # (item, prefix of CTC ids)
 
@@ -61,21 +63,6 @@ def log_add(a: float, b: float) -> float:
     return a if b == NEG_INF else a + math.log1p(math.exp(b - a))
 
 
-def cache_tensors(cache) -> list[tuple[Tensor, Tensor]]:
-    """(keys, values) [rows, heads, length, dim] per layer of a Hugging Face KV cache."""
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))
-
-
-def make_cache(tensors: list[tuple[Tensor, Tensor]]):
-    from transformers import DynamicCache
-
-    if hasattr(DynamicCache, "from_legacy_cache"):
-        return DynamicCache.from_legacy_cache(tuple(tensors))
-    return DynamicCache(ddp_cache_data=tensors)
-
-
 class LLMPrefixScorer:
     """The LLM's next-token log-probabilities, over the CTC units, of many prefixes at once.
 
@@ -98,7 +85,7 @@ class LLMPrefixScorer:
         self.next_position = torch.ones(items, dtype=torch.long, device=device)
         out = self.decoder(input_ids=ids, attention_mask=self.mask, position_ids=torch.zeros_like(ids),
                            use_cache=True)
-        self.kv = cache_tensors(out.past_key_values)
+        self.kv = cache_tensors(output_cache(out))
         self.rows: dict[Key, int] = {(item, ()): item for item in range(items)}
         self.logprobs: dict[Key, Tensor] = {}
         self._store(list(self.rows), out.last_hidden_state[:, -1])
@@ -123,9 +110,9 @@ class LLMPrefixScorer:
         mask = torch.cat([self.mask[parents], self.mask.new_ones(len(new), 1)], dim=1)
         out = self.decoder(input_ids=tokens[:, None], attention_mask=mask,
                            position_ids=self.next_position[parents, None],
-                           past_key_values=make_cache([(k[parents], v[parents]) for k, v in self.kv]),
+                           **cache_arg(make_cache([(k[parents], v[parents]) for k, v in self.kv])),
                            use_cache=True)
-        grown = cache_tensors(out.past_key_values)
+        grown = cache_tensors(output_cache(out))
         self.kv = [(torch.cat([_pad_column(k[kept]), k2]), torch.cat([_pad_column(v[kept]), v2]))
                    for (k, v), (k2, v2) in zip(self.kv, grown, strict=True)]
         self.mask = torch.cat([_pad_column(self.mask[kept]), mask])

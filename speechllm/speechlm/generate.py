@@ -1,6 +1,6 @@
 """Batched decoding on any Hugging Face causal LM fed ``inputs_embeds``: greedy, beam, streaming.
 
-:class:`LMState` holds the batch's KV cache (the model's own ``past_key_values``), attention
+:class:`LMState` holds the batch's KV cache (the model's own cache object), attention
 mask and positions, prefilled once from the spliced embeddings and advanced one token per
 step. The policies are small decoders over it, as in whisper's decoding.py:
 :func:`greedy_steps` yields each step's tokens (so callers can stream them), and
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from speechllm.hf_cache import cache_arg, output_cache
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class LMState:
         self.next_position = position_ids[:, -1] + 1
         out = llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         self.logits = out.logits[:, -1].float()  # [rows, vocab]
 
     @torch.no_grad()
@@ -58,8 +60,8 @@ class LMState:
         """Feed one token per row; returns the next logits [rows, vocab]."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         out = self.llm(input_ids=tokens[:, None].to(self.mask.device), attention_mask=self.mask,
-                       position_ids=self.next_position[:, None], past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                       position_ids=self.next_position[:, None], use_cache=True, **cache_arg(self.cache))
+        self.cache = output_cache(out)
         self.next_position = self.next_position + 1
         self.logits = out.logits[:, -1].float()
         return self.logits
