@@ -94,6 +94,13 @@ class TokenVocab:
         llm = [i - 1 if self.subset is None else self.subset[i - 1] for i in ids if i > 0]
         return self.tokenizer.decode(llm)
 
+    def spoken_units(self) -> frozenset[int]:
+        """CTC ids whose text has a letter or digit (not punctuation or spacing alone)."""
+        if not hasattr(self, "_spoken"):
+            self._spoken = frozenset(k for k in range(1, self.size)
+                                     if any(c.isalnum() for c in self.decode([k])))
+        return self._spoken
+
 
 CTC_VOCABS: dict[str, Callable] = {"chars": lambda tokenizer: CharVocab(), "llm": TokenVocab}
 

@@ -80,7 +80,7 @@ def main() -> None:
             hyps = [model.ctc_vocab.decode(greedy_path(lp)).strip() for lp in log_probs]
         else:
             search = CTCPrefixBeamSearch(options, lambda items: LLMPrefixScorer(
-                model.llm, model.adapter.token_ids, items, bos))
+                model.llm, model.adapter.token_ids, items, bos), model.ctc_vocab.spoken_units())
             start = time.perf_counter()
             with torch.no_grad(), model.text_mode():
                 hyps = [model.ctc_vocab.decode(u).strip() for i in range(0, len(log_probs), args.batch_size)

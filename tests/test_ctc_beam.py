@@ -59,6 +59,10 @@ def test_lm_breaks_acoustic_ties_and_bonus_counters_short_outputs():
     spoken = CTCPrefixBeamSearch(CTCBeamOptions(beam_size=4, lm_weight=1.0, token_bonus=3), lambda n: costly)
     assert len(quiet.decode([lp])[0]) < 2
     assert spoken.decode([lp]) == [[1, 2]]
+    # ...but only for the units it rewards (e.g. not for punctuation)
+    only_one = CTCPrefixBeamSearch(CTCBeamOptions(beam_size=4, lm_weight=1.0, token_bonus=3),
+                                   lambda n: costly, rewarded_units={1})
+    assert only_one.decode([lp]) == [[1]]
 
 
 def test_items_of_different_lengths_decode_as_alone():

@@ -225,11 +225,14 @@ def test_ctc_posterior_vocabulary_subset_survives_save_and_load(folders, tmp_pat
                          model.tokenizer).eval()
     log_probs, mask = lm_model.adapter.frame_log_probs(*model.encode_frames(padded, lengths))
     search = CTCPrefixBeamSearch(CTCBeamOptions(**beam), lambda n: LLMPrefixScorer(
-        model.llm, model.adapter.token_ids, n, document_start_id(model.tokenizer)))
+        model.llm, model.adapter.token_ids, n, document_start_id(model.tokenizer)),
+        rewarded_units=model.ctc_vocab.spoken_units())
     expected = search.decode([lp[m] for lp, m in zip(log_probs, mask, strict=True)])
     texts = [r.text for r in lm_model.generate(two, TRANSCRIBE, options)]
     assert texts == [model.ctc_vocab.decode(u).strip() for u in expected]
     assert lm_model.generate(two[1:], TRANSCRIBE, options)[0].text == texts[1]  # as alone as in a batch
+    spoken = model.ctc_vocab.spoken_units()  # the token bonus is for units with a letter or digit
+    assert model.ctc_vocab.encode("paris")[0] in spoken and model.ctc_vocab.encode(".")[0] not in spoken
     with pytest.raises(ValueError, match="beam_size"):
         replace(model.config, ctc_beam={"beam_size": 0})
     with pytest.raises(TypeError):

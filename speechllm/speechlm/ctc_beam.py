@@ -3,7 +3,8 @@
 The CTC head of ``ctc-posterior`` writes LLM tokens; greedily, it drops and mishears short
 words, which a language model would not let through. The speech-LLM already holds one: its
 LLM. A prefix ``y`` of CTC units is scored ``log P_ctc(y | audio) + lm_weight * log P_llm(y) +
-token_bonus * len(y)`` (shallow fusion); ``P_ctc`` sums over all the paths that collapse to
+token_bonus * words(y)`` (shallow fusion; ``words`` counts the units that carry a letter or
+digit, so the bonus does not pay for stray punctuation); ``P_ctc`` sums over all the paths that collapse to
 ``y`` (prefix beam search, Hannun et al., 2014), ``P_llm`` is the LLM's probability of the
 tokens ``y`` stands for, read as plain text after ``<|endoftext|>`` and normalised over the
 tokens the CTC head can write.
@@ -18,7 +19,7 @@ the blank is near certain (``blank_skip``) only extend by blank or a repeat.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,7 @@ class CTCBeamOptions:
     # defaults: tuned for speechllm-starter on held-out texts (README, "The starter model")
     beam_size: int = 1  # 1: the greedy CTC path, no LLM
     lm_weight: float = 0.3  # weight of the LLM's log-probability
-    token_bonus: float = 2.0  # added per unit: offsets the LM's bias towards short outputs
+    token_bonus: float = 2.0  # per unit with a letter or digit: offsets the LM's bias towards short outputs
     candidates: int = 4  # most likely units tried per frame...
     min_logprob: float = -5.0  # ...if at least this likely
     blank_skip: float = 0.999  # frames whose blank probability is above this emit nothing new
@@ -132,6 +133,7 @@ class Beam:
     blank: float = NEG_INF  # log P of the paths ending in blank
     unit: float = NEG_INF  # ... ending in the prefix's last unit
     lm: float = 0.0  # LLM log-probability of the prefix
+    rewarded: int = 0  # units of the prefix that earn token_bonus
     estimated: bool = False  # lm is an upper bound: the parent's next-token LM is not computed yet
 
     @property
@@ -153,14 +155,17 @@ class CTCPrefixBeamSearch:
     LLM rows (a prefix usually dies before anything is appended to it).
     """
 
-    def __init__(self, options: CTCBeamOptions, scorer_factory: Callable[[int], LLMPrefixScorer | None]):
+    def __init__(self, options: CTCBeamOptions, scorer_factory: Callable[[int], LLMPrefixScorer | None],
+                 rewarded_units: Collection[int] | None = None):
         """``scorer_factory(items)`` → an :class:`LLMPrefixScorer` for that many items (called only
-        when ``lm_weight`` is not 0)."""
+        when ``lm_weight`` is not 0); ``rewarded_units``: the CTC ids that earn ``token_bonus``
+        (default: all)."""
         self.options = options
         self.scorer_factory = scorer_factory
+        self.rewarded_units = None if rewarded_units is None else frozenset(rewarded_units)
 
     def score(self, prefix: tuple[int, ...], beam: Beam) -> float:
-        return beam.ctc + self.options.lm_weight * beam.lm + self.options.token_bonus * len(prefix)
+        return beam.ctc + self.options.lm_weight * beam.lm + self.options.token_bonus * beam.rewarded
 
     def decode(self, log_probs: Sequence[Tensor]) -> list[list[int]]:
         """Per item, CTC log-probabilities [T_i, V] (blank = 0) → the best prefix of CTC ids."""
@@ -212,24 +217,27 @@ class CTCPrefixBeamSearch:
         blank = float(frame[0])
         out: Prefixes = {}
 
-        def add(prefix: tuple[int, ...], lm: float, estimated: bool, ends_blank: float,
-                ends_unit: float) -> None:
-            beam = out.setdefault(prefix, Beam(lm=lm, estimated=estimated))
-            if beam.estimated and not estimated:
-                beam.lm, beam.estimated = lm, False
+        def add(prefix: tuple[int, ...], like: Beam, ends_blank: float, ends_unit: float) -> None:
+            """Add path mass to ``prefix``; ``like`` carries its LM score, estimated or not, and bonus."""
+            beam = out.setdefault(prefix, Beam(lm=like.lm, estimated=like.estimated, rewarded=like.rewarded))
+            if beam.estimated and not like.estimated:
+                beam.lm, beam.estimated = like.lm, False
             beam.blank = log_add(beam.blank, ends_blank)
             beam.unit = log_add(beam.unit, ends_unit)
 
         for prefix, beam in beams.items():
-            add(prefix, beam.lm, beam.estimated, beam.ctc + blank, NEG_INF)
+            add(prefix, beam, beam.ctc + blank, NEG_INF)
             if prefix:  # the last unit goes on
-                add(prefix, beam.lm, beam.estimated, NEG_INF, beam.unit + float(frame[prefix[-1]]))
+                add(prefix, beam, NEG_INF, beam.unit + float(frame[prefix[-1]]))
             lm_next = None if scorer is None else scorer.logprobs.get((item, prefix))
             for unit, logprob in candidates:
                 lm = beam.lm + (float(lm_next[unit - 1]) if lm_next is not None else 0.0)
                 # a repeated unit needs a blank in between, else it merges into the last one
                 before = beam.blank if prefix and unit == prefix[-1] else beam.ctc
-                add(prefix + (unit,), lm, scorer is not None and lm_next is None, NEG_INF, before + logprob)
+                bonus = self.rewarded_units is None or unit in self.rewarded_units
+                child = Beam(lm=lm, estimated=scorer is not None and lm_next is None,
+                             rewarded=beam.rewarded + bonus)
+                add(prefix + (unit,), child, NEG_INF, before + logprob)
         ranked = sorted(((self.score(*kv), kv) for kv in out.items()), key=lambda x: x[0], reverse=True)
         floor = ranked[0][0] - self.options.prune
         kept = dict(kv for score, kv in ranked[: self.options.beam_size] if score >= floor)

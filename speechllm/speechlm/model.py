@@ -383,7 +383,8 @@ class SpeechLLM(nn.Module):
         else:
             log_probs, mask = self.adapter.frame_log_probs(hidden, mask)
             search = CTCPrefixBeamSearch(options, lambda items: LLMPrefixScorer(
-                self.llm, self.adapter.token_ids, items, document_start_id(self.tokenizer)))
+                self.llm, self.adapter.token_ids, items, document_start_id(self.tokenizer)),
+                rewarded_units=self.ctc_vocab.spoken_units())
             with self.text_mode():
                 units = search.decode([lp[m] for lp, m in zip(log_probs, mask, strict=True)])
         vocab = self.ctc_vocab
