@@ -90,7 +90,8 @@ def test_scorer_matches_a_fresh_forward_pass(tiny_llm):
     # (children of rows that rode along as padding must see their parent's tokens only)
     rounds = [[(0, ()), (1, ())], [(0, (1,)), (0, ()), (1, (3,))],
               [(0, (1, 2)), (0, ()), (1, (3,)), (1, (3, 4))],
-              [(0, (1, 2, 2)), (0, (2,)), (1, (3, 4, 1)), (1, (3, 2))]]
+              [(0, (1, 2, 2)), (0, (2,)), (1, (3, 4, 1)), (1, (3, 2))],
+              [(0, (2, 1))], [(0, (2, 1, 3))]]  # one row left: its dead padding columns get dropped
     with torch.no_grad():
         for live in rounds:
             scorer.update(live, keep=[k for k in live if k in scorer.rows])
@@ -99,6 +100,7 @@ def test_scorer_matches_a_fresh_forward_pass(tiny_llm):
                 expected = llm(input_ids=ids).logits[0, -1, units].float().log_softmax(-1)
                 assert torch.allclose(scorer.logprobs[key], expected, atol=1e-4), key
     assert set(scorer.rows) == set(rounds[-1])
+    assert scorer.mask.shape[1] < len(rounds) + 1  # (one column per round plus the start, less the dead)
 
 
 def test_options_are_checked():

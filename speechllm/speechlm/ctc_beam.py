@@ -118,9 +118,19 @@ class LLMPrefixScorer:
                    for (k, v), (k2, v2) in zip(self.kv, grown, strict=True)]
         self.mask = torch.cat([_pad_column(self.mask[kept]), mask])
         self.next_position = torch.cat([self.next_position[kept], self.next_position[parents] + 1])
+        self._drop_dead_columns()
         self.rows = {k: i for i, k in enumerate(kept_keys + new)}
         self.logprobs = {k: self.logprobs[k] for k in kept_keys}
         self._store(new, out.last_hidden_state[:, -1])
+
+
+    def _drop_dead_columns(self) -> None:
+        """Positions masked in every row (their prefixes died) only cost copies: drop them once a
+        quarter of the cache is dead. Positions are explicit, so nothing else moves."""
+        alive = self.mask.bool().any(0)
+        if int(alive.sum()) < 0.75 * len(alive):
+            self.mask = self.mask[:, alive]
+            self.kv = [(k[:, :, alive], v[:, :, alive]) for k, v in self.kv]
 
 
 def _pad_column(x: Tensor) -> Tensor:
