@@ -67,10 +67,11 @@ def log_add(a: float, b: float) -> float:
 class LLMPrefixScorer:
     """The LLM's next-token log-probabilities, over the CTC units, of many prefixes at once.
 
-    A pool of KV-cache rows holds one row per live prefix. :meth:`update` runs the LLM only on
-    the prefixes not seen yet, each from a copy of its parent's row plus its last token, and
-    appends their rows to the pool; the other rows get one masked column so all rows keep one
-    length (cheap: attention over a masked column, no matrix products).
+    A pool of KV-cache rows holds one row per prefix the search may still extend.
+    :meth:`update` runs the LLM only on the prefixes asked for, each from a copy of its parent's
+    row plus its last token, and appends their rows to the pool; the kept rows get one masked
+    column so all rows keep one length (cheap: no matrix products), and columns masked in every
+    row are dropped from time to time.
     """
 
     @torch.no_grad()
@@ -122,7 +123,6 @@ class LLMPrefixScorer:
         self.rows = {k: i for i, k in enumerate(kept_keys + new)}
         self.logprobs = {k: self.logprobs[k] for k in kept_keys}
         self._store(new, out.last_hidden_state[:, -1])
-
 
     def _drop_dead_columns(self) -> None:
         """Positions masked in every row (their prefixes died) only cost copies: drop them once a
