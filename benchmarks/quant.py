@@ -1,6 +1,6 @@
 """Low-bit core measurements: kernel times per backend, and perplexity per quantization method.
 
-    .venv/bin/python benchmarks/quant.py kernels [--threads 1] [--compile]
+    .venv/bin/python benchmarks/quant.py kernels [--threads 1] [--compile] [--device cuda]
     .venv/bin/python benchmarks/quant.py quality [--threads 2] [--results runs/quant_quality.json]
 
 ``kernels``: ``x @ W.T`` for x ``[1, K]`` (decode) and ``[256, K]`` (prefill), for SmolLM2-135M's
@@ -37,14 +37,16 @@ ONE_B = {"1B up 5632x2048": (5632, 2048), "1B down 2048x5632": (2048, 5632)}
 
 # --- kernels ---------------------------------------------------------------------------------------
 
-def _best(fn, repeats: int) -> float:
+def _best(fn, repeats: int, sync=lambda: None) -> float:
     with torch.no_grad():
         for _ in range(2):
             fn()
         times = []
         for _ in range(repeats):
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -53,24 +55,34 @@ def kernels(args: argparse.Namespace) -> None:
     from speechllm.quant import BACKENDS, QuantSpec, quantize_weight
     from speechllm.quant.backends import candidates, choose
 
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     formats = [QuantSpec(8, -1), QuantSpec(4, 32)]
     names = [n for n in BACKENDS if n != "compile" or args.compile]
+    shapes = {**SMOLLM2, **ONE_B}
     columns = [(spec, n) for spec in formats for n in names
-               if BACKENDS[n].supports(spec, 576, 576, torch.device("cpu"))]
+               if any(BACKENDS[n].supports(spec, *shape, device) for shape in shapes.values())]
     head = " | ".join(f"{spec.name} {n}" for spec, n in columns)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{torch.backends.cpu.get_cpu_capability()}; ms per call (best of {args.repeats}), "
+    where = torch.cuda.get_device_name(device) if cuda else (
+        f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
+    print(f"torch {torch.__version__}, {where}; ms per call (best of {args.repeats}), "
           f"x fp32 F.linear in brackets\n")
-    print(f"| weight | M | fp32 | {head} | auto int8 | auto int4 |")
-    print("|---|---:|---:|" + "---:|" * (len(columns) + 2))
-    for label, (n, k) in {**SMOLLM2, **ONE_B}.items():
+    bf16 = " bf16 |" if cuda else ""  # the GPU's usual float baseline
+    print(f"| weight | M | fp32 |{bf16} {head} | auto int8 | auto int4 |")
+    print("|---|---:|---:|" + "---:|" * (len(columns) + 2 + cuda))
+    for label, (n, k) in shapes.items():
         torch.manual_seed(0)
-        w = torch.randn(n, k) * 0.02
-        qws = {spec: quantize_weight(w, spec) for spec in formats}
+        w = torch.randn(n, k, device=device) * 0.02
+        qws = {spec: quantize_weight(w.cpu(), spec).to(device) for spec in formats}
         for m in (1, 256):
-            x = torch.randn(m, k)
-            base = _best(lambda: F.linear(x, w), args.repeats)  # noqa: B023
+            x = torch.randn(m, k, device=device)
+            base = _best(lambda: F.linear(x, w), args.repeats, sync)  # noqa: B023
             cells = []
+            if cuda:
+                xb, wb = x.bfloat16(), w.bfloat16()
+                t = _best(lambda: F.linear(xb, wb), args.repeats, sync)  # noqa: B023
+                cells.append(f"{t * 1e3:.3f} ({base / t:.2f}x)")
             for spec, name in columns:
                 backend = BACKENDS[name]
                 if not backend.supports(spec, n, k, x.device):
@@ -78,7 +90,7 @@ def kernels(args: argparse.Namespace) -> None:
                     continue
                 state = backend.prepare(qws[spec])
                 try:
-                    t = _best(lambda: backend.run(state, x), args.repeats)  # noqa: B023
+                    t = _best(lambda: backend.run(state, x), args.repeats, sync)  # noqa: B023
                 except RuntimeError as exc:
                     cells.append(f"fails ({str(exc)[:30]})")
                     continue
@@ -182,6 +194,7 @@ def main() -> None:
     k = sub.add_parser("kernels")
     k.add_argument("--repeats", type=int, default=20)
     k.add_argument("--compile", action="store_true", help="also time torch.compile's backend (slow to build)")
+    k.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU kernels")
     q = sub.add_parser("quality")
     q.add_argument("--results", default="runs/quant_quality.json", help="kept as rows finish (resumable)")
     q.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="NAME")

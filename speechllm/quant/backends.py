@@ -113,10 +113,16 @@ if _has("_weight_int4pack_mm_for_cpu"):
         _int4pack_cpu_prepare, _int4pack_cpu_run, codes_from_state=_int4pack_cpu_codes))
 
 
-def _int4pack_cuda_prepare(qw: QuantizedWeight, inner_k_tiles: int = 8) -> tuple:
+def _inner_k_tiles(k: int) -> int:
+    """tinygemm packs K in tiles of 16 x inner_k_tiles (2, 4 or 8): the largest that divides K."""
+    return next(t for t in (8, 4, 2) if k % (16 * t) == 0)
+
+
+def _int4pack_cuda_prepare(qw: QuantizedWeight, inner_k_tiles: int | None = None) -> tuple:
     q = qw.int_codes()
-    high_first = (q[:, 0::2] << 4 | q[:, 1::2]).contiguous()
-    packed = torch.ops.aten._convert_weight_to_int4pack(high_first, inner_k_tiles)
+    high_first = (q[:, 0::2] << 4 | q[:, 1::2]).to(torch.uint8).contiguous()
+    tiles = inner_k_tiles or _inner_k_tiles(qw.shape[1])
+    packed = torch.ops.aten._convert_weight_to_int4pack(high_first, tiles)
     return packed, qw.spec.group(qw.shape[1]), _int4_scales_zeros(qw)
 
 
@@ -127,7 +133,7 @@ def _int4pack_cuda_run(state: tuple, x: torch.Tensor) -> torch.Tensor:
 
 if _has("_weight_int4pack_mm"):
     register_backend(Backend(
-        "int4pack-cuda", lambda s, n, k, d: _int4pack_supported(s, n, k, d, "cuda") and k % 1024 == 0,
+        "int4pack-cuda", lambda s, n, k, d: _int4pack_supported(s, n, k, d, "cuda"),
         _int4pack_cuda_prepare, _int4pack_cuda_run))
 
 
