@@ -421,10 +421,10 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
     train_rows, eval_rows = rows[0], (rows[1] if config.eval else [])
     eval_rows = eval_subset(eval_rows, config.eval_max_rows, config.seed)
     # 2. model, optimizer, where to start
-    started_group = world > 1 and not torch.distributed.is_initialized()
-    if started_group:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = _device(config, local_rank)
+    started_group = world > 1 and not torch.distributed.is_initialized()
+    if started_group:  # the backend follows the training device: --device cpu on a GPU host needs gloo
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     checkpoint = latest_checkpoint(out) if config.resume else None
     if config.resume and checkpoint is None and rank == 0:
         print(f"no checkpoint in {out / CHECKPOINTS}: starting from step 0", file=sys.stderr)

@@ -1,4 +1,8 @@
 import json
+import os
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -127,6 +131,34 @@ def test_finetune_cli(data, tmp_path, capsys):
     assert code == 0 and "final evaluation (step 2)" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["adapter"] == "linear"
     assert main(["finetune", "--train", str(manifest), "--out", str(out), "--adapter", "mlp"]) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_finetune_runs_as_ddp_under_torchrun(data, tmp_path):
+    """Two processes (gloo on the CPU; nccl on GPUs): rank 0 alone writes, and the ranks stay in step."""
+    root, manifest, whisper, llm = data
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "speechllm.apps.cli",
+               "finetune", "--train", str(manifest), "--eval", str(manifest), "--adapter", "alignformer",
+               "--adapter-options", '{"d_model": 16, "d_ffn": 32}', "--lora-rank", "2",
+               "--encoder", str(whisper), "--llm", str(llm), "--out", str(out), "--steps", "3",
+               "--batch-size", "2", "--eval-every", "3", "--max-new-tokens", "2", "--quiet",
+               "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in log if "step" in r]
+    assert steps[-1] == 3 and len(set(steps)) == len(steps)  # rank 0 alone writes the log
+    assert [r["eval"]["step"] for r in log if "eval" in r] == [3]  # and evaluates
+    assert json.loads((out / "config.json").read_text())["info"]["step"] == 3
+    assert load_speechlm(out).config.adapter == "alignformer"
 
 
 def test_batch_order_is_resumable_and_sharded():
