@@ -10,7 +10,8 @@ comparison picks up where it stopped, and finished adapters are not retrained) w
 loss plus the CTC loss where the adapter has a CTC head, so the LLM decodes every transcript
 (``asr_decoder="llm"``). Then ``benchmarks/asr.py`` transcribes ``--test`` with all of them on the
 CPU (``--threads``), next to Whisper tiny.en's own decoder, and the table gives WER, real-time
-factor, trainable parameters and training wall time.
+factor, trainable parameters, training wall time, the LLM loss at the end of training and the WER
+of the run's own final evaluation. Run again with the same arguments, it only prints the table.
 """
 
 from __future__ import annotations
@@ -72,6 +73,38 @@ def adapter_params(out: Path) -> int:
     return total
 
 
+def training_summary(out: Path, tail: int = 5) -> dict:
+    """From the run's train_log.jsonl: the LLM loss averaged over the last ``tail`` logged steps (a
+    convergence figure that needs no decoding) and the final evaluation's WER on the eval rows."""
+    log = out / "train_log.jsonl"
+    if not log.is_file():
+        return {}
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    steps = [r for r in records if "step" in r][-tail:]
+    evals = [r["eval"] for r in records if "eval" in r]
+    summary = {"lm_loss_end": sum(r["lm_loss"] for r in steps) / len(steps)} if steps else {}
+    if evals and "wer" in evals[-1]:
+        summary["eval_wer"] = evals[-1]["wer"]
+    return summary
+
+
+def transcribe_test(args: argparse.Namespace, folders: list[str]) -> Path:
+    """benchmarks/asr.py over the test files with every trained adapter and Whisper, in one run;
+    kept, with what it was run on, so printing the table again does not decode again."""
+    results_file = Path(args.out) / "asr.json"
+    key_file = Path(args.out) / "asr_key.json"
+    key = {"test": args.test, "limit": args.limit, "threads": args.threads, "folders": folders,
+           "steps": args.steps}
+    if results_file.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+        return results_file
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "asr.py"), "--manifest", args.test,
+                    "--limit", str(args.limit), "--threads", str(args.threads),
+                    "--systems", "speechllm-whisper fp32", "--speechllm", *folders,
+                    "--json", str(results_file)], check=True)
+    key_file.write_text(json.dumps(key))
+    return results_file
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", required=True)
@@ -95,23 +128,23 @@ def main() -> None:
 
     trained = {a: train(args, a) for a in args.adapters}
     folders = [str(Path(args.out) / a) for a in args.adapters]
-    results_file = Path(args.out) / "asr.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "asr.py"), "--manifest", args.test,
-                    "--limit", str(args.limit), "--threads", str(args.threads),
-                    "--systems", "speechllm-whisper fp32", "--speechllm", *folders,
-                    "--json", str(results_file)], check=True)
+    results_file = transcribe_test(args, folders)
     rows = []
     for result in json.loads(results_file.read_text()):
         adapter = Path(result["system"].removeprefix("speech-LLM ")).name
-        rows.append({**result, **trained.get(adapter, {})})
+        summary = training_summary(Path(args.out) / adapter) if adapter in trained else {}
+        rows.append({**result, **trained.get(adapter, {}), **summary})
     print(f"\n{args.steps} steps x {args.batch_size}, lr {args.lr}, training on {args.device}; "
           f"test: first {args.limit} files of {args.test}")
-    print("| system | WER | RTF | trainable params | train wall |\n|---|---|---|---|---|")
+    print("| system | test WER | RTF | trainable params | train wall | LLM loss at the end | eval WER |\n"
+          "|---|---|---|---|---|---|---|")
     for row in rows:
         params = f"{row['params'] / 1e6:.2f}M" if "params" in row else "-"
         wall = f"{row['train_wall_s'] / 60:.1f} min" if "train_wall_s" in row else "-"
+        loss = f"{row['lm_loss_end']:.3f}" if "lm_loss_end" in row else "-"
+        eval_wer = f"{100 * row['eval_wer']:.2f}%" if "eval_wer" in row else "-"
         print(f"| {row.get('adapter', row['system'])} | {100 * row['wer']:.2f}% | {row['rtf']:.3f} | "
-              f"{params} | {wall} |")
+              f"{params} | {wall} | {loss} | {eval_wer} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
