@@ -9,9 +9,10 @@ Every adapter is trained by ``speechllm finetune`` (one process each, ``--resume
 comparison picks up where it stopped, and finished adapters are not retrained) with the LLM's own
 loss plus the CTC loss where the adapter has a CTC head, so the LLM decodes every transcript
 (``asr_decoder="llm"``). Then ``benchmarks/asr.py`` transcribes ``--test`` with all of them on the
-CPU (``--threads``), next to Whisper tiny.en's own decoder, and the table gives WER, real-time
-factor, trainable parameters, training wall time, the LLM loss at the end of training and the WER
-of the run's own final evaluation. Run again with the same arguments, it only prints the table.
+CPU (``--threads``), next to Whisper tiny.en's own decoder and faster-whisper, and the table gives
+WER, real-time factor, trainable parameters, training wall time, the LLM loss at the end of training
+and the WER of the run's own final evaluation. Run again with the same arguments, it only prints
+the table.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def transcribe_test(args: argparse.Namespace, folders: list[str]) -> Path:
         return results_file
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "asr.py"), "--manifest", args.test,
                     "--limit", str(args.limit), "--threads", str(args.threads),
-                    "--systems", "speechllm-whisper fp32", "--speechllm", *folders,
+                    "--systems", "speechllm-whisper fp32", "faster-whisper int8", "--speechllm", *folders,
                     "--json", str(results_file)], check=True)
     key_file.write_text(json.dumps(key))
     return results_file
