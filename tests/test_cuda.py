@@ -128,3 +128,26 @@ def test_training_step_on_cuda(folders):
         optimizer.step()
         losses.append(loss.item())
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_tts_stages_train_on_cuda(folders, tmp_path, fake_tts_cache):
+    """Every TTS training stage and the tokens step with --device cuda; the voice then speaks on the CPU."""
+    from speechllm.tts import load
+    from speechllm.tts.synthesize import SynthesisOptions
+    from speechllm.tts.train import main
+
+    cache = fake_tts_cache(tmp_path / "cache")
+    common = ["--cache", str(cache), "--batch-size", "2", "--log-every", "1", "--save-every", "2",
+              "--eval-every", "2", "--steps", "2", "--device", "cuda"]
+    run = lambda *a: main([*a, *common])  # noqa: E731
+    assert run("--stage", "tokenizer", "--out", str(tmp_path / "tok")) == 0
+    assert run("--stage", "tokens", "--out", str(tmp_path / "tok")) == 0
+    assert run("--stage", "vocoder", "--out", str(tmp_path / "voc")) == 0
+    assert run("--stage", "flow", "--out", str(tmp_path / "flow"), "--tokenizer", str(tmp_path / "tok")) == 0
+    assert run("--stage", "lm", "--out", str(tmp_path / "lm"), "--tokenizer", str(tmp_path / "tok"),
+               "--backbone", str(folders[1]), "--layers", "2", "--ratio", "2:5") == 0
+    assert run("--stage", "assemble", "--out", str(tmp_path / "voice"), "--lm", str(tmp_path / "lm"),
+               "--flow", str(tmp_path / "flow"), "--vocoder", str(tmp_path / "voc")) == 0
+    voice = load(str(tmp_path / "voice"))
+    voice.options = SynthesisOptions(flow_steps=2, max_speech_per_text=1.0)
+    assert len(voice.synthesize("Hello.")) > 0

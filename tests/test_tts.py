@@ -361,27 +361,13 @@ def test_cli(tiny_voice_dir, tmp_path, capsys, monkeypatch):
     assert "unknown voice 'nope'" in capsys.readouterr().err
 
 
-def test_training_driver_end_to_end(tiny_llm, tmp_path):
+def test_training_driver_end_to_end(tiny_llm, tmp_path, fake_tts_cache):
     """Every stage of ``python -m speechllm.tts.train`` on a tiny fake cache: train, resume, assemble,
     speak."""
-    from speechllm.speechlm.io import atomic_save_tensors
     from speechllm.tts import load
     from speechllm.tts.train import main
 
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    rng = torch.Generator().manual_seed(0)
-    for split in ("train", "dev"):
-        frames = [50, 70, 60]
-        enc = [torch.randn(n, 384, generator=rng).half() for n in frames]
-        mel = [(torch.randn(n, 80, generator=rng) - 5).half() for n in frames]
-        wav = [(torch.randn(n * 320, generator=rng) * 3000).short() for n in frames]
-        off = lambda xs: torch.tensor([0] + np.cumsum([len(x) for x in xs]).tolist())  # noqa: E731
-        rows = [{"id": f"{split}{i}", "text": t, "speaker": "piper:joe"}
-                for i, t in enumerate(("hello world", "the weather is fine", "a quick brown fox"))]
-        atomic_save_tensors({"enc": torch.cat(enc), "enc_off": off(enc), "mel": torch.cat(mel),
-                             "mel_off": off(mel), "wav": torch.cat(wav), "wav_off": off(wav)},
-                            cache / f"{split}-000.safetensors", {"rows": __import__("json").dumps(rows)})
+    cache = fake_tts_cache(tmp_path / "cache")
     common = ["--cache", str(cache), "--batch-size", "2", "--log-every", "1", "--save-every", "1",
               "--eval-every", "2"]
     run = lambda *a: main([*a, *common])  # noqa: E731

@@ -79,7 +79,8 @@ def _offsets(arrays: list[torch.Tensor]) -> torch.Tensor:
 
 @torch.inference_mode()
 def build_cache(manifest: str | Path, cache: str | Path, split: str, encoder: str = ENCODER,
-                batch_size: int = 8, mel_config: MelConfig | None = None) -> int:
+                batch_size: int = 8, mel_config: MelConfig | None = None,
+                device: str | torch.device = "cpu") -> int:
     """Encode ``manifest`` into ``cache``; returns the number of utterances (all parts)."""
     from speechllm.audio import load_audio
     from speechllm.manifest import read_manifest
@@ -94,17 +95,16 @@ def build_cache(manifest: str | Path, cache: str | Path, split: str, encoder: st
         path = cache / f"{split}-{start // PART:03d}.safetensors"
         if path.is_file():
             continue
-        whisper = whisper or load_encoder(encoder)
+        whisper = whisper or load_encoder(encoder).to(device)
         part = rows[start:start + PART]
         enc, mel, wav = [], [], []
         for b in range(0, len(part), batch_size):
             audios = [torch.from_numpy(load_audio(r.audio)) for r in part[b:b + batch_size]]
             lengths = torch.tensor([len(a) for a in audios])
             padded = torch.nn.utils.rnn.pad_sequence(audios, batch_first=True)
-            feats, feat_lengths = whisper.features(padded, lengths)
-            hidden, mask = whisper(feats, feat_lengths)
+            hidden, mask = whisper.frames(padded, lengths, device)
             for i, audio in enumerate(audios):
-                enc.append(hidden[i, : int(mask[i].sum())].half())
+                enc.append(hidden[i, : int(mask[i].sum())].half().cpu())
                 mel.append(mel_spectrogram(audio, mel_config)[0].T.half())
                 wav.append((audio.clamp(-1, 1) * 32767).round().short())
         meta = [{"id": r.extra.get("id", Path(r.audio).stem), "text": r.text or "",

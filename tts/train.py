@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from speechllm.schedule import warmup_cosine
 from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text
 from speechllm.train import OPTIMIZER_FILE, STATE_FILE, load_optimizer_state
+from speechllm.transcriber import pick_device
 from speechllm.tts.data import Corpus, asr_corpus, char_ids, chars_text, load_corpus, save_tokens
 
 MODEL_FILE, CONFIG_FILE, CHECKPOINT = "model.safetensors", "config.json", "checkpoint"
@@ -112,12 +113,17 @@ class Stage:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        self.device = torch.device("cpu")  # where train_stage put the model
 
     def build(self) -> nn.Module:
         raise NotImplementedError
 
     def batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
         raise NotImplementedError
+
+    def device_batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
+        """``batch`` with its tensors on the model's device."""
+        return to_device(self.batch(corpus, index, rng), self.device)
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -137,10 +143,20 @@ class Stage:
         return load_corpus(cache, "train"), load_corpus(cache, "dev")
 
 
-def train_stage(stage: Stage, out: Path, options: LoopOptions) -> dict[str, float]:
+def to_device(batch: Any, device: torch.device) -> Any:
+    if torch.is_tensor(batch):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
+def train_stage(stage: Stage, out: Path, options: LoopOptions,
+                device: str | torch.device = "cpu") -> dict[str, float]:
     torch.manual_seed(options.seed)
     train, dev = stage.load_data()
-    model = stage.build()
+    stage.device = torch.device(device)
+    model = stage.build().to(stage.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.01, betas=(0.9, 0.98))
     ckpt = out / CHECKPOINT
@@ -160,7 +176,7 @@ def train_stage(stage: Stage, out: Path, options: LoopOptions) -> dict[str, floa
     model.train()
     while step < options.steps:
         index = stage.pick(train, usable, options.batch_size, rng)
-        loss, parts = stage.loss(model, stage.batch(train, index, rng))
+        loss, parts = stage.loss(model, stage.device_batch(train, index, rng))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, options)
         optimizer.zero_grad(set_to_none=True)
@@ -251,11 +267,11 @@ class TokenizerStage(Stage):
         refs, hyps, counts = [], [], torch.zeros(self.config.n_tokens)
         for b in range(0, len(dev), 16):
             index = list(range(b, min(b + 16, len(dev))))
-            enc, lengths = self.batch(dev, index, random.Random(0))[:2]
+            enc, lengths = self.device_batch(dev, index, random.Random(0))[:2]
             logp, mask, ids = model(enc, lengths)
-            hyps += [chars_text(h) for h in ctc_greedy(logp, mask)]
+            hyps += [chars_text(h) for h in ctc_greedy(logp.cpu(), mask.cpu())]
             refs += [chars_text(char_ids(dev.texts[i])) for i in index]
-            counts += torch.bincount(ids[mask], minlength=self.config.n_tokens).float()
+            counts += torch.bincount(ids[mask].cpu(), minlength=self.config.n_tokens).float()
         p = counts / counts.sum()
         entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
         return {"cer": round(char_error_rate(refs, hyps).rate, 4),
@@ -314,7 +330,7 @@ class VocoderStage(Stage):
         errors = []
         for i in range(min(len(dev), 12)):
             mel = dev.mel[i].float().T[None]
-            errors.append(float((mel_spectrogram(model(mel)) - mel).abs().mean()))
+            errors.append(float((mel_spectrogram(model(mel.to(self.device)).cpu()) - mel).abs().mean()))
         return {"dev_mel_l1": round(sum(errors) / len(errors), 4)}
 
 
@@ -365,7 +381,7 @@ class FlowStage(Stage):
         torch.manual_seed(0)
         rng = random.Random(0)
         index = self.usable(dev)[:16]
-        batch = list(self.batch(dev, index, rng))
+        batch = list(self.device_batch(dev, index, rng))
         full = model.loss(*batch[:4], 0)[1]
         chunked = model.loss(*batch[:4], 12)[1]
         return {"dev_flow_full": round(full["flow"], 4), "dev_flow_chunk12": round(chunked["flow"], 4),
@@ -424,7 +440,7 @@ class LMStage(Stage):
         index = self.usable(dev)[:24]
         losses, accs = [], []
         for b in range(0, len(index), 8):
-            loss, acc = model.loss(*self.batch(dev, index[b:b + 8], random.Random(0)))
+            loss, acc = model.loss(*self.device_batch(dev, index[b:b + 8], random.Random(0)))
             losses.append(float(loss))
             accs.append(float(acc))
         return {"dev_loss": round(sum(losses) / len(losses), 4), "dev_acc": round(sum(accs) / len(accs), 4)}
@@ -447,7 +463,7 @@ def run_cache(args: argparse.Namespace) -> None:
     for split in ("dev", "test", "train"):
         manifest = Path(args.data) / f"{split}.jsonl"
         if manifest.is_file():
-            n = build_cache(manifest, args.cache, split)
+            n = build_cache(manifest, args.cache, split, device=pick_device(args.device))
             print(f"{split}: {n} utterances cached in {args.cache}", flush=True)
 
 
@@ -459,7 +475,8 @@ def run_tokens(args: argparse.Namespace) -> None:
     config, state = read_stage(args.out, "tokenizer")
     model = SpeechTokenizer(config_from_dict(TokenizerConfig, config))
     model.load_state_dict(state)
-    model.eval()
+    device = pick_device(args.device)
+    model.to(device).eval()
     for split in ("train", "dev", "test"):
         try:
             corpus = load_corpus(args.cache, split)
@@ -467,8 +484,8 @@ def run_tokens(args: argparse.Namespace) -> None:
             continue
         tokens = []
         for enc in corpus.enc:
-            ids, _ = model.tokenize(enc[None].float(), torch.tensor([len(enc)]))
-            tokens.append(ids[0])
+            ids, _ = model.tokenize(enc[None].float().to(device), torch.tensor([len(enc)], device=device))
+            tokens.append(ids[0].cpu())
         save_tokens(args.cache, split, corpus.ids, tokens)
         print(f"tokens-{split}: {len(tokens)} utterances, {sum(len(t) for t in tokens)} tokens", flush=True)
 
@@ -518,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default="runs/tts/cache-1h", help="feature cache folder")
     parser.add_argument("--out", default=None, help="the stage's output folder")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
     for f in fields(LoopOptions):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
     StageArgs.register(parser)
@@ -532,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = STAGE_DEFAULTS.get(args.stage, {})
     options = LoopOptions(**{f.name: getattr(args, f.name) if getattr(args, f.name) is not None
                              else defaults.get(f.name, f.default) for f in fields(LoopOptions)})
-    metrics = train_stage(stage, Path(args.out), options)
+    metrics = train_stage(stage, Path(args.out), options, pick_device(args.device))
     print(json.dumps({"stage": args.stage, "out": args.out, **metrics}), flush=True)
     return 0
 
