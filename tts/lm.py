@@ -198,7 +198,7 @@ class TextSpeechLM(nn.Module):
 
     def loss(self, ids: Tensor, is_speech: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-entropy on speech targets; also returns next-token accuracy on them."""
-        valid = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         out = self.decoder(inputs_embeds=self.embed(ids, is_speech), attention_mask=valid.long())
         hidden = out.last_hidden_state
         targets = ids[:, 1:].masked_fill(~(is_speech[:, 1:] & valid[:, 1:]), IGNORE)
