@@ -41,23 +41,7 @@ def fake_tts_cache():
 def write_fake_tts_cache(cache):
     """A tiny TTS feature cache (what ``speechllm.tts.train --stage cache`` writes): random Whisper
     frames, mels and audio for 3 train and 3 dev utterances of one Piper speaker."""
-    import json
+    from speechllm.tts.data import write_random_cache
 
-    import torch
-
-    from speechllm.speechlm.io import atomic_save_tensors
-
-    cache.mkdir(parents=True)
-    rng = torch.Generator().manual_seed(0)
-    for split in ("train", "dev"):
-        frames = [50, 70, 60]
-        enc = [torch.randn(n, 384, generator=rng).half() for n in frames]
-        mel = [(torch.randn(n, 80, generator=rng) - 5).half() for n in frames]
-        wav = [(torch.randn(n * 320, generator=rng) * 3000).short() for n in frames]
-        off = lambda xs: torch.tensor([0] + np.cumsum([len(x) for x in xs]).tolist())  # noqa: E731
-        rows = [{"id": f"{split}{i}", "text": t, "speaker": "piper:joe"}
-                for i, t in enumerate(("hello world", "the weather is fine", "a quick brown fox"))]
-        atomic_save_tensors({"enc": torch.cat(enc), "enc_off": off(enc), "mel": torch.cat(mel),
-                             "mel_off": off(mel), "wav": torch.cat(wav), "wav_off": off(wav)},
-                            cache / f"{split}-000.safetensors", {"rows": json.dumps(rows)})
-    return cache
+    texts = ["hello world", "the weather is fine", "a quick brown fox"]
+    return write_random_cache(cache, [50, 70, 60], texts)
