@@ -189,7 +189,7 @@ def train_stage(stage: Stage, out: Path, options: LoopOptions,
         if step % options.log_every == 0:
             text = " ".join(f"{k} {v / options.log_every:.4f}" for k, v in running.items())
             per_step = (time.time() - t0) / (step - first_step)
-            print(f"{stage.name} step {step}: {text} ({per_step:.2f} s/step this run)", flush=True)
+            print(f"{stage.name} step {step}: {text} ({per_step:.3f} s/step this run)", flush=True)
             running = {}
         if step % options.eval_every == 0 or step == options.steps:
             model.eval()
