@@ -368,15 +368,30 @@ def test_training_driver_end_to_end(tiny_llm, tmp_path, fake_tts_cache):
     from speechllm.tts.train import main
 
     cache = fake_tts_cache(tmp_path / "cache")
-    common = ["--cache", str(cache), "--batch-size", "2", "--log-every", "1", "--save-every", "1",
-              "--eval-every", "2"]
-    run = lambda *a: main([*a, *common])  # noqa: E731
+    common = ["--batch-size", "2", "--log-every", "1", "--save-every", "1", "--eval-every", "2"]
+    run = lambda *a, cache=cache: main([*a, *common, "--cache", str(cache)])  # noqa: E731
     assert run("--stage", "tokenizer", "--out", str(tmp_path / "tok"), "--steps", "1") == 0
     assert run("--stage", "tokenizer", "--out", str(tmp_path / "tok"), "--steps", "2") == 0  # resumes
     state = __import__("json").loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 2
     assert run("--stage", "tokens", "--out", str(tmp_path / "tok")) == 0
     assert run("--stage", "vocoder", "--out", str(tmp_path / "voc"), "--steps", "1") == 0
+    # a pack (8-bit mels and tokens, no frames or audio) trains the flow and the LM, not the rest
+    assert run("--stage", "pack", "--out", str(tmp_path / "pack")) == 0
+    from speechllm.tts.data import load_corpus
+
+    full = load_corpus(cache, "train", tokens=True)
+    packed = load_corpus(tmp_path / "pack", "train", tokens=True)
+    assert packed.ids == full.ids and torch.equal(torch.cat(packed.tokens), torch.cat(full.tokens))
+    mel, packed_mel = torch.cat(full.mel).float(), torch.cat(packed.mel).float()
+    step = (mel.max() - mel.min()) / 255  # 8 bits over the part's range: off by half a step at most
+    assert (packed_mel - mel).abs().max() <= step / 2 + 1e-2 and all(len(e) == 0 for e in packed.enc)
+    assert run("--stage", "flow", "--out", str(tmp_path / "flow-pack"), "--steps", "1",
+               "--tokenizer", str(tmp_path / "tok"), cache=tmp_path / "pack") == 0
+    with pytest.raises(ValueError, match="no usable training utterance"):
+        run("--stage", "vocoder", "--out", str(tmp_path / "voc-p"), "--steps", "1", cache=tmp_path / "pack")
+    with pytest.raises(ValueError, match="not even one"):
+        run("--stage", "pack", "--out", str(tmp_path / "pack2"), "--max-mb", "0.0001")
     assert run("--stage", "flow", "--out", str(tmp_path / "flow"), "--steps", "1",
                "--tokenizer", str(tmp_path / "tok")) == 0
     assert run("--stage", "lm", "--out", str(tmp_path / "lm"), "--steps", "1", "--tokenizer",

@@ -10,6 +10,9 @@ corpus instead of once per step (the machine this was built on has two CPU cores
       metadata "rows": JSON list of {"id", "text", "speaker"}
     CACHE/tokens-{split}.safetensors         speech tokens (25 Hz) from a trained tokenizer
 
+A pack (``pack_cache``) has the same layout with 8-bit mels and no frames or audio: what the flow
+and LM stages need, small enough to carry to a GPU machine.
+
 Parts are written atomically and skipped when present, so an interrupted build resumes.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,6 +143,15 @@ def write_random_cache(cache: str | Path, frames: list[int], texts: list[str], s
     return cache
 
 
+def _stored_mel(f: Any) -> torch.Tensor:
+    """A part's flat mel, fp16 (a pack stores it in 8 bits with its minimum and step)."""
+    flat = f.get_tensor("mel")
+    if flat.dtype != torch.uint8:
+        return flat
+    info = f.metadata()
+    return (flat.float() * float(info["mel_step"]) + float(info["mel_min"])).half()
+
+
 def load_corpus(cache: str | Path, split: str, tokens: bool = False) -> Corpus:
     """A split from the cache; ``tokens=True`` also reads ``tokens-{split}.safetensors``."""
     cache = Path(cache)
@@ -153,7 +166,8 @@ def load_corpus(cache: str | Path, split: str, tokens: bool = False) -> Corpus:
             corpus.texts += [m["text"] for m in meta]
             corpus.speakers += [m["speaker"] for m in meta]
             for key in ("enc", "mel", "wav"):
-                getattr(corpus, key).extend(_split_flat(f.get_tensor(key), f.get_tensor(f"{key}_off")))
+                flat = _stored_mel(f) if key == "mel" else f.get_tensor(key)
+                getattr(corpus, key).extend(_split_flat(flat, f.get_tensor(f"{key}_off")))
     if tokens:
         path = cache / f"tokens-{split}.safetensors"
         if not path.is_file():
@@ -164,6 +178,45 @@ def load_corpus(cache: str | Path, split: str, tokens: bool = False) -> Corpus:
                 raise ValueError(f"{path}: utterances differ from the cached '{split}' split; rerun 'tokens'")
             corpus.tokens = _split_flat(f.get_tensor("tokens"), f.get_tensor("tokens_off"))
     return corpus
+
+
+def pack_cache(cache: str | Path, out: str | Path, max_mb: float | None = None) -> dict[str, int]:
+    """What the flow and LM stages read (texts, speech tokens, mels) in a cache small enough to carry
+    to another machine (a rented GPU): mels in 8 bits (per part: minimum + step, an error of at most
+    half a step), no encoder frames, no audio. ``max_mb`` caps the size: the dev and test splits come
+    first, then whole training parts while they fit. Returns the utterances packed per split."""
+    cache, out = Path(cache), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget, used, counts = (max_mb or float("inf")) * 2**20, 0, {}
+    for split in ("dev", "test", "train"):
+        parts = sorted(cache.glob(f"{split}-[0-9][0-9][0-9].safetensors"))
+        if not parts:
+            continue
+        tokens = load_corpus(cache, split, tokens=True)
+        token_of = dict(zip(tokens.ids, tokens.tokens, strict=True))
+        ids: list[str] = []
+        for path in parts:
+            with safe_open(str(path), "pt") as f:
+                rows, mel_off = f.metadata()["rows"], f.get_tensor("mel_off")
+                mel = _stored_mel(f).float()
+            lo = float(mel.min()) if mel.numel() else 0.0
+            step = max((float(mel.max()) - lo) / 255, 1e-6) if mel.numel() else 1.0
+            codes = ((mel - lo) / step).round().clamp(0, 255).to(torch.uint8)
+            if split == "train" and used + codes.numel() > budget:
+                break
+            used += codes.numel()
+            empty_rows = torch.zeros(len(mel_off), dtype=torch.long)  # offsets: every row has length 0
+            arrays = {"mel": codes, "mel_off": mel_off,
+                      "enc": torch.zeros(0, 384, dtype=torch.float16), "enc_off": empty_rows,
+                      "wav": torch.zeros(0, dtype=torch.int16), "wav_off": empty_rows.clone()}
+            scale = {"mel_min": repr(lo), "mel_step": repr(step)}
+            atomic_save_tensors(arrays, out / path.name, {"rows": rows, **scale})
+            ids += [m["id"] for m in json.loads(rows)]
+        if not ids:
+            raise ValueError(f"--max-mb {max_mb}: not even one '{split}' part of {cache} fits")
+        save_tokens(out, split, ids, [token_of[i] for i in ids])
+        counts[split] = len(ids)
+    return counts
 
 
 def asr_corpus(manifests: list[str], encoder_cache: str | Path, encoder: str = ENCODER) -> Corpus:

@@ -6,6 +6,7 @@
     python -m speechllm.tts.train --stage vocoder   --cache runs/tts/cache-1h --out runs/tts/vocoder
     python -m speechllm.tts.train --stage flow      --cache runs/tts/cache-1h --out runs/tts/flow
     python -m speechllm.tts.train --stage lm        --cache runs/tts/cache-1h --out runs/tts/lm --ratio 3:9
+    python -m speechllm.tts.train --stage pack      --cache runs/tts/cache-1h --out runs/tts/pack --max-mb 48
     python -m speechllm.tts.train --stage assemble  --out tts/weights/joe --tokenizer runs/tts/tokenizer ...
 
 Each training stage writes ``OUT/config.json`` + ``OUT/model.safetensors`` (the stage's model
@@ -168,6 +169,9 @@ def train_stage(stage: Stage, out: Path, options: LoopOptions,
         step = load_optimizer_state(optimizer, ckpt)
         print(f"{stage.name}: resumed at step {step}", flush=True)
     usable = stage.usable(train)
+    if not usable:
+        raise ValueError(f"{stage.name}: no usable training utterance in the cache (a pack holds no "
+                         "encoder frames or audio: it trains the flow and the LM only)")
     print(f"{stage.name}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable params, "
           f"{len(usable)}/{len(train)} training utterances", flush=True)
     rng = random.Random(options.seed * 1000003 + step)
@@ -254,7 +258,7 @@ class TokenizerStage(Stage):
         return enc, lengths, targets, mel, mel_lengths
 
     def usable(self, corpus: Corpus) -> list[int]:
-        return [i for i, t in enumerate(corpus.texts) if char_ids(t)]
+        return [i for i, t in enumerate(corpus.texts) if char_ids(t) and len(corpus.enc[i])]
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
         return model.loss(*batch)
@@ -307,7 +311,7 @@ class VocoderStage(Stage):
         return _speaker_filter(train, self.args.speakers), _speaker_filter(dev, self.args.speakers)
 
     def usable(self, corpus: Corpus) -> list[int]:
-        return [i for i, m in enumerate(corpus.mel) if len(m) >= self.crop]
+        return [i for i, m in enumerate(corpus.mel) if len(m) >= self.crop and len(corpus.wav[i])]
 
     def batch(self, corpus: Corpus, index: list[int], rng: random.Random) -> Any:
         hop, mels, wavs = self.config.hop, [], []
@@ -490,6 +494,15 @@ def run_tokens(args: argparse.Namespace) -> None:
         print(f"tokens-{split}: {len(tokens)} utterances, {sum(len(t) for t in tokens)} tokens", flush=True)
 
 
+def run_pack(args: argparse.Namespace) -> None:
+    """``--cache`` → ``--out``: the flow and LM stages' data in 8 bits, at most ``--max-mb``."""
+    from speechllm.tts.data import pack_cache
+
+    counts = pack_cache(args.cache, args.out, args.max_mb)
+    size = sum(p.stat().st_size for p in Path(args.out).glob("*.safetensors")) / 2**20
+    print(f"pack {args.out}: {json.dumps(counts)} utterances, {size:.1f} MB", flush=True)
+
+
 def run_assemble(args: argparse.Namespace) -> None:
     """Trained stages → one TTS model folder in ``--out``, with a speaker prompt from the cache."""
     from speechllm.tts.flow import FlowConfig, FlowMatching
@@ -524,6 +537,7 @@ def run_assemble(args: argparse.Namespace) -> None:
 STEPS: dict[str, Callable[[argparse.Namespace], None]] = {
     "assemble": run_assemble,
     "cache": run_cache,
+    "pack": run_pack,
     "tokens": run_tokens,
 }
 
@@ -578,6 +592,8 @@ class StageArgs:
                             help="tokenizer: speech-LLM encoder cache holding the --asr-data frames")
         parser.add_argument("--vocoder", default="runs/tts/vocoder", help="assemble: the trained vocoder")
         parser.add_argument("--lm", default="runs/tts/lm", help="assemble: the trained LM")
+        parser.add_argument("--max-mb", type=float, default=None,
+                            help="pack: size cap in MiB (dev/test first, then whole training parts)")
 
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
