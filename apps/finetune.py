@@ -149,13 +149,23 @@ def prepare_data(train: str, eval: str | None, out: Path, options: DataOptions,
     return prepared
 
 
-def load_base(base: str, lora_rank: int = 0):
+def load_base(base: str, lora_rank: int = 0, encoder_layers: int = 0):
     """(model, its config) from a speech-LLM folder or zoo name; ``lora_rank`` > 0 adds a fresh LoRA
-    to a base that has none (its adapter weights are kept)."""
-    from safetensors.torch import load_file
+    to a base that has none (its adapter weights are kept); ``encoder_layers`` > 0 fine-tunes that
+    many top encoder blocks of a base whose encoder is frozen."""
+    model, config = _load_base(base, lora_rank)
+    trained = config.encoder_trainable_layers
+    if encoder_layers and trained and encoder_layers != trained:
+        raise ValueError(f"--base {base} fine-tunes {trained} encoder layers, which train as they are; "
+                         "leave out --train-encoder-layers")
+    if encoder_layers and not trained:
+        model.train_encoder_layers(encoder_layers)
+    return model, model.config
 
+
+def _load_base(base: str, lora_rank: int):
     from speechllm.speechlm import LoraSpec, SpeechLLM, is_speechlm_folder, load_speechlm, read_config
-    from speechllm.speechlm.io import ADAPTER_FILE
+    from speechllm.speechlm.io import load_speech_side
     from speechllm.zoo import resolve
 
     folder = resolve(base).path
@@ -170,7 +180,7 @@ def load_base(base: str, lora_rank: int = 0):
                          "leave out --lora-rank")
     config = replace(config, lora=LoraSpec(rank=lora_rank, alpha=2.0 * lora_rank))
     model = SpeechLLM.build(config)
-    model.adapter.load_state_dict(load_file(folder / ADAPTER_FILE))
+    load_speech_side(model, folder)
     return model.eval(), config
 
 
@@ -207,15 +217,16 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
     model = None
     resuming = config.resume and latest_checkpoint(out) is not None
     if base is not None and not resuming:
-        model, model_config = load_base(base, config.lora_rank)
+        model, model_config = load_base(base, config.lora_rank, config.train_encoder_layers)
         config = replace(config, encoder=model_config.encoder, encoder_kind=model_config.encoder_kind,
+                         train_encoder_layers=model_config.encoder_trainable_layers,
                          adapter=model_config.adapter, adapter_options=dict(model_config.adapter_options),
                          llm=model_config.llm, quant=model_config.quant,
                          lora_rank=model_config.lora.rank if model_config.lora else 0,
                          audio_first=model_config.prompt.audio_first)
     if base is not None and eval_rows and "before" not in report:
         if model is None:  # resumed after the base evaluation was lost: evaluate the base again
-            model, _ = load_base(base, config.lora_rank)
+            model, _ = load_base(base, config.lora_rank, config.train_encoder_layers)
         print(f"evaluating the base model on {len(eval_rows)} held-out utterances ...", file=sys.stderr)
         device = torch.device(config.device if config.device != "auto" else
                               ("cuda" if torch.cuda.is_available() else "cpu"))

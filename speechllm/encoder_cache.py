@@ -28,21 +28,30 @@ from speechllm.speechlm.io import atomic_save_tensors
 
 
 class EncoderCache:
-    def __init__(self, folder: str | Path, encoder_name: str):
+    """``skip_top``: the encoder's top blocks fine-tuned in training; the cache then holds the frozen
+    blocks' output below them (keyed apart from the whole encoder's)."""
+
+    def __init__(self, folder: str | Path, encoder_name: str, skip_top: int = 0):
         self.folder = Path(folder)
         self.encoder_name = encoder_name
+        self.skip_top = skip_top
         self.hits = self.misses = 0
 
     def path_for(self, audio_path: str) -> Path:
         stat = os.stat(audio_path)
         key = f"{os.path.abspath(audio_path)}|{stat.st_size}|{stat.st_mtime_ns}|{self.encoder_name}"
+        if self.skip_top:
+            key += f"|below the top {self.skip_top}"
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.folder / digest[:2] / f"{digest}.safetensors"
 
     def frames(self, encoder, paths: Sequence[str], audio: Tensor, lengths: Tensor,
                device: torch.device) -> tuple[Tensor, Tensor]:
-        """``encoder``'s (hidden [B, F, D], mask [B, F]) of a padded batch, on ``device``; computes only
-        what is missing."""
+        """``encoder.frames`` (hidden [B, F, D], mask [B, F]) of a padded batch, on ``device``; computes
+        only what is missing."""
+        if encoder.trainable_layers != self.skip_top:
+            raise ValueError(f"this cache holds the output below the top {self.skip_top} encoder layers, but "
+                             f"{encoder.trainable_layers} train")
         files = [self.path_for(p) for p in paths]
         found: dict[int, Tensor] = {}
         for i, file in enumerate(files):
@@ -85,7 +94,7 @@ def fill(cache: EncoderCache, paths: Sequence[str], encoder_kind: str = "whisper
     todo = sorted({p for p in paths if not cache.path_for(p).exists()}, key=lambda p: os.stat(p).st_size)
     if not todo:
         return 0, []
-    encoder = load_encoder(cache.encoder_name, encoder_kind)
+    encoder = load_encoder(cache.encoder_name, encoder_kind).set_trainable_layers(cache.skip_top)
     device = next(encoder.parameters()).device
     errors: list[str] = []
     done = 0
@@ -116,12 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--encoder", default="whisper-tiny.en")
     parser.add_argument("--encoder-kind", default="whisper")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--train-encoder-layers", type=int, default=0,
+                        help="as given to finetune: cache the output below that many top layers")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = [row.audio for manifest in args.manifests for row in read_manifest(manifest)]
-    done, errors = fill(EncoderCache(args.cache, args.encoder), paths, args.encoder_kind, args.batch_size)
+    cache = EncoderCache(args.cache, args.encoder, args.train_encoder_layers)
+    done, errors = fill(cache, paths, args.encoder_kind, args.batch_size)
     for error in errors:
         print(error, file=sys.stderr)
     cached = len(set(paths)) - done - len(errors)

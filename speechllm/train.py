@@ -6,13 +6,15 @@ batch order, collate) → evaluation (WER/CER, BLEU, IFR, QA accuracy) → check
 * Every bad row of both manifests (bad JSON, missing fields, unreadable or empty audio, clips
   longer than the encoder takes) is reported, ``FILE:LINE: reason``, before a model is loaded.
 * Features are computed on the fly from the audio, on the training device.
-* Only the adapter and LoRA train; the encoder and LLM stay frozen. AdamW, linear warm-up then
-  cosine decay to 10 %, gradient clipping, gradient accumulation.
+* Only the adapter and LoRA train (and the encoder's top blocks with ``train_encoder_layers``);
+  the rest of the encoder and the LLM stay frozen. AdamW, linear warm-up then cosine decay to
+  10 %, gradient clipping, gradient accumulation.
 * Checkpoints: ``OUT/checkpoints/step-N/`` is a full model folder (config.json,
-  adapter.safetensors, lora/) plus ``optimizer.safetensors`` and ``trainer_state.json``, built
-  in a temporary folder and renamed into place; the newest two are kept, and ``OUT/`` itself is
-  refreshed as the latest model folder. ``resume`` starts from the newest complete checkpoint
-  at its step, with the same batch order as an uninterrupted run.
+  adapter.safetensors, encoder.safetensors with trained encoder layers, lora/) plus
+  ``optimizer.safetensors`` and ``trainer_state.json``, built in a temporary folder and renamed
+  into place; the newest two are kept, and ``OUT/`` itself is refreshed as the latest model
+  folder. ``resume`` starts from the newest complete checkpoint at its step, with the same batch
+  order as an uninterrupted run.
 * Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs as DDP, one process per device; each rank
   reads its own shard of every batch order and rank 0 alone evaluates and writes.
 
@@ -74,6 +76,7 @@ class TrainConfig:
     adapter_options: dict[str, Any] = field(default_factory=dict, hash=False)
     encoder: str = "whisper-tiny.en"
     encoder_kind: str = "whisper"
+    train_encoder_layers: int = 0  # fine-tune the encoder's top blocks too (0: frozen encoder)
     llm: str = "smollm2-135m-instruct"
     quant: str | None = None
     lora_rank: int = 0  # 0: no LoRA
@@ -108,7 +111,8 @@ class TrainConfig:
         lora = None
         if self.lora_rank > 0:
             lora = LoraSpec(rank=self.lora_rank, alpha=self.lora_alpha or 2.0 * self.lora_rank)
-        return SpeechLLMConfig(encoder=self.encoder, encoder_kind=self.encoder_kind, adapter=self.adapter,
+        return SpeechLLMConfig(encoder=self.encoder, encoder_kind=self.encoder_kind,
+                               encoder_trainable_layers=self.train_encoder_layers, adapter=self.adapter,
                                adapter_options=dict(self.adapter_options), llm=self.llm, quant=self.quant,
                                lora=lora, prompt=PromptFormat(audio_first=self.audio_first),
                                asr_decoder="ctc" if self.lm_weight == 0 else "llm")
@@ -457,7 +461,8 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
                        world)
     if config.encoder_cache and config.augment is not None:
         raise ValueError("--encoder-cache and --augment exclude each other (augmented audio differs)")
-    cache = EncoderCache(config.encoder_cache, config.encoder) if config.encoder_cache else None
+    cache = EncoderCache(config.encoder_cache, config.encoder, model.encoder.trainable_layers) \
+        if config.encoder_cache else None
     dataset = SpeechDataset(train_rows, augment_config(config.augment), config.seed)
     loader = iter(DataLoader(dataset, batch_sampler=order, collate_fn=collate,
                              num_workers=config.num_workers, persistent_workers=config.num_workers > 0))

@@ -115,3 +115,17 @@ def test_adapt_a_model_to_a_folder_of_recordings_and_resume(tmp_path, base_model
     # the architecture comes from the base
     assert main(args + ["--steps", "3", "--adapter", "conv"]) == 1
     assert "the architecture comes from --base" in capsys.readouterr().err
+
+
+def test_a_base_with_a_frozen_encoder_can_fine_tune_its_top_layer(tmp_path, base_model, capsys):
+    from speechllm.speechlm import load_speechlm
+
+    data = recordings(tmp_path / "my_recordings")
+    args = ["finetune", "--train", str(data), "--base", str(base_model), "--batch-size", "2", "--steps", "1",
+            "--eval-every", "100", "--max-new-tokens", "4", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "enc"), "--train-encoder-layers", "1"]) == 0
+    capsys.readouterr()
+    assert load_speechlm(tmp_path / "enc").config.encoder_trainable_layers == 1
+    assert not load_speechlm(base_model).encoder.trainable_layers
+    assert main(args + ["--out", str(tmp_path / "deep"), "--train-encoder-layers", "2"]) == 1
+    assert "between 1 and 1" in capsys.readouterr().err

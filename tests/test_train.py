@@ -13,7 +13,7 @@ import torch
 from speechllm.apps.cli import main
 from speechllm.manifest import ManifestError
 from speechllm.metrics_bleu import corpus_bleu
-from speechllm.speechlm import load_speechlm
+from speechllm.speechlm import SpeechLLM, load_speechlm
 from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 from speechllm.train import (
     BatchOrder,
@@ -244,3 +244,34 @@ def test_encoder_cache_filled_ahead_is_what_training_reads(data, tmp_path, capsy
         torch.testing.assert_close(frames, filled[key], atol=2e-3, rtol=2e-3)  # batch padding differs
     assert main([str(manifest), "--cache", str(ahead), "--encoder", whisper.as_posix()]) == 0
     assert "0 files encoded" in capsys.readouterr().out
+
+
+def test_top_encoder_layers_fine_tune_and_travel_with_the_model(data, tmp_path):
+    from speechllm.encoder_cache import EncoderCache
+
+    whisper = make_tiny_whisper(tmp_path / "whisper", layers=2).as_posix()
+    train(config(data, tmp_path / "enc", encoder=whisper, steps=3, train_encoder_layers=1,
+                 encoder_cache=str(tmp_path / "cache")))
+    model = load_speechlm(tmp_path / "enc")
+    assert model.config.encoder_trainable_layers == 1 and (tmp_path / "enc" / "encoder.safetensors").is_file()
+    trained = {k for k, p in model.named_parameters() if p.requires_grad and k.startswith("encoder.")}
+    assert trained and all(".blocks.1." in k or "ln_post" in k for k in trained), sorted(trained)
+    # the trained top differs from the stock encoder; the frozen bottom does not
+    stock = SpeechLLM.build(replace(model.config, encoder_trainable_layers=0))
+    state, base = model.encoder.state_dict(), stock.encoder.state_dict()
+    assert not torch.equal(state["encoder.blocks.1.mlp.0.weight"], base["encoder.blocks.1.mlp.0.weight"])
+    assert torch.equal(state["encoder.blocks.0.mlp.0.weight"], base["encoder.blocks.0.mlp.0.weight"])
+    # the cache holds the output below the trained block, keyed apart from the whole encoder's
+    tone = str(data[0] / "tone.wav")
+    assert EncoderCache(tmp_path / "cache", whisper, 1).path_for(tone).is_file()
+    assert not EncoderCache(tmp_path / "cache", whisper).path_for(tone).is_file()
+    # frames + finish is the whole encoder, and a cache of the wrong split is refused
+    audio = torch.from_numpy(soundfile.read(tone, dtype="float32")[0])[None]
+    lengths = torch.tensor([audio.shape[1]])
+    hidden, _ = model.encode_frames(audio, lengths)
+    whole, _ = model.encoder(*model.encoder.features(audio, lengths))
+    torch.testing.assert_close(hidden, whole)
+    with pytest.raises(ValueError, match="below the top 1"):
+        EncoderCache(tmp_path / "cache", "x", 1).frames(stock.encoder, [tone], audio, lengths, stock.device)
+    with pytest.raises(ValueError, match="between 1 and 2"):
+        train(config(data, tmp_path / "too-many", encoder=whisper, train_encoder_layers=3))

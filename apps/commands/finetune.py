@@ -53,6 +53,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-rank", type=int, default=0,
                         help="0 = no LoRA (default); with --base: add LoRA of this rank to a base without")
     parser.add_argument("--lora-alpha", type=float, default=None, help="default 2 x rank")
+    parser.add_argument("--train-encoder-layers", type=int, default=0, metavar="N",
+                        help="fine-tune the encoder's top N blocks with the adapter (default 0: frozen "
+                             "encoder); with --base: a base with a frozen encoder starts doing so")
     parser.add_argument("--instruction-first", action="store_true",
                         help="put the instruction before the audio (default: audio first)")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps in all")
@@ -135,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         train=prepared.train if prepared else args.train, eval=prepared.eval if prepared else args.eval,
         out=args.out, adapter=args.adapter, adapter_options=adapter_options,
-        encoder=args.encoder, encoder_kind=args.encoder_kind, llm=args.llm, quant=args.quant,
+        encoder=args.encoder, encoder_kind=args.encoder_kind, train_encoder_layers=args.train_encoder_layers,
+        llm=args.llm, quant=args.quant,
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, audio_first=not args.instruction_first,
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, ctc_weight=args.ctc_weight,

@@ -25,19 +25,41 @@ from speechllm.zoo import resolve
 
 
 class SpeechEncoder(nn.Module):
+    """Frozen, except for its top ``trainable_layers`` blocks when a model fine-tunes them
+    (:meth:`set_trainable_layers`): :meth:`frames` is then the frozen part (what an encoder cache
+    stores) and :meth:`finish` the trained top."""
+
     dim: int
     max_seconds: float | None = None  # longest input it takes (None: no limit)
+    trainable_layers: int = 0
 
     def features(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def forward(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, inputs: Tensor, lengths: Tensor, skip_top: int = 0) -> tuple[Tensor, Tensor]:
+        """(hidden [B, T, D], mask [B, T]); ``skip_top`` > 0 stops below the top blocks."""
         raise NotImplementedError
+
+    def top_layers(self, n: int) -> nn.Module:
+        """The modules of the top ``n`` blocks (with the final norm): what fine-tuning trains and saves."""
+        raise ValueError(f"{type(self).__name__} has no trainable layers (only the whisper encoder has)")
+
+    def set_trainable_layers(self, n: int) -> SpeechEncoder:
+        """Let the top ``n`` blocks train (0: all frozen)."""
+        if n:
+            self.top_layers(n).requires_grad_(True)
+        self.trainable_layers = n
+        return self
 
     @torch.no_grad()
     def frames(self, audio: Tensor, lengths: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Padded 16 kHz audio [B, T] + lengths → (hidden [B, F, D], mask [B, F]) on ``device``."""
-        return self(*self.features(audio.to(device), lengths.to(device)))
+        """Padded 16 kHz audio [B, T] + lengths → the frozen part's (hidden [B, F, D], mask [B, F]) on
+        ``device``: the whole encoder unless top layers train."""
+        return self(*self.features(audio.to(device), lengths.to(device)), skip_top=self.trainable_layers)
+
+    def finish(self, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The trainable top blocks over :meth:`frames`' output (nothing to do when none train)."""
+        return hidden, mask
 
 
 class WhisperEncoder(SpeechEncoder):
@@ -53,8 +75,20 @@ class WhisperEncoder(SpeechEncoder):
 
         return log_mel_spectrogram(audio, lengths, n_mels=self.n_mels)
 
-    def forward(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        return self.encoder(inputs, lengths)
+    def forward(self, inputs: Tensor, lengths: Tensor, skip_top: int = 0) -> tuple[Tensor, Tensor]:
+        return self.encoder(inputs, lengths, skip_top)
+
+    def top_layers(self, n: int) -> nn.Module:
+        blocks = self.encoder.blocks
+        if not 0 < n <= len(blocks):
+            raise ValueError(f"this encoder has {len(blocks)} layers: between 1 and {len(blocks)} can train, "
+                             f"not {n}")
+        return nn.ModuleDict({"blocks": blocks[len(blocks) - n:], "ln_post": self.encoder.ln_post})
+
+    def finish(self, hidden: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.trainable_layers:
+            return hidden, mask
+        return self.encoder.finish(hidden, mask, self.trainable_layers)
 
 
 class HFEncoder(SpeechEncoder):
@@ -72,7 +106,9 @@ class HFEncoder(SpeechEncoder):
         var = (((audio - mean) * valid) ** 2).sum(1, keepdim=True) / n
         return ((audio - mean) / (var + 1e-7).sqrt()) * valid, lengths
 
-    def forward(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, inputs: Tensor, lengths: Tensor, skip_top: int = 0) -> tuple[Tensor, Tensor]:
+        if skip_top:
+            raise ValueError("the hf encoder is frozen whole")
         valid = torch.arange(inputs.shape[1], device=inputs.device) < lengths[:, None]
         hidden = self.model(inputs, attention_mask=valid.long()).last_hidden_state
         out_lengths = self.model._get_feat_extract_output_lengths(lengths)

@@ -4,6 +4,7 @@
       config.json            format + version; encoder, adapter (name + options), LLM (+ quant)
                              by zoo name or path; LoRA spec; prompt format
       adapter.safetensors    the adapter's weights
+      encoder.safetensors    only with fine-tuned encoder layers: those top blocks (+ final norm)
       lora/                  optional standard peft folder (adapter_config.json,
                              adapter_model.safetensors)
 
@@ -26,8 +27,9 @@ from safetensors.torch import load_file, save_file
 
 from speechllm.speechlm.model import SpeechLLM, SpeechLLMConfig
 
-FORMAT, VERSION = "speechllm", 1
+FORMAT, VERSION = "speechllm", 2  # 2: encoder_trainable_layers
 CONFIG_FILE, ADAPTER_FILE, LORA_DIR = "config.json", "adapter.safetensors", "lora"
+ENCODER_FILE = "encoder.safetensors"
 
 
 def _tmp_name(path: Path) -> Path:
@@ -73,6 +75,12 @@ def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | N
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(model.adapter.state_dict(), folder / ADAPTER_FILE, {"adapter": model.config.adapter})
+    layers = model.config.encoder_trainable_layers
+    if layers:
+        atomic_save_tensors(model.encoder.top_layers(layers).state_dict(), folder / ENCODER_FILE,
+                            {"encoder": model.config.encoder, "layers": str(layers)})
+    else:
+        (folder / ENCODER_FILE).unlink(missing_ok=True)
     if model.has_lora:
         for peft_config in model.llm.peft_config.values():  # peft would record the local folder
             peft_config.base_model_name_or_path = peft_base_name(model.config.llm)
@@ -127,6 +135,18 @@ def read_config(folder: str | Path) -> tuple[SpeechLLMConfig, dict[str, Any]]:
     return SpeechLLMConfig.from_dict(document), info
 
 
+def load_speech_side(model: SpeechLLM, folder: Path) -> None:
+    """The adapter's weights and any fine-tuned encoder layers saved in ``folder`` into ``model``."""
+    model.adapter.load_state_dict(load_file(folder / ADAPTER_FILE))
+    layers = model.config.encoder_trainable_layers
+    if layers:
+        weights = folder / ENCODER_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{folder}: config.json names fine-tuned encoder layers but {weights} "
+                                    "is missing")
+        model.encoder.top_layers(layers).load_state_dict(load_file(weights))
+
+
 def load_speechlm(folder: str | Path, device: str | torch.device | None = None, encoder=None, llm=None,
                   tokenizer=None) -> SpeechLLM:
     """The model saved in ``folder`` (in eval mode). ``encoder``/``llm``+``tokenizer`` may be given
@@ -134,7 +154,7 @@ def load_speechlm(folder: str | Path, device: str | torch.device | None = None, 
     folder = Path(folder)
     config, _ = read_config(folder)
     model = SpeechLLM.build(config, encoder=encoder, llm=llm, tokenizer=tokenizer)
-    model.adapter.load_state_dict(load_file(folder / ADAPTER_FILE))
+    load_speech_side(model, folder)
     if config.lora is not None:
         from peft import set_peft_model_state_dict
 

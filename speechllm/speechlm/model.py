@@ -1,4 +1,5 @@
-"""The speech-LLM: frozen speech encoder → trainable adapter → frozen causal LM (+ optional LoRA).
+"""The speech-LLM: frozen speech encoder (optionally its top layers fine-tuned) → trainable adapter →
+frozen causal LM (+ optional LoRA).
 
 Read top-down: options (tasks, prompt format, LoRA, the model config) → prompt building →
 splicing → the module.
@@ -17,6 +18,7 @@ in Granite-speech, so text chat stays exactly the base model.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -107,6 +109,7 @@ class SpeechLLMConfig:
 
     encoder: str = "whisper-tiny.en"
     encoder_kind: str = "whisper"  # an ENCODERS name
+    encoder_trainable_layers: int = 0  # top encoder blocks fine-tuned with the adapter (0: frozen encoder)
     adapter: str = "alignformer"  # an ADAPTERS name
     adapter_options: dict[str, Any] = field(default_factory=dict, hash=False)  # beyond the two dims
     llm: str = "smollm2-135m-instruct"
@@ -165,6 +168,7 @@ class SpeechLLM(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = encoder.eval().requires_grad_(False)
+        self.encoder.set_trainable_layers(config.encoder_trainable_layers)
         self.adapter = adapter
         self.llm = llm
         self.tokenizer = tokenizer
@@ -175,7 +179,10 @@ class SpeechLLM(nn.Module):
     def build(cls, config: SpeechLLMConfig, encoder: SpeechEncoder | None = None,
               llm: nn.Module | None = None, tokenizer: Any = None) -> SpeechLLM:
         """A new model with a freshly initialised adapter (and LoRA); loads what is not given."""
-        encoder = encoder if encoder is not None else load_encoder(config.encoder, config.encoder_kind)
+        if encoder is None:
+            encoder = load_encoder(config.encoder, config.encoder_kind)
+        elif config.encoder_trainable_layers:  # its top layers are this model's own: never alter a shared one
+            encoder = copy.deepcopy(encoder)
         if llm is None:
             llm, tokenizer = load_backbone(config.llm, config.quant)
         llm.requires_grad_(False)
@@ -208,7 +215,7 @@ class SpeechLLM(nn.Module):
 
     def train(self, mode: bool = True) -> SpeechLLM:
         super().train(mode)
-        self.encoder.eval()  # frozen: no dropout, fixed statistics
+        self.encoder.eval()  # no dropout, fixed statistics (its fine-tuned top layers, if any, too)
         return self
 
     def text_mode(self):
@@ -216,8 +223,12 @@ class SpeechLLM(nn.Module):
         return self.llm.disable_adapter() if self.has_lora else nullcontext()
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Adapter weights (``adapter.*``) and LoRA weights (``lora.*``, peft's names)."""
+        """Adapter weights (``adapter.*``), fine-tuned encoder layers (``encoder.*``) and LoRA weights
+        (``lora.*``, peft's names)."""
         state = {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
+        if self.encoder.trainable_layers:
+            top = self.encoder.top_layers(self.encoder.trainable_layers)
+            state.update({f"encoder.{k}": v for k, v in top.state_dict().items()})
         if self.has_lora:
             from peft import get_peft_model_state_dict
 
@@ -280,8 +291,14 @@ class SpeechLLM(nn.Module):
         return self.adapter(*self.encode_frames(audio, lengths), ctc_targets, ctc_lengths)
 
     def encode_frames(self, audio: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Padded 16 kHz audio [B, T] + lengths → the frozen encoder's (hidden [B, F, D], mask [B, F])."""
-        return self.encoder.frames(audio, lengths, self.device)
+        """Padded 16 kHz audio [B, T] + lengths → the encoder's (hidden [B, F, D], mask [B, F])."""
+        return self.encoder.finish(*self.encoder.frames(audio, lengths, self.device))
+
+    def train_encoder_layers(self, n: int) -> SpeechLLM:
+        """Fine-tune the encoder's top ``n`` blocks from now on (recorded in the config, so saved)."""
+        self.encoder.requires_grad_(False).set_trainable_layers(n)
+        self.config = replace(self.config, encoder_trainable_layers=n)
+        return self
 
     # -- splicing
 
@@ -332,7 +349,10 @@ class SpeechLLM(nn.Module):
         encoder's (hidden, mask) for this batch when already known (``speechllm.encoder_cache``).
         """
         ctc = self.ctc_targets(transcripts) if transcripts is not None else None
-        hidden, mask = frames if frames is not None else self.encode_frames(audio, lengths)
+        if frames is None:
+            hidden, mask = self.encode_frames(audio, lengths)
+        else:
+            hidden, mask = self.encoder.finish(*frames)
         if lm_weight == 0:
             if ctc is None:
                 raise ValueError(f"lm_weight=0 needs a CTC adapter; {self.config.adapter!r} has no CTC loss")

@@ -136,12 +136,14 @@ class AudioEncoder(nn.Module):
         )
         self.ln_post = nn.LayerNorm(d)
 
-    def forward(self, mel: Tensor, mel_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, mel: Tensor, mel_lengths: Tensor | None = None,
+                skip_top: int = 0) -> tuple[Tensor, Tensor]:
         """mel [B, n_mels, T] (any T up to 2 x n_audio_ctx), mel_lengths [B] valid frames.
 
         Returns ``(hidden [B, T', D], mask [B, T'])`` with T' = ceil(T / 2) and mask True on
         valid positions; hidden is zero elsewhere. Each item's valid outputs equal those of
-        running it alone, whatever the padding holds.
+        running it alone, whatever the padding holds. ``skip_top`` > 0 stops below the top
+        ``skip_top`` blocks (no final norm): :meth:`finish` runs the rest.
         """
         batch, _, n_frames = mel.shape
         if n_frames > 2 * self.positional_embedding.shape[0]:
@@ -156,11 +158,21 @@ class AudioEncoder(nn.Module):
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         out_lengths = torch.div(mel_lengths + 1, 2, rounding_mode="floor")  # conv2 has stride 2
         mask = torch.arange(x.shape[1], device=x.device) < out_lengths[:, None]
-        x = x + self.positional_embedding[: x.shape[1]]
-        attn_mask = None if bool(mask.all()) else mask[:, None, None, :]
-        for block in self.blocks:
-            x = block(x, attn_mask)
+        x = self._blocks(x + self.positional_embedding[: x.shape[1]], mask, 0, len(self.blocks) - skip_top)
+        if skip_top:
+            return x * mask[..., None], mask
         return self.ln_post(x) * mask[..., None], mask
+
+    def finish(self, x: Tensor, mask: Tensor, top: int) -> tuple[Tensor, Tensor]:
+        """The top ``top`` blocks and the final norm over ``forward(..., skip_top=top)``'s output."""
+        x = self._blocks(x, mask, len(self.blocks) - top, len(self.blocks))
+        return self.ln_post(x) * mask[..., None], mask
+
+    def _blocks(self, x: Tensor, mask: Tensor, first: int, end: int) -> Tensor:
+        attn_mask = None if bool(mask.all()) else mask[:, None, None, :]
+        for block in self.blocks[first:end]:
+            x = block(x, attn_mask)
+        return x
 
 
 class TextDecoder(nn.Module):
