@@ -32,6 +32,7 @@ from speechllm.data_recipes.voices import (
     ESPEAK_EN_ACCENTS,
     ESPEAK_VARIANTS,
     Speaker,
+    converted_grid,
     espeak_grid,
     estimate_seconds,
 )
@@ -113,6 +114,11 @@ ES_TRAIN = SpeakerPool.of(
 )
 ES_TEST = SpeakerPool.of(
     (espeak_grid(["es-419"], 12, seed=3, variants=ES_TEST_VARIANTS, speeds=(130, 185)), 1.0)
+)
+# new speakers from the non-formant training voices by voice conversion (formants, pitch, pace)
+EN_CONVERTED = SpeakerPool.of(
+    (converted_grid([Speaker("flite", "rms"), Speaker("flite", "kal16")], 160, seed=5), 0.85),
+    (converted_grid([Speaker("flite", "kal")], 40, seed=6), 0.15),
 )
 TTS_POOL = SpeakerPool.of(((Speaker("piper", "joe"),), 0.9), (EN_TRAIN.speakers, 0.1))
 
@@ -301,6 +307,12 @@ def _sqa_fields(text: Text) -> dict[str, Any]:
 
 
 RECIPES: dict[str, Recipe] = {}
+_ASR_SOURCES = (
+    ("bible", 0.5, _pool(bible_texts, _spoken)),
+    ("fortune", 0.25, _pool(fortune_texts)),
+    ("generated", 0.2, _pool(generated_texts)),
+    ("quiz", 0.05, _pool(quiz_texts)),
+)
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
@@ -313,13 +325,17 @@ for _recipe in (
         "asr",
         "English read speech: Bible verses, fortunes, numbers/dates/money sentences, quiz questions",
         "asr",
-        (
-            ("bible", 0.5, _pool(bible_texts, _spoken)),
-            ("fortune", 0.25, _pool(fortune_texts)),
-            ("generated", 0.2, _pool(generated_texts)),
-            ("quiz", 0.05, _pool(quiz_texts)),
-        ),
+        _ASR_SOURCES,
         EN_TRAIN,
+        EN_TEST,
+        _transcript,
+    ),
+    Recipe(
+        "asr-converted",
+        "the asr texts read by 200 new speakers made from flite rms, kal16, kal (formants, pitch, pace)",
+        "asr",
+        _ASR_SOURCES,
+        EN_CONVERTED,
         EN_TEST,
         _transcript,
     ),

@@ -43,11 +43,68 @@ needs_piper = pytest.mark.skipif(
 
 
 def test_speaker_ids_round_trip():
-    for sid in ("espeak:en-us+f3:s160:p45:g2", "flite:slt", "piper:joe", "espeak:es-419+m7:s150:p50:g0"):
+    ids = ("espeak:en-us+f3:s160:p45:g2", "flite:slt", "piper:joe", "espeak:es-419+m7:s150:p50:g0")
+    for sid in ids + ("flite:rms:v115:h190:d95",):
         assert voices.Speaker.parse(sid).id == sid
     assert voices.Speaker.parse("espeak:es+m1:s150:p50:g0").lang == "es"
+    converted = voices.Speaker.parse("flite:rms:v115:h190:d95")
+    assert converted.converted and (converted.formant, converted.f0, converted.duration) == (115, 190, 95)
+    assert not voices.Speaker.parse("flite:rms").converted
     with pytest.raises(ValueError, match="unknown voice engine"):
         voices.Speaker.parse("festival:kal")
+    with pytest.raises(ValueError, match="bad speaker id 'flite:rms:x12'"):
+        voices.Speaker.parse("flite:rms:x12")
+
+
+def test_converted_grid_spans_new_speakers():
+    base = [voices.Speaker("flite", "rms"), voices.Speaker("flite", "kal16")]
+    grid = voices.converted_grid(base, 60, seed=0)
+    assert len({s.id for s in grid}) == 60 and grid == voices.converted_grid(base, 60, seed=0)
+    assert {(s.engine, s.voice) for s in grid} == {("flite", "rms"), ("flite", "kal16")}
+    assert all(88 <= s.formant <= 122 and 85 <= s.f0 <= 240 and 90 <= s.duration <= 110 for s in grid)
+    low = [s.f0 for s in grid if s.formant < 100]
+    high = [s.f0 for s in grid if s.formant > 110]
+    assert np.median(high) > np.median(low), "shorter vocal tracts go with higher voices"
+    plain = voices.estimate_seconds(base[0], "x" * 150)
+    assert voices.estimate_seconds(voices.Speaker("flite", "rms", duration=110), "x" * 150) == pytest.approx(
+        plain * 1.1
+    )
+
+
+def _median_f0(audio: np.ndarray) -> float:
+    """Autocorrelation pitch of the voiced 40 ms frames, Hz."""
+    frames = [audio[i : i + 640] for i in range(0, len(audio) - 640, 320)]
+    f0s = []
+    for f in frames:
+        f = f - f.mean()
+        if np.sqrt(np.mean(f**2)) < 0.02:
+            continue
+        ac = np.correlate(f, f, "full")[len(f) - 1 :]
+        lag = 40 + int(np.argmax(ac[40:200]))  # 80-400 Hz
+        if ac[lag] > 0.4 * ac[0]:
+            f0s.append(16000 / lag)
+    return float(np.median(f0s))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("parselmouth") is None, reason="needs praat-parselmouth")
+def test_convert_moves_pitch_and_pace():
+    t = np.arange(16000 * 2) / 16000
+    vowel = sum(np.sin(2 * np.pi * 110 * k * t) / k for k in range(1, 12)).astype(np.float32) * 0.2
+    out = voices.convert(vowel, formant=1.15, f0=200.0, duration=0.9)
+    assert out.dtype == np.float32 and len(out) == pytest.approx(len(vowel) * 0.9, rel=0.02)
+    assert _median_f0(vowel) == pytest.approx(110, rel=0.05)
+    assert _median_f0(out) == pytest.approx(200, rel=0.08)
+
+
+def test_conversion_without_parselmouth_is_one_clear_error(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        voices.importlib.util, "find_spec", lambda name, *a: None if name == "parselmouth" else real(name, *a)
+    )
+    monkeypatch.setattr(voices.ENGINES["flite"], "missing", lambda voice: None)
+    voices.check_speakers([voices.Speaker("flite", "rms")])
+    with pytest.raises(voices.MissingToolError, match="pip install praat-parselmouth"):
+        voices.check_speakers([voices.Speaker.parse("flite:rms:v110:h150:d100")])
 
 
 def test_parse_wav_tolerates_streamed_headers():
@@ -313,11 +370,14 @@ def test_same_seed_same_corpus(asr_corpus, tmp_path):
 
 @needs_tools
 @needs_piper
-@pytest.mark.parametrize("recipe, n", [("st", 10), ("sqa", 12), ("tts", 5)])
+@pytest.mark.parametrize("recipe, n", [("st", 10), ("sqa", 12), ("tts", 5), ("asr-converted", 6)])
 def test_other_recipes_build(tmp_path, recipe, n):
     stats = _build(tmp_path / recipe, recipe=recipe, n=n, jobs=1)
     rows = [r for s in SPLITS for r in read_manifest(tmp_path / recipe / f"{s}.jsonl", check_audio=True)]
-    assert len(rows) == n and all(r.task == recipe for r in rows)
+    assert len(rows) == n and all(r.task == RECIPES[recipe].task for r in rows)
+    if recipe == "asr-converted":
+        trained_on = [voices.Speaker.parse(r.speaker) for r in rows if r.extra.get("split") != "test"]
+        assert trained_on and all(s.converted and s.engine == "flite" for s in trained_on)
     if recipe == "st":
         assert all(r.lang == "es" and r.extra["source_text"] and r.text for r in rows)
         assert all(r.speaker.startswith("espeak:es") for r in rows)
