@@ -7,7 +7,8 @@ Each ``--speechllm`` model folder (or zoo name) is one more system, transcribing
 ``speechllm.load`` exactly as ``speechllm transcribe --model`` does.
 Every system transcribes the same files in one run, with the same thread count; the table
 gives WER (normalised with speechllm.text_normalize) and real-time factor (wall time / audio
-time, audio decoding included, after one warm-up file). faster-whisper comes from the
+time, audio decoding included, after one warm-up file) and, when the files come from at most
+six speakers (the held-out test voices), the WER of each. faster-whisper comes from the
 optional ``bench`` extra (``pip install -e '.[bench]'``) and is skipped when missing.
 """
 
@@ -26,6 +27,18 @@ from speechllm.metrics import word_error_rate
 
 REPO = Path(__file__).resolve().parent.parent
 System = Callable[[list[str]], list[str]]
+MAX_SPEAKER_COLUMNS = 6
+
+
+def wer_by_speaker(speakers: list[str | None], refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """WER of each speaker's files (pooled over its words), speakers in sorted order."""
+    groups: dict[str, list[int]] = {}
+    for i, speaker in enumerate(speakers):
+        groups.setdefault(speaker or "?", []).append(i)
+    return {
+        speaker: word_error_rate([refs[i] for i in idx], [hyps[i] for i in idx]).rate
+        for speaker, idx in sorted(groups.items())
+    }
 
 
 def transcriber_system(model) -> System:
@@ -97,6 +110,8 @@ def main() -> None:
     rows = read_manifest(args.manifest)
     rows = rows[: args.limit] if args.limit else rows
     paths, refs = [r.audio for r in rows], [r.text for r in rows]
+    speakers = [r.speaker for r in rows]
+    per_speaker = len(set(speakers)) <= MAX_SPEAKER_COLUMNS and any(speakers)
     audio_seconds = sum(r.duration or 0.0 for r in rows)
     if not audio_seconds:
         from speechllm.audio import audio_info
@@ -109,7 +124,9 @@ def main() -> None:
     results = []
     print(f"{len(rows)} files, {audio_seconds / 60:.1f} min of audio, {args.threads} threads, "
           f"beam {args.beam_size}")
-    print("| system | WER | RTF | wall s |\n|---|---|---|---|")
+    names = sorted({s or "?" for s in speakers}) if per_speaker else []
+    print("| system | WER | RTF | wall s |" + "".join(f" {n} |" for n in names))
+    print("|---|---|---|---|" + "---|" * len(names))
     for name, build in systems.items():
         try:
             system = build(args)
@@ -121,9 +138,15 @@ def main() -> None:
         hyps = system(paths)
         wall = time.perf_counter() - start
         wer = word_error_rate(refs, hyps)
-        results.append({"system": name, "wer": wer.rate, "rtf": wall / audio_seconds, "wall_s": wall,
-                        "files": len(rows), "audio_s": audio_seconds})
-        print(f"| {name} | {100 * wer.rate:.2f}% | {wall / audio_seconds:.3f} | {wall:.1f} |", flush=True)
+        result = {"system": name, "wer": wer.rate, "rtf": wall / audio_seconds, "wall_s": wall,
+                  "files": len(rows), "audio_s": audio_seconds}
+        cells = ""
+        if per_speaker:
+            result["wer_by_speaker"] = wer_by_speaker(speakers, refs, hyps)
+            cells = "".join(f" {100 * w:.2f}% |" for w in result["wer_by_speaker"].values())
+        results.append(result)
+        rtf = wall / audio_seconds
+        print(f"| {name} | {100 * wer.rate:.2f}% | {rtf:.3f} | {wall:.1f} |{cells}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
