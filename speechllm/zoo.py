@@ -79,7 +79,8 @@ def _join_pieces(first: Path, pieces: list[Path], joined: str, out: Path) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     for item in first.iterdir():
         link = out / item.name
-        if not item.name.startswith(f"{joined}.part") and not link.exists():
+        if not item.name.startswith(f"{joined}.part"):
+            link.unlink(missing_ok=True)  # a link left by an earlier install may point nowhere now
             link.symlink_to(item.resolve())
     tmp = out / f".{joined}.{os.getpid()}.tmp"
     try:
