@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import torch
@@ -48,6 +49,17 @@ def greedy_path(log_probs: torch.Tensor) -> list[int]:
     return [u for i, u in enumerate(labels) if u != 0 and (i == 0 or u != labels[i - 1])]
 
 
+def search_load(log_probs: list[torch.Tensor], options: CTCBeamOptions) -> str:
+    """What makes the beam search cost more: candidates per frame it would try, units per word."""
+    frames = sum(len(lp) for lp in log_probs)
+    candidates = 0
+    for lp in log_probs:
+        active = lp[lp[:, 0] < math.log(options.blank_skip)]
+        top = active[:, 1:].topk(min(options.candidates, lp.shape[1] - 1), -1).values
+        candidates += int((top >= options.min_logprob).sum())
+    return f"{candidates / max(frames, 1):.2f} candidate units per frame"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="speechllm-starter", help="zoo name or folder (ctc-posterior)")
@@ -71,7 +83,11 @@ def main() -> None:
     audio_seconds = sum(r.duration or 0.0 for r in rows)
     log_probs = ctc_log_probs(model, [r.audio for r in rows], args.batch_size)
     bos = document_start_id(model.tokenizer)
-    print(f"{len(rows)} files, {audio_seconds / 60:.1f} min of audio, {args.threads} threads")
+    greedy = [greedy_path(lp) for lp in log_probs]
+    words = sum(len(model.ctc_vocab.decode(units).split()) for units in greedy)
+    print(f"{len(rows)} files, {audio_seconds / 60:.1f} min of audio, {args.threads} threads; CTC output: "
+          f"{search_load(log_probs, CTCBeamOptions())} (default search options), "
+          f"{sum(map(len, greedy)) / max(words, 1):.2f} units per word (greedy path)")
     print("| setting | WER | search RTF |\n|---|---|---|")
     for setting in args.settings:
         options = CTCBeamOptions(**json.loads(setting))
