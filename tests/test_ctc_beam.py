@@ -103,6 +103,28 @@ def test_scorer_matches_a_fresh_forward_pass(tiny_llm):
     assert scorer.mask.shape[1] < len(rounds) + 1  # (one column per round plus the start, less the dead)
 
 
+def test_scorer_reads_a_low_bit_output_layer(tiny_llm):
+    """A speech-LLM whose config sets ``quant`` has a QuantLinear head; the scorer dequantizes
+    only the unit rows and scores as the quantized model itself does."""
+    import copy
+
+    from speechllm.quant.linear import QuantLinear
+    from speechllm.quant.model import QuantConfig, quantize
+
+    llm, tokenizer = tiny_llm
+    qllm = quantize(copy.deepcopy(llm), QuantConfig(bits=8, group_size=-1, head_bits=8))
+    assert isinstance(qllm.get_output_embeddings(), QuantLinear)
+    bos, units = document_start_id(tokenizer), torch.tensor([5, 9, 17, 30])
+    scorer = LLMPrefixScorer(qllm, units, items=1, bos=bos)
+    with torch.no_grad():
+        scorer.update([(0, (2,))], keep=[])
+        ids = torch.tensor([[bos, int(units[1])]])
+        expected = qllm(input_ids=ids).logits[0, -1, units].float().log_softmax(-1)
+    assert torch.equal(scorer.head, qllm.get_output_embeddings().dequantize()[units])
+    # (the body's kernels may quantize activations, differently at different batch sizes)
+    assert torch.allclose(scorer.logprobs[(0, (2,))], expected, atol=1e-2)
+
+
 def test_options_are_checked():
     for bad in ({"beam_size": 0}, {"candidates": 0}, {"blank_skip": 0.0}):
         with pytest.raises(ValueError):

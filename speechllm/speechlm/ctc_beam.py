@@ -81,7 +81,7 @@ class LLMPrefixScorer:
         self.unit_tokens = unit_tokens.to(device)  # CTC id k (k >= 1) is LLM token unit_tokens[k - 1]
         # the output layer's rows for the units only: the CTC can write no other token, so the
         # LM is normalised over them (and a 49k-row product per step is most of a small LLM's cost)
-        self.head = llm.get_output_embeddings().weight[self.unit_tokens]
+        self.head = _output_rows(llm.get_output_embeddings(), self.unit_tokens)
         ids = torch.full((items, 1), bos, device=device)
         self.mask = torch.ones_like(ids)
         self.next_position = torch.ones(items, dtype=torch.long, device=device)
@@ -131,6 +131,14 @@ class LLMPrefixScorer:
         if int(alive.sum()) < 0.75 * len(alive):
             self.mask = self.mask[:, alive]
             self.kv = [(k[:, :, alive], v[:, :, alive]) for k, v in self.kv]
+
+
+def _output_rows(head: nn.Module, tokens: Tensor) -> Tensor:
+    """Rows of the LLM's output layer, float, from an ``nn.Linear`` or a low-bit ``QuantLinear``
+    (a speech-LLM whose config sets ``quant``), dequantizing only the rows asked for."""
+    if hasattr(head, "qweight"):
+        return head.qweight.rows(tokens).dequantize()
+    return head.weight[tokens]
 
 
 def _pad_column(x: Tensor) -> Tensor:
