@@ -200,7 +200,7 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
     import torch
 
     from speechllm.manifest import read_manifest
-    from speechllm.speechlm import load_speechlm
+    from speechllm.speechlm import load_speechlm, read_config
     from speechllm.speechlm.io import atomic_write_text
     from speechllm.train import check_manifests, eval_subset, evaluate, latest_checkpoint, train
 
@@ -216,8 +216,11 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
     report["eval_rows"] = len(eval_rows)
     model = None
     resuming = config.resume and latest_checkpoint(out) is not None
-    if base is not None and not resuming:
-        model, model_config = load_base(base, config.lora_rank, config.train_encoder_layers)
+    if base is not None:  # the architecture is the base's (on resume: as its checkpoint saved it)
+        if resuming:
+            model_config, _ = read_config(latest_checkpoint(out))
+        else:
+            model, model_config = load_base(base, config.lora_rank, config.train_encoder_layers)
         config = replace(config, encoder=model_config.encoder, encoder_kind=model_config.encoder_kind,
                          train_encoder_layers=model_config.encoder_trainable_layers,
                          adapter=model_config.adapter, adapter_options=dict(model_config.adapter_options),

@@ -57,9 +57,12 @@ class EncoderCache:
         for i, file in enumerate(files):
             if file.exists():
                 try:
-                    found[i] = load_file(file)["hidden"]
+                    hidden = load_file(file)["hidden"]
                 except Exception:  # a damaged entry is recomputed
                     file.unlink(missing_ok=True)
+                    continue
+                if hidden.shape[-1] == encoder.dim:  # else another encoder's features: recomputed
+                    found[i] = hidden
         missing = [i for i in range(len(paths)) if i not in found]
         self.hits += len(found)
         self.misses += len(missing)

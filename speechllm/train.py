@@ -461,7 +461,9 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
                        world)
     if config.encoder_cache and config.augment is not None:
         raise ValueError("--encoder-cache and --augment exclude each other (augmented audio differs)")
-    cache = EncoderCache(config.encoder_cache, config.encoder, model.encoder.trainable_layers) \
+    # keyed by the encoder of the model being trained (a checkpoint's or a base's), never the config's
+    # default: another encoder's features under this one's key would poison the cache
+    cache = EncoderCache(config.encoder_cache, model.config.encoder, model.encoder.trainable_layers) \
         if config.encoder_cache else None
     dataset = SpeechDataset(train_rows, augment_config(config.augment), config.seed)
     loader = iter(DataLoader(dataset, batch_sampler=order, collate_fn=collate,

@@ -117,6 +117,24 @@ def test_adapt_a_model_to_a_folder_of_recordings_and_resume(tmp_path, base_model
     assert "the architecture comes from --base" in capsys.readouterr().err
 
 
+def test_encoder_cache_is_keyed_by_the_base_encoder_also_on_resume(tmp_path, base_model, capsys):
+    from speechllm.encoder_cache import EncoderCache
+    from speechllm.speechlm import read_config
+
+    data = recordings(tmp_path / "my_recordings")
+    cache = tmp_path / "cache"
+    args = ["finetune", "--train", str(data), "--base", str(base_model), "--out", str(tmp_path / "run"),
+            "--encoder-cache", str(cache), "--batch-size", "2", "--eval-every", "100",
+            "--max-new-tokens", "4", "--save-every", "1", "--quiet"]
+    assert main(args + ["--steps", "1"]) == 0
+    assert main(args + ["--steps", "3", "--resume"]) == 0
+    capsys.readouterr()
+    keyed = EncoderCache(cache, read_config(base_model)[0].encoder)
+    expected = {keyed.path_for(str(f)) for f in data.glob("*.wav")}
+    written = set(cache.rglob("*.safetensors"))
+    assert len(written) >= 4 and written <= expected
+
+
 def test_a_base_with_a_frozen_encoder_can_fine_tune_its_top_layer(tmp_path, base_model, capsys):
     from speechllm.speechlm import load_speechlm
 

@@ -222,6 +222,26 @@ def test_encoder_cache_gives_the_same_training(data, tmp_path):
         train(config(data, tmp_path / "both", encoder_cache=str(tmp_path / "cache"), augment={}))
 
 
+def test_encoder_cache_recomputes_another_encoders_features(data, tmp_path):
+    """An entry of the wrong width (another encoder's frames under this key) is never read back."""
+    from safetensors.torch import load_file, save_file
+
+    from speechllm.encoder_cache import EncoderCache
+    from speechllm.speechlm.backbone import load_encoder
+
+    root, _, whisper, _ = data
+    encoder = load_encoder(str(whisper), "whisper")
+    cache = EncoderCache(tmp_path / "cache", whisper.as_posix())
+    path = str(root / "tone.wav")
+    file = cache.path_for(path)
+    file.parent.mkdir(parents=True)
+    save_file({"hidden": torch.zeros(3, encoder.dim + 1, dtype=torch.float16)}, file)
+    audio = torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None]
+    hidden, mask = cache.frames(encoder, [path], audio, torch.tensor([audio.shape[1]]), torch.device("cpu"))
+    assert hidden.shape[-1] == encoder.dim and cache.misses == 1
+    assert load_file(file)["hidden"].shape[-1] == encoder.dim  # the entry is rewritten
+
+
 def test_encoder_cache_filled_ahead_is_what_training_reads(data, tmp_path, capsys):
     from safetensors.torch import load_file
 
