@@ -25,14 +25,20 @@ import numpy as np
 from speechllm.apps.chat.voices import Voice
 
 QUANT_CHOICES = ("saved", "fp32", "int8", "int4")  # saved: whatever the model folder's config.json says
+MAX_TURN_SECONDS = 120.0  # the longest spoken turn any chat accepts (--max-seconds stays under it)
 
 
 @dataclass(frozen=True)
 class ChatOptions:
     max_new_tokens: int = 200
-    max_seconds: float = 30.0  # longest spoken turn accepted
+    max_seconds: float = 30.0  # longest spoken turn accepted, at most MAX_TURN_SECONDS
     history_chars: int = 2000  # most recent history kept in the prompt
     remember_speech: bool = True  # transcribe spoken turns for the history (one more model pass)
+
+    def __post_init__(self):
+        if not 0 < self.max_seconds <= MAX_TURN_SECONDS:
+            raise ValueError(f"max_seconds is {self.max_seconds:g}: it must be above 0 and at most "
+                             f"{MAX_TURN_SECONDS:g} s")
 
 
 @dataclass(frozen=True)
@@ -206,31 +212,47 @@ def with_history(turns: Sequence[Turn], request: str, max_chars: int) -> str:
     return "Earlier in this conversation:\n" + "\n".join(lines) + "\n\n" + request
 
 
+def check_message(text: str | None) -> str:
+    """Typed text, stripped; a ValueError when it is over ``MAX_PROMPT_CHARS`` (a long prefill would
+    hold the one-turn-at-a-time queue for minutes)."""
+    from speechllm.limits import check_prompt
+
+    text = (text or "").strip()
+    return check_prompt(text, "the message") if text else ""
+
+
 class ChatEngine:
     def __init__(self, model, voice: Voice | None = None, options: ChatOptions = ChatOptions()):
         self.model, self.voice, self.options = model, voice, options
 
     def load_turn_audio(self, audio: str | Path | np.ndarray) -> np.ndarray:
-        """A recording (file or 16 kHz float32 array) checked against the duration limit."""
+        """A recording (file or 16 kHz float32 array) checked against the duration limit; a file's
+        length is read from its header, before decoding. Errors name "the recording", not the file."""
         from speechllm.audio import SAMPLE_RATE, AudioError, load_audio
 
         limit = self.options.max_seconds
         if isinstance(audio, np.ndarray):
             clip = np.asarray(audio, dtype=np.float32).reshape(-1)
             if clip.size == 0 or not np.isfinite(clip).all():
-                raise AudioError("<recording>", "empty or not finite")
+                raise AudioError("the recording", "empty or not finite")
             if clip.size > limit * SAMPLE_RATE:
-                raise AudioError("<recording>", f"{clip.size / SAMPLE_RATE:.1f} s is over the limit of "
-                                                f"{limit:g} s")
+                raise AudioError("the recording", f"{clip.size / SAMPLE_RATE:.1f} s is over the limit of "
+                                                  f"{limit:g} s")
             return clip
-        return load_audio(audio, max_duration=limit)
+        try:
+            return load_audio(audio, max_duration=limit)
+        except AudioError as exc:
+            raise AudioError("the recording", exc.reason) from None
 
     def reply(self, history: Sequence[Turn], audio: str | Path | np.ndarray | None = None,
               text: str | None = None) -> Iterator[Event]:
-        """Answer one turn: speech (optionally with a typed instruction about it) or text alone."""
+        """Answer one turn: speech (optionally with a typed instruction about it) or text alone.
+
+        Typed text over ``MAX_PROMPT_CHARS`` and recordings over ``max_seconds`` are refused before
+        any model work."""
         from speechllm.speechlm import GenerationOptions, instruction
 
-        text = (text or "").strip()
+        text = check_message(text)
         if audio is None and not text:
             raise ValueError("say or type something first")
         clip = self.load_turn_audio(audio) if audio is not None else None
