@@ -5,21 +5,24 @@ text box, which Gradio streams as diffs, and a small Web Audio player in the pag
 new chunk right after the previous one. No ffmpeg, no media server. When the turn is over the
 whole answer also lands in an ordinary audio player, to replay or download.
 
-Exposure: binds 127.0.0.1 unless told otherwise; uploads are capped in size (``max_file_size``)
-and spoken turns in length; files are served only from the app's own temporary folder (Gradio
-serves its upload/cache folder and ``allowed_paths``, which stays empty; the folder is a fresh
-private one, so it holds nothing but this app's uploads and answers).
+Exposure: binds 127.0.0.1 unless told otherwise; uploads are capped in size (``max_file_size``),
+spoken turns in length and typed ones in characters, both before any model work; files are served
+only from the app's own temporary folder (Gradio serves its upload/cache folder and
+``allowed_paths``, which stays empty; the folder is a fresh private one (0700), so it holds nothing
+but this app's uploads and answers, and it is removed when the server stops). A client picks the
+model and the voice only among those the operator offered at start (:class:`ChatApp`), by name;
+what it is told never holds a host path (``ChatApp.public_message``).
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
+import logging
 import os
-import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,9 +36,14 @@ from speechllm.apps.chat.engine import (
     TextDelta,
     Turn,
     TurnDone,
+    check_message,
     load_chat_model,
 )
+from speechllm.apps.chat.exposure import AllowList, NotOffered, PrivateTempDir, scrub_paths
 from speechllm.apps.chat.voices import VOICES, Voice, VoiceError, default_voice, load_voice
+from speechllm.limits import MAX_PROMPT_CHARS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int | None = None  # None: Gradio picks a free one from 7860 up
     max_upload_mb: float = 20.0
-    temp_dir: str | None = None  # None: a fresh private folder for this app's files
+    temp_dir: str | None = None  # where the server's private folder is made (None: the system's temp)
 
 
 PLAYER_HEAD = """<script>
@@ -97,29 +105,44 @@ def encode_chunk(samples: np.ndarray) -> str:
 
 
 class ChatApp:
-    """The loaded model and voices behind the page (one local user; one turn at a time)."""
+    """The loaded model and voices behind the page (one shared model; one turn at a time).
+
+    What a client may pick is fixed here, when the server starts: the models are the zoo's speech-LLMs
+    and those the operator passed (``model`` and ``models``), the voices the registry's and those the
+    operator passed (``voice`` and ``voices``). Host folders are offered by name, never by path."""
 
     def __init__(self, model: str, quant: str = "saved", voice: str | None = None,
-                 device: str | None = None, options: ChatOptions | None = None, loaded_model: Any = None):
+                 device: str | None = None, options: ChatOptions | None = None, loaded_model: Any = None,
+                 models: Sequence[str] = (), voices: Sequence[str] = ()):
+        from speechllm.zoo import ZOO
+
         self.options, self.device = options or ChatOptions(), device
-        self.model_name, self.quant = model, quant
-        self.model = loaded_model if loaded_model is not None else load_chat_model(model, quant, device)
+        self.models = AllowList.build("model", [model, *models],
+                                      [e.name for e in ZOO.values() if e.kind == "speech-llm"])
         voice = voice or default_voice()
-        self.default_voice = voice
-        self._voices: dict[str, Voice | None] = {voice: load_voice(voice)}  # fail at start, not mid-chat
+        self.voices = AllowList.build("voice", [voice, *voices], offered_voice_names())
+        self.public_model, self.quant = self.models.public(model), quant
+        self.default_voice = self.voices.public(voice)
+        self.model = loaded_model if loaded_model is not None else load_chat_model(model, quant, device)
+        self._voices: dict[str, Voice | None] = {self.default_voice: load_voice(voice)}  # fail at start
+        self._known_paths = {**self.models.path_names(), **self.voices.path_names()}
         self._lock = threading.Lock()
         self._turns = itertools.count(1)
 
-    def load_model(self, model: str, quant: str) -> str:
+    def load_model(self, name: str, quant: str) -> str:
+        """Switch the shared model, for everyone, to one offered by name (see :class:`AllowList`)."""
+        source = self.models.source(name)
         with self._lock:
-            self.model = load_chat_model(model, quant, self.device)
-            self.model_name, self.quant = model, quant
-        return f"loaded {model} ({quant})"
+            self.model = load_chat_model(source, quant, self.device)
+            self.public_model, self.quant = name, quant
+        return f"loaded {name} ({quant})"
 
     def voice(self, name: str) -> Voice | None:
+        """A voice offered by name, loaded once."""
+        source = self.voices.source(name)
         with self._lock:
             if name not in self._voices:
-                self._voices[name] = load_voice(name)
+                self._voices[name] = load_voice(source)
             return self._voices[name]
 
     def engine(self, voice: str, max_new_tokens: int) -> ChatEngine:
@@ -129,23 +152,48 @@ class ChatApp:
     def next_turn(self) -> int:
         return next(self._turns)
 
+    def public_message(self, text: str) -> str:
+        """Text fit for a client: the operator's folders by name, other host paths as ``<path>``."""
+        return scrub_paths(text, self._known_paths)
+
+
+def offered_voice_names() -> list[str]:
+    """The chat's registry voices and the project TTS voices installed here."""
+    import speechllm.tts as tts
+
+    own = [name for name in getattr(tts, "VOICES", {})
+           if name in VOICES or getattr(tts, "is_installed", lambda name: False)(name)]
+    return [*VOICES, *own]
+
 
 def _messages(turns: list[dict]) -> list[dict]:
     return [{"role": t["role"], "content": t["text"]} for t in turns]
 
 
 def build_blocks(app: ChatApp):
-    """The Blocks page; ``launch`` serves it."""
+    """The Blocks page; ``launch`` serves it. What a client is told goes through ``app.public_message``."""
     import gradio as gr
+
+    def refusal(exc: Exception, what: str = "") -> gr.Error:
+        if not isinstance(exc, (ValueError, FileNotFoundError, VoiceError)):  # not the client's doing
+            log.error("chat: %s", exc, exc_info=exc)
+            what = what or "the answer failed: "
+        return gr.Error(app.public_message(f"{what}{exc}"))
 
     def respond(audio_path, text, turns, voice_name, max_new_tokens):
         turns = list(turns or [])
-        if not audio_path and not (text or "").strip():
+        try:
+            text = check_message(text)  # a long message is refused before anything else
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        if not audio_path and not text:
             raise gr.Error("Record or upload a question, or type one.")
         try:
             engine = app.engine(voice_name, max_new_tokens)
-        except (VoiceError, ValueError, FileNotFoundError) as exc:
-            raise gr.Error(f"voice {voice_name!r}: {exc}") from None
+        except NotOffered as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:
+            raise refusal(exc, f"voice {voice_name!r}: ") from None
         shown_user = (f"🎤 {text}" if text else "🎤 (speaking…)") if audio_path else text
         messages = _messages(turns) + [{"role": "user", "content": shown_user},
                                        {"role": "assistant", "content": ""}]
@@ -167,22 +215,24 @@ def build_blocks(app: ChatApp):
                     stream += " " + encode_chunk(event.samples)
                     yield gr.skip(), stream, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 elif isinstance(event, Notice):
-                    gr.Warning(event.message)
+                    gr.Warning(app.public_message(event.message))
                 elif isinstance(event, TurnDone):
                     turns += [{"role": "user", "text": event.user},
                               {"role": "assistant", "text": event.answer}]
                     shown_user = f"🎤 {event.user}" if audio_path else event.user
                     messages[-2] = {"role": "user", "content": shown_user}
-        except (ValueError, FileNotFoundError) as exc:  # AudioError (too long, unreadable) is a ValueError
-            raise gr.Error(str(exc)) from None
+        except Exception as exc:  # AudioError (too long, unreadable) is a ValueError
+            raise refusal(exc) from None
         spoken = (rate, pcm16(np.concatenate(chunks))) if chunks else None
         yield messages, stream, spoken, turns, None, ""
 
     def load(model_name, quant):
         try:
             return app.load_model(model_name, quant)
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        except NotOffered as exc:
             raise gr.Error(str(exc)) from None
+        except Exception as exc:
+            raise refusal(exc, f"model {model_name!r}: ") from None
 
     with gr.Blocks(title="speechllm chat", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         turns = gr.State([])
@@ -193,7 +243,7 @@ def build_blocks(app: ChatApp):
             audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your turn (speech)",
                                 elem_id="speech-in")
             text_in = gr.Textbox(label="…or type (with a recording: an instruction about it)", lines=3,
-                                 elem_id="text-in")
+                                 max_length=MAX_PROMPT_CHARS, elem_id="text-in")
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="send")
             clear = gr.Button("New conversation", elem_id="clear")
@@ -201,14 +251,15 @@ def build_blocks(app: ChatApp):
                                 elem_id="answer-audio")
         stream_box = gr.Textbox(visible="hidden", elem_id="speech-stream")
         with gr.Accordion("Settings", open=False):
-            voice = gr.Dropdown(sorted(set(VOICES) | {app.default_voice}), value=app.default_voice,
-                                label="Voice", allow_custom_value=True)
+            voice = gr.Dropdown(app.voices.names(), value=app.default_voice, label="Voice",
+                                allow_custom_value=False)
             max_new_tokens = gr.Slider(16, 512, value=app.options.max_new_tokens, step=8,
                                        label="Longest answer (tokens)")
-            model_name = gr.Textbox(app.model_name, label="Model (folder or zoo name)")
+            model_name = gr.Dropdown(app.models.names(), value=app.public_model, allow_custom_value=False,
+                                     label="Model (the server's choices; switches it for everyone)")
             quant = gr.Dropdown(list(QUANT_CHOICES), value=app.quant, label="LLM weights")
             load_button = gr.Button("Load model")
-            status = gr.Markdown(f"model: {app.model_name} ({app.quant})")
+            status = gr.Markdown(f"model: {app.public_model} ({app.quant})")
 
         send.click(fn=None, js="() => { window.speechllmPlayer && window.speechllmPlayer.unlock(); }")
         inputs = [audio_in, text_in, turns, voice, max_new_tokens]
@@ -223,19 +274,49 @@ def build_blocks(app: ChatApp):
     return demo
 
 
-def launch(app: ChatApp, server: ServerOptions = ServerOptions(), block: bool = True, quiet: bool = False):
-    """Serve the page; with ``block=False`` return ``(demo, url)`` and keep serving in the background."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
-    temp_dir = server.temp_dir or tempfile.mkdtemp(prefix="speechllm-chat-")
-    Path(temp_dir).mkdir(parents=True, exist_ok=True)
-    os.environ["GRADIO_TEMP_DIR"] = temp_dir  # uploads and answers live here, and only here
-    import gradio as gr
+class ChatServer:
+    """A running chat server and its private temporary folder; :meth:`close` stops the one and
+    removes the other (also done at exit)."""
 
-    demo = build_blocks(app)
-    demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(
-        server_name=server.host, server_port=server.port, share=False, prevent_thread_lock=not block,
-        max_file_size=f"{server.max_upload_mb:g}mb", allowed_paths=[], ssr_mode=False, mcp_server=False,
-        pwa=False, enable_monitoring=False, show_error=True, quiet=quiet, head=PLAYER_HEAD,
-        theme=gr.themes.Default())
-    return demo, url
+    def __init__(self, temp: PrivateTempDir, temp_env_before: str | None):
+        self.temp, self.demo, self._env_before = temp, None, temp_env_before
+
+    @property
+    def temp_dir(self) -> str:
+        return self.temp.path
+
+    def close(self) -> None:
+        if self.demo is not None:
+            self.demo.close(verbose=False)
+        if os.environ.get("GRADIO_TEMP_DIR") == self.temp.path:  # give another server in this process its own
+            if self._env_before is None:
+                os.environ.pop("GRADIO_TEMP_DIR", None)
+            else:
+                os.environ["GRADIO_TEMP_DIR"] = self._env_before
+        self.temp.remove()
+
+
+def launch(app: ChatApp, server: ServerOptions = ServerOptions(), block: bool = True,
+           quiet: bool = False) -> tuple[ChatServer, str]:
+    """Serve the page until interrupted; with ``block=False`` return ``(server, url)`` at once and keep
+    serving in the background until ``server.close()``. Either way, Gradio's uploads and answers live in
+    one private folder that is removed when the server stops."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    running = ChatServer(PrivateTempDir(server.temp_dir), os.environ.get("GRADIO_TEMP_DIR"))
+    os.environ["GRADIO_TEMP_DIR"] = running.temp_dir  # Gradio reads it for every upload and cached output
+    try:
+        import gradio as gr
+
+        running.demo = demo = build_blocks(app)
+        demo.queue(default_concurrency_limit=1)
+        _, url, _ = demo.launch(
+            server_name=server.host, server_port=server.port, share=False, prevent_thread_lock=not block,
+            max_file_size=f"{server.max_upload_mb:g}mb", allowed_paths=[], ssr_mode=False, mcp_server=False,
+            pwa=False, enable_monitoring=False, show_error=False, quiet=quiet, head=PLAYER_HEAD,
+            theme=gr.themes.Default())
+    except BaseException:
+        running.close()
+        raise
+    if block:  # launch returned: the server was stopped (Ctrl-C)
+        running.close()
+    return running, url
