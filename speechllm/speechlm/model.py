@@ -373,6 +373,17 @@ class SpeechLLM(nn.Module):
         return SpeechLLMOutput(loss, out.loss.detach(), None if aux is None else aux.detach(),
                                int((spliced.labels != -100).sum()))
 
+    def forward_units(self, units: AdapterOutput, instructions: Sequence[str],
+                      replies: Sequence[str]) -> SpeechLLMOutput:
+        """Teacher-forced LLM loss with ``units`` standing in for the adapter's output (text-side
+        training: :mod:`speechllm.speechlm.simulated_units`)."""
+        prompts = [self.prompt_ids(text, True) for text in instructions]
+        spliced = self.splice([p[0] for p in prompts], units, [p[1] for p in prompts],
+                              [self.target_ids(r) for r in replies])
+        out = self.llm(inputs_embeds=spliced.embeds, attention_mask=spliced.attention_mask,
+                       position_ids=spliced.position_ids, labels=spliced.labels, use_cache=False)
+        return SpeechLLMOutput(out.loss, out.loss.detach(), None, int((spliced.labels != -100).sum()))
+
     # -- inference
 
     def _prefill(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str]) -> Spliced:

@@ -1,0 +1,113 @@
+"""Text-side training: simulated CTC units stand in for audio (ctc-posterior only)."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import test_train
+import torch
+
+from speechllm.manifest import ManifestError
+from speechllm.speechlm import SpeechLLM
+from speechllm.speechlm.simulated_units import (
+    UnitNoise,
+    UnitSimulator,
+    confusable_units,
+    simulated_output,
+)
+from speechllm.train import TextMix, TrainConfig, read_text_rows, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+data, config = test_train.data, test_train.config  # the tiny models and audio of the trainer tests
+
+TEXT_ROWS = [
+    {"task": "sqa", "text": "on monday anna went to the market", "prompt": "where did anna go?",
+     "answer": "the market"},
+    {"task": "sqa", "text": "what is two plus two", "answer": "four"},
+    {"task": "st", "text": "the weather", "source_text": "el tiempo"},
+]
+
+
+@pytest.fixture()
+def ctc_posterior(data, tmp_path):
+    run = config(data, tmp_path / "base", adapter="ctc-posterior",
+                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4}, lora_rank=2)
+    return SpeechLLM.build(run.model_config())
+
+
+def test_clean_units_mix_exactly_the_tokens_of_the_text(ctc_posterior):
+    model = ctc_posterior
+    vocab = model.ctc_vocab
+    sim = UnitSimulator(vocab, confusable_units(model.adapter, 4), UnitNoise.clean())
+    ids, probs = sim("hello world", np.random.default_rng(0))
+    assert ids[:, 0].tolist() == vocab.encode("hello world")
+    assert torch.allclose(probs.sum(-1), torch.ones(len(ids)))
+    out = simulated_output(model.adapter, [(ids, probs)])
+    table = model.llm.get_input_embeddings()
+    expected = table(model.adapter.token_ids[ids[:, 0] - 1])
+    assert out.mask.all() and torch.allclose(out.embeddings[0], expected, atol=1e-6)
+
+
+def test_noise_deletes_substitutes_and_softens(ctc_posterior):
+    model = ctc_posterior
+    vocab = model.ctc_vocab
+    confusable = confusable_units(model.adapter, 4)
+    assert (confusable[1:] != torch.arange(1, len(confusable))[:, None]).all()  # never itself
+    assert (confusable[1:] > 0).all()  # never blank
+    sim = UnitSimulator(vocab, confusable, UnitNoise(delete=0.3, substitute=0.3, insert=0.0, split=0.0))
+    text = "one two three four five six seven eight nine ten " * 5
+    clean = vocab.encode(text)
+    noisy = sim.units(text, np.random.default_rng(1), severity=1.0)
+    assert len(noisy) < len(clean) and noisy != clean
+    _, probs = sim.posteriors(noisy, np.random.default_rng(2))
+    assert (probs[:, 0] < 1).any() and torch.allclose(probs.sum(-1), torch.ones(len(noisy)), atol=1e-5)
+
+
+def test_read_text_rows_reports_every_bad_row(tmp_path):
+    path = tmp_path / "text.jsonl"
+    path.write_text("\n".join([json.dumps(TEXT_ROWS[0]), "{bad", json.dumps({"task": "nope"}),
+                               json.dumps({"task": "st", "text": "no source"})]) + "\n")
+    with pytest.raises(ManifestError) as err:
+        read_text_rows(path)
+    assert [e.split(": ", 1)[0] for e in err.value.errors] == [f"{path}:{n}" for n in (2, 3, 4)]
+
+
+def test_text_mix_is_reproducible_and_counts_speech_batches():
+    mix = TextMix(0.5, seed=3)
+    picks = [mix.is_text(m) for m in range(200)]
+    assert 60 < sum(picks) < 140 and picks == [TextMix(0.5, 3).is_text(m) for m in range(200)]
+    assert mix.speech_before(200) == 200 - sum(picks)
+    assert TextMix(1.0, 0).is_text(5) and not TextMix(0.0, 0).is_text(5)
+
+
+def test_text_side_training_lowers_the_loss_and_resumes(data, tmp_path):
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps(r) + "\n" for r in TEXT_ROWS))
+    run = config(data, tmp_path / "run", adapter="ctc-posterior",
+                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
+                 text_train=str(text), text_share=1.0, steps=20, lr=5e-3, save_every=10,
+                 text_noise={"delete": 0.0, "substitute": 0.0, "insert": 0.0, "split": 0.0})
+    result = train(run)
+    assert np.mean(result.losses[-3:]) < 0.9 * np.mean(result.losses[:3]), result.losses
+    resumed = train(replace(run, steps=22, resume=True))
+    assert resumed.start_step == 20 and len(resumed.losses) == 2
+
+
+def test_text_rows_need_the_ctc_posterior_adapter(data, tmp_path):
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps(TEXT_ROWS[1]) + "\n")
+    with pytest.raises(ValueError, match="ctc-posterior"):
+        train(config(data, tmp_path / "run", text_train=str(text), text_share=1.0, steps=1))
+    assert TrainConfig(train="x", out="y").text_share == 0.0
+
+
+def test_text_rows_alone_need_no_speech_manifest(data, tmp_path):
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps(r) + "\n" for r in TEXT_ROWS))
+    run = config(data, tmp_path / "run", train="", adapter="ctc-posterior",
+                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
+                 text_train=str(text), text_share=1.0, steps=2)
+    assert train(run).step == 2
+    with pytest.raises(ValueError, match="training manifest"):
+        train(replace(run, text_share=0.5))
