@@ -6,11 +6,15 @@ batch job can record it on one line and go on.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from speechllm.limits import MIN_SAMPLE_RATE
 
 SAMPLE_RATE = 16_000
 
@@ -43,24 +47,65 @@ def _soundfile():
     return soundfile
 
 
-def audio_info(path: str | Path) -> AudioInfo:
-    """Header facts (rate, channels, length) without decoding the samples."""
+def check_audio_file(path: str | Path):
+    """The header as libsndfile reads it (``soundfile.info``), or an :class:`AudioError` saying why
+    the file is no usable recording: missing, a folder, empty, not audio, a sample rate no speech
+    recording has. Cheap (the samples are not decoded): front ends call it before loading a model."""
     path = Path(path)
     if not path.exists():
-        raise AudioError(path, "no such file")
+        parent = next((p for p in path.parents if p.is_file()), None)
+        raise AudioError(path, f"{parent} is a file, not a folder" if parent else "no such file")
     if path.is_dir():
         raise AudioError(path, "is a directory, not an audio file")
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise AudioError(path, "permission denied")
+    if path.suffix.lower() == ".mp3" and not _looks_like_mp3(path):
+        # libmpg123 would print its resync notes straight to the terminal before failing
+        raise AudioError(path, f"{NOT_AUDIO} (no MP3 frame or ID3 header)")
     sf = _soundfile()
     try:
         info = sf.info(str(path))
     except Exception as exc:  # libsndfile's messages are cryptic; keep them but name the file
-        raise AudioError(path, f"unreadable audio ({_short(exc)})") from None
+        raise AudioError(path, _unreadable(exc)) from None
+    if info.samplerate < MIN_SAMPLE_RATE:
+        raise AudioError(path, f"sample rate {info.samplerate} Hz in its header: no speech recording is "
+                               f"below {MIN_SAMPLE_RATE:,} Hz (a damaged or mislabelled file)")
+    return info
+
+
+def _looks_like_mp3(path: Path) -> bool:
+    """An ID3 tag, or an MPEG frame sync in the first 64 KiB (text and other formats have none)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return head.startswith(b"ID3") or re.search(rb"\xff[\xe0-\xff]", head) is not None
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Header facts (rate, channels, length) without decoding the samples."""
+    path = Path(path)
+    info = check_audio_file(path)
+    sf = _soundfile()
     frames = int(info.frames)
     if frames < 0 or frames > 2**62:  # some mp3/ogg headers do not know their length
-        frames = sum(len(b) for b in sf.blocks(str(path), blocksize=1 << 16))
+        try:
+            frames = sum(len(b) for b in sf.blocks(str(path), blocksize=1 << 16))
+        except Exception as exc:
+            raise AudioError(path, _unreadable(exc)) from None
     return AudioInfo(str(path), int(info.samplerate), int(info.channels), frames, str(info.format))
+
+
+NOT_AUDIO = "unreadable audio: not a readable audio file"
+
+
+def _unreadable(exc: Exception) -> str:
+    """libsndfile's failure as a reason: "format not recognised" (code 1) and "possibly a pipe?"
+    (7: what it says of a .mp3 holding anything else) both mean the file is no audio it knows."""
+    if getattr(exc, "code", None) in (1, 7):
+        return f"{NOT_AUDIO} (format not recognised)"
+    detail = getattr(exc, "error_string", "")  # without libsndfile's "Error opening 'PATH': " prefix
+    return f"unreadable audio ({detail.strip()[:200] if detail.strip() else _short(exc)})"
 
 
 def _short(exc: Exception) -> str:
@@ -155,5 +200,8 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_R
     tmp = path.with_name(f".{path.name}.tmp")
     sf = _soundfile()
     fmt = path.suffix.lstrip(".").upper() or "WAV"
-    sf.write(str(tmp), np.asarray(audio, dtype=np.float32), sample_rate, format=fmt)
-    tmp.replace(path)
+    try:
+        sf.write(str(tmp), np.asarray(audio, dtype=np.float32), sample_rate, format=fmt)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
