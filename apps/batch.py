@@ -26,28 +26,75 @@ class BatchSummary:
     skipped: int
 
 
-def expand_inputs(items: Iterable[str]) -> list[str]:
+@dataclass(frozen=True)
+class BadInput:
+    """An input known to fail before any model runs: a bad manifest row (``source`` is
+    ``FILE:LINE``), a folder without audio, a pattern matching nothing, an unreadable file. It
+    becomes an error row in its place; the batch goes on."""
+
+    source: str
+    reason: str  # the whole one-line message, naming the input
+
+
+def expand_inputs(items: Iterable[str]) -> list[str | BadInput]:
     """Files as given; folders (recursive) and glob patterns expand to their audio files, sorted;
     a manifest (``.jsonl``) to the audio of its rows, in order, as resolved paths (relative paths
-    in it are relative to its folder). A bad manifest row stops everything, ``FILE:LINE: reason``."""
-    from speechllm.manifest import read_manifest
+    in it are relative to its folder). What cannot give audio stays in its place as a
+    :class:`BadInput`: a bad manifest row (``FILE:LINE: reason``), a folder with no audio, a pattern
+    that matches nothing."""
+    from speechllm.manifest import scan_manifest
 
-    out: list[str] = []
+    out: list[str | BadInput] = []
     for item in items:
         path = Path(item)
         if path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
-            out += [row.audio for row in read_manifest(path)]
+            before = len(out)
+            out += [row.audio if row is not None else BadInput(where, problem)
+                    for where, row, problem in scan_manifest(path)]
+            if len(out) == before:
+                out.append(BadInput(item, f"{item}: no rows in this manifest"))
         elif path.is_dir():
-            out += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            found = sorted(str(p) for p in path.rglob("*")
+                           if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            out += found or [BadInput(item, f"{item}: no audio files in this folder (looked for "
+                                            f"{', '.join(AUDIO_SUFFIXES)})")]
         elif not path.exists() and glob.has_magic(item):
-            out += sorted(glob.glob(item, recursive=True))
+            found = sorted(glob.glob(item, recursive=True))
+            out += found or [BadInput(item, f"{item}: no files match this pattern")]
         else:
             out.append(item)
     return out
 
 
+def precheck(inputs: list[str | BadInput]) -> list[str | BadInput]:
+    """Each file whose header cannot be used (missing, empty, not audio, absurd sample rate) as a
+    :class:`BadInput` with the same message the transcriber would give: no model is needed to
+    know it, and none is loaded when nothing else is left."""
+    from speechllm.audio import AudioError, check_audio_file
+
+    verdict: dict[str, BadInput | None] = {}
+    out: list[str | BadInput] = []
+    for item in inputs:
+        if isinstance(item, str):
+            if item not in verdict:
+                try:
+                    check_audio_file(item)
+                    verdict[item] = None
+                except AudioError as exc:
+                    verdict[item] = BadInput(item, str(exc))
+            item = verdict[item] or item
+        out.append(item)
+    return out
+
+
+def same_file(audio: str) -> str:
+    """The key resume matches inputs by: ``./clip.wav`` and ``/abs/clip.wav`` are one file."""
+    return os.path.realpath(audio)
+
+
 def read_finished(output: Path) -> dict[str, dict]:
-    """Rows already written without error; rewrites the file without broken or failed lines."""
+    """Rows already written without error, by :func:`same_file` of their audio; rewrites the file
+    without broken, failed or repeated lines (one file named two ways keeps its first row)."""
     if not output.exists():
         return {}
     kept: dict[str, dict] = {}
@@ -56,8 +103,8 @@ def read_finished(output: Path) -> dict[str, dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
-        if isinstance(row, dict) and "audio" in row and not row.get("error"):
-            kept[row["audio"]] = row
+        if isinstance(row, dict) and isinstance(row.get("audio"), str) and not row.get("error"):
+            kept.setdefault(same_file(row["audio"]), row)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()),
                    encoding="utf-8")
@@ -71,7 +118,7 @@ def append_line(handle, row: dict) -> None:
     os.fsync(handle.fileno())
 
 
-def shard(inputs: list[str], spec: str | None) -> list[str]:
+def shard(inputs: list, spec: str | None) -> list:
     """``i/n`` (0-based i): every n-th input starting at i, the same split on every machine."""
     if not spec:
         return inputs
@@ -84,35 +131,51 @@ def shard(inputs: list[str], spec: str | None) -> list[str]:
     return inputs[index::count]
 
 
-def run_batch(transcriber, inputs: list[str], output: Path | None, resume: bool = False,
+def run_batch(transcriber, inputs: list[str | BadInput], output: Path | None, resume: bool = False,
               progress: bool = True, echo: bool = True, formats: tuple[str, ...] = (),
               format_dir: Path | None = None) -> BatchSummary:
-    """Transcribe ``inputs`` with any object offering ``transcribe_many`` (see WhisperTranscriber).
+    """Transcribe ``inputs`` with any object offering ``transcribe_many`` (see WhisperTranscriber),
+    or with a function returning one: it is called only when some input is left to do, before the
+    output is touched. :class:`BadInput` items become error rows without the model.
 
     ``formats`` (txt, srt, vtt) are written per input into ``format_dir`` (default: beside
-    ``output``).
+    ``output``); inputs whose names clash get names that tell them apart (see
+    :func:`~speechllm.apps.subtitles.transcript_names`), said in one line on stderr.
     """
     import time
 
     from tqdm import tqdm
 
-    from speechllm.apps.subtitles import write_transcript
+    from speechllm.apps.subtitles import transcript_names, write_transcript
 
     format_dir = format_dir or (output.parent if output else Path("."))
     started, audio_seconds = time.perf_counter(), 0.0
+    names: dict[str, str] = {}
+    if formats:
+        names, note = transcript_names([i for i in inputs if isinstance(i, str)])
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
+    finished = read_finished(output) if (output and resume) else {}
+    todo = [i for i in inputs if isinstance(i, BadInput) or same_file(i) not in finished]
+    sources = [i for i in todo if isinstance(i, str)]
+    if sources and not hasattr(transcriber, "transcribe_many"):
+        transcriber = transcriber()  # loads the model; a failure leaves the output as it was
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
-    finished = read_finished(output) if (output and resume) else {}
-    todo = [i for i in inputs if i not in finished]
     if output and not resume and output.exists():
         output.unlink()
     handle = open(output, "a", encoding="utf-8") if output else None
     done = failed = 0
     bar = tqdm(total=len(todo), unit="file", disable=not progress, file=sys.stderr)
+    results = transcriber.transcribe_many(sources) if sources else iter(())
     try:
-        for source, result in transcriber.transcribe_many(todo):
-            if isinstance(result, Exception):
+        for item in todo:
+            if isinstance(item, BadInput):
+                source, result = item.source, item.reason
+            else:
+                source, result = next(results)
+            if isinstance(result, (Exception, str)):
                 row = {"audio": source, "text": "", "error": str(result)}
                 failed += 1
                 print(f"failed: {result}", file=sys.stderr)
@@ -123,7 +186,7 @@ def run_batch(transcriber, inputs: list[str], output: Path | None, resume: bool 
                 done += 1
                 audio_seconds += result.duration
                 for fmt in formats:
-                    write_transcript(result, source, format_dir, fmt)
+                    write_transcript(result, source, format_dir, fmt, stem=names.get(source))
                 if echo:
                     print(f"{source}\t{result.text}" if len(inputs) > 1 else result.text)
             if handle:

@@ -36,11 +36,59 @@ def to_vtt(t: Transcript) -> str:
 FORMATS: dict[str, Callable[[Transcript], str]] = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt}
 
 
-def write_transcript(transcript: Transcript, audio: str, folder: Path, fmt: str) -> Path:
-    """Write ``<folder>/<audio stem>.<fmt>`` atomically; returns the path."""
+def transcript_names(sources: list[str]) -> tuple[dict[str, str], str]:
+    """The file stem each input's transcript gets, and a one-line note when some had to change.
+
+    The stem is the audio's own (``talk.wav`` → ``talk``), unless different files share it
+    (``a/clip.wav`` and ``b/clip.wav``): those get as many of their folders in front as tells them
+    apart (``a_clip``, ``b_clip``), and a number where folders cannot (``a/clip.wav`` and
+    ``a/clip.mp3``: ``clip``, ``clip_2``). Nothing is overwritten; the same file named twice keeps
+    one name. Names are compared without case (macOS and Windows folders).
+    """
+    files: dict[str, str] = {}  # resolved path -> first spelling, in input order
+    for source in sources:
+        files.setdefault(os.path.realpath(source), source)
+    groups: dict[str, list[str]] = {}
+    for real in files:
+        groups.setdefault(Path(real).stem.lower(), []).append(real)
+    names = {real: Path(real).stem for real in files}
+    for group in groups.values():
+        if len(group) > 1:
+            names.update(_apart(group))
+    seen: set[str] = set()
+    for real in files:  # numbers: what folders could not tell apart, or a name another file has
+        stem, n = names[real], 2
+        while names[real].lower() in seen:
+            names[real], n = f"{stem}_{n}", n + 1
+        seen.add(names[real].lower())
+    renamed = [f"{files[r]} -> {n}" for r, n in names.items() if n != Path(r).stem]
+    note = ""
+    if renamed:
+        shown = ", ".join(renamed[:4]) + (f" and {len(renamed) - 4} more" if len(renamed) > 4 else "")
+        note = f"inputs share a file name; --format files named {shown}"
+    return {source: names[os.path.realpath(source)] for source in sources}, note
+
+
+def _apart(group: list[str]) -> dict[str, str]:
+    """``folder_..._stem`` for files of one stem, with the fewest folders that tell most apart."""
+    def named(depth: int) -> dict[str, str]:
+        return {r: "_".join([*Path(r).parent.parts[1:][-depth:], Path(r).stem]) if depth else Path(r).stem
+                for r in group}
+
+    deepest = max(len(Path(r).parent.parts) - 1 for r in group)
+    best = max(range(deepest + 1), key=lambda d: (len({n.lower() for n in named(d).values()}), -d))
+    return named(best)
+
+
+def write_transcript(transcript: Transcript, audio: str, folder: Path, fmt: str,
+                     stem: str | None = None) -> Path:
+    """Write ``<folder>/<stem>.<fmt>`` atomically (default stem: the audio's); returns the path."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{Path(audio).stem}.{fmt}"
+    path = folder / f"{stem or Path(audio).stem}.{fmt}"
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(FORMATS[fmt](transcript), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(FORMATS[fmt](transcript), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -15,7 +15,7 @@ import math
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -149,27 +149,30 @@ def _check_audio(row: ManifestRow) -> tuple[ManifestRow, str | None]:
     return (replace(row, duration=info.duration) if row.duration is None else row), None
 
 
-def validate_manifest(
+def scan_manifest(
     path: str | Path, check_audio: bool = False
-) -> tuple[list[ManifestRow], list[str]]:
-    """Every good row and every problem (``FILE:LINE: reason``), for jobs that keep going.
+) -> Iterator[tuple[str, ManifestRow | None, str | None]]:
+    """``(FILE:LINE, row, None)`` for each good row and ``(FILE:LINE, None, "FILE:LINE: reason")``
+    for each bad one, in file order, for jobs that report bad rows where they are and go on.
 
-    Blank lines are skipped. ``check_audio`` also opens each audio header (missing,
-    unreadable or empty files become problems) and fills in missing durations.
+    Blank lines are skipped. ``check_audio`` also opens each audio header (missing, unreadable or
+    empty files become problems) and fills in missing durations.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {'is a directory' if path.is_dir() else 'no such manifest'}")
     base = path.parent.absolute()
-    rows: list[ManifestRow] = []
-    errors: list[str] = []
     with open(path, "rb") as f:
+        if b"\0" in f.read(8192):  # audio or another binary file: one problem, not one per "line"
+            yield str(path), None, f"{path}: not a text file (a manifest is JSON lines, UTF-8 text)"
+            return
+        f.seek(0)
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                errors.append(f"{where}: not UTF-8 text (byte {exc.start})")
+                yield where, None, f"{where}: not UTF-8 text (byte {exc.start})"
                 continue
             line = line.removeprefix("\ufeff") if lineno == 1 else line
             if not line.strip():
@@ -177,16 +180,30 @@ def validate_manifest(
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                errors.append(f"{where}: bad JSON ({exc.msg}, column {exc.colno})")
+                yield where, None, f"{where}: bad JSON ({exc.msg}, column {exc.colno})"
                 continue
             row, reasons = _parse(obj, base)
             if row is not None and check_audio:
                 row, reason = _check_audio(row)
                 reasons = [reason] if reason else []
             if reasons:
-                errors.append(f"{where}: {'; '.join(reasons)}")
+                yield where, None, f"{where}: {'; '.join(reasons)}"
             else:
-                rows.append(row)
+                yield where, row, None
+
+
+def validate_manifest(
+    path: str | Path, check_audio: bool = False
+) -> tuple[list[ManifestRow], list[str]]:
+    """Every good row and every problem (``FILE:LINE: reason``), for jobs that keep going; see
+    :func:`scan_manifest`."""
+    rows: list[ManifestRow] = []
+    errors: list[str] = []
+    for _, row, problem in scan_manifest(path, check_audio=check_audio):
+        if problem is None:
+            rows.append(row)
+        else:
+            errors.append(problem)
     return rows, errors
 
 

@@ -76,18 +76,72 @@ def test_expand_folders_and_globs(tmp_path):
 
 
 def test_manifest_inputs(tmp_path):
-    import pytest
-
-    from speechllm.manifest import ManifestError
-
     good, bad = make_inputs(tmp_path)
     manifest = tmp_path / "in" / "list.jsonl"
     manifest.write_text(json.dumps({"audio": "clip1.wav", "text": "x"}) + "\n"
                         + json.dumps({"audio": good[0], "text": "y"}) + "\n")
     assert expand_inputs([str(manifest), good[2]]) == [good[1], good[0], good[2]]
-    manifest.write_text(json.dumps({"audio": "clip1.wav", "text": "x"}) + "\n{not json\n")
-    with pytest.raises(ManifestError, match=f"{manifest}:2: bad JSON"):
-        expand_inputs([str(manifest)])
+
+
+def test_bad_manifest_rows_and_empty_inputs_become_error_rows_in_place(tmp_path):
+    from speechllm.apps.batch import BadInput
+
+    good, bad = make_inputs(tmp_path)
+    manifest = tmp_path / "in" / "list.jsonl"
+    manifest.write_text(json.dumps({"audio": "clip1.wav", "text": "x"}) + "\n{not json\n"
+                        + json.dumps({"audio": "clip2.wav", "text": "z"}) + "\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "blank.jsonl").write_text("\n")
+    items = expand_inputs([str(manifest), str(tmp_path / "empty"), str(tmp_path / "nothing*.wav"),
+                           str(tmp_path / "blank.jsonl"), good[0]])
+    assert items[0] == good[1] and items[2] == good[2] and items[-1] == good[0]
+    assert all(isinstance(i, BadInput) for i in items[1:2] + items[3:6])
+    assert items[1].source == f"{manifest}:2" and items[1].reason.startswith(f"{manifest}:2: bad JSON")
+    assert [i.reason.split(": ", 1)[1] for i in items[3:6]] == [
+        "no audio files in this folder (looked for .wav, .flac, .ogg, .oga, .opus, .mp3, .aiff, .aif, .au)",
+        "no files match this pattern", "no rows in this manifest"]
+    out = tmp_path / "out.jsonl"
+    fake = FakeTranscriber()
+    summary = run_batch(fake, items, out, progress=False, echo=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["audio"] for r in rows] == [good[1], f"{manifest}:2", good[2], str(tmp_path / "empty"),
+                                          str(tmp_path / "nothing*.wav"), str(tmp_path / "blank.jsonl"),
+                                          good[0]]
+    assert [bool(r.get("error")) for r in rows] == [False, True, False, True, True, True, False]
+    assert fake.seen == [good[1], good[2], good[0]] and (summary.done, summary.failed) == (3, 4)
+
+
+def test_the_model_loads_only_when_an_input_is_left(tmp_path):
+    import pytest
+
+    from speechllm.apps.batch import BadInput
+
+    good, _ = make_inputs(tmp_path)
+    out = tmp_path / "out.jsonl"
+    out.write_text("kept\n")
+
+    def broken_model():
+        raise FileNotFoundError("no such model")
+
+    with pytest.raises(FileNotFoundError):
+        run_batch(broken_model, good, out, progress=False, echo=False)
+    assert out.read_text() == "kept\n"  # a model that fails to load leaves the output alone
+    summary = run_batch(broken_model, [BadInput("x.jsonl:1", "x.jsonl:1: bad JSON")], out, progress=False,
+                        echo=False)
+    assert summary.failed == 1 and json.loads(out.read_text())["error"] == "x.jsonl:1: bad JSON"
+
+
+def test_resume_matches_inputs_by_resolved_path(tmp_path, monkeypatch):
+    good, _ = make_inputs(tmp_path)
+    out = tmp_path / "out.jsonl"
+    run_batch(FakeTranscriber(), good[:2], out, progress=False, echo=False)  # absolute paths
+    monkeypatch.chdir(tmp_path)
+    relative = [f"./in/{name}" for name in ("clip0.wav", "clip1.wav", "clip2.wav")]
+    fake = FakeTranscriber()
+    summary = run_batch(fake, relative, out, resume=True, progress=False, echo=False)
+    assert fake.seen == [relative[2]] and summary.skipped == 2
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["audio"] for r in rows] == [good[0], good[1], relative[2]]  # "audio" exactly as given
 
 
 def test_shard_splits_deterministically():
@@ -111,3 +165,19 @@ def test_subtitle_formats_written_beside_output(tmp_path):
     assert srt == "1\n00:00:00,000 --> 00:00:03,000\n3.0 seconds\n"
     assert (out.parent / "clip2.vtt").read_text().startswith("WEBVTT\n\n00:00:00.000 --> 00:00:03.000\n")
     assert (out.parent / "clip2.txt").read_text() == "3.0 seconds\n"
+
+
+def test_format_files_of_inputs_sharing_a_name_do_not_overwrite(tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        sf.write(tmp_path / folder / "clip.wav", np.zeros(16_000 * (2 if folder == "a" else 3),
+                                                          dtype=np.float32), 16_000)
+    inputs = [str(tmp_path / "a" / "clip.wav"), str(tmp_path / "b" / "clip.wav")]
+    out = tmp_path / "out" / "out.jsonl"
+    run_batch(FakeTranscriber(), inputs, out, progress=False, echo=False, formats=("srt",))
+    assert sorted(p.name for p in out.parent.glob("*.srt")) == ["a_clip.srt", "b_clip.srt"]
+    assert "2.0 seconds" in (out.parent / "a_clip.srt").read_text()
+    assert "3.0 seconds" in (out.parent / "b_clip.srt").read_text()
+    err = capsys.readouterr().err.strip()
+    assert err == (f"note: inputs share a file name; --format files named {inputs[0]} -> a_clip, "
+                   f"{inputs[1]} -> b_clip")
