@@ -199,6 +199,7 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
     """
     import torch
 
+    from speechllm.apps.commands.preflight import check_model
     from speechllm.manifest import read_manifest
     from speechllm.speechlm import load_speechlm, read_config
     from speechllm.speechlm.io import atomic_write_text
@@ -207,6 +208,7 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
     out = Path(config.out)
     if base is not None:  # bad rows before the base model loads (the trainer checks again, durations too)
         check_manifests([prepared.train] + ([prepared.eval] if prepared.eval else []), None)
+        check_model(base, needs_speechlm=True, flag="--base", task="finetune")  # damaged files: one line
     report_path = out / REPORT_FILE
     report: dict[str, Any] = {"base": base, "train": prepared.train, "eval": prepared.eval}
     if config.resume and report_path.is_file():

@@ -17,8 +17,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.question is not None and not args.question.strip():
-        raise ValueError("QUESTION is empty")
-    if args.question:
-        return run_task(args, [args.audio], "passage-question", prompt=args.question.strip())
+    from speechllm.limits import check_prompt
+
+    if args.question is not None:  # empty or over MAX_PROMPT_CHARS: fails before anything loads
+        return run_task(args, [args.audio], "passage-question", prompt=check_prompt(args.question))
     return run_task(args, [args.audio], "spoken-question")

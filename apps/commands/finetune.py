@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from speechllm.adapters import adapter_class
+    from speechllm.apps.commands import preflight
     from speechllm.apps.finetune import DataOptions, adapt, prepare_data
     from speechllm.train import TrainConfig, train
 
@@ -125,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--steps, --batch-size, --grad-accum and --eval-every must be at least 1")
     if not 0 <= args.eval_fraction < 1:
         raise ValueError("--eval-fraction must be in [0, 1)")
+    preflight.check_device(args.device)
+    preflight.check_output_dir(args.out, "--out")
     world = int(os.environ.get("WORLD_SIZE", 1))
     data_options = DataOptions(layout=args.layout, eval_fraction=args.eval_fraction, skip_bad=args.skip_bad,
                                seed=args.seed, progress=not args.quiet)

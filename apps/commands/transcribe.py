@@ -48,35 +48,59 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcribe", **task_options) -> int:
-    """Run one speech task over ``inputs`` as a batch job; exit code 1 when an input failed."""
+    """Run one speech task over ``inputs`` as a batch job; exit code 1 when an input failed.
+
+    Everything that can be checked without the model is checked first (options, output paths,
+    the device, the model folder's files, every input's audio header), so a bad argument fails in
+    a second; inputs that cannot be used become error rows, and when no input is left to do the
+    model is never loaded.
+    """
     import speechllm
-    from speechllm.apps.batch import expand_inputs, run_batch, shard
+    from speechllm.apps.batch import expand_inputs, precheck, run_batch, shard
+    from speechllm.apps.commands import preflight
 
     if args.resume and not args.output:
         raise ValueError("--resume needs --output")
+    if args.batch_size < 1 or args.beam_size < 1:
+        raise ValueError("--batch-size and --beam-size must be at least 1")
+    if args.output:
+        preflight.check_output_file(args.output)
+    formats = tuple(getattr(args, "format", ()))
+    format_dir = getattr(args, "format_dir", None)
+    if formats and format_dir is not None:
+        preflight.check_output_dir(format_dir, "--format-dir")
+    preflight.check_device(args.device)
+    model = args.model or speechllm.default_model(task)
+    on_ray = bool(getattr(args, "ray", None))
+    if not on_ray:  # a Ray cluster's workers resolve the model on their own machines
+        preflight.check_model(model, needs_speechlm=task != "transcribe", task=task)
+    is_speechlm = preflight.is_speechlm(model)
+    if args.quant and is_speechlm:
+        raise ValueError("--quant is for Whisper models: a speech-LLM runs its LLM in the format its "
+                         "config.json names")
     files = shard(expand_inputs(inputs), getattr(args, "shard", None))
     if not files:
-        raise ValueError("no audio files found in the given inputs")
+        raise ValueError(f"--shard {args.shard}: no inputs fall in this shard")
+    files = precheck(files)
     options = dict(device=args.device, beam_size=args.beam_size, batch_size=args.batch_size,
                    segmenter=args.segmenter)
     if task != "transcribe":
         options.update(task=task, **task_options)
     if args.quant:
-        if speechllm.speechlm_path(args.model or speechllm.default_model(task)) is not None:
-            raise ValueError("--quant is for Whisper models: a speech-LLM runs its LLM in the format its "
-                             "config.json names")
         options["quant"] = args.quant
-    if getattr(args, "ray", None):
-        from speechllm.apps.ray_backend import RayTranscriber
 
-        transcriber = RayTranscriber(args.ray, workers=args.ray_workers, model=args.model, **options)
-    else:
-        transcriber = speechllm.load(args.model, **options)
-    summary = run_batch(transcriber, files, args.output, resume=args.resume,
+    def load():
+        if on_ray:
+            from speechllm.apps.ray_backend import RayTranscriber
+
+            return RayTranscriber(args.ray, workers=args.ray_workers, model=args.model, **options)
+        with preflight.quiet_libraries(args.quiet and is_speechlm):
+            return speechllm.load(model, **options)
+
+    summary = run_batch(load, files, args.output, resume=args.resume,
                         progress=not args.quiet, echo=not args.quiet,
-                        formats=tuple(getattr(args, "format", ())),
-                        format_dir=getattr(args, "format_dir", None))
-    if summary.failed or summary.skipped:
+                        formats=formats, format_dir=format_dir)
+    if (summary.failed or summary.skipped) and len(files) > 1:
         done = "transcribed" if task == "transcribe" else "done"
         print(f"{summary.done} {done}, {summary.failed} failed, {summary.skipped} already done",
               file=sys.stderr)

@@ -16,4 +16,6 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_task(args, args.inputs, "translate", target=args.to)
+    from speechllm.apps.commands.preflight import check_language
+
+    return run_task(args, args.inputs, "translate", target=check_language(args.to))

@@ -29,10 +29,19 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    text = args.text if args.text is not None else sys.stdin.read()
     import numpy as np
     import soundfile as sf
-    import torch
+
+    from speechllm.apps.commands import preflight
+
+    text = args.text if args.text is not None else sys.stdin.read()
+    out = preflight.check_output_file(args.output, example="speech.wav")  # before torch: fails at once
+    fmt = out.suffix.lstrip(".").upper() or "WAV"
+    if fmt not in sf.available_formats():
+        raise ValueError(f"--output {out}: unknown audio format {out.suffix!r} (use .wav, .flac or .ogg)")
+    if args.voice is not None and Path(args.voice).expanduser().is_dir():
+        preflight.check_model_folder(Path(args.voice).expanduser())
+    import torch  # only now: two seconds and more to import, with the model code below
 
     from speechllm import tts
     from speechllm.tts.synthesize import SpeechTTS
@@ -56,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
 
         changes = {k: v for k, v in (("flow_steps", args.steps), ("seed", args.seed)) if v is not None}
         voice.options = replace(voice.options, **changes)
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if not args.stream:
@@ -68,15 +76,17 @@ def run(args: argparse.Namespace) -> int:
         first = None
     else:
         tmp = out.with_name(f".{out.name}.tmp")
-        fmt = out.suffix.lstrip(".").upper() or "WAV"
         samples, first = 0, None
-        with sf.SoundFile(str(tmp), "w", voice.sample_rate, 1, format=fmt) as f:
-            for chunk in voice.synthesize(text, stream=True):
-                if first is None:
-                    first = time.perf_counter() - start
-                f.write(np.asarray(chunk, dtype=np.float32))
-                samples += len(chunk)
-        tmp.replace(out)
+        try:
+            with sf.SoundFile(str(tmp), "w", voice.sample_rate, 1, format=fmt) as f:
+                for chunk in voice.synthesize(text, stream=True):
+                    if first is None:
+                        first = time.perf_counter() - start
+                    f.write(np.asarray(chunk, dtype=np.float32))
+                    samples += len(chunk)
+            tmp.replace(out)
+        finally:  # a failure (or Ctrl-C) leaves no half-written temp file behind
+            tmp.unlink(missing_ok=True)
         seconds = samples / voice.sample_rate
     elapsed = time.perf_counter() - start
     rtf = elapsed / seconds if seconds else float("nan")
