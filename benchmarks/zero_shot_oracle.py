@@ -58,7 +58,7 @@ def main() -> None:
                 units = AdapterOutput(embed(ids), torch.ones(ids.shape, dtype=torch.bool))
                 spliced = model.splice([before], units, [after])
                 state = LMState(llm, spliced.embeds, spliced.attention_mask, spliced.position_ids)
-                tokens, _ = run_decoder(state, model._stop_ids, GenerationOptions(max_new_tokens=96))[0]
+                tokens, *_ = run_decoder(state, model._stop_ids, GenerationOptions(max_new_tokens=96))[0]
                 hyps.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
             wer = word_error_rate(refs, hyps).rate
             where = "audio first" if audio_first else "instruction first"

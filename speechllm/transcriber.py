@@ -24,6 +24,7 @@ class Segment:
     start: float
     end: float
     text: str
+    stop: str | None = None  # why its generation ended ("end", "repetition", "length"), when known
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,15 @@ class Transcript:
     text: str
     segments: tuple[Segment, ...]
     duration: float
+
+    @property
+    def stop(self) -> str | None:
+        """The reason a segment's generation ended, the worst first: a length cut, then a loop."""
+        stops = {s.stop for s in self.segments}
+        return next((r for r in ("length", "repetition", "end") if r in stops), None)
+
+
+SegmentText = tuple[str, str | None]  # a decoded segment's text and why its generation ended
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -128,8 +138,8 @@ class WhisperTranscriber:
         self.batch_size = max(1, batch_size)
         self.segmenter = make_segmenter(segmenter)
 
-    def decode_segments(self, segments: list[np.ndarray]) -> list[str]:
-        """Text of each ≤ 30 s segment, decoded as one batch."""
+    def decode_segments(self, segments: list[np.ndarray]) -> list[SegmentText]:
+        """Text of each ≤ 30 s segment, decoded as one batch (no stop reason: Whisper's own)."""
         from speechllm.features import N_SAMPLES_30S, log_mel_spectrogram
         from speechllm.whisper import decode
 
@@ -140,7 +150,7 @@ class WhisperTranscriber:
         pad_to = N_SAMPLES_30S if self.options.pad_to_30s else None
         mel, frames = log_mel_spectrogram(audio.to(self.device), lengths.to(self.device), pad_to=pad_to)
         results = decode(self.model, self.tokenizer, mel, frames, self.options)
-        return [r.text.strip() for r in results]
+        return [(r.text.strip(), None) for r in results]
 
     def transcribe(self, source: AudioSource) -> Transcript:
         result = next(self.transcribe_many([source]))[1]
@@ -153,7 +163,7 @@ class WhisperTranscriber:
     ) -> Iterator[tuple[AudioSource, Transcript | AudioError]]:
         """Yield ``(source, Transcript or AudioError)`` in input order; bad files do not stop it."""
         pending: list[tuple[int, AudioSegment]] = []
-        done: dict[int, list[tuple[AudioSegment, str]]] = {}
+        done: dict[int, list[tuple[AudioSegment, SegmentText]]] = {}
         order: list[tuple[AudioSource, AudioError | None, int, float]] = []  # + n segments, duration
         finished: list[int] = []
 
@@ -194,9 +204,9 @@ class WhisperTranscriber:
         yield from ready()
 
     @staticmethod
-    def _assemble(parts: list[tuple[AudioSegment, str]], duration: float) -> Transcript:
+    def _assemble(parts: list[tuple[AudioSegment, SegmentText]], duration: float) -> Transcript:
         parts.sort(key=lambda p: p[0].start)
-        segments = tuple(Segment(round(s.start / SAMPLE_RATE, 3), round(s.end / SAMPLE_RATE, 3), t)
-                         for s, t in parts)
+        segments = tuple(Segment(round(s.start / SAMPLE_RATE, 3), round(s.end / SAMPLE_RATE, 3), text, stop)
+                         for s, (text, stop) in parts)
         text = " ".join(s.text for s in segments if s.text)
         return Transcript(text, segments, duration)

@@ -6,6 +6,10 @@ step. The policies are small decoders over it, as in whisper's decoding.py:
 :func:`greedy_steps` yields each step's tokens (so callers can stream them), and
 :class:`BeamSearchDecoder` keeps ``beam_size`` rows per item and reorders the cache. With
 ``beam_size=1`` beam search picks exactly the greedy tokens.
+
+Every reply says why it ended (``Generation.stop``): ``"end"`` (the end-of-turn token),
+``"repetition"`` (:class:`RepetitionGuard` saw the same run of tokens come back again and again:
+the loop is cut after its first pass) or ``"length"`` (the token budget ran out).
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ class GenerationOptions:
     max_new_tokens: int = 128
     beam_size: int = 1
     length_penalty: float | None = None  # None: rank finished beams by logprob / length
+    stop_repetition: bool = True  # end a greedy reply that loops (RepetitionGuard)
 
     def __post_init__(self) -> None:
         if self.beam_size < 1 or self.max_new_tokens < 1:
             raise ValueError("beam_size and max_new_tokens must be at least 1")
+
+
+STOP_REASONS = ("end", "repetition", "length")
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,28 @@ class Generation:
     tokens: tuple[int, ...]  # without the stop token
     text: str
     logprob: float  # sum over the tokens (and the stop token when one was produced)
+    stop: str = "end"  # one of STOP_REASONS
+
+
+class RepetitionGuard:
+    """Detects a reply caught in a loop: its last tokens are one run of ``period`` tokens repeated,
+    at least ``min_span`` tokens in all and at least ``min_repeats`` times (``M. M. M. M. M. M.``, or
+    a sentence said over and over). :meth:`cut` is where the loop's first pass ends."""
+
+    def __init__(self, max_period: int = 24, min_span: int = 12, min_repeats: int = 3):
+        self.max_period, self.min_span, self.min_repeats = max_period, min_span, min_repeats
+
+    def cut(self, tokens: Sequence[int]) -> int | None:
+        """The length to keep when ``tokens`` ends in a loop, else None."""
+        n = len(tokens)
+        for period in range(1, min(self.max_period, n // self.min_repeats) + 1):
+            span = period * max(self.min_repeats, -(-self.min_span // period))
+            if span > n:
+                continue
+            tail = tokens[n - span:]
+            if all(tail[i] == tail[i - period] for i in range(period, span)):
+                return n - span + period
+        return None
 
 
 def decode_text(tokenizer, tokens: Sequence[int], strip: bool = True) -> str:
@@ -95,22 +125,38 @@ def greedy_steps(state: LMState, stop_ids: Sequence[int], max_new_tokens: int) -
         logits = state.step(torch.where(done, stops[0], tokens))
 
 
+Decoded = tuple[list[int], float, str]  # tokens, logprob, stop reason
+
+
 class GreedyDecoder:
     def __init__(self, stop_ids: Sequence[int], options: GenerationOptions):
         self.stop_ids, self.options = tuple(stop_ids), options
+        self.guard = RepetitionGuard() if options.stop_repetition else None
 
-    def run(self, state: LMState) -> list[tuple[list[int], float]]:
+    def run(self, state: LMState) -> list[Decoded]:
         rows = state.logits.shape[0]
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logprobs = [0.0] * rows
-        for step in greedy_steps(state, self.stop_ids, self.options.max_new_tokens):
+        stops = ["length"] * rows
+        live = [True] * rows
+        steps = greedy_steps(state, self.stop_ids, self.options.max_new_tokens)
+        for step in steps:
             scores = state.logits.log_softmax(-1)  # the logits the step's tokens were chosen from
             for i, token in enumerate(step.tolist()):
-                if token >= 0:
-                    logprobs[i] += float(scores[i, token])
-                    if token not in self.stop_ids:
-                        tokens[i].append(token)
-        return list(zip(tokens, logprobs, strict=True))
+                if token < 0 or not live[i]:
+                    continue
+                logprobs[i] += float(scores[i, token])
+                if token in self.stop_ids:
+                    stops[i], live[i] = "end", False
+                    continue
+                tokens[i].append(token)
+                cut = self.guard.cut(tokens[i]) if self.guard else None
+                if cut is not None:
+                    tokens[i], stops[i], live[i] = tokens[i][:cut], "repetition", False
+            if not any(live):
+                steps.close()
+                break
+        return list(zip(tokens, logprobs, stops, strict=True))
 
 
 class BeamSearchDecoder:
@@ -123,7 +169,7 @@ class BeamSearchDecoder:
         penalty = self.options.length_penalty
         return logprob / (max(length, 1) if penalty is None else ((5 + length) / 6) ** penalty)
 
-    def run(self, state: LMState) -> list[tuple[list[int], float]]:
+    def run(self, state: LMState) -> list[Decoded]:
         k = self.options.beam_size
         items = state.logits.shape[0]
         state.repeat(k)
@@ -185,11 +231,10 @@ class BeamSearchDecoder:
                     if float(sums[row]) > float("-inf"):
                         pool.setdefault(tuple(beams[row]), float(sums[row]))
             best = max(pool.items(), key=lambda kv: self.score(kv[1], len(kv[0])), default=((), 0.0))
-            results.append((list(best[0]), best[1]))
+            results.append((list(best[0]), best[1], "end" if best[0] in finished[item] else "length"))
         return results
 
 
-def run_decoder(state: LMState, stop_ids: Sequence[int],
-                options: GenerationOptions) -> list[tuple[list[int], float]]:
+def run_decoder(state: LMState, stop_ids: Sequence[int], options: GenerationOptions) -> list[Decoded]:
     decoder = GreedyDecoder if options.beam_size == 1 else BeamSearchDecoder
     return decoder(stop_ids, options).run(state)

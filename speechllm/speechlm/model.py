@@ -443,8 +443,8 @@ class SpeechLLM(nn.Module):
             spliced = self._prefill(audio, instructions)
             state = LMState(self.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids)
             results = run_decoder(state, self._stop_ids, options)
-        return [Generation(tuple(tokens), decode_text(self.tokenizer, tokens), logprob)
-                for tokens, logprob in results]
+        return [Generation(tuple(tokens), decode_text(self.tokenizer, tokens), logprob, stop)
+                for tokens, logprob, stop in results]
 
     @torch.no_grad()
     def stream(self, audio: np.ndarray | None, instruction_text: str,

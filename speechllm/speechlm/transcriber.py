@@ -9,11 +9,17 @@ given another task, e.g. ``SpeechLLMTranscriber(dir, task="translate")``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from speechllm.speechlm.generate import GenerationOptions
 from speechllm.speechlm.model import SpeechLLM, instruction, language_name
-from speechllm.transcriber import WhisperTranscriber, make_segmenter, pick_device
+from speechllm.transcriber import SegmentText, WhisperTranscriber, make_segmenter, pick_device
+
+# tasks whose reply says what the audio says (in some language): their length follows the audio's
+TASKS_BOUND_TO_AUDIO = ("transcribe", "translate")
+TOKENS_PER_SECOND, TOKENS_MIN = 8.0, 24  # the budget: ~3x speech's token rate, and a floor
 
 
 class SpeechLLMTranscriber(WhisperTranscriber):
@@ -32,10 +38,16 @@ class SpeechLLMTranscriber(WhisperTranscriber):
         limit = self.model.encoder.max_seconds
         self.max_segment_seconds = limit if limit is not None else 30.0
         self.instruction = instruction(task, prompt, language_name(target))
+        self.bound_to_audio = task in TASKS_BOUND_TO_AUDIO
         self.options = GenerationOptions(max_new_tokens=max_new_tokens, beam_size=beam_size)
         self.batch_size = max(1, batch_size)
         self.segmenter = make_segmenter(segmenter)
 
-    def decode_segments(self, segments: list[np.ndarray]) -> list[str]:
-        results = self.model.generate(segments, [self.instruction] * len(segments), self.options)
-        return [r.text for r in results]
+    def decode_segments(self, segments: list[np.ndarray]) -> list[SegmentText]:
+        options = self.options
+        if self.bound_to_audio:  # a transcript or translation cannot run on far beyond what was said
+            seconds = max(len(s) for s in segments) / 16000
+            budget = max(TOKENS_MIN, int(TOKENS_PER_SECOND * seconds))
+            options = replace(options, max_new_tokens=min(options.max_new_tokens, budget))
+        results = self.model.generate(segments, [self.instruction] * len(segments), options)
+        return [(r.text, r.stop) for r in results]
