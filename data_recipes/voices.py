@@ -24,7 +24,6 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -128,12 +127,15 @@ def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def _scratch_file() -> Path:
-    """Where a synthesizer writes its WAV: in RAM (/dev/shm) when there is one, named per
-    process and thread. Writing a file is 1.5-2x faster than reading espeak-ng's or flite's
-    stdout; the file is read and deleted at once, so no WAV stays behind."""
+    """Where a synthesizer writes its WAV: in RAM (/dev/shm) when there is one. The file is made
+    here, exclusively, under a random name and readable by us alone (a shared folder: a predictable
+    name could be planted as a link beforehand); the synthesizer overwrites it. Writing a file is
+    1.5-2x faster than reading espeak-ng's or flite's stdout; it is read and deleted at once."""
     shm = Path("/dev/shm")
-    folder = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    return folder / f"speechllm-voice-{os.getpid()}-{threading.get_ident()}.wav"
+    folder = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    fd, name = tempfile.mkstemp(prefix="speechllm-voice-", suffix=".wav", dir=folder)
+    os.close(fd)
+    return Path(name)
 
 
 def _run_wav(cmd: list[str], out_flag: str, stdin: bytes | None = None) -> tuple[np.ndarray, int]:

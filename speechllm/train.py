@@ -53,7 +53,17 @@ from speechllm.encoder_cache import EncoderCache
 from speechllm.manifest import ManifestError, ManifestRow, validate_manifest
 from speechllm.schedule import warmup_cosine
 from speechllm.speechlm.generate import GenerationOptions
-from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text, load_speechlm, save_speechlm
+from speechllm.speechlm.io import (
+    atomic_save_tensors,
+    atomic_write_text,
+    check_safetensors,
+    check_speechlm_files,
+    load_speechlm,
+    load_tensors,
+    read_json,
+    replace_folder,
+    save_speechlm,
+)
 from speechllm.speechlm.model import (
     LANGUAGES,
     LoraSpec,
@@ -357,36 +367,66 @@ CHECKPOINTS, STATE_FILE, OPTIMIZER_FILE = "checkpoints", "trainer_state.json", "
 
 def save_checkpoint(model: SpeechLLM, optimizer: torch.optim.Optimizer, out: Path, step: int,
                     config: TrainConfig, keep: int = 2) -> Path:
-    """A complete checkpoint folder, renamed into place only once whole; then ``out`` is refreshed."""
+    """A complete checkpoint folder, written under a hidden name, fsynced, renamed into place only
+    once whole (and its folder fsynced); then ``out`` is refreshed. Folders under a hidden name
+    are unfinished or on their way out: a crash can leave them, the next save deletes them."""
     root = out / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:07d}"
     tmp = root / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     save_speechlm(model, tmp, info={"step": step})
     state = optimizer.state_dict()
     tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
     atomic_save_tensors(tensors, tmp / OPTIMIZER_FILE)
     atomic_write_text(tmp / STATE_FILE, json.dumps({
         "step": step, "param_groups": state["param_groups"], "config": asdict(config)}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, final)
+    for old in _checkpoint_folders(root)[:-keep]:
+        gone = root / f".{old.name}.old"
+        shutil.rmtree(gone, ignore_errors=True)
+        os.replace(old, gone)  # never a half-deleted folder under a checkpoint's name
+        shutil.rmtree(gone, ignore_errors=True)
     save_speechlm(model, out, info={"step": step, "train": config.train})
     return final
 
 
+def _checkpoint_folders(root: Path) -> list[Path]:
+    """``step-N`` folders, oldest first."""
+    found = [(int(p.name[5:]), p) for p in root.glob("step-*") if p.name[5:].isdigit() and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (a file missing, cut short or garbled), or None when
+    every file it needs is there and readable; cheap: headers and sizes, no tensor is read."""
+    try:
+        state = read_json(folder / STATE_FILE)
+        if not isinstance(state.get("step"), int) or not isinstance(state.get("param_groups"), list):
+            return f"{folder / STATE_FILE}: no step or param_groups"
+        check_speechlm_files(folder)
+        check_safetensors(folder / OPTIMIZER_FILE)
+    except OSError as exc:
+        return f"{exc.filename}: {exc.strerror.lower()}" if exc.filename and exc.strerror else str(exc)
+    except ValueError as exc:  # a corrupt file, named
+        return str(exc)
+    return None
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    done = sorted(p for p in (out / CHECKPOINTS).glob("step-*") if (p / STATE_FILE).is_file())
-    return done[-1] if done else None
+    """The newest intact checkpoint; each newer, damaged one is skipped with a one-line warning."""
+    for folder in reversed(_checkpoint_folders(out / CHECKPOINTS)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        print(f"warning: skipping damaged checkpoint {folder.name}: {problem}", file=sys.stderr)
+    return None
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, folder: Path) -> int:
-    from safetensors.torch import load_file
-
-    saved = json.loads((folder / STATE_FILE).read_text())
-    tensors = load_file(folder / OPTIMIZER_FILE)
+    saved = read_json(folder / STATE_FILE)
+    tensors = load_tensors(folder / OPTIMIZER_FILE)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         index, key = name.split(".", 1)

@@ -1,11 +1,14 @@
 """A small Piper VITS runner: text -> espeak-ng IPA phonemes -> ids -> onnxruntime -> audio.
 
 Does what Piper does for an ``espeak`` voice: one phoneme string per sentence (clauses
-joined with their punctuation, which the model was trained to pause on), ids from the
+joined with their punctuation, which the model was trained to pause on; the text is cut into
+clauses here and each is phonemized by libespeak-ng, as piper-phonemize does, so no text
+loses its pauses; a sentence longer than :data:`MAX_PHONEMES` is cut into chunks), ids from the
 config's ``phoneme_id_map`` with BOS ``^``, EOS ``$`` and pad ``_`` after BOS and after every
 phoneme, and the model inputs ``input``, ``input_lengths``, ``scales`` = [noise_scale,
 length_scale, noise_w] (``sid`` for multi-speaker voices). Sentences are synthesised one by
-one and joined; audio comes back as float32 at the voice's rate (22050 Hz for joe).
+one (:meth:`PiperVoice.synthesize_chunks` yields each) and joined; audio comes back as float32
+at the voice's rate (22050 Hz for joe).
 
 VITS draws noise inside the graph and onnxruntime seeds those ops when the session is
 created: a voice made with ``seed=S`` gives the same audio for the same sequence of calls,
@@ -19,9 +22,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -63,48 +67,148 @@ class PiperConfig:
         )
 
 
+# Piper's VITS runs a whole id sequence at once and its memory grows faster than its length (50,000
+# characters in one piece asked onnxruntime for 42 GB). A chunk of at most this many phoneme
+# characters (~19 s of speech; joe: +0.36 GB, against +1.3 GB at 1,200) keeps each run small;
+# longer sentences are cut at clauses, then at words.
+MAX_PHONEMES = 400
+_CLOSERS = "\"')]}\u201d\u2019\u00bb"
+# clause punctuation followed by a space, with or without a closing quote or bracket in between
+_BREAK = re.compile(r"(?<=[.,;:!?])\s+|(?<=[.,;:!?][\"')\]}\u201d\u2019\u00bb])\s+")
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "e.g", "i.e", "cf"}
+
+
 def _clauses(text: str) -> list[tuple[str, str]]:
-    """(clause, terminator) as espeak-ng splits them: punctuation followed by a space or the end."""
-    out = []
-    for part in re.split(r"(?<=[.,;:!?])\s+", text.strip()):
-        part = part.strip()
-        if part:
-            end = part[-1] if part[-1] in _CLAUSE_END else ""
-            out.append((part, end))
+    """(clause, terminator): text cut after clause punctuation followed by a space, except after
+    an abbreviation or an initial (``Mr.``, ``J.``), which starts no new sentence."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for part in _BREAK.split(text.strip()):
+        part = f"{pending} {part}".strip() if pending else part.strip()
+        if not part:
+            continue
+        word = part.rsplit(" ", 1)[-1]
+        if word.endswith(".") and (word[:-1].lower() in _ABBREVIATIONS or re.fullmatch(r"[A-Z]\.", word)):
+            pending = part
+            continue
+        pending = ""
+        bare = part.rstrip(_CLOSERS)
+        out.append((part, bare[-1] if bare and bare[-1] in _CLAUSE_END else ""))
+    if pending:
+        out.append((pending, "."))
     return out
 
 
-def phonemize(text: str, voice: str = "en-us") -> list[str]:
-    """IPA phonemes per sentence, with clause punctuation, via ``espeak-ng --ipa``."""
-    if shutil.which("espeak-ng") is None:
-        raise PiperError("espeak-ng is not installed: apt-get install espeak-ng")
+class _Espeak:
+    """libespeak-ng in this process, as piper-phonemize uses it: ``espeak_TextToPhonemes`` turns
+    one clause into IPA per call. Phonemizing our own clauses one by one keeps their punctuation
+    whatever espeak-ng would have merged or split, and costs microseconds, not a process each."""
+
+    CHARS_UTF8, PHONEMES_IPA = 1, 0x02
+    SYNCHRONOUS, DONT_EXIT = 2, 0x8000
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("espeak-ng")
+        if name is None:
+            raise PiperError("espeak-ng is not installed (libespeak-ng): apt-get install espeak-ng")
+        lib = ctypes.CDLL(name)
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        if lib.espeak_Initialize(self.SYNCHRONOUS, 0, None, self.DONT_EXIT) <= 0:
+            raise PiperError("libespeak-ng failed to initialise (is espeak-ng-data installed?)")
+        self._ctypes, self._lib, self._voice = ctypes, lib, ""
+        self._lock = threading.Lock()
+
+    def phonemes(self, text: str, voice: str) -> str:
+        """IPA of ``text`` (one clause; espeak-ng's own sub-clauses joined by a space)."""
+        ctypes, lib = self._ctypes, self._lib
+        data = text.replace("\0", " ").encode("utf-8")
+        pieces = []
+        with self._lock:
+            if voice != self._voice:
+                if lib.espeak_SetVoiceByName(voice.encode("utf-8")) != 0:
+                    raise PiperError(f"espeak-ng has no voice {voice!r}")
+                self._voice = voice
+            buffer = ctypes.create_string_buffer(data)
+            pointer = ctypes.c_void_p(ctypes.addressof(buffer))
+            while pointer.value:
+                before = pointer.value
+                out = lib.espeak_TextToPhonemes(ctypes.byref(pointer), self.CHARS_UTF8, self.PHONEMES_IPA)
+                if out:
+                    pieces.append(out.decode("utf-8", errors="replace"))
+                if pointer.value == before:
+                    break
+        return " ".join(" ".join(re.sub(r"\([a-z-]+\)", "", p).split()) for p in pieces).strip()
+
+
+@lru_cache(maxsize=1)
+def _espeak() -> _Espeak:
+    return _Espeak()
+
+
+def _pieces(phonemes: str, max_chars: int) -> Iterator[str]:
+    """``phonemes`` in pieces of at most ``max_chars``, cut between words (inside a word only
+    when one word alone is longer)."""
+    current = ""
+    for word in phonemes.split():
+        while len(word) > max_chars:
+            if current:
+                yield current
+                current = ""
+            yield word[:max_chars]
+            word = word[max_chars:]
+        if current and len(current) + 1 + len(word) > max_chars:
+            yield current
+            current = ""
+        current = f"{current} {word}" if current else word
+    if current:
+        yield current
+
+
+def _sentence_chunks(clauses: list[str], max_chars: int) -> Iterator[str]:
+    """A sentence's clauses (phonemes + punctuation) packed into chunks of at most ``max_chars``."""
+    current = ""
+    for clause in clauses:
+        for piece in _pieces(clause, max_chars):
+            if current and len(current) + 1 + len(piece) > max_chars:
+                yield current
+                current = ""
+            current = f"{current} {piece}" if current else piece
+    if current:
+        yield current
+
+
+def iter_phonemize(text: str, voice: str = "en-us", max_chars: int = MAX_PHONEMES) -> Iterator[str]:
+    """IPA phonemes per sentence (clauses joined with their punctuation, which Piper's voices pause
+    on), one at a time; a sentence longer than ``max_chars`` comes in several chunks."""
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be positive, not {max_chars}")
     text = re.sub(r"\s+", " ", text).strip()
     if not text:
-        return []
-    proc = subprocess.run(
-        ["espeak-ng", "-q", "--ipa", "-v", voice],
-        input=text.encode("utf-8"),
-        capture_output=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise PiperError(f"espeak-ng --ipa failed: {proc.stderr.decode(errors='replace').strip()[:200]}")
-    lines = [re.sub(r"\([a-z-]+\)", "", line).strip() for line in proc.stdout.decode("utf-8").splitlines()]
-    lines = [line for line in lines if line]
-    clauses = _clauses(text)
-    if len(lines) != len(clauses):  # espeak split differently: keep its clauses, lose the pauses
-        clauses = [("", ",")] * (len(lines) - 1) + [("", ".")]
-    sentences, current = [], ""
-    for line, (_, end) in zip(lines, clauses, strict=False):
-        current += line + end
-        if end in _SENTENCE_END and end:
-            sentences.append(current)
-            current = ""
-        else:
-            current += " "
-    if current.strip():
-        sentences.append(current.strip())
-    return sentences
+        return
+    espeak = _espeak()
+    sentence: list[str] = []
+    for clause, end in _clauses(text):
+        phonemes = espeak.phonemes(clause, voice)
+        if phonemes:
+            sentence.append(phonemes + end)
+        elif sentence and end in _SENTENCE_END and end:  # "..." alone: the sentence still ends
+            sentence[-1] = sentence[-1].rstrip(_CLAUSE_END) + end
+        if end in _SENTENCE_END and end and sentence:
+            yield from _sentence_chunks(sentence, max_chars)
+            sentence = []
+    if sentence:
+        yield from _sentence_chunks(sentence, max_chars)
+
+
+def phonemize(text: str, voice: str = "en-us", max_chars: int = MAX_PHONEMES) -> list[str]:
+    """IPA phonemes per sentence, with clause punctuation; each at most ``max_chars`` long."""
+    return list(iter_phonemize(text, voice, max_chars))
 
 
 def phoneme_ids(phonemes: str, id_map: dict[str, list[int]]) -> list[int]:
@@ -187,10 +291,12 @@ class PiperVoice:
         audio = self.session.run(None, feed)[0]
         return np.clip(audio.reshape(-1), -1.0, 1.0).astype(np.float32, copy=False)
 
+    def synthesize_chunks(self, text: str, **scales: Any) -> Iterator[np.ndarray]:
+        """Audio of each sentence (or chunk of a long one) in turn: memory stays bounded for any text."""
+        for phonemes in iter_phonemize(text, self.config.espeak_voice):
+            yield self.synthesize_ids(phoneme_ids(phonemes, self.config.phoneme_id_map), **scales)
+
     def synthesize(self, text: str, **scales: Any) -> np.ndarray:
         """float32 mono at :attr:`sample_rate`; empty when ``text`` has nothing to say."""
-        parts = [
-            self.synthesize_ids(phoneme_ids(p, self.config.phoneme_id_map), **scales)
-            for p in phonemize(text, self.config.espeak_voice)
-        ]
+        parts = list(self.synthesize_chunks(text, **scales))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

@@ -8,9 +8,11 @@
       lora/                  optional standard peft folder (adapter_config.json,
                              adapter_model.safetensors)
 
-Each file goes to a temporary name in the same folder and is renamed into place, so a reader
-(or a crash) never sees half a file; ``lora/`` is swapped as a whole. ``config.json`` is
-written last: a folder with a config always has the weights it names.
+Each file goes to a temporary name in the same folder, is fsynced and renamed into place, and
+the folder is fsynced after the rename, so a reader (or a crash, or a power cut) never sees half
+a file; ``lora/`` is swapped as a whole. ``config.json`` is written last: a folder with a config
+always has the weights it names. :func:`check_speechlm_files` tells an intact folder from a
+damaged one without loading a model (safetensors headers against file sizes, JSON that parses).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from speechllm.speechlm.model import SpeechLLM, SpeechLLMConfig
@@ -36,6 +39,40 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+# ---------------------------------------------------------------- durable, atomic writes
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make renames and new names in ``folder`` durable; not every platform lets a folder be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """Every file and folder under ``folder`` (and it) durable: before renaming a finished folder."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fsync_file(Path(root) / name)
+        fsync_dir(root)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     tmp = _tmp_name(path)
@@ -45,6 +82,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -56,18 +94,64 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         os.chmod(tmp, 0o644)
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def replace_folder(new: Path, final: Path) -> None:
-    """Move the finished folder ``new`` to ``final``, replacing what was there."""
+    """Move the finished folder ``new`` to ``final``, replacing what was there: ``new`` is made
+    durable first, and what ``final`` held is renamed away before it is deleted, so a crash never
+    leaves a half-deleted folder under the final name."""
+    fsync_tree(new)
     old = _tmp_name(final)
     if final.exists():
         os.replace(final, old)
     os.replace(new, final)
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- checked reads
+
+
+def check_safetensors(path: str | Path) -> None:
+    """The file's header parses and agrees with its size (a truncated or overwritten file fails);
+    no tensor is read. ``ValueError`` names the file and the reason; a missing file is
+    ``FileNotFoundError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as exc:  # SafetensorError: header too large, incomplete metadata, ...
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise ValueError(f"{path}: corrupt or truncated safetensors file ({reason})") from None
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with :func:`check_safetensors`'s errors."""
+    check_safetensors(path)
+    return load_file(path)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object file; ``ValueError`` naming the file when it is not one (cut short, garbled)."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: corrupt JSON file ({exc})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: corrupt JSON file (a {type(document).__name__}, not an object)")
+    return document
+
+
+# ---------------------------------------------------------------- model folders
 
 
 def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | None = None) -> Path:
@@ -124,7 +208,7 @@ def read_config(folder: str | Path) -> tuple[SpeechLLMConfig, dict[str, Any]]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: not a speech-LLM model folder (no {CONFIG_FILE})")
-    document = json.loads(path.read_text(encoding="utf-8"))
+    document = read_json(path)
     if document.get("format") != FORMAT:
         raise ValueError(f"{path}: format {document.get('format')!r}, expected {FORMAT!r}")
     if document.get("version", 0) > VERSION:
@@ -135,16 +219,39 @@ def read_config(folder: str | Path) -> tuple[SpeechLLMConfig, dict[str, Any]]:
     return SpeechLLMConfig.from_dict(document), info
 
 
+def check_speechlm_files(folder: str | Path) -> SpeechLLMConfig:
+    """The folder's config, once every file it names is there and readable: config.json parses,
+    each safetensors file's header agrees with its size, the LoRA config parses. Cheap (no
+    tensor is read, no model built). ``ValueError`` (damaged) or ``FileNotFoundError`` (missing)
+    names the file."""
+    folder = Path(folder)
+    config, _ = read_config(folder)
+    check_safetensors(folder / ADAPTER_FILE)
+    if config.encoder_trainable_layers:
+        weights = folder / ENCODER_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{folder}: config.json names fine-tuned encoder layers but {weights} "
+                                    "is missing")
+        check_safetensors(weights)
+    if config.lora is not None:
+        weights = folder / LORA_DIR / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{folder}: config.json names LoRA but {weights} is missing")
+        check_safetensors(weights)
+        read_json(folder / LORA_DIR / "adapter_config.json")
+    return config
+
+
 def load_speech_side(model: SpeechLLM, folder: Path) -> None:
     """The adapter's weights and any fine-tuned encoder layers saved in ``folder`` into ``model``."""
-    model.adapter.load_state_dict(load_file(folder / ADAPTER_FILE))
+    model.adapter.load_state_dict(load_tensors(folder / ADAPTER_FILE))
     layers = model.config.encoder_trainable_layers
     if layers:
         weights = folder / ENCODER_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{folder}: config.json names fine-tuned encoder layers but {weights} "
                                     "is missing")
-        model.encoder.top_layers(layers).load_state_dict(load_file(weights))
+        model.encoder.top_layers(layers).load_state_dict(load_tensors(weights))
 
 
 def load_speechlm(folder: str | Path, device: str | torch.device | None = None, encoder=None, llm=None,
@@ -152,7 +259,7 @@ def load_speechlm(folder: str | Path, device: str | torch.device | None = None, 
     """The model saved in ``folder`` (in eval mode). ``encoder``/``llm``+``tokenizer`` may be given
     already loaded (they must be the ones config.json names); otherwise they load by name."""
     folder = Path(folder)
-    config, _ = read_config(folder)
+    config = check_speechlm_files(folder)  # a damaged folder fails here, before the LLM loads
     model = SpeechLLM.build(config, encoder=encoder, llm=llm, tokenizer=tokenizer)
     load_speech_side(model, folder)
     if config.lora is not None:
@@ -161,7 +268,7 @@ def load_speechlm(folder: str | Path, device: str | torch.device | None = None, 
         weights = folder / LORA_DIR / "adapter_model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"{folder}: config.json names LoRA but {weights} is missing")
-        result = set_peft_model_state_dict(model.llm, load_file(weights))
+        result = set_peft_model_state_dict(model.llm, load_tensors(weights))
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"{weights}: unexpected LoRA weights, e.g. {unexpected[0]}")
