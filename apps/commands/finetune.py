@@ -152,10 +152,12 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, seed=args.seed, num_workers=args.num_workers, device=args.device,
         resume=args.resume, progress=not args.quiet)
     if prepared is not None and (args.base or prepared.train != args.train):  # the front end's way
-        adapt(config, args.base, prepared)
+        with preflight.quiet_libraries(args.quiet):
+            adapt(config, args.base, prepared)
         print(f"model folder: {args.out}")
         return 0
-    result = train(config)
+    with preflight.quiet_libraries(args.quiet):  # -q: no transformers loading bars either
+        result = train(config)
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
         return 0
     if result.evals:
