@@ -131,6 +131,20 @@ def test_damaged_model_folder(corpus, damage, reason, command, tmp_path, capfd, 
     one_line(err, f"{folder}/{reason}")
 
 
+def test_damaged_weights_found_only_while_loading_name_the_model(corpus, model_dir, capfd, monkeypatch):
+    from safetensors import SafetensorError
+
+    import speechllm
+
+    def load(*args, **kwargs):  # e.g. a zoo bundle's weights, which the up-front check does not open
+        raise SafetensorError("Error while deserializing header: HeaderTooSmall")
+
+    monkeypatch.setattr(speechllm, "load", load)
+    code, _, err = run(capfd, "transcribe", corpus.good_wav, "--model", model_dir, "-q")
+    assert code == 1
+    one_line(err, f"speechllm transcribe: error: --model {model_dir}: damaged model files", "HeaderTooSmall")
+
+
 def test_huge_question_and_bad_target_language(corpus, model_dir, capfd, no_model):
     code, _, err = run(capfd, "ask", corpus.good_wav, corpus.huge_text, "--model", model_dir)
     assert code == 1

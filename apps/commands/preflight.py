@@ -200,6 +200,21 @@ def check_model(name: str, needs_speechlm: bool, flag: str = "--model", task: st
                          f"'speechllm'); {needs}")
 
 
+@contextmanager
+def naming_model(name: str, flag: str = "--model") -> Iterator[None]:
+    """Errors of damaged files the up-front checks cannot see (a zoo bundle's weights, a file
+    behind a Hugging Face id) name the model they came from: safetensors' and JSON's own
+    messages name no file."""
+    try:
+        yield
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} {name}: damaged model files (a JSON file: {exc})") from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{flag} {name}: damaged model files (safetensors: {exc})") from exc
+
+
 # ---------------------------------------------------------------- --quiet
 
 

@@ -94,7 +94,7 @@ def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcrib
             from speechllm.apps.ray_backend import RayTranscriber
 
             return RayTranscriber(args.ray, workers=args.ray_workers, model=args.model, **options)
-        with preflight.quiet_libraries(args.quiet and is_speechlm):
+        with preflight.quiet_libraries(args.quiet and is_speechlm), preflight.naming_model(model):
             return speechllm.load(model, **options)
 
     summary = run_batch(load, files, args.output, resume=args.resume,
