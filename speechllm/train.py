@@ -104,6 +104,10 @@ class TrainConfig:
     encoder_cache: str | None = None  # folder for the frozen encoder's outputs (see encoder_cache.py)
     lm_weight: float = 1.0  # 0: CTC loss only, the LLM never runs in training (ctc-posterior)
     freeze_adapter: bool = False  # train the LoRA alone: a base model's adapter (and CTC transcript) stays
+    # text-side training (ctc-posterior): rows whose spoken text is known, with simulated units for audio
+    text_train: str | None = None  # a manifest-like JSON lines file of text rows (no audio needed)
+    text_share: float = 0.0  # share of micro-batches drawn from text_train (1.0: text only)
+    text_noise: dict[str, Any] | None = field(default=None, hash=False)  # UnitNoise fields; None: defaults
     eval_every: int = 500
     save_every: int | None = None  # default: eval_every
     eval_max_rows: int = 200
@@ -183,6 +187,60 @@ def example_of(row: ManifestRow) -> Example:
 
 
 # ---------------------------------------------------------------- data
+
+
+def read_text_rows(path: str | Path) -> list[ManifestRow]:
+    """Text rows for text-side training: manifest rows without audio, whose spoken text is known
+    (``asr``/``tts``: text; ``st``: extra ``source_text``; ``sqa``: text with an answer; ``instruct``:
+    extra ``transcript``). Every bad row is reported (``FILE:LINE: reason``) in one ManifestError."""
+    rows, errors = [], []
+    keys = ("text", "prompt", "answer", "lang")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                errors.append(f"{path}:{n}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(obj, dict) or obj.get("task") not in ROW_TASKS:
+                task = obj.get("task") if isinstance(obj, dict) else None
+                errors.append(f"{path}:{n}: task {task!r} is not one of {', '.join(ROW_TASKS)}")
+                continue
+            if any(obj.get(k) is not None and not isinstance(obj[k], str) for k in keys):
+                errors.append(f"{path}:{n}: {', '.join(keys)} must be strings")
+                continue
+            extra = {k: v for k, v in obj.items() if k not in keys and k not in ("task", "audio")}
+            row = ManifestRow(audio="", task=obj["task"], extra=extra, **{k: obj.get(k) for k in keys})
+            example = example_of(row)
+            if not (example.spoken or "").strip() or not example.reply:
+                errors.append(f"{path}:{n}: a text row needs its spoken text and a reply")
+                continue
+            rows.append(row)
+    if not rows and not errors:
+        errors.append(f"{path}: no rows")
+    if errors:
+        raise ManifestError(str(path), errors)
+    return rows
+
+
+@dataclass(frozen=True)
+class TextMix:
+    """Which micro-batches come from the text rows: each one independently with probability
+    ``share``, seeded, so that any micro-batch's source (and the count of speech batches before it,
+    where a resumed run's speech order starts) can be computed."""
+
+    share: float
+    seed: int
+
+    def is_text(self, m: int) -> bool:
+        if self.share <= 0 or self.share >= 1:
+            return self.share >= 1
+        return random.Random(self.seed * 1_000_003 + m).random() < self.share
+
+    def speech_before(self, m: int) -> int:
+        return sum(not self.is_text(i) for i in range(m))
 
 
 def check_manifests(paths: Sequence[str | Path], max_seconds: float | None) -> list[list[ManifestRow]]:
@@ -449,6 +507,16 @@ def _device(config: TrainConfig, local_rank: int) -> torch.device:
     return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
 
 
+def _unit_simulator(model: SpeechLLM, noise: dict[str, Any] | None):
+    from speechllm.speechlm.simulated_units import UnitNoise, UnitSimulator, confusable_units
+
+    if not hasattr(model.adapter, "unit_embeddings"):
+        raise ValueError(f"text-side training needs the ctc-posterior adapter, not {model.config.adapter!r}")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in (noise or {}).items()}
+    spec = UnitNoise(**options)
+    return UnitSimulator(model.ctc_vocab, confusable_units(model.adapter, spec.neighbours), spec)
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     return warmup_cosine(step, config.lr, min(config.warmup, max(config.steps // 10, 1)), config.steps)
 
@@ -458,12 +526,21 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
     rank, world, local_rank = _distributed()
     out = Path(config.out)
     # 1. every bad row, before anything heavy
-    manifests = [config.train] + ([config.eval] if config.eval else [])
+    if not config.train and config.text_share < 1:
+        raise ValueError("a training manifest is needed unless every batch is text (text_share 1)")
+    manifests = ([config.train] if config.train else []) + ([config.eval] if config.eval else [])
     max_seconds = config.max_seconds if config.max_seconds is not None else (
         30.0 if config.encoder_kind == "whisper" else None)
-    rows = check_manifests(manifests, max_seconds)
-    train_rows, eval_rows = rows[0], (rows[1] if config.eval else [])
+    rows = check_manifests(manifests, max_seconds) if manifests else []
+    train_rows = rows.pop(0) if config.train else []
+    eval_rows = rows[0] if config.eval else []
     eval_rows = eval_subset(eval_rows, config.eval_max_rows, config.seed)
+    mix = TextMix(config.text_share, config.seed)
+    if config.text_share > 0 and not config.text_train:
+        raise ValueError("text_share > 0 needs text rows (--text-train FILE)")
+    text_rows = read_text_rows(config.text_train) if config.text_share > 0 else []
+    if text_rows and world > 1:
+        raise ValueError("text-side training runs in one process (no DDP)")
     # 2. model, optimizer, where to start
     device = _device(config, local_rank)
     started_group = world > 1 and not torch.distributed.is_initialized()
@@ -479,7 +556,8 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
     elif model is None:
         built_here = True
         model = SpeechLLM.build(config.model_config())
-        model.adapter.fit_vocabulary(model.tokenizer, [t for r in train_rows if (t := example_of(r).spoken)])
+        spoken = [t for r in [*train_rows, *text_rows] if (t := example_of(r).spoken)]
+        model.adapter.fit_vocabulary(model.tokenizer, spoken)
     model = model.to(device).train()
     if config.freeze_adapter:
         if not model.has_lora or config.lm_weight == 0:
@@ -497,8 +575,10 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=True)
-    order = BatchOrder(len(train_rows), config.batch_size, config.seed, start * config.grad_accum, rank,
-                       world)
+    order = BatchOrder(max(len(train_rows), 1), config.batch_size, config.seed,
+                       mix.speech_before(start * config.grad_accum), rank, world)
+    text_order = BatchOrder(max(len(text_rows), 1), config.batch_size, config.seed + 1)
+    simulator = _unit_simulator(model, config.text_noise) if text_rows else None
     if config.encoder_cache and config.augment is not None:
         raise ValueError("--encoder-cache and --augment exclude each other (augmented audio differs)")
     # keyed by the encoder of the model being trained (a checkpoint's or a base's), never the config's
@@ -527,6 +607,21 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
         for step in range(start, config.steps):
             total = lm = ctc = 0.0
             for k in range(config.grad_accum):
+                m = step * config.grad_accum + k
+                if mix.is_text(m):
+                    examples = [example_of(text_rows[i]) for i in text_order.batch(m)]
+                    units = [simulator(e.spoken, np.random.default_rng([config.seed, m, j]))
+                             for j, e in enumerate(examples)]
+                    from speechllm.speechlm.simulated_units import simulated_output
+
+                    result = model.forward_units(simulated_output(model.adapter, units),
+                                                 [e.instruction for e in examples],
+                                                 [e.reply for e in examples])
+                    (result.loss / config.grad_accum).backward()
+                    total += float(result.loss.detach()) / config.grad_accum
+                    lm += float(result.lm_loss) / config.grad_accum
+                    seen_utts += len(examples)
+                    continue
                 batch = next(loader)
                 examples: list[Example] = batch["examples"]
                 sync = net.no_sync() if world > 1 and k < config.grad_accum - 1 else nullcontext()
