@@ -207,7 +207,7 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
 
     out = Path(config.out)
     if base is not None:  # bad rows before the base model loads (the trainer checks again, durations too)
-        check_manifests([prepared.train] + ([prepared.eval] if prepared.eval else []), None)
+        check_manifests([m for m in (prepared.train, prepared.eval) if m], None)
         check_model(base, needs_speechlm=True, flag="--base", task="finetune")  # damaged files: one line
     report_path = out / REPORT_FILE
     report: dict[str, Any] = {"base": base, "train": prepared.train, "eval": prepared.eval}

@@ -111,3 +111,29 @@ def test_text_rows_alone_need_no_speech_manifest(data, tmp_path):
     assert train(run).step == 2
     with pytest.raises(ValueError, match="training manifest"):
         train(replace(run, text_share=0.5))
+
+
+def test_text_rows_and_text_side_finetune_from_the_command_line(tmp_path, capsys):
+    from speechllm.apps.cli import main
+    from speechllm.speechlm import SpeechLLMConfig, load_speechlm, save_speechlm
+    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
+
+    rows = tmp_path / "text.jsonl"
+    assert main(["data", "text", "--recipe", "sqa:40", "--out", str(rows), "--seed", "3"]) == 0
+    drawn = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert len(drawn) == 40 and all(r["task"] == "sqa" and r["answer"] for r in drawn)
+    assert len({(r["text"], r.get("prompt")) for r in drawn}) == 40  # distinct texts
+    from speechllm.data_recipes.recipes import split_of
+
+    assert all(split_of(r["text"]) == "train" for r in drawn if r["source"] == "passage")
+    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")),
+                             llm=str(make_tiny_llm(tmp_path / "l")), adapter="ctc-posterior",
+                             adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4})
+    base = save_speechlm(SpeechLLM.build(config), tmp_path / "base")
+    out = tmp_path / "tuned"
+    code = main(["finetune", "--text-train", str(rows), "--base", str(base), "--lora-rank", "2",
+                 "--freeze-adapter", "--out", str(out), "--steps", "2", "--batch-size", "4", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert load_speechlm(out).has_lora
+    assert main(["finetune", "--out", str(tmp_path / "x"), "--steps", "1"]) == 1
+    assert "--text-train" in capsys.readouterr().err

@@ -92,6 +92,21 @@ def _run_synth(args: argparse.Namespace) -> int:
     return run_synth(args)
 
 
+# ---------------------------------------------------------------- text rows
+
+
+def _register_text(parser: argparse.ArgumentParser) -> None:
+    from speechllm.data_recipes.text_rows import register_text
+
+    register_text(parser)
+
+
+def _run_text(args: argparse.Namespace) -> int:
+    from speechllm.data_recipes.text_rows import run_text
+
+    return run_text(args)
+
+
 # ---------------------------------------------------------------- merge
 
 
@@ -146,6 +161,8 @@ def _run_validate(args: argparse.Namespace) -> int:
 ACTIONS: dict[str, Action] = {
     "import": Action("import a corpus layout into a manifest", _register_import, _run_import, _import_epilog),
     "synth": Action("synthesize a corpus offline (asr, st, sqa, tts)", _register_synth, _run_synth),
+    "text": Action("a recipe's rows without audio, for text-side training (finetune --text-train)",
+                   _register_text, _run_text),
     "merge": Action("merge manifests into one (paths rebased; optional shuffle, per-task cap)",
                     _register_merge, _run_merge),
     "validate": Action("check every row of a manifest (and its audio)", _register_validate, _run_validate),

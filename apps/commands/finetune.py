@@ -24,9 +24,16 @@ HELP = "train a speech-LLM, or adapt one to a folder of your recordings (--base)
 def register(parser: argparse.ArgumentParser) -> None:
     from speechllm.data_recipes.importers import IMPORTERS
 
-    parser.add_argument("--train", required=True, metavar="TRAIN",
+    parser.add_argument("--train", metavar="TRAIN",
                         help="training manifest (.jsonl), or a corpus: a folder of audio files with "
                              "same-named .txt transcripts, or any --layout")
+    parser.add_argument("--text-train", metavar="TEXT.jsonl",
+                        help="text rows (speechllm data text): ctc-posterior learns LLM-side tasks from "
+                             "text, with simulated CTC units standing in for the audio")
+    parser.add_argument("--text-share", type=float, default=None,
+                        help="share of micro-batches from --text-train (default 1 without --train, else 0.5)")
+    parser.add_argument("--text-noise", default=None, metavar="JSON",
+                        help='how the simulated units err, e.g. \'{"delete": 0.1, "substitute": 0.2}\'')
     parser.add_argument("--eval", metavar="EVAL",
                         help="evaluation manifest or corpus (WER/CER, BLEU, IFR, QA); default: hold out "
                              "--eval-fraction of TRAIN")
@@ -111,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     from speechllm.adapters import adapter_class
     from speechllm.apps.commands import preflight
-    from speechllm.apps.finetune import DataOptions, adapt, prepare_data
+    from speechllm.apps.finetune import DataOptions, PreparedData, adapt, prepare_data
     from speechllm.train import TrainConfig, train
 
     given = [f"--{k.replace('_', '-')}" for k in ARCHITECTURE if getattr(args, k) is not None]
@@ -122,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
             setattr(args, key, default)
     adapter_class(args.adapter)  # an unknown name fails here, listing the known ones
     adapter_options = _json_option(args.adapter_options, "--adapter-options")
+    if not args.train and not args.text_train:
+        raise ValueError("give training data: --train, --text-train, or both")
+    text_share = args.text_share if args.text_share is not None else (0.5 if args.train else 1.0) \
+        if args.text_train else 0.0
+    if not 0 <= text_share <= 1 or (args.text_train and not args.train and text_share < 1):
+        raise ValueError("--text-share must be in [0, 1], and 1 without --train")
     if args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.eval_every < 1:
         raise ValueError("--steps, --batch-size, --grad-accum and --eval-every must be at least 1")
     if not 0 <= args.eval_fraction < 1:
@@ -131,9 +144,12 @@ def run(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", 1))
     data_options = DataOptions(layout=args.layout, eval_fraction=args.eval_fraction, skip_bad=args.skip_bad,
                                seed=args.seed, progress=not args.quiet)
-    prepared = prepare_data(args.train, args.eval, Path(args.out), data_options, resume=args.resume) \
-        if world == 1 else None
-    if world > 1 and (args.base or not args.train.endswith(".jsonl")):
+    if not args.train:  # text rows only: nothing to import or split
+        prepared = PreparedData("", args.eval)
+    else:
+        prepared = prepare_data(args.train, args.eval, Path(args.out), data_options, resume=args.resume) \
+            if world == 1 else None
+    if world > 1 and (args.base or not (args.train or "").endswith(".jsonl")):
         raise ValueError("under torchrun pass prepared manifests and no --base: run the import/adaptation "
                          "front end in one process")
     for note in prepared.notes if prepared else ():
@@ -146,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, audio_first=not args.instruction_first,
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, warmup=args.warmup, ctc_weight=args.ctc_weight,
-        lm_weight=args.lm_weight, freeze_adapter=args.freeze_adapter,
+        lm_weight=args.lm_weight, freeze_adapter=args.freeze_adapter, text_train=args.text_train,
+        text_share=text_share, text_noise=_json_option(args.text_noise, "--text-noise"),
         augment=_json_option(args.augment, "--augment"), encoder_cache=args.encoder_cache,
         eval_every=args.eval_every, save_every=args.save_every, eval_max_rows=args.eval_max_rows,
         max_new_tokens=args.max_new_tokens, seed=args.seed, num_workers=args.num_workers, device=args.device,
