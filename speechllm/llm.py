@@ -7,12 +7,16 @@ usual) whose linears are ``QuantLinear`` modules, and its tokenizer.
 
 ``quant``: ``"auto"`` keeps a quantized source as it is (GGUF Q4 → int4) and quantizes a float source to
 int4; ``"int4"`` / ``"int8"`` ask for that weight format; ``"none"`` gives a float model. A GGUF file is
-imported block by block (``speechllm.quant.gguf``): the quantized matrices never exist in fp32.
+imported block by block (``speechllm.quant.gguf``): the quantized matrices never exist in fp32. The import
+is done once: its result is kept as a quantized folder in the cache (``$SPEECHLLM_CACHE/converted/``,
+keyed by the GGUF file's SHA-256 and the format asked for), which later starts load directly.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ from .quant.model import (
     is_quantized_folder,
     load_quantized,
     quantize,
+    save_quantized,
 )
 
 QUANT_CHOICES = ("auto", "int4", "int8", "none")
@@ -60,12 +65,47 @@ def _convert(tensors: dict[str, Any], quant: str) -> dict[str, Any]:
     return out
 
 
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_folder(gguf: Path, quant: str) -> Path:
+    """Where the quantized folder made from ``gguf`` in format ``quant`` is cached."""
+    from .zoo import cache_root
+
+    return cache_root() / "converted" / f"{gguf.stem}-{file_sha256(gguf)[:16]}-{quant}"
+
+
 def _from_gguf(path: Path, quant: str) -> tuple[nn.Module, Any]:
+    """A GGUF file, imported once into a cached quantized folder (float models are not cached)."""
+    file = _gguf_file(path)
+    if quant == "none":
+        return _import_gguf(file, quant)
+    folder = converted_folder(file, quant)
+    if is_quantized_folder(folder):
+        return _from_quantized(folder, "auto")
+    model, tokenizer = _import_gguf(file, quant)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    try:  # written aside, then renamed into place whole: a killed conversion leaves no half folder
+        save_quantized(model, tmp, tokenizer)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError as exc:  # a read-only cache costs the next start time, not this one's result
+        print(f"note: could not cache the converted model in {folder} ({exc})", file=sys.stderr)
+    return model, tokenizer
+
+
+def _import_gguf(file: Path, quant: str) -> tuple[nn.Module, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     from .quant.gguf import read_gguf
 
-    file = _gguf_file(path)
     checkpoint = read_gguf(file)
     raw = dict(checkpoint.config)
     config = AutoConfig.for_model(raw.pop("model_type"), **raw)
