@@ -183,6 +183,8 @@ def run_batch(transcriber, inputs: list[str | BadInput], output: Path | None, re
                 row = {"audio": source, "text": result.text, "duration": round(result.duration, 3),
                        "segments": [{"start": s.start, "end": s.end, "text": s.text}
                                     for s in result.segments]}
+                if result.stop is not None:  # a speech-LLM's reply: why it ended (end/repetition/length)
+                    row["stop"] = result.stop
                 done += 1
                 audio_seconds += result.duration
                 for fmt in formats:

@@ -43,10 +43,12 @@ def test_load_routes_speechlm_folders(model_dir):
                                   ["ask", "{wav}", "What is said?"], ["transcribe", "{wav}"]])
 def test_task_commands_write_the_jsonl_contract(model_dir, wav, tmp_path, argv):
     out = tmp_path / "out.jsonl"
-    args = [a.format(wav=wav) for a in argv] + ["--model", str(model_dir), "--output", str(out), "-q"]
+    args = [a.format(wav=wav) for a in argv] + ["--model", str(model_dir), "--output", str(out), "-q",
+                                                "--segmenter", "fixed"]
     assert main(args) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["audio"] == str(wav) and isinstance(rows[0]["text"], str)
+    assert rows[0]["stop"] in ("end", "repetition", "length")  # why the speech-LLM's reply ended
 
 
 def test_task_command_errors_are_one_line(model_dir, wav, capsys):
