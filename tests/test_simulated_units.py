@@ -137,3 +137,14 @@ def test_text_rows_and_text_side_finetune_from_the_command_line(tmp_path, capsys
     assert load_speechlm(out).has_lora
     assert main(["finetune", "--out", str(tmp_path / "x"), "--steps", "1"]) == 1
     assert "--text-train" in capsys.readouterr().err
+
+
+def test_reply_loss_equals_the_full_sequence_loss(ctc_posterior):
+    model = ctc_posterior
+    sim = UnitSimulator(model.ctc_vocab, confusable_units(model.adapter, 4))
+    rng = np.random.default_rng(0)
+    units = simulated_output(model.adapter, [sim("a short one", rng), sim("a much longer passage here", rng)])
+    spliced = model._spliced_targets(units, ["Answer it.", "Answer this: who?"], ["yes", "anna and bo"])
+    full = model.llm(inputs_embeds=spliced.embeds, attention_mask=spliced.attention_mask,
+                     position_ids=spliced.position_ids, labels=spliced.labels, use_cache=False).loss
+    assert torch.allclose(model.reply_loss(spliced), full, atol=1e-5)

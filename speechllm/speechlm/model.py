@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.adapters import Adapter, AdapterOutput, adapter_class, build_adapter
@@ -362,27 +363,40 @@ class SpeechLLM(nn.Module):
             zero = aux.detach() * 0.0
             return SpeechLLMOutput(ctc_weight * aux, zero, aux.detach(), 0)
         encoded = self.adapter(hidden, mask, *(ctc or (None, None)))
-        prompts = [self.prompt_ids(text, True) for text in instructions]
-        spliced = self.splice([p[0] for p in prompts], encoded, [p[1] for p in prompts],
-                              [self.target_ids(r) for r in replies])
-        out = self.llm(inputs_embeds=spliced.embeds, attention_mask=spliced.attention_mask,
-                       position_ids=spliced.position_ids, labels=spliced.labels, use_cache=False)
+        spliced = self._spliced_targets(encoded, instructions, replies)
+        reply_loss = self.reply_loss(spliced)
         aux = encoded.aux_loss
-        lm_loss = lm_weight * out.loss
+        lm_loss = lm_weight * reply_loss
         loss = lm_loss if aux is None else lm_loss + ctc_weight * aux
-        return SpeechLLMOutput(loss, out.loss.detach(), None if aux is None else aux.detach(),
+        return SpeechLLMOutput(loss, reply_loss.detach(), None if aux is None else aux.detach(),
                                int((spliced.labels != -100).sum()))
 
     def forward_units(self, units: AdapterOutput, instructions: Sequence[str],
                       replies: Sequence[str]) -> SpeechLLMOutput:
         """Teacher-forced LLM loss with ``units`` standing in for the adapter's output (text-side
         training: :mod:`speechllm.speechlm.simulated_units`)."""
+        spliced = self._spliced_targets(units, instructions, replies)
+        loss = self.reply_loss(spliced)
+        return SpeechLLMOutput(loss, loss.detach(), None, int((spliced.labels != -100).sum()))
+
+    def _spliced_targets(self, audio: AdapterOutput, instructions: Sequence[str],
+                         replies: Sequence[str]) -> Spliced:
         prompts = [self.prompt_ids(text, True) for text in instructions]
-        spliced = self.splice([p[0] for p in prompts], units, [p[1] for p in prompts],
-                              [self.target_ids(r) for r in replies])
+        return self.splice([p[0] for p in prompts], audio, [p[1] for p in prompts],
+                           [self.target_ids(r) for r in replies])
+
+    def reply_loss(self, spliced: Spliced) -> Tensor:
+        """Mean cross-entropy of the reply tokens. Replies sit at the end of the left-padded rows, so
+        the output layer (49k tokens wide for SmolLM2) runs only over the last positions, not the
+        whole prompt and audio."""
+        labels = spliced.labels
+        first = int((labels != -100).any(0).nonzero()[0])
+        keep = labels.shape[1] - first + 1  # from the position that predicts the first reply token
         out = self.llm(inputs_embeds=spliced.embeds, attention_mask=spliced.attention_mask,
-                       position_ids=spliced.position_ids, labels=spliced.labels, use_cache=False)
-        return SpeechLLMOutput(out.loss, out.loss.detach(), None, int((spliced.labels != -100).sum()))
+                       position_ids=spliced.position_ids, use_cache=False, logits_to_keep=keep)
+        logits = out.logits[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, first:].reshape(-1),
+                               ignore_index=-100)
 
     # -- inference
 

@@ -1,0 +1,81 @@
+"""`speechllm ask` on held-out spoken questions and spoken passages, several models in one run.
+
+    .venv/bin/python benchmarks/ask.py --models speechllm-starter runs/sqa-text \
+        --manifest corpora/sqa-12h/test.jsonl --json benchmarks/results/ask.json
+
+Rows of an ``sqa`` manifest are either a spoken question (the audio asks it) or a spoken passage
+with a text question about it (``prompt``). Each model answers every row greedily through the same
+path as ``speechllm ask`` (the model's own prompt format, batched generation) and is scored as the
+trainer scores it (``speechllm.train.evaluate``): *accuracy* is the share of replies that contain
+the reference answer as whole words after normalisation; *answered* (IFR) is the share of replies
+that are not empty and not a near copy of what was said (a reply that transcribes the question does
+not answer it). Test rows are held out by text and spoken by voices no training row uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from speechllm import speechlm_path
+from speechllm.manifest import read_manifest
+from speechllm.speechlm.io import load_speechlm
+from speechllm.train import evaluate
+
+KEYS = {"passage": ("qa_acc/passage-question", "ifr/passage-question"),
+        "spoken": ("qa_acc/spoken-question", "ifr/spoken-question")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", required=True, help="model folders or zoo names")
+    parser.add_argument("--manifest", required=True, type=Path, help="an sqa manifest (e.g. a test split)")
+    parser.add_argument("--limit", type=int, default=None, help="first N rows only")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = read_manifest(args.manifest)[: args.limit]
+    counts = {"passage": sum(bool(r.prompt) for r in rows), "spoken": sum(not r.prompt for r in rows)}
+    print(f"{len(rows)} rows ({counts['passage']} spoken passages + text question, {counts['spoken']} "
+          f"spoken questions) from {args.manifest}")
+    results = []
+    for name in args.models:
+        folder = speechlm_path(name)
+        if folder is None:
+            parser.error(f"{name}: not a speech-LLM folder or zoo name")
+        start = time.perf_counter()
+        model = load_speechlm(folder, device="cpu")
+        loaded = time.perf_counter()
+        metrics = evaluate(model, rows, args.batch_size, args.max_new_tokens, progress=True)
+        done = time.perf_counter()
+        result = {"model": name, "load_s": round(loaded - start, 2), "answer_s": round(done - loaded, 1)}
+        for kind, (acc, ifr) in KEYS.items():
+            result[kind] = {"items": counts[kind], "accuracy": metrics.get(acc), "answered": metrics.get(ifr)}
+        result["examples"] = metrics["examples"]
+        results.append(result)
+        print(f"{name}: passage accuracy {result['passage']['accuracy']:.3f} (answered "
+              f"{result['passage']['answered']:.3f}); spoken questions answered "
+              f"{result['spoken']['answered']:.3f}, accuracy {result['spoken']['accuracy']:.3f}; "
+              f"{result['answer_s']} s for {len(rows)} rows")
+        del model
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        report = {"command": "python benchmarks/ask.py " + " ".join(
+                      ["--models", *args.models, "--manifest", str(args.manifest)]
+                      + (["--limit", str(args.limit)] if args.limit else [])),
+                  "manifest": str(args.manifest), "rows": len(rows), "counts": counts,
+                  "threads": args.threads, "machine": platform.processor() or platform.machine(),
+                  "results": results}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
