@@ -103,10 +103,13 @@ def test_output_that_cannot_be_written(corpus, model_dir, command, capfd, no_mod
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
-@pytest.mark.parametrize("command", ["transcribe", "translate", "ask", "finetune"])
+@pytest.mark.parametrize("command", ["transcribe", "translate", "ask", "finetune", "chat"])
 def test_cuda_on_a_cpu_only_torch(corpus, model_dir, command, tmp_path, capfd, no_model):
     if command == "finetune":
         args = ["finetune", "--train", corpus.bad_manifest, "--base", model_dir, "--out", tmp_path / "ft"]
+    elif command == "chat":
+        pytest.importorskip("gradio")
+        args = ["chat", "--model", model_dir]
     else:
         args = [command, corpus.good_wav, "--model", model_dir, "-q"]
     code, _, err = run(capfd, *args, "--device", "cuda")

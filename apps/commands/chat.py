@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from speechllm.apps.chat.engine import MAX_TURN_SECONDS, ChatOptions
     from speechllm.apps.chat.ui import ChatApp, ServerOptions, launch
 
+    from speechllm.apps.commands.preflight import check_device
+
+    check_device(args.device)
     if not 0 < args.max_seconds <= MAX_TURN_SECONDS:
         raise ValueError(f"--max-seconds must be above 0 and at most {MAX_TURN_SECONDS:g}")
     if args.max_upload_mb <= 0 or args.max_new_tokens < 1:
