@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .files import fsync_dir, fsync_tree
 from .quant.formats import INT8, QuantizedWeight, QuantSpec, requantize
 from .quant.linear import QuantEmbedding, QuantLinear
 from .quant.model import (
@@ -94,8 +95,10 @@ def _from_gguf(path: Path, quant: str) -> tuple[nn.Module, Any]:
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     try:  # written aside, then renamed into place whole: a killed conversion leaves no half folder
         save_quantized(model, tmp, tokenizer)
+        fsync_tree(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
+        fsync_dir(folder.parent)
     except OSError as exc:  # a read-only cache costs the next start time, not this one's result
         print(f"note: could not cache the converted model in {folder} ({exc})", file=sys.stderr)
     return model, tokenizer

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from speechllm.files import fsync_dir
+
 
 class ManifestError(ValueError):
     """Bad rows in a manifest; ``errors`` holds one ``FILE:LINE: reason`` line per bad row."""
@@ -282,22 +284,8 @@ def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> int:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(base)
+    fsync_dir(base)
     return count
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; not every platform lets a folder be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from speechllm.files import fsync_dir, fsync_file, fsync_tree  # noqa: F401  (re-exported)
 from speechllm.speechlm.model import SpeechLLM, SpeechLLMConfig
 
 FORMAT, VERSION = "speechllm", 2  # 2: encoder_trainable_layers
@@ -40,37 +41,6 @@ def _tmp_name(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- durable, atomic writes
-
-
-def fsync_file(path: str | Path) -> None:
-    """Flush a written file's data to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(folder: str | Path) -> None:
-    """Make renames and new names in ``folder`` durable; not every platform lets a folder be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(folder: str | Path) -> None:
-    """Every file and folder under ``folder`` (and it) durable: before renaming a finished folder."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            fsync_file(Path(root) / name)
-        fsync_dir(root)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
