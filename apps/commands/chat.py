@@ -50,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from speechllm import STARTER
     from speechllm.apps.chat.engine import MAX_TURN_SECONDS, ChatOptions
     from speechllm.apps.chat.ui import ChatApp, ServerOptions, launch
-
     from speechllm.apps.commands.preflight import check_device
 
     check_device(args.device)
