@@ -55,3 +55,12 @@ def test_replies_and_transcript_rows_say_why_they_ended(tmp_path):
     answerer = SpeechLLMTranscriber(model, task="spoken-question", max_new_tokens=500, segmenter="fixed")
     answerer.transcribe(clip)
     assert budgets[-1] == 500  # an answer's length does not follow the question's
+
+
+def test_a_stream_holds_back_a_forming_loop_and_never_shows_beyond_the_cut():
+    guard = RepetitionGuard()
+    assert guard.held([1, 2, 3, 4]) == 0 and guard.held([1, 2, 3, 2, 3]) == 2 and guard.held([4, 1, 4]) == 1
+    for tokens in ([5, 6] + [7, 8] * 6, [1, 2, 3, 4, 5] * 3, [9] * 12, [3, 1, 4, 1, 5] + [9, 2, 6] * 5):
+        end = next(n for n in range(1, len(tokens) + 1) if guard.cut(tokens[:n]) is not None)
+        cut = guard.cut(tokens[:end])
+        assert all(n - guard.held(tokens[:n]) <= cut for n in range(1, end + 1)), tokens

@@ -66,6 +66,18 @@ class RepetitionGuard:
                 return n - span + period
         return None
 
+    def held(self, tokens: Sequence[int]) -> int:
+        """How many of the last tokens a stream should hold back: the longest tail that repeats
+        what came ``period`` tokens before it (usually 0 or 1 token for ordinary text), so that what
+        is shown never goes beyond where :meth:`cut` would end the reply."""
+        n, held = len(tokens), 0
+        for period in range(1, min(self.max_period, n - 1) + 1):
+            k = 0
+            while k + period < n and tokens[n - 1 - k] == tokens[n - 1 - k - period]:
+                k += 1
+            held = max(held, k)
+        return held
+
 
 def decode_text(tokenizer, tokens: Sequence[int], strip: bool = True) -> str:
     text = tokenizer.decode(list(tokens), skip_special_tokens=True)

@@ -464,8 +464,9 @@ class SpeechLLM(nn.Module):
     def stream(self, audio: np.ndarray | None, instruction_text: str,
                options: GenerationOptions = DEFAULT_OPTIONS) -> Iterator[str]:
         """Greedy reply to one clip (or text prompt), yielded as text pieces as tokens arrive."""
-        from speechllm.speechlm.generate import greedy_steps
+        from speechllm.speechlm.generate import RepetitionGuard, greedy_steps
 
+        guard = RepetitionGuard() if options.stop_repetition else None
         with self.text_mode() if audio is None else nullcontext():
             spliced = self._prefill(None if audio is None else [audio], [instruction_text])
             state = LMState(self.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids)
@@ -476,7 +477,12 @@ class SpeechLLM(nn.Module):
                 if token < 0 or token in self._stop_ids:
                     break
                 tokens.append(token)
-                text = decode_text(self.tokenizer, tokens, strip=False).lstrip()
+                cut = guard.cut(tokens) if guard else None
+                if cut is not None:  # the same reply as generate(): the loop's first pass only
+                    tokens = tokens[:cut]
+                    break
+                settled = len(tokens) - (guard.held(tokens) if guard else 0)  # a loop may be forming
+                text = decode_text(self.tokenizer, tokens[:settled], strip=False).lstrip()
                 if not text.endswith("\ufffd") and len(text) > len(shown):  # whole characters only
                     yield text[len(shown):]
                     shown = text
