@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
-import torch
+import test_chat
 
 from speechllm.apps.chat import ChatEngine, ChatOptions, TextDelta, register_voice
 from speechllm.limits import MAX_PROMPT_CHARS
@@ -49,25 +49,8 @@ class StandInModel:
         return [Generation((), "hello", 0.0)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from speechllm.speechlm import LoraSpec, SpeechLLM, SpeechLLMConfig, save_speechlm
-    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
-
-    root = tmp_path_factory.mktemp("chat-model")
-    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(root / "whisper")), adapter="linear",
-                             llm=str(make_tiny_llm(root / "llm")), adapter_options={"hidden_dim": 32},
-                             lora=LoraSpec(rank=2))
-    torch.manual_seed(0)
-    return save_speechlm(SpeechLLM.build(config), root / "model")
+pytestmark = pytest.mark.usefixtures("one_thread")
+tiny_model_dir = test_chat.tiny_model_dir  # the chat tests' tiny speech-LLM folder
 
 
 def make_app(model_dir, stand_in=None, **kwargs):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -151,36 +151,36 @@ def _espeak() -> _Espeak:
     return _Espeak()
 
 
+def _pack(pieces: Iterable[str], max_chars: int) -> Iterator[str]:
+    """Consecutive pieces joined by spaces into chunks of at most ``max_chars`` (a piece is never cut)."""
+    current = ""
+    for piece in pieces:
+        if current and len(current) + 1 + len(piece) > max_chars:
+            yield current
+            current = ""
+        current = f"{current} {piece}" if current else piece
+    if current:
+        yield current
+
+
+def _words(phonemes: str, max_chars: int) -> Iterator[str]:
+    """The words of ``phonemes``, a word longer than ``max_chars`` cut into pieces that fit."""
+    for word in phonemes.split():
+        while len(word) > max_chars:
+            yield word[:max_chars]
+            word = word[max_chars:]
+        yield word
+
+
 def _pieces(phonemes: str, max_chars: int) -> Iterator[str]:
     """``phonemes`` in pieces of at most ``max_chars``, cut between words (inside a word only
     when one word alone is longer)."""
-    current = ""
-    for word in phonemes.split():
-        while len(word) > max_chars:
-            if current:
-                yield current
-                current = ""
-            yield word[:max_chars]
-            word = word[max_chars:]
-        if current and len(current) + 1 + len(word) > max_chars:
-            yield current
-            current = ""
-        current = f"{current} {word}" if current else word
-    if current:
-        yield current
+    return _pack(_words(phonemes, max_chars), max_chars)
 
 
 def _sentence_chunks(clauses: list[str], max_chars: int) -> Iterator[str]:
     """A sentence's clauses (phonemes + punctuation) packed into chunks of at most ``max_chars``."""
-    current = ""
-    for clause in clauses:
-        for piece in _pieces(clause, max_chars):
-            if current and len(current) + 1 + len(piece) > max_chars:
-                yield current
-                current = ""
-            current = f"{current} {piece}" if current else piece
-    if current:
-        yield current
+    return _pack((piece for clause in clauses for piece in _pieces(clause, max_chars)), max_chars)
 
 
 def iter_phonemize(text: str, voice: str = "en-us", max_chars: int = MAX_PHONEMES) -> Iterator[str]:
