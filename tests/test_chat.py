@@ -339,3 +339,16 @@ def test_browser_upload_gets_text_and_playable_audio(served, question_wav, tmp_p
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#conversation .message-row")) >= 4)
     finally:
         driver.quit()
+
+
+def test_a_typed_question_with_a_recording_is_asked_as_ask_asks_it(question_wav):
+    from speechllm.speechlm import instruction
+
+    model = ScriptedModel(["The report."])
+    engine = ChatEngine(model, None, ChatOptions())
+    list(engine.reply([], audio=question_wav, text="What should be sent?"))
+    list(engine.reply([], audio=question_wav, text="summarise this"))
+    list(engine.reply([], audio=question_wav))
+    asked = [prompt for _, prompt in model.prompts]
+    assert asked[0].endswith(instruction("passage-question", "What should be sent?"))
+    assert asked[1].endswith("summarise this") and asked[2].endswith(instruction("spoken-question"))

@@ -221,6 +221,19 @@ def check_message(text: str | None) -> str:
     return check_prompt(text, "the message") if text else ""
 
 
+def turn_request(text: str | None, has_audio: bool) -> str:
+    """What the LLM is asked: a recording alone is a spoken question; a typed question with it is
+    a question about the recording (the instruction ``speechllm ask FILE QUESTION`` uses); other
+    typed text is a free instruction about it (``summarise this``) or, without audio, the message."""
+    from speechllm.speechlm import instruction
+
+    if not text:
+        return instruction("spoken-question")
+    if has_audio and text.rstrip().endswith("?"):
+        return instruction("passage-question", text.strip())
+    return text
+
+
 class ChatEngine:
     def __init__(self, model, voice: Voice | None = None, options: ChatOptions = ChatOptions()):
         self.model, self.voice, self.options = model, voice, options
@@ -256,7 +269,7 @@ class ChatEngine:
         if audio is None and not text:
             raise ValueError("say or type something first")
         clip = self.load_turn_audio(audio) if audio is not None else None
-        request = text if text else instruction("spoken-question")
+        request = turn_request(text, clip is not None)
         prompt = with_history(history, request, self.options.history_chars)
         options = GenerationOptions(max_new_tokens=self.options.max_new_tokens)
         worker = SpeechWorker(self.voice) if self.voice is not None else None
