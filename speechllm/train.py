@@ -517,6 +517,15 @@ def _unit_simulator(model: SpeechLLM, noise: dict[str, Any] | None):
     return UnitSimulator(model.ctc_vocab, confusable_units(model.adapter, spec.neighbours), spec)
 
 
+def _text_loss(model: SpeechLLM, simulator, examples: list[Example], seed: list[int]):
+    """The LLM loss of text examples whose audio is simulated CTC units (seeded per item)."""
+    from speechllm.speechlm.simulated_units import simulated_output
+
+    units = [simulator(e.spoken, np.random.default_rng([*seed, j])) for j, e in enumerate(examples)]
+    return model.forward_units(simulated_output(model.adapter, units), [e.instruction for e in examples],
+                               [e.reply for e in examples])
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     return warmup_cosine(step, config.lr, min(config.warmup, max(config.steps // 10, 1)), config.steps)
 
@@ -608,36 +617,27 @@ def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
             total = lm = ctc = 0.0
             for k in range(config.grad_accum):
                 m = step * config.grad_accum + k
-                if mix.is_text(m):
+                if mix.is_text(m):  # simulated units stand in for the audio (text-side training)
                     examples = [example_of(text_rows[i]) for i in text_order.batch(m)]
-                    units = [simulator(e.spoken, np.random.default_rng([config.seed, m, j]))
-                             for j, e in enumerate(examples)]
-                    from speechllm.speechlm.simulated_units import simulated_output
-
-                    result = model.forward_units(simulated_output(model.adapter, units),
-                                                 [e.instruction for e in examples],
-                                                 [e.reply for e in examples])
+                    result = _text_loss(model, simulator, examples, [config.seed, m])
                     (result.loss / config.grad_accum).backward()
-                    total += float(result.loss.detach()) / config.grad_accum
-                    lm += float(result.lm_loss) / config.grad_accum
-                    seen_utts += len(examples)
-                    continue
-                batch = next(loader)
-                examples: list[Example] = batch["examples"]
-                sync = net.no_sync() if world > 1 and k < config.grad_accum - 1 else nullcontext()
-                frames = (cache.frames(model.encoder, batch["paths"], batch["audio"], batch["lengths"],
-                                       model.device)
-                          if cache else None)
-                with sync:
-                    result = net(batch["audio"], batch["lengths"], [e.instruction for e in examples],
-                                 [e.reply for e in examples], [e.spoken for e in examples], config.ctc_weight,
-                                 config.lm_weight, frames)
-                    (result.loss / config.grad_accum).backward()
+                else:
+                    batch = next(loader)
+                    examples = batch["examples"]
+                    sync = net.no_sync() if world > 1 and k < config.grad_accum - 1 else nullcontext()
+                    frames = (cache.frames(model.encoder, batch["paths"], batch["audio"], batch["lengths"],
+                                           model.device)
+                              if cache else None)
+                    with sync:
+                        result = net(batch["audio"], batch["lengths"], [e.instruction for e in examples],
+                                     [e.reply for e in examples], [e.spoken for e in examples],
+                                     config.ctc_weight, config.lm_weight, frames)
+                        (result.loss / config.grad_accum).backward()
+                    seen_audio += float(batch["lengths"].sum()) / 16000
                 total += float(result.loss.detach()) / config.grad_accum
                 lm += float(result.lm_loss) / config.grad_accum
                 ctc += float(result.aux_loss or 0.0) / config.grad_accum
                 seen_utts += len(examples)
-                seen_audio += float(batch["lengths"].sum()) / 16000
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
