@@ -188,6 +188,8 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
     parts = [f"{k.upper()} {100 * metrics[k]:.1f}%" for k in ("wer", "cer") if k in metrics]
     if "ifr" in metrics:
         parts.append(f"IFR {100 * metrics['ifr']:.0f}%")
+    if "bleu" in metrics:
+        parts.append(f"BLEU {metrics['bleu']:.2f} (sacrebleu {metrics.get('bleu_signature', '?')})")
     return ", ".join(parts) or json.dumps({k: v for k, v in metrics.items() if isinstance(v, float)})
 
 

@@ -6,10 +6,11 @@
 Each ``--speechllm`` model folder (or zoo name) is one more system, transcribing through
 ``speechllm.load`` exactly as ``speechllm transcribe --model`` does.
 Every system transcribes the same files in one run, with the same thread count; the table
-gives WER (normalised with speechllm.text_normalize) and real-time factor (wall time / audio
-time, audio decoding included, after one warm-up file) and, when the files come from at most
-six speakers (the held-out test voices), the WER of each. faster-whisper comes from the
-optional ``bench`` extra (``pip install -e '.[bench]'``) and is skipped when missing.
+gives WER (jiwer, after ``--normalizer``: spoken-form words or whisper's English normaliser)
+and real-time factor (wall time / audio time, audio decoding included, after one warm-up
+file) and, when the files come from at most six speakers (the held-out test voices), the WER
+of each. faster-whisper comes from the optional ``bench`` extra (``pip install -e '.[bench]'``)
+and is skipped when missing.
 """
 
 from __future__ import annotations
@@ -24,19 +25,21 @@ import torch
 
 from speechllm.manifest import read_manifest
 from speechllm.metrics import word_error_rate
+from speechllm.text_normalize import NORMALIZERS
 
 REPO = Path(__file__).resolve().parent.parent
 System = Callable[[list[str]], list[str]]
 MAX_SPEAKER_COLUMNS = 6
 
 
-def wer_by_speaker(speakers: list[str | None], refs: list[str], hyps: list[str]) -> dict[str, float]:
+def wer_by_speaker(speakers: list[str | None], refs: list[str], hyps: list[str],
+                   normalizer: str = "spoken") -> dict[str, float]:
     """WER of each speaker's files (pooled over its words), speakers in sorted order."""
     groups: dict[str, list[int]] = {}
     for i, speaker in enumerate(speakers):
         groups.setdefault(speaker or "?", []).append(i)
     return {
-        speaker: word_error_rate([refs[i] for i in idx], [hyps[i] for i in idx]).rate
+        speaker: word_error_rate([refs[i] for i in idx], [hyps[i] for i in idx], normalizer).rate
         for speaker, idx in sorted(groups.items())
     }
 
@@ -103,6 +106,10 @@ def main() -> None:
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--speechllm", nargs="*", default=[], metavar="MODEL",
                         help="speech-LLM folders or zoo names to add as systems")
+    parser.add_argument("--normalizer", default="spoken", choices=list(NORMALIZERS),
+                        help="text normaliser both sides go through before WER (jiwer): spoken = the "
+                             "project's spoken-form words, whisper = openai-whisper's EnglishTextNormalizer "
+                             "(as published English WERs)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -123,7 +130,7 @@ def main() -> None:
         systems[f"speech-LLM {name}"] = lambda a, n=name: speechllm_model(a, n)
     results = []
     print(f"{len(rows)} files, {audio_seconds / 60:.1f} min of audio, {args.threads} threads, "
-          f"beam {args.beam_size}")
+          f"beam {args.beam_size}; WER by jiwer after the {args.normalizer!r} normaliser")
     names = sorted({s or "?" for s in speakers}) if per_speaker else []
     print("| system | WER | RTF | wall s |" + "".join(f" {n} |" for n in names))
     print("|---|---|---|---|" + "---|" * len(names))
@@ -137,12 +144,13 @@ def main() -> None:
         start = time.perf_counter()
         hyps = system(paths)
         wall = time.perf_counter() - start
-        wer = word_error_rate(refs, hyps)
-        result = {"system": name, "wer": wer.rate, "rtf": wall / audio_seconds, "wall_s": wall,
+        wer = word_error_rate(refs, hyps, args.normalizer)
+        result = {"system": name, "wer": wer.rate, "normalizer": args.normalizer,
+                  "rtf": wall / audio_seconds, "wall_s": wall,
                   "files": len(rows), "audio_s": audio_seconds}
         cells = ""
         if per_speaker:
-            result["wer_by_speaker"] = wer_by_speaker(speakers, refs, hyps)
+            result["wer_by_speaker"] = wer_by_speaker(speakers, refs, hyps, args.normalizer)
             cells = "".join(f" {100 * w:.2f}% |" for w in result["wer_by_speaker"].values())
         results.append(result)
         rtf = wall / audio_seconds

@@ -68,6 +68,9 @@ def main() -> None:
         results[where] = metrics
         cells = [f"{metrics[c]:.2f}" if c in metrics else "-" for c in COLUMNS]
         print(f"| {where} | " + " | ".join(cells) + " |", flush=True)
+    signature = next((m["bleu_signature"] for m in results.values() if "bleu_signature" in m), None)
+    if signature:
+        print(f"BLEU: sacrebleu {signature}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

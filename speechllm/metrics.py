@@ -1,22 +1,16 @@
-"""Error rates for scoring transcripts; both sides go through one text normalisation."""
+"""Error rates for scoring transcripts, counted by jiwer; both sides go through one normaliser.
+
+``normalizer`` picks it by name from :data:`speechllm.text_normalize.NORMALIZERS`: ``spoken``
+(the project's spoken-form words, the default: corpora store that form) or ``whisper``
+(openai-whisper's ``EnglishTextNormalizer``, the one published English WERs use), or ``none``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from speechllm.text_normalize import normalize
-
-
-def edit_distance(ref: Sequence, hyp: Sequence) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+from speechllm.text_normalize import get_normalizer
 
 
 @dataclass(frozen=True)
@@ -32,21 +26,32 @@ class ErrorRate:
         return f"{100 * self.rate:.2f}% ({self.errors}/{self.total})"
 
 
-def _error_rate(refs: Sequence[str], hyps: Sequence[str], split: Callable[[str], list]) -> ErrorRate:
+def _normalized(refs: Sequence[str], hyps: Sequence[str], normalizer: str) -> tuple[list[str], list[str]]:
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    errors = total = 0
-    for ref, hyp in zip(refs, hyps, strict=True):
-        r, h = split(normalize(ref)), split(normalize(hyp))
-        errors += edit_distance(r, h)
-        total += len(r)
-    return ErrorRate(errors, total)
+    norm = get_normalizer(normalizer)
+    return [norm(r) for r in refs], [norm(h) for h in hyps]
 
 
-def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> ErrorRate:
+def word_error_rate(refs: Sequence[str], hyps: Sequence[str], normalizer: str = "spoken") -> ErrorRate:
     """Corpus-level WER: total word edits over total reference words, after normalisation."""
-    return _error_rate(refs, hyps, str.split)
+    import jiwer
+
+    r, h = _normalized(refs, hyps, normalizer)
+    if not r:
+        return ErrorRate(0, 0)
+    out = jiwer.process_words(r, h)
+    return ErrorRate(out.substitutions + out.deletions + out.insertions,
+                     out.substitutions + out.deletions + out.hits)
 
 
-def char_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> ErrorRate:
-    return _error_rate(refs, hyps, lambda s: list(s.replace(" ", "")))
+def char_error_rate(refs: Sequence[str], hyps: Sequence[str], normalizer: str = "spoken") -> ErrorRate:
+    """Corpus-level CER over the normalised text's characters, spaces left out."""
+    import jiwer
+
+    r, h = _normalized(refs, hyps, normalizer)
+    if not r:
+        return ErrorRate(0, 0)
+    out = jiwer.process_characters([s.replace(" ", "") for s in r], [s.replace(" ", "") for s in h])
+    return ErrorRate(out.substitutions + out.deletions + out.insertions,
+                     out.substitutions + out.deletions + out.hits)

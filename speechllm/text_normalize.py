@@ -254,3 +254,50 @@ def normalize(text: str, lang: str = "en") -> str:
     text = _SCORING_DROP.sub(" ", text)
     text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)
     return " ".join(text.split())
+
+
+# --- Whisper's English normaliser, beside the spoken form -------------------------------------
+# openai-whisper's ``EnglishTextNormalizer`` (whisper/normalizers/english.py, MIT licence,
+# Copyright (c) 2022 OpenAI): the normaliser published English WERs (Whisper paper, the Open ASR
+# leaderboard) are computed with. It goes the other way from ours: spoken numbers become digits
+# ("twenty nineteen" -> "2019", "ninety percent" -> "90%"), contractions and titles are
+# expanded ("let's" -> "let us", "Mr." -> "mister"), British spellings become American through
+# whisper's english.json (shipped here as whisper_english_spelling.json, MIT, OpenAI), fillers
+# ("um", "uh") and bracketed text are dropped. The code is the line-for-line copy transformers
+# ships (transformers.models.whisper.english_normalizer, a core dependency already), so it is
+# used from there rather than copied a third time.
+
+
+class WhisperEnglishNormalizer:
+    """Callable ``str -> str`` with openai-whisper's ``EnglishTextNormalizer`` semantics."""
+
+    def __init__(self) -> None:
+        import json
+        from pathlib import Path
+
+        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+        spelling = Path(__file__).with_name("whisper_english_spelling.json")
+        self._normalize = EnglishTextNormalizer(json.loads(spelling.read_text(encoding="utf-8")))
+
+    def __call__(self, text: str) -> str:
+        return self._normalize(text)
+
+
+def _no_normalization(text: str) -> str:
+    return " ".join(text.split())
+
+
+# scoring normalisers by name: the benchmarks' --normalizer and the metrics' ``normalizer=``
+NORMALIZERS = {"spoken": lambda: normalize, "whisper": WhisperEnglishNormalizer,
+               "none": lambda: _no_normalization}
+_BUILT: dict = {}
+
+
+def get_normalizer(name: str = "spoken"):
+    """The scoring normaliser called ``name`` (see :data:`NORMALIZERS`), built once."""
+    if name not in NORMALIZERS:
+        raise ValueError(f"unknown normalizer {name!r} (choose from {', '.join(NORMALIZERS)})")
+    if name not in _BUILT:
+        _BUILT[name] = NORMALIZERS[name]()
+    return _BUILT[name]
