@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from speechllm.generation import GenerationOptions, LlamaRunner, generate
+from speechllm.generation import GenerationOptions, generate
 from speechllm.quant import QuantLinear, QuantSpec
 from speechllm.quant import backends as kernels
 from speechllm.quant.model import (
@@ -282,31 +282,30 @@ def test_lora_saves_as_peft_folder_and_merges_by_requantizing(tmp_path):
 # --- generation ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("quantized", [False, True])
-def test_runner_greedy_equals_transformers_generate(quantized):
+def test_engine_greedy_equals_transformers_generate(quantized):
     model = tiny_llama(tie=False, seed=3)
     if quantized:
         quantize(model, QuantConfig(bits=8, group_size=-1))
     prompt = ids(1, 7, seed=4)
     with torch.no_grad():
         hf = model.generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-    ours = generate(model, prompt, GenerationOptions(max_new_tokens=12, eos_token_id=-1))
-    assert ours.tokens == hf[0, 7:].tolist() and not ours.finished
+    for speculative in (False, True):
+        ours = generate(model, prompt, GenerationOptions(max_new_tokens=12, eos_token_id=-1,
+                                                         stop_repetition=False, speculative=speculative))
+        assert ours.tokens == hf[0, 7:].tolist() and not ours.finished and ours.stop == "length"
 
 
-def test_beam_and_sampling_share_the_runner():
+def test_beam_and_sampling_share_the_engine():
     model = tiny_llama(tie=False, seed=3)
     prompt = ids(1, 5, seed=6)
-    runner = LlamaRunner(model, 40)
-    greedy = generate(model, prompt, GenerationOptions(max_new_tokens=10, eos_token_id=-1), runner)
-    beam1 = generate(model, prompt, GenerationOptions(max_new_tokens=10, eos_token_id=-1, beam_size=1),
-                     runner)
-    top1 = generate(model, prompt, GenerationOptions(max_new_tokens=10, eos_token_id=-1, temperature=0.7,
-                                                     top_k=1, seed=0), runner)
+    base = dict(max_new_tokens=10, eos_token_id=-1, stop_repetition=False)
+    greedy = generate(model, prompt, GenerationOptions(**base))
+    beam1 = generate(model, prompt, GenerationOptions(**base, beam_size=1))
+    top1 = generate(model, prompt, GenerationOptions(**base, temperature=0.7, top_k=1, seed=0))
     assert greedy.tokens == beam1.tokens == top1.tokens
-    a, b = (generate(model, prompt, GenerationOptions(max_new_tokens=10, eos_token_id=-1, temperature=1.5,
-                                                      seed=7), runner) for _ in range(2))
+    a, b = (generate(model, prompt, GenerationOptions(**base, temperature=1.5, seed=7)) for _ in range(2))
     assert a.tokens == b.tokens
-    beams = generate(model, prompt, GenerationOptions(max_new_tokens=6, eos_token_id=-1, beam_size=3), runner)
+    beams = generate(model, prompt, GenerationOptions(**{**base, "max_new_tokens": 6}, beam_size=3))
     assert len(beams.tokens) == 6
     with torch.no_grad():  # the best beam scores at least as well as greedy under the model
         def score(tokens):

@@ -30,6 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.adapters import Adapter, AdapterOutput, adapter_class, build_adapter
+from speechllm.generation import (
+    Generation,
+    GenerationOptions,
+    Reply,
+    decode_text,
+    open_state,
+    run_decoder,
+    token_stream,
+)
 from speechllm.speechlm.backbone import SpeechEncoder, load_backbone, load_encoder
 from speechllm.speechlm.ctc_beam import (
     CTCBeamOptions,
@@ -37,7 +46,6 @@ from speechllm.speechlm.ctc_beam import (
     LLMPrefixScorer,
     document_start_id,
 )
-from speechllm.speechlm.generate import Generation, GenerationOptions, LMState, decode_text, run_decoder
 
 # ---------------------------------------------------------------- options
 
@@ -455,38 +463,43 @@ class SpeechLLM(nn.Module):
                 return [replies[i] for i in range(len(instructions))]
         with self.text_mode() if audio is None else nullcontext():
             spliced = self._prefill(audio, instructions)
-            state = LMState(self.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids)
-            results = run_decoder(state, self._stop_ids, options)
+            state = self._open(spliced, options)
+            seed = self.draft_seed(instructions[0], audio is not None) if len(instructions) == 1 else ()
+            results = run_decoder(state, self._stop_ids, options, seed)
         return [Generation(tuple(tokens), decode_text(self.tokenizer, tokens), logprob, stop)
                 for tokens, logprob, stop in results]
+
+    def _open(self, spliced: Spliced, options: GenerationOptions):
+        """The decoding engine's state, prefilled from the spliced embeddings."""
+        capacity = spliced.embeds.shape[1] + options.max_new_tokens + options.draft_tokens + 1
+        return open_state(self.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids,
+                          options.engine, capacity)
+
+    def draft_seed(self, instruction_text: str, has_audio: bool) -> list[int]:
+        """Token ids a reply may copy from (the speculative drafter's prompt): the rendered prompt's
+        text (a passage or question typed in the instruction)."""
+        before, after = self.prompt_ids(instruction_text, has_audio)
+        return before + after
 
     @torch.no_grad()
     def stream(self, audio: np.ndarray | None, instruction_text: str,
                options: GenerationOptions = DEFAULT_OPTIONS) -> Iterator[str]:
-        """Greedy reply to one clip (or text prompt), yielded as text pieces as tokens arrive."""
-        from speechllm.speechlm.generate import RepetitionGuard, greedy_steps
-
-        guard = RepetitionGuard() if options.stop_repetition else None
+        """Greedy reply to one clip (or text prompt), yielded as text pieces as tokens arrive; a
+        forming loop is held back, so the text shown never goes beyond where generate() cuts it."""
         with self.text_mode() if audio is None else nullcontext():
             spliced = self._prefill(None if audio is None else [audio], [instruction_text])
-            state = LMState(self.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids)
-            tokens: list[int] = []
+            state = self._open(spliced, options)
+            reply = Reply(self._stop_ids, options)
             shown = ""
-            for step in greedy_steps(state, self._stop_ids, options.max_new_tokens):
-                token = int(step[0])
-                if token < 0 or token in self._stop_ids:
+            seed = self.draft_seed(instruction_text, audio is not None)
+            for token, logprob in token_stream(state, self._stop_ids, options, seed):
+                if not reply.add(token, logprob):
                     break
-                tokens.append(token)
-                cut = guard.cut(tokens) if guard else None
-                if cut is not None:  # the same reply as generate(): the loop's first pass only
-                    tokens = tokens[:cut]
-                    break
-                settled = len(tokens) - (guard.held(tokens) if guard else 0)  # a loop may be forming
-                text = decode_text(self.tokenizer, tokens[:settled], strip=False).lstrip()
+                text = decode_text(self.tokenizer, reply.tokens[:reply.settled()], strip=False).lstrip()
                 if not text.endswith("\ufffd") and len(text) > len(shown):  # whole characters only
                     yield text[len(shown):]
                     shown = text
-            text = decode_text(self.tokenizer, tokens)
+            text = decode_text(self.tokenizer, reply.tokens)
             if len(text) > len(shown):
                 yield text[len(shown):]
 
