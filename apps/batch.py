@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
+from speechllm.files import atomic_write_text
+
+from speechllm.audio import AUDIO_SUFFIXES  # libsndfile's formats and PyAV's containers (m4a, webm, ...)
+
 MANIFEST_SUFFIXES = (".jsonl",)
 
 
@@ -105,10 +108,7 @@ def read_finished(output: Path) -> dict[str, dict]:
             continue  # a line cut short by a kill
         if isinstance(row, dict) and isinstance(row.get("audio"), str) and not row.get("error"):
             kept.setdefault(same_file(row["audio"]), row)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()),
-                   encoding="utf-8")
-    os.replace(tmp, output)
+    atomic_write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()))
     return kept
 
 

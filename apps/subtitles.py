@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from speechllm.files import atomic_write_text
 from speechllm.transcriber import Transcript
 
 
@@ -85,10 +86,5 @@ def write_transcript(transcript: Transcript, audio: str, folder: Path, fmt: str,
     """Write ``<folder>/<stem>.<fmt>`` atomically (default stem: the audio's); returns the path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem or Path(audio).stem}.{fmt}"
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(FORMATS[fmt](transcript), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, FORMATS[fmt](transcript))
     return path

@@ -132,6 +132,7 @@ CONFIGS: dict[str, tuple[dict, int]] = {
 
 
 def quality(args: argparse.Namespace) -> None:
+    from speechllm.files import atomic_write_json
     from speechllm.llm import load_llm
     from speechllm.quant.calibrate import perplexity
     from speechllm.quant.model import QuantConfig, calibration_batches, quantize, weight_bytes
@@ -146,9 +147,7 @@ def quality(args: argparse.Namespace) -> None:
     def save(name: str, row: dict) -> None:
         results[name] = row
         results_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(results_path)
+        atomic_write_json(results_path, results, indent=1)
 
     if "fp32" not in results:
         save("fp32", {"ppl": perplexity(model, evals), "mb": weight_bytes(model) / 2**20, "seconds": 0.0})

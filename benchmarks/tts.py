@@ -197,7 +197,7 @@ def main() -> None:
         for r in stages:
             print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
     if args.json:
-        from speechllm.speechlm.io import atomic_write_text
+        from speechllm.files import atomic_write_text
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps({"threads": args.threads, "voices": results,

@@ -37,6 +37,7 @@ from typing import Any
 from speechllm.audio import SAMPLE_RATE, write_audio
 from speechllm.data_recipes import voices
 from speechllm.data_recipes.recipes import RECIPES, SPLITS, Item, get_recipe, plan
+from speechllm.files import atomic_write_json
 from speechllm.manifest import ManifestRow, read_manifest, write_manifest
 
 SYNTH_VERSION = 1  # part of every shard fingerprint: bump when the audio for an item changes
@@ -113,15 +114,6 @@ def fingerprint(items: Iterable[Item]) -> str:
     return hashlib.sha1(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def _row(item: Item, path: Path, seconds: float) -> ManifestRow:
     extra = {"id": item.id, "split": item.split, "source": item.source, **dict(item.extra)}
     return ManifestRow(
@@ -168,7 +160,7 @@ def synth_shard(job: ShardJob) -> ShardResult:
     write_manifest(folder / "shard.jsonl", rows)
     t1 = os.times()
     cpu = sum(t1[:4]) - sum(t0[:4])
-    _write_json(
+    atomic_write_json(
         folder / "done.json",
         {
             "fingerprint": job.fingerprint,
@@ -177,6 +169,8 @@ def synth_shard(job: ShardJob) -> ShardResult:
             "skipped": skipped,
             "cpu_seconds": round(cpu, 2),
         },
+        indent=2,
+        ensure_ascii=False,
     )
     return ShardResult(job.name, len(rows), seconds, tuple(skipped), True, cpu)
 
@@ -318,7 +312,7 @@ def build(
             "audio_hours_per_cpu_hour": round(built_hours / cpu_hours, 1) if cpu_hours else None,
         },
     }
-    _write_json(out / "stats.json", stats)
+    atomic_write_json(out / "stats.json", stats, indent=2, ensure_ascii=False)
     return BuildResult(out, stats, len(todo), len(shard_jobs) - len(todo))
 
 

@@ -48,7 +48,7 @@ def register_text(parser: argparse.ArgumentParser) -> None:
 
 
 def run_text(args: argparse.Namespace) -> int:
-    from speechllm.speechlm.io import atomic_write_text
+    from speechllm.files import atomic_write_text
 
     plan = []
     for spec in args.recipe:

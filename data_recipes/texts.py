@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from speechllm.files import atomic_write_json
 from speechllm.text_normalize import MONTHS, clean_unicode, number_to_words, spoken_form
 
 QUIZ_DIR = Path("/usr/share/games/bsdgames/quiz")
@@ -110,9 +111,7 @@ def bible(module: str) -> dict[str, str]:
     verses = parse_osis(_diatheke(module))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(verses, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(cache)
+        atomic_write_json(cache, verses, durable=False, ensure_ascii=False)
     except OSError:
         pass  # a read-only home only costs the next process another parse
     return verses

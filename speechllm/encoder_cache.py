@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from speechllm.speechlm.io import atomic_save_tensors
+from speechllm.files import atomic_save_tensors
 
 
 class EncoderCache:

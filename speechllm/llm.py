@@ -15,7 +15,6 @@ keyed by the GGUF file's SHA-256 and the format asked for), which later starts l
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .files import fsync_dir, fsync_tree
+from .files import atomic_folder
 from .quant.formats import INT8, QuantizedWeight, QuantSpec, requantize
 from .quant.linear import QuantEmbedding, QuantLinear
 from .quant.model import (
@@ -92,29 +91,44 @@ def _from_gguf(path: Path, quant: str) -> tuple[nn.Module, Any]:
     if is_quantized_folder(folder):
         return _from_quantized(folder, "auto")
     model, tokenizer = _import_gguf(file, quant)
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     try:  # written aside, then renamed into place whole: a killed conversion leaves no half folder
-        save_quantized(model, tmp, tokenizer)
-        fsync_tree(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        fsync_dir(folder.parent)
+        with atomic_folder(folder) as tmp:
+            save_quantized(model, tmp, tokenizer)
     except OSError as exc:  # a read-only cache costs the next start time, not this one's result
         print(f"note: could not cache the converted model in {folder} ({exc})", file=sys.stderr)
     return model, tokenizer
 
 
 def _import_gguf(file: Path, quant: str) -> tuple[nn.Module, Any]:
+    """Llama-family GGUFs block by block (codes kept); other architectures (Gemma 3, ...) through
+    transformers' GGUF reader, which dequantizes, and then quantized here like a float model."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from .quant.gguf import read_gguf
+    from .quant.gguf import gguf_architecture, read_gguf
 
+    if not gguf_architecture(file).supported:
+        return _from_float_gguf(file, quant)
     checkpoint = read_gguf(file)
     raw = dict(checkpoint.config)
     config = AutoConfig.for_model(raw.pop("model_type"), **raw)
     model = build_model(config, _convert(checkpoint.tensors, quant))
     tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
     return model, tokenizer
+
+
+def _from_float_gguf(file: Path, quant: str) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
+    _quantize_float(model.eval(), quant)
+    return model, AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+
+
+def _quantize_float(model: nn.Module, quant: str) -> None:
+    if quant in ("auto", "int4"):
+        quantize(model, QuantConfig(method="rtn", bits=4, group_size=32))
+    elif quant == "int8":
+        quantize(model, QuantConfig(method="rtn", bits=8, group_size=-1))
 
 
 def _from_quantized(path: Path, quant: str) -> tuple[nn.Module, Any]:
@@ -130,10 +144,7 @@ def _from_hf(path: Path, quant: str) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    if quant in ("auto", "int4"):
-        quantize(model, QuantConfig(method="rtn", bits=4, group_size=32))
-    elif quant == "int8":
-        quantize(model, QuantConfig(method="rtn", bits=8, group_size=-1))
+    _quantize_float(model, quant)
     return model, AutoTokenizer.from_pretrained(str(path))
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from speechllm.files import fsync_dir
+from speechllm.files import atomic_open
 
 
 class ManifestError(ValueError):
@@ -259,32 +258,22 @@ def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.absolute()
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     errors: list[str] = []
     count = 0
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for count, row in enumerate(rows, 1):
-                reasons = check_row(row)
-                if not reasons:
-                    try:
-                        line = json.dumps(row_to_dict(row, base), ensure_ascii=False, allow_nan=False)
-                    except (TypeError, ValueError) as exc:
-                        reasons = [f"cannot be written as JSON ({exc})"]
-                if reasons:
-                    errors.append(f"row {count}: {'; '.join(reasons)}")
-                elif not errors:
-                    f.write(line + "\n")
-            if errors:
-                raise ManifestError(path, errors)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(base)
+    with atomic_open(path, "w", newline="\n") as f:
+        for count, row in enumerate(rows, 1):
+            reasons = check_row(row)
+            if not reasons:
+                try:
+                    line = json.dumps(row_to_dict(row, base), ensure_ascii=False, allow_nan=False)
+                except (TypeError, ValueError) as exc:
+                    reasons = [f"cannot be written as JSON ({exc})"]
+            if reasons:
+                errors.append(f"row {count}: {'; '.join(reasons)}")
+            elif not errors:
+                f.write(line + "\n")
+        if errors:
+            raise ManifestError(path, errors)
     return count
 
 

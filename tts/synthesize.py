@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text
+from speechllm.files import atomic_save_tensors, atomic_write_text
 from speechllm.tts.flow import FlowConfig, FlowMatching
 from speechllm.tts.lm import LMConfig, SamplingOptions, TextSpeechLM, split_words
 from speechllm.tts.text import prepare_text, sentence_streams, sentences

@@ -12,7 +12,6 @@ passage per line).
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 HELP = "quantize an LLM (RTN, AWQ or QUAD; int4/int8 weights, 4/8/16-bit activations) into a model folder"
@@ -67,6 +66,7 @@ def _mb(n: int) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from speechllm.files import atomic_folder
     from speechllm.llm import load_llm
     from speechllm.quant.calibrate import perplexity
     from speechllm.quant.model import (
@@ -121,12 +121,8 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         ppl_after = perplexity(model, evals)
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_quantized(model, tmp, tokenizer)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:  # a killed run leaves the old folder (or none), never half of one
+        save_quantized(model, tmp, tokenizer)
     on_disk = sum(p.stat().st_size for p in out.iterdir() if p.suffix == ".safetensors")
     size_after = weight_bytes(model, include_prepared=False)
     print(f"{config.method} W{config.bits}A{config.act_bits}: {_mb(size_after)} of weights "

@@ -75,18 +75,16 @@ def run(args: argparse.Namespace) -> int:
         seconds = len(audio) / voice.sample_rate
         first = None
     else:
-        tmp = out.with_name(f".{out.name}.tmp")
+        from speechllm.files import atomic_path
+
         samples, first = 0, None
-        try:
+        with atomic_path(out, durable=False) as tmp:  # a failure (or Ctrl-C) leaves no temp file behind
             with sf.SoundFile(str(tmp), "w", voice.sample_rate, 1, format=fmt) as f:
                 for chunk in voice.synthesize(text, stream=True):
                     if first is None:
                         first = time.perf_counter() - start
                     f.write(np.asarray(chunk, dtype=np.float32))
                     samples += len(chunk)
-            tmp.replace(out)
-        finally:  # a failure (or Ctrl-C) leaves no half-written temp file behind
-            tmp.unlink(missing_ok=True)
         seconds = samples / voice.sample_rate
     elapsed = time.perf_counter() - start
     rtf = elapsed / seconds if seconds else float("nan")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..files import atomic_write_json
 from .formats import QuantizedWeight, QuantSpec, pack_int4
 
 
@@ -247,9 +248,7 @@ def _save_choices() -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(_CHOICES, indent=0, sort_keys=True))
-        tmp.replace(path)
+        atomic_write_json(path, _CHOICES, durable=False, indent=0, sort_keys=True)
     except OSError:
         pass
 

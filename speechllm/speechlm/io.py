@@ -18,70 +18,28 @@ damaged one without loading a model (safetensors headers against file sizes, JSO
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from speechllm.files import fsync_dir, fsync_file, fsync_tree  # noqa: F401  (re-exported)
+from speechllm.files import (  # noqa: F401  (re-exported: the trainers import them from here)
+    atomic_folder,
+    atomic_save_tensors,
+    atomic_write_text,
+    fsync_dir,
+    fsync_file,
+    fsync_tree,
+    replace_folder,
+)
 from speechllm.speechlm.model import SpeechLLM, SpeechLLMConfig
 
 FORMAT, VERSION = "speechllm", 2  # 2: encoder_trainable_layers
 CONFIG_FILE, ADAPTER_FILE, LORA_DIR = "config.json", "adapter.safetensors", "lora"
 ENCODER_FILE = "encoder.safetensors"
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-# ---------------------------------------------------------------- durable, atomic writes
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
-                        metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o644)
-        fsync_file(tmp)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def replace_folder(new: Path, final: Path) -> None:
-    """Move the finished folder ``new`` to ``final``, replacing what was there: ``new`` is made
-    durable first, and what ``final`` held is renamed away before it is deleted, so a crash never
-    leaves a half-deleted folder under the final name."""
-    fsync_tree(new)
-    old = _tmp_name(final)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(new, final)
-    fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- checked reads
@@ -138,9 +96,8 @@ def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | N
     if model.has_lora:
         for peft_config in model.llm.peft_config.values():  # peft would record the local folder
             peft_config.base_model_name_or_path = peft_base_name(model.config.llm)
-        tmp = _tmp_name(folder / LORA_DIR)
-        model.llm.save_pretrained(str(tmp), save_embedding_layers=False)
-        replace_folder(tmp, folder / LORA_DIR)
+        with atomic_folder(folder / LORA_DIR) as tmp:
+            model.llm.save_pretrained(str(tmp), save_embedding_layers=False)
     elif (folder / LORA_DIR).exists():
         shutil.rmtree(folder / LORA_DIR)
     config = model.config.to_dict()
