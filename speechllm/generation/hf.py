@@ -54,7 +54,7 @@ class HFState:
         """Forget the last ``n`` tokens fed; ``logits`` [rows, V] are the next-token logits after that."""
         if n:
             self.mask = self.mask[:, :-n]
-            self.cache.crop(self.mask.shape[1])
+            self.cache.crop(-n)  # negative: drop that many (transformers 4.x and 5.x)
             self.next_position = self.next_position - n
         self.logits = logits
 

@@ -1,0 +1,216 @@
+"""The decoding engine: every strategy on the static-cache engine and on the Hugging Face fallback,
+the registry that picks them, and speculative decoding that gives greedy's output exactly."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from speechllm.generation import (
+    BeamSearchDecoder,
+    DraftStats,
+    GenerationOptions,
+    HFState,
+    Reply,
+    SamDrafter,
+    StaticState,
+    SuffixAutomaton,
+    generate,
+    open_state,
+    run_decoder,
+    state_class,
+    token_stream,
+)
+
+VOCAB = 96
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add overhead
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=0.2, eos_token_id=0, bos_token_id=1)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=256,
+                                      eos_token_id=0, bos_token_id=1)).eval()
+
+
+def prompt(seed: int, n: int = 9) -> torch.Tensor:
+    return torch.randint(2, VOCAB, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def opts(**kw) -> GenerationOptions:
+    return GenerationOptions(**{"max_new_tokens": 40, "eos_token_id": 0, **kw})
+
+
+# --- the suffix automaton -------------------------------------------------------------------------
+
+def test_the_automaton_holds_every_substring_and_nothing_else():
+    text = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 1, 4]
+    sam = SuffixAutomaton(text)
+
+    def walk(seq):
+        s = 0
+        for t in seq:
+            if t not in sam.next[s]:
+                return None
+            s = sam.next[s][t]
+        return s
+
+    subs = {tuple(text[i:j]) for i in range(len(text)) for j in range(i + 1, len(text) + 1)}
+    for sub in subs:
+        state = walk(sub)
+        assert state is not None
+        end = sam.end[state]  # a place where it really ends
+        assert tuple(text[end - len(sub) + 1:end + 1]) == sub
+    assert walk([1, 1]) is None and walk([4, 4]) is None and walk([9, 3, 1, 4, 1]) is None
+    assert len(sam.length) <= 2 * len(text)  # linear size
+
+
+def test_the_drafter_proposes_what_followed_the_match():
+    drafter = SamDrafter([10, 11, 12, 13, 14, 15, 16], min_match=2)
+    for t in (20, 11, 12):
+        drafter.append(t)
+    assert drafter.draft(3) == [13, 14, 15]
+    drafter.append(99)  # no match: no draft
+    assert drafter.draft(3) == []
+    drafter.append(11)
+    assert drafter.draft(3) == []  # one token matched: under min_match
+    for t in (20, 11):  # "20 11" last came in the reply itself, followed by 12 99
+        drafter.append(t)
+    assert drafter.draft(2) == [12, 99]
+
+
+# --- the registry -----------------------------------------------------------------------------------
+
+def test_registry_picks_the_engine_by_model_type():
+    assert state_class(tiny_llama()) is StaticState
+    assert state_class(tiny_gpt2()) is HFState
+    assert state_class(tiny_llama(), "hf") is HFState
+    with pytest.raises(ValueError, match="unknown engine"):
+        state_class(tiny_llama(), "onnx")
+
+
+# --- every strategy on both engines -----------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ["auto", "hf"])
+def test_static_engine_equals_transformers_and_the_fallback(engine):
+    model = tiny_llama(1)
+    ids = prompt(3)
+    with torch.no_grad():
+        hf = model.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ours = generate(model, ids, opts(max_new_tokens=16, eos_token_id=-1, stop_repetition=False,
+                                     speculative=False, engine=engine))
+    assert ours.tokens == hf[0, 9:].tolist()
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2])
+def test_every_strategy_runs_on_each_engine(make):
+    model = make()
+    ids = prompt(5)
+    greedy = generate(model, ids, opts(speculative=False, stop_repetition=False))
+    with torch.no_grad():  # the beam search with one beam picks greedy's tokens
+        state = open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),
+                           torch.arange(ids.shape[1])[None])
+        beam1 = BeamSearchDecoder([0], opts(stop_repetition=False)).run(state)[0][0]
+    assert beam1 == greedy.tokens[:len(beam1)] and len(beam1) >= min(len(greedy.tokens), 40)
+    top1 = generate(model, ids, opts(temperature=0.8, top_k=1, seed=0, stop_repetition=False))
+    assert top1.tokens == greedy.tokens
+    a, b = (generate(model, ids, opts(temperature=1.2, top_p=0.9, seed=3)) for _ in range(2))
+    assert a.tokens == b.tokens
+    beam = generate(model, ids, opts(beam_size=3, max_new_tokens=8))
+    assert 0 < len(beam.tokens) <= 8
+    assert generate(model, ids, opts(stop_repetition=False)).tokens == greedy.tokens  # speculative
+
+
+def test_batched_left_padded_rows_equal_single_rows_on_the_static_engine():
+    model = tiny_llama(2)
+    embed = model.get_input_embeddings()
+    rows = [prompt(7, 5)[0], prompt(8, 9)[0]]
+    width = 9
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    for options in (opts(speculative=False), opts(beam_size=2, max_new_tokens=10)):
+        with torch.no_grad():
+            batched = run_decoder(open_state(model, embed(ids), mask, positions), [0], options)
+            fallback = run_decoder(open_state(model, embed(ids), mask, positions, "hf"), [0], options)
+            single = [run_decoder(open_state(model, embed(r[None]), torch.ones(1, len(r), dtype=torch.long),
+                                             torch.arange(len(r))[None]), [0], options)[0] for r in rows]
+        assert [b[0] for b in batched] == [s[0] for s in single] == [f[0] for f in fallback]
+
+
+# --- speculative decoding: greedy's output, token for token -----------------------------------------
+
+def _stream(model, ids, options, seed, engine="auto"):
+    stats = DraftStats()
+    with torch.no_grad():
+        state = open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),
+                           torch.arange(ids.shape[1])[None], engine)
+        reply = Reply([0], options)
+        for token, logprob in token_stream(state, [0], options, seed, stats):
+            if not reply.add(token, logprob):
+                break
+    return reply, stats
+
+
+@pytest.mark.parametrize("engine", ["auto", "hf"])
+@pytest.mark.parametrize("budget", [40, 7])
+def test_speculative_equals_greedy_on_copy_heavy_and_free_prompts(engine, budget):
+    model = tiny_llama(4)
+    for seed in range(4):
+        ids = prompt(seed)
+        options = opts(max_new_tokens=budget, stop_repetition=False, speculative=False)
+        greedy, _ = _stream(model, ids, options, ())
+        spec = opts(max_new_tokens=budget, stop_repetition=False, draft_tokens=5)
+        wrong = list(greedy.tokens)
+        wrong[len(wrong) // 2] = (wrong[len(wrong) // 2] + 1) % VOCAB  # a draft that goes wrong midway
+        seeds = {
+            "copy": ids[0].tolist() + list(greedy.tokens),  # the reply is in the prompt: drafts right
+            "half": ids[0].tolist() + wrong,  # right until the changed token, then rolled back
+            "free": prompt(100 + seed, 30)[0].tolist(),  # unrelated text: drafts mostly wrong
+        }
+        for name, draft_seed in seeds.items():
+            reply, stats = _stream(model, ids, spec, draft_seed, engine)
+            assert (reply.tokens, reply.stop) == (greedy.tokens, greedy.stop), (seed, name)
+            assert abs(reply.logprob - greedy.logprob) < 1e-3
+            assert len(reply.tokens) <= budget
+            if name == "copy" and len(greedy.tokens) > 3:
+                assert stats.accepted > 0 and stats.passes < len(greedy.tokens)
+
+
+def test_speculation_stops_where_greedy_does_at_a_loop():
+    model = tiny_llama(4)
+    for seed in range(6):
+        ids = prompt(seed)
+        greedy, _ = _stream(model, ids, opts(max_new_tokens=80, speculative=False), ())
+        spec, stats = _stream(model, ids, opts(max_new_tokens=80, draft_tokens=6),
+                              ids[0].tolist() + list(greedy.tokens))
+        assert (spec.tokens, spec.stop) == (greedy.tokens, greedy.stop)
+
+
+def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_path):
+    import numpy as np
+
+    from speechllm.speechlm import SpeechLLM, SpeechLLMConfig
+    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
+
+    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")),
+                             llm=str(make_tiny_llm(tmp_path / "l")), adapter="linear")
+    model = SpeechLLM.build(config).eval()
+    clip = np.random.default_rng(0).standard_normal(12000).astype(np.float32) * 0.1
+    question = "Answer this question about the speech: hello world the weather will be sunny tomorrow"
+    for audio in ([clip], None):
+        plain = model.generate(audio, question, GenerationOptions(max_new_tokens=30, speculative=False))[0]
+        fast = model.generate(audio, question, GenerationOptions(max_new_tokens=30))[0]
+        fallback = model.generate(audio, question, GenerationOptions(max_new_tokens=30, engine="hf"))[0]
+        assert plain.tokens == fast.tokens == fallback.tokens and plain.stop == fast.stop
+        streamed = "".join(model.stream(None if audio is None else clip, question,
+                                        GenerationOptions(max_new_tokens=30)))
+        assert streamed == fast.text
