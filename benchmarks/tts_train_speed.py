@@ -78,7 +78,7 @@ def main() -> None:
 
     import torch
 
-    from speechllm.transcriber import pick_device
+    from speechllm.device import pick_device
     from speechllm.tts.data import write_random_cache
 
     device = pick_device(args.device)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from speechllm.audio import SAMPLE_RATE, AudioError, audio_info, stream_audio
+from speechllm.device import pick_device
 from speechllm.segment import AudioSegment, segment_stream
 
 AudioSource = str | Path | np.ndarray
@@ -41,12 +42,6 @@ class Transcript:
 
 
 SegmentText = tuple[str, str | None]  # a decoded segment's text and why its generation ended
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Segmenter:

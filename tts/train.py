@@ -33,10 +33,10 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from speechllm.device import pick_device
 from speechllm.schedule import warmup_cosine
 from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text
 from speechllm.train import OPTIMIZER_FILE, STATE_FILE, load_optimizer_state
-from speechllm.transcriber import pick_device
 from speechllm.tts.data import Corpus, asr_corpus, char_ids, chars_text, load_corpus, save_tokens
 
 MODEL_FILE, CONFIG_FILE, CHECKPOINT = "model.safetensors", "config.json", "checkpoint"

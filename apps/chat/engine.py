@@ -74,8 +74,8 @@ Event = TextDelta | SpeechChunk | Notice | TurnDone
 
 def load_chat_model(model: str, quant: str = "saved", device: str | None = None):
     """A speech-LLM by model folder or zoo name; ``quant`` re-loads its LLM in another format."""
+    from speechllm.device import pick_device
     from speechllm.speechlm import is_speechlm_folder, load_backbone, load_speechlm, read_config
-    from speechllm.transcriber import pick_device
     from speechllm.zoo import resolve
 
     if quant not in QUANT_CHOICES:

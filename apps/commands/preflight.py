@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from speechllm.device import check_device  # noqa: F401  (the commands' preflight names it)
+
 
 def _short(value: str, limit: int = 40) -> str:
     """A user's value for an error line: a 50,000-character argument is not echoed whole."""
@@ -63,33 +65,6 @@ def check_output_dir(path: str | Path, flag: str) -> Path:
 
 
 # ---------------------------------------------------------------- device and language
-
-
-def check_device(device: str | None, flag: str = "--device") -> None:
-    """``auto``, or a device this torch can use: ``--device cuda`` on a CPU-only build fails here,
-    in one line, not in the middle of loading a model."""
-    if device in (None, "auto"):
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"{flag} {_short(device)}: not a device (cpu, cuda, cuda:1, mps, auto)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
-            raise ValueError(f"{flag} {device}: CUDA is not available ({why}; torch {torch.__version__}); "
-                             "use --device cpu or auto")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"{flag} {device}: there is no such GPU ({count} visible: "
-                             f"cuda:0 to cuda:{count - 1})")
-    elif dev.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(f"{flag} {device}: Apple MPS is not available here; use --device cpu or auto")
-    elif dev.type != "cpu":
-        raise ValueError(f"{flag} {device}: unsupported device type {dev.type!r} (cpu, cuda, mps, auto)")
 
 
 def check_language(value: str, flag: str = "--to") -> str:

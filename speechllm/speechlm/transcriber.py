@@ -13,9 +13,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from speechllm.device import pick_device
 from speechllm.speechlm.generate import GenerationOptions
 from speechllm.speechlm.model import SpeechLLM, instruction, language_name
-from speechllm.transcriber import SegmentText, WhisperTranscriber, make_segmenter, pick_device
+from speechllm.transcriber import SegmentText, WhisperTranscriber, make_segmenter
 
 # tasks whose reply says what the audio says (in some language): their length follows the audio's
 TASKS_BOUND_TO_AUDIO = ("transcribe", "translate")
