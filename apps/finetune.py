@@ -44,6 +44,15 @@ class DataOptions:
 
 
 @dataclass(frozen=True)
+class Base:
+    """The trained speech-LLM a run starts from, and what the run adds to it."""
+
+    model: str  # folder or zoo name
+    lora_rank: int = 0  # > 0: a fresh LoRA of this rank on a base without one
+    encoder_layers: int = 0  # > 0: fine-tune this many top encoder blocks of a base with a frozen encoder
+
+
+@dataclass(frozen=True)
 class PreparedData:
     train: str  # manifest paths handed to the trainer
     eval: str | None
@@ -56,7 +65,8 @@ def is_manifest(path: str | Path) -> bool:
 
 def read_source(src: str | Path, options: DataOptions) -> tuple[list[ManifestRow], list[str]]:
     """Rows of a manifest or of an importable corpus, and every problem (FILE:LINE or AUDIO: reason)."""
-    from speechllm.train import ROW_TASKS, check_manifests
+    from speechllm.speechlm.tasks import row_tasks
+    from speechllm.train import check_manifests
 
     if is_manifest(src) and options.layout in (None, "manifest"):
         try:
@@ -67,7 +77,7 @@ def read_source(src: str | Path, options: DataOptions) -> tuple[list[ManifestRow
             from speechllm.manifest import validate_manifest
 
             rows, _ = validate_manifest(src, check_audio=True)
-            return [r for r in rows if not _too_long(r, options) and r.task in ROW_TASKS], exc.errors
+            return [r for r in rows if not _too_long(r, options) and r.task in row_tasks()], exc.errors
     from speechllm.data_recipes.importers import ImportOptions, import_corpus
 
     layout = options.layout or "folder"
@@ -193,11 +203,11 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
     return ", ".join(parts) or json.dumps({k: v for k, v in metrics.items() if isinstance(v, float)})
 
 
-def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
+def adapt(config, base: Base | None, prepared: PreparedData) -> dict[str, Any]:
     """Evaluate the base model, train from it (or from scratch without ``base``), evaluate after.
 
-    ``config`` is a :class:`speechllm.train.TrainConfig` naming the prepared manifests; returns
-    the report also written to ``OUT/adaptation.json``.
+    ``config`` is a :class:`speechllm.train.TrainConfig` naming the prepared manifests (with a
+    ``base``, its model is the base's); returns the report also written to ``OUT/adaptation.json``.
     """
     import torch
 
@@ -210,9 +220,9 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
     out = Path(config.out)
     if base is not None:  # bad rows before the base model loads (the trainer checks again, durations too)
         check_manifests([m for m in (prepared.train, prepared.eval) if m], None)
-        check_model(base, needs_speechlm=True, flag="--base", task="finetune")  # damaged files: one line
+        check_model(base.model, needs_speechlm=True, flag="--base", task="finetune")  # damaged: one line
     report_path = out / REPORT_FILE
-    report: dict[str, Any] = {"base": base, "train": prepared.train, "eval": prepared.eval}
+    report: dict[str, Any] = {"base": base and base.model, "train": prepared.train, "eval": prepared.eval}
     if config.resume and report_path.is_file():
         report = {**json.loads(report_path.read_text(encoding="utf-8")), **report}
     eval_rows = eval_subset(read_manifest(prepared.eval), config.eval_max_rows, config.seed) \
@@ -224,16 +234,11 @@ def adapt(config, base: str | None, prepared: PreparedData) -> dict[str, Any]:
         if resuming:
             model_config, _ = read_config(latest_checkpoint(out))
         else:
-            model, model_config = load_base(base, config.lora_rank, config.train_encoder_layers)
-        config = replace(config, encoder=model_config.encoder, encoder_kind=model_config.encoder_kind,
-                         train_encoder_layers=model_config.encoder_trainable_layers,
-                         adapter=model_config.adapter, adapter_options=dict(model_config.adapter_options),
-                         llm=model_config.llm, quant=model_config.quant,
-                         lora_rank=model_config.lora.rank if model_config.lora else 0,
-                         audio_first=model_config.prompt.audio_first)
+            model, model_config = load_base(base.model, base.lora_rank, base.encoder_layers)
+        config = replace(config, model=model_config)
     if base is not None and eval_rows and "before" not in report:
         if model is None:  # resumed after the base evaluation was lost: evaluate the base again
-            model, _ = load_base(base, config.lora_rank, config.train_encoder_layers)
+            model, _ = load_base(base.model, base.lora_rank, base.encoder_layers)
         print(f"evaluating the base model on {len(eval_rows)} held-out utterances ...", file=sys.stderr)
         device = torch.device(config.device if config.device != "auto" else
                               ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -152,3 +152,44 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
         replace_folder(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- checked reads
+
+
+def check_safetensors(path: str | Path) -> None:
+    """The file's header parses and agrees with its size (a truncated or overwritten file fails);
+    no tensor is read. ``ValueError`` names the file and the reason; a missing file is
+    ``FileNotFoundError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except Exception as exc:  # SafetensorError: header too large, incomplete metadata, ...
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise ValueError(f"{path}: corrupt or truncated safetensors file ({reason})") from None
+
+
+def load_tensors(path: str | Path) -> dict[str, Any]:
+    """``safetensors.torch.load_file`` with :func:`check_safetensors`'s errors."""
+    from safetensors.torch import load_file
+
+    check_safetensors(path)
+    return load_file(path)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object file; ``ValueError`` naming the file when it is not one (cut short, garbled)."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: corrupt JSON file ({exc})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: corrupt JSON file (a {type(document).__name__}, not an object)")
+    return document

@@ -1,7 +1,9 @@
 """Training a speech-LLM on mixed-task manifests: the loop behind ``speechllm finetune``.
 
-Read top-down: options → what each manifest task teaches → data (validation, dataset, resumable
-batch order, collate) → evaluation (WER/CER, BLEU, IFR, QA accuracy) → checkpoints → the loop.
+Read top-down: options → data (validation, dataset, resumable batch order, collate) → evaluation
+→ checkpoints → the run (:class:`Trainer`: setup → batches → loop, with evaluation and saving).
+What each manifest task teaches, and how it is scored, is the task registry's
+(``speechllm.speechlm.tasks``); how checkpoints are written and found, ``speechllm.checkpoints``'.
 
 * Every bad row of both manifests (bad JSON, missing fields, unreadable or empty audio, clips
   longer than the encoder takes) is reported, ``FILE:LINE: reason``, before a model is loaded.
@@ -10,23 +12,12 @@ batch order, collate) → evaluation (WER/CER, BLEU, IFR, QA accuracy) → check
   the rest of the encoder and the LLM stay frozen. AdamW, linear warm-up then cosine decay to
   10 %, gradient clipping, gradient accumulation.
 * Checkpoints: ``OUT/checkpoints/step-N/`` is a full model folder (config.json,
-  adapter.safetensors, encoder.safetensors with trained encoder layers, lora/) plus
-  ``optimizer.safetensors`` and ``trainer_state.json``, built in a temporary folder and renamed
-  into place; the newest two are kept, and ``OUT/`` itself is refreshed as the latest model
-  folder. ``resume`` starts from the newest complete checkpoint at its step, with the same batch
-  order as an uninterrupted run.
+  adapter.safetensors, encoder.safetensors with trained encoder layers, lora/) plus the optimizer
+  and trainer state (``speechllm.checkpoints``); the newest two are kept, and ``OUT/`` itself is
+  refreshed as the latest model folder. ``resume`` starts from the newest intact checkpoint at its
+  step, with the same batch order as an uninterrupted run.
 * Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs as DDP, one process per device; each rank
   reads its own shard of every batch order and rank 0 alone evaluates and writes.
-
-Instruction-following rate (IFR), per evaluated row: the reply is non-empty and does the kind of
-thing asked. We know what the audio says (the transcript, or the source text for translation);
-call *closeness* the character error rate of the reply against it. For ``transcribe`` the reply
-follows the instruction when it is a transcript, not a chat reply: closeness < 0.5 and at most
-twice the transcript's length (+10 characters). For every other task (translate, answer) it
-follows when it is *not* merely a transcript of the audio: closeness >= 0.5 (the SLAM-LLM failure
-mode: an ASR-trained model transcribes whatever it is asked). Rows whose spoken text is unknown
-count as followed when the reply is non-empty.
-QA accuracy: the normalised answer appears, as whole words, in the normalised reply.
 """
 
 from __future__ import annotations
@@ -36,12 +27,11 @@ import math
 import os
 import random
 import re
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,29 +39,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from speechllm import checkpoints
 from speechllm.encoder_cache import EncoderCache
 from speechllm.manifest import ManifestError, ManifestRow, validate_manifest
 from speechllm.schedule import warmup_cosine
 from speechllm.speechlm.generate import GenerationOptions
-from speechllm.speechlm.io import (
-    atomic_save_tensors,
-    atomic_write_text,
-    check_safetensors,
-    check_speechlm_files,
-    load_speechlm,
-    load_tensors,
-    read_json,
-    replace_folder,
-    save_speechlm,
-)
-from speechllm.speechlm.model import (
-    LANGUAGES,
-    LoraSpec,
-    PromptFormat,
-    SpeechLLM,
-    SpeechLLMConfig,
-    instruction,
-    pad_audio,
+from speechllm.speechlm.io import check_speechlm_files, load_speechlm, save_speechlm
+from speechllm.speechlm.model import SpeechLLM, SpeechLLMConfig, pad_audio
+from speechllm.speechlm.tasks import (  # noqa: F401  (answer_correct, follows_instruction: re-exported)
+    TASKS,
+    Example,
+    answer_correct,
+    example_of,
+    follows_instruction,
+    row_tasks,
 )
 
 # ---------------------------------------------------------------- options
@@ -79,19 +60,13 @@ from speechllm.speechlm.model import (
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """A training run: the model to build (``model``; a checkpoint's or a given model's own config
+    wins over it), the data, and how to train."""
+
     train: str
     out: str
     eval: str | None = None
-    adapter: str = "alignformer"
-    adapter_options: dict[str, Any] = field(default_factory=dict, hash=False)
-    encoder: str = "whisper-tiny.en"
-    encoder_kind: str = "whisper"
-    train_encoder_layers: int = 0  # fine-tune the encoder's top blocks too (0: frozen encoder)
-    llm: str = "smollm2-135m-instruct"
-    quant: str | None = None
-    lora_rank: int = 0  # 0: no LoRA
-    lora_alpha: float | None = None  # default 2 x rank
-    audio_first: bool = True
+    model: SpeechLLMConfig = field(default_factory=SpeechLLMConfig)
     steps: int = 1000
     batch_size: int = 8
     grad_accum: int = 1
@@ -122,14 +97,8 @@ class TrainConfig:
     progress: bool = True
 
     def model_config(self) -> SpeechLLMConfig:
-        lora = None
-        if self.lora_rank > 0:
-            lora = LoraSpec(rank=self.lora_rank, alpha=self.lora_alpha or 2.0 * self.lora_rank)
-        return SpeechLLMConfig(encoder=self.encoder, encoder_kind=self.encoder_kind,
-                               encoder_trainable_layers=self.train_encoder_layers, adapter=self.adapter,
-                               adapter_options=dict(self.adapter_options), llm=self.llm, quant=self.quant,
-                               lora=lora, prompt=PromptFormat(audio_first=self.audio_first),
-                               asr_decoder="ctc" if self.lm_weight == 0 else "llm")
+        """``model`` as built here: a CTC-only run (``lm_weight`` 0) transcribes with its CTC path."""
+        return self.model if self.lm_weight else replace(self.model, asr_decoder="ctc")
 
 
 @dataclass(frozen=True)
@@ -139,51 +108,6 @@ class TrainResult:
     start_step: int  # where this run began (> 0 when resumed)
     losses: tuple[float, ...]  # mean training loss of each optimizer step of this run
     evals: tuple[dict[str, Any], ...]
-
-
-# ---------------------------------------------------------------- what each manifest task teaches
-
-
-@dataclass(frozen=True)
-class Example:
-    task: str  # a speechllm.speechlm TASKS name
-    instruction: str
-    reply: str
-    spoken: str | None  # what the audio says, when known: CTC target and IFR reference
-
-
-def _reply(row: ManifestRow) -> str:
-    return (row.answer or row.text or "").strip()
-
-
-def _asr(row: ManifestRow) -> Example:
-    return Example("transcribe", instruction("transcribe"), row.text.strip(), row.text)
-
-
-def _st(row: ManifestRow) -> Example:
-    target = LANGUAGES.get(row.extra.get("target_lang", "en"), "English")
-    return Example("translate", instruction("translate", target=target), row.text.strip(),
-                   row.extra.get("source_text"))
-
-
-def _sqa(row: ManifestRow) -> Example:
-    spoken = row.text if row.answer else None  # with an answer, text is what the audio says
-    if row.prompt:  # a text question about a spoken passage
-        return Example("passage-question", instruction("passage-question", row.prompt), _reply(row), spoken)
-    return Example("spoken-question", instruction("spoken-question"), _reply(row), spoken)
-
-
-def _instruct(row: ManifestRow) -> Example:
-    return Example("instruct", instruction("instruct", row.prompt), _reply(row), row.extra.get("transcript"))
-
-
-ROW_TASKS: dict[str, Callable[[ManifestRow], Example]] = {
-    "asr": _asr, "tts": _asr, "st": _st, "sqa": _sqa, "instruct": _instruct,
-}
-
-
-def example_of(row: ManifestRow) -> Example:
-    return ROW_TASKS[row.task](row)
 
 
 # ---------------------------------------------------------------- data
@@ -204,9 +128,9 @@ def read_text_rows(path: str | Path) -> list[ManifestRow]:
             except json.JSONDecodeError as exc:
                 errors.append(f"{path}:{n}: not valid JSON ({exc.msg})")
                 continue
-            if not isinstance(obj, dict) or obj.get("task") not in ROW_TASKS:
+            if not isinstance(obj, dict) or obj.get("task") not in row_tasks():
                 task = obj.get("task") if isinstance(obj, dict) else None
-                errors.append(f"{path}:{n}: task {task!r} is not one of {', '.join(ROW_TASKS)}")
+                errors.append(f"{path}:{n}: task {task!r} is not one of {', '.join(row_tasks())}")
                 continue
             if any(obj.get(k) is not None and not isinstance(obj[k], str) for k in keys):
                 errors.append(f"{path}:{n}: {', '.join(keys)} must be strings")
@@ -256,7 +180,7 @@ def check_manifests(paths: Sequence[str | Path], max_seconds: float | None) -> l
             if max_seconds is not None and row.duration is not None and row.duration > max_seconds:
                 problems.append(f"{path}:{line}: audio {row.audio} is {row.duration:.1f} s, over the "
                                 f"encoder's {max_seconds:g} s (cut it with speechllm.segment first)")
-            elif row.task not in ROW_TASKS:
+            elif row.task not in row_tasks():
                 problems.append(f"{path}:{line}: task {row.task!r} is not trained here")
         if not rows and not problems:
             problems.append(f"{path}: no rows")
@@ -342,28 +266,6 @@ class BatchOrder(Sampler):
 # ---------------------------------------------------------------- evaluation
 
 
-def follows_instruction(task: str, reply: str, spoken: str | None) -> bool:
-    """The IFR test of one reply (see the module docstring)."""
-    from speechllm.metrics import char_error_rate
-    from speechllm.text_normalize import normalize
-
-    if not normalize(reply):
-        return False
-    if not spoken or not normalize(spoken):
-        return True
-    closeness = char_error_rate([spoken], [reply]).rate
-    if task == "transcribe":
-        return closeness < 0.5 and len(normalize(reply)) <= 2 * len(normalize(spoken)) + 10
-    return closeness >= 0.5
-
-
-def answer_correct(answer: str, reply: str) -> bool:
-    from speechllm.text_normalize import normalize
-
-    a, r = normalize(answer).split(), normalize(reply).split()
-    return bool(a) and any(r[i : i + len(a)] == a for i in range(len(r) - len(a) + 1))
-
-
 def eval_subset(rows: Sequence[ManifestRow], max_rows: int, seed: int) -> list[ManifestRow]:
     """At most ``max_rows``: a fixed, seeded subset across the whole file (all tasks), in file order."""
     if len(rows) <= max_rows:
@@ -375,17 +277,35 @@ def eval_subset(rows: Sequence[ManifestRow], max_rows: int, seed: int) -> list[M
 @torch.no_grad()
 def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
              max_new_tokens: int = 128, progress: bool = False) -> dict[str, Any]:
-    """Greedy replies to ``rows``; metrics per kind of task, and IFR per task and overall."""
+    """Greedy replies to ``rows``; each task's own metrics (the task registry's), and IFR per task
+    and overall."""
+    examples = [example_of(r) for r in rows]
+    replies = _replies(model, rows, examples, batch_size, max_new_tokens, progress)
+    metrics: dict[str, Any] = {"rows": len(rows)}
+    by_task: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_task.setdefault(e.task, []).append(i)
+    followed = [follows_instruction(e.task, r, e.spoken) for e, r in zip(examples, replies, strict=True)]
+    for task, idx in by_task.items():
+        metrics[f"ifr/{task}"] = float(np.mean([followed[i] for i in idx]))
+        metric = TASKS[task].metric
+        if metric is not None:
+            metrics.update(metric(task, [examples[i].reply for i in idx], [replies[i] for i in idx]))
+    metrics["ifr"] = float(np.mean(followed)) if followed else 0.0
+    metrics["examples"] = [{"task": e.task, "ref": e.reply, "hyp": r}
+                           for e, r in list(zip(examples, replies, strict=True))[:5]]
+    return metrics
+
+
+def _replies(model: SpeechLLM, rows: Sequence[ManifestRow], examples: list[Example], batch_size: int,
+             max_new_tokens: int, progress: bool) -> list[str]:
     from tqdm import tqdm
 
     from speechllm.audio import load_audio
-    from speechllm.metrics import char_error_rate, word_error_rate
-    from speechllm.metrics_bleu import corpus_bleu
 
     was_training = model.training
     model.eval()
     options = GenerationOptions(max_new_tokens=max_new_tokens)
-    examples = [example_of(r) for r in rows]
     replies: list[str] = []
     bar = tqdm(total=len(rows), desc="evaluating", unit="utt", disable=not progress, file=sys.stderr)
     for start in range(0, len(rows), batch_size):
@@ -396,104 +316,60 @@ def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
-    metrics: dict[str, Any] = {"rows": len(rows)}
-    by_task: dict[str, list[int]] = {}
-    for i, e in enumerate(examples):
-        by_task.setdefault(e.task, []).append(i)
-    followed = [follows_instruction(e.task, r, e.spoken) for e, r in zip(examples, replies, strict=True)]
-    for task, idx in by_task.items():
-        refs, hyps = [examples[i].reply for i in idx], [replies[i] for i in idx]
-        metrics[f"ifr/{task}"] = float(np.mean([followed[i] for i in idx]))
-        if task == "transcribe":
-            metrics["wer"] = word_error_rate(refs, hyps).rate
-            metrics["cer"] = char_error_rate(refs, hyps).rate
-        elif task == "translate":
-            metrics["bleu"] = corpus_bleu(refs, hyps).score
-        elif task in ("spoken-question", "passage-question"):
-            correct = [answer_correct(r, h) for r, h in zip(refs, hyps, strict=True)]
-            metrics[f"qa_acc/{task}"] = float(np.mean(correct))
-    metrics["ifr"] = float(np.mean(followed)) if followed else 0.0
-    metrics["examples"] = [{"task": e.task, "ref": e.reply, "hyp": r}
-                           for e, r in list(zip(examples, replies, strict=True))[:5]]
-    return metrics
+    return replies
 
 
-# ---------------------------------------------------------------- checkpoints
-
-CHECKPOINTS, STATE_FILE, OPTIMIZER_FILE = "checkpoints", "trainer_state.json", "optimizer.safetensors"
+# ---------------------------------------------------------------- checkpoints (speechllm.checkpoints)
 
 
 def save_checkpoint(model: SpeechLLM, optimizer: torch.optim.Optimizer, out: Path, step: int,
                     config: TrainConfig, keep: int = 2) -> Path:
-    """A complete checkpoint folder, written under a hidden name, fsynced, renamed into place only
-    once whole (and its folder fsynced); then ``out`` is refreshed. Folders under a hidden name
-    are unfinished or on their way out: a crash can leave them, the next save deletes them."""
-    root = out / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    final = root / f"step-{step:07d}"
-    tmp = root / f".step-{step:07d}.tmp"
-    save_speechlm(model, tmp, info={"step": step})
-    state = optimizer.state_dict()
-    tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-    atomic_save_tensors(tensors, tmp / OPTIMIZER_FILE)
-    atomic_write_text(tmp / STATE_FILE, json.dumps({
-        "step": step, "param_groups": state["param_groups"], "config": asdict(config)}, indent=2))
-    replace_folder(tmp, final)
-    for old in _checkpoint_folders(root)[:-keep]:
-        gone = root / f".{old.name}.old"
-        shutil.rmtree(gone, ignore_errors=True)
-        os.replace(old, gone)  # never a half-deleted folder under a checkpoint's name
-        shutil.rmtree(gone, ignore_errors=True)
+    """``OUT/checkpoints/step-N`` as a model folder plus the optimizer; then ``OUT`` itself is
+    refreshed as the latest model folder."""
+    folder = checkpoints.save_checkpoint(out, step, optimizer,
+                                         lambda tmp: save_speechlm(model, tmp, info={"step": step}),
+                                         {"config": asdict(config)}, keep)
     save_speechlm(model, out, info={"step": step, "train": config.train})
-    return final
+    return folder
 
 
-def _checkpoint_folders(root: Path) -> list[Path]:
-    """``step-N`` folders, oldest first."""
-    found = [(int(p.name[5:]), p) for p in root.glob("step-*") if p.name[5:].isdigit() and p.is_dir()]
-    return [p for _, p in sorted(found)]
+def latest_checkpoint(out: str | Path) -> Path | None:
+    """The newest intact checkpoint in ``OUT``; each newer, damaged one is skipped with a warning."""
+    return checkpoints.latest_checkpoint(Path(out), check_speechlm_files)
 
 
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why ``folder`` cannot be resumed from (a file missing, cut short or garbled), or None when
-    every file it needs is there and readable; cheap: headers and sizes, no tensor is read."""
-    try:
-        state = read_json(folder / STATE_FILE)
-        if not isinstance(state.get("step"), int) or not isinstance(state.get("param_groups"), list):
-            return f"{folder / STATE_FILE}: no step or param_groups"
-        check_speechlm_files(folder)
-        check_safetensors(folder / OPTIMIZER_FILE)
-    except OSError as exc:
-        return f"{exc.filename}: {exc.strerror.lower()}" if exc.filename and exc.strerror else str(exc)
-    except ValueError as exc:  # a corrupt file, named
-        return str(exc)
-    return None
+# ---------------------------------------------------------------- the run
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest intact checkpoint; each newer, damaged one is skipped with a one-line warning."""
-    for folder in reversed(_checkpoint_folders(out / CHECKPOINTS)):
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return folder
-        print(f"warning: skipping damaged checkpoint {folder.name}: {problem}", file=sys.stderr)
-    return None
+def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
+    """Run (or resume) training; ``model`` may be passed in already built (tests, notebooks)."""
+    return Trainer(config, model).run()
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, folder: Path) -> int:
-    saved = read_json(folder / STATE_FILE)
-    tensors = load_tensors(folder / OPTIMIZER_FILE)
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, tensor in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-    return int(saved["step"])
+@dataclass(frozen=True)
+class TrainData:
+    train: list[ManifestRow]
+    eval: list[ManifestRow]  # the evaluated subset
+    text: list[ManifestRow]  # text rows (simulated units stand in for their audio)
+    mix: TextMix  # which micro-batches are text
 
 
-# ---------------------------------------------------------------- the loop
+def load_data(config: TrainConfig, world: int = 1) -> TrainData:
+    """Every row of every input checked (all bad rows in one error) before anything heavy."""
+    if not config.train and config.text_share < 1:
+        raise ValueError("a training manifest is needed unless every batch is text (text_share 1)")
+    if config.text_share > 0 and not config.text_train:
+        raise ValueError("text_share > 0 needs text rows (--text-train FILE)")
+    manifests = ([config.train] if config.train else []) + ([config.eval] if config.eval else [])
+    max_seconds = config.max_seconds if config.max_seconds is not None else (
+        30.0 if config.model.encoder_kind == "whisper" else None)
+    rows = check_manifests(manifests, max_seconds) if manifests else []
+    train_rows = rows.pop(0) if config.train else []
+    eval_rows = eval_subset(rows[0], config.eval_max_rows, config.seed) if config.eval else []
+    text_rows = read_text_rows(config.text_train) if config.text_share > 0 else []
+    if text_rows and world > 1:
+        raise ValueError("text-side training runs in one process (no DDP)")
+    return TrainData(train_rows, eval_rows, text_rows, TextMix(config.text_share, config.seed))
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -505,6 +381,231 @@ def _device(config: TrainConfig, local_rank: int) -> torch.device:
     if config.device != "auto":
         return torch.device(config.device)
     return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    return warmup_cosine(step, config.lr, min(config.warmup, max(config.steps // 10, 1)), config.steps)
+
+
+@dataclass
+class StepLoss:
+    """One optimizer step's losses (means over its micro-batches) and what it saw."""
+
+    total: float = 0.0
+    lm: float = 0.0
+    ctc: float = 0.0
+    utterances: int = 0
+    audio_seconds: float = 0.0
+
+
+class Trainer:
+    """One run, read top-down: data (every bad row first) → setup (model, optimizer, the step to
+    start at) → batches → the loop, whose steps evaluate and save on schedule."""
+
+    def __init__(self, config: TrainConfig, model: SpeechLLM | None = None):
+        self.config, self.out = config, Path(config.out)
+        self.rank, self.world, local_rank = _distributed()
+        self.data = load_data(config, self.world)
+        self.device = _device(config, local_rank)
+        self.given = model
+
+    def run(self) -> TrainResult:
+        started_group = self.world > 1 and not torch.distributed.is_initialized()
+        if started_group:  # the backend follows the training device: --device cpu on a GPU host needs gloo
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        try:
+            self.setup()
+            self.setup_batches()
+            return self.loop()
+        finally:
+            if started_group:
+                torch.distributed.destroy_process_group()
+
+    # ---------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        checkpoint = latest_checkpoint(self.out) if self.config.resume else None
+        if self.config.resume and checkpoint is None and self.rank == 0:
+            print(f"no checkpoint in {self.out / checkpoints.CHECKPOINTS}: starting from step 0",
+                  file=sys.stderr)
+        torch.manual_seed(self.config.seed)
+        self.model = self._model(checkpoint).to(self.device).train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+        self.start = checkpoints.load_optimizer_state(self.optimizer, checkpoint) if checkpoint else 0
+        self.net: Any = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+
+    def _model(self, checkpoint: Path | None) -> SpeechLLM:
+        """The checkpoint's model, the one given, or a new one from the config (its CTC vocabulary
+        fitted to the training text); with ``freeze_adapter``, only its LoRA trains."""
+        config, built_here = self.config, False
+        if checkpoint is not None:
+            model = load_speechlm(checkpoint)
+        elif self.given is not None:
+            model = self.given
+        else:
+            built_here, model = True, SpeechLLM.build(config.model_config())
+            spoken = [t for r in [*self.data.train, *self.data.text] if (t := example_of(r).spoken)]
+            model.adapter.fit_vocabulary(model.tokenizer, spoken)
+        if config.freeze_adapter:
+            if not model.has_lora or config.lm_weight == 0:
+                raise ValueError("a frozen adapter leaves only LoRA to train: give LoRA (--lora-rank) and "
+                                 "the LLM's loss (--lm-weight > 0)")
+            if built_here:
+                raise ValueError("--freeze-adapter keeps a trained adapter as it is: start from one (--base)")
+            model.adapter.requires_grad_(False)
+        return model
+
+    # ---------------------------------------------------------------- batches
+
+    def setup_batches(self) -> None:
+        """Speech and text batch orders that start where ``self.start`` left off, the encoder cache,
+        and the loader of speech batches."""
+        config, data = self.config, self.data
+        speech_done = data.mix.speech_before(self.start * config.grad_accum)
+        order = BatchOrder(max(len(data.train), 1), config.batch_size, config.seed, speech_done, self.rank,
+                           self.world)
+        self.text_order = BatchOrder(max(len(data.text), 1), config.batch_size, config.seed + 1)
+        self.simulator = _unit_simulator(self.model, config.text_noise) if data.text else None
+        if config.encoder_cache and config.augment is not None:
+            raise ValueError("--encoder-cache and --augment exclude each other (augmented audio differs)")
+        # keyed by the encoder of the model being trained (a checkpoint's or a base's), never the config's
+        # default: another encoder's features under this one's key would poison the cache
+        self.cache = EncoderCache(config.encoder_cache, self.model.config.encoder,
+                                  self.model.encoder.trainable_layers) if config.encoder_cache else None
+        dataset = SpeechDataset(data.train, augment_config(config.augment), config.seed)
+        self.loader = iter(DataLoader(dataset, batch_sampler=order, collate_fn=collate,
+                                      num_workers=config.num_workers,
+                                      persistent_workers=config.num_workers > 0))
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            n_train = sum(p.numel() for p in self.params)
+            print(f"{len(data.train)} training rows, {len(data.eval)} eval rows; {n_train / 1e6:.2f} M "
+                  f"trainable parameters; steps {self.start}..{config.steps}", file=sys.stderr)
+
+    # ---------------------------------------------------------------- the loop
+
+    def loop(self) -> TrainResult:
+        config = self.config
+        save_every = config.save_every or config.eval_every
+        report = Progress(config, self.out, self.start, self.rank == 0)
+        losses: list[float] = []
+        evals: list[dict[str, Any]] = []
+        try:
+            for step in range(self.start, config.steps):
+                loss = self.step(step)
+                losses.append(loss.total)
+                done = step + 1
+                report.step(done, loss, lr_at(step, config))
+                last = done == config.steps
+                if self.data.eval and (done % config.eval_every == 0 or last):
+                    evals += self.evaluate(done, report)
+                if done % save_every == 0 or last:
+                    self.save(done)
+        finally:
+            report.close()
+        return TrainResult(self.out, config.steps, self.start, tuple(losses), tuple(evals))
+
+    def step(self, step: int) -> StepLoss:
+        """One optimizer step over ``grad_accum`` micro-batches."""
+        config, loss = self.config, StepLoss()
+        for k in range(config.grad_accum):
+            self.micro_batch(step * config.grad_accum + k, k == config.grad_accum - 1, loss)
+        torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def micro_batch(self, m: int, last: bool, loss: StepLoss) -> None:
+        """Micro-batch ``m``'s loss, backpropagated (scaled by ``grad_accum``) and added to ``loss``."""
+        config, accum = self.config, self.config.grad_accum
+        if self.data.mix.is_text(m):  # simulated units stand in for the audio (text-side training)
+            examples = [example_of(self.data.text[i]) for i in self.text_order.batch(m)]
+            result = _text_loss(self.model, self.simulator, examples, [config.seed, m])
+            (result.loss / accum).backward()
+        else:
+            batch = next(self.loader)
+            examples = batch["examples"]
+            frames = self.cache.frames(self.model.encoder, batch["paths"], batch["audio"], batch["lengths"],
+                                       self.model.device) if self.cache else None
+            with self.net.no_sync() if self.world > 1 and not last else nullcontext():
+                result = self.net(batch["audio"], batch["lengths"], [e.instruction for e in examples],
+                                  [e.reply for e in examples], [e.spoken for e in examples],
+                                  config.ctc_weight, config.lm_weight, frames)
+                (result.loss / accum).backward()
+            loss.audio_seconds += float(batch["lengths"].sum()) / 16000
+        loss.total += float(result.loss.detach()) / accum
+        loss.lm += float(result.lm_loss) / accum
+        loss.ctc += float(result.aux_loss or 0.0) / accum
+        loss.utterances += len(examples)
+
+    def evaluate(self, done: int, report: Progress) -> list[dict[str, Any]]:
+        """Rank 0 evaluates (the others wait); the metrics, in a list of one or none."""
+        metrics = []
+        if self.rank == 0:
+            metrics.append({"step": done, **evaluate(self.model, self.data.eval, self.config.eval_batch_size,
+                                                     self.config.max_new_tokens)})
+            report.evaluation(metrics[0])
+        if self.world > 1:
+            torch.distributed.barrier()
+        return metrics
+
+    def save(self, done: int) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.model, self.optimizer, self.out, done, self.config)
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+class Progress:
+    """The progress bar and ``OUT/train_log.jsonl`` (rank 0 alone writes)."""
+
+    def __init__(self, config: TrainConfig, out: Path, start: int, writes: bool):
+        from tqdm import tqdm
+
+        self.config = config
+        self.bar = tqdm(total=config.steps, initial=start, disable=not config.progress or not writes,
+                        file=sys.stderr, unit="step", dynamic_ncols=True)
+        self.log = open(out / "train_log.jsonl", "a", encoding="utf-8") if writes else None
+        self.t0, self.utterances, self.audio_seconds = time.perf_counter(), 0, 0.0
+
+    def step(self, done: int, loss: StepLoss, lr: float) -> None:
+        self.utterances += loss.utterances
+        self.audio_seconds += loss.audio_seconds
+        elapsed = time.perf_counter() - self.t0
+        self.bar.set_postfix(loss=f"{loss.total:.3f}", ctc=f"{loss.ctc:.3f}",
+                             utt_s=f"{self.utterances / elapsed:.1f}",
+                             audio_x=f"{self.audio_seconds / elapsed:.1f}")
+        self.bar.update(1)
+        if self.log and (done % self.config.log_every == 0 or done == self.config.steps):
+            self._write({"step": done, "loss": loss.total, "lm_loss": loss.lm, "ctc_loss": loss.ctc, "lr": lr,
+                         "utt_per_s": self.utterances / elapsed})
+
+    def evaluation(self, metrics: dict[str, Any]) -> None:
+        self._write({"eval": metrics})
+        shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+        sacrebleu = f" (BLEU: sacrebleu {metrics['bleu_signature']})" if "bleu" in metrics else ""
+        self.bar.write(f"step {metrics['step']}: {shown}{sacrebleu}")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.log.write(json.dumps(record) + "\n")
+        self.log.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.log:
+            self.log.close()
+
+
+# ---------------------------------------------------------------- text-side training
 
 
 def _unit_simulator(model: SpeechLLM, noise: dict[str, Any] | None):
@@ -524,156 +625,3 @@ def _text_loss(model: SpeechLLM, simulator, examples: list[Example], seed: list[
     units = [simulator(e.spoken, np.random.default_rng([*seed, j])) for j, e in enumerate(examples)]
     return model.forward_units(simulated_output(model.adapter, units), [e.instruction for e in examples],
                                [e.reply for e in examples])
-
-
-def lr_at(step: int, config: TrainConfig) -> float:
-    return warmup_cosine(step, config.lr, min(config.warmup, max(config.steps // 10, 1)), config.steps)
-
-
-def train(config: TrainConfig, model: SpeechLLM | None = None) -> TrainResult:
-    """Run (or resume) training; ``model`` may be passed in already built (tests, notebooks)."""
-    rank, world, local_rank = _distributed()
-    out = Path(config.out)
-    # 1. every bad row, before anything heavy
-    if not config.train and config.text_share < 1:
-        raise ValueError("a training manifest is needed unless every batch is text (text_share 1)")
-    manifests = ([config.train] if config.train else []) + ([config.eval] if config.eval else [])
-    max_seconds = config.max_seconds if config.max_seconds is not None else (
-        30.0 if config.encoder_kind == "whisper" else None)
-    rows = check_manifests(manifests, max_seconds) if manifests else []
-    train_rows = rows.pop(0) if config.train else []
-    eval_rows = rows[0] if config.eval else []
-    eval_rows = eval_subset(eval_rows, config.eval_max_rows, config.seed)
-    mix = TextMix(config.text_share, config.seed)
-    if config.text_share > 0 and not config.text_train:
-        raise ValueError("text_share > 0 needs text rows (--text-train FILE)")
-    text_rows = read_text_rows(config.text_train) if config.text_share > 0 else []
-    if text_rows and world > 1:
-        raise ValueError("text-side training runs in one process (no DDP)")
-    # 2. model, optimizer, where to start
-    device = _device(config, local_rank)
-    started_group = world > 1 and not torch.distributed.is_initialized()
-    if started_group:  # the backend follows the training device: --device cpu on a GPU host needs gloo
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    checkpoint = latest_checkpoint(out) if config.resume else None
-    if config.resume and checkpoint is None and rank == 0:
-        print(f"no checkpoint in {out / CHECKPOINTS}: starting from step 0", file=sys.stderr)
-    torch.manual_seed(config.seed)
-    built_here = False
-    if checkpoint is not None:
-        model = load_speechlm(checkpoint)
-    elif model is None:
-        built_here = True
-        model = SpeechLLM.build(config.model_config())
-        spoken = [t for r in [*train_rows, *text_rows] if (t := example_of(r).spoken)]
-        model.adapter.fit_vocabulary(model.tokenizer, spoken)
-    model = model.to(device).train()
-    if config.freeze_adapter:
-        if not model.has_lora or config.lm_weight == 0:
-            raise ValueError("a frozen adapter leaves only LoRA to train: give LoRA (--lora-rank) and the "
-                             "LLM's loss (--lm-weight > 0)")
-        if built_here:
-            raise ValueError("--freeze-adapter keeps a trained adapter as it is: start from one (--base)")
-        model.adapter.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    start = load_optimizer_state(optimizer, checkpoint) if checkpoint is not None else 0
-    net: Any = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=True)
-    order = BatchOrder(max(len(train_rows), 1), config.batch_size, config.seed,
-                       mix.speech_before(start * config.grad_accum), rank, world)
-    text_order = BatchOrder(max(len(text_rows), 1), config.batch_size, config.seed + 1)
-    simulator = _unit_simulator(model, config.text_noise) if text_rows else None
-    if config.encoder_cache and config.augment is not None:
-        raise ValueError("--encoder-cache and --augment exclude each other (augmented audio differs)")
-    # keyed by the encoder of the model being trained (a checkpoint's or a base's), never the config's
-    # default: another encoder's features under this one's key would poison the cache
-    cache = EncoderCache(config.encoder_cache, model.config.encoder, model.encoder.trainable_layers) \
-        if config.encoder_cache else None
-    dataset = SpeechDataset(train_rows, augment_config(config.augment), config.seed)
-    loader = iter(DataLoader(dataset, batch_sampler=order, collate_fn=collate,
-                             num_workers=config.num_workers, persistent_workers=config.num_workers > 0))
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        n_train = sum(p.numel() for p in params)
-        print(f"{len(train_rows)} training rows, {len(eval_rows)} eval rows; {n_train / 1e6:.2f} M trainable "
-              f"parameters; steps {start}..{config.steps}", file=sys.stderr)
-    # 3. steps
-    from tqdm import tqdm
-
-    save_every = config.save_every or config.eval_every
-    losses: list[float] = []
-    evals: list[dict[str, Any]] = []
-    bar = tqdm(total=config.steps, initial=start, disable=not config.progress or rank != 0, file=sys.stderr,
-               unit="step", dynamic_ncols=True)
-    log = open(out / "train_log.jsonl", "a", encoding="utf-8") if rank == 0 else None
-    t0, seen_utts, seen_audio = time.perf_counter(), 0, 0.0
-    try:
-        for step in range(start, config.steps):
-            total = lm = ctc = 0.0
-            for k in range(config.grad_accum):
-                m = step * config.grad_accum + k
-                if mix.is_text(m):  # simulated units stand in for the audio (text-side training)
-                    examples = [example_of(text_rows[i]) for i in text_order.batch(m)]
-                    result = _text_loss(model, simulator, examples, [config.seed, m])
-                    (result.loss / config.grad_accum).backward()
-                else:
-                    batch = next(loader)
-                    examples = batch["examples"]
-                    sync = net.no_sync() if world > 1 and k < config.grad_accum - 1 else nullcontext()
-                    frames = (cache.frames(model.encoder, batch["paths"], batch["audio"], batch["lengths"],
-                                           model.device)
-                              if cache else None)
-                    with sync:
-                        result = net(batch["audio"], batch["lengths"], [e.instruction for e in examples],
-                                     [e.reply for e in examples], [e.spoken for e in examples],
-                                     config.ctc_weight, config.lm_weight, frames)
-                        (result.loss / config.grad_accum).backward()
-                    seen_audio += float(batch["lengths"].sum()) / 16000
-                total += float(result.loss.detach()) / config.grad_accum
-                lm += float(result.lm_loss) / config.grad_accum
-                ctc += float(result.aux_loss or 0.0) / config.grad_accum
-                seen_utts += len(examples)
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(total)
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{total:.3f}", ctc=f"{ctc:.3f}", utt_s=f"{seen_utts / elapsed:.1f}",
-                            audio_x=f"{seen_audio / elapsed:.1f}")
-            bar.update(1)
-            done = step + 1
-            if log and (done % config.log_every == 0 or done == config.steps):
-                log.write(json.dumps({"step": done, "loss": total, "lm_loss": lm, "ctc_loss": ctc,
-                                      "lr": lr_at(step, config), "utt_per_s": seen_utts / elapsed}) + "\n")
-                log.flush()
-            last = done == config.steps
-            if eval_rows and (done % config.eval_every == 0 or last):
-                if rank == 0:
-                    metrics = {"step": done, **evaluate(model, eval_rows, config.eval_batch_size,
-                                                        config.max_new_tokens)}
-                    evals.append(metrics)
-                    log.write(json.dumps({"eval": metrics}) + "\n")
-                    log.flush()
-                    shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-                    bar.write(f"step {done}: {shown}")
-                if world > 1:
-                    torch.distributed.barrier()
-            if done % save_every == 0 or last:
-                if rank == 0:
-                    save_checkpoint(model, optimizer, out, done, config)
-                if world > 1:
-                    torch.distributed.barrier()
-    finally:
-        bar.close()
-        if log:
-            log.close()
-        if started_group:
-            torch.distributed.destroy_process_group()
-    return TrainResult(out, config.steps, start, tuple(losses), tuple(evals))

@@ -148,16 +148,17 @@ def _finetune_child(argv: list[str], log: str) -> None:
     os.dup2(stream.fileno(), 1)
     os.dup2(stream.fileno(), 2)
     sys.stdout = sys.stderr = stream
-    import speechllm.speechlm.io as io
+    import safetensors.torch
+
     from speechllm.apps.cli import main
 
-    write = io.save_file
+    write = safetensors.torch.save_file  # what speechllm.files.atomic_save_tensors calls
 
     def slow_write(*args, **kwargs):
         write(*args, **kwargs)
         time.sleep(0.03)  # written, not yet renamed into place
 
-    io.save_file = slow_write
+    safetensors.torch.save_file = slow_write
     try:
         code = main(argv)
     except BaseException as exc:  # noqa: BLE001  (a traceback is the failure this test looks for)

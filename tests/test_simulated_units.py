@@ -9,7 +9,7 @@ import test_train
 import torch
 
 from speechllm.manifest import ManifestError
-from speechllm.speechlm import SpeechLLM
+from speechllm.speechlm import LoraSpec, SpeechLLM
 from speechllm.speechlm.simulated_units import (
     UnitNoise,
     UnitSimulator,
@@ -32,7 +32,8 @@ TEXT_ROWS = [
 @pytest.fixture()
 def ctc_posterior(data, tmp_path):
     run = config(data, tmp_path / "base", adapter="ctc-posterior",
-                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4}, lora_rank=2)
+                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
+                 lora=LoraSpec(rank=2, alpha=4.0))
     return SpeechLLM.build(run.model_config())
 
 

@@ -12,7 +12,7 @@ import torch
 
 from speechllm.apps.cli import main
 from speechllm.manifest import ManifestError
-from speechllm.speechlm import SpeechLLM, load_speechlm
+from speechllm.speechlm import LoraSpec, SpeechLLM, SpeechLLMConfig, load_speechlm
 from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 from speechllm.train import (
     BatchOrder,
@@ -49,10 +49,13 @@ def data(tmp_path_factory):
 
 
 def config(data, out, **changes) -> TrainConfig:
+    """A tiny run; ``changes`` may name TrainConfig's fields and its model's (SpeechLLMConfig's)."""
     root, manifest, whisper, llm = data
-    base = TrainConfig(train=str(manifest), out=str(out), encoder=str(whisper), llm=str(llm),
-                       adapter="alignformer", adapter_options={"d_model": 16, "d_ffn": 32}, lora_rank=2,
-                       steps=4, batch_size=3, lr=3e-3, warmup=1, eval_every=100, log_every=1, progress=False)
+    model = {"encoder": str(whisper), "llm": str(llm), "adapter": "alignformer",
+             "adapter_options": {"d_model": 16, "d_ffn": 32}, "lora": LoraSpec(rank=2, alpha=4.0)}
+    model.update({k: changes.pop(k) for k in list(changes) if k in SpeechLLMConfig.__dataclass_fields__})
+    base = TrainConfig(train=str(manifest), out=str(out), model=SpeechLLMConfig(**model), steps=4,
+                       batch_size=3, lr=3e-3, warmup=1, eval_every=100, log_every=1, progress=False)
     return replace(base, **changes)
 
 
@@ -95,7 +98,7 @@ def test_frozen_adapter_trains_only_lora(data, tmp_path):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("lora.") for k in changed), sorted(changed)[:3]
     with pytest.raises(ValueError, match="only LoRA"):
-        train(config(data, tmp_path / "none", lora_rank=0, freeze_adapter=True))
+        train(config(data, tmp_path / "none", lora=None, freeze_adapter=True))
     with pytest.raises(ValueError, match="--base"):
         train(config(data, tmp_path / "scratch", freeze_adapter=True))
 
@@ -261,7 +264,7 @@ def test_top_encoder_layers_fine_tune_and_travel_with_the_model(data, tmp_path):
     from speechllm.encoder_cache import EncoderCache
 
     whisper = make_tiny_whisper(tmp_path / "whisper", layers=2).as_posix()
-    train(config(data, tmp_path / "enc", encoder=whisper, steps=3, train_encoder_layers=1,
+    train(config(data, tmp_path / "enc", encoder=whisper, steps=3, encoder_trainable_layers=1,
                  encoder_cache=str(tmp_path / "cache")))
     model = load_speechlm(tmp_path / "enc")
     assert model.config.encoder_trainable_layers == 1 and (tmp_path / "enc" / "encoder.safetensors").is_file()
@@ -285,4 +288,4 @@ def test_top_encoder_layers_fine_tune_and_travel_with_the_model(data, tmp_path):
     with pytest.raises(ValueError, match="below the top 1"):
         EncoderCache(tmp_path / "cache", "x", 1).frames(stock.encoder, [tone], audio, lengths, stock.device)
     with pytest.raises(ValueError, match="between 1 and 2"):
-        train(config(data, tmp_path / "too-many", encoder=whisper, train_encoder_layers=3))
+        train(config(data, tmp_path / "too-many", encoder=whisper, encoder_trainable_layers=3))

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 HELP = "train a speech-LLM, or adapt one to a folder of your recordings (--base); the output is a model"
 
@@ -96,8 +97,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
-ARCHITECTURE = {"adapter": "alignformer", "adapter_options": "{}", "encoder": "whisper-tiny.en",
-                "encoder_kind": "whisper", "llm": "smollm2-135m-instruct", "quant": None}
+ARCHITECTURE = ("adapter", "adapter_options", "encoder", "encoder_kind", "llm", "quant")  # flags --base sets
 
 
 def _json_option(text: str | None, flag: str) -> dict | None:
@@ -113,34 +113,76 @@ def _json_option(text: str | None, flag: str) -> dict | None:
     return value
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+def model_config(args: argparse.Namespace):
+    """The speech-LLM the flags describe (what they leave out: ``SpeechLLMConfig``'s defaults)."""
     from speechllm.adapters import adapter_class
+    from speechllm.speechlm import LoraSpec, PromptFormat, SpeechLLMConfig
+
+    chosen = {k: getattr(args, k) for k in ARCHITECTURE if getattr(args, k) is not None}
+    chosen["adapter_options"] = _json_option(args.adapter_options, "--adapter-options") or {}
+    lora = LoraSpec(rank=args.lora_rank, alpha=args.lora_alpha or 2.0 * args.lora_rank) \
+        if args.lora_rank > 0 else None
+    config = SpeechLLMConfig(**chosen, encoder_trainable_layers=args.train_encoder_layers, lora=lora,
+                             prompt=PromptFormat(audio_first=not args.instruction_first))
+    adapter_class(config.adapter)  # an unknown name fails here, listing the known ones
+    return config
+
+
+def text_share(args: argparse.Namespace) -> float:
+    """Share of text micro-batches: given, or 1 without --train, else 0.5 (0 without --text-train)."""
+    if not args.text_train:
+        return 0.0
+    share = args.text_share if args.text_share is not None else (0.5 if args.train else 1.0)
+    if not 0 <= share <= 1 or (not args.train and share < 1):
+        raise ValueError("--text-share must be in [0, 1], and 1 without --train")
+    return share
+
+
+def train_config(args: argparse.Namespace):
+    """The trainer's config: the flags' data (the front end replaces it with what it prepared), the
+    model the flags describe (a --base run replaces it with the base's), and how to train."""
+    from speechllm.speechlm import SpeechLLMConfig
+    from speechllm.train import TrainConfig
+
+    return TrainConfig(
+        train=args.train or "", eval=args.eval, out=args.out,
+        model=SpeechLLMConfig() if args.base else model_config(args),
+        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        weight_decay=args.weight_decay, warmup=args.warmup, ctc_weight=args.ctc_weight,
+        lm_weight=args.lm_weight, freeze_adapter=args.freeze_adapter, text_train=args.text_train,
+        text_share=text_share(args), text_noise=_json_option(args.text_noise, "--text-noise"),
+        augment=_json_option(args.augment, "--augment"), encoder_cache=args.encoder_cache,
+        eval_every=args.eval_every, save_every=args.save_every, eval_max_rows=args.eval_max_rows,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, num_workers=args.num_workers, device=args.device,
+        resume=args.resume, progress=not args.quiet)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag checked before data is read or a model loaded."""
     from speechllm.apps.commands import preflight
-    from speechllm.apps.finetune import DataOptions, PreparedData, adapt, prepare_data
-    from speechllm.train import TrainConfig, train
 
     given = [f"--{k.replace('_', '-')}" for k in ARCHITECTURE if getattr(args, k) is not None]
     if args.base and given:
         raise ValueError(f"{', '.join(given)}: the architecture comes from --base {args.base}")
-    for key, default in ARCHITECTURE.items():
-        if getattr(args, key) is None:
-            setattr(args, key, default)
-    adapter_class(args.adapter)  # an unknown name fails here, listing the known ones
-    adapter_options = _json_option(args.adapter_options, "--adapter-options")
     if not args.train and not args.text_train:
         raise ValueError("give training data: --train, --text-train, or both")
-    text_share = args.text_share if args.text_share is not None else (0.5 if args.train else 1.0) \
-        if args.text_train else 0.0
-    if not 0 <= text_share <= 1 or (args.text_train and not args.train and text_share < 1):
-        raise ValueError("--text-share must be in [0, 1], and 1 without --train")
     if args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.eval_every < 1:
         raise ValueError("--steps, --batch-size, --grad-accum and --eval-every must be at least 1")
     if not 0 <= args.eval_fraction < 1:
         raise ValueError("--eval-fraction must be in [0, 1)")
     preflight.check_device(args.device)
     preflight.check_output_dir(args.out, "--out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from speechllm.apps.commands import preflight
+    from speechllm.apps.finetune import Base, DataOptions, PreparedData, adapt, prepare_data
+    from speechllm.train import train
+
+    check_args(args)
+    config = train_config(args)  # bad flag values (JSON, the adapter's name) fail before any data work
     world = int(os.environ.get("WORLD_SIZE", 1))
     data_options = DataOptions(layout=args.layout, eval_fraction=args.eval_fraction, skip_bad=args.skip_bad,
                                seed=args.seed, progress=not args.quiet)
@@ -154,23 +196,12 @@ def run(args: argparse.Namespace) -> int:
                          "front end in one process")
     for note in prepared.notes if prepared else ():
         print(note, file=sys.stderr)
-    config = TrainConfig(
-        train=prepared.train if prepared else args.train, eval=prepared.eval if prepared else args.eval,
-        out=args.out, adapter=args.adapter, adapter_options=adapter_options,
-        encoder=args.encoder, encoder_kind=args.encoder_kind, train_encoder_layers=args.train_encoder_layers,
-        llm=args.llm, quant=args.quant,
-        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, audio_first=not args.instruction_first,
-        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        weight_decay=args.weight_decay, warmup=args.warmup, ctc_weight=args.ctc_weight,
-        lm_weight=args.lm_weight, freeze_adapter=args.freeze_adapter, text_train=args.text_train,
-        text_share=text_share, text_noise=_json_option(args.text_noise, "--text-noise"),
-        augment=_json_option(args.augment, "--augment"), encoder_cache=args.encoder_cache,
-        eval_every=args.eval_every, save_every=args.save_every, eval_max_rows=args.eval_max_rows,
-        max_new_tokens=args.max_new_tokens, seed=args.seed, num_workers=args.num_workers, device=args.device,
-        resume=args.resume, progress=not args.quiet)
+    if prepared is not None:
+        config = replace(config, train=prepared.train, eval=prepared.eval)
+    base = Base(args.base, args.lora_rank, args.train_encoder_layers) if args.base else None
     if prepared is not None and (args.base or prepared.train != args.train):  # the front end's way
         with preflight.quiet_libraries(args.quiet):
-            adapt(config, args.base, prepared)
+            adapt(config, base, prepared)
         print(f"model folder: {args.out}")
         return 0
     with preflight.quiet_libraries(args.quiet):  # -q: no transformers loading bars either

@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from speechllm.files import (  # noqa: F401  (re-exported: the trainers import them from here)
     atomic_folder,
     atomic_save_tensors,
     atomic_write_text,
+    check_safetensors,
     fsync_dir,
     fsync_file,
     fsync_tree,
+    load_tensors,
+    read_json,
     replace_folder,
 )
 from speechllm.speechlm.model import SpeechLLM, SpeechLLMConfig
@@ -40,43 +41,6 @@ from speechllm.speechlm.model import SpeechLLM, SpeechLLMConfig
 FORMAT, VERSION = "speechllm", 2  # 2: encoder_trainable_layers
 CONFIG_FILE, ADAPTER_FILE, LORA_DIR = "config.json", "adapter.safetensors", "lora"
 ENCODER_FILE = "encoder.safetensors"
-
-
-# ---------------------------------------------------------------- checked reads
-
-
-def check_safetensors(path: str | Path) -> None:
-    """The file's header parses and agrees with its size (a truncated or overwritten file fails);
-    no tensor is read. ``ValueError`` names the file and the reason; a missing file is
-    ``FileNotFoundError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        with safe_open(str(path), framework="pt"):
-            pass
-    except Exception as exc:  # SafetensorError: header too large, incomplete metadata, ...
-        text = str(exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise ValueError(f"{path}: corrupt or truncated safetensors file ({reason})") from None
-
-
-def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """``safetensors.torch.load_file`` with :func:`check_safetensors`'s errors."""
-    check_safetensors(path)
-    return load_file(path)
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    """A JSON object file; ``ValueError`` naming the file when it is not one (cut short, garbled)."""
-    path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: corrupt JSON file ({exc})") from None
-    if not isinstance(document, dict):
-        raise ValueError(f"{path}: corrupt JSON file (a {type(document).__name__}, not an object)")
-    return document
 
 
 # ---------------------------------------------------------------- model folders
@@ -181,11 +145,31 @@ def load_speech_side(model: SpeechLLM, folder: Path) -> None:
         model.encoder.top_layers(layers).load_state_dict(load_tensors(weights))
 
 
+def _pipeline(folder: Path) -> str:
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("pipeline", "adapter")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return "adapter"  # check_speechlm_files says what is wrong
+
+
+def _load_transcript_pipeline(folder: Path, device):
+    from speechllm.speechlm.cascade import TranscriptSpeechLLM
+
+    return TranscriptSpeechLLM.from_folder(folder, device)
+
+
+# speech-LLMs that are not encoder -> adapter -> LLM, by config.json's "pipeline"
+PIPELINES = {"transcript": _load_transcript_pipeline}
+
+
 def load_speechlm(folder: str | Path, device: str | torch.device | None = None, encoder=None, llm=None,
                   tokenizer=None) -> SpeechLLM:
     """The model saved in ``folder`` (in eval mode). ``encoder``/``llm``+``tokenizer`` may be given
     already loaded (they must be the ones config.json names); otherwise they load by name."""
     folder = Path(folder)
+    pipeline = _pipeline(folder)
+    if pipeline in PIPELINES:
+        return PIPELINES[pipeline](folder, device)
     config = check_speechlm_files(folder)  # a damaged folder fails here, before the LLM loads
     model = SpeechLLM.build(config, encoder=encoder, llm=llm, tokenizer=tokenizer)
     load_speech_side(model, folder)

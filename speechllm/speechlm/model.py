@@ -1,8 +1,8 @@
 """The speech-LLM: frozen speech encoder (optionally its top layers fine-tuned) → trainable adapter →
 frozen causal LM (+ optional LoRA).
 
-Read top-down: options (tasks, prompt format, LoRA, the model config) → prompt building →
-splicing → the module.
+Read top-down: options (prompt format, LoRA, the model config; the tasks are ``tasks.py``'s) →
+prompt building → splicing → the module.
 
 Audio embeddings go inside the LLM's own chat template. The user turn holds the instruction
 and an audio marker; the rendered prompt is split at the marker and each side tokenized
@@ -46,54 +46,18 @@ from speechllm.speechlm.ctc_beam import (
     LLMPrefixScorer,
     document_start_id,
 )
+from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task registry lives in tasks.py)
+    LANGUAGES,
+    TASKS,
+    Task,
+    instruction,
+    language_name,
+    register_task,
+)
 
 # ---------------------------------------------------------------- options
 
 DEFAULT_OPTIONS = GenerationOptions()
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    instruction: str  # may use {prompt} (the row's text prompt) and {target} (a language)
-    description: str = ""
-
-
-TASKS: dict[str, Task] = {}
-
-
-def register_task(task: Task) -> Task:
-    TASKS[task.name] = task
-    return task
-
-
-for _task in (
-    Task("transcribe", "Transcribe the speech.", "speech recognition"),
-    Task("translate", "Translate the speech into {target}.", "speech translation"),
-    Task("spoken-question", "Answer the question asked in the speech.", "spoken question answering"),
-    Task("passage-question", "Answer this question about the speech: {prompt}",
-         "text question about a spoken passage"),
-    Task("instruct", "{prompt}", "any free instruction"),
-):
-    register_task(_task)
-
-
-LANGUAGES = {"en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian",
-             "pt": "Portuguese"}
-
-
-def language_name(code_or_name: str) -> str:
-    """``en`` → ``English``; a name passes through (capitalised)."""
-    return LANGUAGES.get(code_or_name.lower(), code_or_name[:1].upper() + code_or_name[1:])
-
-
-def instruction(task: str, prompt: str | None = None, target: str = "English") -> str:
-    """The instruction text of a registered task."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
-    if "{prompt}" in TASKS[task].instruction and not prompt:
-        raise ValueError(f"task {task!r} needs a prompt")
-    return TASKS[task].instruction.format(prompt=prompt or "", target=target)
 
 
 @dataclass(frozen=True)
