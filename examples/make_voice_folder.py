@@ -1,4 +1,4 @@
-"""A folder of "your own recordings" for the fine-tuning walk-through in the README: one synthetic
+"""A folder of "your own recordings" for the fine-tuning walk-through (docs/fine-tuning.md): one synthetic
 speaker that the corpus recipes hold out of every training split, reading texts that are held out too.
 
     python examples/make_voice_folder.py --speaker flite:slt --count 300 --out my_voice/

@@ -22,7 +22,7 @@ BASELINE = "whisper-tiny.en"
 
 
 # The shipped starter speech-LLM is the default for every task but transcription, which stays on
-# Whisper tiny.en's own decoder until the starter matches its WER (README "Speech-LLM" has the
+# Whisper tiny.en's own decoder until the starter matches its WER (docs/speech-llm.md has the
 # measurements): translation and questions need a speech-LLM, and the starter is the one that ships.
 STARTER_TRANSCRIBES = False
 

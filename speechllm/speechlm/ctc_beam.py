@@ -33,7 +33,7 @@ Key = tuple[int, tuple[int, ...]]  # (item, prefix of CTC ids)
 
 @dataclass(frozen=True)
 class CTCBeamOptions:
-    # defaults: tuned for speechllm-starter on held-out texts (README, "The starter model")
+    # defaults: tuned for speechllm-starter on held-out texts (docs/speech-llm.md, "The starter model")
     beam_size: int = 1  # 1: the greedy CTC path, no LLM
     lm_weight: float = 0.3  # weight of the LLM's log-probability
     token_bonus: float = 2.0  # per unit with a letter or digit: offsets the LM's bias towards short outputs
