@@ -26,6 +26,7 @@ import torch
 from speechllm.manifest import read_manifest
 from speechllm.metrics import word_error_rate
 from speechllm.text_normalize import NORMALIZERS
+from speechllm.zoo import DEFAULT_ASR
 
 REPO = Path(__file__).resolve().parent.parent
 System = Callable[[list[str]], list[str]]
@@ -98,7 +99,7 @@ SYSTEMS: dict[str, Callable] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, default=REPO / "examples" / "manifest.jsonl")
-    parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument("--model", default=DEFAULT_ASR)
     parser.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--beam-size", type=int, default=1)

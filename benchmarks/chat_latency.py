@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from speechllm.zoo import PIPER_VOICE, STARTER
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -37,9 +39,9 @@ def untrained_model(folder: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="speechllm-starter", help="speech-LLM folder or zoo name")
+    parser.add_argument("--model", default=STARTER, help="speech-LLM folder or zoo name")
     parser.add_argument("--untrained", action="store_true", help="time an untrained model of the real sizes")
-    parser.add_argument("--voice", default="piper-joe")
+    parser.add_argument("--voice", default=PIPER_VOICE)
     parser.add_argument("--quant", default="saved", help="saved | fp32 | int8 | int4")
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)

@@ -31,6 +31,7 @@ from speechllm.speechlm.ctc_beam import (
 )
 from speechllm.speechlm.io import load_speechlm
 from speechllm.speechlm.model import pad_audio
+from speechllm.zoo import STARTER
 
 
 @torch.no_grad()
@@ -62,7 +63,7 @@ def search_load(log_probs: list[torch.Tensor], options: CTCBeamOptions) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="speechllm-starter", help="zoo name or folder (ctc-posterior)")
+    parser.add_argument("--model", default=STARTER, help="zoo name or folder (ctc-posterior)")
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--limit", type=int, default=0, help="first N rows only (0 = all)")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -137,10 +137,11 @@ def quality(args: argparse.Namespace) -> None:
     from speechllm.quant.calibrate import perplexity
     from speechllm.quant.model import QuantConfig, calibration_batches, quantize, weight_bytes
     from speechllm.quant.quad import finetune_outliers
+    from speechllm.zoo import DEFAULT_LLM
 
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    model, tokenizer = load_llm("smollm2-135m-instruct", quant="none", prepare=False)
+    model, tokenizer = load_llm(DEFAULT_LLM, quant="none", prepare=False)
     calib = calibration_batches(tokenizer, _texts("train"), args.seq_len, args.calib_windows)
     evals = calibration_batches(tokenizer, _texts("test"), args.seq_len, args.eval_windows)
 

@@ -33,6 +33,8 @@ from speechllm.audio import resample
 from speechllm.manifest import read_manifest
 from speechllm.metrics import word_error_rate
 from speechllm.text_normalize import normalize
+from speechllm.tts import DEFAULT_VOICE
+from speechllm.zoo import DEFAULT_ASR, PIPER_VOICE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,14 +45,14 @@ class Transcribers:
     def __init__(self, threads: int):
         from speechllm.transcriber import WhisperTranscriber
 
-        self.ours = WhisperTranscriber("whisper-tiny.en", device="cpu", beam_size=1)
+        self.ours = WhisperTranscriber(DEFAULT_ASR, device="cpu", beam_size=1)
         self.fw = None
         try:
             from faster_whisper import WhisperModel
 
             from speechllm.zoo import resolve
 
-            self.fw = WhisperModel(str(resolve("whisper-tiny.en").path), device="cpu", compute_type="int8",
+            self.fw = WhisperModel(str(resolve(DEFAULT_ASR).path), device="cpu", compute_type="int8",
                                    cpu_threads=threads)
         except ImportError:
             print("faster-whisper is not installed (pip install -e '.[bench]'): its column stays empty")
@@ -160,7 +162,7 @@ def resynthesis(name: str, voice, cache: str, limit: int, asr: Transcribers) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--voices", nargs="+", default=["speechllm-joe", "piper-joe"])
+    parser.add_argument("--voices", nargs="+", default=[DEFAULT_VOICE, PIPER_VOICE])
     parser.add_argument("--manifest", default=str(REPO / "corpora/tts-1h/test.jsonl"))
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)

@@ -21,6 +21,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from speechllm.zoo import DEFAULT_LLM
+
 RECIPE = {  # the options of the README's recipe (tokenizer5, flow7, vocoder, lm 3:9)
     "tokenizer": ["--tokenizer-options", '{"levels": [3, 3, 3, 3, 3, 3, 3, 3], "recon_weight": 4.0}'],
     "vocoder": [],
@@ -72,7 +74,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--utterances", type=int, default=96)
     parser.add_argument("--flow-batch", type=int, nargs="+", default=[8], help="flow batch sizes to time")
-    parser.add_argument("--backbone", default="smollm2-135m-instruct")
+    parser.add_argument("--backbone", default=DEFAULT_LLM)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 

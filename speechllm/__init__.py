@@ -12,14 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from speechllm.zoo import DEFAULT_ASR as BASELINE
+from speechllm.zoo import STARTER
 
 if TYPE_CHECKING:
     from speechllm.transcriber import WhisperTranscriber
 
-STARTER = "speechllm-starter"
-BASELINE = "whisper-tiny.en"
-
+__version__ = "0.1.0"
 
 # The shipped starter speech-LLM is the default for every task but transcription, which stays on
 # Whisper tiny.en's own decoder until the starter matches its WER (docs/speech-llm.md has the

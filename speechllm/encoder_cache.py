@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from speechllm.files import atomic_save_tensors
+from speechllm.zoo import DEFAULT_ENCODER
 
 
 class EncoderCache:
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="fill a training run's encoder cache ahead of time")
     parser.add_argument("manifests", nargs="+", help="training manifests (jsonl)")
     parser.add_argument("--cache", required=True, help="the folder given to finetune --encoder-cache")
-    parser.add_argument("--encoder", default="whisper-tiny.en")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER)
     parser.add_argument("--encoder-kind", default="whisper")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--train-encoder-layers", type=int, default=0,

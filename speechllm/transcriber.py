@@ -16,6 +16,7 @@ import torch
 from speechllm.audio import SAMPLE_RATE, AudioError, audio_info, stream_audio
 from speechllm.device import pick_device
 from speechllm.segment import AudioSegment, segment_stream
+from speechllm.zoo import DEFAULT_ASR
 
 AudioSource = str | Path | np.ndarray
 
@@ -74,9 +75,9 @@ SEGMENTERS: dict[str, type[Segmenter]] = {"vad": VadSegmenter, "fixed": FixedSeg
 def make_segmenter(name: str = "auto") -> Segmenter:
     """``auto``: Silero VAD when its bundle is installed, else fixed-length cuts at quiet points."""
     if name == "auto":
-        from speechllm.zoo import ZOO
+        from speechllm.zoo import DEFAULT_VAD, ZOO
 
-        name = "vad" if ZOO["silero-vad"].bundle.folder() is not None else "fixed"
+        name = "vad" if ZOO[DEFAULT_VAD].bundle.folder() is not None else "fixed"
     if name not in SEGMENTERS:
         raise ValueError(f"unknown segmenter {name!r} (choose from {', '.join(SEGMENTERS)})")
     return SEGMENTERS[name]()
@@ -118,7 +119,7 @@ class WhisperTranscriber:
 
     max_segment_seconds = 30.0
 
-    def __init__(self, model: str = "whisper-tiny.en", device: str | None = None,
+    def __init__(self, model: str = DEFAULT_ASR, device: str | None = None,
                  beam_size: int = 1, batch_size: int = 8, dtype: torch.dtype = torch.float32,
                  segmenter: str = "auto", quant: str | None = None):
         from speechllm.whisper import DecodingOptions, load_whisper

@@ -15,6 +15,7 @@ import numpy as np
 
 from speechllm.audio import SAMPLE_RATE
 from speechllm.segment import AudioSegment, quietest_cut
+from speechllm.zoo import DEFAULT_VAD
 
 FRAME = 512  # samples per VAD decision (32 ms)
 CONTEXT = 64  # samples of left context the model sees with each frame
@@ -23,7 +24,7 @@ CONTEXT = 64  # samples of left context the model sees with each frame
 class SileroVAD:
     """Per-frame speech probabilities; state is carried across calls so audio can stream in."""
 
-    def __init__(self, model: str = "silero-vad"):
+    def __init__(self, model: str = DEFAULT_VAD):
         import onnxruntime as ort
 
         from speechllm.zoo import resolve

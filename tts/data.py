@@ -30,9 +30,10 @@ from safetensors import safe_open
 from speechllm.files import atomic_save_tensors
 from speechllm.text_normalize import normalize
 from speechllm.tts.mel import MelConfig, mel_spectrogram
+from speechllm.zoo import DEFAULT_ENCODER
 
 PART = 64
-ENCODER = "whisper-tiny.en"  # the frozen encoder whose frames the cache holds
+ENCODER = DEFAULT_ENCODER  # the frozen encoder whose frames the cache holds
 CHARS = " abcdefghijklmnopqrstuvwxyz'"  # CTC targets; index 0 is the blank
 _CHAR_ID = {c: i + 1 for i, c in enumerate(CHARS)}
 

@@ -28,13 +28,14 @@ from torch import Tensor, nn
 
 from speechllm.hf_cache import cache_arg
 from speechllm.speechlm.model import LoraSpec
+from speechllm.zoo import DEFAULT_LLM
 
 IGNORE = -100
 
 
 @dataclass(frozen=True)
 class LMConfig:
-    backbone: str = "smollm2-135m-instruct"
+    backbone: str = DEFAULT_LLM
     quant: str | None = None  # None: fp32; else a speechllm.llm format name ("int4", "int8")
     n_layers: int | None = 6  # first N decoder layers of the backbone (None: all)
     n_speech: int = 1000  # speech-token vocabulary (the tokenizer's)

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from speechllm.zoo import PIPER_VOICE
+
 BOS, EOS, PAD = "^", "$", "_"
 _CLAUSE_END = ".,;:!?"
 _SENTENCE_END = ".!?"
@@ -243,7 +245,7 @@ class PiperVoice:
 
     @classmethod
     def load(
-        cls, name_or_path: str | Path = "piper-joe", threads: int = 1, seed: int | None = 0
+        cls, name_or_path: str | Path = PIPER_VOICE, threads: int = 1, seed: int | None = 0
     ) -> PiperVoice:
         """A zoo name, a voice folder or an ``.onnx`` path (its ``.onnx.json`` beside it)."""
         from speechllm.zoo import ModelNotFoundError, resolve
