@@ -15,9 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechllm.files import atomic_write_text
-
 from speechllm.audio import AUDIO_SUFFIXES  # libsndfile's formats and PyAV's containers (m4a, webm, ...)
+from speechllm.files import atomic_write_text
 
 MANIFEST_SUFFIXES = (".jsonl",)
 

@@ -1,4 +1,11 @@
-"""Audio input: any file libsndfile reads, any rate and channel count -> float32 mono 16 kHz.
+"""Audio input: any file libsndfile or FFmpeg reads, any rate and channel count -> float32 mono 16 kHz.
+
+Files are opened by the first decoder of :data:`DECODERS` that reads them: libsndfile
+(``soundfile``: wav, flac, ogg/vorbis, opus, mp3, aiff, ...) and then PyAV (the optional
+``audio`` extra, ``pip install 'speechllm[audio]'``; its wheels bundle FFmpeg) for the
+containers phones and video produce (m4a/AAC, mp4, webm, mkv, ...). Both decode as a stream,
+block by block, so memory stays bounded. Arrays are taken too (:func:`audio_from_array`):
+1-D or 2-D, at any sampling rate.
 
 Every failure is an :class:`AudioError` whose message names the file and the reason, so a
 batch job can record it on one line and go on.
@@ -9,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +40,9 @@ class AudioInfo:
     path: str
     sample_rate: int
     channels: int
-    frames: int
+    frames: int  # -1 when the header does not know (audio_info counts them then)
     format: str
+    decoder: str = "soundfile"  # the DECODERS entry that reads the file
 
     @property
     def duration(self) -> float:
@@ -47,10 +55,11 @@ def _soundfile():
     return soundfile
 
 
-def check_audio_file(path: str | Path):
-    """The header as libsndfile reads it (``soundfile.info``), or an :class:`AudioError` saying why
-    the file is no usable recording: missing, a folder, empty, not audio, a sample rate no speech
-    recording has. Cheap (the samples are not decoded): front ends call it before loading a model."""
+def check_audio_file(path: str | Path) -> AudioInfo:
+    """The header as the first decoder that reads it sees it (``frames`` may be -1: unknown), or
+    an :class:`AudioError` saying why the file is no usable recording: missing, a folder, empty,
+    not audio, a sample rate no speech recording has. Cheap (the samples are not decoded): front
+    ends call it before loading a model."""
     path = Path(path)
     if not path.exists():
         parent = next((p for p in path.parents if p.is_file()), None)
@@ -64,13 +73,9 @@ def check_audio_file(path: str | Path):
     if path.suffix.lower() == ".mp3" and not _looks_like_mp3(path):
         # libmpg123 would print its resync notes straight to the terminal before failing
         raise AudioError(path, f"{NOT_AUDIO} (no MP3 frame or ID3 header)")
-    sf = _soundfile()
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:  # libsndfile's messages are cryptic; keep them but name the file
-        raise AudioError(path, _unreadable(exc)) from None
-    if info.samplerate < MIN_SAMPLE_RATE:
-        raise AudioError(path, f"sample rate {info.samplerate} Hz in its header: no speech recording is "
+    info = _probe(path)
+    if info.sample_rate < MIN_SAMPLE_RATE:
+        raise AudioError(path, f"sample rate {info.sample_rate} Hz in its header: no speech recording is "
                                f"below {MIN_SAMPLE_RATE:,} Hz (a damaged or mislabelled file)")
     return info
 
@@ -83,17 +88,13 @@ def _looks_like_mp3(path: Path) -> bool:
 
 
 def audio_info(path: str | Path) -> AudioInfo:
-    """Header facts (rate, channels, length) without decoding the samples."""
-    path = Path(path)
+    """Header facts (rate, channels, length); the samples are decoded only when the header does
+    not know the length (some mp3/ogg/webm files), to count them."""
     info = check_audio_file(path)
-    sf = _soundfile()
-    frames = int(info.frames)
-    if frames < 0 or frames > 2**62:  # some mp3/ogg headers do not know their length
-        try:
-            frames = sum(len(b) for b in sf.blocks(str(path), blocksize=1 << 16))
-        except Exception as exc:
-            raise AudioError(path, _unreadable(exc)) from None
-    return AudioInfo(str(path), int(info.samplerate), int(info.channels), frames, str(info.format))
+    if info.frames < 0:
+        frames = sum(len(b) for b in DECODERS[info.decoder].blocks(Path(path), 1 << 16))
+        info = replace(info, frames=frames)
+    return info
 
 
 NOT_AUDIO = "unreadable audio: not a readable audio file"
@@ -145,16 +146,12 @@ def load_audio(
         raise AudioError(path, "no audio samples (0 s)")
     if max_duration is not None and info.duration > max_duration:
         raise AudioError(path, f"{info.duration:.1f} s is over the limit of {max_duration:g} s")
-    sf = _soundfile()
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:
-        raise AudioError(path, f"unreadable audio ({_short(exc)})") from None
-    audio = _to_mono(data)
+    blocks = [_to_mono(b) for b in DECODERS[info.decoder].blocks(Path(path), 1 << 20)]
+    audio = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
     if audio.size == 0:
         raise AudioError(path, "no audio samples (0 s)")
     _check_finite(path, audio)
-    return resample(audio, sr, sample_rate)
+    return resample(audio, info.sample_rate, sample_rate)
 
 
 def stream_audio(
@@ -170,27 +167,174 @@ def stream_audio(
         raise AudioError(path, "no audio samples (0 s)")
     import soxr
 
-    sf = _soundfile()
     stream = None
     if info.sample_rate != sample_rate:
         stream = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
     blocksize = max(1, int(block_seconds * info.sample_rate))
+    for block in DECODERS[info.decoder].blocks(Path(path), blocksize):
+        mono = _to_mono(block)
+        _check_finite(path, mono)
+        out = stream.resample_chunk(mono) if stream is not None else mono
+        if out.size:
+            yield out
+    if stream is not None:
+        tail = stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        if tail.size:
+            yield tail
+
+
+def audio_from_array(audio, sampling_rate: int = SAMPLE_RATE, name: str = "<array>") -> np.ndarray:
+    """An in-memory recording as float32 mono at 16 kHz.
+
+    ``audio``: 1-D, or 2-D with the channels on the shorter axis, either ``(samples, channels)``
+    as soundfile returns it or ``(channels, samples)`` as torchaudio and librosa do (at most
+    :data:`MAX_CHANNELS`); channels are averaged. Integer PCM is scaled to [-1, 1).
+    ``sampling_rate``: the array's rate in Hz; anything else than 16 kHz is resampled (soxr).
+    """
+    array = np.asarray(audio)
+    if array.dtype.kind in "iu":
+        info = np.iinfo(array.dtype)
+        array = (array.astype(np.float32) - (info.max + 1 + info.min) / 2) / ((info.max - info.min + 1) / 2)
+    elif array.dtype.kind != "f":
+        raise AudioError(name, f"expected an array of numbers, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    if array.ndim == 2:
+        if min(array.shape) > MAX_CHANNELS:
+            raise AudioError(name, f"2-D array {array.shape}: neither axis is a channel axis "
+                                   f"(at most {MAX_CHANNELS} channels)")
+        array = array.mean(axis=0 if array.shape[0] < array.shape[1] else 1, dtype=np.float32)
+    if array.ndim != 1 or array.size == 0:
+        raise AudioError(name, f"expected a non-empty 1-D or 2-D array, got shape {array.shape}")
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) \
+            or sampling_rate < MIN_SAMPLE_RATE:
+        raise AudioError(name, f"sampling_rate {sampling_rate!r}: expected an integer rate in Hz "
+                               f"of at least {MIN_SAMPLE_RATE:,}")
+    _check_finite(name, array)
+    return resample(array, int(sampling_rate), SAMPLE_RATE)
+
+
+MAX_CHANNELS = 16
+
+
+# --- decoders: libsndfile first, then FFmpeg through PyAV ------------------------------------
+
+
+class Decoder:
+    """Reads one family of files: header facts, then float32 ``(frames, channels)`` blocks at the
+    file's own rate. Both raise :class:`AudioError` naming the file."""
+
+    name = ""
+
+    def info(self, path: Path) -> AudioInfo:
+        raise NotImplementedError
+
+    def blocks(self, path: Path, blocksize: int) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+
+class SoundfileDecoder(Decoder):
+    name = "soundfile"
+
+    def info(self, path):
+        try:
+            info = _soundfile().info(str(path))
+        except Exception as exc:  # libsndfile's messages are cryptic; keep them but name the file
+            raise AudioError(path, _unreadable(exc)) from None
+        frames = int(info.frames)
+        frames = -1 if frames < 0 or frames > 2**62 else frames  # some mp3/ogg headers do not know
+        return AudioInfo(str(path), int(info.samplerate), int(info.channels), frames, str(info.format),
+                         self.name)
+
+    def blocks(self, path, blocksize):
+        try:
+            yield from _soundfile().blocks(str(path), blocksize=blocksize, dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise AudioError(path, f"unreadable audio ({_short(exc)})") from None
+
+
+AV_INSTALL = "pip install 'speechllm[audio]'"
+# what libsndfile cannot read and FFmpeg can: phone recordings, video soundtracks, web audio
+AV_SUFFIXES = (".m4a", ".m4b", ".mp4", ".m4v", ".aac", ".webm", ".weba", ".mkv", ".mka", ".mov",
+               ".3gp", ".amr", ".wma", ".wmv", ".avi", ".ac3", ".ts")
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf",
+                      ".w64", ".rf64")
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES + AV_SUFFIXES  # what a folder of recordings is searched for
+
+
+def _pyav():
     try:
-        blocks = sf.blocks(str(path), blocksize=blocksize, dtype="float32", always_2d=True)
-        for block in blocks:
-            mono = _to_mono(block)
-            _check_finite(path, mono)
-            out = stream.resample_chunk(mono) if stream is not None else mono
-            if out.size:
-                yield out
-        if stream is not None:
-            tail = stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
-            if tail.size:
-                yield tail
-    except AudioError:
-        raise
-    except Exception as exc:
-        raise AudioError(path, f"unreadable audio ({_short(exc)})") from None
+        import av
+    except ImportError:
+        return None
+    return av
+
+
+class PyAVDecoder(Decoder):
+    """FFmpeg (PyAV) for containers libsndfile cannot read: the first audio stream, every channel
+    kept (mixed down by the caller as libsndfile's are), at its own rate."""
+
+    name = "pyav"
+
+    def info(self, path):
+        av = _pyav()
+        if av is None:
+            raise AudioError(path, f"unreadable audio: {path.suffix or 'this'} files need PyAV "
+                                   f"(FFmpeg): {AV_INSTALL}")
+        try:
+            with av.open(str(path), metadata_errors="ignore") as container:
+                stream = next((s for s in container.streams if s.type == "audio"), None)
+                if stream is None:
+                    raise AudioError(path, "no audio stream in this file")
+                rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+                channels = int(stream.codec_context.channels or 0)
+                seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                           else container.duration / av.time_base if container.duration else None)
+                frames = round(seconds * rate) if seconds is not None else -1
+                return AudioInfo(str(path), rate, channels, frames, container.format.name, self.name)
+        except AudioError:
+            raise
+        except Exception as exc:
+            raise AudioError(path, f"unreadable audio ({_short(exc)})") from None
+
+    def blocks(self, path, blocksize):
+        av = _pyav()
+        try:
+            with av.open(str(path), metadata_errors="ignore") as container:
+                stream = next(s for s in container.streams if s.type == "audio")
+                planar = av.AudioResampler(format="fltp")  # float, the first frame's rate and layout
+                pending, count = [], 0
+                for frame in container.decode(stream):
+                    for out in planar.resample(frame):
+                        pending.append(out.to_ndarray().T)
+                        count += out.samples
+                    if count >= blocksize:
+                        yield np.concatenate(pending)
+                        pending, count = [], 0
+                pending += [out.to_ndarray().T for out in planar.resample(None)]
+                if pending and sum(len(p) for p in pending):
+                    yield np.concatenate(pending)
+        except AudioError:
+            raise
+        except Exception as exc:
+            raise AudioError(path, f"unreadable audio ({_short(exc)})") from None
+
+
+DECODERS: dict[str, Decoder] = {d.name: d for d in (SoundfileDecoder(), PyAVDecoder())}
+
+
+def _probe(path: Path) -> AudioInfo:
+    """The first decoder's header that reads ``path``. A file libsndfile refuses goes to PyAV; when
+    that fails too, the reason given is PyAV's for the containers only it reads (m4a, webm, ...) and
+    libsndfile's for the rest (a .wav holding text is "not a readable audio file")."""
+    try:
+        return DECODERS["soundfile"].info(path)
+    except AudioError as first:
+        if _pyav() is None and path.suffix.lower() not in AV_SUFFIXES:
+            raise
+        try:
+            return DECODERS["pyav"].info(path)
+        except AudioError as second:
+            raise (second if path.suffix.lower() in AV_SUFFIXES else first) from None
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
