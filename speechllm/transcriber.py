@@ -6,19 +6,21 @@ several files share one batch, so many short files and one long file both keep t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from speechllm.audio import SAMPLE_RATE, AudioError, audio_info, stream_audio
+from speechllm.audio import SAMPLE_RATE, AudioError, audio_from_array, audio_info, stream_audio
 from speechllm.device import pick_device
 from speechllm.segment import AudioSegment, segment_stream
+from speechllm.whisper.timing import Word
 from speechllm.zoo import DEFAULT_ASR
 
-AudioSource = str | Path | np.ndarray
+# a path; a 1-D (or 2-D, channels on the shorter axis) array at 16 kHz; or (array, sampling_rate)
+AudioSource = str | Path | np.ndarray | tuple[np.ndarray, int]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,22 @@ class Segment:
     end: float
     text: str
     stop: str | None = None  # why its generation ended ("end", "repetition", "length"), when known
+    avg_logprob: float | None = None  # Whisper: mean log-probability of its window's tokens
+    no_speech_prob: float | None = None  # Whisper: probability of <|nospeech|> for its window
+    compression_ratio: float | None = None  # text bytes / zlib bytes (above 2.4: a loop)
+    temperature: float | None = None  # Whisper: the temperature its window was decoded at
+    words: tuple[Word, ...] | None = None  # with word timestamps: (word, start, end, probability)
+
+    def to_row(self) -> dict:
+        """The JSON row of ``speechllm transcribe --output``: what is known, rounded."""
+        row: dict = {"start": self.start, "end": self.end, "text": self.text}
+        for key in ("avg_logprob", "no_speech_prob", "compression_ratio", "temperature"):
+            value = getattr(self, key)
+            if value is not None:
+                row[key] = round(value, 4)
+        if self.words is not None:
+            row["words"] = [w.to_row() for w in self.words]
+        return row
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,8 @@ class Transcript:
     text: str
     segments: tuple[Segment, ...]
     duration: float
+    language: str | None = None  # detected or given (multilingual Whisper)
+    language_probs: dict[str, float] | None = None  # detected: the likeliest languages, highest first
 
     @property
     def stop(self) -> str | None:
@@ -43,6 +63,15 @@ class Transcript:
 
 
 SegmentText = tuple[str, str | None]  # a decoded segment's text and why its generation ended
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a ≤ 30 s chunk became: timed segments (seconds from the chunk's start), its language."""
+
+    segments: tuple[Segment, ...]
+    language: str | None = None
+    language_probs: dict[str, float] | None = None
 
 
 class Segmenter:
@@ -83,16 +112,25 @@ def make_segmenter(name: str = "auto") -> Segmenter:
     return SEGMENTERS[name]()
 
 
+@dataclass(frozen=True)
+class TranscriptionInfo:
+    """What is known of a recording before its segments are decoded (``transcribe(stream=True)``)."""
+
+    duration: float  # seconds
+
+
 def open_source(source: AudioSource) -> tuple[Iterable[np.ndarray], float]:
-    """Audio blocks of a file or array, and its duration in seconds."""
-    if isinstance(source, np.ndarray):
-        audio = np.asarray(source, dtype=np.float32)
-        if audio.ndim != 1 or audio.size == 0:
-            raise AudioError("<array>", "expected a non-empty 1-D float array at 16 kHz")
-        if not np.isfinite(audio).all():
-            raise AudioError("<array>", "audio contains NaN or Inf samples")
-        return [audio], len(audio) / SAMPLE_RATE
-    return stream_audio(source), audio_info(source).duration
+    """Audio blocks of a file or array, and its duration in seconds. Arrays: see
+    :func:`speechllm.audio.audio_from_array` (1-D or 2-D, any rate given as ``(array, rate)``)."""
+    if isinstance(source, tuple):
+        if len(source) != 2:
+            raise AudioError("<array>", f"expected (array, sampling_rate), got a tuple of {len(source)}")
+        audio = audio_from_array(*source)
+    elif isinstance(source, (str, Path)):
+        return stream_audio(source), audio_info(source).duration
+    else:
+        audio = audio_from_array(source)
+    return [audio], len(audio) / SAMPLE_RATE
 
 
 QUANT_CHOICES = ("int8", "int4")
@@ -115,14 +153,20 @@ def quantize_linears(model: torch.nn.Module, quant: str) -> int:
 
 
 class WhisperTranscriber:
-    """Batch transcription with the project's own Whisper (greedy or beam search)."""
+    """Batch transcription with the project's own Whisper: segments from its timestamp tokens,
+    language detection (multilingual models), translation to English, temperature fallback,
+    word timestamps. Options as :class:`~speechllm.whisper.transcribe.TranscribeOptions`;
+    ``temperature`` is one value or the sequence tried in turn."""
 
     max_segment_seconds = 30.0
 
     def __init__(self, model: str = DEFAULT_ASR, device: str | None = None,
                  beam_size: int = 1, batch_size: int = 8, dtype: torch.dtype = torch.float32,
-                 segmenter: str = "auto", quant: str | None = None):
-        from speechllm.whisper import DecodingOptions, load_whisper
+                 segmenter: str = "auto", quant: str | None = None, task: str = "transcribe",
+                 language: str | None = None, temperature: float | Sequence[float] = 0.0,
+                 word_timestamps: bool = False, **decoding):
+        from speechllm.whisper import load_whisper
+        from speechllm.whisper.transcribe import TranscribeOptions
         from speechllm.zoo import resolve
 
         self.device = pick_device(device)
@@ -130,36 +174,84 @@ class WhisperTranscriber:
         self.model, self.tokenizer = load_whisper(self.resolved.path, device=self.device, dtype=dtype)
         if quant is not None:
             quantize_linears(self.model, quant)
-        self.options = DecodingOptions(beam_size=beam_size)
+        temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
+        self.options = TranscribeOptions(language=self.check_language(language), task=self.check_task(task),
+                                         beam_size=beam_size, temperatures=tuple(map(float, temperatures)),
+                                         word_timestamps=word_timestamps, **decoding)
         self.batch_size = max(1, batch_size)
         self.segmenter = make_segmenter(segmenter)
 
-    def decode_segments(self, segments: list[np.ndarray]) -> list[SegmentText]:
-        """Text of each ≤ 30 s segment, decoded as one batch (no stop reason: Whisper's own)."""
-        from speechllm.features import N_SAMPLES_30S, log_mel_spectrogram
-        from speechllm.whisper import decode
+    def check_language(self, language: str | None) -> str | None:
+        """``None``/``auto``: detect (multilingual), English for an English-only model."""
+        if language in (None, "auto"):
+            return None if self.model.config.is_multilingual else "en"
+        code = language.strip().lower()
+        if not self.model.config.is_multilingual and code != "en":
+            raise ValueError(f"--language {language}: {self.resolved.name} is English-only; use a "
+                             "multilingual model (e.g. --model whisper-base) for other languages")
+        if code not in self.tokenizer.languages:
+            raise ValueError(f"--language {language}: not a Whisper language code (e.g. en, es, fr, de, "
+                             f"zh; {len(self.tokenizer.languages)} in all)")
+        return code
 
-        lengths = torch.tensor([len(s) for s in segments])
-        audio = torch.zeros(len(segments), int(lengths.max()))
-        for i, seg in enumerate(segments):
-            audio[i, : len(seg)] = torch.from_numpy(seg)
-        pad_to = N_SAMPLES_30S if self.options.pad_to_30s else None
-        mel, frames = log_mel_spectrogram(audio.to(self.device), lengths.to(self.device), pad_to=pad_to)
-        results = decode(self.model, self.tokenizer, mel, frames, self.options)
-        return [(r.text.strip(), None) for r in results]
+    def check_task(self, task: str) -> str:
+        if task == "translate" and not self.model.config.is_multilingual:
+            raise ValueError(f"{self.resolved.name} is English-only and cannot translate; use a multilingual "
+                             "Whisper (e.g. --model whisper-base)")
+        return task
 
-    def transcribe(self, source: AudioSource) -> Transcript:
+    def decode_segments(self, segments: list[np.ndarray]) -> list[ChunkResult]:
+        """Timed segments of each ≤ 30 s chunk, decoded as one batch (see ``whisper.transcribe``)."""
+        from speechllm.whisper.transcribe import transcribe_windows
+
+        results = transcribe_windows(self.model, self.tokenizer, segments, self.options)
+        return [ChunkResult(tuple(Segment(s.start, s.end, s.text, None, s.avg_logprob, s.no_speech_prob,
+                                          s.compression_ratio, s.temperature, s.words) for s in r.segments),
+                            r.language, r.language_probs) for r in results]
+
+    def transcribe(self, source: AudioSource, stream: bool = False):
+        """The :class:`Transcript` of one recording (a path, an array, or ``(array, rate)``).
+
+        ``stream=True`` returns ``(segments, info)`` at once, as faster-whisper does: ``info`` a
+        :class:`TranscriptionInfo`, ``segments`` a generator that decodes as it is read, one batch
+        of ≤ 30 s chunks at a time, yielding each :class:`Segment` as soon as its chunk is decoded.
+        A file that cannot be opened raises :class:`AudioError` here, before anything is decoded.
+        """
+        if stream:
+            blocks, duration = open_source(source)
+            return self._stream_segments(blocks), TranscriptionInfo(duration)
         result = next(self.transcribe_many([source]))[1]
         if isinstance(result, AudioError):
             raise result
         return result
 
+    def _stream_segments(self, blocks: Iterable[np.ndarray]) -> Iterator[Segment]:
+        batch: list[AudioSegment] = []
+        for chunk in self.segmenter(blocks, self.max_segment_seconds):
+            batch.append(chunk)
+            if len(batch) >= self.batch_size:
+                yield from self._decoded(batch)
+                batch = []
+        if batch:
+            yield from self._decoded(batch)
+
+    def _decoded(self, chunks: list[AudioSegment]) -> Iterator[Segment]:
+        """The segments of ``chunks`` (in order, timed from the recording's start), decoded as one batch."""
+        for chunk, result in zip(chunks, self.decode_segments([c.audio for c in chunks]), strict=True):
+            yield from self._assemble([(chunk, result)], 0.0).segments
+
     def transcribe_many(
-        self, sources: Iterable[AudioSource]
+        self, sources: Iterable[AudioSource], on_segment: Callable[[AudioSource, Segment], None] | None = None
     ) -> Iterator[tuple[AudioSource, Transcript | AudioError]]:
-        """Yield ``(source, Transcript or AudioError)`` in input order; bad files do not stop it."""
+        """Yield ``(source, Transcript or AudioError)`` in input order; bad files do not stop it.
+
+        ``on_segment(source, segment)`` is called for every segment as soon as its chunk is
+        decoded (chunks of several files share a batch, so their segments interleave): what
+        ``--verbose`` prints and the progress bar counts, long before the whole file is done.
+        """
+        names: dict[int, AudioSource] = {}
         pending: list[tuple[int, AudioSegment]] = []
-        done: dict[int, list[tuple[AudioSegment, SegmentText]]] = {}
+        done: dict[int, list[tuple[AudioSegment, SegmentText | ChunkResult]]] = {}
         order: list[tuple[AudioSource, AudioError | None, int, float]] = []  # + n segments, duration
         finished: list[int] = []
 
@@ -167,6 +259,8 @@ class WhisperTranscriber:
             texts = self.decode_segments([seg.audio for _, seg in pending])
             for (idx, seg), text in zip(pending, texts, strict=True):
                 done.setdefault(idx, []).append((seg, text))
+                for segment in self._assemble([(seg, text)], 0.0).segments if on_segment else ():
+                    on_segment(names[idx], segment)
             pending.clear()
 
         def ready() -> Iterator[tuple[AudioSource, Transcript | AudioError]]:
@@ -181,6 +275,7 @@ class WhisperTranscriber:
                 yield source, (error if error is not None else self._assemble(parts, duration))
 
         for idx, source in enumerate(sources):
+            names[idx] = source
             count, error, duration = 0, None, 0.0
             try:
                 blocks, duration = open_source(source)
@@ -200,9 +295,39 @@ class WhisperTranscriber:
         yield from ready()
 
     @staticmethod
-    def _assemble(parts: list[tuple[AudioSegment, SegmentText]], duration: float) -> Transcript:
+    def _assemble(parts: list[tuple[AudioSegment, SegmentText | ChunkResult]], duration: float) -> Transcript:
+        """One transcript from its chunks: a chunk's text (a speech-LLM's) spans the chunk; timed
+        segments move by the chunk's start. The language is the one most probable over the chunks,
+        each weighted by its length."""
         parts.sort(key=lambda p: p[0].start)
-        segments = tuple(Segment(round(s.start / SAMPLE_RATE, 3), round(s.end / SAMPLE_RATE, 3), text, stop)
-                         for s, (text, stop) in parts)
+        segments: list[Segment] = []
+        votes: dict[str, float] = {}
+        languages = set()
+        for chunk, result in parts:
+            start = chunk.start / SAMPLE_RATE
+            if not isinstance(result, ChunkResult):
+                text, stop = result
+                segments.append(Segment(round(start, 3), round(chunk.end / SAMPLE_RATE, 3), text, stop))
+                continue
+            segments += [_shifted(s, start) for s in result.segments]
+            languages.add(result.language)
+            weight = (chunk.end - chunk.start) / SAMPLE_RATE
+            for code, p in (result.language_probs or {}).items():
+                votes[code] = votes.get(code, 0.0) + weight * p
         text = " ".join(s.text for s in segments if s.text)
-        return Transcript(text, segments, duration)
+        language = next(iter(languages)) if len(languages) == 1 else None
+        probs = None
+        if votes:
+            total = sum(votes.values())
+            probs = {c: round(v / total, 4) for c, v in sorted(votes.items(), key=lambda kv: -kv[1])[:5]}
+            language = next(iter(probs))
+        return Transcript(text, tuple(segments), duration, language, probs)
+
+
+def _shifted(segment: Segment, seconds: float) -> Segment:
+    """``segment`` (and its words) moved ``seconds`` later."""
+    if not seconds:
+        return segment
+    words = None if segment.words is None else tuple(w.shifted(seconds) for w in segment.words)
+    return replace(segment, start=round(segment.start + seconds, 3), end=round(segment.end + seconds, 3),
+                   words=words)

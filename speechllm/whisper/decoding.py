@@ -29,7 +29,8 @@ where no pretrained decoder reads it, e.g. as features for a speech adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from speechllm.whisper.model import KVCache, Whisper
 from speechllm.whisper.tokenizer import WhisperTokenizer
 
 N_FRAMES_30S = 3000
+SECONDS_PER_TIMESTAMP = 0.02  # one timestamp token step (2 mel frames, 1 encoder position)
 
 
 @dataclass(frozen=True)
@@ -48,21 +50,43 @@ class DecodingOptions:
     length_penalty: float | None = None  # None: rank beams by logprob / length
     suppress_blank: bool = True  # no blank or end-of-text as the first token
     suppress_tokens: tuple[int, ...] | None = None  # None: the model's own list from its config
-    language: str | None = None  # multilingual models only; default "en"
+    language: str | None = None  # multilingual models: None = detect each item's language
     task: str = "transcribe"  # or "translate" (multilingual models)
     pad_to_30s: bool = True  # pad each clip with silence to 30 s, as Whisper was trained
+    temperature: float = 0.0  # 0: greedy / beam search; > 0: sampling at this temperature
+    timestamps: bool = False  # sample timestamp tokens under ApplyTimestampRules
+    max_initial_timestamp: float | None = 1.0  # seconds: latest first timestamp
+    prompt: tuple[int, ...] = ()  # text ids before <|startoftranscript|> (an initial prompt)
+    seed: int = 0  # sampling's random generator
 
     def __post_init__(self) -> None:
         if self.beam_size < 1 or self.max_new_tokens < 1:
             raise ValueError("beam_size and max_new_tokens must be at least 1")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be at least 0, not {self.temperature}")
+        if self.task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be 'transcribe' or 'translate', not {self.task!r}")
 
 
 @dataclass(frozen=True)
 class DecodingResult:
     text: str
-    tokens: tuple[int, ...]
+    tokens: tuple[int, ...]  # sampled ids up to end-of-text, timestamps included
     avg_logprob: float
     no_speech_prob: float | None = None
+    language: str | None = None
+    language_probs: dict[str, float] | None = field(default=None, compare=False)
+    temperature: float = 0.0
+
+    @property
+    def compression_ratio(self) -> float:
+        return compression_ratio(self.text)
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes over zlib-compressed bytes: high (> 2.4) when a transcript loops."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 def pad_mel_to_30s(mel: Tensor, mel_lengths: Tensor, n_frames: int = N_FRAMES_30S) -> tuple[Tensor, Tensor]:
@@ -100,15 +124,50 @@ class SuppressBlank(LogitFilter):
 
 
 class SuppressTokens(LogitFilter):
-    """Never sample the given ids, nor (with ``from_id``) any id from there on."""
+    """Never sample the given ids, nor (with ``from_id``) any id from there up to ``until``."""
 
-    def __init__(self, token_ids: tuple[int, ...], from_id: int | None = None):
-        self.token_ids, self.from_id = list(token_ids), from_id
+    def __init__(self, token_ids: tuple[int, ...], from_id: int | None = None, until: int | None = None):
+        self.token_ids, self.from_id, self.until = list(token_ids), from_id, until
 
     def apply(self, logits: Tensor, tokens: Tensor) -> None:
         logits[:, self.token_ids] = float("-inf")
         if self.from_id is not None:
-            logits[:, self.from_id :] = float("-inf")
+            logits[:, self.from_id : self.until] = float("-inf")
+
+
+class ApplyTimestampRules(LogitFilter):
+    """Whisper's timestamp grammar: the text starts with a timestamp (at most
+    ``max_initial_index`` steps of 20 ms); timestamps come in pairs (end of one segment, start
+    of the next) except just before end-of-text; they never go back, and a segment is never
+    empty; and where the timestamps together outweigh the likeliest text token, a timestamp
+    is taken."""
+
+    def __init__(self, timestamp_begin: int, eot: int, sample_begin: int, max_initial_index: int | None):
+        self.begin, self.eot = timestamp_begin, eot
+        self.sample_begin, self.max_initial_index = sample_begin, max_initial_index
+
+    def apply(self, logits: Tensor, tokens: Tensor) -> None:
+        ninf = float("-inf")
+        for k, seq in enumerate(tokens[:, self.sample_begin :].tolist()):
+            last = len(seq) >= 1 and seq[-1] >= self.begin
+            penultimate = len(seq) < 2 or seq[-2] >= self.begin
+            if last:
+                if penultimate:  # a pair just closed: text (or end-of-text) must follow
+                    logits[k, self.begin :] = ninf
+                else:  # a segment just ended: its pair's second timestamp, or end-of-text
+                    logits[k, : self.eot] = ninf
+            stamps = [t for t in seq if t >= self.begin]
+            if stamps:  # no going back; after text, no zero-length segment
+                floor = stamps[-1] if (last and not penultimate) else stamps[-1] + 1
+                logits[k, self.begin : floor] = ninf
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, : self.begin] = ninf
+            if self.max_initial_index is not None:
+                logits[:, self.begin + self.max_initial_index + 1 :] = ninf
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        stamp_mass = logprobs[:, self.begin :].logsumexp(dim=-1)
+        best_text = logprobs[:, : self.begin].max(dim=-1).values
+        logits[stamp_mass > best_text, : self.begin] = ninf
 
 
 # ---------------------------------------------------------------- token decoders
@@ -128,12 +187,21 @@ class TokenDecoder:
 
 
 class GreedyDecoder(TokenDecoder):
-    def __init__(self, eot: int):
-        self.eot = eot
+    """The likeliest token, or (``temperature`` > 0) one sampled from the softened distribution."""
+
+    def __init__(self, eot: int, temperature: float = 0.0, seed: int = 0):
+        self.eot, self.temperature = eot, temperature
+        self.generator: torch.Generator | None = None
+        if temperature > 0:
+            self.generator = torch.Generator().manual_seed(seed)
 
     def update(self, tokens: Tensor, logits: Tensor, sum_logprobs: Tensor,
                cache: KVCache) -> tuple[Tensor, bool]:
-        next_tokens = logits.argmax(dim=-1)
+        if self.generator is None:
+            next_tokens = logits.argmax(dim=-1)
+        else:
+            probs = F.softmax(logits.float().cpu() / self.temperature, dim=-1)
+            next_tokens = torch.multinomial(probs, 1, generator=self.generator)[:, 0].to(logits.device)
         logprobs = F.log_softmax(logits.float(), dim=-1)
         current = logprobs.gather(1, next_tokens[:, None])[:, 0]
         done = tokens[:, -1] == self.eot
@@ -211,46 +279,75 @@ def _rank(candidates: list[tuple[list[int], float]], length_penalty: float | Non
     return max(candidates, key=score)
 
 
-@torch.inference_mode()
-def decode(model: Whisper, tokenizer: WhisperTokenizer, mel: Tensor, mel_lengths: Tensor | None = None,
-           options: DecodingOptions = DecodingOptions(),
-           token_decoder: TokenDecoder | None = None) -> list[DecodingResult]:
-    """Transcribe a batch of log-mel inputs ``mel [B, n_mels, T]`` with valid ``mel_lengths [B]``.
-
-    ``token_decoder`` overrides the strategy the options pick (greedy, or beam search when
-    ``beam_size > 1``). Returns one :class:`DecodingResult` per item, in order.
-    """
+def encode(model: Whisper, mel: Tensor, mel_lengths: Tensor | None = None,
+           pad_to_30s: bool = True) -> tuple[Tensor, Tensor]:
+    """The encoder's output ``(audio [B, T', D], mask [B, T'])`` for log-mel ``mel [B, n_mels, T]``."""
     if mel.dim() == 2:
         mel = mel[None]
     mel = mel.to(model.device)
     if mel_lengths is None:
         mel_lengths = torch.full((mel.shape[0],), mel.shape[-1])
     mel_lengths = torch.as_tensor(mel_lengths, device=model.device)
-    if options.pad_to_30s:
+    if pad_to_30s:
         mel, mel_lengths = pad_mel_to_30s(mel, mel_lengths)
+    return model.encoder(mel, mel_lengths)
+
+
+@torch.inference_mode()
+def detect_language(model: Whisper, tokenizer: WhisperTokenizer, audio: Tensor,
+                    audio_mask: Tensor | None = None) -> list[dict[str, float]]:
+    """Per item of encoded ``audio``, each language's probability (highest first), read from the
+    decoder's next token after ``<|startoftranscript|>`` with every non-language token masked."""
+    if not (model.config.is_multilingual and tokenizer.languages):
+        raise ValueError("this model is English-only: it has no language to detect")
+    sot = torch.full((audio.shape[0], 1), tokenizer.sot, device=audio.device)
+    logits = model.decoder(sot, audio, audio_mask)[:, 0]
+    codes, ids = list(tokenizer.languages), list(tokenizer.languages.values())
+    probs = logits[:, ids].softmax(dim=-1).tolist()
+    return [dict(sorted(zip(codes, row, strict=True), key=lambda kv: -kv[1])) for row in probs]
+
+
+@torch.inference_mode()
+def decode_audio(model: Whisper, tokenizer: WhisperTokenizer, audio: Tensor, audio_mask: Tensor | None,
+                 options: DecodingOptions = DecodingOptions(), languages: list[str] | None = None,
+                 token_decoder: TokenDecoder | None = None) -> list[DecodingResult]:
+    """Decode a batch of encoded audio (see :func:`encode`) under ``options``.
+
+    Each item gets ``options.language``, else its entry of ``languages``, else (a multilingual
+    model) the language :func:`detect_language` finds, with its probabilities in the result.
+    """
+    n_audio = audio.shape[0]
+    language_probs: list[dict[str, float] | None] = [None] * n_audio
+    if not model.config.is_multilingual:
+        languages = [options.language or "en"] * n_audio
+    elif options.language is not None:
+        languages = [options.language] * n_audio
+    elif languages is None:
+        language_probs = detect_language(model, tokenizer, audio, audio_mask)
+        languages = [next(iter(p)) for p in language_probs]
     if token_decoder is None:
-        token_decoder = (GreedyDecoder(tokenizer.eot) if options.beam_size == 1
+        token_decoder = (GreedyDecoder(tokenizer.eot, options.temperature, options.seed)
+                         if options.beam_size == 1 or options.temperature > 0
                          else BeamSearchDecoder(options.beam_size, tokenizer.eot))
     beam = token_decoder.beam_size
-    audio, audio_mask = model.encoder(mel, mel_lengths)
-    audio, audio_mask = audio.repeat_interleave(beam, dim=0), audio_mask.repeat_interleave(beam, dim=0)
+    audio = audio.repeat_interleave(beam, dim=0)
+    audio_mask = None if audio_mask is None else audio_mask.repeat_interleave(beam, dim=0)
 
-    prompt = tokenizer.sot_sequence(options.language, options.task)
-    sample_begin = len(prompt)
-    suppress = options.suppress_tokens if options.suppress_tokens is not None else tokenizer.suppress_tokens
-    n_vocab = model.config.n_vocab
-    filters: list[LogitFilter] = [SuppressTokens(_below(suppress, n_vocab), from_id=tokenizer.eot + 1)]
-    if options.suppress_blank:
-        filters.append(SuppressBlank(_below(tokenizer.begin_suppress_tokens, n_vocab), sample_begin))
+    max_prompt = model.config.n_text_ctx // 2 - 1
+    before = (tokenizer.sot_prev, *options.prompt[-max_prompt:]) if options.prompt else ()
+    prompts = [(*before, *tokenizer.sot_sequence(lang, options.task, options.timestamps))
+               for lang in languages]
+    sample_begin, sot_index = len(prompts[0]), len(before)
+    filters = _logit_filters(model, tokenizer, options, sample_begin)
 
-    tokens = torch.tensor([prompt], device=model.device).repeat(audio.shape[0], 1)
+    tokens = torch.tensor(prompts, device=model.device).repeat_interleave(beam, dim=0)
     sum_logprobs = torch.zeros(audio.shape[0], device=model.device)
     cache = KVCache()
-    no_speech_probs = [None] * mel.shape[0]
+    no_speech_probs = [None] * n_audio
     for step in range(min(options.max_new_tokens, model.config.n_text_ctx - sample_begin)):
         logits = model.decoder(tokens if step == 0 else tokens[:, -1:], audio, audio_mask, cache)
         if step == 0:
-            probs = logits[::beam, prompt.index(tokenizer.sot)].softmax(dim=-1)
+            probs = logits[::beam, sot_index].softmax(dim=-1)
             no_speech_probs = probs[:, tokenizer.no_speech].tolist()
         logits = logits[:, -1]
         for logit_filter in filters:
@@ -260,13 +357,45 @@ def decode(model: Whisper, tokenizer: WhisperTokenizer, mel: Tensor, mel_lengths
             break
 
     results = []
-    for candidates, no_speech_prob in zip(token_decoder.finalize(tokens, sum_logprobs), no_speech_probs,
-                                          strict=True):
+    finals = token_decoder.finalize(tokens, sum_logprobs)
+    for i, (candidates, no_speech_prob) in enumerate(zip(finals, no_speech_probs, strict=True)):
         candidates = [(_until_eot(seq[sample_begin:], tokenizer.eot), score) for seq, score in candidates]
         best, score = _rank(candidates, options.length_penalty)
-        results.append(DecodingResult(text=tokenizer.decode(best).strip(), tokens=tuple(best),
-                                      avg_logprob=score / (len(best) + 1), no_speech_prob=no_speech_prob))
+        results.append(DecodingResult(
+            text=tokenizer.decode(best).strip(), tokens=tuple(best), avg_logprob=score / (len(best) + 1),
+            no_speech_prob=no_speech_prob, language=languages[i] if model.config.is_multilingual else "en",
+            language_probs=language_probs[i], temperature=options.temperature))
     return results
+
+
+def _logit_filters(model: Whisper, tokenizer: WhisperTokenizer, options: DecodingOptions,
+                   sample_begin: int) -> list[LogitFilter]:
+    suppress = options.suppress_tokens if options.suppress_tokens is not None else tokenizer.suppress_tokens
+    n_vocab = model.config.n_vocab
+    # specials never; timestamps only under the timestamp rules
+    until = tokenizer.timestamp_begin if options.timestamps else None
+    filters: list[LogitFilter] = [SuppressTokens(_below(suppress, n_vocab), tokenizer.eot + 1, until)]
+    if options.suppress_blank:
+        filters.append(SuppressBlank(_below(tokenizer.begin_suppress_tokens, n_vocab), sample_begin))
+    if options.timestamps:
+        max_initial = (None if options.max_initial_timestamp is None
+                       else round(options.max_initial_timestamp / SECONDS_PER_TIMESTAMP))
+        filters.append(ApplyTimestampRules(tokenizer.timestamp_begin, tokenizer.eot, sample_begin,
+                                           max_initial))
+    return filters
+
+
+def decode(model: Whisper, tokenizer: WhisperTokenizer, mel: Tensor, mel_lengths: Tensor | None = None,
+           options: DecodingOptions = DecodingOptions(),
+           token_decoder: TokenDecoder | None = None) -> list[DecodingResult]:
+    """Transcribe a batch of log-mel inputs ``mel [B, n_mels, T]`` with valid ``mel_lengths [B]``.
+
+    ``token_decoder`` overrides the strategy the options pick (greedy, sampling at a temperature,
+    or beam search when ``beam_size > 1``). Returns one :class:`DecodingResult` per item, in order.
+    """
+    with torch.inference_mode():
+        audio, audio_mask = encode(model, mel, mel_lengths, options.pad_to_30s)
+    return decode_audio(model, tokenizer, audio, audio_mask, options, token_decoder=token_decoder)
 
 
 def _below(ids: tuple[int, ...], n_vocab: int) -> tuple[int, ...]:

@@ -90,9 +90,22 @@ class MultiHeadAttention(nn.Module):
     def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._heads(self.key(x)), self._heads(self.value(x))
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-        """mask: bool, broadcastable to [B, H, T_q, T_k], True where attention is allowed."""
-        out = F.scaled_dot_product_attention(self._heads(self.query(x)), k, v, attn_mask=mask)
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                scores: list[Tensor] | None = None) -> Tensor:
+        """mask: bool, broadcastable to [B, H, T_q, T_k], True where attention is allowed.
+
+        With ``scores`` (a list), the attention is computed step by step and its pre-softmax
+        scores [B, H, T_q, T_k] are appended to it (word timestamps read the cross-attention).
+        """
+        q = self._heads(self.query(x))
+        if scores is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            qk = (q @ k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1])
+            if mask is not None:
+                qk = qk.masked_fill(~mask, float("-inf"))
+            scores.append(qk)
+            out = qk.softmax(dim=-1).to(v.dtype) @ v
         return self.out(out.transpose(1, 2).flatten(2))
 
 
@@ -107,7 +120,8 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp_ln = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor, mask: Tensor | None, audio: Tensor | None = None,
-                audio_mask: Tensor | None = None, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+                audio_mask: Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
+                cross_scores: list[Tensor] | None = None) -> Tensor:
         h = self.attn_ln(x)
         k, v = self.attn.keys_values(h)
         if cache is not None:
@@ -120,7 +134,7 @@ class ResidualAttentionBlock(nn.Module):
                 k, v = self.cross_attn.keys_values(audio)
                 if cache is not None:
                     cache.cross_kv[layer] = (k, v)
-            x = x + self.cross_attn(self.cross_attn_ln(x), k, v, audio_mask)
+            x = x + self.cross_attn(self.cross_attn_ln(x), k, v, audio_mask, cross_scores)
         return x + self.mlp(self.mlp_ln(x))
 
 
@@ -188,10 +202,12 @@ class TextDecoder(nn.Module):
         self.ln = nn.LayerNorm(d)
 
     def forward(self, tokens: Tensor, audio: Tensor, audio_mask: Tensor | None = None,
-                cache: KVCache | None = None) -> Tensor:
+                cache: KVCache | None = None, cross_scores: list[Tensor] | None = None) -> Tensor:
         """tokens [B, n] (only the new ones when a cache is given), audio [B, T', D] → logits [B, n, V].
 
         audio_mask [B, T'] is the encoder's mask (True = valid). Audio is read once per cache.
+        ``cross_scores``, when a list, receives each layer's cross-attention scores [B, H, n, T']
+        (before the softmax), bottom layer first.
         """
         offset = cache.length if cache is not None else 0
         n = tokens.shape[1]
@@ -203,7 +219,7 @@ class TextDecoder(nn.Module):
             causal = torch.ones(n, offset + n, dtype=torch.bool, device=tokens.device).tril(offset)
         cross_mask = None if audio_mask is None else audio_mask[:, None, None, :]
         for layer, block in enumerate(self.blocks):
-            x = block(x, causal, audio, cross_mask, cache, layer)
+            x = block(x, causal, audio, cross_mask, cache, layer, cross_scores)
         return (self.ln(x) @ self.token_embedding.weight.T).float()
 
 
