@@ -17,7 +17,7 @@ from torch import nn
 from .calibrate import layerwise
 from .formats import QuantSpec, fake_quantize_activations, quantize_weight
 from .linear import QuantLinear
-from .model import QuantConfig, register_method
+from .methods import QuantConfig, register_method
 
 # (module that makes the input, linears reading it), as names inside a Llama-family decoder layer
 SCALE_GROUPS = [

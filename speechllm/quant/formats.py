@@ -42,6 +42,12 @@ class QuantSpec:
         return f"int{self.bits}-" + ("channel" if self.group_size in (-1, 0) else f"g{self.group_size}")
 
 
+def spec_from_name(name: str) -> QuantSpec:
+    """The inverse of :attr:`QuantSpec.name`: ``int4-g32`` -> ``QuantSpec(4, 32)``."""
+    bits, group = name.removeprefix("int").split("-")
+    return QuantSpec(int(bits), -1 if group == "channel" else int(group.removeprefix("g")))
+
+
 INT4 = QuantSpec(4, 32)  # the default weight format (GGUF Q4_1's)
 INT8 = QuantSpec(8, -1)
 

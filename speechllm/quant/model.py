@@ -14,61 +14,24 @@ quantized matrices in fp32.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .formats import QuantizedWeight, QuantSpec, requantize
+from .formats import QuantizedWeight, QuantSpec, requantize, spec_from_name
 from .linear import QuantEmbedding, QuantLinear
+from .methods import (  # noqa: F401  (re-exported: the registry and config the methods share)
+    METHODS,
+    Method,
+    QuantConfig,
+    register_method,
+    set_module,
+)
 
 HEAD = "lm_head"
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """How ``quantize`` treats a model; saved as ``quantization_config`` in the folder's config.json."""
-
-    method: str = "rtn"  # rtn | awq | quad (see METHODS)
-    bits: int = 4
-    group_size: int = 32
-    act_bits: int = 16  # 16: weight-only; 8 or 4: activations quantized too (simulated, QUAD)
-    head_bits: int = 8  # the output head: 8, 4, or 0 to keep it in float
-    embed_bits: int = 8  # the token embedding: 8, 4, or 0
-    exact_head: bool = False  # False lets the head use kernels that quantize activations (fbgemm int8)
-    rank: int = 32  # QUAD: outlier directions kept in full precision
-    skip: tuple[str, ...] = ()  # module names (or name suffixes) kept in float
-
-    @property
-    def spec(self) -> QuantSpec:
-        return QuantSpec(self.bits, self.group_size)
-
-    def to_dict(self) -> dict:
-        return {"quant_method": "speechllm", **asdict(self), "skip": list(self.skip)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> QuantConfig:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        if "skip" in kw:
-            kw["skip"] = tuple(kw["skip"])
-        return cls(**kw)
-
-
-# --- the methods registry (filled in by rtn.py, awq.py, quad.py) -----------------------------------
-
-Method = Callable[[nn.Module, dict[str, nn.Linear], QuantConfig, list[torch.Tensor] | None, bool], None]
-METHODS: dict[str, Method] = {}
-
-
-def register_method(name: str) -> Callable[[Method], Method]:
-    def add(fn: Method) -> Method:
-        METHODS[name] = fn
-        return fn
-    return add
 
 
 def _load_methods() -> None:
@@ -119,11 +82,6 @@ def quantize_head_and_embedding(model: nn.Module, config: QuantConfig) -> None:
         setattr(model, HEAD, QuantLinear.from_linear(head, spec, exact=config.exact_head))
 
 
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 # --- describing and rebuilding the quantized modules ----------------------------------------------
 
 def module_formats(model: nn.Module) -> dict[str, dict]:
@@ -134,11 +92,6 @@ def module_formats(model: nn.Module) -> dict[str, dict]:
             formats[name] = m.describe()
             formats.update({f"{name}.{sub}": None for sub, _ in m.named_modules() if sub})  # inner parts
     return {k: v for k, v in formats.items() if v is not None}
-
-
-def spec_from_name(name: str) -> QuantSpec:
-    bits, group = name.removeprefix("int").split("-")
-    return QuantSpec(int(bits), -1 if group == "channel" else int(group.removeprefix("g")))
 
 
 def _empty_model(config: Any) -> nn.Module:

@@ -28,7 +28,7 @@ from torch import nn
 from .calibrate import layerwise
 from .formats import QuantSpec, fake_quantize_activations, quantize_weight
 from .linear import QuantLinear
-from .model import QuantConfig, register_method, set_module
+from .methods import QuantConfig, register_method, set_module
 
 
 @lru_cache(maxsize=8)
@@ -107,8 +107,7 @@ class QuadLinear(nn.Module):
     @classmethod
     def from_state(cls, desc: dict, tensors: dict) -> QuadLinear:
         """Rebuild from a folder: ``desc`` from config.json, ``tensors`` the module's own (codes etc.)."""
-        from .formats import QuantizedWeight
-        from .model import spec_from_name
+        from .formats import QuantizedWeight, spec_from_name
 
         spec = spec_from_name(desc["format"])
         layer = cls(desc["in_features"], desc["out_features"], desc["rank"], spec, desc["act_bits"],

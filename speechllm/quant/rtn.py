@@ -7,7 +7,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .linear import QuantLinear
-from .model import QuantConfig, register_method, set_module
+from .methods import QuantConfig, register_method, set_module
 
 
 @register_method("rtn")
