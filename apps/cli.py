@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "data": "speechllm.apps.commands.data",
     "finetune": "speechllm.apps.commands.finetune",
     "tts": "speechllm.apps.commands.tts",
+    "tts-train": "speechllm.apps.commands.tts_train",
     "quantize": "speechllm.apps.commands.quantize",
     "chat": "speechllm.apps.commands.chat",
 }

@@ -372,8 +372,9 @@ def test_training_driver_end_to_end(tiny_llm, tmp_path, fake_tts_cache):
     run = lambda *a, cache=cache: main([*a, *common, "--cache", str(cache)])  # noqa: E731
     assert run("--stage", "tokenizer", "--out", str(tmp_path / "tok"), "--steps", "1") == 0
     assert run("--stage", "tokenizer", "--out", str(tmp_path / "tok"), "--steps", "2") == 0  # resumes
-    state = __import__("json").loads((tmp_path / "tok" / "checkpoint" / "trainer_state.json").read_text())
-    assert state["step"] == 2
+    newest = tmp_path / "tok" / "checkpoints" / "step-0000002"
+    state = __import__("json").loads((newest / "trainer_state.json").read_text())
+    assert state["step"] == 2 and len(list((tmp_path / "tok" / "checkpoints").iterdir())) == 2
     assert run("--stage", "tokens", "--out", str(tmp_path / "tok")) == 0
     assert run("--stage", "vocoder", "--out", str(tmp_path / "voc"), "--steps", "1") == 0
     # a pack (8-bit mels and tokens, no frames or audio) trains the flow and the LM, not the rest
@@ -451,3 +452,37 @@ def test_tokenizer_trains_on_extra_asr_data(tmp_path):
     assert main([*args, "--encoder-cache", str(tmp_path / "enc")]) == 0
     config = json.loads((tmp_path / "tok" / "config.json").read_text())["config"]
     assert config["n_pre"] == 0
+
+
+def test_tts_train_command_resumes_from_the_newest_intact_checkpoint(tmp_path, fake_tts_cache, capsys):
+    """``speechllm tts-train STAGE``: the trainer's options, folders named or a one-line error, and
+    the checkpoints of ``speechllm.checkpoints`` (a damaged newest one skipped with a warning; the
+    single ``checkpoint/`` folder of an older run still resumed, with a notice)."""
+    import shutil
+
+    from speechllm.apps.cli import main
+
+    cache, out = fake_tts_cache(tmp_path / "cache"), tmp_path / "voc"
+    args = ["tts-train", "vocoder", "--cache", str(cache), "--out", str(out), "--batch-size", "2",
+            "--save-every", "1", "--eval-every", "100", "--log-every", "1"]
+    assert main([*args, "--steps", "2"]) == 0
+    steps = out / "checkpoints"
+    assert sorted(p.name for p in steps.iterdir()) == ["step-0000001", "step-0000002"]
+    whole = (steps / "step-0000002" / "model.safetensors").read_bytes()
+    (steps / "step-0000002" / "model.safetensors").write_bytes(whole[: len(whole) // 2])
+    capsys.readouterr()
+    assert main([*args, "--steps", "3"]) == 0
+    printed = capsys.readouterr()
+    assert "vocoder: resumed at step 1" in printed.out
+    warning = [line for line in printed.err.splitlines() if "damaged" in line]
+    assert len(warning) == 1 and "step-0000002" in warning[0] and "model.safetensors" in warning[0]
+    assert sorted(p.name for p in steps.iterdir()) == ["step-0000002", "step-0000003"]
+    shutil.move(steps / "step-0000003", out / "checkpoint")  # the layout of runs from before
+    shutil.rmtree(steps)
+    assert main([*args, "--steps", "4"]) == 0
+    printed = capsys.readouterr()
+    assert "vocoder: resumed at step 3" in printed.out and "old-style checkpoint" in printed.err
+    assert main(["tts-train", "flow", "--cache", str(cache), "--out", str(tmp_path / "flow")]) == 1
+    assert capsys.readouterr().err.strip() == "speechllm tts-train: error: the 'flow' stage needs --tokenizer"
+    assert main(["tts-train", "cache", "--out", str(tmp_path / "c")]) == 1
+    assert "needs --data and --cache" in capsys.readouterr().err

@@ -1,18 +1,22 @@
 """Train the TTS stages one at a time, each resumable from its last checkpoint.
 
-    python -m speechllm.tts.train --stage cache     --data corpora/tts-1h --cache runs/tts/cache-1h
-    python -m speechllm.tts.train --stage tokenizer --cache runs/tts/cache-1h --out runs/tts/tokenizer
-    python -m speechllm.tts.train --stage tokens    --cache runs/tts/cache-1h --out runs/tts/tokenizer
-    python -m speechllm.tts.train --stage vocoder   --cache runs/tts/cache-1h --out runs/tts/vocoder
-    python -m speechllm.tts.train --stage flow      --cache runs/tts/cache-1h --out runs/tts/flow
-    python -m speechllm.tts.train --stage lm        --cache runs/tts/cache-1h --out runs/tts/lm --ratio 3:9
-    python -m speechllm.tts.train --stage pack      --cache runs/tts/cache-1h --out runs/tts/pack --max-mb 48
-    python -m speechllm.tts.train --stage assemble  --out tts/weights/joe --tokenizer runs/tts/tokenizer ...
+    speechllm tts-train cache     --data my-corpus --cache tts-work/cache
+    speechllm tts-train tokenizer --cache tts-work/cache --out tts-work/tokenizer
+    speechllm tts-train tokens    --cache tts-work/cache --out tts-work/tokenizer
+    speechllm tts-train vocoder   --cache tts-work/cache --out tts-work/vocoder
+    speechllm tts-train flow      --cache tts-work/cache --out tts-work/flow --tokenizer tts-work/tokenizer
+    speechllm tts-train lm        --cache tts-work/cache --out tts-work/lm --tokenizer tts-work/tokenizer
+    speechllm tts-train pack      --cache tts-work/cache --out tts-work/pack --max-mb 48
+    speechllm tts-train assemble  --cache tts-work/cache --out my-voice --lm tts-work/lm \
+        --flow tts-work/flow --vocoder tts-work/vocoder
 
-Each training stage writes ``OUT/config.json`` + ``OUT/model.safetensors`` (the stage's model
-folder) and ``OUT/checkpoint/`` (model, optimizer, step) every ``--save-every`` steps; rerun the
-same command to go on from the checkpoint (``--steps`` is the total). Stages come from the
-:data:`STAGES` registry; each is a small class that builds its model, its batches and its loss.
+(``python -m speechllm.tts.train --stage STAGE ...`` takes the same options.) Every folder is
+named: nothing defaults to a path. Each training stage writes ``OUT/config.json`` +
+``OUT/model.safetensors`` (the stage's model folder) and ``OUT/checkpoints/step-N/`` (weights,
+optimizer, step: ``speechllm.checkpoints``) every ``--save-every`` steps; rerun the same command
+to go on from the newest intact checkpoint (``--steps`` is the total). Stages come from the
+:data:`STAGES` registry; each is a small class that builds its model, its batches and its loss
+from :class:`StageOptions`.
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import argparse
 import json
 import math
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +37,15 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from speechllm import checkpoints
 from speechllm.device import pick_device
+from speechllm.files import atomic_save_tensors, atomic_write_text, check_safetensors, load_tensors
 from speechllm.schedule import warmup_cosine
-from speechllm.speechlm.io import atomic_save_tensors, atomic_write_text
-from speechllm.train import OPTIMIZER_FILE, STATE_FILE, load_optimizer_state
 from speechllm.tts.data import Corpus, asr_corpus, char_ids, chars_text, load_corpus, save_tokens
+from speechllm.zoo import DEFAULT_LLM
 
-MODEL_FILE, CONFIG_FILE, CHECKPOINT = "model.safetensors", "config.json", "checkpoint"
+MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+OLD_CHECKPOINT = "checkpoint"  # the one checkpoint folder of runs from before OUT/checkpoints/step-N
 
 
 def pad(seqs: list[Tensor], value: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -106,14 +112,58 @@ def lr_at(step: int, options: LoopOptions) -> float:
     return warmup_cosine(step, options.lr, options.warmup, options.steps, floor=0.05)
 
 
+def _flag(default: Any = None, help: str = "", **argparse: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse})
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """What the stages and steps read: the folders they work on and each stage's own options; one
+    command-line flag each (``flow_options``: ``--flow-options``)."""
+
+    data: str | None = _flag(help="cache: corpus folder (train/dev/test.jsonl)")
+    cache: str | None = _flag(help="the feature cache folder (the cache step writes it, the others read it)")
+    out: str | None = _flag(help="the stage's output folder")
+    device: str = _flag("auto", "cpu, cuda, or auto (cuda when there is one)")
+    speakers: str | None = _flag(help="only utterances whose speaker starts with this")
+    tokenizer: str | None = _flag(help="flow, lm: the trained tokenizer's folder")
+    tokenizer_options: str | None = _flag(
+        help='tokenizer: TokenizerConfig fields as JSON, e.g. \'{"recon_weight": 1}\'')
+    asr_data: tuple[str, ...] | None = _flag(
+        help="tokenizer: ASR manifests to add (frames from --encoder-cache)", nargs="+")
+    encoder_cache: str | None = _flag(
+        help="tokenizer: speech-LLM encoder cache holding the --asr-data frames")
+    flow_encoder: int = _flag(0, "flow: chunk-causal token-encoder layers before the prior μ", type=int)
+    flow_options: str | None = _flag(help='flow: FlowConfig fields as JSON, e.g. \'{"conv_kernel": 5}\'')
+    ratio: str = _flag("3:9", "lm: text tokens : speech tokens per group")
+    backbone: str = _flag(DEFAULT_LLM, "lm: backbone zoo name/path")
+    layers: int | None = _flag(help="lm: use the first N backbone layers", type=int)
+    lm: str | None = _flag(help="assemble: the trained LM")
+    flow: str | None = _flag(help="assemble: the trained flow model")
+    vocoder: str | None = _flag(help="assemble: the trained vocoder")
+    max_mb: float | None = _flag(help="pack: size cap in MiB (dev/test first, then whole training parts)",
+                                 type=float)
+
+    @classmethod
+    def register(cls, parser: argparse.ArgumentParser) -> None:
+        for f in fields(cls):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, **f.metadata)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> StageOptions:
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 class Stage:
     """One trainable stage: subclasses fill in the model, a batch and the loss."""
 
     name = ""
+    needs = ("cache", "out")  # StageOptions folders it cannot do without
     config: Any
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
+    def __init__(self, options: StageOptions):
+        self.options = options
         self.device = torch.device("cpu")  # where train_stage put the model
 
     def build(self) -> nn.Module:
@@ -140,7 +190,7 @@ class Stage:
         return rng.sample(usable, min(batch_size, len(usable)))
 
     def load_data(self) -> tuple[Corpus, Corpus]:
-        cache = self.args.cache
+        cache = self.options.cache
         return load_corpus(cache, "train"), load_corpus(cache, "dev")
 
 
@@ -160,13 +210,13 @@ def train_stage(stage: Stage, out: Path, options: LoopOptions,
     model = stage.build().to(stage.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    ckpt = out / CHECKPOINT
+    ckpt = resume_checkpoint(out)
     step = 0
-    if (ckpt / STATE_FILE).is_file():
-        missing, unexpected = model.load_state_dict(load_file(ckpt / MODEL_FILE), strict=False)
+    if ckpt is not None:
+        missing, unexpected = model.load_state_dict(load_tensors(ckpt / MODEL_FILE), strict=False)
         if unexpected:
             raise ValueError(f"{ckpt}: weights do not fit the model, e.g. {unexpected[0]}")
-        step = load_optimizer_state(optimizer, ckpt)
+        step = checkpoints.load_optimizer_state(optimizer, ckpt)
         print(f"{stage.name}: resumed at step {step}", flush=True)
     usable = stage.usable(train)
     if not usable:
@@ -201,27 +251,31 @@ def train_stage(stage: Stage, out: Path, options: LoopOptions,
             model.train()
             print(f"{stage.name} eval at {step}: {json.dumps(metrics)}", flush=True)
         if step % options.save_every == 0 or step == options.steps:
-            _save_checkpoint(model, optimizer, ckpt, step)
+            checkpoints.save_checkpoint(out, step, optimizer, partial(_write_weights, model))
             save_stage(model, out, stage.name, stage.config,
                        {"step": step, "metrics": metrics, "loop": asdict(options)})
     model.eval()
     return metrics
 
 
-def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt: Path, step: int) -> None:
-    tmp = ckpt.with_name(f".{ckpt.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    atomic_save_tensors(trainable_state(model), tmp / MODEL_FILE)
-    state = optimizer.state_dict()
-    tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-    atomic_save_tensors(tensors, tmp / OPTIMIZER_FILE)
-    atomic_write_text(tmp / STATE_FILE, json.dumps({"step": step, "param_groups": state["param_groups"]}))
-    old = ckpt.with_name(f".{ckpt.name}.old")
-    if ckpt.exists():
-        ckpt.replace(old)
-    tmp.replace(ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+def _write_weights(model: nn.Module, folder: Path) -> None:
+    atomic_save_tensors(trainable_state(model), folder / MODEL_FILE)
+
+
+def _check_weights(folder: Path) -> None:
+    check_safetensors(folder / MODEL_FILE)
+
+
+def resume_checkpoint(out: Path) -> Path | None:
+    """The newest intact checkpoint in ``OUT/checkpoints`` (a damaged newer one is skipped with a
+    warning), else the single ``OUT/checkpoint`` folder of a run from before, with a notice."""
+    found = checkpoints.latest_checkpoint(out, _check_weights)
+    old = out / OLD_CHECKPOINT
+    if found is None and checkpoints.checkpoint_problem(old, _check_weights) is None:
+        print(f"note: resuming from {old}, an old-style checkpoint folder (new ones go to "
+              f"{out / checkpoints.CHECKPOINTS})", file=sys.stderr)
+        return old
+    return found
 
 
 # ---------------------------------------------------------------- stages
@@ -230,18 +284,18 @@ def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt: P
 class TokenizerStage(Stage):
     name = "tokenizer"
 
-    def __init__(self, args: argparse.Namespace):
-        super().__init__(args)
+    def __init__(self, options: StageOptions):
+        super().__init__(options)
         from speechllm.tts.tokenizer import TokenizerConfig
 
-        self.config = config_from_dict(TokenizerConfig, json.loads(args.tokenizer_options or "{}"))
+        self.config = config_from_dict(TokenizerConfig, json.loads(options.tokenizer_options or "{}"))
 
     def load_data(self) -> tuple[Corpus, Corpus]:
         train, dev = super().load_data()
-        if self.args.asr_data:
-            if not self.args.encoder_cache:
+        if self.options.asr_data:
+            if not self.options.encoder_cache:
                 raise ValueError("--asr-data needs --encoder-cache (filled by speechllm.encoder_cache)")
-            train = train + asr_corpus(self.args.asr_data, self.args.encoder_cache)
+            train = train + asr_corpus(self.options.asr_data, self.options.encoder_cache)
         return train, dev
 
     def build(self) -> nn.Module:
@@ -295,8 +349,8 @@ class VocoderStage(Stage):
     name = "vocoder"
     crop = 64  # mel frames per training segment (1.28 s)
 
-    def __init__(self, args: argparse.Namespace):
-        super().__init__(args)
+    def __init__(self, options: StageOptions):
+        super().__init__(options)
         from speechllm.tts.vocoder import VocoderConfig
 
         self.config = VocoderConfig()
@@ -308,7 +362,7 @@ class VocoderStage(Stage):
 
     def load_data(self) -> tuple[Corpus, Corpus]:
         train, dev = super().load_data()
-        return _speaker_filter(train, self.args.speakers), _speaker_filter(dev, self.args.speakers)
+        return _speaker_filter(train, self.options.speakers), _speaker_filter(dev, self.options.speakers)
 
     def usable(self, corpus: Corpus) -> list[int]:
         return [i for i, m in enumerate(corpus.mel) if len(m) >= self.crop and len(corpus.wav[i])]
@@ -340,19 +394,21 @@ class VocoderStage(Stage):
 
 class FlowStage(Stage):
     name = "flow"
+    needs = ("cache", "out", "tokenizer")
     max_frames = 600  # longest training crop (12 s): a 3 s voice prompt + most sentences, as in synthesis
 
     def load_data(self) -> tuple[Corpus, Corpus]:
         from speechllm.tts.flow import FlowConfig
 
-        train = _speaker_filter(load_corpus(self.args.cache, "train", tokens=True), self.args.speakers)
-        dev = _speaker_filter(load_corpus(self.args.cache, "dev", tokens=True), self.args.speakers)
+        train = _speaker_filter(load_corpus(self.options.cache, "train", tokens=True), self.options.speakers)
+        dev = _speaker_filter(load_corpus(self.options.cache, "dev", tokens=True), self.options.speakers)
         frames = torch.cat([m.float() for m in train.mel])
-        tok_config, _ = read_stage(self.args.tokenizer, "tokenizer")
+        tok_config, _ = read_stage(self.options.tokenizer, "tokenizer")
         n_tokens = math.prod(tok_config["levels"])
-        options = {"encoder_layers": self.args.flow_encoder, **json.loads(self.args.flow_options or "{}")}
+        chosen = {"encoder_layers": self.options.flow_encoder,
+                  **json.loads(self.options.flow_options or "{}")}
         stats = {"mel_mean": round(float(frames.mean()), 4), "mel_std": round(float(frames.std()), 4)}
-        self.config = config_from_dict(FlowConfig, {"n_tokens": n_tokens, **stats, **options})
+        self.config = config_from_dict(FlowConfig, {"n_tokens": n_tokens, **stats, **chosen})
         return train, dev
 
     def build(self) -> nn.Module:
@@ -394,15 +450,17 @@ class FlowStage(Stage):
 
 class LMStage(Stage):
     name = "lm"
+    needs = ("cache", "out", "tokenizer")
 
     def load_data(self) -> tuple[Corpus, Corpus]:
         from speechllm.tts.lm import LMConfig
 
-        train = _speaker_filter(load_corpus(self.args.cache, "train", tokens=True), self.args.speakers)
-        dev = _speaker_filter(load_corpus(self.args.cache, "dev", tokens=True), self.args.speakers)
-        tok_config, _ = read_stage(self.args.tokenizer, "tokenizer")
-        n, m = (int(x) for x in self.args.ratio.split(":"))
-        self.config = LMConfig(backbone=self.args.backbone, n_layers=self.args.layers or LMConfig.n_layers,
+        train = _speaker_filter(load_corpus(self.options.cache, "train", tokens=True), self.options.speakers)
+        dev = _speaker_filter(load_corpus(self.options.cache, "dev", tokens=True), self.options.speakers)
+        tok_config, _ = read_stage(self.options.tokenizer, "tokenizer")
+        n, m = (int(x) for x in self.options.ratio.split(":"))
+        layers = self.options.layers or LMConfig.n_layers
+        self.config = LMConfig(backbone=self.options.backbone, n_layers=layers,
                                n_speech=math.prod(tok_config["levels"]), text_chunk=n, speech_chunk=m)
         return train, dev
 
@@ -450,7 +508,7 @@ class LMStage(Stage):
         return {"dev_loss": round(sum(losses) / len(losses), 4), "dev_acc": round(sum(accs) / len(accs), 4)}
 
 
-STAGES: dict[str, Callable[[argparse.Namespace], Stage]] = {
+STAGES: dict[str, Callable[[StageOptions], Stage]] = {
     "lm": LMStage,
     "tokenizer": TokenizerStage,
     "vocoder": VocoderStage,
@@ -461,140 +519,91 @@ STAGES: dict[str, Callable[[argparse.Namespace], Stage]] = {
 # ---------------------------------------------------------------- non-training steps
 
 
-def run_cache(args: argparse.Namespace) -> None:
+def run_cache(options: StageOptions) -> None:
     from speechllm.tts.data import build_cache
 
     for split in ("dev", "test", "train"):
-        manifest = Path(args.data) / f"{split}.jsonl"
+        manifest = Path(options.data) / f"{split}.jsonl"
         if manifest.is_file():
-            n = build_cache(manifest, args.cache, split, device=pick_device(args.device))
-            print(f"{split}: {n} utterances cached in {args.cache}", flush=True)
+            n = build_cache(manifest, options.cache, split, device=pick_device(options.device))
+            print(f"{split}: {n} utterances cached in {options.cache}", flush=True)
 
 
 @torch.no_grad()
-def run_tokens(args: argparse.Namespace) -> None:
+def run_tokens(options: StageOptions) -> None:
     """Tokenize every cached split with the trained tokenizer in ``--out``."""
     from speechllm.tts.tokenizer import SpeechTokenizer, TokenizerConfig
 
-    config, state = read_stage(args.out, "tokenizer")
+    config, state = read_stage(options.out, "tokenizer")
     model = SpeechTokenizer(config_from_dict(TokenizerConfig, config))
     model.load_state_dict(state)
-    device = pick_device(args.device)
+    device = pick_device(options.device)
     model.to(device).eval()
     for split in ("train", "dev", "test"):
         try:
-            corpus = load_corpus(args.cache, split)
+            corpus = load_corpus(options.cache, split)
         except FileNotFoundError:
             continue
         tokens = []
         for enc in corpus.enc:
             ids, _ = model.tokenize(enc[None].float().to(device), torch.tensor([len(enc)], device=device))
             tokens.append(ids[0].cpu())
-        save_tokens(args.cache, split, corpus.ids, tokens)
+        save_tokens(options.cache, split, corpus.ids, tokens)
         print(f"tokens-{split}: {len(tokens)} utterances, {sum(len(t) for t in tokens)} tokens", flush=True)
 
 
-def run_pack(args: argparse.Namespace) -> None:
+def run_pack(options: StageOptions) -> None:
     """``--cache`` → ``--out``: the flow and LM stages' data in 8 bits, at most ``--max-mb``."""
     from speechllm.tts.data import pack_cache
 
-    counts = pack_cache(args.cache, args.out, args.max_mb)
-    size = sum(p.stat().st_size for p in Path(args.out).glob("*.safetensors")) / 2**20
-    print(f"pack {args.out}: {json.dumps(counts)} utterances, {size:.1f} MB", flush=True)
+    counts = pack_cache(options.cache, options.out, options.max_mb)
+    size = sum(p.stat().st_size for p in Path(options.out).glob("*.safetensors")) / 2**20
+    print(f"pack {options.out}: {json.dumps(counts)} utterances, {size:.1f} MB", flush=True)
 
 
-def run_assemble(args: argparse.Namespace) -> None:
+def run_assemble(options: StageOptions) -> None:
     """Trained stages → one TTS model folder in ``--out``, with a speaker prompt from the cache."""
     from speechllm.tts.flow import FlowConfig, FlowMatching
     from speechllm.tts.lm import LMConfig, TextSpeechLM
     from speechllm.tts.synthesize import save_tts
     from speechllm.tts.vocoder import VocoderConfig, Vocos
 
-    lm_config, lm_state = read_stage(args.lm, "lm")
+    lm_config, lm_state = read_stage(options.lm, "lm")
     lm = TextSpeechLM.build(config_from_dict(LMConfig, lm_config))
     lm.load_saved_state(lm_state)
-    flow_config, flow_state = read_stage(args.flow, "flow")
+    flow_config, flow_state = read_stage(options.flow, "flow")
     flow = FlowMatching(config_from_dict(FlowConfig, flow_config))
     flow.load_state_dict(flow_state)
-    voc_config, voc_state = read_stage(args.vocoder, "vocoder")
+    voc_config, voc_state = read_stage(options.vocoder, "vocoder")
     vocoder = Vocos(config_from_dict(VocoderConfig, voc_config))
     vocoder.load_state_dict(voc_state)
-    train = load_corpus(args.cache, "train", tokens=True)
-    prefix = args.speakers or "piper"
+    train = load_corpus(options.cache, "train", tokens=True)
+    prefix = options.speakers or "piper"
     candidates = [i for i, s in enumerate(train.speakers) if s.startswith(prefix)]
     if not candidates:
-        raise ValueError(f"{args.cache}: no training utterance of a speaker starting with {prefix!r} "
+        raise ValueError(f"{options.cache}: no training utterance of a speaker starting with {prefix!r} "
                          "to take the voice prompt from")
     pick = min(candidates, key=lambda i: abs(len(train.tokens[i]) - 75))  # about 3 s
     tokens = train.tokens[pick]
     mel = train.mel[pick][: 2 * len(tokens)].float().T
     info = {"prompt": {"id": train.ids[pick], "text": train.texts[pick]},
-            "stages": {k: str(getattr(args, k)) for k in ("tokenizer", "flow", "vocoder", "lm")}}
-    save_tts(args.out, lm, flow, vocoder, mel, tokens[: mel.shape[1] // 2], info=info)
-    print(f"TTS model folder written to {args.out}", flush=True)
+            "stages": {k: str(getattr(options, k)) for k in ("tokenizer", "flow", "vocoder", "lm")}}
+    save_tts(options.out, lm, flow, vocoder, mel, tokens[: mel.shape[1] // 2], info=info)
+    print(f"TTS model folder written to {options.out}", flush=True)
 
 
-STEPS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "assemble": run_assemble,
-    "cache": run_cache,
-    "pack": run_pack,
-    "tokens": run_tokens,
+@dataclass(frozen=True)
+class Step:
+    run: Callable[[StageOptions], None]
+    needs: tuple[str, ...]  # StageOptions folders it cannot do without
+
+
+STEPS: dict[str, Step] = {
+    "assemble": Step(run_assemble, ("cache", "out", "lm", "flow", "vocoder")),
+    "cache": Step(run_cache, ("data", "cache")),
+    "pack": Step(run_pack, ("cache", "out")),
+    "tokens": Step(run_tokens, ("cache", "out")),
 }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m speechllm.tts.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", required=True, choices=[*STEPS, *STAGES])
-    parser.add_argument("--data", default="corpora/tts-1h", help="corpus folder (train/dev/test.jsonl)")
-    parser.add_argument("--cache", default="runs/tts/cache-1h", help="feature cache folder")
-    parser.add_argument("--out", default=None, help="the stage's output folder")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when there is one)")
-    for f in fields(LoopOptions):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
-    StageArgs.register(parser)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.stage in STEPS:
-        STEPS[args.stage](args)
-        return 0
-    if args.out is None:
-        parser.error("--out is required for a training stage")
-    stage = STAGES[args.stage](args)
-    defaults = STAGE_DEFAULTS.get(args.stage, {})
-    options = LoopOptions(**{f.name: getattr(args, f.name) if getattr(args, f.name) is not None
-                             else defaults.get(f.name, f.default) for f in fields(LoopOptions)})
-    metrics = train_stage(stage, Path(args.out), options, pick_device(args.device))
-    print(json.dumps({"stage": args.stage, "out": args.out, **metrics}), flush=True)
-    return 0
-
-
-class StageArgs:
-    """Options of particular stages (kept here so --help lists them all)."""
-
-    @staticmethod
-    def register(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--ratio", default="3:9", help="lm: text tokens : speech tokens per group")
-        parser.add_argument("--backbone", default="smollm2-135m-instruct", help="lm: backbone zoo name/path")
-        parser.add_argument("--layers", type=int, default=None, help="lm: use the first N backbone layers")
-        parser.add_argument("--speakers", default=None, help="only utterances whose speaker starts with this")
-        parser.add_argument("--tokenizer", default="runs/tts/tokenizer", help="flow, lm: trained tokenizer")
-        parser.add_argument("--flow", default="runs/tts/flow", help="assemble: the trained flow model")
-        parser.add_argument("--flow-encoder", type=int, default=0,
-                            help="flow: chunk-causal token-encoder layers before the prior μ")
-        parser.add_argument("--flow-options", default=None,
-                            help='flow: FlowConfig fields as JSON, e.g. \'{"conv_kernel": 5}\'')
-        parser.add_argument("--tokenizer-options", default=None,
-                            help='tokenizer: TokenizerConfig fields as JSON, e.g. \'{"recon_weight": 1}\'')
-        parser.add_argument("--asr-data", nargs="+", default=None,
-                            help="tokenizer: ASR manifests to add (frames from --encoder-cache)")
-        parser.add_argument("--encoder-cache", default=None,
-                            help="tokenizer: speech-LLM encoder cache holding the --asr-data frames")
-        parser.add_argument("--vocoder", default="runs/tts/vocoder", help="assemble: the trained vocoder")
-        parser.add_argument("--lm", default="runs/tts/lm", help="assemble: the trained LM")
-        parser.add_argument("--max-mb", type=float, default=None,
-                            help="pack: size cap in MiB (dev/test first, then whole training parts)")
-
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "tokenizer": {"steps": 1500, "lr": 1e-3, "batch_size": 16},
@@ -602,6 +611,76 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "lm": {"steps": 600, "lr": 1e-3, "batch_size": 8, "save_every": 50, "eval_every": 100, "warmup": 30},
     "flow": {"steps": 3000, "lr": 5e-4, "batch_size": 8, "save_every": 200, "eval_every": 500},
 }
+
+
+# ---------------------------------------------------------------- running a stage or step
+
+
+def check_needs(stage: str, options: StageOptions) -> None:
+    """A one-line error naming every folder ``stage`` needs and was not given."""
+    needs = STEPS[stage].needs if stage in STEPS else STAGES[stage].needs
+    missing = [f"--{name.replace('_', '-')}" for name in needs if getattr(options, name) is None]
+    if missing:
+        raise ValueError(f"the {stage!r} stage needs {' and '.join(missing)}")
+
+
+def loop_options(stage: str, given: dict[str, Any]) -> LoopOptions:
+    """The loop's options: those ``given`` (not None), else the stage's defaults, else LoopOptions'."""
+    chosen = {**STAGE_DEFAULTS.get(stage, {}), **{k: v for k, v in given.items() if v is not None}}
+    return LoopOptions(**{f.name: chosen.get(f.name, f.default) for f in fields(LoopOptions)})
+
+
+def run_stage(stage: str, options: StageOptions, loop: LoopOptions | None = None) -> dict[str, float]:
+    """Run one step (cache, tokens, pack, assemble) or train one stage; a stage's last metrics."""
+    check_needs(stage, options)
+    if stage in STEPS:
+        STEPS[stage].run(options)
+        return {}
+    return train_stage(STAGES[stage](options), Path(options.out), loop or loop_options(stage, {}),
+                       pick_device(options.device))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option but the stage itself (``speechllm tts-train`` and ``python -m`` share them)."""
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    for f in fields(LoopOptions):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                            help=f"training stages (default: the stage's own, else {f.default})")
+    StageOptions.register(parser)
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Run ``args.stage`` as the command line asked; a training stage prints its final metrics."""
+    torch.set_num_threads(args.threads)
+    options = StageOptions.from_args(args)
+    loop = loop_options(args.stage, {f.name: getattr(args, f.name) for f in fields(LoopOptions)})
+    metrics = run_stage(args.stage, options, loop)
+    if args.stage in STAGES:
+        print(json.dumps({"stage": args.stage, "out": options.out, **metrics}), flush=True)
+    return 0
+
+
+def build_parser(prog: str = "python -m speechllm.tts.train",
+                 stage_flag: bool = True) -> argparse.ArgumentParser:
+    """The options of every stage; the stage as ``--stage STAGE`` (``python -m``) or a positional
+    ``STAGE`` (``speechllm tts-train``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    if stage_flag:
+        parser.add_argument("--stage", required=True, choices=[*STEPS, *STAGES])
+    else:
+        parser.add_argument("stage", choices=[*STEPS, *STAGES])
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_needs(args.stage, StageOptions.from_args(args))
+    except ValueError as exc:
+        parser.error(str(exc))
+    return run_args(args)
 
 
 if __name__ == "__main__":
