@@ -1,0 +1,110 @@
+"""``/v1/audio/transcriptions``, ``/v1/audio/translations`` (multipart upload) and ``/v1/audio/speech``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response, StreamingResponse
+
+from speechllm.apps.serve.errors import bad_request, too_large
+from speechllm.apps.serve.formats import SPEECH_FORMATS, TRANSCRIPT_FORMATS
+from speechllm.apps.serve.inputs import (
+    client_name,
+    decode_audio,
+    form_choice,
+    form_temperature,
+    form_text,
+    parse_json,
+)
+from speechllm.apps.serve.models import TranscribeJob
+from speechllm.apps.serve.workers import Job
+
+router = APIRouter()
+GRANULARITIES = ("segment", "word")
+
+
+@router.post("/v1/audio/transcriptions")
+async def transcriptions(request: Request) -> Response:
+    return await speech_to_text(request, "transcribe")
+
+
+@router.post("/v1/audio/translations")
+async def translations(request: Request) -> Response:
+    return await speech_to_text(request, "translate")
+
+
+async def speech_to_text(request: Request, task: str) -> Response:
+    """Read the whole upload, check every field, decode the audio, then queue it for the model."""
+    serve = request.app.state.serve
+    form = await request.form(max_files=1, max_fields=32)
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise bad_request("file is required: the audio as a multipart file field", param="file")
+        model = serve.model(form_text(form, "model"))
+        fmt = form_choice(form, "response_format", list(TRANSCRIPT_FORMATS), "json")
+        form_temperature(form)
+        if form_text(form, "prompt"):
+            raise bad_request("prompt is not supported: these decoders take no text prompt", param="prompt")
+        language = (form_text(form, "language") or "").lower() or None
+        if language is not None and task == "translate":
+            raise bad_request("translations take no language: the text is English, whatever the audio's",
+                              param="language")
+        granularities = [g.strip() for g in [*form.getlist("timestamp_granularities[]"),
+                                             *form.getlist("timestamp_granularities")] if isinstance(g, str)]
+        for value in granularities:
+            if value not in GRANULARITIES:
+                raise bad_request(f"timestamp_granularities {value[:20]!r}: choose from segment, word",
+                                  param="timestamp_granularities")
+        if granularities and fmt != "verbose_json":
+            raise bad_request("timestamp_granularities needs response_format verbose_json",
+                              param="timestamp_granularities")
+        name = client_name(upload.filename)
+        data = await upload.read()  # the whole request body is capped (BodyLimit)
+    finally:
+        await form.close()
+    await run_in_threadpool(model.transcriber_for, task, language)  # 400 when the model cannot
+    audio = await run_in_threadpool(decode_audio, data, name, serve.limits)
+    job = model.submit(Job("transcription", (task, language), TranscribeJob(audio)))
+    transcript = await job.result()
+    return TRANSCRIPT_FORMATS[fmt](transcript, task, language if task == "transcribe" else "en",
+                                   "word" in granularities)
+
+
+class SpeechRequest(BaseModel):
+    model: str
+    input: str
+    voice: str | None = None
+    response_format: str = "wav"
+    speed: float = 1.0
+    instructions: str | None = None
+
+
+@router.post("/v1/audio/speech")
+async def speech(request: Request) -> Response:
+    """Audio of ``input``, sent chunk by chunk as the voice makes it (wav, pcm; flac once made)."""
+    from speechllm.tts import TextError, prepare_text
+
+    serve = request.app.state.serve
+    body = parse_json(SpeechRequest, await request.body())
+    voice = serve.voice(body.model, body.voice)
+    if body.response_format not in SPEECH_FORMATS:
+        raise bad_request(f"response_format {body.response_format[:20]!r} is not supported; choose from "
+                          f"{', '.join(SPEECH_FORMATS)}", param="response_format")
+    if body.speed != 1.0:
+        raise bad_request("speed: only 1.0 is supported", param="speed")
+    if body.instructions:
+        raise bad_request("instructions are not supported by these voices", param="instructions")
+    text = body.input.strip()
+    if len(text) > serve.limits.max_speech_chars:
+        raise too_large(f"input is {len(text):,} characters, over the limit of "
+                        f"{serve.limits.max_speech_chars:,}", param="input")
+    try:
+        prepare_text(text)
+    except TextError as exc:
+        raise bad_request(f"input: {exc}", param="input") from None
+    media_type, encode = SPEECH_FORMATS[body.response_format]
+    voice.admit()  # 503 when too many requests are speaking already
+    return StreamingResponse(encode(voice.chunks(text), voice.sample_rate), media_type=media_type,
+                             headers={"X-Sample-Rate": str(voice.sample_rate)})

@@ -1,0 +1,231 @@
+"""What the server serves, fixed at start: speech models (Whisper or speech-LLM) and voices.
+
+Each model is loaded once with ``speechllm.load`` (the transcriber the CLI uses) and gets a
+:class:`~speechllm.apps.serve.workers.ModelWorker`. Jobs run through the product paths:
+transcription and translation through the transcriber's ``transcribe_many`` (its segmenter, long
+audio cut into pieces, segments of many requests decoded as one batch), chat replies through the
+speech-LLM's ``generate`` (a batch) or ``stream`` (one reply, token by token).
+
+Public ids: a zoo name as given, a folder by its own name (no host path is shown to clients), or
+``ID=SOURCE`` for an id of the operator's choosing (``whisper-1=whisper-tiny.en``).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from speechllm.apps.serve.errors import bad_request, queue_full
+from speechllm.apps.serve.workers import Delta, Job, ModelWorker, QueueFull
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    device: str = "auto"
+    batch_size: int = 8  # requests (and segments) decoded together
+    beam_size: int = 1
+    segmenter: str = "auto"
+    max_queue: int = 64  # waiting jobs per model before 503
+
+
+@dataclass(frozen=True)
+class TranscribeJob:
+    audio: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    audio: np.ndarray | None
+    prompt: str
+    max_new_tokens: int
+
+
+def public_id(spec: str) -> tuple[str, str]:
+    """``(id, source)`` of a ``--model`` value: ``ID=SOURCE``, a folder (its name), or a name as is."""
+    if "=" in spec:
+        name, source = spec.split("=", 1)
+        if not name.strip() or not source.strip():
+            raise ValueError(f"--model {spec!r}: expected ID=SOURCE")
+        return name.strip(), source.strip()
+    path = Path(spec).expanduser()
+    return (path.resolve().name if path.exists() else spec), spec
+
+
+class ServedModel:
+    def __init__(self, model_id: str, transcriber, options: ModelOptions):
+        from speechllm.speechlm import SpeechLLMTranscriber
+
+        self.id, self.transcriber, self.options = model_id, transcriber, options
+        self.speechlm = transcriber.model if isinstance(transcriber, SpeechLLMTranscriber) else None
+        self.kind = "speech-llm" if self.speechlm is not None else "asr"
+        self._variants = {("transcribe", None): transcriber}
+        self.worker = ModelWorker(model_id, self._run, options.batch_size, options.max_queue)
+
+    @classmethod
+    def load(cls, spec: str, options: ModelOptions) -> ServedModel:
+        import speechllm
+        from speechllm.apps.commands import preflight
+
+        model_id, source = public_id(spec)
+        preflight.check_model(source, needs_speechlm=False)
+        with preflight.naming_model(source):
+            transcriber = speechllm.load(source, device=options.device, batch_size=options.batch_size,
+                                         beam_size=options.beam_size, segmenter=options.segmenter)
+        return cls(model_id, transcriber, options)
+
+    # ---------------------------------------------------------------- requests
+
+    def transcriber_for(self, task: str, language: str | None):
+        """The transcriber doing ``task`` ("transcribe" or "translate", into English) in ``language``
+        (None: the model's default); a 400 when this model cannot. Variants share the weights."""
+        key = (task, language)
+        if key not in self._variants:
+            self._variants[key] = self._variant(task, language)
+        return self._variants[key]
+
+    def _variant(self, task: str, language: str | None):
+        if self.speechlm is not None:
+            from speechllm.speechlm import SpeechLLMTranscriber
+
+            if language is not None and task == "transcribe":
+                return self._variants[("transcribe", None)]  # its instruction names no language
+            return SpeechLLMTranscriber(self.speechlm, task=task, batch_size=self.options.batch_size,
+                                        beam_size=self.options.beam_size, segmenter=self.options.segmenter)
+        tokenizer = self.transcriber.tokenizer
+        if not tokenizer.multilingual:
+            if task == "translate":
+                raise bad_request(f"{self.id} is an English-only speech recognition model: it cannot "
+                                  "translate (use a multilingual Whisper or a speech-LLM)", param="model",
+                                  code="model_not_supported")
+            if language not in (None, "en"):
+                raise bad_request(f"{self.id} transcribes English only, not {language!r}", param="language")
+            return self._variants[("transcribe", None)]
+        if language is not None and language not in tokenizer.languages:
+            raise bad_request(f"unknown language {language!r} for {self.id}", param="language")
+        variant = copy.copy(self.transcriber)  # same weights and segmenter, other decoding options
+        variant.options = replace(self.transcriber.options, task=task, language=language)
+        return variant
+
+    def check_chat(self) -> None:
+        if self.speechlm is None:
+            raise bad_request(f"{self.id} is a speech recognition model; chat completions need a speech-LLM",
+                              param="model", code="model_not_supported")
+
+    def submit(self, job: Job) -> Job:
+        try:
+            return self.worker.submit(job)
+        except QueueFull:
+            raise queue_full(f"model {self.id}") from None
+
+    # ---------------------------------------------------------------- the worker's side
+
+    def _run(self, kind: str, jobs: list[Job]) -> None:
+        RUNNERS[kind](self, jobs)
+
+
+def run_transcriptions(model: ServedModel, jobs: list[Job]) -> None:
+    task, language = jobs[0].key
+    transcriber = model.transcriber_for(task, language)
+    results = transcriber.transcribe_many([job.payload.audio for job in jobs])
+    for job, (_, result) in zip(jobs, results, strict=True):
+        if isinstance(result, Exception):  # an AudioError of this request's audio only
+            job.fail(bad_request(f"the audio cannot be used: {result.reason}", param="file"))
+        else:
+            job.finish(result)
+
+
+def run_chat(model: ServedModel, jobs: list[Job]) -> None:
+    from speechllm.speechlm import GenerationOptions
+
+    options = GenerationOptions(max_new_tokens=jobs[0].payload.max_new_tokens)
+    audio = [job.payload.audio for job in jobs] if jobs[0].payload.audio is not None else None
+    replies = model.speechlm.generate(audio, [job.payload.prompt for job in jobs], options)
+    for job, reply in zip(jobs, replies, strict=True):
+        job.finish(reply)
+
+
+def run_chat_stream(model: ServedModel, jobs: list[Job]) -> None:
+    from speechllm.speechlm import GenerationOptions
+
+    (job,) = jobs
+    request: ChatJob = job.payload
+    pieces = model.speechlm.stream(request.audio, request.prompt,
+                                   GenerationOptions(max_new_tokens=request.max_new_tokens))
+    for piece in pieces:
+        if job.cancelled.is_set():  # the client went away: stop generating
+            pieces.close()
+            return
+        job.emit(Delta(piece))
+    job.finish(None)
+
+
+RUNNERS: dict[str, Callable[[ServedModel, list[Job]], None]] = {
+    "transcription": run_transcriptions,
+    "chat": run_chat,
+    "chat-stream": run_chat_stream,
+}
+
+
+# ---------------------------------------------------------------- voices
+
+
+class ServedVoice:
+    """A ``speechllm.tts`` voice. Synthesis runs in the request's own thread, chunk by chunk; the
+    voice's lock is held only while a chunk is made, so requests take turns chunk by chunk and a
+    slow reader holds nothing while its chunk is sent."""
+
+    def __init__(self, name: str, voice, max_active: int):
+        self.name, self.voice, self.max_active = name, voice, max_active
+        self.sample_rate = int(voice.sample_rate)
+        self.lock = threading.Lock()
+        self.active = 0
+        self._count = threading.Lock()
+
+    @classmethod
+    def load(cls, name: str, max_active: int) -> ServedVoice:
+        from speechllm import tts
+
+        return cls(name, tts.load(name), max_active)
+
+    def admit(self) -> None:
+        with self._count:
+            if self.active >= self.max_active:
+                raise queue_full(f"voice {self.name}")
+            self.active += 1
+
+    def chunks(self, text: str) -> Iterator[np.ndarray]:
+        """Audio chunks of ``text`` as they are made; call after :meth:`admit`, which this releases."""
+        try:
+            with self.lock:
+                pieces = iter(self.voice.synthesize(text, stream=True))
+            while True:
+                with self.lock:
+                    chunk = next(pieces, None)
+                if chunk is None:
+                    return
+                yield np.asarray(chunk, dtype=np.float32).reshape(-1)
+        finally:
+            with self._count:
+                self.active -= 1
+
+
+def default_voice() -> str:
+    """The project's own voice when its weights are installed, else Piper joe (as ``speechllm tts``)."""
+    from speechllm import tts
+
+    return tts.DEFAULT_VOICE if tts.is_installed(tts.DEFAULT_VOICE) else "piper-joe"
+
+
+def check_unique(ids: list[str], what: str) -> None:
+    seen = set()
+    for name in ids:
+        if name in seen:
+            raise ValueError(f"two {what} are served as {name!r}: give one an id of its own "
+                             "(--model ID=SOURCE)")
+        seen.add(name)
+
