@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# torch only when none is importable: a local CPU build here, users bring their own CUDA build
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,ray,bench,chat,data,audio]'
+	$(PIP) install -q -e '.[dev,ray,bench,chat,data,audio,serve]'
 	$(PIP) install -q --no-deps $(BUNDLES)
 	@touch $@
 

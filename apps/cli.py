@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "tts-train": "speechllm.apps.commands.tts_train",
     "quantize": "speechllm.apps.commands.quantize",
     "chat": "speechllm.apps.commands.chat",
+    "serve": "speechllm.apps.commands.serve",
 }
 
 REPORT_TO = "the speechllm issue tracker"  # no public address yet; put its URL here when there is one
