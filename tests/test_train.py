@@ -174,6 +174,39 @@ def test_batch_order_is_resumable_and_sharded():
     assert len(seen) == 8 and set(seen) == set(range(7))  # 7 rows cover 2 ranks x 2 batches x 2
 
 
+def test_a_new_task_is_one_registry_entry(data, monkeypatch):
+    """A task registered once is trained from its manifest rows and scored by its own metric."""
+    from types import SimpleNamespace
+
+    from speechllm.manifest import ManifestRow
+    from speechllm.speechlm.tasks import TASKS, Example, Task, example_of, row_tasks
+    from speechllm.train import evaluate
+
+    def exact(task, refs, hyps):
+        return {"exact": sum(map(str.__eq__, refs, hyps)) / len(refs)}
+
+    count = Task("count-words", "How many words are spoken?", rows=("count",), metric=exact,
+                 example=lambda task, row: Example(task.name, task.instruction, row.answer, row.text))
+    monkeypatch.setitem(TASKS, count.name, count)  # register_task(count), undone after the test
+    assert "count" in row_tasks()
+    tone = str(data[0] / "tone.wav")
+    rows = [ManifestRow(audio=tone, text="hello world", task="count", answer="2"),
+            ManifestRow(audio=tone, text="hello", task="count", answer="1")]
+    assert example_of(rows[0]) == Example("count-words", "How many words are spoken?", "2", "hello world")
+    asked = []
+
+    def generate(audio, instructions, options):
+        asked.extend(instructions)
+        return [SimpleNamespace(text="2") for _ in audio]
+
+    model = SimpleNamespace(training=False, eval=lambda: None, train=lambda mode: None, generate=generate)
+    metrics = evaluate(model, rows)
+    assert asked == ["How many words are spoken?"] * 2
+    assert metrics["exact"] == 0.5 and metrics["ifr/count-words"] == 1.0
+    with pytest.raises(ValueError, match="not trained here"):
+        example_of(ManifestRow(audio=tone, text="x", task="summarize"))
+
+
 def test_ifr_and_qa_rules():
     assert follows_instruction("transcribe", "hello word", "hello world")
     assert not follows_instruction("transcribe", "Sure! Here is a poem about the sea.", "hello world")
