@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechllm.adapters.vocab import ctc_vocab
+
 
 @dataclass(frozen=True)
 class AdapterOutput:
@@ -41,9 +43,7 @@ class Adapter(nn.Module):
         """Called once the LLM is loaded, with its input embedding table; most adapters ignore it."""
 
     def ctc_vocabulary(self, tokenizer):
-        """The vocabulary of this adapter's CTC targets (see ``ctc.CTC_VOCABS``), or None without CTC."""
-        from speechllm.adapters.ctc import ctc_vocab
-
+        """The vocabulary of this adapter's CTC targets (see ``vocab.CTC_VOCABS``), or None without CTC."""
         name = getattr(self.config, "vocab", None)
         return ctc_vocab(name, tokenizer) if name else None
 
