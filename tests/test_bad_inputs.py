@@ -18,8 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    from tiny_models import make_tiny_llm, make_tiny_whisper
+
     from speechllm.speechlm import SpeechLLM, SpeechLLMConfig, save_speechlm
-    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 
     root = tmp_path_factory.mktemp("model")
     config = SpeechLLMConfig(encoder=str(make_tiny_whisper(root / "whisper")), adapter="linear",

@@ -69,8 +69,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
+    from tiny_models import make_tiny_llm, make_tiny_whisper
+
     from speechllm.speechlm import LoraSpec, SpeechLLM, SpeechLLMConfig, save_speechlm
-    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 
     root = tmp_path_factory.mktemp("chat-model")
     config = SpeechLLMConfig(encoder=str(make_tiny_whisper(root / "whisper")), adapter="linear",

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import make_tiny_llm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from speechllm.speechlm.ctc_beam import (
@@ -12,7 +13,6 @@ from speechllm.speechlm.ctc_beam import (
     LLMPrefixScorer,
     document_start_id,
 )
-from speechllm.speechlm.tiny import make_tiny_llm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import make_tiny_llm, make_tiny_whisper
 
 from speechllm.quant import BACKENDS, QuantLinear, QuantSpec, quantize_weight
 from speechllm.quant import backends as kernels
 from speechllm.speechlm import GenerationOptions, LoraSpec, SpeechLLM, SpeechLLMConfig
 from speechllm.speechlm.model import pad_audio
-from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CUDA = torch.device("cuda")

@@ -197,9 +197,9 @@ def test_speculation_stops_where_greedy_does_at_a_loop():
 
 def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_path):
     import numpy as np
+    from tiny_models import make_tiny_llm, make_tiny_whisper
 
     from speechllm.speechlm import SpeechLLM, SpeechLLMConfig
-    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 
     config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")),
                              llm=str(make_tiny_llm(tmp_path / "l")), adapter="linear")

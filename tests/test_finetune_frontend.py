@@ -31,8 +31,9 @@ def recordings(folder, n=None):
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
+    from tiny_models import make_tiny_llm, make_tiny_whisper
+
     from speechllm.speechlm import SpeechLLM, SpeechLLMConfig, save_speechlm
-    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 
     root = tmp_path_factory.mktemp("base")
     config = SpeechLLMConfig(encoder=str(make_tiny_whisper(root / "whisper")), adapter="linear",

@@ -31,10 +31,10 @@ def test_options_switch_the_guard():
 
 def test_replies_and_transcript_rows_say_why_they_ended(tmp_path):
     import numpy as np
+    from tiny_models import make_tiny_llm, make_tiny_whisper
 
     from speechllm.speechlm import SpeechLLM, SpeechLLMConfig
     from speechllm.speechlm.generate import STOP_REASONS
-    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
     from speechllm.speechlm.transcriber import TOKENS_MIN, SpeechLLMTranscriber
 
     config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")),

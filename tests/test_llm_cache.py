@@ -1,10 +1,10 @@
 """A GGUF is imported once: later loads read the cached quantized folder."""
 
 import torch
+from tiny_models import make_tiny_llm
 
 from speechllm import llm as llm_module
 from speechllm.llm import converted_folder, load_llm
-from speechllm.speechlm.tiny import make_tiny_llm
 
 
 def test_gguf_import_is_cached_by_content_hash(tmp_path, monkeypatch):

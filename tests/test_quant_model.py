@@ -319,7 +319,7 @@ def test_beam_and_sampling_share_the_engine():
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from speechllm.speechlm.tiny import make_tiny_llm
+    from tiny_models import make_tiny_llm
 
     return make_tiny_llm(tmp_path_factory.mktemp("llm") / "llm", hidden=64)
 
@@ -335,9 +335,10 @@ def test_load_llm_formats(tiny_folder, quant, formats):
 
 
 def test_quantize_cli(tiny_folder, tmp_path, capsys):
+    from tiny_models import _CORPUS
+
     from speechllm.apps.cli import main
     from speechllm.llm import load_llm, quant_summary
-    from speechllm.speechlm.tiny import _CORPUS
 
     text = tmp_path / "calib.txt"
     text.write_text("\n".join(_CORPUS * 12))
@@ -360,11 +361,11 @@ def test_finetune_trains_lora_on_the_int4_base(tmp_path, capsys):
     import json
 
     import soundfile
+    from tiny_models import make_tiny_llm, make_tiny_whisper
 
     from speechllm.apps.cli import main
     from speechllm.quant.lora import QuantLoraLinear
     from speechllm.speechlm import load_speechlm
-    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 
     t = np.arange(8000) / 16000
     soundfile.write(tmp_path / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16000)

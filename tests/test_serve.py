@@ -47,8 +47,9 @@ def clip_file(i: int) -> tuple[str, bytes]:
 
 @pytest.fixture(scope="module")
 def tiny_speechlm(tmp_path_factory):
+    from tiny_models import make_tiny_llm, make_tiny_whisper
+
     from speechllm.speechlm import SpeechLLM, SpeechLLMConfig, save_speechlm
-    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 
     root = tmp_path_factory.mktemp("serve-model")
     config = SpeechLLMConfig(encoder=str(make_tiny_whisper(root / "whisper")), adapter="linear",
@@ -59,8 +60,9 @@ def tiny_speechlm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_speechlm, tmp_path_factory):
+    from tiny_models import make_tiny_whisper
+
     from speechllm.apps.serve import Limits, ModelOptions, ServedModel, ServedVoice, Server, create_app
-    from speechllm.speechlm.tiny import make_tiny_whisper
 
     options = ModelOptions(segmenter="fixed", batch_size=8, max_queue=64)
     whisper = make_tiny_whisper(tmp_path_factory.mktemp("serve-whisper") / "whisper")

@@ -115,9 +115,10 @@ def test_text_rows_alone_need_no_speech_manifest(data, tmp_path):
 
 
 def test_text_rows_and_text_side_finetune_from_the_command_line(tmp_path, capsys):
+    from tiny_models import make_tiny_llm, make_tiny_whisper
+
     from speechllm.apps.cli import main
     from speechllm.speechlm import SpeechLLMConfig, load_speechlm, save_speechlm
-    from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 
     rows = tmp_path / "text.jsonl"
     assert main(["data", "text", "--recipe", "sqa:40", "--out", str(rows), "--seed", "3"]) == 0

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from tiny_models import make_tiny_llm, make_tiny_whisper
 
 import speechllm
 from speechllm.apps.cli import main
 from speechllm.speechlm import SpeechLLM, SpeechLLMConfig, SpeechLLMTranscriber, save_speechlm
-from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 
 
 @pytest.fixture(scope="module")

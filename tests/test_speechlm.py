@@ -4,6 +4,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from tiny_models import make_tiny_llm, make_tiny_whisper
 from transformers import AutoModelForCausalLM
 
 from speechllm.audio import AudioError
@@ -29,7 +30,6 @@ from speechllm.speechlm.ctc_beam import (
     LLMPrefixScorer,
     document_start_id,
 )
-from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 from speechllm.transcriber import Transcript
 
 TRANSCRIBE = "Transcribe the speech."

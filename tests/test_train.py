@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from tiny_models import make_tiny_llm, make_tiny_whisper
 
 from speechllm.apps.cli import main
 from speechllm.manifest import ManifestError
 from speechllm.speechlm import LoraSpec, SpeechLLM, SpeechLLMConfig, load_speechlm
-from speechllm.speechlm.tiny import make_tiny_llm, make_tiny_whisper
 from speechllm.train import (
     BatchOrder,
     TrainConfig,

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    from speechllm.speechlm.tiny import make_tiny_whisper
+    from tiny_models import make_tiny_whisper
 
     root = tmp_path_factory.mktemp("resume")
     folder = root / "recordings"

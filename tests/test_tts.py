@@ -19,7 +19,7 @@ N_SPEECH = 24
 
 @pytest.fixture(scope="module")
 def tiny_llm(tmp_path_factory):
-    from speechllm.speechlm.tiny import make_tiny_llm
+    from tiny_models import make_tiny_llm
 
     return make_tiny_llm(tmp_path_factory.mktemp("llm"), hidden=32, layers=3)
 

@@ -129,6 +129,22 @@ ARCHS: dict[str, GGUFArch] = {
 }
 
 
+@dataclass(frozen=True)
+class GGUFArchitecture:
+    name: str
+
+    @property
+    def supported(self) -> bool:
+        """Whether :func:`read_gguf` imports it block by block (else it has to be dequantized)."""
+        return self.name in ARCHS
+
+
+def gguf_architecture(path: str | Path) -> GGUFArchitecture:
+    from gguf import GGUFReader
+
+    return GGUFArchitecture(str(_field(GGUFReader(str(path)), "general.architecture")))
+
+
 @dataclass
 class GGUFCheckpoint:
     """What a GGUF file holds, in Hugging Face terms: config, tensors by HF name, raw metadata."""

@@ -36,7 +36,7 @@ class SpeechLLMTranscriber(WhisperTranscriber):
             self.device = pick_device(device)
             self.model = load_speechlm(model, device=self.device)
         self.model.eval()
-        limit = self.model.encoder.max_seconds
+        limit = getattr(self.model, "max_seconds", None) or self.model.encoder.max_seconds
         self.max_segment_seconds = limit if limit is not None else 30.0
         self.instruction = instruction(task, prompt, language_name(target))
         self.bound_to_audio = task in TASKS_BOUND_TO_AUDIO

@@ -1,0 +1,195 @@
+"""A speech-LLM that hears through Whisper's own decoder: audio -> Whisper transcript -> the LLM.
+
+The adapter route (``SpeechLLM``: encoder -> CTC units -> the LLM's embeddings) carries only what
+its CTC head writes, English tokens so far; this route carries any of Whisper's ~100 languages as
+text. Whisper (``whisper-base``, multilingual) writes what was said in the language it hears; a
+multilingual LLM (Gemma 3 270M) is then prompted few-shot with the task: translation, a question
+about the passage, a spoken question, or the transcript itself. Its folder is a ``config.json``::
+
+    {"format": "speechllm", "pipeline": "transcript", "asr": "whisper-base",
+     "llm": "gemma3-270m", "quant": "auto", "language": null}
+
+``language`` fixes the audio's language (``null``: Whisper detects it per clip). It answers the
+same ``generate(audio, instructions, options)`` calls as :class:`~speechllm.speechlm.model.SpeechLLM`,
+so ``speechllm translate``/``ask`` and :class:`SpeechLLMTranscriber` run it unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from speechllm.generation.options import Generation, GenerationOptions
+from speechllm.speechlm.tasks import LANGUAGES, TASKS, language_name
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    asr: str = "whisper-base"
+    llm: str = "gemma3-270m"
+    quant: str = "auto"
+    language: str | None = None  # the audio's language; None: detected per clip
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> CascadeConfig:
+        known = {k: raw[k] for k in ("asr", "llm", "quant", "language") if k in raw}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Request:
+    task: str
+    prompt: str | None = None
+    target: str = "English"
+
+
+@lru_cache(maxsize=None)
+def _instruction_pattern(template: str) -> re.Pattern:
+    pattern = re.escape(template).replace(r"\{prompt\}", "(?P<prompt>.+)").replace(r"\{target\}", "(?P<target>.+)")
+    return re.compile(f"^{pattern}$", re.S)
+
+
+def parse_instruction(text: str) -> Request | None:
+    """The task an instruction text asks for (the inverse of :func:`~speechllm.speechlm.tasks.instruction`)."""
+    def literal(item) -> int:  # most specific first: a bare "{prompt}" (free instructions) matches anything
+        return len(item[1].instruction.replace("{prompt}", "").replace("{target}", ""))
+
+    for name, task in sorted(TASKS.items(), key=literal, reverse=True):
+        match = _instruction_pattern(task.instruction).match(text)
+        if match:
+            groups = match.groupdict()
+            return Request(name, groups.get("prompt"), groups.get("target") or "English")
+    return None
+
+
+# few-shot demonstrations per task: (what was said, the text prompt, the reply)
+_TRANSLATION_DEMOS = {
+    "Spanish": (("Mi hermano trabaja en un hospital grande.", "My brother works in a big hospital."),
+                ("¿A qué hora sale el tren para Madrid?", "What time does the train to Madrid leave?"),
+                ("Por favor, apaga las luces antes de salir.", "Please turn off the lights before leaving."),
+                ("Y dijo Dios: Sea la luz; y fué la luz.", "God said, Let there be light, and there was light.")),
+    "English": (("My brother works in a big hospital.", "Mi hermano trabaja en un hospital grande."),
+                ("What time does the train to Madrid leave?", "¿A qué hora sale el tren para Madrid?"),
+                ("Please turn off the lights before leaving.", "Por favor, apaga las luces antes de salir.")),
+}
+_PASSAGE_DEMOS = (
+    ("The library opens at nine and closes at six. On Sundays it is closed.", "When does the library close?",
+     "At six."),
+    ("Maria bought three notebooks and a blue pen for her brother Daniel.", "Who was the pen for?",
+     "Her brother Daniel."),
+)
+_QUESTION_DEMOS = (("What is the capital of France?", "Paris."), ("How many days are in a week?", "Seven."),
+                   ("What is four plus five?", "Nine."))
+
+
+def _translation_prompt(said: str, source: str, target: str) -> str:
+    demos = _TRANSLATION_DEMOS.get(source, _TRANSLATION_DEMOS["Spanish"]) if target == "English" else ()
+    if target != "English":  # demos from English into the target are not written; go zero-shot
+        demos = _TRANSLATION_DEMOS["English"] if target == "Spanish" and source == "English" else ()
+    lines = [f"{source}: {s}\n{target}: {t}\n" for s, t in demos]
+    return "\n".join(lines + [f"{source}: {said}\n{target}:"])
+
+
+def _passage_prompt(said: str, question: str) -> str:
+    lines = [f"Passage: {p}\nQuestion: {q}\nAnswer: {a}\n" for p, q, a in _PASSAGE_DEMOS]
+    return "\n".join(lines + [f"Passage: {said}\nQuestion: {question}\nAnswer:"])
+
+
+def _question_prompt(said: str) -> str:
+    lines = [f"Question: {q}\nAnswer: {a}\n" for q, a in _QUESTION_DEMOS]
+    return "\n".join(lines + [f"Question: {said}\nAnswer:"])
+
+
+def _free_prompt(said: str, instruction: str) -> str:
+    return f"Someone said: \"{said}\"\nInstruction: {instruction}\nReply:"
+
+
+class TranscriptSpeechLLM:
+    """Whisper + a text LLM behind the speech-LLM's ``generate`` (see the module doc)."""
+
+    max_seconds = 30.0  # one Whisper window per generate() item; the transcriber cuts longer audio
+
+    def __init__(self, config: CascadeConfig, device: str | torch.device = "cpu") -> None:
+        from speechllm.llm import load_llm
+        from speechllm.transcriber import WhisperTranscriber
+
+        self.config, self.device = config, torch.device(device)
+        self.asr = WhisperTranscriber(config.asr, device=str(self.device), language=config.language,
+                                      segmenter="fixed")
+        self.llm, self.tokenizer = load_llm(config.llm, quant=config.quant, device=self.device)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str | torch.device | None = None) -> TranscriptSpeechLLM:
+        import json
+
+        raw = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        return cls(CascadeConfig.from_dict(raw), device or "cpu")
+
+    def eval(self) -> TranscriptSpeechLLM:
+        return self
+
+    # -- hearing -----------------------------------------------------------------------------------
+
+    def hear(self, audio: Sequence[np.ndarray]) -> list[tuple[str, str]]:
+        """``(transcript, language name)`` per clip."""
+        heard = []
+        for clip in audio:
+            transcript = self.asr.transcribe(np.asarray(clip, np.float32))  # 16 kHz mono
+            code = getattr(transcript, "language", None) or self.config.language or "en"
+            heard.append((transcript.text.strip(), LANGUAGES.get(code, language_name(code))))
+        return heard
+
+    # -- answering ---------------------------------------------------------------------------------
+
+    def prompt(self, said: str, language: str, instruction: str) -> str | None:
+        """The LLM prompt for one clip, or None when the reply is the transcript itself."""
+        request = parse_instruction(instruction)
+        if request is None:
+            return _free_prompt(said, instruction)
+        if request.task == "transcribe":
+            return None
+        if request.task == "translate":
+            return _translation_prompt(said, language, language_name(request.target))
+        if request.task == "passage-question":
+            return _passage_prompt(said, request.prompt or "")
+        if request.task == "spoken-question":
+            return _question_prompt(said)
+        return _free_prompt(said, instruction)
+
+    @torch.no_grad()
+    def complete(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
+        """Greedy continuations, each cut at the end of its line."""
+        out = []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(self.device)
+            tokens = self.llm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                       do_sample=False, stop_strings=["\n"], tokenizer=self.tokenizer,
+                                       pad_token_id=self.tokenizer.pad_token_id or 0)[0, ids.shape[1]:]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            ended = "\n" in text or (len(tokens) and int(tokens[-1]) == self.tokenizer.eos_token_id)
+            out.append(Generation(tuple(int(t) for t in tokens), text.split("\n")[0].strip(), 0.0,
+                                  "end" if ended or len(tokens) < max_new_tokens else "length"))
+        return out
+
+    def generate(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str] | str,
+                 options: GenerationOptions = GenerationOptions()) -> list[Generation]:
+        if audio is None:
+            raise ValueError("this speech-LLM answers about audio; text-only prompts need the LLM itself")
+        instructions = [instructions] * len(audio) if isinstance(instructions, str) else list(instructions)
+        heard = self.hear(audio)
+        prompts = [self.prompt(said, lang, instr) for (said, lang), instr in zip(heard, instructions, strict=True)]
+        asked = [i for i, p in enumerate(prompts) if p is not None]
+        replies = dict(zip(asked, self.complete([prompts[i] for i in asked], options.max_new_tokens), strict=True))
+        return [replies.get(i) or Generation((), heard[i][0], 0.0, "end") for i in range(len(prompts))]
+
+    def translate_text(self, texts: Sequence[str], source: str = "Spanish", target: str = "English") -> list[str]:
+        """The LLM alone on given source text (the ceiling any hearing can reach)."""
+        return [g.text for g in self.complete([_translation_prompt(t, source, target) for t in texts], 64)]

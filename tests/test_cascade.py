@@ -1,0 +1,78 @@
+"""The transcript speech-LLM (Whisper hears, a text LLM answers) and the everyday bilingual sentences."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_models import make_tiny_llm, make_tiny_whisper
+
+import speechllm
+from speechllm.data_recipes.everyday import SUBJECTS, everyday_pairs
+from speechllm.speechlm.cascade import Request, parse_instruction
+from speechllm.speechlm.tasks import TASKS, instruction
+
+
+def test_every_task_instruction_parses_back_to_its_task():
+    for name, task in TASKS.items():
+        prompt = "What is on the table?" if "{prompt}" in task.instruction else None
+        text = instruction(name, prompt, "German")
+        parsed = parse_instruction(text)
+        assert parsed is not None and parsed.task == name, (name, text)
+        if prompt:
+            assert parsed.prompt == prompt
+        if "{target}" in task.instruction:
+            assert parsed.target == "German"
+    free = parse_instruction("Tell me a joke about the audio.")
+    assert free is None or free.prompt == "Tell me a joke about the audio."
+    assert parse_instruction(instruction("translate", None, "English")) == Request("translate", None, "English")
+
+
+def test_everyday_pairs_are_distinct_repeatable_and_agree():
+    pairs = everyday_pairs(300, seed=3)
+    assert len(pairs) == 300 and len({es for es, _ in pairs}) == 300
+    assert pairs == everyday_pairs(300, seed=3) and pairs != everyday_pairs(300, seed=4)
+    for es, en in pairs:
+        assert es[0].isupper() or es[0] in "¿¡" and en[0].isupper()
+        assert " a el " not in es and " de el " not in es  # contracted to al / del
+    third_person = {en for _, en, person in SUBJECTS if person == 2}
+    for _, en in pairs:
+        for subject in third_person:
+            if en.startswith(subject[:1].upper() + subject[1:] + " "):
+                verb = en.split()[len(subject.split())]
+                assert verb.endswith("s") or verb in ("is",), en
+
+
+@pytest.fixture(scope="module")
+def cascade_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cascade")
+    folder = root / "model"
+    folder.mkdir()
+    config = {"format": "speechllm", "pipeline": "transcript", "asr": str(make_tiny_whisper(root / "whisper")),
+              "llm": str(make_tiny_llm(root / "llm")), "quant": "none", "language": "en"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_transcript_pipeline_loads_as_a_speechllm_and_answers(cascade_folder, make_tone):
+    audio = make_tone(1.5)
+    asr = speechllm.load(str(cascade_folder), task="transcribe", segmenter="fixed")
+    heard = asr.model.hear([audio])[0][0]
+    assert asr.transcribe(audio).text.strip() == heard  # transcribe: the transcript itself, no LLM
+    model = speechllm.load(str(cascade_folder), task="translate", target="es", segmenter="fixed")
+    prompt = model.model.prompt(heard, "English", model.instruction)
+    assert prompt.endswith(f"English: {heard}\nSpanish:")
+    result = model.transcribe(audio)
+    generated = model.model.complete([prompt], 24)[0]  # the length budget of 1.5 s of audio
+    assert result.text.strip() == generated.text and "\n" not in result.text
+    assert generated.stop in ("end", "length")
+
+
+def test_asking_about_audio_builds_the_passage_prompt(cascade_folder):
+    model = speechllm.load(str(cascade_folder), task="passage-question", prompt="Who came?", segmenter="fixed")
+    prompt = model.model.prompt("Anna came at noon.", "English", model.instruction)
+    assert prompt.endswith("Passage: Anna came at noon.\nQuestion: Who came?\nAnswer:")
+    with pytest.raises(ValueError, match="answers about audio"):
+        model.model.generate(None, model.instruction)
+    assert isinstance(model.model.generate([np.zeros(16000, np.float32)], model.instruction)[0].text, str)
