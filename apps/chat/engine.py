@@ -67,6 +67,7 @@ class Notice:
 class TurnDone:
     user: str  # what the user said or typed, for the history
     answer: str
+    interrupted: bool = False  # stopped (barge-in, Stop): the answer is what was written until then
 
 
 Event = TextDelta | SpeechChunk | Notice | TurnDone
@@ -141,10 +142,11 @@ class SentenceChunker:
 
 
 class SpeechWorker:
-    """Speaks queued text on its own thread; chunks are collected with :meth:`ready` / :meth:`finish`."""
+    """Speaks queued text on its own thread; chunks are collected with :meth:`ready` / :meth:`finish`.
+    Once ``stop`` is set it speaks nothing more and :meth:`finish` returns at once."""
 
-    def __init__(self, voice: Voice):
-        self.voice = voice
+    def __init__(self, voice: Voice, stop: threading.Event | None = None):
+        self.voice, self.stop = voice, stop or threading.Event()
         self.inbox: queue.Queue[str | None] = queue.Queue()
         self.outbox: queue.Queue[np.ndarray | Exception | None] = queue.Queue()
         self.ended = False
@@ -154,10 +156,12 @@ class SpeechWorker:
     def _run(self) -> None:
         failed = False
         while (text := self.inbox.get()) is not None:
-            if failed:
+            if failed or self.stop.is_set():
                 continue
             try:
                 for chunk in self.voice.stream(text):
+                    if self.stop.is_set():
+                        break
                     if len(chunk):
                         self.outbox.put(np.asarray(chunk, dtype=np.float32))
             except Exception as exc:  # the voice's problem must not end the text answer
@@ -169,10 +173,12 @@ class SpeechWorker:
         self.inbox.put(text)
 
     def _events(self, block: bool) -> Iterator[Event]:
-        while True:
+        while not self.stop.is_set():
             try:
-                item = self.outbox.get(block=block)
+                item = self.outbox.get(block=block, timeout=0.05 if block else None)
             except queue.Empty:
+                if block:
+                    continue
                 return
             if item is None:
                 return
@@ -258,11 +264,12 @@ class ChatEngine:
             raise AudioError("the recording", exc.reason) from None
 
     def reply(self, history: Sequence[Turn], audio: str | Path | np.ndarray | None = None,
-              text: str | None = None) -> Iterator[Event]:
+              text: str | None = None, stop: threading.Event | None = None) -> Iterator[Event]:
         """Answer one turn: speech (optionally with a typed instruction about it) or text alone.
 
         Typed text over ``MAX_PROMPT_CHARS`` and recordings over ``max_seconds`` are refused before
-        any model work."""
+        any model work. Once ``stop`` is set (barge-in, the Stop button) generation and speech end
+        after the current token or chunk, and the turn ends with ``TurnDone(interrupted=True)``."""
         from speechllm.speechlm import GenerationOptions, instruction
 
         text = check_message(text)
@@ -272,17 +279,24 @@ class ChatEngine:
         request = turn_request(text, clip is not None)
         prompt = with_history(history, request, self.options.history_chars)
         options = GenerationOptions(max_new_tokens=self.options.max_new_tokens)
-        worker = SpeechWorker(self.voice) if self.voice is not None else None
+        stop = stop or threading.Event()
+        worker = SpeechWorker(self.voice, stop) if self.voice is not None else None
         chunker = SentenceChunker()
         answer = ""
+        pieces = self.model.stream(clip, prompt, options)
         try:
-            for piece in self.model.stream(clip, prompt, options):
+            for piece in pieces:
+                if stop.is_set():
+                    break
                 answer += piece
                 yield TextDelta(piece)
                 if worker is not None:
                     for sentence in chunker.push(piece):
                         worker.say(sentence)
                     yield from worker.ready()
+            if stop.is_set():
+                yield TurnDone(text or "(speech)", answer.strip(), interrupted=True)
+                return
             if worker is not None:
                 for sentence in chunker.flush():
                     worker.say(sentence)
@@ -293,7 +307,8 @@ class ChatEngine:
                 user = f"{heard} ({text})" if text else heard
             if worker is not None:
                 yield from worker.finish()
-            yield TurnDone(user or "(speech)", answer.strip())
+            yield TurnDone(user or "(speech)", answer.strip(), interrupted=stop.is_set())
         finally:
+            getattr(pieces, "close", lambda: None)()  # the model stops generating now
             if worker is not None:
                 worker.end()

@@ -91,7 +91,7 @@ class TurnDetector:
         self._onset, self._end = options.frames(options.onset_ms), options.frames(options.end_ms)
         self._pre_roll = round(options.pre_roll_ms * SAMPLE_RATE / 1000 / FRAME)
         self._min_speech = options.frames(options.min_speech_ms)
-        self._max_frames = options.frames(options.max_seconds * 1000)
+        self._max_frames = max(1, int(options.max_seconds * SAMPLE_RATE) // FRAME)  # never over it
         self.answering = False  # an answer is playing: an onset is a barge-in
         self.reset()
 

@@ -1,4 +1,12 @@
-"""The Gradio page of ``speechllm chat``: record or upload, or type; the answer streams as text and speech.
+"""The Gradio page of ``speechllm chat``: talk hands-free, record or upload, or type; the answer streams
+as text and speech.
+
+Hands-free: the page streams its microphone (Gradio's streaming Audio, ~100 ms pieces) to the tab's
+:class:`~speechllm.apps.chat.live.LiveSession`, where Silero VAD finds the turns
+(:mod:`.turns`): when the user stops speaking the answer starts, no button; when the user speaks
+while an answer is generated or playing, the page stops its audio at once and the server stops the
+generation (barge-in). The Stop button does the same. The conversation keeps each spoken turn and
+each spoken answer as audio beside its text.
 
 Speech reaches the browser as it is made: each chunk is appended (base64 16-bit PCM) to a hidden
 text box, which Gradio streams as diffs, and a small Web Audio player in the page schedules each
@@ -20,6 +28,7 @@ import base64
 import itertools
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +49,8 @@ from speechllm.apps.chat.engine import (
     load_chat_model,
 )
 from speechllm.apps.chat.exposure import AllowList, NotOffered, PrivateTempDir, scrub_paths
+from speechllm.apps.chat.live import LiveSession, LiveSessions
+from speechllm.apps.chat.turns import SAMPLE_RATE, BargeIn, SpeechStarted, TurnEnded, TurnOptions
 from speechllm.apps.chat.voices import VOICES, Voice, VoiceError, default_voice, load_voice
 from speechllm.limits import MAX_PROMPT_CHARS
 
@@ -57,8 +68,11 @@ class ServerOptions:
 PLAYER_HEAD = """<script>
 // Web Audio player for the streamed answer. The hidden box holds "TURN RATE CHUNK CHUNK ...":
 // every chunk is base64 little-endian int16 PCM; chunks of the same turn are played back to back.
+// stop() silences what is scheduled (barge-in, Stop) and mutes the rest of that turn's chunks.
+// starts[turn] / stops[] are page times (performance.now()) of each turn's first sound and each stop.
 window.speechllmPlayer = (() => {
-  let ctx = null, next = 0, turn = null, done = 0, played = 0, seconds = 0;
+  let ctx = null, next = 0, turn = null, done = 0, played = 0, seconds = 0, muted = null, sources = [];
+  const starts = {}, stops = [];
   function context() {
     if (!ctx) ctx = new (window.AudioContext || window.webkitAudioContext)();
     if (ctx.state === "suspended") ctx.resume();
@@ -76,9 +90,19 @@ window.speechllmPlayer = (() => {
     source.connect(c.destination);
     const start = Math.max(c.currentTime + 0.05, next);
     source.start(start);
+    if (!(turn in starts)) starts[turn] = performance.now() + (start - c.currentTime) * 1000;
+    sources.push(source);
+    source.onended = () => { sources = sources.filter((s) => s !== source); };
     next = start + buffer.duration;
     played += 1;
     seconds += buffer.duration;
+  }
+  function stop(reason) {
+    const busy = sources.length > 0;
+    for (const s of sources) { try { s.stop(); } catch (e) { /* already ended */ } }
+    sources = []; next = 0; muted = turn;
+    if (busy) stops.push({turn, reason, at: performance.now()});
+    return busy;
   }
   return {
     unlock() { context(); },
@@ -88,9 +112,13 @@ window.speechllmPlayer = (() => {
       if (parts.length < 2) return;
       if (parts[0] !== turn) { turn = parts[0]; done = 0; }
       const rate = Number(parts[1]), chunks = parts.slice(2);
+      if (turn === muted) { done = chunks.length; return; }
       for (; done < chunks.length; done++) play(chunks[done], rate);
     },
-    state() { return {turn, played, seconds, context: ctx && ctx.state}; },
+    stop,
+    state() {
+      return {turn, played, seconds, context: ctx && ctx.state, playing: sources.length, starts, stops};
+    },
   };
 })();
 </script>"""
@@ -104,6 +132,18 @@ def encode_chunk(samples: np.ndarray) -> str:
     return base64.b64encode(pcm16(samples).tobytes()).decode("ascii")
 
 
+def save_turn_audio(samples: np.ndarray, rate: int) -> str:
+    """A turn's audio as a wav in the server's own temporary folder, for the conversation's history."""
+    import soundfile
+
+    folder = os.path.join(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir(), "turns")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    handle, path = tempfile.mkstemp(suffix=".wav", dir=folder)
+    with os.fdopen(handle, "wb") as f:
+        soundfile.write(f, pcm16(samples), rate, format="WAV", subtype="PCM_16")
+    return path
+
+
 class ChatApp:
     """The loaded model and voices behind the page (one shared model; one turn at a time).
 
@@ -113,10 +153,16 @@ class ChatApp:
 
     def __init__(self, model: str, quant: str = "saved", voice: str | None = None,
                  device: str | None = None, options: ChatOptions | None = None, loaded_model: Any = None,
-                 models: Sequence[str] = (), voices: Sequence[str] = ()):
+                 models: Sequence[str] = (), voices: Sequence[str] = (),
+                 turn_options: TurnOptions | None = None):
         from speechllm.zoo import ZOO
 
         self.options, self.device = options or ChatOptions(), device
+        turn_options = turn_options or TurnOptions(max_seconds=self.options.max_seconds)
+        if turn_options.max_seconds > self.options.max_seconds:
+            raise ValueError(f"a hands-free turn of {turn_options.max_seconds:g} s is over the chat's "
+                             f"max_seconds ({self.options.max_seconds:g} s)")
+        self.live = LiveSessions(lambda: LiveSession(turn_options))  # hands-free state, per browser tab
         self.models = AllowList.build("model", [model, *models],
                                       [e.name for e in ZOO.values() if e.kind == "speech-llm"])
         voice = voice or default_voice()
@@ -167,7 +213,9 @@ def offered_voice_names() -> list[str]:
 
 
 def _messages(turns: list[dict]) -> list[dict]:
-    return [{"role": t["role"], "content": t["text"]} for t in turns]
+    """The conversation as shown: each turn's text, and its audio (a spoken turn, a spoken answer)."""
+    return [{"role": t["role"], "content": [t["text"], {"path": t["audio"]}] if t.get("audio") else t["text"]}
+            for t in turns]
 
 
 def build_blocks(app: ChatApp):
@@ -180,13 +228,15 @@ def build_blocks(app: ChatApp):
             what = what or "the answer failed: "
         return gr.Error(app.public_message(f"{what}{exc}"))
 
-    def respond(audio_path, text, turns, voice_name, max_new_tokens):
+    def answer(session, audio, audio_file, text, turns, voice_name, max_new_tokens):
+        """One turn, pushed or hands-free: yields (conversation, speech stream, spoken answer, history,
+        recording, typed text) updates. The session's stop flag (barge-in, Stop) ends it early."""
         turns = list(turns or [])
         try:
             text = check_message(text)  # a long message is refused before anything else
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        if not audio_path and not text:
+        if audio is None and not text:
             raise gr.Error("Record or upload a question, or type one.")
         try:
             engine = app.engine(voice_name, max_new_tokens)
@@ -194,37 +244,84 @@ def build_blocks(app: ChatApp):
             raise gr.Error(str(exc)) from None
         except Exception as exc:
             raise refusal(exc, f"voice {voice_name!r}: ") from None
-        shown_user = (f"🎤 {text}" if text else "🎤 (speaking…)") if audio_path else text
+        spoken_user = audio is not None
+        shown_user = (f"🎤 {text}" if text else "🎤 (speaking…)") if spoken_user else text
         messages = _messages(turns) + [{"role": "user", "content": shown_user},
                                        {"role": "assistant", "content": ""}]
         rate = engine.voice.sample_rate if engine.voice is not None else 0
         stream = f"{app.next_turn()} {rate}"
         chunks: list[np.ndarray] = []
-        answer = ""
+        text_answer, done = "", None
+        stop = session.begin_answer()
         yield messages, stream, None, gr.skip(), gr.skip(), gr.skip()  # the turn shows at once
         try:
-            events = engine.reply([Turn(t["role"], t["text"]) for t in turns],
-                                  audio=audio_path or None, text=text)
-            for event in events:
+            for event in engine.reply([Turn(t["role"], t["text"]) for t in turns], audio=audio, text=text,
+                                      stop=stop):
                 if isinstance(event, TextDelta):
-                    answer += event.text
-                    messages[-1] = {"role": "assistant", "content": answer}
+                    text_answer += event.text
+                    messages[-1] = {"role": "assistant", "content": text_answer}
                     yield messages, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 elif isinstance(event, SpeechChunk):
                     chunks.append(event.samples)
+                    session.playing(len(event.samples) / event.sample_rate)
                     stream += " " + encode_chunk(event.samples)
                     yield gr.skip(), stream, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 elif isinstance(event, Notice):
                     gr.Warning(app.public_message(event.message))
                 elif isinstance(event, TurnDone):
-                    turns += [{"role": "user", "text": event.user},
-                              {"role": "assistant", "text": event.answer}]
-                    shown_user = f"🎤 {event.user}" if audio_path else event.user
-                    messages[-2] = {"role": "user", "content": shown_user}
+                    done = event
         except Exception as exc:  # AudioError (too long, unreadable) is a ValueError
             raise refusal(exc) from None
+        finally:
+            session.end_answer(stop)
         spoken = (rate, pcm16(np.concatenate(chunks))) if chunks else None
+        answer_text = done.answer + (" … (interrupted)" if done.interrupted else "")
+        turns += [{"role": "user", "text": done.user, "audio": audio_file},
+                  {"role": "assistant", "text": answer_text,
+                   "audio": save_turn_audio(np.concatenate(chunks), rate) if chunks else None}]
+        messages = _messages(turns)
+        if spoken_user:
+            messages[-2] = {**messages[-2], "content": [f"🎤 {done.user}", *messages[-2]["content"][1:]]}
         yield messages, stream, spoken, turns, None, ""
+
+    def respond(audio_path, text, turns, voice_name, max_new_tokens, request):
+        session = app.live.get(request.session_hash)
+        yield from answer(session, audio_path or None, audio_path or None, text, turns, voice_name,
+                          max_new_tokens)
+
+    def listen(piece, request):
+        """A piece of the hands-free microphone: a new onset stops the page's player (barge-in), a
+        finished turn asks for its answer."""
+        if piece is None:
+            return gr.skip(), gr.skip()
+        session = app.live.get(request.session_hash)
+        try:
+            events = session.hear(*piece)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        heard = any(isinstance(e, (SpeechStarted, BargeIn)) for e in events)
+        onset = str(session.onsets) if heard else gr.skip()
+        ready = str(session.turns) if any(isinstance(e, TurnEnded) for e in events) else gr.skip()
+        return onset, ready
+
+    def respond_live(ready, turns, voice_name, max_new_tokens, request):
+        """The answer to the hands-free turn that just ended."""
+        session = app.live.get(request.session_hash)
+        turn = session.take_turn()
+        if turn is None:  # answered already (or none yet)
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        audio_file = save_turn_audio(turn.audio, SAMPLE_RATE)
+        for update in answer(session, turn.audio, audio_file, "", turns, voice_name, max_new_tokens):
+            yield update[:4]
+
+    def stop_answer(request):
+        session = app.live.find(request.session_hash)
+        if session is not None:
+            session.stop_answer()
+
+    for fn in (respond, listen, respond_live, stop_answer):  # Gradio passes the request (its session) by
+        fn.__annotations__ = {"request": gr.Request}  # type, and this module's annotations are strings
 
     def load(model_name, quant):
         try:
@@ -236,20 +333,26 @@ def build_blocks(app: ChatApp):
 
     with gr.Blocks(title="speechllm chat", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         turns = gr.State([])
-        gr.Markdown("### speechllm voice chat\nSpeak, upload a recording, or type. The model answers "
-                    "the recording itself; the answer is spoken as it is written.")
+        gr.Markdown("### speechllm voice chat\nTalk hands-free (start the microphone once: a pause ends your "
+                    "turn, speaking over the answer stops it), or record, upload or type and press Send. "
+                    "The model answers the recording itself; the answer is spoken as it is written.")
         chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="conversation")
         with gr.Row():
+            live_in = gr.Audio(sources=["microphone"], streaming=True, type="numpy", elem_id="live-in",
+                               label="Hands-free (a pause sends; talking over the answer stops it)")
             audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your turn (speech)",
                                 elem_id="speech-in")
             text_in = gr.Textbox(label="…or type (with a recording: an instruction about it)", lines=3,
                                  max_length=MAX_PROMPT_CHARS, elem_id="text-in")
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="send")
+            stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
             clear = gr.Button("New conversation", elem_id="clear")
         answer_audio = gr.Audio(label="Spoken answer (whole turn)", type="numpy", interactive=False,
                                 elem_id="answer-audio")
         stream_box = gr.Textbox(visible="hidden", elem_id="speech-stream")
+        onset_box = gr.Textbox(visible="hidden", elem_id="speech-onset")  # changes at each onset heard
+        ready_box = gr.Textbox(visible="hidden", elem_id="turn-ready")  # changes at each hands-free turn
         with gr.Accordion("Settings", open=False):
             voice = gr.Dropdown(app.voices.names(), value=app.default_voice, label="Voice",
                                 allow_custom_value=False)
@@ -261,11 +364,22 @@ def build_blocks(app: ChatApp):
             load_button = gr.Button("Load model")
             status = gr.Markdown(f"model: {app.public_model} ({app.quant})")
 
-        send.click(fn=None, js="() => { window.speechllmPlayer && window.speechllmPlayer.unlock(); }")
+        unlock = "() => { window.speechllmPlayer && window.speechllmPlayer.unlock(); }"
+        send.click(fn=None, js=unlock)
+        live_in.start_recording(fn=None, js=unlock)
         inputs = [audio_in, text_in, turns, voice, max_new_tokens]
         outputs = [chatbot, stream_box, answer_audio, turns, audio_in, text_in]
-        send.click(respond, inputs, outputs, api_name="respond")
-        text_in.submit(respond, inputs, outputs, api_visibility="private")
+        model_slot = {"concurrency_id": "model", "concurrency_limit": 1}  # one answer at a time on the model
+        send.click(respond, inputs, outputs, api_name="respond", **model_slot)
+        text_in.submit(respond, inputs, outputs, api_visibility="private", **model_slot)
+        live_in.stream(listen, live_in, [onset_box, ready_box], stream_every=0.1, concurrency_limit=None,
+                       api_visibility="private", show_progress="hidden")
+        onset_box.change(fn=None, inputs=onset_box,
+                         js="(v) => { window.speechllmPlayer && window.speechllmPlayer.stop('onset'); }")
+        ready_box.change(respond_live, [ready_box, turns, voice, max_new_tokens], outputs[:4],
+                         api_visibility="private", **model_slot)
+        stop_button.click(stop_answer, None, None, concurrency_limit=None, api_visibility="private",
+                          js="() => { window.speechllmPlayer && window.speechllmPlayer.stop('button'); }")
         stream_box.change(fn=None, inputs=stream_box,
                           js="(v) => { window.speechllmPlayer && window.speechllmPlayer.update(v); }")
         clear.click(lambda: ([], [], None, ""), None, [chatbot, turns, answer_audio, stream_box],
