@@ -22,8 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-HELD_OUT_VOICES = ("jf_nezumi:0.6+jm_kumo:0.4", "jf_tebukuro:0.5+jf_gongitsune:0.5",
-                   "jm_kumo:0.7+jf_alpha:0.3", "jf_gongitsune:0.4+jm_kumo:0.6")
+HELD_OUT_VOICES = (
+    "jf_nezumi:0.6+jm_kumo:0.4",
+    "jf_tebukuro:0.5+jf_gongitsune:0.5",
+    "jm_kumo:0.7+jf_alpha:0.3",
+    "jf_gongitsune:0.4+jm_kumo:0.6",
+)
 EVERYDAY_SEED = 90_210  # the grammar's training draws use other seeds
 
 
@@ -39,8 +43,10 @@ def build(out: Path, everyday: int, verses: int, max_words: int) -> None:
     rng = np.random.default_rng(7)
     pool = [v for v in verse_pairs() if len(v.es.split()) <= max_words and len(v.en.split()) <= max_words + 4]
     chosen = [pool[i] for i in sorted(rng.choice(len(pool), size=verses, replace=False))]
-    items = [("everyday", f"everyday-{i:03d}", es, en)
-             for i, (es, en) in enumerate(everyday_pairs(everyday, seed=EVERYDAY_SEED))]
+    items = [
+        ("everyday", f"everyday-{i:03d}", es, en)
+        for i, (es, en) in enumerate(everyday_pairs(everyday, seed=EVERYDAY_SEED))
+    ]
     items += [("bible", f"bible-{v.ref.replace(' ', '_').replace(':', '.')}", v.es, v.en) for v in chosen]
     (out / "audio").mkdir(parents=True, exist_ok=True)
     voices = {name: KokoroVoice(name, language="es") for name in HELD_OUT_VOICES}
@@ -51,8 +57,16 @@ def build(out: Path, everyday: int, verses: int, max_words: int) -> None:
         if not path.is_file():
             audio = soxr.resample(voices[voice].synthesize(es), 24_000, 16_000)
             sf.write(path, audio, 16_000)
-        rows.append(ManifestRow(audio=str(path.relative_to(out)), text=en, task="st", lang="es", speaker=voice,
-                                extra={"set": kind, "source_text": es, "target_lang": "en"}))
+        rows.append(
+            ManifestRow(
+                audio=str(path.relative_to(out)),
+                text=en,
+                task="st",
+                lang="es",
+                speaker=voice,
+                extra={"set": kind, "source_text": es, "target_lang": "en"},
+            )
+        )
         print(f"{i + 1}/{len(items)} {key}", flush=True)
     write_manifest(out / "test.jsonl", rows)
 
@@ -95,7 +109,11 @@ def main() -> None:
         loaded = time.perf_counter()
         texts = [model.transcribe(r.audio).text for r in rows]
         done = time.perf_counter()
-        result = {"model": name, "load_s": round(loaded - start, 1), "seconds_per_clip": round((done - loaded) / len(rows), 2)}
+        result = {
+            "model": name,
+            "load_s": round(loaded - start, 1),
+            "seconds_per_clip": round((done - loaded) / len(rows), 2),
+        }
         for kind in kinds:
             picked = [(r.text, t) for r, t in zip(rows, texts, strict=True) if r.extra["set"] == kind]
             result[kind] = _bleu([p[0] for p in picked], [p[1] for p in picked])
@@ -105,16 +123,29 @@ def main() -> None:
             for kind in kinds:
                 picked = [r for r in rows if r.extra["set"] == kind]
                 sources = [r.extra["source_text"] for r in picked]
-                result[kind]["ceiling_from_text"] = _bleu([r.text for r in picked],
-                                                          ceiling(sources, "Spanish", "English"))["bleu"]
-        result["examples"] = [{"source": r.extra["source_text"], "reference": r.text, "output": t}
-                              for r, t in list(zip(rows, texts, strict=True))[::25]]
+                result[kind]["ceiling_from_text"] = _bleu(
+                    [r.text for r in picked], ceiling(sources, "Spanish", "English")
+                )["bleu"]
+        result["examples"] = [
+            {"source": r.extra["source_text"], "reference": r.text, "output": t}
+            for r, t in list(zip(rows, texts, strict=True))[::25]
+        ]
         print(json.dumps(result, ensure_ascii=False), flush=True)
         results.append(result)
     if args.json:
-        args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                         "threads": args.threads, "rows": len(rows), "results": results},
-                                        indent=2, ensure_ascii=False) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": platform.processor() or platform.machine(),
+                    "threads": args.threads,
+                    "rows": len(rows),
+                    "results": results,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,19 @@ import numpy as np
 
 # person: 0 = I, 1 = you, 2 = he/she/it, 3 = we, 4 = they
 SUBJECTS = (
-    ("yo", "I", 0), ("tú", "you", 1), ("mi hermano", "my brother", 2), ("mi hermana", "my sister", 2),
-    ("mi madre", "my mother", 2), ("mi padre", "my father", 2), ("nuestro vecino", "our neighbor", 2),
-    ("la maestra", "the teacher", 2), ("el médico", "the doctor", 2), ("nosotros", "we", 3),
-    ("mis amigos", "my friends", 4), ("los niños", "the children", 4), ("mis padres", "my parents", 4),
+    ("yo", "I", 0),
+    ("tú", "you", 1),
+    ("mi hermano", "my brother", 2),
+    ("mi hermana", "my sister", 2),
+    ("mi madre", "my mother", 2),
+    ("mi padre", "my father", 2),
+    ("nuestro vecino", "our neighbor", 2),
+    ("la maestra", "the teacher", 2),
+    ("el médico", "the doctor", 2),
+    ("nosotros", "we", 3),
+    ("mis amigos", "my friends", 4),
+    ("los niños", "the children", 4),
+    ("mis padres", "my parents", 4),
 )
 
 # (Spanish forms by person, English base form, English third person singular, object kind)
@@ -41,38 +50,127 @@ VERBS = (
 
 # nouns: (Spanish with article, English with article)
 PLACES = (
-    ("el hospital", "the hospital"), ("la estación", "the station"), ("el banco", "the bank"),
-    ("la biblioteca", "the library"), ("el mercado", "the market"), ("la farmacia", "the pharmacy"),
-    ("el aeropuerto", "the airport"), ("la playa", "the beach"), ("el parque", "the park"),
-    ("la escuela", "the school"), ("el restaurante", "the restaurant"), ("el museo", "the museum"),
-    ("la oficina", "the office"), ("el supermercado", "the supermarket"), ("la iglesia", "the church"),
+    ("el hospital", "the hospital"),
+    ("la estación", "the station"),
+    ("el banco", "the bank"),
+    ("la biblioteca", "the library"),
+    ("el mercado", "the market"),
+    ("la farmacia", "the pharmacy"),
+    ("el aeropuerto", "the airport"),
+    ("la playa", "the beach"),
+    ("el parque", "the park"),
+    ("la escuela", "the school"),
+    ("el restaurante", "the restaurant"),
+    ("el museo", "the museum"),
+    ("la oficina", "the office"),
+    ("el supermercado", "the supermarket"),
+    ("la iglesia", "the church"),
 )
-FOODS = (("pan", "bread"), ("arroz", "rice"), ("pescado", "fish"), ("pollo", "chicken"), ("fruta", "fruit"),
-         ("sopa", "soup"), ("queso", "cheese"), ("manzanas", "apples"), ("huevos", "eggs"), ("pasta", "pasta"))
-DRINKS = (("agua", "water"), ("café", "coffee"), ("té", "tea"), ("leche", "milk"), ("jugo de naranja", "orange juice"))
-THINGS = (("un coche nuevo", "a new car"), ("una casa grande", "a big house"), ("un libro", "a book"),
-          ("dos billetes", "two tickets"), ("una bicicleta", "a bicycle"), ("un teléfono", "a phone"),
-          ("una mesa", "a table"), ("tres sillas", "three chairs"), ("un perro", "a dog"),
-          ("una camisa azul", "a blue shirt"), ("un paraguas", "an umbrella"), ("más tiempo", "more time"))
-READING = (("el periódico", "the newspaper"), ("un libro", "a book"), ("las noticias", "the news"),
-           ("una carta", "a letter"))
-SUBJECTS_OF_STUDY = (("historia", "history"), ("matemáticas", "mathematics"), ("inglés", "English"),
-                     ("música", "music"), ("medicina", "medicine"))
+FOODS = (
+    ("pan", "bread"),
+    ("arroz", "rice"),
+    ("pescado", "fish"),
+    ("pollo", "chicken"),
+    ("fruta", "fruit"),
+    ("sopa", "soup"),
+    ("queso", "cheese"),
+    ("manzanas", "apples"),
+    ("huevos", "eggs"),
+    ("pasta", "pasta"),
+)
+DRINKS = (
+    ("agua", "water"),
+    ("café", "coffee"),
+    ("té", "tea"),
+    ("leche", "milk"),
+    ("jugo de naranja", "orange juice"),
+)
+THINGS = (
+    ("un coche nuevo", "a new car"),
+    ("una casa grande", "a big house"),
+    ("un libro", "a book"),
+    ("dos billetes", "two tickets"),
+    ("una bicicleta", "a bicycle"),
+    ("un teléfono", "a phone"),
+    ("una mesa", "a table"),
+    ("tres sillas", "three chairs"),
+    ("un perro", "a dog"),
+    ("una camisa azul", "a blue shirt"),
+    ("un paraguas", "an umbrella"),
+    ("más tiempo", "more time"),
+)
+READING = (
+    ("el periódico", "the newspaper"),
+    ("un libro", "a book"),
+    ("las noticias", "the news"),
+    ("una carta", "a letter"),
+)
+SUBJECTS_OF_STUDY = (
+    ("historia", "history"),
+    ("matemáticas", "mathematics"),
+    ("inglés", "English"),
+    ("música", "music"),
+    ("medicina", "medicine"),
+)
 LANGUAGES = (("español", "Spanish"), ("inglés", "English"), ("francés", "French"), ("alemán", "German"))
-CITIES = (("Madrid", "Madrid"), ("Londres", "London"), ("México", "Mexico"), ("Sevilla", "Seville"),
-          ("una ciudad pequeña", "a small town"), ("el campo", "the country"))
-TIMES = (("hoy", "today"), ("mañana", "tomorrow"), ("todos los días", "every day"),
-         ("por la mañana", "in the morning"), ("por la noche", "at night"), ("los lunes", "on Mondays"),
-         ("los fines de semana", "on weekends"), ("esta tarde", "this afternoon"), ("ahora", "now"))
-ADJECTIVES = (("nuevo", "nueva", "new"), ("viejo", "vieja", "old"), ("pequeño", "pequeña", "small"),
-              ("grande", "grande", "big"), ("bonito", "bonita", "beautiful"), ("caro", "cara", "expensive"),
-              ("barato", "barata", "cheap"), ("limpio", "limpia", "clean"))
-OBJECTS = (("casa", "f", "house"), ("coche", "m", "car"), ("libro", "m", "book"), ("mesa", "f", "table"),
-           ("hotel", "m", "hotel"), ("ciudad", "f", "city"), ("camisa", "f", "shirt"), ("jardín", "m", "garden"))
-NUMBERS = (("dos", "two"), ("tres", "three"), ("cuatro", "four"), ("cinco", "five"), ("seis", "six"),
-           ("siete", "seven"), ("ocho", "eight"), ("nueve", "nine"), ("diez", "ten"))
-PLURAL_ITEMS = (("hermanos", "brothers"), ("hijos", "children"), ("gatos", "cats"), ("libros", "books"),
-                ("manzanas", "apples"), ("sillas", "chairs"))
+CITIES = (
+    ("Madrid", "Madrid"),
+    ("Londres", "London"),
+    ("México", "Mexico"),
+    ("Sevilla", "Seville"),
+    ("una ciudad pequeña", "a small town"),
+    ("el campo", "the country"),
+)
+TIMES = (
+    ("hoy", "today"),
+    ("mañana", "tomorrow"),
+    ("todos los días", "every day"),
+    ("por la mañana", "in the morning"),
+    ("por la noche", "at night"),
+    ("los lunes", "on Mondays"),
+    ("los fines de semana", "on weekends"),
+    ("esta tarde", "this afternoon"),
+    ("ahora", "now"),
+)
+ADJECTIVES = (
+    ("nuevo", "nueva", "new"),
+    ("viejo", "vieja", "old"),
+    ("pequeño", "pequeña", "small"),
+    ("grande", "grande", "big"),
+    ("bonito", "bonita", "beautiful"),
+    ("caro", "cara", "expensive"),
+    ("barato", "barata", "cheap"),
+    ("limpio", "limpia", "clean"),
+)
+OBJECTS = (
+    ("casa", "f", "house"),
+    ("coche", "m", "car"),
+    ("libro", "m", "book"),
+    ("mesa", "f", "table"),
+    ("hotel", "m", "hotel"),
+    ("ciudad", "f", "city"),
+    ("camisa", "f", "shirt"),
+    ("jardín", "m", "garden"),
+)
+NUMBERS = (
+    ("dos", "two"),
+    ("tres", "three"),
+    ("cuatro", "four"),
+    ("cinco", "five"),
+    ("seis", "six"),
+    ("siete", "seven"),
+    ("ocho", "eight"),
+    ("nueve", "nine"),
+    ("diez", "ten"),
+)
+PLURAL_ITEMS = (
+    ("hermanos", "brothers"),
+    ("hijos", "children"),
+    ("gatos", "cats"),
+    ("libros", "books"),
+    ("manzanas", "apples"),
+    ("sillas", "chairs"),
+)
 COMMANDS = (
     ("Por favor, cierra la puerta.", "Please close the door."),
     ("Por favor, abre la ventana.", "Please open the window."),
@@ -83,12 +181,33 @@ COMMANDS = (
     ("No olvides tus llaves.", "Do not forget your keys."),
     ("Lávate las manos antes de comer.", "Wash your hands before eating."),
 )
-WEATHER = (("Hace frío", "It is cold"), ("Hace calor", "It is hot"), ("Hace sol", "It is sunny"),
-           ("Hace viento", "It is windy"), ("Está lloviendo", "It is raining"), ("Está nevando", "It is snowing"))
-LIKES = (("el café", "coffee"), ("la música", "music"), ("el chocolate", "chocolate"), ("el fútbol", "football"),
-         ("la playa", "the beach"), ("el invierno", "winter"), ("la fruta", "fruit"), ("el cine", "the cinema"))
-CLOCK = (("a la una", "at one"), ("a las dos", "at two"), ("a las tres", "at three"), ("a las ocho", "at eight"),
-         ("a las nueve", "at nine"), ("a las diez", "at ten"), ("a las once", "at eleven"))
+WEATHER = (
+    ("Hace frío", "It is cold"),
+    ("Hace calor", "It is hot"),
+    ("Hace sol", "It is sunny"),
+    ("Hace viento", "It is windy"),
+    ("Está lloviendo", "It is raining"),
+    ("Está nevando", "It is snowing"),
+)
+LIKES = (
+    ("el café", "coffee"),
+    ("la música", "music"),
+    ("el chocolate", "chocolate"),
+    ("el fútbol", "football"),
+    ("la playa", "the beach"),
+    ("el invierno", "winter"),
+    ("la fruta", "fruit"),
+    ("el cine", "the cinema"),
+)
+CLOCK = (
+    ("a la una", "at one"),
+    ("a las dos", "at two"),
+    ("a las tres", "at three"),
+    ("a las ocho", "at eight"),
+    ("a las nueve", "at nine"),
+    ("a las diez", "at ten"),
+    ("a las once", "at eleven"),
+)
 
 
 def _contract(spanish: str) -> str:
@@ -110,8 +229,14 @@ def _object(kind: str, rng: np.random.Generator) -> tuple[str, str]:
     if kind == "place_a":
         es, en = _pick(rng, PLACES)
         return f"a {es}", f"to {en}"
-    pools = {"food": FOODS, "drink": DRINKS, "thing": THINGS, "reading": READING,
-             "subject": SUBJECTS_OF_STUDY, "language": LANGUAGES}
+    pools = {
+        "food": FOODS,
+        "drink": DRINKS,
+        "thing": THINGS,
+        "reading": READING,
+        "subject": SUBJECTS_OF_STUDY,
+        "language": LANGUAGES,
+    }
     if kind == "city":
         es, en = _pick(rng, CITIES)
         return f"en {es}", f"in {en}"
@@ -147,7 +272,10 @@ def _description(rng: np.random.Generator) -> tuple[str, str]:
     masc, fem, adj_en = _pick(rng, ADJECTIVES)
     article, mine = ("la", "mi") if gender == "f" else ("el", "mi")
     if rng.random() < 0.5:
-        return f"{_cap(article)} {noun} es muy {fem if gender == 'f' else masc}.", f"The {noun_en} is very {adj_en}."
+        return (
+            f"{_cap(article)} {noun} es muy {fem if gender == 'f' else masc}.",
+            f"The {noun_en} is very {adj_en}.",
+        )
     return f"{_cap(mine)} {noun} es {fem if gender == 'f' else masc}.", f"My {noun_en} is {adj_en}."
 
 
@@ -158,7 +286,9 @@ def _count(rng: np.random.Generator) -> tuple[str, str]:
     forms = VERBS[6][0]
     have = "has" if person == 2 else "have"
     subj_es = "" if person in (0, 1, 3) else subj_es + " "
-    return _cap(f"{subj_es}{forms[person]} {num_es} {item_es}."), f"{_cap(subj_en)} {have} {num_en} {item_en}."
+    return _cap(
+        f"{subj_es}{forms[person]} {num_es} {item_es}."
+    ), f"{_cap(subj_en)} {have} {num_en} {item_en}."
 
 
 def _weather(rng: np.random.Generator) -> tuple[str, str]:
@@ -193,9 +323,14 @@ class Template:
 
 
 TEMPLATES = (
-    Template("action", 5, _action), Template("question", 2, _question), Template("description", 2, _description),
-    Template("count", 1, _count), Template("weather", 1, _weather), Template("likes", 1, _likes),
-    Template("schedule", 1, _schedule), Template("command", 0.5, _command),
+    Template("action", 5, _action),
+    Template("question", 2, _question),
+    Template("description", 2, _description),
+    Template("count", 1, _count),
+    Template("weather", 1, _weather),
+    Template("likes", 1, _likes),
+    Template("schedule", 1, _schedule),
+    Template("command", 0.5, _command),
 )
 
 

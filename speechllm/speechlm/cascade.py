@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from speechllm.generation.options import Generation, GenerationOptions
 from speechllm.speechlm.tasks import LANGUAGES, TASKS, language_name
 
 SAMPLE_RATE = 16_000
+DEFAULT_OPTIONS = GenerationOptions()
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,17 @@ class Request:
     target: str = "English"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _instruction_pattern(template: str) -> re.Pattern:
-    pattern = re.escape(template).replace(r"\{prompt\}", "(?P<prompt>.+)").replace(r"\{target\}", "(?P<target>.+)")
+    pattern = (
+        re.escape(template).replace(r"\{prompt\}", "(?P<prompt>.+)").replace(r"\{target\}", "(?P<target>.+)")
+    )
     return re.compile(f"^{pattern}$", re.S)
 
 
 def parse_instruction(text: str) -> Request | None:
-    """The task an instruction text asks for (the inverse of :func:`~speechllm.speechlm.tasks.instruction`)."""
+    """The task an instruction text asks for (inverse of :func:`~speechllm.speechlm.tasks.instruction`)."""
+
     def literal(item) -> int:  # most specific first: a bare "{prompt}" (free instructions) matches anything
         return len(item[1].instruction.replace("{prompt}", "").replace("{target}", ""))
 
@@ -72,22 +76,35 @@ def parse_instruction(text: str) -> Request | None:
 
 # few-shot demonstrations per task: (what was said, the text prompt, the reply)
 _TRANSLATION_DEMOS = {
-    "Spanish": (("Mi hermano trabaja en un hospital grande.", "My brother works in a big hospital."),
-                ("¿A qué hora sale el tren para Madrid?", "What time does the train to Madrid leave?"),
-                ("Por favor, apaga las luces antes de salir.", "Please turn off the lights before leaving."),
-                ("Y dijo Dios: Sea la luz; y fué la luz.", "God said, Let there be light, and there was light.")),
-    "English": (("My brother works in a big hospital.", "Mi hermano trabaja en un hospital grande."),
-                ("What time does the train to Madrid leave?", "¿A qué hora sale el tren para Madrid?"),
-                ("Please turn off the lights before leaving.", "Por favor, apaga las luces antes de salir.")),
+    "Spanish": (
+        ("Mi hermano trabaja en un hospital grande.", "My brother works in a big hospital."),
+        ("¿A qué hora sale el tren para Madrid?", "What time does the train to Madrid leave?"),
+        ("Por favor, apaga las luces antes de salir.", "Please turn off the lights before leaving."),
+        ("Y dijo Dios: Sea la luz; y fué la luz.", "God said, Let there be light, and there was light."),
+    ),
+    "English": (
+        ("My brother works in a big hospital.", "Mi hermano trabaja en un hospital grande."),
+        ("What time does the train to Madrid leave?", "¿A qué hora sale el tren para Madrid?"),
+        ("Please turn off the lights before leaving.", "Por favor, apaga las luces antes de salir."),
+    ),
 }
 _PASSAGE_DEMOS = (
-    ("The library opens at nine and closes at six. On Sundays it is closed.", "When does the library close?",
-     "At six."),
-    ("Maria bought three notebooks and a blue pen for her brother Daniel.", "Who was the pen for?",
-     "Her brother Daniel."),
+    (
+        "The library opens at nine and closes at six. On Sundays it is closed.",
+        "When does the library close?",
+        "At six.",
+    ),
+    (
+        "Maria bought three notebooks and a blue pen for her brother Daniel.",
+        "Who was the pen for?",
+        "Her brother Daniel.",
+    ),
 )
-_QUESTION_DEMOS = (("What is the capital of France?", "Paris."), ("How many days are in a week?", "Seven."),
-                   ("What is four plus five?", "Nine."))
+_QUESTION_DEMOS = (
+    ("What is the capital of France?", "Paris."),
+    ("How many days are in a week?", "Seven."),
+    ("What is four plus five?", "Nine."),
+)
 
 
 def _translation_prompt(said: str, source: str, target: str) -> str:
@@ -109,7 +126,7 @@ def _question_prompt(said: str) -> str:
 
 
 def _free_prompt(said: str, instruction: str) -> str:
-    return f"Someone said: \"{said}\"\nInstruction: {instruction}\nReply:"
+    return f'Someone said: "{said}"\nInstruction: {instruction}\nReply:'
 
 
 class TranscriptSpeechLLM:
@@ -122,8 +139,9 @@ class TranscriptSpeechLLM:
         from speechllm.transcriber import WhisperTranscriber
 
         self.config, self.device = config, torch.device(device)
-        self.asr = WhisperTranscriber(config.asr, device=str(self.device), language=config.language,
-                                      segmenter="fixed")
+        self.asr = WhisperTranscriber(
+            config.asr, device=str(self.device), language=config.language, segmenter="fixed"
+        )
         self.llm, self.tokenizer = load_llm(config.llm, quant=config.quant, device=self.device)
 
     @classmethod
@@ -170,26 +188,48 @@ class TranscriptSpeechLLM:
         out = []
         for prompt in prompts:
             ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(self.device)
-            tokens = self.llm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                       do_sample=False, stop_strings=["\n"], tokenizer=self.tokenizer,
-                                       pad_token_id=self.tokenizer.pad_token_id or 0)[0, ids.shape[1]:]
+            tokens = self.llm.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                stop_strings=["\n"],
+                tokenizer=self.tokenizer,
+                pad_token_id=self.tokenizer.pad_token_id or 0,
+            )[0, ids.shape[1] :]
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             ended = "\n" in text or (len(tokens) and int(tokens[-1]) == self.tokenizer.eos_token_id)
-            out.append(Generation(tuple(int(t) for t in tokens), text.split("\n")[0].strip(), 0.0,
-                                  "end" if ended or len(tokens) < max_new_tokens else "length"))
+            out.append(
+                Generation(
+                    tuple(int(t) for t in tokens),
+                    text.split("\n")[0].strip(),
+                    0.0,
+                    "end" if ended or len(tokens) < max_new_tokens else "length",
+                )
+            )
         return out
 
-    def generate(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str] | str,
-                 options: GenerationOptions = GenerationOptions()) -> list[Generation]:
+    def generate(
+        self,
+        audio: Sequence[np.ndarray] | None,
+        instructions: Sequence[str] | str,
+        options: GenerationOptions = DEFAULT_OPTIONS,
+    ) -> list[Generation]:
         if audio is None:
             raise ValueError("this speech-LLM answers about audio; text-only prompts need the LLM itself")
         instructions = [instructions] * len(audio) if isinstance(instructions, str) else list(instructions)
         heard = self.hear(audio)
-        prompts = [self.prompt(said, lang, instr) for (said, lang), instr in zip(heard, instructions, strict=True)]
+        prompts = [
+            self.prompt(said, lang, instr) for (said, lang), instr in zip(heard, instructions, strict=True)
+        ]
         asked = [i for i, p in enumerate(prompts) if p is not None]
-        replies = dict(zip(asked, self.complete([prompts[i] for i in asked], options.max_new_tokens), strict=True))
+        replies = dict(
+            zip(asked, self.complete([prompts[i] for i in asked], options.max_new_tokens), strict=True)
+        )
         return [replies.get(i) or Generation((), heard[i][0], 0.0, "end") for i in range(len(prompts))]
 
-    def translate_text(self, texts: Sequence[str], source: str = "Spanish", target: str = "English") -> list[str]:
+    def translate_text(
+        self, texts: Sequence[str], source: str = "Spanish", target: str = "English"
+    ) -> list[str]:
         """The LLM alone on given source text (the ceiling any hearing can reach)."""
         return [g.text for g in self.complete([_translation_prompt(t, source, target) for t in texts], 64)]
