@@ -1,4 +1,4 @@
-"""Tiny random models for tests and demos: a Whisper folder and a chat LLM folder, built offline in ms.
+"""Tiny random models the tests build: a Whisper folder and a chat LLM folder, offline in ms.
 
 Both are written in Hugging Face layout, so they load by path exactly like the real ones
 (``load_encoder(folder)``, ``load_backbone(folder)``) and a saved speech-LLM can name them.
