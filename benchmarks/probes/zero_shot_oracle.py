@@ -1,6 +1,6 @@
 """Upper bound of zero-shot instruction following over "perfect audio units".
 
-    .venv/bin/python benchmarks/zero_shot_oracle.py --manifest corpora/asr-10h/dev.jsonl --limit 40
+    .venv/bin/python benchmarks/probes/zero_shot_oracle.py --manifest corpora/asr-10h/dev.jsonl --limit 40
 
 A ``ctc-posterior`` adapter hands the LLM (near) its own token embeddings of what was said. This
 script gives the frozen LLM the *exact* embeddings of the transcript in place of the audio, in
@@ -22,6 +22,7 @@ from speechllm.metrics import word_error_rate
 from speechllm.speechlm.backbone import load_backbone
 from speechllm.speechlm.generate import GenerationOptions, LMState, run_decoder
 from speechllm.speechlm.model import PromptFormat, SpeechLLM, SpeechLLMConfig, instruction
+from speechllm.zoo import DEFAULT_LLM
 
 
 class _NoEncoder(torch.nn.Module):
@@ -34,7 +35,7 @@ class _NoEncoder(torch.nn.Module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True)
-    parser.add_argument("--llm", default="smollm2-135m-instruct")
+    parser.add_argument("--llm", default=DEFAULT_LLM)
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--instructions", nargs="*", default=["transcribe"],

@@ -1,6 +1,7 @@
 """How much of the mel do the TTS speech tokens carry? A per-frame probe.
 
-    .venv/bin/python benchmarks/tts_probe.py --cache runs/tts/cache-1h-t4 --tokenizer runs/tts/tokenizer4
+    .venv/bin/python benchmarks/probes/tts_probe.py \
+        --cache runs/tts/cache-1h-t4 --tokenizer runs/tts/tokenizer4
 
 A 2-layer MLP is trained to predict each normalised 50 Hz log-mel frame on its own (no context) from
 (a) the token it belongs to and (b) the Whisper encoder frame the tokens are made from; the table

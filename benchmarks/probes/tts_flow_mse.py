@@ -3,7 +3,7 @@ MSE of its prior μ and of its samples against the recorded mels of a cache's (o
 next to known smears of the same recordings to read it against (README: the recording blurred over
 5 frames is still understood about as well as needed, over 9 frames it is not).
 
-    python benchmarks/tts_flow_mse.py --flow runs/tts/flow-gpu --cache runs/tts/pack --limit 20
+    python benchmarks/probes/tts_flow_mse.py --flow runs/tts/flow-gpu --cache runs/tts/pack --limit 20
 
 The flow's samples start from its fixed noise with another test utterance as the voice prompt
 (the first 3 s of the first test utterance not being scored), 6 Euler steps, full attention.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/tts.py
 from tts import blurred, prior_mel  # noqa: E402
 
 
