@@ -132,14 +132,15 @@ def shard(inputs: list, spec: str | None) -> list:
 
 def run_batch(transcriber, inputs: list[str | BadInput], output: Path | None, resume: bool = False,
               progress: bool = True, echo: bool = True, formats: tuple[str, ...] = (),
-              format_dir: Path | None = None) -> BatchSummary:
+              format_dir: Path | None = None, cues=None) -> BatchSummary:
     """Transcribe ``inputs`` with any object offering ``transcribe_many`` (see WhisperTranscriber),
     or with a function returning one: it is called only when some input is left to do, before the
     output is touched. :class:`BadInput` items become error rows without the model.
 
     ``formats`` (txt, srt, vtt) are written per input into ``format_dir`` (default: beside
     ``output``); inputs whose names clash get names that tell them apart (see
-    :func:`~speechllm.apps.subtitles.transcript_names`), said in one line on stderr.
+    :func:`~speechllm.apps.subtitles.transcript_names`), said in one line on stderr; ``cues``
+    (:class:`~speechllm.apps.cues.CueOptions`) sizes their subtitle cues.
     """
     import time
 
@@ -180,14 +181,18 @@ def run_batch(transcriber, inputs: list[str | BadInput], output: Path | None, re
                 print(f"failed: {result}", file=sys.stderr)
             else:
                 row = {"audio": source, "text": result.text, "duration": round(result.duration, 3),
-                       "segments": [{"start": s.start, "end": s.end, "text": s.text}
-                                    for s in result.segments]}
+                       "segments": [s.to_row() for s in result.segments]}
+                if getattr(result, "language", None) is not None:  # Whisper: given or detected
+                    row["language"] = result.language
+                    if result.language_probs:
+                        row["language_probs"] = result.language_probs
                 if result.stop is not None:  # a speech-LLM's reply: why it ended (end/repetition/length)
                     row["stop"] = result.stop
                 done += 1
                 audio_seconds += result.duration
                 for fmt in formats:
-                    write_transcript(result, source, format_dir, fmt, stem=names.get(source))
+                    write_transcript(result, source, format_dir, fmt, stem=names.get(source),
+                                     **({"cues": cues} if cues is not None else {}))
                 if echo:
                     print(f"{source}\t{result.text}" if len(inputs) > 1 else result.text)
             if handle:

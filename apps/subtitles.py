@@ -1,4 +1,5 @@
-"""Transcript writers for ``speechllm transcribe --format``: plain text, SRT and WebVTT."""
+"""Transcript writers for ``speechllm transcribe --format``: plain text, SRT and WebVTT (cues
+split for reading by :mod:`speechllm.apps.cues`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from speechllm.apps.cues import DEFAULT, Cue, CueOptions, highlighted, split_cues
 from speechllm.files import atomic_write_text
 from speechllm.transcriber import Transcript
 
@@ -18,23 +20,28 @@ def _clock(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def to_txt(t: Transcript) -> str:
+def to_txt(t: Transcript, options: CueOptions = DEFAULT) -> str:
     return t.text + "\n"
 
 
-def to_srt(t: Transcript) -> str:
-    cues = [s for s in t.segments if s.text]
-    return "\n".join(f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n"
-                     for i, s in enumerate(cues, 1))
+def _cues(t: Transcript, options: CueOptions) -> list[Cue]:
+    cues = split_cues((s for s in t.segments if s.text), options)
+    if options.highlight_words:
+        cues = [c for cue in cues for c in highlighted(cue)]
+    return cues
 
 
-def to_vtt(t: Transcript) -> str:
-    cues = [s for s in t.segments if s.text]
-    return "WEBVTT\n\n" + "\n".join(f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text}\n"
-                                    for s in cues)
+def to_srt(t: Transcript, options: CueOptions = DEFAULT) -> str:
+    return "\n".join(f"{i}\n{_clock(c.start, ',')} --> {_clock(c.end, ',')}\n{c.text}\n"
+                     for i, c in enumerate(_cues(t, options), 1))
 
 
-FORMATS: dict[str, Callable[[Transcript], str]] = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt}
+def to_vtt(t: Transcript, options: CueOptions = DEFAULT) -> str:
+    return "WEBVTT\n\n" + "\n".join(f"{_clock(c.start, '.')} --> {_clock(c.end, '.')}\n{c.text}\n"
+                                    for c in _cues(t, options))
+
+
+FORMATS: dict[str, Callable[[Transcript, CueOptions], str]] = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt}
 
 
 def transcript_names(sources: list[str]) -> tuple[dict[str, str], str]:
@@ -82,9 +89,9 @@ def _apart(group: list[str]) -> dict[str, str]:
 
 
 def write_transcript(transcript: Transcript, audio: str, folder: Path, fmt: str,
-                     stem: str | None = None) -> Path:
+                     stem: str | None = None, cues: CueOptions = DEFAULT) -> Path:
     """Write ``<folder>/<stem>.<fmt>`` atomically (default stem: the audio's); returns the path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem or Path(audio).stem}.{fmt}"
-    atomic_write_text(path, FORMATS[fmt](transcript))
+    atomic_write_text(path, FORMATS[fmt](transcript, cues))
     return path

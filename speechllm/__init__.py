@@ -55,8 +55,8 @@ def load(name_or_dir: str | None = None, device: str | None = None, task: str = 
     A speech-LLM folder (``speechllm finetune``'s output) or zoo entry gives a
     :class:`~speechllm.speechlm.SpeechLLMTranscriber` doing ``task`` ("transcribe", "translate",
     "spoken-question", "passage-question" with ``prompt``, ...); anything else is a Whisper model,
-    which only transcribes. Options (``beam_size``, ``batch_size``, ``segmenter``, ...) go to the
-    transcriber.
+    which transcribes and (a multilingual one) translates into English. Options (``beam_size``,
+    ``batch_size``, ``segmenter``, ``language``, ``word_timestamps``, ...) go to the transcriber.
     """
     name = name_or_dir or default_model(task)
     folder = speechlm_path(name)
@@ -65,9 +65,28 @@ def load(name_or_dir: str | None = None, device: str | None = None, task: str = 
 
         options.pop("dtype", None)  # the Whisper baseline's option
         return SpeechLLMTranscriber(str(folder), device=device, task=task, prompt=prompt, **options)
-    if task != "transcribe":
+    if task != "transcribe" and not (task == "translate" and multilingual_whisper(name)):
         raise ValueError(f"{name} is a speech recognition model; {task!r} needs a speech-LLM "
-                         f"(--model {STARTER} or a folder written by speechllm finetune)")
+                         f"(--model {STARTER} or a folder written by speechllm finetune)"
+                         + (" or a multilingual Whisper (whisper-base)" if task == "translate" else ""))
     from speechllm.transcriber import WhisperTranscriber
 
-    return WhisperTranscriber(name, device=device, **options)
+    target = options.pop("target", "English")
+    if task == "translate" and target.strip().lower() not in ("en", "english"):
+        raise ValueError(f"Whisper translates into English only, not {target}; for other languages "
+                         f"use a speech-LLM (--model {STARTER})")
+    return WhisperTranscriber(name, device=device, task=task, **options)
+
+
+def multilingual_whisper(name_or_dir: str) -> bool:
+    """Whether ``name_or_dir`` is a multilingual Whisper (it translates into English natively)."""
+    from speechllm.whisper.weights import is_multilingual
+    from speechllm.zoo import ZOO, resolve
+
+    entry = ZOO.get(name_or_dir)
+    if entry is not None and entry.kind != "asr":
+        return False
+    try:
+        return is_multilingual(resolve(name_or_dir).path)
+    except (OSError, ValueError, KeyError):
+        return False

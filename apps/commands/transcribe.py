@@ -30,12 +30,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segmenter", default="auto", choices=["auto", "vad", "fixed"],
                         help="long-audio segmentation: Silero VAD or fixed ≤30 s cuts at quiet points")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no printed results")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="print each segment ([start --> end] text) as soon as it is decoded")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from speechllm.apps.commands.whisper_options import add_cue_options, add_whisper_options
+
     parser.add_argument("inputs", nargs="+", metavar="AUDIO",
                         help="audio files, folders (recursive), globs or manifests (.jsonl)")
     add_model_options(parser)
+    add_whisper_options(parser)
+    add_cue_options(parser)
     parser.add_argument("--format", action="append", default=[], choices=["txt", "srt", "vtt"],
                         help="also write <audio stem>.FORMAT per input (repeatable)")
     parser.add_argument("--format-dir", type=Path,
@@ -45,6 +51,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="run on a Ray cluster (ADDRESS, e.g. auto or ray://host:10001; "
                              "no ADDRESS: a local Ray instance)")
     parser.add_argument("--ray-workers", type=int, default=1, help="Ray actors, each holding one model")
+    parser.add_argument("--ray-gpus", type=float, default=None, metavar="N",
+                        help="GPUs per Ray actor, fractions share one (e.g. 0.25: four actors a GPU); "
+                             "default: the cluster's GPUs shared among the actors, none on a CPU cluster")
 
 
 def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcribe", **task_options) -> int:
@@ -58,6 +67,7 @@ def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcrib
     import speechllm
     from speechllm.apps.batch import expand_inputs, precheck, run_batch, shard
     from speechllm.apps.commands import preflight
+    from speechllm.apps.commands.whisper_options import cue_options, whisper_options
 
     if args.resume and not args.output:
         raise ValueError("--resume needs --output")
@@ -72,13 +82,16 @@ def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcrib
     preflight.check_device(args.device)
     model = args.model or speechllm.default_model(task)
     on_ray = bool(getattr(args, "ray", None))
+    whisper_translates = task == "translate" and speechllm.multilingual_whisper(model)
     if not on_ray:  # a Ray cluster's workers resolve the model on their own machines
-        preflight.check_model(model, needs_speechlm=task != "transcribe", task=task)
+        preflight.check_model(model, needs_speechlm=task != "transcribe" and not whisper_translates,
+                              task=task)
     is_speechlm = preflight.is_speechlm(model)
+    cues = cue_options(args)
     if args.quant and is_speechlm:
         raise ValueError("--quant is for Whisper models: a speech-LLM runs its LLM in the format its "
                          "config.json names")
-    files = shard(expand_inputs(inputs), getattr(args, "shard", None))
+    files = shard(expand_inputs(inputs, uris=on_ray), getattr(args, "shard", None))
     if not files:
         raise ValueError(f"--shard {args.shard}: no inputs fall in this shard")
     files = precheck(files)
@@ -88,18 +101,21 @@ def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcrib
         options.update(task=task, **task_options)
     if args.quant:
         options["quant"] = args.quant
+    options.update(whisper_options(args, is_speechlm))
 
     def load():
         if on_ray:
             from speechllm.apps.ray_backend import RayTranscriber
 
-            return RayTranscriber(args.ray, workers=args.ray_workers, model=args.model, **options)
+            return RayTranscriber(args.ray, workers=args.ray_workers, gpus=args.ray_gpus, model=args.model,
+                                  **options)
         with preflight.quiet_libraries(args.quiet and is_speechlm), preflight.naming_model(model):
             return speechllm.load(model, **options)
 
     summary = run_batch(load, files, args.output, resume=args.resume,
                         progress=not args.quiet, echo=not args.quiet,
-                        formats=formats, format_dir=format_dir)
+                        verbose=getattr(args, "verbose", False) and not args.quiet,
+                        formats=formats, format_dir=format_dir, cues=cues)
     if (summary.failed or summary.skipped) and len(files) > 1:
         done = "transcribed" if task == "transcribe" else "done"
         print(f"{summary.done} {done}, {summary.failed} failed, {summary.skipped} already done",

@@ -6,13 +6,17 @@ import argparse
 
 from speechllm.apps.commands.transcribe import add_model_options, run_task
 
-HELP = "translate speech into another language (default English) with the speech-LLM"
+HELP = ("translate speech into another language (default English) with the speech-LLM, or into English "
+        "with a multilingual Whisper (--model whisper-base)")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="AUDIO", help="audio files, folders or globs")
+    from speechllm.apps.commands.whisper_options import add_whisper_options
+
     parser.add_argument("--to", default="en", metavar="LANG", help="target language, code or name (en)")
     add_model_options(parser)
+    add_whisper_options(parser, translating=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -227,6 +227,9 @@ class Whisper(nn.Module):
     def __init__(self, config: WhisperConfig):
         super().__init__()
         self.config = config
+        # decoder (layer, head) pairs whose cross-attention follows the speech (word timestamps);
+        # None: the known table by shape, else the top half (see timing.py)
+        self.alignment_heads: tuple[tuple[int, int], ...] | None = None
         self.encoder = AudioEncoder(config)
         self.decoder = TextDecoder(config)
 

@@ -52,7 +52,10 @@ class Word:
 
 
 def alignment_heads(model: Whisper) -> list[tuple[int, int]]:
-    """(layer, head) pairs whose cross-attention follows the speech."""
+    """(layer, head) pairs whose cross-attention follows the speech: the model folder's own, else
+    openai/whisper's for a known shape, else every head of the top half of the layers."""
+    if getattr(model, "alignment_heads", None):
+        return list(model.alignment_heads)
     c = model.config
     packed = ALIGNMENT_HEADS.get((c.n_decoder_layers, c.d_model, c.n_vocab))
     if packed is None:  # unknown checkpoint: every head of the top half, as openai/whisper does

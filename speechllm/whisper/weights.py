@@ -104,7 +104,8 @@ def _load_hf(folder: Path) -> tuple[WhisperConfig, StateDict, dict[str, Any]]:
     if generation.is_file():
         config = {**config, **json.loads(generation.read_text())}
     suppress = {"suppress_tokens": config.get("suppress_tokens") or (),
-                "begin_suppress_tokens": config.get("begin_suppress_tokens") or ()}
+                "begin_suppress_tokens": config.get("begin_suppress_tokens") or (),
+                "alignment_heads": config.get("alignment_heads")}
     return hf_config_to_whisper(config), hf_state_dict_to_whisper(_read_hf_weights(folder)), suppress
 
 
@@ -180,7 +181,8 @@ def _load_ct2(folder: Path) -> tuple[WhisperConfig, StateDict, dict[str, Any]]:
         raise ValueError(f"{folder / 'model.bin'}: a CTranslate2 {ct2.name}, not a Whisper model")
     extra = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     suppress = {"suppress_tokens": extra.get("suppress_ids", ()),
-                "begin_suppress_tokens": extra.get("suppress_ids_begin", ())}
+                "begin_suppress_tokens": extra.get("suppress_ids_begin", ()),
+                "alignment_heads": extra.get("alignment_heads")}
     return ct2_config(ct2.variables), ct2_to_state_dict(ct2.variables), suppress
 
 
@@ -214,14 +216,30 @@ def detect_format(folder: str | Path) -> str:
                      "Hugging Face config.json + model.safetensors / pytorch_model.bin)")
 
 
+def is_multilingual(path: str | Path) -> bool:
+    """Whether a Whisper model folder holds a multilingual model (vocabulary of 51,865 or more),
+    read from its small files only (no weights)."""
+    folder = Path(path)
+    if detect_format(folder) == "huggingface":
+        return int(json.loads((folder / "config.json").read_text()).get("vocab_size", 0)) >= 51865
+    vocabulary = folder / "vocabulary.txt"
+    if vocabulary.is_file():
+        with vocabulary.open(encoding="utf-8") as f:
+            return sum(1 for _ in f) >= 51865
+    return len(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]) >= 51865
+
+
 def load_whisper(path: str | Path, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> tuple[Whisper, WhisperTokenizer]:
     """Model (in eval mode, on ``device`` in ``dtype``) and tokenizer from a model folder."""
     folder = Path(path)
     config, state_dict, suppress = FORMATS[detect_format(folder)].load(folder)
+    heads = suppress.pop("alignment_heads", None)
     with torch.device("meta"):
         model = Whisper(config)
     model.load_state_dict(state_dict, assign=True)
     model = model.to(device=device, dtype=dtype).eval()
+    if heads:  # the folder's own (layer, head) pairs for word timestamps
+        model.alignment_heads = tuple((int(layer), int(head)) for layer, head in heads)
     tokenizer = WhisperTokenizer.from_folder(folder, multilingual=config.is_multilingual, **suppress)
     return model, tokenizer
