@@ -38,17 +38,33 @@ class BadInput:
     reason: str  # the whole one-line message, naming the input
 
 
-def expand_inputs(items: Iterable[str]) -> list[str | BadInput]:
+def is_uri(item: str) -> bool:
+    """``s3://bucket/key``, ``gs://...``, ``file:///abs/path``: read through Ray Data (``--ray``)."""
+    return "://" in item
+
+
+def expand_inputs(items: Iterable[str], uris: bool = False) -> list[str | BadInput]:
     """Files as given; folders (recursive) and glob patterns expand to their audio files, sorted;
     a manifest (``.jsonl``) to the audio of its rows, in order, as resolved paths (relative paths
-    in it are relative to its folder). What cannot give audio stays in its place as a
-    :class:`BadInput`: a bad manifest row (``FILE:LINE: reason``), a folder with no audio, a pattern
-    that matches nothing."""
+    in it are relative to its folder); with ``uris`` (``--ray``), an object-store URI to the audio
+    files under it. What cannot give audio stays in its place as a :class:`BadInput`: a bad
+    manifest row (``FILE:LINE: reason``), a folder with no audio, a pattern that matches nothing,
+    a URI without ``--ray``."""
     from speechllm.manifest import scan_manifest
 
     out: list[str | BadInput] = []
     for item in items:
         path = Path(item)
+        if is_uri(item):
+            if not uris:
+                out.append(BadInput(item, f"{item}: URIs (s3://, gs://, ...) are read through Ray Data: "
+                                          "run with --ray"))
+                continue
+            from speechllm.apps.ray_backend import expand_uri
+
+            found = expand_uri(item)
+            out += found if isinstance(found, list) else [BadInput(item, found)]
+            continue
         if path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
             before = len(out)
             out += [row.audio if row is not None else BadInput(where, problem)
@@ -77,7 +93,7 @@ def precheck(inputs: list[str | BadInput]) -> list[str | BadInput]:
     verdict: dict[str, BadInput | None] = {}
     out: list[str | BadInput] = []
     for item in inputs:
-        if isinstance(item, str):
+        if isinstance(item, str) and not is_uri(item):  # a URI is read, and checked, by a Ray worker
             if item not in verdict:
                 try:
                     check_audio_file(item)
@@ -91,7 +107,7 @@ def precheck(inputs: list[str | BadInput]) -> list[str | BadInput]:
 
 def same_file(audio: str) -> str:
     """The key resume matches inputs by: ``./clip.wav`` and ``/abs/clip.wav`` are one file."""
-    return os.path.realpath(audio)
+    return audio if is_uri(audio) else os.path.realpath(audio)
 
 
 def read_finished(output: Path) -> dict[str, dict]:
@@ -130,9 +146,69 @@ def shard(inputs: list, spec: str | None) -> list:
     return inputs[index::count]
 
 
+class SecondsProgress:
+    """The progress bar in seconds of audio, not files: it moves as each decoded segment reaches
+    further into its recording (``on_segment``), and a finished or failed input takes it to that
+    input's end. The total is what the headers say; a header that does not know its length
+    (some webm/mp3) adds its recording's length as the segments reveal it. ``verbose`` prints
+    every segment as it is decoded."""
+
+    def __init__(self, sources: list[str], enabled: bool, verbose: bool = False, named: bool = False):
+        from tqdm import tqdm
+
+        from speechllm.audio import AudioError, check_audio_file
+
+        self.length: dict[str, float] = {}
+        for source in sources:
+            try:
+                self.length[source] = 0.0 if is_uri(source) else max(check_audio_file(source).duration, 0.0)
+            except AudioError:
+                self.length[source] = 0.0
+        self.heard: dict[str, float] = {}
+        self.verbose, self.named = verbose, named
+        self.bar = tqdm(total=round(sum(self.length.values()), 1), unit="s", disable=not enabled,
+                        file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio "
+                                                    "[{elapsed}<{remaining}{postfix}]")
+
+    def _reach(self, source: str, seconds: float) -> None:
+        before = self.heard.get(source, 0.0)
+        if seconds <= before:
+            return
+        self.heard[source] = seconds
+        beyond = seconds - max(self.length.get(source, 0.0), before)  # past what its header said
+        if beyond > 0:
+            self.bar.total += beyond
+        self.bar.update(seconds - before)
+
+    def on_segment(self, source, segment) -> None:
+        self._reach(str(source), segment.end)
+        if self.verbose:
+            from speechllm.apps.subtitles import _clock
+
+            where = f"{source} " if self.named else ""
+            print(f"{where}[{_clock(segment.start, '.')} --> {_clock(segment.end, '.')}] {segment.text}",
+                  flush=True)
+
+    def finished(self, source: str, duration: float | None) -> None:
+        self._reach(source, max(duration or 0.0, self.length.get(source, 0.0)))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _segment_callback(transcriber) -> bool:
+    """Whether ``transcriber.transcribe_many`` takes ``on_segment`` (test fakes and older ones do not)."""
+    import inspect
+
+    try:
+        return "on_segment" in inspect.signature(transcriber.transcribe_many).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def run_batch(transcriber, inputs: list[str | BadInput], output: Path | None, resume: bool = False,
               progress: bool = True, echo: bool = True, formats: tuple[str, ...] = (),
-              format_dir: Path | None = None, cues=None) -> BatchSummary:
+              format_dir: Path | None = None, verbose: bool = False, cues=None) -> BatchSummary:
     """Transcribe ``inputs`` with any object offering ``transcribe_many`` (see WhisperTranscriber),
     or with a function returning one: it is called only when some input is left to do, before the
     output is touched. :class:`BadInput` items become error rows without the model.
@@ -143,8 +219,6 @@ def run_batch(transcriber, inputs: list[str | BadInput], output: Path | None, re
     (:class:`~speechllm.apps.cues.CueOptions`) sizes their subtitle cues.
     """
     import time
-
-    from tqdm import tqdm
 
     from speechllm.apps.subtitles import transcript_names, write_transcript
 
@@ -167,8 +241,9 @@ def run_batch(transcriber, inputs: list[str | BadInput], output: Path | None, re
         output.unlink()
     handle = open(output, "a", encoding="utf-8") if output else None
     done = failed = 0
-    bar = tqdm(total=len(todo), unit="file", disable=not progress, file=sys.stderr)
-    results = transcriber.transcribe_many(sources) if sources else iter(())
+    bar = SecondsProgress(sources, progress, verbose=verbose, named=len(inputs) > 1)
+    by_segment = {"on_segment": bar.on_segment} if sources and _segment_callback(transcriber) else {}
+    results = transcriber.transcribe_many(sources, **by_segment) if sources else iter(())
     try:
         for item in todo:
             if isinstance(item, BadInput):
@@ -193,13 +268,13 @@ def run_batch(transcriber, inputs: list[str | BadInput], output: Path | None, re
                 for fmt in formats:
                     write_transcript(result, source, format_dir, fmt, stem=names.get(source),
                                      **({"cues": cues} if cues is not None else {}))
-                if echo:
+                if echo and not verbose:  # --verbose printed its segments already
                     print(f"{source}\t{result.text}" if len(inputs) > 1 else result.text)
             if handle:
                 append_line(handle, row)
-            bar.update(1)
+            bar.finished(source, None if isinstance(result, (Exception, str)) else result.duration)
             speed = audio_seconds / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix_str(f"{audio_seconds / 3600:.2f} h audio, {speed:.1f}x real time")
+            bar.bar.set_postfix_str(f"{done + failed}/{len(todo)} files, {speed:.1f}x real time")
     finally:
         bar.close()
         if handle:

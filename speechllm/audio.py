@@ -287,14 +287,17 @@ class PyAVDecoder(Decoder):
                     raise AudioError(path, "no audio stream in this file")
                 rate = int(stream.codec_context.sample_rate or stream.rate or 0)
                 channels = int(stream.codec_context.channels or 0)
+                if rate <= 0 or channels <= 0:  # what FFmpeg's probe guesses of text or noise
+                    raise AudioError(path, f"{NOT_AUDIO} (no decodable audio stream)")
                 seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
                            else container.duration / av.time_base if container.duration else None)
                 frames = round(seconds * rate) if seconds is not None else -1
                 return AudioInfo(str(path), rate, channels, frames, container.format.name, self.name)
         except AudioError:
             raise
-        except Exception as exc:
-            raise AudioError(path, f"unreadable audio ({_short(exc)})") from None
+        except Exception as exc:  # FFmpeg's reason without the path it repeats
+            reason = getattr(exc, "strerror", None) or _short(exc)
+            raise AudioError(path, f"unreadable audio ({reason})") from None
 
     def blocks(self, path, blocksize):
         av = _pyav()
@@ -315,8 +318,9 @@ class PyAVDecoder(Decoder):
                     yield np.concatenate(pending)
         except AudioError:
             raise
-        except Exception as exc:
-            raise AudioError(path, f"unreadable audio ({_short(exc)})") from None
+        except Exception as exc:  # FFmpeg's reason without the path it repeats
+            reason = getattr(exc, "strerror", None) or _short(exc)
+            raise AudioError(path, f"unreadable audio ({reason})") from None
 
 
 DECODERS: dict[str, Decoder] = {d.name: d for d in (SoundfileDecoder(), PyAVDecoder())}

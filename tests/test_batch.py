@@ -4,7 +4,7 @@ import numpy as np
 import soundfile as sf
 
 from speechllm.apps.batch import expand_inputs, run_batch
-from speechllm.audio import AudioError, audio_info
+from speechllm.audio import AUDIO_SUFFIXES, AudioError, audio_info
 
 
 class FakeTranscriber:
@@ -98,7 +98,7 @@ def test_bad_manifest_rows_and_empty_inputs_become_error_rows_in_place(tmp_path)
     assert all(isinstance(i, BadInput) for i in items[1:2] + items[3:6])
     assert items[1].source == f"{manifest}:2" and items[1].reason.startswith(f"{manifest}:2: bad JSON")
     assert [i.reason.split(": ", 1)[1] for i in items[3:6]] == [
-        "no audio files in this folder (looked for .wav, .flac, .ogg, .oga, .opus, .mp3, .aiff, .aif, .au)",
+        f"no audio files in this folder (looked for {', '.join(AUDIO_SUFFIXES)})",
         "no files match this pattern", "no rows in this manifest"]
     out = tmp_path / "out.jsonl"
     fake = FakeTranscriber()
