@@ -22,6 +22,7 @@ from pathlib import PurePosixPath
 from speechllm.apps.batch import is_uri
 from speechllm.audio import AUDIO_SUFFIXES, AudioError
 from speechllm.transcriber import Segment, Transcript
+from speechllm.whisper.timing import Word
 
 
 def expand_uri(item: str) -> list[str] | str:
@@ -75,8 +76,20 @@ class _Worker:
                 else:
                     out.append(json.dumps({"text": result.text, "duration": result.duration,
                                            "device": str(self.transcriber.device),
-                                           "segments": [[s.start, s.end, s.text] for s in result.segments]}))
+                                           "language": result.language,
+                                           "language_probs": result.language_probs,
+                                           "segments": [_segment_row(s) for s in result.segments]}))
         return {"path": list(batch["path"]), "result": out}
+
+
+def _segment_row(segment: Segment) -> dict:
+    row = segment.to_row()
+    return {**row, "stop": segment.stop} if segment.stop is not None else row
+
+
+def _segment(row: dict) -> Segment:
+    words = row.pop("words", None)
+    return Segment(**row, words=None if words is None else tuple(Word(**w) for w in words))
 
 
 def _decode(source: str, payload: str) -> tuple[Transcript | AudioError, str | None]:
@@ -85,8 +98,10 @@ def _decode(source: str, payload: str) -> tuple[Transcript | AudioError, str | N
     data = json.loads(payload)
     if "error" in data:
         return AudioError(source, data["error"]), None
-    segments = tuple(Segment(*s) for s in data["segments"])
-    return Transcript(data["text"], segments, data["duration"]), data.get("device")
+    segments = tuple(_segment(s) for s in data["segments"])
+    transcript = Transcript(data["text"], segments, data["duration"], data.get("language"),
+                            data.get("language_probs"))
+    return transcript, data.get("device")
 
 
 def gpus_per_actor(requested: float | None, workers: int, cluster_gpus: float) -> float:
