@@ -30,7 +30,8 @@ def test_wer_of_a_3000_word_pair_is_fast_and_counts_every_edit():
         hyp[i] = "zulu"
     started = time.perf_counter()
     wer = word_error_rate([" ".join(words)], [" ".join(hyp)])
-    assert time.perf_counter() - started < 0.5  # jiwer: milliseconds (the old pure-Python one: 5.4 s)
+    # jiwer + normalisation: 0.25 s on 2 busy cores, where the old pure-Python DP took 24 s (5.4 s idle)
+    assert time.perf_counter() - started < 2.0
     assert (wer.errors, wer.total) == (300, 3000)
 
 
