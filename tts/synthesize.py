@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,15 @@ class PiperTTS:
 # ---------------------------------------------------------------- model folders
 
 
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """A frozen config dataclass from JSON (lists back to tuples; unknown keys refused)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown options {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 def save_tts(folder: str | Path, lm: TextSpeechLM, flow: FlowMatching, vocoder: torch.nn.Module,
              prompt_mel: torch.Tensor, prompt_tokens: torch.Tensor, options: SynthesisOptions | None = None,
              info: dict[str, Any] | None = None) -> Path:
@@ -185,8 +194,6 @@ def load_tts_folder(folder: str | Path, options: SynthesisOptions | None = None,
     """A TTS model folder, ready to speak: the LoRA merged into the LM's linears, which ``quant``
     ("int4", the default: 2.5x faster decoding than fp32 on a CPU core; "int8"; None keeps fp32) then
     stores low-bit; ``vocoder="griffin-lim"`` takes the weightless fallback."""
-    from speechllm.tts.train import config_from_dict
-
     folder = Path(folder)
     if not is_tts_folder(folder):
         raise FileNotFoundError(f"{folder}: not a TTS model folder (config.json with format {FORMAT!r})")

@@ -42,6 +42,7 @@ from speechllm.device import pick_device
 from speechllm.files import atomic_save_tensors, atomic_write_text, check_safetensors, load_tensors
 from speechllm.schedule import warmup_cosine
 from speechllm.tts.data import Corpus, asr_corpus, char_ids, chars_text, load_corpus, save_tokens
+from speechllm.tts.synthesize import config_from_dict
 from speechllm.zoo import DEFAULT_LLM
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -63,15 +64,6 @@ def save_stage(model: nn.Module, out: Path, stage: str, config: Any, info: dict[
 
 def _json(values: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
-def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """A frozen config dataclass from JSON (lists back to tuples; unknown keys refused)."""
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown options {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def read_stage(folder: str | Path, stage: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
