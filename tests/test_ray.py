@@ -49,9 +49,12 @@ def test_transcribe_on_local_ray_matches_local_run(tmp_path):
     local_inputs = [str(tmp_path / "a_clip.flac"), str(folder / "b_broken.flac"), str(folder / "c_clip.flac")]
     local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     assert main(["transcribe", *local_inputs, "--output", str(local), "--quiet"]) == 1
+    # a GPU Ray believes in: two actors asking for half of it each are scheduled side by side (they
+    # run on the CPU: torch sees no CUDA here); 3 logical CPUs leave one for Ray Data's read tasks
+    ray.init(num_cpus=3, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         assert main(["transcribe", local_inputs[0], f"file://{folder}", "--output", str(remote), "--quiet",
-                     "--ray", "--ray-gpus", "0"]) == 1
+                     "--ray", "--ray-workers", "2", "--ray-gpus", "0.5"]) == 1
     finally:
         ray.shutdown()
     rows = [json.loads(line) for line in remote.read_text().splitlines()]
