@@ -24,6 +24,7 @@ class AdapterOutput:
     embeddings: Tensor  # [B, N, D_llm], zero where mask is False
     mask: Tensor  # [B, N] bool, True on valid positions
     aux_loss: Tensor | None = None  # e.g. the CTC loss, when targets were given
+    tokens: Tensor | None = None  # [B, N] the LLM token each position most likely stands for, when known
 
 
 class Adapter(nn.Module):

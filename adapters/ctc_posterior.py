@@ -144,7 +144,8 @@ class CTCPosteriorAdapter(Adapter):
         posteriors = (logits / self.config.temperature).softmax(-1)
         units = pool_segments(posteriors, seg, counts)
         out = self.unit_embeddings(units) * out_mask[..., None]
-        return AdapterOutput(out, out_mask, loss)
+        tokens = self.token_ids[units[..., BLANK + 1:].argmax(-1)]  # the CTC hypothesis, as LLM tokens
+        return AdapterOutput(out, out_mask, loss, tokens)
 
     def ctc_only_loss(self, hidden: Tensor, mask: Tensor, ctc_targets: Tensor,
                       ctc_lengths: Tensor) -> Tensor | None:

@@ -20,6 +20,7 @@ from speechllm.generation import (
     state_class,
     token_stream,
 )
+from speechllm.speechlm.model import pad_audio
 
 VOCAB = 96
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add overhead
@@ -195,17 +196,31 @@ def test_speculation_stops_where_greedy_does_at_a_loop():
         assert (spec.tokens, spec.stop) == (greedy.tokens, greedy.stop)
 
 
-def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_path):
+@pytest.mark.parametrize("adapter, lora", [("linear", True), ("ctc-posterior", False)])
+def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_path, adapter, lora):
     import numpy as np
     from tiny_models import make_tiny_llm, make_tiny_whisper
 
-    from speechllm.speechlm import SpeechLLM, SpeechLLMConfig
+    from speechllm.speechlm import LoraSpec, SpeechLLM, SpeechLLMConfig
 
-    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")),
-                             llm=str(make_tiny_llm(tmp_path / "l")), adapter="linear")
+    options = {"hidden_dim": 16} if adapter == "linear" else {"d_ffn": 16}
+    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")), adapter_options=options,
+                             llm=str(make_tiny_llm(tmp_path / "l")), adapter=adapter,
+                             lora=LoraSpec(rank=2) if lora else None)
+    torch.manual_seed(0)
     model = SpeechLLM.build(config).eval()
+    with torch.no_grad():  # LoRA B starts at zero; make it matter (the engine runs peft's layers)
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
     clip = np.random.default_rng(0).standard_normal(12000).astype(np.float32) * 0.1
     question = "Answer this question about the speech: hello world the weather will be sunny tomorrow"
+    spliced, seeds = model._prefill_seeded([clip], [question])
+    before, after = model.prompt_ids(question)
+    assert seeds[0][:len(before)] == before and seeds[0][len(seeds[0]) - len(after):] == after
+    if adapter == "ctc-posterior":  # the CTC head's hypothesis seeds the drafts
+        encoded = model.encode_audio(*pad_audio([clip]))
+        assert seeds[0][len(before):len(seeds[0]) - len(after)] == encoded.tokens[0][encoded.mask[0]].tolist()
     for audio in ([clip], None):
         plain = model.generate(audio, question, GenerationOptions(max_new_tokens=30, speculative=False))[0]
         fast = model.generate(audio, question, GenerationOptions(max_new_tokens=30))[0]

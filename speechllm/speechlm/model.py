@@ -373,15 +373,27 @@ class SpeechLLM(nn.Module):
     # -- inference
 
     def _prefill(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str]) -> Spliced:
-        if audio is None:
-            prompts = [self.prompt_ids(text, False) for text in instructions]
-            return self.splice([p[0] for p in prompts], None, [p[1] for p in prompts])
+        return self._prefill_seeded(audio, instructions)[0]
+
+    def _prefill_seeded(self, audio: Sequence[np.ndarray] | None,
+                        instructions: Sequence[str]) -> tuple[Spliced, list[list[int]]]:
+        """The spliced batch and, per row, the token ids its reply may copy from (the speculative
+        drafter's seed): the prompt's text (a typed passage or question) with, in place of the
+        audio, the adapter's own hypothesis of it when it writes one (``ctc-posterior``: the CTC
+        units, so a transcript or a quote of the audio is drafted from the CTC head)."""
+        has_audio = audio is not None
+        prompts = [self.prompt_ids(text, has_audio) for text in instructions]
+        before, after = [p[0] for p in prompts], [p[1] for p in prompts]
+        if not has_audio:
+            return self.splice(before, None, after), [b + a for b, a in prompts]
         if len(audio) != len(instructions):
             raise ValueError(f"{len(audio)} audio inputs but {len(instructions)} instructions")
         padded, lengths = pad_audio(audio)
         encoded = self.encode_audio(padded, lengths)
-        prompts = [self.prompt_ids(text, True) for text in instructions]
-        return self.splice([p[0] for p in prompts], encoded, [p[1] for p in prompts])
+        heard = [[] for _ in instructions] if encoded.tokens is None else [
+            row[m].tolist() for row, m in zip(encoded.tokens, encoded.mask, strict=True)]
+        seeds = [b + h + a for b, h, a in zip(before, heard, after, strict=True)]
+        return self.splice(before, encoded, after), seeds
 
     def ctc_transcripts(self, audio: Sequence[np.ndarray], beam_size: int = 1) -> list[Generation]:
         """Transcripts from the adapter's CTC path over LLM tokens: greedy, or the prefix beam
@@ -426,10 +438,9 @@ class SpeechLLM(nn.Module):
                     replies.update(zip(rest, others, strict=True))
                 return [replies[i] for i in range(len(instructions))]
         with self.text_mode() if audio is None else nullcontext():
-            spliced = self._prefill(audio, instructions)
+            spliced, seeds = self._prefill_seeded(audio, instructions)
             state = self._open(spliced, options)
-            seed = self.draft_seed(instructions[0], audio is not None) if len(instructions) == 1 else ()
-            results = run_decoder(state, self._stop_ids, options, seed)
+            results = run_decoder(state, self._stop_ids, options, seeds[0] if len(seeds) == 1 else ())
         return [Generation(tuple(tokens), decode_text(self.tokenizer, tokens), logprob, stop)
                 for tokens, logprob, stop in results]
 
@@ -439,24 +450,17 @@ class SpeechLLM(nn.Module):
         return open_state(self.llm, spliced.embeds, spliced.attention_mask, spliced.position_ids,
                           options.engine, capacity)
 
-    def draft_seed(self, instruction_text: str, has_audio: bool) -> list[int]:
-        """Token ids a reply may copy from (the speculative drafter's prompt): the rendered prompt's
-        text (a passage or question typed in the instruction)."""
-        before, after = self.prompt_ids(instruction_text, has_audio)
-        return before + after
-
     @torch.no_grad()
     def stream(self, audio: np.ndarray | None, instruction_text: str,
                options: GenerationOptions = DEFAULT_OPTIONS) -> Iterator[str]:
         """Greedy reply to one clip (or text prompt), yielded as text pieces as tokens arrive; a
         forming loop is held back, so the text shown never goes beyond where generate() cuts it."""
         with self.text_mode() if audio is None else nullcontext():
-            spliced = self._prefill(None if audio is None else [audio], [instruction_text])
+            spliced, seeds = self._prefill_seeded(None if audio is None else [audio], [instruction_text])
             state = self._open(spliced, options)
             reply = Reply(self._stop_ids, options)
             shown = ""
-            seed = self.draft_seed(instruction_text, audio is not None)
-            for token, logprob in token_stream(state, self._stop_ids, options, seed):
+            for token, logprob in token_stream(state, self._stop_ids, options, seeds[0]):
                 if not reply.add(token, logprob):
                     break
                 text = decode_text(self.tokenizer, reply.tokens[:reply.settled()], strip=False).lstrip()
