@@ -166,7 +166,7 @@ class SecondsProgress:
                 self.length[source] = 0.0
         self.heard: dict[str, float] = {}
         self.verbose, self.named = verbose, named
-        self.bar = tqdm(total=round(sum(self.length.values()), 1), unit="s", disable=not enabled,
+        self.bar = tqdm(total=sum(self.length.values()), unit="s", disable=not enabled,
                         file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio "
                                                     "[{elapsed}<{remaining}{postfix}]")
 
@@ -178,6 +178,7 @@ class SecondsProgress:
         beyond = seconds - max(self.length.get(source, 0.0), before)  # past what its header said
         if beyond > 0:
             self.bar.total += beyond
+        self.bar.total = max(self.bar.total, self.bar.n + seconds - before)  # no float overshoot
         self.bar.update(seconds - before)
 
     def on_segment(self, source, segment) -> None:
