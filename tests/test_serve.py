@@ -18,7 +18,6 @@ import soundfile
 import torch
 
 from speechllm.apps.cli import main
-from speechllm.zoo import ZOO
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -59,7 +58,28 @@ def tiny_speechlm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_speechlm, tmp_path_factory):
+def tiny_voice(tmp_path_factory):
+    """A random voice of the project's own streaming TTS (text-speech LM, flow, vocoder), built here."""
+    from tiny_models import make_tiny_llm
+
+    from speechllm.tts.flow import FlowConfig, FlowMatching
+    from speechllm.tts.lm import LMConfig, TextSpeechLM
+    from speechllm.tts.synthesize import SynthesisOptions, save_tts
+    from speechllm.tts.vocoder import VocoderConfig, Vocos
+
+    root = tmp_path_factory.mktemp("serve-voice")
+    torch.manual_seed(0)
+    backbone = str(make_tiny_llm(root / "llm", hidden=32, layers=3))
+    lm = TextSpeechLM.build(LMConfig(backbone=backbone, n_layers=2, n_speech=24, text_chunk=2, speech_chunk=3,
+                                     lora_rank=4))
+    flow = FlowMatching(FlowConfig(n_tokens=24, dim=32, n_layers=2, n_heads=2))
+    vocoder = Vocos(VocoderConfig(dim=16, ffn=32, n_layers=1))
+    return save_tts(root / "voice", lm, flow, vocoder, torch.randn(80, 8) - 5, torch.randint(0, 24, (4,)),
+                    SynthesisOptions(flow_steps=2, max_speech_per_text=2.0))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_speechlm, tiny_voice, tmp_path_factory):
     from tiny_models import make_tiny_whisper
 
     from speechllm.apps.serve import Limits, ModelOptions, ServedModel, ServedVoice, Server, create_app
@@ -67,7 +87,7 @@ def server(tiny_speechlm, tmp_path_factory):
     options = ModelOptions(segmenter="fixed", batch_size=8, max_queue=64)
     whisper = make_tiny_whisper(tmp_path_factory.mktemp("serve-whisper") / "whisper")
     models = [ServedModel.load(f"tiny={tiny_speechlm}", options), ServedModel.load(str(whisper), options)]
-    voices = [ServedVoice.load("piper-joe", 8)] if ZOO["piper-joe"].bundle.folder() is not None else []
+    voices = [ServedVoice.load(f"voice={tiny_voice}", 8)]
     serve = Server(models, voices, Limits(max_upload_bytes=2**20, max_seconds=20.0, max_new_tokens=12),
                    api_key=KEY)
     sock = socket.socket()
@@ -94,7 +114,7 @@ def client(server):
 
 def test_models_are_the_ones_given_at_start(client):
     ids = [m.id for m in client.models.list().data]
-    assert ids == ["tiny", "whisper"] + (["speechllm-tts"] if "speechllm-tts" in ids else [])
+    assert ids == ["tiny", "whisper", "speechllm-tts"]
     assert client.models.retrieve("tiny").id == "tiny"  # folders are served by name, not by host path
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("whisper-1")
@@ -155,28 +175,31 @@ def test_translation(client):
     assert caught.value.body["code"] == "model_not_supported" and caught.value.body["param"] == "model"
 
 
-@pytest.mark.skipif(ZOO["piper-joe"].bundle.folder() is None, reason="piper-joe bundle not installed")
 def test_speech_is_streamed_and_decodes(client):
-    text = "The weather will be sunny tomorrow morning. Please send me the report."
+    text = "Hello world. The weather will be sunny tomorrow."
+
+    def speak(fmt):
+        return client.audio.speech.create(model="speechllm-tts", voice="voice", input=text,
+                                          response_format=fmt).read()
+
     with client.audio.speech.with_streaming_response.create(
-            model="speechllm-tts", voice="piper-joe", input=text, response_format="wav") as response:
+            model="speechllm-tts", voice="voice", input=text, response_format="wav") as response:
         assert response.headers["content-type"] == "audio/wav"
+        assert response.headers["x-sample-rate"] == "16000"
         chunks = list(response.iter_bytes(chunk_size=None))
-    assert len(chunks) >= 3  # the header, then a piece per sentence as Piper makes it
-    audio, sr = soundfile.read(io.BytesIO(b"".join(chunks)), dtype="float32")
-    assert sr == 22050 and 2.0 < len(audio) / sr < 12.0 and np.abs(audio).max() > 0.05
-    pcm = client.audio.speech.create(model="speechllm-tts", voice="piper-joe", input="Hello there.",
-                                     response_format="pcm").read()
-    flac = client.audio.speech.create(model="speechllm-tts", voice="piper-joe", input="Hello there.",
-                                      response_format="flac").read()
-    decoded, flac_sr = soundfile.read(io.BytesIO(flac), dtype="int16")
-    samples = np.frombuffer(pcm, dtype="<i2")  # raw 16-bit at the voice's rate (Piper's noise varies)
-    assert flac_sr == 22050 and 0.5 < len(decoded) / flac_sr < 3 and 0.5 < len(samples) / flac_sr < 3
-    assert np.abs(decoded).max() > 1000 and np.abs(samples).max() > 1000
+    assert len(chunks) >= 3  # the header, then the audio chunk by chunk as the voice makes it
+    audio, sr = soundfile.read(io.BytesIO(b"".join(chunks)), dtype="int16")
+    assert sr == 16000 and len(audio) >= 320 and np.abs(audio).max() > 0
+    assert np.array_equal(np.frombuffer(speak("pcm"), dtype="<i2"), audio)  # seeded: the same samples
+    flac, flac_sr = soundfile.read(io.BytesIO(speak("flac")), dtype="int16")
+    assert flac_sr == 16000 and np.array_equal(flac, audio)
     with pytest.raises(openai.BadRequestError, match="voice"):
         client.audio.speech.create(model="speechllm-tts", voice="alloy", input="Hello.")
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        speak_mp3 = {"model": "speechllm-tts", "voice": "voice", "input": "Hello.", "response_format": "mp3"}
+        client.audio.speech.create(**speak_mp3)
     with pytest.raises(openai.APIStatusError, match="over the limit") as caught:
-        client.audio.speech.create(model="speechllm-tts", voice="piper-joe", input="word " * 1000)
+        client.audio.speech.create(model="speechllm-tts", voice="voice", input="word " * 1000)
     assert caught.value.status_code == 413
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +50,9 @@ async def speech_to_text(request: Request, task: str) -> Response:
         if form_text(form, "prompt"):
             raise bad_request("prompt is not supported: these decoders take no text prompt", param="prompt")
         language = (form_text(form, "language") or "").lower() or None
+        if language is not None and not re.fullmatch(r"[a-z]{2,3}", language):
+            raise bad_request(f"language {language[:20]!r}: give an ISO-639-1 code such as en",
+                              param="language")
         if language is not None and task == "translate":
             raise bad_request("translations take no language: the text is English, whatever the audio's",
                               param="language")

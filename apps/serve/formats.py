@@ -57,8 +57,12 @@ TRANSCRIPT_FORMATS: dict[str, TranscriptFormat] = {
 # ---------------------------------------------------------------- speech
 
 
+def int16(chunk: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(chunk, -1.0, 1.0) * 32767.0).astype("<i2")
+
+
 def pcm16(chunk: np.ndarray) -> bytes:
-    return (np.clip(chunk, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    return int16(chunk).tobytes()
 
 
 def wav_header(sample_rate: int) -> bytes:
@@ -84,7 +88,7 @@ def whole_flac(chunks: Iterator[np.ndarray], sample_rate: int) -> Iterator[bytes
     """FLAC in one piece once synthesis ends: its header must hold the length for libsndfile to read it."""
     import soundfile as sf
 
-    audio = np.concatenate([np.zeros(0, np.float32), *chunks])
+    audio = np.concatenate([np.zeros(0, "<i2"), *(int16(c) for c in chunks)])  # the samples wav and pcm send
     out = io.BytesIO()
     sf.write(out, audio, sample_rate, format="FLAC", subtype="PCM_16")
     yield out.getvalue()

@@ -187,10 +187,12 @@ class ServedVoice:
         self._count = threading.Lock()
 
     @classmethod
-    def load(cls, name: str, max_active: int) -> ServedVoice:
+    def load(cls, spec: str, max_active: int) -> ServedVoice:
+        """A voice by registry name, or a TTS folder (served by its name, or ``ID=FOLDER``)."""
         from speechllm import tts
 
-        return cls(name, tts.load(name), max_active)
+        name, source = public_id(spec)
+        return cls(name, tts.load(source), max_active)
 
     def admit(self) -> None:
         with self._count:
