@@ -341,15 +341,37 @@ def _probe(path: Path) -> AudioInfo:
             raise (second if path.suffix.lower() in AV_SUFFIXES else first) from None
 
 
+# what write_audio encodes through PyAV, by suffix (the rest goes to libsndfile)
+AV_ENCODERS = {".m4a": "aac", ".mp4": "aac", ".mov": "aac", ".webm": "libopus", ".mka": "libopus",
+               ".mkv": "libopus", ".opus": "libopus"}
+
+
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write atomically (temp file + rename); the format follows the suffix (.wav, .flac, .ogg)."""
+    """Write mono audio atomically (temp file + rename); the format follows the suffix: .wav, .flac,
+    .ogg, .mp3 through libsndfile, and with PyAV .m4a/.mp4/.mov (AAC), .webm/.mka/.mkv/.opus (Opus)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf = _soundfile()
-    fmt = path.suffix.lstrip(".").upper() or "WAV"
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # FFmpeg picks the container by suffix
+    samples = np.asarray(audio, dtype=np.float32)
     try:
-        sf.write(str(tmp), np.asarray(audio, dtype=np.float32), sample_rate, format=fmt)
+        codec = AV_ENCODERS.get(path.suffix.lower())
+        if codec is not None:
+            _encode_with_pyav(tmp, samples, sample_rate, codec)
+        else:
+            fmt = path.suffix.lstrip(".").upper() or "WAV"
+            _soundfile().write(str(tmp), samples, sample_rate, format=fmt)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _encode_with_pyav(path: Path, samples: np.ndarray, sample_rate: int, codec: str) -> None:
+    av = _pyav()
+    if av is None:
+        raise AudioError(path, f"writing {path.suffix} files needs PyAV (FFmpeg): {AV_INSTALL}")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=sample_rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.rate = sample_rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)

@@ -10,17 +10,9 @@ from speechllm.audio import DECODERS, AudioError, audio_info, check_audio_file, 
 
 av = pytest.importorskip("av", reason="PyAV (the 'audio' extra) not installed")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-# suffix -> encoder; AAC and MP3 at FFmpeg's default bitrates, Opus in WebM and in Ogg
-FORMATS = {"m4a": "aac", "mp4": "aac", "webm": "libopus", "opus": "libopus", "mp3": "libmp3lame"}
-
-
-def encode(samples: np.ndarray, rate: int, path: Path, codec: str) -> None:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(samples[None, :].astype(np.float32), format="flt", layout="mono")
-        frame.rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            out.mux(packet)
+# suffix -> encoder: write_audio's (AAC and Opus through PyAV at FFmpeg's default bitrates, Opus in
+# WebM and in Ogg; MP3 through libsndfile's LAME)
+FORMATS = {"m4a": "aac", "mp4": "aac", "webm": "libopus", "opus": "libopus", "mp3": "mp3"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +26,7 @@ def files(tmp_path_factory):
     for suffix, codec in FORMATS.items():
         if codec not in av.codecs_available:
             continue
-        encode(samples, 16_000, folder / f"source.{suffix}", codec)
+        write_audio(folder / f"source.{suffix}", samples)
         made[suffix] = folder / f"source.{suffix}"
     return wav, made
 
