@@ -159,7 +159,7 @@ class SecondsProgress:
         from speechllm.audio import AudioError, check_audio_file
 
         self.length: dict[str, float] = {}
-        for source in sources:
+        for source in sources if enabled else ():  # headers are read again only for a bar to draw
             try:
                 self.length[source] = 0.0 if is_uri(source) else max(check_audio_file(source).duration, 0.0)
             except AudioError:
