@@ -7,11 +7,17 @@ Models: SmolLM2-135M-Instruct (real weights, from the zoo's GGUF) and a randomly
 Llama-shaped model (TinyLlama's shape: hidden 2048, MLP 5632, 22 layers, 32/4 heads, vocab 32000;
 speed only; its int8/int4 rows are built straight into quantized modules, one fp32 matrix at a time).
 Paths: fp32 / int8 / int4 weights, each decoded by transformers' ``generate`` and by
-``speechllm.generation`` (static KV cache, lean forward). Each model runs in its own process with its
-three weight variants loaded; the six paths then take turns, ``--repeats`` rounds of ``--new-tokens``
+``speechllm.generation``'s engine (static KV cache, lean forward, fused low-bit projections; greedy,
+speculative decoding off), plus int4 with speculative decoding on (SAM drafts; the same tokens).
+Each model runs in its own process with its
+three weight variants loaded; the seven paths then take turns, ``--repeats`` rounds of ``--new-tokens``
 greedy tokens after a short prompt, and each path's figure is its best round: other jobs sharing the
 CPU only ever slow a run down, and taking turns exposes every path to the same conditions. Ratios are
-against transformers' fp32 ``generate`` in the same run. Weight memory counts parameters, buffers
+against transformers' fp32 ``generate`` in the same run. "weight GB/s" is the bytes of the matrices a
+decode step reads (every linear layer and the output layer; not the embedding table) times tokens/s,
+beside the machine's copy bandwidth measured in the same process (``copy_gb_s``: read + write of a
+256 MB tensor, best of 5): how close a path comes to the memory limit.
+Weight memory counts parameters, buffers
 and the kernels' re-packed copies (``speechllm.quant.model.weight_bytes``); "RSS added" is how much
 the process grew while that variant loaded (allocator reuse makes it approximate).
 """
@@ -24,11 +30,14 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-PATHS = [("fp32", "hf"), ("fp32", "runner"), ("int8", "hf"), ("int8", "runner"), ("int4", "hf"),
-         ("int4", "runner")]  # (weights, decoder)
+PATHS = [("fp32", "hf"), ("fp32", "engine"), ("int8", "hf"), ("int8", "engine"), ("int4", "hf"),
+         ("int4", "engine"), ("int4", "speculative")]  # (weights, decoder)
+LABELS = {"hf": "transformers generate", "engine": "speechllm engine",
+          "speculative": "speechllm engine + SAM drafts"}
 PROMPT = "The history of the Roman Empire begins"
 
 
@@ -85,7 +94,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _decode_once(model, ids: torch.Tensor, decoder: str, runner, new_tokens: int) -> float:
+def _decode_once(model, ids: torch.Tensor, decoder: str, new_tokens: int) -> float:
     from speechllm.generation import GenerationOptions, generate
 
     with torch.no_grad():
@@ -93,30 +102,68 @@ def _decode_once(model, ids: torch.Tensor, decoder: str, runner, new_tokens: int
         if decoder == "hf":
             model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
             return new_tokens / (time.perf_counter() - t0)
-        r = generate(model, ids, GenerationOptions(max_new_tokens=new_tokens, eos_token_id=-1), runner)
+        options = GenerationOptions(max_new_tokens=new_tokens, eos_token_id=-1, stop_repetition=False,
+                                    speculative=decoder == "speculative")
+        r = generate(model, ids, options)
         return len(r.tokens) / (time.perf_counter() - t0)
+
+
+def copy_gb_s(mb: int = 256, repeats: int = 5) -> float:
+    """Memory copy bandwidth (bytes read + written per second) of a ``mb`` MB tensor, best of ``repeats``."""
+    src = torch.ones(mb * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def read_bytes_per_token(model) -> int:
+    """Bytes of the matrices one decode step reads: linear layers (quantized codes + scales, or float
+    weights) and the output layer, each storage once; the embedding table reads one row only."""
+    from torch import nn
+
+    from speechllm.quant import QuantLinear
+
+    seen, total = set(), 0
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            tensors = [t for t in (module.qweight.codes, module.scale, module.offset) if t is not None]
+        elif isinstance(module, nn.Linear):
+            tensors = [module.weight]
+        else:
+            continue
+        for t in tensors:
+            if t.untyped_storage().data_ptr() not in seen:
+                seen.add(t.untyped_storage().data_ptr())
+                total += t.numel() * t.element_size()
+    return total
 
 
 def bench_model(model_name: str, new_tokens: int, repeats: int) -> list[dict]:
     """Load the fp32, int8 and int4 variants, then time every path in turn, ``repeats`` rounds."""
-    from speechllm.generation import LlamaRunner
     from speechllm.quant.model import weight_bytes
 
     loaded = {}
     for weights in ("fp32", "int8", "int4"):
         before = _rss_mb()
         model, ids = MODELS[model_name](weights)
-        loaded[weights] = (model, ids, LlamaRunner(model, ids.shape[1] + new_tokens),
-                           weight_bytes(model) / 2**20, _rss_mb() - before)
+        loaded[weights] = (model, ids, weight_bytes(model) / 2**20, _rss_mb() - before,
+                           read_bytes_per_token(model))
     best = dict.fromkeys(PATHS, 0.0)
     for round_ in range(repeats + 1):  # round 0 warms up
         for weights, decoder in PATHS:
-            model, ids, runner, _, _ = loaded[weights]
-            rate = _decode_once(model, ids, decoder, runner, new_tokens)
+            model, ids = loaded[weights][:2]
+            rate = _decode_once(model, ids, decoder, new_tokens)
             if round_:
                 best[weights, decoder] = max(best[weights, decoder], rate)
+    copy = copy_gb_s()
     return [{"model": model_name, "weights": w, "decoder": d, "tokens_per_s": best[w, d],
-             "weight_mb": loaded[w][3], "rss_added_mb": loaded[w][4]} for w, d in PATHS]
+             "weight_mb": loaded[w][2], "rss_added_mb": loaded[w][3],
+             "read_mb_per_token": loaded[w][4] / 2**20,
+             "weight_gb_s": loaded[w][4] * best[w, d] / 1e9, "copy_gb_s": copy} for w, d in PATHS]
 
 
 def main() -> None:
@@ -127,6 +174,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads (1 is steadier when other jobs share the CPU)")
     parser.add_argument("--one", metavar="MODEL", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write every row here (benchmarks/results/decode.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
@@ -136,8 +184,9 @@ def main() -> None:
           f"{torch.backends.cpu.get_cpu_capability()}; {args.new_tokens} new tokens, "
           f"best of {args.repeats} interleaved rounds\n")
     print("| model | weights | decoder | tokens/s | vs HF fp32 | weight MB | vs fp32 weights "
-          "| RSS added MB |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+          "| RSS added MB | weight GB/s (copy GB/s) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    results = []
     for model_name in args.models:  # one process per model, so one model's memory never meets another's
         cmd = [sys.executable, __file__, "--one", model_name, "--new-tokens", str(args.new_tokens),
                "--repeats", str(args.repeats), "--threads", str(args.threads)]
@@ -146,13 +195,20 @@ def main() -> None:
             print(f"| {model_name} | failed: {out.stderr.strip()[-300:]} |")
             continue
         rows = json.loads(out.stdout.strip().splitlines()[-1])
+        results += rows
         base = rows[0]
         for row in rows:
-            label = "transformers generate" if row["decoder"] == "hf" else "speechllm"
+            label = LABELS[row["decoder"]]
             print(f"| {model_name} | {row['weights']} | {label} "
                   f"| {row['tokens_per_s']:.1f} | {row['tokens_per_s'] / base['tokens_per_s']:.2f}x "
                   f"| {row['weight_mb']:.0f} | {row['weight_mb'] / base['weight_mb']:.0%} "
-                  f"| {row['rss_added_mb']:.0f} |", flush=True)
+                  f"| {row['rss_added_mb']:.0f} | {row['weight_gb_s']:.1f} ({row['copy_gb_s']:.1f}) |",
+                  flush=True)
+    if args.json:
+        meta = {"command": " ".join(["python benchmarks/decode.py", *sys.argv[1:]]),
+                "torch": torch.__version__, "threads": args.threads, "load_average": os.getloadavg(),
+                "new_tokens": args.new_tokens, "repeats": args.repeats}
+        Path(args.json).write_text(json.dumps({**meta, "rows": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

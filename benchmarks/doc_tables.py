@@ -1,0 +1,194 @@
+"""The registry of benchmarks/render_tables.py: every table and figure the docs show, and where it comes from.
+
+A table names its results file (benchmarks/results/), the rows it takes and its columns (a header, a
+dotted path in the row or a function of it, a format); a figure names its file and one value. Labels
+that the results files do not hold (what a run folder was) are written here, next to their rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from render_tables import Column, Figure, Table, fixed, get, labelled, millions, minutes, one, pct
+
+
+def maybe(key: str) -> Callable[[dict], Any]:
+    """A field that only some rows have (None, shown as '–', in the others)."""
+    return lambda row: row.get(key)
+
+
+def pair(a: str, b: str, fmt: Callable[[Any], str], sep: str = " / ") -> Callable[[dict], str]:
+    """Two fields of a row in one cell: '99.7 % / 2.5 %'."""
+    return lambda row: f"{fmt(get(row, a))}{sep}{fmt(get(row, b))}"
+
+
+SYSTEMS = {  # benchmarks/asr.py's system names, as the tables write them
+    "speechllm-whisper fp32": "Whisper tiny.en, the project's decoder",
+    "faster-whisper int8": "faster-whisper (same tiny.en weights, int8)",
+    "speech-LLM speechllm-starter": "speech-LLM starter (shipped), CTC + LLM beam search",
+    "speech-LLM runs/starter-conv": "+ 1,500 steps on 10 h asr + 5.3 h converted voices (`starter-conv`)",
+    "speech-LLM runs/starter-conv2": "+ 1,500 more on 10 h asr + 11.6 h converted (`starter-conv2`)",
+    "speech-LLM runs/starter-conv3": "+ 1,200 more on 10 h asr + 17.8 h converted (`starter-conv3`)",
+}
+VOICES = (Column("flite awb", "wer_by_speaker.flite:awb", pct(), True),
+          Column("flite slt", "wer_by_speaker.flite:slt", pct(), True),
+          Column("Piper joe", "wer_by_speaker.piper:joe", pct(), True))
+ASK_MODELS = {  # benchmarks/results/ask.json was run before the starter shipped with its LoRA
+    "speechllm-starter": "starter without LoRA (fp32 LLM from the GGUF)",
+    "runs/cand-int4": "**starter: LoRA from text, int4 LLM (shipped)**",
+    "runs/cand-fp32": "same LoRA, fp32 LLM",
+}
+TTS_VOICES = {
+    "runs/tts/voice-3-9": "own, LM 260 steps",
+    "runs/tts/voice-3-9-at80": "own, LM 80 steps",
+    "runs/tts/voice-2-10": "own, LM 80 steps",
+    "piper-joe": "Piper joe (onnxruntime)",
+}
+
+
+def _encoder_rows(data: dict) -> list[dict]:
+    names = {"whisper-tiny.en": "Whisper tiny.en", "whisper-base": "Whisper base"}
+    return [{"encoder": label, "step500": data["step500"][key], **data["step1000"][key]}
+            for key, label in names.items()]
+
+
+def _greedy_beam_rows(runs: list[list[dict]]) -> list[dict]:
+    """One row per model from benchmarks/asr.py runs of its greedy and beam copies."""
+    labels = {"runs/base-conv": "Whisper base, 3,500 steps on 20.3 h (`runs/base-conv`)",
+              "runs/base-conv2": "Whisper base, 6,500 steps (`runs/base-conv2`)"}
+    rows = []
+    for run_ in runs:
+        by_decoding = {r["system"].rsplit("-", 1)[-1]: r for r in run_}  # ".../base-conv-greedy"
+        greedy, beam = by_decoding["greedy"], by_decoding["beam"]
+        name = beam["system"].removeprefix("speech-LLM ").removesuffix("-beam")
+        rows.append({"model": labels[name], "greedy": greedy, "beam": beam})
+    return rows
+
+
+TABLES: dict[str, Table] = {
+    "adapters": Table("adapters.json", (
+        Column("system", lambda r: f"`{r['adapter']}`" if "adapter" in r else SYSTEMS[r["system"]]),
+        Column("test WER", "wer", pct(), True),
+        Column("RTF", "rtf", fixed(3), True),
+        Column("trainable params", maybe("params"), millions, True),
+        Column("train wall (2 cores)", maybe("train_wall_s"), minutes, True),
+        Column("LLM loss at the end", maybe("lm_loss_end"), fixed(2), True),
+        Column("dev WER (30 rows)", maybe("eval_wer"), pct(), True))),
+    "ask": Table("ask.json", (
+        Column("model", labelled(ASK_MODELS, "model")),
+        Column("passage question: accuracy", "passage.accuracy", pct(1), True),
+        Column("spoken question: answered / accuracy", pair("spoken.answered", "spoken.accuracy", pct(1)),
+               numeric=True),
+        Column("load", "load_s", fixed(1, " s"), True),
+        Column("all answers", "answer_s", fixed(0, " s"), True)),
+        rows=lambda d: d["results"]),
+    "asr-voices-60": Table("asr-converted-voices.json", (
+        Column("system", labelled(SYSTEMS, "system")),
+        Column("test WER", "wer", pct(), True), *VOICES,
+        Column("RTF", "rtf", fixed(3), True))),
+    "asr-voices-308": Table("asr-converted-voices-308.json", (
+        Column("model", labelled(SYSTEMS, "system")),
+        Column("test WER", "wer", pct(), True), *VOICES)),
+    "encoder-base-vs-tiny": Table("encoder-base-vs-tiny.json", (
+        Column("encoder", "encoder"),
+        Column("test WER, step 500", "step500", pct(), True),
+        Column("test WER, step 1000", "wer", pct(), True),
+        Column("flite awb", "flite:awb", pct(), True),
+        Column("flite slt", "flite:slt", pct(), True),
+        Column("Piper joe", "piper:joe", pct(), True),
+        Column("dev WER (60 rows), step 1000", "dev_wer_60", pct(), True)),
+        rows=_encoder_rows),
+    "encoder-base-steps": Table(("encoder-base-3500-steps.json", "encoder-base-6500-steps.json"), (
+        Column("model", "model"),
+        Column("greedy WER", "greedy.wer", pct(), True),
+        Column("beam WER", "beam.wer", pct(), True),
+        Column("flite awb (beam)", "beam.wer_by_speaker.flite:awb", pct(), True),
+        Column("flite slt (beam)", "beam.wer_by_speaker.flite:slt", pct(), True),
+        Column("Piper joe (beam)", "beam.wer_by_speaker.piper:joe", pct(), True),
+        Column("RTF greedy / beam", pair("greedy.rtf", "beam.rtf", fixed(3)), numeric=True)),
+        rows=_greedy_beam_rows),
+    "tts-voices": Table("tts.json", (
+        Column("voice", labelled(TTS_VOICES, "voice")),
+        Column("text:speech", maybe("ratio")),
+        Column("WER faster-whisper", "wer stream faster-whisper", pct(), True),
+        Column("WER Whisper (ours)", "wer stream whisper", pct(), True),
+        Column("first chunk median / p90",
+               lambda r: f"{r['first_chunk_ms_median']} / {r['first_chunk_ms_p90']} ms", numeric=True),
+        Column("RTF streaming", "rtf_stream", fixed(3), True),
+        Column("RTF whole", "rtf_whole", fixed(3), True)),
+        rows=lambda d: d["voices"]),
+    "tts-stages": Table("tts.json", (
+        Column("audio (10 held-out Piper joe sentences)", "input"),
+        Column("WER faster-whisper", "wer faster-whisper", pct(), True),
+        Column("WER Whisper (ours)", "wer whisper", pct(), True)),
+        rows=lambda d: d["stages"]),
+}
+
+
+def _split(name: str) -> Callable[[dict], str]:
+    return lambda b: "{hours:.2f} h / {utterances} / {speakers}".format(**b["splits"][name])
+
+
+TABLES["corpora"] = Table("corpora.json", (
+    Column("corpus", lambda b: f"`corpora/{b['folder']}`"),
+    Column("recipe", lambda b: f"`{b['recipe']}`"),
+    Column("asked", "hours_requested", fixed(0, " h"), True),
+    Column("train: hours / utterances / speakers", _split("train"), numeric=True),
+    Column("dev", _split("dev"), numeric=True),
+    Column("test", _split("test"), numeric=True),
+    Column("wall time (jobs)", lambda b: f"{b['build']['wall_seconds']:.0f} s ({b['build']['jobs']})",
+           numeric=True),
+    Column("audio h per wall h", "build.audio_hours_per_wall_hour", fixed(0), True)),
+    rows=lambda d: [{"folder": k, **v} for k, v in d.items()])
+
+TABLES["instruction-following"] = Table("instruction-following.json", (
+    Column("placement", "placement"),
+    Column("rows", "rows", numeric=True),
+    Column("BLEU es→en", "bleu", fixed(2), True),
+    Column("answered (not a copy)", "ifr/translate", pct(1), True)),
+    rows=lambda d: [{"placement": k, **v} for k, v in d.items()])
+
+
+def _ask(model: str, path: str) -> Callable[[dict], Any]:
+    return lambda d: get(one(d["results"], model=model), path)
+
+
+def _asr(system: str, path: str) -> Callable[[list], Any]:
+    return lambda rows: get(one(rows, system=system), path)
+
+
+STARTER_ASK, BEFORE_ASK = "runs/cand-int4", "speechllm-starter"  # see ASK_MODELS
+FIGURES: dict[str, Figure] = {
+    "ask-passage": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
+    "ask-passage-before": Figure("ask.json", _ask(BEFORE_ASK, "passage.accuracy"), pct(1)),
+    "ask-passages": Figure("ask.json", lambda d: d["counts"]["passage"]),
+    "ask-load": Figure("ask.json", _ask(STARTER_ASK, "load_s"), fixed(1, " s")),
+    "ask-load-before": Figure("ask.json", _ask(BEFORE_ASK, "load_s"), fixed(1, " s")),
+    "asr-whisper-wer": Figure("asr-converted-voices.json", _asr("speechllm-whisper fp32", "wer"), pct()),
+    "asr-whisper-rtf": Figure("asr-converted-voices.json", _asr("speechllm-whisper fp32", "rtf"), fixed(3)),
+    "asr-starter-wer": Figure("asr-converted-voices.json", _asr("speech-LLM speechllm-starter", "wer"),
+                              pct()),
+    "asr-starter-vs-whisper": Figure("asr-converted-voices.json", lambda rows: (
+        _asr("speech-LLM speechllm-starter", "wer")(rows) / _asr("speechllm-whisper fp32", "wer")(rows)),
+        fixed(2, "x")),
+    "asr-starter-wer-308": Figure("asr-converted-voices-308.json",
+                                  _asr("speech-LLM speechllm-starter", "wer"), pct()),
+    "asr-conv3-wer-308": Figure("asr-converted-voices-308.json",
+                                _asr("speech-LLM runs/starter-conv3", "wer"), pct()),
+    "encoder-base-gain": Figure("encoder-base-vs-tiny.json", lambda d: 100 * (
+        d["step1000"]["whisper-tiny.en"]["wer"] - d["step1000"]["whisper-base"]["wer"]), fixed(1)),
+    "tts-piper-wer": Figure("tts.json", lambda d: one(d["voices"], voice="piper-joe")["wer stream whisper"],
+                            pct()),
+    "tts-own-first-chunk": Figure("tts.json", lambda d: one(d["voices"], voice="runs/tts/voice-3-9")[
+        "first_chunk_ms_median"], fixed(0, " ms")),
+    # translate's default placement is audio first
+    "translate-bleu": Figure("instruction-following.json", lambda d: d["audio first"]["bleu"], fixed(2)),
+    "translate-rows": Figure("instruction-following.json", lambda d: d["audio first"]["rows"]),
+    "tts-own-rtf": Figure("tts.json", lambda d: one(d["voices"], voice="runs/tts/voice-3-9")["rtf_stream"],
+                          fixed(3)),
+    "corpus-st-rate": Figure("corpora.json", lambda d: d["st-3h"]["build"]["audio_hours_per_wall_hour"],
+                             fixed(0)),
+    "corpus-sqa-rate": Figure("corpora.json", lambda d: d["sqa-12h"]["build"]["audio_hours_per_wall_hour"],
+                              fixed(0)),
+}
