@@ -158,10 +158,9 @@ class ChatApp:
         from speechllm.zoo import ZOO
 
         self.options, self.device = options or ChatOptions(), device
-        turn_options = turn_options or TurnOptions(max_seconds=self.options.max_seconds)
-        if turn_options.max_seconds > self.options.max_seconds:
-            raise ValueError(f"a hands-free turn of {turn_options.max_seconds:g} s is over the chat's "
-                             f"max_seconds ({self.options.max_seconds:g} s)")
+        turn_options = turn_options or TurnOptions()  # a hands-free turn ends at the chat's max_seconds
+        turn_options = replace(turn_options,
+                               max_seconds=min(turn_options.max_seconds, self.options.max_seconds))
         self.live = LiveSessions(lambda: LiveSession(turn_options))  # hands-free state, per browser tab
         self.models = AllowList.build("model", [model, *models],
                                       [e.name for e in ZOO.values() if e.kind == "speech-llm"])
@@ -339,7 +338,8 @@ def build_blocks(app: ChatApp):
         chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="conversation")
         with gr.Row():
             live_in = gr.Audio(sources=["microphone"], streaming=True, type="numpy", elem_id="live-in",
-                               label="Hands-free (a pause sends; talking over the answer stops it)")
+                               label="Hands-free (a pause sends; talking over the answer stops it)",
+                               waveform_options=gr.WaveformOptions(show_recording_waveform=False))
             audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Your turn (speech)",
                                 elem_id="speech-in")
             text_in = gr.Textbox(label="…or type (with a recording: an instruction about it)", lines=3,
