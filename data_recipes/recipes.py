@@ -28,15 +28,9 @@ from typing import Any
 import numpy as np
 
 from speechllm.data_recipes import texts
-from speechllm.data_recipes.voices import (
-    ESPEAK_EN_ACCENTS,
-    ESPEAK_VARIANTS,
-    Speaker,
-    converted_grid,
-    espeak_grid,
-    estimate_seconds,
-)
+from speechllm.data_recipes.voices import ESPEAK_EN_ACCENTS, ESPEAK_VARIANTS, converted_grid, espeak_grid
 from speechllm.text_normalize import normalize, spoken_form
+from speechllm.tts.speakers import Speaker, estimate_seconds
 
 SPLITS = ("train", "dev", "test")
 TEST_FRACTION = 0.05

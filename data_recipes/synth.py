@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from speechllm.audio import SAMPLE_RATE, write_audio
-from speechllm.data_recipes import voices
 from speechllm.data_recipes.recipes import RECIPES, SPLITS, Item, get_recipe, plan
 from speechllm.files import atomic_write_json
 from speechllm.manifest import ManifestRow, read_manifest, write_manifest
+from speechllm.tts import speakers
 
 SYNTH_VERSION = 1  # part of every shard fingerprint: bump when the audio for an item changes
 SHARD_SIZE = 50
@@ -145,10 +145,10 @@ def synth_shard(job: ShardJob) -> ShardResult:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    voices.reseed(int(job.fingerprint[:8], 16))
+    speakers.reseed(int(job.fingerprint[:8], 16))
     rows, skipped, seconds = [], [], 0.0
     for item in job.items:
-        audio = voices.synthesize(item.speaker, item.say)
+        audio = speakers.synthesize(item.speaker, item.say)
         duration = len(audio) / SAMPLE_RATE
         if duration < MIN_SECONDS:
             skipped.append(item.id)
@@ -262,7 +262,7 @@ def build(
         raise ValueError(f"--hours must be > 0, got {hours}")
     out = Path(out).absolute()
     items = plan(rec, seed, hours, max_utterances)
-    voices.check_speakers({i.speaker for i in items})
+    speakers.check_speakers({i.speaker for i in items})
     audio_root = out / "audio"
     shard_jobs = make_shards(items, audio_root, shard_size)
     results, todo = _pending(shard_jobs)

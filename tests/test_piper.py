@@ -77,7 +77,7 @@ def test_same_seed_same_audio():
 
 
 def test_voices_engine_resamples_to_16k():
-    from speechllm.data_recipes import voices
+    from speechllm.tts import speakers as voices
 
     speaker = voices.Speaker.parse("piper:joe")
     voices.check_speakers([speaker])

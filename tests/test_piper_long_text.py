@@ -102,7 +102,7 @@ def test_long_text_is_synthesised_chunk_by_chunk():
 
 
 def test_synthesizer_scratch_files_are_private_and_unpredictable():
-    from speechllm.data_recipes import voices
+    from speechllm.tts import speakers as voices
 
     a, b = voices._scratch_file(), voices._scratch_file()
     try:
@@ -118,7 +118,7 @@ def test_synthesizer_scratch_files_are_private_and_unpredictable():
 
 @pytest.mark.parametrize("speaker", ["espeak:en-us", "flite:slt"])
 def test_synthesizers_still_write_through_their_scratch_files(speaker):
-    from speechllm.data_recipes import voices
+    from speechllm.tts import speakers as voices
 
     if shutil.which(speaker.split(":")[0].replace("espeak", "espeak-ng")) is None:
         pytest.skip(f"{speaker} not installed")

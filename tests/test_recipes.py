@@ -99,7 +99,7 @@ def test_convert_moves_pitch_and_pace():
 def test_conversion_without_parselmouth_is_one_clear_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        voices.importlib.util, "find_spec", lambda name, *a: None if name == "parselmouth" else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == "parselmouth" else real(name, *a)
     )
     monkeypatch.setattr(voices.ENGINES["flite"], "missing", lambda voice: None)
     voices.check_speakers([voices.Speaker("flite", "rms")])
@@ -117,7 +117,7 @@ def test_parse_wav_tolerates_streamed_headers():
 
 
 def test_missing_tools_give_one_clear_error(monkeypatch):
-    monkeypatch.setattr(voices.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     speakers = [voices.Speaker.parse("espeak:en-us+f3:s160:p45:g2"), voices.Speaker("flite", "slt")]
     with pytest.raises(voices.MissingToolError) as info:
         voices.check_speakers(speakers)

@@ -333,7 +333,7 @@ def test_cli_default_voice_falls_back_to_piper(tmp_path, capsys, monkeypatch):
     from speechllm import tts
     from speechllm.apps.cli import main
 
-    monkeypatch.setattr(tts.synthesize, "OWN_VOICES", {})
+    monkeypatch.setattr(tts.voices, "OWN_VOICES", {})
     assert main(["tts", "--text", "Hi.", "--output", str(tmp_path / "p.wav"), "--stream"]) == 0
     assert "speaking with piper-joe" in capsys.readouterr().err
 

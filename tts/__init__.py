@@ -1,4 +1,4 @@
-"""Speech out: speech tokenizer, interleaved text-speech LM, flow matching, vocoder.
+"""Speech out: speech tokenizer, interleaved text-speech LM, flow matching, vocoder; the voice registry.
 
 >>> from speechllm import tts
 >>> voice = tts.load()                       # the project's own voice; tts.load("piper-joe") for Piper
@@ -6,16 +6,28 @@
 ...     play(chunk)
 """
 
-from speechllm.tts.synthesize import (
+from speechllm.tts.synthesize import SpeechTTS, SynthesisOptions
+from speechllm.tts.text import TextError, prepare_text
+from speechllm.tts.voices import (
     DEFAULT_VOICE,
+    FALLBACK_VOICE,
     VOICES,
     PiperTTS,
-    SpeechTTS,
-    SynthesisOptions,
+    SpeakerTTS,
+    Voice,
+    VoiceError,
     is_installed,
     load,
+    load_voice,
+    register_voice,
 )
-from speechllm.tts.text import TextError, prepare_text
 
-__all__ = ["DEFAULT_VOICE", "VOICES", "PiperTTS", "SpeechTTS", "SynthesisOptions", "TextError",
-           "is_installed", "load", "prepare_text"]
+
+def default_voice() -> str:
+    """The project's own streaming voice once its weights are installed; Piper joe until then."""
+    return DEFAULT_VOICE if is_installed(DEFAULT_VOICE) else FALLBACK_VOICE
+
+
+__all__ = ["DEFAULT_VOICE", "FALLBACK_VOICE", "VOICES", "PiperTTS", "SpeakerTTS", "SpeechTTS",
+           "SynthesisOptions", "TextError", "Voice", "VoiceError", "default_voice", "is_installed", "load",
+           "load_voice", "prepare_text", "register_voice"]

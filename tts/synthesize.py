@@ -1,10 +1,10 @@
-"""Streaming synthesis: text (or a stream of text pieces) → float32 audio chunks, and the voice registry.
+"""Streaming synthesis: text (or a stream of text pieces) → float32 audio chunks; TTS model folders.
 
     text ─► prepare (spoken form, ASCII) ─► sentences ─► per sentence, word by word:
         TextSpeechLM.stream (n text : m speech tokens) ─► FlowMatching.stream (chunk-causal,
         speaker prompt) ─► VocoderStream (causal Vocos, overlap-add) ─► audio chunks
 
-``load(name_or_dir)`` gives a voice by registry name (:data:`VOICES`) or a TTS model folder::
+A TTS model folder (``speechllm.tts.load(folder)``; voices by name: :mod:`speechllm.tts.voices`)::
 
     MODEL_DIR/
       config.json        {"format": "speechllm-tts", "version": 1, "lm": LMConfig, "flow": FlowConfig,
@@ -20,7 +20,7 @@ with ``stream=True`` an iterator of float32 chunks.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,6 @@ from speechllm.tts.text import prepare_text, sentence_streams, sentences
 from speechllm.tts.vocoder import VOCODERS, VocoderConfig
 
 FORMAT, VERSION = "speechllm-tts", 1
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_VOICE = "speechllm-joe"
 
 
 @dataclass(frozen=True)
@@ -128,25 +126,6 @@ class _WholeVocoderStream:
         return self.vocoder(torch.cat(self.mels, 1)[None])[0] if self.mels else torch.zeros(0)
 
 
-class PiperTTS:
-    """Piper joe (the baseline) behind the same interface; streams sentence by sentence."""
-
-    def __init__(self, name: str = "piper-joe", threads: int = 1):
-        from speechllm.tts.piper import PiperVoice
-
-        self.voice = PiperVoice.load(name, threads=threads)
-        self.sample_rate = self.voice.sample_rate
-
-    def synthesize(self, text: str | Iterable[str], stream: bool = False
-                   ) -> np.ndarray | Iterator[np.ndarray]:
-        if not isinstance(text, str):
-            text = "".join(text)
-        prepared = prepare_text(text)
-        if stream:
-            return (self.voice.synthesize(s) for s in sentences(prepared))
-        return self.voice.synthesize(prepared)
-
-
 # ---------------------------------------------------------------- model folders
 
 
@@ -218,39 +197,3 @@ def load_tts_folder(folder: str | Path, options: SynthesisOptions | None = None,
     prompt = load_file(folder / "prompt.safetensors")
     saved = SynthesisOptions(**document.get("synthesis", {}))
     return SpeechTTS(lm, flow, voc, prompt["mel"], prompt["tokens"], options or saved)
-
-
-# ---------------------------------------------------------------- registry
-
-
-def _own_voice(name: str) -> Callable[..., SpeechTTS]:
-    def load_voice(**kwargs: Any) -> SpeechTTS:
-        folder = WEIGHTS_DIR / name
-        if not is_tts_folder(folder):
-            raise FileNotFoundError(f"voice {name!r}: its weights are not installed ({folder} is missing)")
-        return load_tts_folder(folder, **kwargs)
-
-    return load_voice
-
-
-OWN_VOICES = {DEFAULT_VOICE: "joe"}  # registry name -> folder under tts/weights/
-VOICES: dict[str, Callable[..., Any]] = {
-    **{name: _own_voice(folder) for name, folder in OWN_VOICES.items()},
-    "piper-joe": lambda **kwargs: PiperTTS("piper-joe"),
-}
-
-
-def is_installed(name: str) -> bool:
-    """Whether a registered own voice has its weights in the package."""
-    return name in OWN_VOICES and is_tts_folder(WEIGHTS_DIR / OWN_VOICES[name])
-
-
-def load(name_or_dir: str | Path | None = None, **kwargs: Any) -> SpeechTTS | PiperTTS:
-    """A voice by registry name (default: the project's own), or a TTS model folder."""
-    name = str(name_or_dir or DEFAULT_VOICE)
-    if name in VOICES:
-        return VOICES[name](**kwargs)
-    if is_tts_folder(name):
-        return load_tts_folder(name, **kwargs)
-    raise FileNotFoundError(f"unknown voice {name!r}: not a TTS model folder, and not one of "
-                            f"{', '.join(VOICES)}")

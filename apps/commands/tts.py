@@ -6,7 +6,9 @@ import argparse
 import sys
 import time
 
-HELP = "speak text into an audio file (the project's own voice, or --voice piper-joe / a model folder)"
+from speechllm.zoo import PIPER_VOICE
+
+HELP = f"speak text into an audio file (the project's own voice, or --voice {PIPER_VOICE} / a model folder)"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +17,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", action="store_true",
                         help="synthesize chunk by chunk, appending each chunk to the file as it comes")
     parser.add_argument("--voice", default=None,
-                        help="voice name or TTS model folder (default: speechllm-joe, or piper-joe "
-                             "where its weights are not installed)")
+                        help="voice name, TTS model folder, Piper .onnx or speaker id (espeak:en-gb+m3) "
+                             f"(default: speechllm-joe, or {PIPER_VOICE} where its weights are missing)")
     parser.add_argument("--steps", type=int, default=None, help="flow-matching ODE steps (own voices)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (own voices)")
     parser.add_argument("--vocoder", choices=["vocos", "griffin-lim"], default=None,
@@ -54,10 +56,9 @@ def run(args: argparse.Namespace) -> int:
         kwargs["vocoder"] = args.vocoder
     if args.lm_quant:
         kwargs["quant"] = args.lm_quant
-    name = args.voice
-    if name is None and not tts.is_installed(tts.DEFAULT_VOICE):
-        name = "piper-joe"
-        print(f"note: the {tts.DEFAULT_VOICE} weights are not installed; speaking with piper-joe",
+    name = args.voice or tts.default_voice()
+    if args.voice is None and name != tts.DEFAULT_VOICE:
+        print(f"note: the {tts.DEFAULT_VOICE} weights are not installed; speaking with {name}",
               file=sys.stderr)
     voice = tts.load(name, **kwargs)
     if isinstance(voice, SpeechTTS) and (args.steps is not None or args.seed is not None):
