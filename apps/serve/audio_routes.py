@@ -19,8 +19,9 @@ from speechllm.apps.serve.inputs import (
     form_text,
     parse_json,
 )
-from speechllm.apps.serve.models import TranscribeJob
+from speechllm.apps.serve.models import SpeechToText, TranscribeJob
 from speechllm.apps.serve.workers import Job
+from speechllm.limits import MAX_PROMPT_CHARS
 
 router = APIRouter()
 GRANULARITIES = ("segment", "word")
@@ -46,9 +47,11 @@ async def speech_to_text(request: Request, task: str) -> Response:
             raise bad_request("file is required: the audio as a multipart file field", param="file")
         model = serve.model(form_text(form, "model"))
         fmt = form_choice(form, "response_format", list(TRANSCRIPT_FORMATS), "json")
-        form_temperature(form)
-        if form_text(form, "prompt"):
-            raise bad_request("prompt is not supported: these decoders take no text prompt", param="prompt")
+        temperature = form_temperature(form)
+        prompt = form_text(form, "prompt") or None
+        if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+            raise too_large(f"prompt is {len(prompt):,} characters, over the limit of {MAX_PROMPT_CHARS:,}",
+                            param="prompt")
         language = (form_text(form, "language") or "").lower() or None
         if language is not None and not re.fullmatch(r"[a-z]{2,3}", language):
             raise bad_request(f"language {language[:20]!r}: give an ISO-639-1 code such as en",
@@ -65,16 +68,16 @@ async def speech_to_text(request: Request, task: str) -> Response:
         if granularities and fmt != "verbose_json":
             raise bad_request("timestamp_granularities needs response_format verbose_json",
                               param="timestamp_granularities")
+        request_options = SpeechToText(task, language, prompt, temperature, "word" in granularities)
         name = client_name(upload.filename)
         data = await upload.read()  # the whole request body is capped (BodyLimit)
     finally:
         await form.close()
-    await run_in_threadpool(model.transcriber_for, task, language)  # 400 when the model cannot
+    await run_in_threadpool(model.transcriber_for, request_options)  # 400 when the model cannot
     audio = await run_in_threadpool(decode_audio, data, name, serve.limits)
-    job = model.submit(Job("transcription", (task, language), TranscribeJob(audio)))
+    job = model.submit(Job("transcription", request_options, TranscribeJob(audio)))
     transcript = await job.result()
-    return TRANSCRIPT_FORMATS[fmt](transcript, task, language if task == "transcribe" else "en",
-                                   "word" in granularities)
+    return TRANSCRIPT_FORMATS[fmt](transcript, request_options)
 
 
 class SpeechRequest(BaseModel):

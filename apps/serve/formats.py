@@ -1,8 +1,8 @@
 """Response bodies: transcripts in OpenAI's ``response_format``s, and speech as wav, pcm or flac.
 
-Text, SRT and WebVTT are ``speechllm.apps.subtitles``' writers (the ``transcribe --format`` files).
-Word timings (``timestamp_granularities[]=word``) are estimated: each segment's span is shared
-among its words in proportion to their length; the decoders give segment times only.
+Text, SRT and WebVTT are ``speechllm.apps.subtitles``' writers (the ``transcribe --format`` files);
+``verbose_json`` carries the transcriber's segments (times, log-probabilities, temperature) and,
+when asked, its words (Whisper's word timestamps from cross-attention alignment).
 """
 
 from __future__ import annotations
@@ -14,43 +14,43 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from speechllm.apps.serve.models import SpeechToText
 from speechllm.apps.subtitles import FORMATS as SUBTITLES
-from speechllm.transcriber import Segment, Transcript
+from speechllm.transcriber import Transcript
 
-LANGUAGE_NAMES = {"en": "english", "es": "spanish", "fr": "french", "de": "german", "it": "italian",
-                  "pt": "portuguese"}
-
-
-def estimated_words(segment: Segment) -> list[dict]:
-    words = segment.text.split()
-    if not words:
-        return []
-    weights = np.array([len(w) + 1 for w in words], dtype=np.float64)  # +1: the gap before a word
-    shares = np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum()
-    edges = segment.start + (segment.end - segment.start) * shares
-    return [{"word": w, "start": round(float(a), 3), "end": round(float(b), 3)}
-            for w, a, b in zip(words, edges[:-1], edges[1:], strict=True)]
+SEGMENT_FIELDS = ("temperature", "avg_logprob", "compression_ratio", "no_speech_prob", "stop")
 
 
-def verbose(t: Transcript, task: str, language: str | None, words: bool) -> dict:
-    body = {"task": task, "language": LANGUAGE_NAMES.get(language or "en", language), "duration": t.duration,
-            "text": t.text,
-            "segments": [{"id": i, "seek": int(round(s.start * 100)), "start": s.start, "end": s.end,
-                          "text": s.text, "temperature": 0.0, "stop": s.stop}
-                         for i, s in enumerate(t.segments)]}
-    if words:
-        body["words"] = [w for s in t.segments for w in estimated_words(s)]
+def language_name(code: str | None) -> str | None:
+    """``en`` -> ``english``, as OpenAI's verbose_json names languages."""
+    from speechllm.speechlm.model import LANGUAGES
+
+    return LANGUAGES.get(code, code).lower() if code else None
+
+
+def verbose(t: Transcript, request: SpeechToText) -> dict:
+    language = "en" if request.task == "translate" else (t.language or request.language or "en")
+    segments = []
+    for i, s in enumerate(t.segments):
+        row = {"id": i, "seek": int(round(s.start * 100)), "start": s.start, "end": s.end, "text": s.text}
+        row.update({key: getattr(s, key) for key in SEGMENT_FIELDS if getattr(s, key) is not None})
+        segments.append(row)
+    body = {"task": request.task, "language": language_name(language), "duration": t.duration,
+            "text": t.text, "segments": segments}
+    if request.words:
+        body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end,
+                          "probability": w.probability} for s in t.segments for w in (s.words or ())]
     return body
 
 
-TranscriptFormat = Callable[[Transcript, str, str | None, bool], Response]
+TranscriptFormat = Callable[[Transcript, SpeechToText], Response]
 
 TRANSCRIPT_FORMATS: dict[str, TranscriptFormat] = {
-    "json": lambda t, task, lang, words: JSONResponse({"text": t.text}),
-    "text": lambda t, task, lang, words: PlainTextResponse(SUBTITLES["txt"](t)),
-    "srt": lambda t, task, lang, words: PlainTextResponse(SUBTITLES["srt"](t)),
-    "vtt": lambda t, task, lang, words: PlainTextResponse(SUBTITLES["vtt"](t), media_type="text/vtt"),
-    "verbose_json": lambda t, task, lang, words: JSONResponse(verbose(t, task, lang, words)),
+    "json": lambda t, request: JSONResponse({"text": t.text}),
+    "text": lambda t, request: PlainTextResponse(SUBTITLES["txt"](t)),
+    "srt": lambda t, request: PlainTextResponse(SUBTITLES["srt"](t)),
+    "vtt": lambda t, request: PlainTextResponse(SUBTITLES["vtt"](t), media_type="text/vtt"),
+    "verbose_json": lambda t, request: JSONResponse(verbose(t, request)),
 }
 
 

@@ -33,6 +33,20 @@ class ModelOptions:
     max_queue: int = 64  # waiting jobs per model before 503
 
 
+FALLBACK = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # temperature 0: greedy, hotter while a window fails (OpenAI's)
+
+
+@dataclass(frozen=True)
+class SpeechToText:
+    """What a transcription or translation asks for; requests asking the same share a batch."""
+
+    task: str = "transcribe"  # or "translate" (into English)
+    language: str | None = None  # None: the model's default (detected by a multilingual Whisper)
+    prompt: str | None = None  # Whisper's initial prompt
+    temperature: float = 0.0
+    words: bool = False  # word timestamps
+
+
 @dataclass(frozen=True)
 class TranscribeJob:
     audio: np.ndarray
@@ -63,7 +77,7 @@ class ServedModel:
         self.id, self.transcriber, self.options = model_id, transcriber, options
         self.speechlm = transcriber.model if isinstance(transcriber, SpeechLLMTranscriber) else None
         self.kind = "speech-llm" if self.speechlm is not None else "asr"
-        self._variants = {("transcribe", None): transcriber}
+        self._variants = {"transcribe": transcriber}  # a speech-LLM's transcriber per task
         self.worker = ModelWorker(model_id, self._run, options.batch_size, options.max_queue)
 
     @classmethod
@@ -80,36 +94,45 @@ class ServedModel:
 
     # ---------------------------------------------------------------- requests
 
-    def transcriber_for(self, task: str, language: str | None):
-        """The transcriber doing ``task`` ("transcribe" or "translate", into English) in ``language``
-        (None: the model's default); a 400 when this model cannot. Variants share the weights."""
-        key = (task, language)
-        if key not in self._variants:
-            self._variants[key] = self._variant(task, language)
-        return self._variants[key]
-
-    def _variant(self, task: str, language: str | None):
+    def transcriber_for(self, request: SpeechToText):
+        """The transcriber for ``request``, sharing this model's weights; a 400 when it cannot."""
         if self.speechlm is not None:
+            return self._speechlm_variant(request)
+        base = self.transcriber
+        try:
+            task = base.check_task(request.task)
+        except ValueError:
+            raise bad_request(f"{self.id} is an English-only speech recognition model: it cannot translate "
+                              "(use a multilingual Whisper or a speech-LLM)", param="model",
+                              code="model_not_supported") from None
+        try:
+            language = base.check_language(request.language)
+        except ValueError:  # the checks' own messages name CLI flags and host paths
+            english = not base.model.config.is_multilingual
+            message = (f"{self.id} transcribes English only, not {request.language!r}" if english
+                       else f"language {request.language!r} is not one {self.id} knows")
+            raise bad_request(message, param="language") from None
+        options = replace(base.options, task=task, language=language, initial_prompt=request.prompt,
+                          word_timestamps=request.words,
+                          temperatures=FALLBACK if request.temperature == 0 else (request.temperature,))
+        variant = copy.copy(base)  # the same weights and segmenter, other decoding options
+        variant.options = options
+        return variant
+
+    def _speechlm_variant(self, request: SpeechToText):
+        for field, given, why in (("prompt", request.prompt, "takes no text prompt"),
+                                  ("temperature", request.temperature, "decodes greedily (temperature 0)"),
+                                  ("timestamp_granularities", request.words, "gives no word times")):
+            if given:
+                raise bad_request(f"{self.id} is a speech-LLM: it {why}; use a Whisper model for {field}",
+                                  param=field)
+        if request.task not in self._variants:
             from speechllm.speechlm import SpeechLLMTranscriber
 
-            if language is not None and task == "transcribe":
-                return self._variants[("transcribe", None)]  # its instruction names no language
-            return SpeechLLMTranscriber(self.speechlm, task=task, batch_size=self.options.batch_size,
-                                        beam_size=self.options.beam_size, segmenter=self.options.segmenter)
-        tokenizer = self.transcriber.tokenizer
-        if not tokenizer.multilingual:
-            if task == "translate":
-                raise bad_request(f"{self.id} is an English-only speech recognition model: it cannot "
-                                  "translate (use a multilingual Whisper or a speech-LLM)", param="model",
-                                  code="model_not_supported")
-            if language not in (None, "en"):
-                raise bad_request(f"{self.id} transcribes English only, not {language!r}", param="language")
-            return self._variants[("transcribe", None)]
-        if language is not None and language not in tokenizer.languages:
-            raise bad_request(f"unknown language {language!r} for {self.id}", param="language")
-        variant = copy.copy(self.transcriber)  # same weights and segmenter, other decoding options
-        variant.options = replace(self.transcriber.options, task=task, language=language)
-        return variant
+            self._variants[request.task] = SpeechLLMTranscriber(
+                self.speechlm, task=request.task, batch_size=self.options.batch_size,
+                beam_size=self.options.beam_size, segmenter=self.options.segmenter)
+        return self._variants[request.task]
 
     def check_chat(self) -> None:
         if self.speechlm is None:
@@ -129,8 +152,7 @@ class ServedModel:
 
 
 def run_transcriptions(model: ServedModel, jobs: list[Job]) -> None:
-    task, language = jobs[0].key
-    transcriber = model.transcriber_for(task, language)
+    transcriber = model.transcriber_for(jobs[0].key)  # jobs of one batch ask for the same
     results = transcriber.transcribe_many([job.payload.audio for job in jobs])
     for job, (_, result) in zip(jobs, results, strict=True):
         if isinstance(result, Exception):  # an AudioError of this request's audio only
