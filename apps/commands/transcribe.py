@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from speechllm.apps.commands.weights import add_weights_option
+
 HELP = "transcribe audio files, folders, globs or manifests (JSON lines with --output)"
 
 
@@ -23,8 +25,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="segments decoded together")
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    parser.add_argument("--quant", choices=["int8", "int4"], default=None,
-                        help="run the model's linear layers in this weight format (default: as loaded)")
+    add_weights_option(parser, "Whisper's linear layers in this weight format (auto: as loaded)")
     parser.add_argument("--resume", action="store_true",
                         help="keep finished rows of --output and process only the rest")
     parser.add_argument("--segmenter", default="auto", choices=["auto", "vad", "fixed"],
@@ -88,7 +89,7 @@ def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcrib
                               task=task)
     is_speechlm = preflight.is_speechlm(model)
     cues = cue_options(args)
-    if args.quant and is_speechlm:
+    if args.quant != "auto" and is_speechlm:
         raise ValueError("--quant is for Whisper models: a speech-LLM runs its LLM in the format its "
                          "config.json names")
     files = shard(expand_inputs(inputs, uris=on_ray), getattr(args, "shard", None))
@@ -99,7 +100,7 @@ def run_task(args: argparse.Namespace, inputs: list[str], task: str = "transcrib
                    segmenter=args.segmenter)
     if task != "transcribe":
         options.update(task=task, **task_options)
-    if args.quant:
+    if args.quant in ("int8", "int4"):  # auto and fp32: the float weights Whisper loads with
         options["quant"] = args.quant
     options.update(whisper_options(args, is_speechlm))
 
