@@ -193,8 +193,9 @@ def load_llm(name_or_path: str | os.PathLike, quant: str = "auto", device: str |
     """``(model, tokenizer)`` for a zoo name, HF id/folder, quantized folder or GGUF file (see module doc)."""
     from .zoo import resolve
 
+    quant = "none" if quant == "fp32" else quant  # the command lines' spelling of float weights
     if quant not in QUANT_CHOICES:
-        raise ValueError(f"quant must be one of {', '.join(QUANT_CHOICES)}, not {quant!r}")
+        raise ValueError(f"quant must be one of {', '.join(QUANT_CHOICES)} (or fp32), not {quant!r}")
     resolved = resolve(name_or_path)
     path = Path(resolved.main_file or resolved.path)
     for source in SOURCES:

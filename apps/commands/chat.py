@@ -15,7 +15,8 @@ HELP = "voice chat with a speech-LLM in the browser (Gradio; pip install 'speech
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from speechllm.apps.chat.engine import MAX_TURN_SECONDS, QUANT_CHOICES, ChatOptions
+    from speechllm.apps.chat.engine import MAX_TURN_SECONDS, ChatOptions
+    from speechllm.apps.commands.weights import add_weights_option
     from speechllm.apps.chat.voices import FALLBACK_VOICE, VOICES
 
     defaults = ChatOptions()
@@ -29,8 +30,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "Piper .onnx, or a speechllm.tts voice name (default: the project's own voice "
                              f"when installed, else {FALLBACK_VOICE}); repeat it to offer more voices in "
                              "the page (the first is the default)")
-    parser.add_argument("--quant", default="saved", choices=QUANT_CHOICES,
-                        help="LLM weights: as the model folder says (saved), fp32, int8 or int4")
+    add_weights_option(parser, "LLM weights (auto: as the model folder says)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     options = ChatOptions(max_new_tokens=args.max_new_tokens, max_seconds=args.max_seconds,
                           remember_speech=args.remember_speech)
     models, voices = args.model or [STARTER], args.voice or [None]
-    app = ChatApp(models[0], quant=args.quant, voice=voices[0], device=args.device, options=options,
+    quant = "saved" if args.quant == "auto" else args.quant  # the chat page's name for auto
+    app = ChatApp(models[0], quant=quant, voice=voices[0], device=args.device, options=options,
                   models=models[1:], voices=[v for v in voices[1:] if v])
     # a plain `kill` stops the server like Ctrl-C does, so its temporary folder goes with it
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

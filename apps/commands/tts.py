@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from speechllm.apps.commands.weights import add_weights_option
 from speechllm.zoo import PIPER_VOICE
 
 HELP = f"speak text into an audio file (the project's own voice, or --voice {PIPER_VOICE} / a model folder)"
@@ -23,8 +24,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (own voices)")
     parser.add_argument("--vocoder", choices=["vocos", "griffin-lim"], default=None,
                         help="griffin-lim: the weightless fallback vocoder (own voices)")
-    parser.add_argument("--lm-quant", choices=["int4", "int8", "none"], default=None,
-                        help="weights of the text-speech LM's linears (own voices; default int4)")
+    add_weights_option(parser, "weights of the text-speech LM's linears (own voices; auto: int4)",
+                       old_flags=["--lm-quant"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -54,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.vocoder:
         kwargs["vocoder"] = args.vocoder
-    if args.lm_quant:
-        kwargs["quant"] = args.lm_quant
+    if args.quant != "auto":
+        kwargs["quant"] = args.quant
     name = args.voice or tts.default_voice()
     if args.voice is None and name != tts.DEFAULT_VOICE:
         print(f"note: the {tts.DEFAULT_VOICE} weights are not installed; speaking with {name}",
