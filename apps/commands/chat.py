@@ -16,8 +16,8 @@ HELP = "voice chat with a speech-LLM in the browser (Gradio; pip install 'speech
 
 def register(parser: argparse.ArgumentParser) -> None:
     from speechllm.apps.chat.engine import MAX_TURN_SECONDS, ChatOptions
-    from speechllm.apps.commands.weights import add_weights_option
     from speechllm.apps.chat.voices import FALLBACK_VOICE, VOICES
+    from speechllm.apps.commands.weights import add_weights_option
 
     defaults = ChatOptions()
     from speechllm import STARTER

@@ -1,0 +1,268 @@
+"""Decoding through the product path, batch 1: the calls ``speechllm ask`` and the chat engine make
+on the starter model (SmolLM2-135M-Instruct in the GGUF's int4 weights, LoRA, ctc-posterior),
+against transformers fp32 ``generate`` and llama.cpp on the same GGUF, and speculative decoding
+(SAM drafts) against plain greedy.
+
+    .venv/bin/python benchmarks/decode_e2e.py --threads 2 --json benchmarks/results/decode_e2e.json
+
+Workloads (replies up to ``--max-new-tokens``, greedy, the model's end token and repetition guard):
+
+- *chat, typed* (free text): ``SpeechLLM.stream(None, message)``, the chat engine's call for a
+  typed turn, and the same prompts through transformers fp32 ``generate`` and llama.cpp.
+- *passage answers, typed passage* (copy-heavy): a passage and a question about it typed as one
+  message (``generate(None, ...)``).
+- *passage answers, spoken passage*: ``speechllm ask FILE QUESTION`` (``generate([audio],
+  instruction("passage-question", q))``) on held-out sqa rows; the drafter sees the CTC units.
+- *transcripts through the LLM*: the transcribe instruction answered by the LLM (``asr_decoder``
+  set to ``"llm"``), drafted from the CTC head's hypothesis (CTC-drafted decoding).
+- *time to first token after the end of the user's speech*: ``stream(clip, spoken-question)``
+  as the chat engine runs a spoken turn (encoder, prefill, first token), median and p90.
+
+Every path runs in turns, ``--rounds`` rounds, and each path's figure is the total over its best
+round, so other jobs on a shared CPU slow all paths alike; ratios are within this one run. The
+replies with drafts on must equal those with drafts off (counted in ``identical``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from speechllm import speechlm_path
+from speechllm.audio import load_audio
+from speechllm.generation import GenerationOptions, GreedyDecoder
+from speechllm.manifest import read_manifest
+from speechllm.speechlm.io import load_speechlm
+from speechllm.speechlm.model import instruction
+
+CHAT = [
+    "Tell me about the history of the Roman Empire.",
+    "What should I cook for dinner tonight? Give me three ideas.",
+    "Write a short poem about the sea.",
+    "How do airplanes stay in the air?",
+    "Give me some tips for sleeping better.",
+    "Why is the sky blue?",
+]
+TYPED_PASSAGE = "{passage}\n\nQuestion: {question} Answer with the words of the passage."
+
+
+def _rows(manifest: Path, limit: int):
+    rows = [r for r in read_manifest(manifest) if r.prompt][:limit]
+    return [(load_audio(r.audio), r.text, r.prompt) for r in rows]
+
+
+def _timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+class Path_:
+    """One path of the benchmark: a name, a list of calls, each returning the reply's token count."""
+
+    def __init__(self, name: str, calls: list):
+        self.name, self.calls = name, calls
+        self.best: tuple[float, int] | None = None  # (seconds, tokens) of the best round
+        self.replies: list = []
+
+    def run(self) -> None:
+        seconds, tokens, replies = 0.0, 0, []
+        for call in self.calls:
+            dt, (n, reply) = _timed(call)
+            seconds, tokens = seconds + dt, tokens + n
+            replies.append(reply)
+        self.replies = replies
+        if self.best is None or tokens / seconds > self.best[1] / self.best[0]:
+            self.best = (seconds, tokens)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.best[1] / self.best[0]
+
+
+def _generate(model, audio, text, options):
+    def call():
+        reply = model.generate(None if audio is None else [audio], text, options)[0]
+        return len(reply.tokens), reply.tokens
+    return call
+
+
+def _stream(model, text, options):
+    def call():
+        pieces = list(model.stream(None, text, options))
+        reply = "".join(pieces)
+        return len(model.tokenizer.encode(reply, add_special_tokens=False)), reply
+    return call
+
+
+def _draft_stats(model, audio, texts, options) -> dict:
+    """Acceptance of the drafts on the same inputs (the decoder generate() runs, with its counters)."""
+    drafted = accepted = passes = tokens = 0
+    for a, text in zip(audio, texts, strict=True):
+        with model.text_mode() if a is None else torch.no_grad(), torch.no_grad():
+            spliced, seeds = model._prefill_seeded(None if a is None else [a], [text])
+            decoder = GreedyDecoder(model._stop_ids, options, seeds[0])
+            out = decoder.run(model._open(spliced, options))[0]
+        drafted += decoder.stats.drafted
+        accepted += decoder.stats.accepted
+        passes += decoder.stats.passes
+        tokens += len(out[0])
+    return {"drafted": drafted, "accepted": accepted, "acceptance": accepted / max(drafted, 1),
+            "tokens_per_pass": tokens / max(passes, 1)}
+
+
+def _hf_fp32(tokenizer, max_new_tokens: int):
+    from speechllm.llm import load_llm
+
+    llm, _ = load_llm("smollm2-135m-instruct", quant="none")
+
+    def make(text):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+
+        def call():
+            with torch.no_grad():
+                out = llm.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.eos_token_id)
+            return out.shape[1] - ids.shape[1], None
+        return call
+    return make
+
+
+def _llama_cpp(tokenizer, max_new_tokens: int, threads: int):
+    """llama.cpp on the same GGUF, or the reason it cannot run here."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None, "llama-cpp-python is not installed (no wheel or source on this machine's package mirror)"
+    from speechllm.zoo import resolve
+
+    gguf = resolve("smollm2-135m-instruct", download=False).main_file
+    llm = Llama(model_path=str(gguf), n_threads=threads, verbose=False)
+
+    def make(text):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                               add_generation_prompt=True, tokenize=False)
+
+        def call():
+            out = llm.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0)
+            return out["usage"]["completion_tokens"], None
+        return call
+    return make, None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="speechllm-starter")
+    parser.add_argument("--manifest", type=Path, default=Path("corpora/sqa-12h/test.jsonl"))
+    parser.add_argument("--rows", type=int, default=6, help="spoken passages (and transcripts) per workload")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    model = load_speechlm(speechlm_path(args.model), device="cpu").eval()
+    tok = model.tokenizer
+    rows = _rows(args.manifest, args.rows)
+    greedy = GenerationOptions(max_new_tokens=args.max_new_tokens, speculative=False)
+    spec = GenerationOptions(max_new_tokens=args.max_new_tokens)
+    typed = [TYPED_PASSAGE.format(passage=p, question=q) for _, p, q in rows]
+    asks = [instruction("passage-question", q) for _, _, q in rows]
+    clips = [a for a, _, _ in rows]
+    asr = replace(model.config, asr_decoder="llm")
+    workloads = {  # name: (audio per call or None, instructions, product call)
+        "chat, typed": ([None] * len(CHAT), CHAT, "stream"),
+        "passage answers, typed passage": ([None] * len(typed), typed, "generate"),
+        "passage answers, spoken passage (ask)": (clips, asks, "generate"),
+        "transcripts through the LLM": (clips, [instruction("transcribe")] * len(clips), "generate"),
+    }
+    paths: list[Path_] = []
+    for name, (audio, texts, kind) in workloads.items():
+        for label, options in (("greedy", greedy), ("speculative", spec)):
+            if kind == "stream":
+                calls = [_stream(model, t, options) for t in texts]
+            else:
+                calls = [_generate(model, a, t, options) for a, t in zip(audio, texts, strict=True)]
+            paths.append(Path_(f"{name} | {label}", calls))
+    make_hf = _hf_fp32(tok, args.max_new_tokens)
+    paths.append(Path_("chat, typed | transformers fp32 generate", [make_hf(t) for t in CHAT]))
+    make_cpp, cpp_missing = _llama_cpp(tok, args.max_new_tokens, args.threads)
+    if make_cpp is not None:
+        paths.append(Path_("chat, typed | llama.cpp (same GGUF)", [make_cpp(t) for t in CHAT]))
+    for _ in range(args.rounds + 1):  # the first round warms up (kernel choice, caches)
+        for path in paths:
+            model.config = asr if path.name.startswith("transcripts") else replace(asr, asr_decoder="ctc")
+            path.run()
+        if _ == 0:
+            for path in paths:
+                path.best = None
+    model.config = replace(asr, asr_decoder="ctc")
+    by_name = {p.name: p for p in paths}
+    results = {"rows": []}
+    for name, (audio, texts, _kind) in workloads.items():
+        g, s = by_name[f"{name} | greedy"], by_name[f"{name} | speculative"]
+        model.config = asr if name.startswith("transcripts") else replace(asr, asr_decoder="ctc")
+        stats = _draft_stats(model, audio, texts, spec)
+        results["rows"].append({
+            "workload": name, "greedy_tokens_per_s": g.tokens_per_s,
+            "speculative_tokens_per_s": s.tokens_per_s, "speedup": s.tokens_per_s / g.tokens_per_s,
+            "tokens": g.best[1], "replies": len(texts),
+            "identical": sum(a == b for a, b in zip(g.replies, s.replies, strict=True)),
+            **stats})
+    model.config = replace(asr, asr_decoder="ctc")
+    ttft = []
+    for clip in clips:  # a spoken turn: the user's speech has ended, the reply's first text is shown
+        t0 = time.perf_counter()
+        next(iter(model.stream(clip, instruction("spoken-question"), spec)))
+        ttft.append(time.perf_counter() - t0)
+    chat_g, chat_s = by_name["chat, typed | greedy"], by_name["chat, typed | speculative"]
+    hf = by_name["chat, typed | transformers fp32 generate"]
+    cpp = by_name.get("chat, typed | llama.cpp (same GGUF)")
+    results["chat"] = {
+        "product_greedy_tokens_per_s": chat_g.tokens_per_s,
+        "product_speculative_tokens_per_s": chat_s.tokens_per_s,
+        "transformers_fp32_tokens_per_s": hf.tokens_per_s,
+        "vs_transformers_fp32": max(chat_g.tokens_per_s, chat_s.tokens_per_s) / hf.tokens_per_s,
+        "llama_cpp_tokens_per_s": cpp.tokens_per_s if cpp else None,
+        "vs_llama_cpp": max(chat_g.tokens_per_s, chat_s.tokens_per_s) / cpp.tokens_per_s if cpp else None,
+        "llama_cpp_missing": cpp_missing,
+    }
+    results["ttft_s"] = {"median": statistics.median(ttft), "p90": sorted(ttft)[int(0.9 * (len(ttft) - 1))],
+                         "turns": len(ttft)}
+    results["meta"] = {"command": " ".join(["python benchmarks/decode_e2e.py", *sys.argv[1:]]),
+                       "model": args.model, "threads": args.threads, "rounds": args.rounds,
+                       "max_new_tokens": args.max_new_tokens, "torch": torch.__version__,
+                       "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                       "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                       "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    print("| workload | greedy tok/s | speculative tok/s | speedup | acceptance | tokens/pass | identical |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results["rows"]:
+        print(f"| {r['workload']} | {r['greedy_tokens_per_s']:.1f} | {r['speculative_tokens_per_s']:.1f} "
+              f"| {r['speedup']:.2f}x | {r['acceptance']:.0%} | {r['tokens_per_pass']:.2f} "
+              f"| {r['identical']}/{r['replies']} |")
+    c = results["chat"]
+    print(f"\nchat, typed: product path {c['product_greedy_tokens_per_s']:.1f} tok/s greedy, "
+          f"{c['product_speculative_tokens_per_s']:.1f} speculative; transformers fp32 "
+          f"{c['transformers_fp32_tokens_per_s']:.1f} ({c['vs_transformers_fp32']:.2f}x); llama.cpp "
+          + (f"{c['llama_cpp_tokens_per_s']:.1f} ({c['vs_llama_cpp']:.0%})" if cpp else cpp_missing))
+    t = results["ttft_s"]
+    print(f"time to first token after the user's speech: median {t['median']:.2f} s, p90 {t['p90']:.2f} s "
+          f"({t['turns']} spoken turns); load average {load_before} -> {os.getloadavg()}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
