@@ -3,6 +3,8 @@
 * :mod:`.engine`: one turn in (speech or text), streamed text and speech out; no web code.
 * :mod:`.voices`: the voices the answer can be spoken with, by name.
 * :mod:`.ui`: the Gradio page and its server.
+* :mod:`.turns`: hands-free turn-taking (Silero VAD: end of turn, barge-in), no web code;
+  :mod:`.live`: a browser tab's microphone stream, its finished turn and the answer in progress.
 * :mod:`.exposure`: what a remote client may pick (allow-lists fixed at start) and be told (no host
   paths), and the server's private temporary folder.
 """

@@ -416,6 +416,10 @@ def launch(app: ChatApp, server: ServerOptions = ServerOptions(), block: bool = 
     serving in the background until ``server.close()``. Either way, Gradio's uploads and answers live in
     one private folder that is removed when the server stops."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home
+    # Gradio's queue rebuilds a pandas table of its last 10,000 events after every event, for a monitoring
+    # page this server does not offer; at ten microphone pieces a second that work outgrows the pieces
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**9))
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
     running = ChatServer(PrivateTempDir(server.temp_dir), os.environ.get("GRADIO_TEMP_DIR"))
     os.environ["GRADIO_TEMP_DIR"] = running.temp_dir  # Gradio reads it for every upload and cached output
     try:
