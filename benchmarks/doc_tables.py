@@ -150,6 +150,27 @@ TABLES["instruction-following"] = Table("instruction-following.json", (
     rows=lambda d: [{"placement": k, **v} for k, v in d.items()])
 
 
+
+def _serve_rows(d: dict) -> list[dict]:
+    """benchmarks/serve.py: the model alone, the server at each concurrency, the server unbatched."""
+    rows = [{"run": "the model alone (no HTTP), one clip at a time", **d["direct"]}]
+    rows += [{"run": f"`speechllm serve --batch-size {d['batch_size']}`", **r} for r in d["server"]]
+    if "server_batch1" in d:
+        rows.append({"run": "`speechllm serve --batch-size 1`", **d["server_batch1"]})
+    return rows
+
+
+TABLES["serve"] = Table("serve.json", (
+    Column("run", "run"),
+    Column("clients", "clients", numeric=True),
+    Column("requests", "requests", numeric=True),
+    Column("requests/s", "requests_per_s", fixed(3), True),
+    Column("p50 latency", "p50_s", fixed(1, " s"), True),
+    Column("p90 latency", "p90_s", fixed(1, " s"), True),
+    Column("WER", "wer", pct(1), True)),
+    rows=_serve_rows)
+
+
 def _ask(model: str, path: str) -> Callable[[dict], Any]:
     return lambda d: get(one(d["results"], model=model), path)
 
@@ -160,6 +181,8 @@ def _asr(system: str, path: str) -> Callable[[list], Any]:
 
 STARTER_ASK, BEFORE_ASK = "runs/cand-int4", "speechllm-starter"  # see ASK_MODELS
 FIGURES: dict[str, Figure] = {
+    "serve-load": Figure("serve.json", lambda d: f"{d['load_average_at_start']:.0f} at the start and "
+                                                 f"{d['load_average_at_end']:.0f} at the end"),
     "ask-passage": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
     "ask-passage-before": Figure("ask.json", _ask(BEFORE_ASK, "passage.accuracy"), pct(1)),
     "ask-passages": Figure("ask.json", lambda d: d["counts"]["passage"]),
