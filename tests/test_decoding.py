@@ -14,6 +14,7 @@ from speechllm.generation import (
     SamDrafter,
     StaticState,
     SuffixAutomaton,
+    engine_for,
     generate,
     open_state,
     run_decoder,
@@ -196,8 +197,9 @@ def test_speculation_stops_where_greedy_does_at_a_loop():
         assert (spec.tokens, spec.stop) == (greedy.tokens, greedy.stop)
 
 
-@pytest.mark.parametrize("adapter, lora", [("linear", True), ("ctc-posterior", False)])
-def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_path, adapter, lora):
+@pytest.mark.parametrize("adapter, lora, quant", [("linear", True, None), ("linear", True, "int4"),
+                                                  ("ctc-posterior", False, None)])
+def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_path, adapter, lora, quant):
     import numpy as np
     from tiny_models import make_tiny_llm, make_tiny_whisper
 
@@ -205,7 +207,7 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
 
     options = {"hidden_dim": 16} if adapter == "linear" else {"d_ffn": 16}
     config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")), adapter_options=options,
-                             llm=str(make_tiny_llm(tmp_path / "l")), adapter=adapter,
+                             llm=str(make_tiny_llm(tmp_path / "l")), adapter=adapter, quant=quant,
                              lora=LoraSpec(rank=2) if lora else None)
     torch.manual_seed(0)
     model = SpeechLLM.build(config).eval()
@@ -213,6 +215,8 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
         for name, p in model.llm.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
+    if quant:  # the engine fuses the int4 base layers under peft's LoRA layers and adds their deltas
+        assert engine_for(model.llm).projections[0].fused_qkv is not None
     clip = np.random.default_rng(0).standard_normal(12000).astype(np.float32) * 0.1
     question = "Answer this question about the speech: hello world the weather will be sunny tomorrow"
     spliced, seeds = model._prefill_seeded([clip], [question])

@@ -1,9 +1,10 @@
 """A decoder layer's projections as the static engine calls them: ``qkv(h)`` and ``mlp(h)``.
 
-With low-bit weights (``QuantLinear``) and no LoRA on them, q/k/v are one fused matrix and so are
-gate/up: one kernel call instead of three (two), which at one token per step is where the
-non-matmul time goes. Anything else (fp32 ``nn.Linear``, peft's LoRA layers, biases of another
-kind) runs the layer's own modules unchanged.
+With low-bit weights (``QuantLinear``), q/k/v are one fused matrix and so are gate/up: one
+kernel call instead of three (two), which at one token per step is where the non-matmul time goes.
+Under peft's LoRA layers the fused matrix stands for their base layers and each layer's LoRA
+delta is added to its slice (when its adapters are on). Anything else (fp32 ``nn.Linear``, DoRA)
+runs the layer's own modules unchanged.
 """
 
 from __future__ import annotations
@@ -15,17 +16,49 @@ from speechllm.quant.formats import QuantizedWeight
 from speechllm.quant.linear import QuantLinear
 
 
+def _base(m: nn.Module) -> nn.Module:
+    """The layer under a peft LoRA wrapper, or the layer itself."""
+    return m.base_layer if hasattr(m, "lora_A") and hasattr(m, "base_layer") else m
+
+
+def _lora_ok(m: nn.Module) -> bool:
+    return not hasattr(m, "lora_A") or not any(getattr(m, "use_dora", {}).values())
+
+
 def _fusable(mods: list[nn.Module]) -> bool:
-    if not all(type(m) is QuantLinear for m in mods):  # exactly QuantLinear: not a LoRA wrapper
+    bases = [_base(m) for m in mods]
+    if not all(type(b) is QuantLinear and _lora_ok(m) for m, b in zip(mods, bases, strict=True)):
         return False
-    first = mods[0]
+    first = bases[0]
     return all(m.spec == first.spec and m.in_features == first.in_features and m.exact == first.exact
                and m.act_bits == first.act_bits and m.scale.dtype == first.scale.dtype
-               and (m.bias is None) == (first.bias is None) for m in mods)
+               and (m.bias is None) == (first.bias is None) for m in bases)
+
+
+def lora_delta(m: nn.Module, x: Tensor) -> Tensor | None:
+    """What a peft LoRA layer adds to its base layer's output for ``x`` (None when nothing)."""
+    if not hasattr(m, "lora_A") or m.disable_adapters or m.merged:
+        return None
+    out = None
+    for name in m.active_adapters:
+        if name in m.lora_A:
+            xa = x.to(m.lora_A[name].weight.dtype)
+            d = m.lora_B[name](m.lora_A[name](m.lora_dropout[name](xa))) * m.scaling[name]
+            out = d if out is None else out + d
+    return out
+
+
+def _with_lora(mods: list[nn.Module], outs: tuple[Tensor, ...], x: Tensor) -> list[Tensor]:
+    result = []
+    for m, y in zip(mods, outs, strict=True):
+        d = lora_delta(m, x)
+        result.append(y if d is None else y + d.to(y.dtype))
+    return result
 
 
 def fuse_quant_linear(mods: list[QuantLinear]) -> QuantLinear:
     """One ``QuantLinear`` whose output is the outputs of ``mods`` side by side."""
+    mods = [_base(m) for m in mods]
     weights = [m.qweight for m in mods]
     offsets = [w.offset for w in weights]
     fused = QuantizedWeight(weights[0].spec, torch.cat([w.codes for w in weights]),
@@ -45,7 +78,7 @@ class LayerProjections:
         self.attn, self.layer_mlp = attn, mlp
         qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
         self.modules = qkv + [mlp.gate_proj, mlp.up_proj]  # what the fused copies stand for
-        self.sizes = [m.out_features for m in qkv]
+        self.sizes = [_base(m).out_features for m in qkv]
         self.fused_qkv = fuse_quant_linear(qkv) if _fusable(qkv) else None
         gate_up = [mlp.gate_proj, mlp.up_proj]
         plain_mlp = type(mlp).__name__.endswith("MLP") and hasattr(mlp, "act_fn")
@@ -60,12 +93,15 @@ class LayerProjections:
     def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.fused_qkv is None:
             return self.attn.q_proj(h), self.attn.k_proj(h), self.attn.v_proj(h)
-        return self.fused_qkv(h).split(self.sizes, dim=-1)
+        a = self.attn
+        outs = self.fused_qkv(h).split(self.sizes, dim=-1)
+        return tuple(_with_lora([a.q_proj, a.k_proj, a.v_proj], outs, h))
 
     def mlp(self, h: Tensor) -> Tensor:
         if self.fused_gate_up is None:
             return self.layer_mlp(h)
-        gate, up = self.fused_gate_up(h).chunk(2, dim=-1)
+        m = self.layer_mlp
+        gate, up = _with_lora([m.gate_proj, m.up_proj], self.fused_gate_up(h).chunk(2, dim=-1), h)
         return self.layer_mlp.down_proj(self.layer_mlp.act_fn(gate) * up)
 
 
