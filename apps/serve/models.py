@@ -176,8 +176,13 @@ def run_chat_stream(model: ServedModel, jobs: list[Job]) -> None:
 
     (job,) = jobs
     request: ChatJob = job.payload
-    pieces = model.speechlm.stream(request.audio, request.prompt,
-                                   GenerationOptions(max_new_tokens=request.max_new_tokens))
+    options = GenerationOptions(max_new_tokens=request.max_new_tokens)
+    if not hasattr(model.speechlm, "stream"):  # a pipeline without token streaming: one piece
+        audio = None if request.audio is None else [request.audio]
+        job.emit(Delta(model.speechlm.generate(audio, [request.prompt], options)[0].text))
+        job.finish(None)
+        return
+    pieces = model.speechlm.stream(request.audio, request.prompt, options)
     for piece in pieces:
         if job.cancelled.is_set():  # the client went away: stop generating
             pieces.close()

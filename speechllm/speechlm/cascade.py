@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from speechllm.device import pick_device
 from speechllm.generation.options import Generation, GenerationOptions
 from speechllm.speechlm.tasks import LANGUAGES, TASKS, language_name
 
@@ -138,7 +139,7 @@ class TranscriptSpeechLLM:
         from speechllm.llm import load_llm
         from speechllm.transcriber import WhisperTranscriber
 
-        self.config, self.device = config, torch.device(device)
+        self.config, self.device = config, pick_device(device)
         self.asr = WhisperTranscriber(
             config.asr, device=str(self.device), language=config.language, segmenter="fixed"
         )
