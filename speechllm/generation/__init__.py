@@ -8,6 +8,7 @@ beam scorer, benchmarks).
   projections) or the Hugging Face fallback (:mod:`~speechllm.generation.hf`).
 - :mod:`~speechllm.generation.decoders`: greedy / sampling / beam search, token streaming, and
   speculative decoding from a suffix automaton (:mod:`~speechllm.generation.speculative`).
+- :mod:`~speechllm.generation.scorer`: the LLM as the CTC prefix beam search's language model.
 
 >>> state = open_state(llm, embeds, attention_mask, position_ids)   # prefill spliced embeddings
 >>> run_decoder(state, stop_ids, GenerationOptions(max_new_tokens=64), prompt=prompt_ids)
@@ -43,6 +44,7 @@ from speechllm.generation.options import (
     Reply,
     decode_text,
 )
+from speechllm.generation.scorer import LLMPrefixScorer
 from speechllm.generation.speculative import SamDrafter, SuffixAutomaton
 from speechllm.generation.static import StaticState, engine_for
 
@@ -50,7 +52,8 @@ LMState = HFState  # the name the fallback state had (speechllm.speechlm.generat
 
 __all__ = [
     "DECODERS", "ENGINES", "STOP_REASONS", "BeamSearchDecoder", "Decoded", "DraftStats", "Generation",
-    "GenerationOptions", "GenerationResult", "GreedyDecoder", "HFState", "LMState", "RepetitionGuard",
+    "GenerationOptions", "GenerationResult", "GreedyDecoder", "HFState", "LLMPrefixScorer", "LMState",
+    "RepetitionGuard",
     "Reply", "SamDrafter", "StaticState", "SuffixAutomaton", "TokenChooser", "decode_text", "engine_for",
     "generate", "greedy_steps", "open_state", "register_engine", "run_decoder", "state_class",
     "token_stream",
