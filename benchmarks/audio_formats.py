@@ -38,7 +38,7 @@ def delay_and_snr(reference: np.ndarray, decoded: np.ndarray, max_delay: int = 2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", nargs="*", type=Path, default=sorted((REPO / "examples").glob("*.flac")))
-    parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument("--model", default=speechllm.BASELINE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()

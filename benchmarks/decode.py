@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from speechllm.zoo import DEFAULT_LLM
+
 PATHS = [("fp32", "hf"), ("fp32", "engine"), ("int8", "hf"), ("int8", "engine"), ("int4", "hf"),
          ("int4", "engine"), ("int4", "speculative")]  # (weights, decoder)
 LABELS = {"hf": "transformers generate", "engine": "speechllm engine",
@@ -44,7 +46,7 @@ PROMPT = "The history of the Roman Empire begins"
 def _smollm2(weights: str):
     from speechllm.llm import load_llm
 
-    model, tok = load_llm("smollm2-135m-instruct", quant={"fp32": "none"}.get(weights, weights))
+    model, tok = load_llm(DEFAULT_LLM, quant={"fp32": "none"}.get(weights, weights))
     return model, tok(PROMPT, return_tensors="pt").input_ids
 
 

@@ -43,6 +43,7 @@ from speechllm.generation import GenerationOptions, GreedyDecoder
 from speechllm.manifest import read_manifest
 from speechllm.speechlm.io import load_speechlm
 from speechllm.speechlm.model import instruction
+from speechllm.zoo import DEFAULT_LLM, STARTER
 
 CHAT = [
     "Tell me about the history of the Roman Empire.",
@@ -123,7 +124,7 @@ def _draft_stats(model, audio, texts, options) -> dict:
 def _hf_fp32(tokenizer, max_new_tokens: int):
     from speechllm.llm import load_llm
 
-    llm, _ = load_llm("smollm2-135m-instruct", quant="none")
+    llm, _ = load_llm(DEFAULT_LLM, quant="none")
 
     def make(text):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
@@ -146,7 +147,7 @@ def _llama_cpp(tokenizer, max_new_tokens: int, threads: int):
         return None, "llama-cpp-python is not installed (no wheel or source on this machine's package mirror)"
     from speechllm.zoo import resolve
 
-    gguf = resolve("smollm2-135m-instruct", download=False).main_file
+    gguf = resolve(DEFAULT_LLM, download=False).main_file
     llm = Llama(model_path=str(gguf), n_threads=threads, verbose=False)
 
     def make(text):
@@ -162,7 +163,7 @@ def _llama_cpp(tokenizer, max_new_tokens: int, threads: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="speechllm-starter")
+    parser.add_argument("--model", default=STARTER)
     parser.add_argument("--manifest", type=Path, default=Path("corpora/sqa-12h/test.jsonl"))
     parser.add_argument("--rows", type=int, default=6, help="spoken passages (and transcripts) per workload")
     parser.add_argument("--max-new-tokens", type=int, default=96)

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from speechllm.zoo import DEFAULT_ASR
+
 REPO = Path(__file__).resolve().parent.parent
 CLIP_SECONDS = 5.0
 
@@ -137,7 +139,7 @@ def direct(model: str, threads: int, segmenter: str, requests: int, data: list) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument("--model", default=DEFAULT_ASR)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rounds", type=int, default=3,
                         help="requests per level: rounds x clients (at least 8)")

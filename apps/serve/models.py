@@ -247,7 +247,7 @@ def default_voice() -> str:
     """The project's own voice when its weights are installed, else Piper joe (as ``speechllm tts``)."""
     from speechllm import tts
 
-    return tts.DEFAULT_VOICE if tts.is_installed(tts.DEFAULT_VOICE) else "piper-joe"
+    return tts.default_voice()
 
 
 def check_unique(ids: list[str], what: str) -> None:

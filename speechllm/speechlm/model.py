@@ -54,6 +54,7 @@ from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task reg
     language_name,
     register_task,
 )
+from speechllm.zoo import DEFAULT_ENCODER, DEFAULT_LLM
 
 # ---------------------------------------------------------------- options
 
@@ -80,12 +81,12 @@ class LoraSpec:
 class SpeechLLMConfig:
     """Everything needed to rebuild the model; models are referred to by zoo name or path."""
 
-    encoder: str = "whisper-tiny.en"
+    encoder: str = DEFAULT_ENCODER
     encoder_kind: str = "whisper"  # an ENCODERS name
     encoder_trainable_layers: int = 0  # top encoder blocks fine-tuned with the adapter (0: frozen encoder)
     adapter: str = "alignformer"  # an ADAPTERS name
     adapter_options: dict[str, Any] = field(default_factory=dict, hash=False)  # beyond the two dims
-    llm: str = "smollm2-135m-instruct"
+    llm: str = DEFAULT_LLM
     quant: str | None = None  # None: fp32 transformers; else speechllm.llm's format name
     lora: LoraSpec | None = None
     prompt: PromptFormat = PromptFormat()
