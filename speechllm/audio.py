@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from speechllm.files import atomic_path
 from speechllm.limits import MIN_SAMPLE_RATE
 
 SAMPLE_RATE = 16_000
@@ -351,18 +352,14 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_R
     .ogg, .mp3 through libsndfile, and with PyAV .m4a/.mp4/.mov (AAC), .webm/.mka/.mkv/.opus (Opus)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # FFmpeg picks the container by suffix
     samples = np.asarray(audio, dtype=np.float32)
-    try:
+    with atomic_path(path, durable=False, keep_suffix=True) as tmp:  # FFmpeg picks the container by suffix
         codec = AV_ENCODERS.get(path.suffix.lower())
         if codec is not None:
             _encode_with_pyav(tmp, samples, sample_rate, codec)
         else:
             fmt = path.suffix.lstrip(".").upper() or "WAV"
             _soundfile().write(str(tmp), samples, sample_rate, format=fmt)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _encode_with_pyav(path: Path, samples: np.ndarray, sample_rate: int, codec: str) -> None:

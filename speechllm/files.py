@@ -55,19 +55,21 @@ def fsync_tree(folder: str | Path) -> None:
 # ---------------------------------------------------------------- atomic writes
 
 
-def temp_name(path: str | Path) -> Path:
-    """A hidden, unique name beside ``path`` (same folder, so the final rename is atomic)."""
+def temp_name(path: str | Path, keep_suffix: bool = False) -> Path:
+    """A hidden, unique name beside ``path`` (same folder, so the final rename is atomic); with
+    ``keep_suffix`` it ends in ``path``'s suffix (for writers that choose a format by it)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tag = uuid.uuid4().hex[:12]
+    return path.with_name(f".{path.stem}.{tag}.tmp{path.suffix}" if keep_suffix else f".{path.name}.{tag}.tmp")
 
 
 @contextmanager
-def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | Path, durable: bool = True, keep_suffix: bool = False) -> Iterator[Path]:
     """A temporary name beside ``path`` for a writer that takes a file name (safetensors, soundfile,
     ``save_pretrained``...): once the block ends the file is fsynced and renamed onto ``path``; on
     any error the old ``path`` stays as it was and the temporary file is removed."""
     path = Path(path)
-    tmp = temp_name(path)
+    tmp = temp_name(path, keep_suffix)
     try:
         yield tmp
         if durable:

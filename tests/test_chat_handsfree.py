@@ -108,6 +108,8 @@ def test_live_session_turns_at_48k_and_barge_in_stops_the_answer():
     assert session.onsets == 2 and session.turns == 2
     with pytest.raises(ValueError, match="3 Hz is not a sample rate"):
         session.hear(3, pcm[:100])
+    with pytest.raises(ValueError, match="a piece of 6.0 s is over the limit of 5 s"):
+        session.hear(48_000, pcm[:6 * 48_000])
 
 
 def test_the_answer_stops_when_the_page_has_played_it():

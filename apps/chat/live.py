@@ -5,7 +5,8 @@ and runs it through the tab's own :class:`~speechllm.apps.chat.turns.TurnDetecto
 waits in the session until the page asks for its answer; the answer in progress holds a stop flag
 that a barge-in (the user speaks while it is generated or still playing) or the Stop button sets.
 
-Bounded: a session keeps at most one turn of ``max_seconds`` and the detector's own few frames;
+Bounded: a session takes pieces of at most ``MAX_PIECE_SECONDS`` at 8-192 kHz, keeps at most one
+turn of ``max_seconds`` and the detector's own few frames;
 :class:`LiveSessions` keeps at most ``limit`` sessions (the least recently heard is dropped).
 """
 
@@ -29,6 +30,7 @@ from speechllm.apps.chat.turns import (
 )
 
 MIN_RATE, MAX_RATE = 8_000, 192_000
+MAX_PIECE_SECONDS = 5.0  # the page sends ~0.1 s pieces; a longer one is not from its microphone
 
 
 def to_float(samples: np.ndarray) -> np.ndarray:
@@ -68,6 +70,9 @@ class LiveSession:
         if not MIN_RATE <= int(rate) <= MAX_RATE:
             raise ValueError(f"the microphone stream: {rate} Hz is not a sample rate between "
                              f"{MIN_RATE} and {MAX_RATE}")
+        if len(samples) > MAX_PIECE_SECONDS * rate:
+            raise ValueError(f"the microphone stream: a piece of {len(samples) / rate:.1f} s is over the "
+                             f"limit of {MAX_PIECE_SECONDS:g} s")
         audio = self._resample(int(rate), to_float(samples))
         with self._lock:
             self.detector.answering = self._stop is not None or time.monotonic() < self._playing_until
