@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from speechllm.files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DOC_PATTERNS = ("README.md", "docs/*.md", "benchmarks/README.md")
@@ -205,9 +207,7 @@ def run(check: bool, root: Path = REPO, tables: dict | None = None, figures: dic
         if new != old:
             differing.append(where)
             if not check:
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(new)
-                tmp.replace(path)
+                atomic_write_text(path, new)
     unused = sorted((set(tables) | set(figures)) - used)
     if unused and check:
         print(f"declared but in no doc: {', '.join(unused)}", file=out)

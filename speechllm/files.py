@@ -60,7 +60,9 @@ def temp_name(path: str | Path, keep_suffix: bool = False) -> Path:
     ``keep_suffix`` it ends in ``path``'s suffix (for writers that choose a format by it)."""
     path = Path(path)
     tag = uuid.uuid4().hex[:12]
-    return path.with_name(f".{path.stem}.{tag}.tmp{path.suffix}" if keep_suffix else f".{path.name}.{tag}.tmp")
+    if keep_suffix:
+        return path.with_name(f".{path.stem}.{tag}.tmp{path.suffix}")
+    return path.with_name(f".{path.name}.{tag}.tmp")
 
 
 @contextmanager
