@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechllm.audio import AUDIO_SUFFIXES  # libsndfile's formats and PyAV's containers (m4a, webm, ...)
+from speechllm.audio import AUDIO_SUFFIXES, is_uri  # suffixes: libsndfile's formats, PyAV's containers
 from speechllm.files import atomic_write_text
 
 MANIFEST_SUFFIXES = (".jsonl",)
@@ -36,11 +36,6 @@ class BadInput:
 
     source: str
     reason: str  # the whole one-line message, naming the input
-
-
-def is_uri(item: str) -> bool:
-    """``s3://bucket/key``, ``gs://...``, ``file:///abs/path``: read through Ray Data (``--ray``)."""
-    return "://" in item
 
 
 def expand_inputs(items: Iterable[str], uris: bool = False) -> list[str | BadInput]:

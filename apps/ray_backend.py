@@ -19,8 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import PurePosixPath
 
-from speechllm.apps.batch import is_uri
-from speechllm.audio import AUDIO_SUFFIXES, AudioError
+from speechllm.audio import AUDIO_SUFFIXES, AudioError, is_uri
 from speechllm.transcriber import Segment, Transcript
 from speechllm.whisper.timing import Word
 

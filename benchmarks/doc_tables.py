@@ -170,6 +170,14 @@ TABLES["serve"] = Table("serve.json", (
     Column("WER", "wer", pct(1), True)),
     rows=_serve_rows)
 
+TABLES["finetune-slt"] = Table("finetune-slt.json", (
+    Column("model", "model"),
+    Column("held-out utterances", "rows", numeric=True),
+    Column("WER", "wer", pct(1), True),
+    Column("CER", "cer", pct(1), True)),
+    rows=lambda d: [{"model": "the starter (before)", **d["before"]},
+                    {"model": "adapted to the voice (after)", **d["after"]}])
+
 
 def _ask(model: str, path: str) -> Callable[[dict], Any]:
     return lambda d: get(one(d["results"], model=model), path)
@@ -210,6 +218,11 @@ FIGURES: dict[str, Figure] = {
     "translate-rows": Figure("instruction-following.json", lambda d: d["audio first"]["rows"]),
     "tts-own-rtf": Figure("tts.json", lambda d: one(d["voices"], voice="runs/tts/voice-3-9")["rtf_stream"],
                           fixed(3)),
+    "finetune-before": Figure("finetune-slt.json", lambda d: d["before"]["wer"], pct(1)),
+    "finetune-after": Figure("finetune-slt.json", lambda d: d["after"]["wer"], pct(1)),
+    "finetune-cer-before": Figure("finetune-slt.json", lambda d: d["before"]["cer"], pct(1)),
+    "finetune-cer-after": Figure("finetune-slt.json", lambda d: d["after"]["cer"], pct(1)),
+    "finetune-rows": Figure("finetune-slt.json", lambda d: d["eval_rows"]),
     "corpus-st-rate": Figure("corpora.json", lambda d: d["st-3h"]["build"]["audio_hours_per_wall_hour"],
                              fixed(0)),
     "corpus-sqa-rate": Figure("corpora.json", lambda d: d["sqa-12h"]["build"]["audio_hours_per_wall_hour"],

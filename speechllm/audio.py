@@ -262,6 +262,12 @@ SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff",
 AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES + AV_SUFFIXES  # what a folder of recordings is searched for
 
 
+def is_uri(source: str) -> bool:
+    """``s3://bucket/key``, ``gs://...``, ``file:///abs/path``: an object-store input (read through Ray
+    Data, ``--ray``), not a local path."""
+    return "://" in source
+
+
 def _pyav():
     try:
         import av
