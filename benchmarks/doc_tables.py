@@ -178,6 +178,16 @@ TABLES["finetune-slt"] = Table("finetune-slt.json", (
     rows=lambda d: [{"model": "the starter (before)", **d["before"]},
                     {"model": "adapted to the voice (after)", **d["after"]}])
 
+# the encoder speechllm.audio.write_audio uses for each container
+ENCODERS = {"m4a": "aac", "mp4": "aac", "webm": "libopus", "opus": "libopus", "mp3": "LAME (libsndfile)"}
+TABLES["audio-formats"] = Table("audio-formats.json", (
+    Column("file", lambda r: "opus (Ogg)" if r["format"] == "opus" else r["format"]),
+    Column("encoder", labelled(ENCODERS, "format")),
+    Column("read by", "decoder"),
+    Column("delay (samples)", "delay_samples", numeric=True),
+    Column("SNR after the delay", "snr_db", fixed(1, " dB"), True)),
+    rows=lambda d: [r for r in d["rows"] if r["clip"] == "meeting_slt"])
+
 
 def _ask(model: str, path: str) -> Callable[[dict], Any]:
     return lambda d: get(one(d["results"], model=model), path)
@@ -223,6 +233,7 @@ FIGURES: dict[str, Figure] = {
     "finetune-cer-before": Figure("finetune-slt.json", lambda d: d["before"]["cer"], pct(1)),
     "finetune-cer-after": Figure("finetune-slt.json", lambda d: d["after"]["cer"], pct(1)),
     "finetune-rows": Figure("finetune-slt.json", lambda d: d["eval_rows"]),
+    "audio-formats-same": Figure("audio-formats.json", lambda d: f"{d['same']} of the {d['files']}"),
     "corpus-st-rate": Figure("corpora.json", lambda d: d["st-3h"]["build"]["audio_hours_per_wall_hour"],
                              fixed(0)),
     "corpus-sqa-rate": Figure("corpora.json", lambda d: d["sqa-12h"]["build"]["audio_hours_per_wall_hour"],
