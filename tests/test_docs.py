@@ -84,8 +84,8 @@ def test_readme_is_a_front_door():
     assert len((REPO / "README.md").read_text().splitlines()) <= 300
 
 
-DIARY = re.compile(r"\b(this|that|one|a|each|later|next|earlier|previous) session\b|\bsessions?\s+\d+|"
-                   r"\bsitting\b|\bstop \d+\b|RESOURCES\.md", re.I)
+DIARY = re.compile(r"\b(this|that|one|a|each|later|next|earlier|previous) (session|sitting)\b|"
+                   r"\b(these|the) sessions\b|\bsessions?\s+\d+|\bstop \d+\b|RESOURCES\.md", re.I)
 
 
 @pytest.mark.parametrize("doc", rt.docs(), ids=lambda p: str(p.relative_to(REPO)))
