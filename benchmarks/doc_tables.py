@@ -234,6 +234,8 @@ FIGURES: dict[str, Figure] = {
     "finetune-cer-after": Figure("finetune-slt.json", lambda d: d["after"]["cer"], pct(1)),
     "finetune-rows": Figure("finetune-slt.json", lambda d: d["eval_rows"]),
     "audio-formats-same": Figure("audio-formats.json", lambda d: f"{d['same']} of the {d['files']}"),
+    "serve-16-requests": Figure("serve.json", lambda d: one(d["server"], clients=16)["requests"]),
+    "serve-16-wer": Figure("serve.json", lambda d: one(d["server"], clients=16)["wer"], pct(1)),
     "corpus-st-rate": Figure("corpora.json", lambda d: d["st-3h"]["build"]["audio_hours_per_wall_hour"],
                              fixed(0)),
     "corpus-sqa-rate": Figure("corpora.json", lambda d: d["sqa-12h"]["build"]["audio_hours_per_wall_hour"],
