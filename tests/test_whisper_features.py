@@ -21,7 +21,15 @@ from speechllm.whisper.decoding import (
     detect_language,
     encode,
 )
-from speechllm.whisper.timing import Word, align_words, dtw, median_filter, merge_punctuation, split_words
+from speechllm.whisper.timing import (
+    Word,
+    align_words,
+    dtw,
+    median_filter,
+    merge_punctuation,
+    split_words,
+    trim_to_sound,
+)
 from speechllm.whisper.transcribe import (
     TranscribeOptions,
     is_silence,
@@ -190,6 +198,17 @@ def test_words_and_punctuation(tiny):
     merged = merge_punctuation([Word(w, i, i + 1, 0.5) for i, w in enumerate(words)])
     assert [w.word for w in merged] == [" the", " cat,", " sat."]
     assert merged[1].start == words.index(" cat")  # a word keeps its own times
+
+
+def test_trim_to_sound():
+    audio = np.zeros(16_000 * 3, np.float32)
+    audio[8_000:16_000] = 0.5  # a word at 0.5-1.0 s
+    audio[24_000:32_000] = 0.5  # the next at 1.5-2.0 s
+    tiled = [Word(" a", 0.0, 1.3, 0.9), Word(" b", 1.3, 2.6, 0.9), Word(" c", 2.6, 3.0, 0.9)]
+    trimmed = trim_to_sound(tiled, audio)
+    assert [(w.start, w.end) for w in trimmed] == [(0.5, 1.0), (1.5, 2.0), (2.6, 3.0)]  # silent c kept
+    late = trim_to_sound([Word(" a", 0.4, 1.6, 0.9)], audio)  # a span reaching into the next word
+    assert (late[0].start, late[0].end) == (0.5, 1.0)
 
 
 def test_align_words_on_tiny_model(tiny):

@@ -187,6 +187,35 @@ def align_words(model: Whisper, tokenizer: WhisperTokenizer, audio: Tensor, audi
     return grouped
 
 
+def trim_to_sound(words: list[Word], audio: np.ndarray, sample_rate: int = 16_000, floor_db: float = -35.0,
+                  hop: float = 0.01, min_pause: float = 0.15) -> list[Word]:
+    """Each word's span without the quiet at its edges. Cross-attention times tile the audio (a
+    word ends where the next begins), so a pause goes to a word on one side of it, sometimes with
+    a bit of the neighbour beyond. Frames (``hop`` s) quieter than ``floor_db`` below the loudest
+    are quiet; where quiet runs of ``min_pause`` or more split a word's span, the word is the
+    loudest-longest piece; its span is then cut to that piece's first and last loud frame. A
+    word with no loud frame keeps its times."""
+    n = int(hop * sample_rate)
+    if not words or len(audio) < n:
+        return words
+    frames = np.asarray(audio[: len(audio) // n * n], dtype=np.float64).reshape(-1, n)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    loud = rms > max(float(rms.max()) * 10 ** (floor_db / 20), 1e-5)
+    gap = max(1, int(round(min_pause / hop)))
+    out = []
+    for w in words:
+        a, b = int(w.start / hop), min(int(np.ceil(w.end / hop)), len(loud))
+        hits = np.flatnonzero(loud[a:b])
+        if len(hits) == 0:
+            out.append(w)
+            continue
+        pieces = np.split(hits, np.flatnonzero(np.diff(hits) > gap) + 1)  # loud runs split by long pauses
+        piece = max(pieces, key=len)
+        start, end = (a + piece[0]) * hop, (a + piece[-1] + 1) * hop
+        out.append(Word(w.word, round(max(w.start, start), 3), round(min(w.end, end), 3), w.probability))
+    return out
+
+
 def _clip_long_words(words: list[Word]) -> list[Word]:
     """A word at a sentence boundary may swallow the pause next to it: keep it under twice the
     median word duration (capped at 0.7 s), as openai/whisper does."""

@@ -30,7 +30,7 @@ from speechllm.whisper.decoding import (
     encode,
 )
 from speechllm.whisper.model import Whisper
-from speechllm.whisper.timing import Word, align_words
+from speechllm.whisper.timing import Word, align_words, trim_to_sound
 from speechllm.whisper.tokenizer import WhisperTokenizer
 
 SAMPLE_RATE = 16_000
@@ -202,7 +202,7 @@ def transcribe_windows(model: Whisper, tokenizer: WhisperTokenizer, windows: lis
             made, seek = _window_segments(result, tokenizer, len(w.audio) / SAMPLE_RATE)
             if options.word_timestamps and made:
                 made = _with_words(model, tokenizer, audio[row : row + 1], audio_mask[row : row + 1],
-                                   made, len(w.audio) // 160, result.language, options.task)
+                                   made, w.audio, result.language, options.task)
             segments[w.item] += [s.shifted(w.offset / SAMPLE_RATE) for s in made]
             if seek is not None:
                 cut = int(round(seek * SAMPLE_RATE))
@@ -247,11 +247,12 @@ def _segments(pieces: list[Piece], result: DecodingResult, tokenizer: WhisperTok
 
 
 def _with_words(model: Whisper, tokenizer: WhisperTokenizer, audio: Tensor, audio_mask: Tensor,
-                segments: list[TimedSegment], n_frames: int, language: str | None,
+                segments: list[TimedSegment], samples: np.ndarray, language: str | None,
                 task: str) -> list[TimedSegment]:
-    """Segments with their words (one alignment over the window's text), their start and end
-    moved to their first and last word's."""
+    """Segments with their words (one alignment over the window's text, quiet word edges
+    trimmed), their start and end moved to their first and last word's."""
     grouped = align_words(model, tokenizer, audio, audio_mask, [list(s.tokens) for s in segments],
-                          n_frames, language, task)
+                          len(samples) // 160, language, task)
+    grouped = [trim_to_sound(words, samples, SAMPLE_RATE) for words in grouped]
     return [replace(s, start=words[0].start, end=max(words[-1].end, words[0].start), words=tuple(words))
             if words else replace(s, words=()) for s, words in zip(segments, grouped, strict=True)]
