@@ -16,6 +16,7 @@ HELP = "voice chat with a speech-LLM in the browser (Gradio; pip install 'speech
 
 def register(parser: argparse.ArgumentParser) -> None:
     from speechllm.apps.chat.engine import MAX_TURN_SECONDS, ChatOptions
+    from speechllm.apps.chat.turns import TurnOptions
     from speechllm.apps.chat.voices import FALLBACK_VOICE, VOICES
     from speechllm.apps.commands.weights import add_weights_option
 
@@ -40,6 +41,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help=f"longest spoken turn accepted (at most {MAX_TURN_SECONDS:g})")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                         help="longest answer (changeable in the page)")
+    parser.add_argument("--end-of-turn-ms", type=float, default=TurnOptions().end_ms,
+                        help="hands-free: silence (ms) that ends your turn and starts the answer")
     parser.add_argument("--no-remember-speech", dest="remember_speech", action="store_false",
                         help="do not transcribe spoken turns for the history (saves one model pass per turn)")
 
@@ -49,20 +52,22 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError("the chat needs Gradio: pip install 'speechllm[chat]'")
     from speechllm import STARTER
     from speechllm.apps.chat.engine import MAX_TURN_SECONDS, ChatOptions
+    from speechllm.apps.chat.turns import TurnOptions
     from speechllm.apps.chat.ui import ChatApp, ServerOptions, launch
     from speechllm.apps.commands.preflight import check_device
 
     check_device(args.device)
     if not 0 < args.max_seconds <= MAX_TURN_SECONDS:
         raise ValueError(f"--max-seconds must be above 0 and at most {MAX_TURN_SECONDS:g}")
-    if args.max_upload_mb <= 0 or args.max_new_tokens < 1:
-        raise ValueError("--max-upload-mb and --max-new-tokens must be positive")
+    if args.max_upload_mb <= 0 or args.max_new_tokens < 1 or args.end_of_turn_ms <= 0:
+        raise ValueError("--max-upload-mb, --max-new-tokens and --end-of-turn-ms must be positive")
     options = ChatOptions(max_new_tokens=args.max_new_tokens, max_seconds=args.max_seconds,
                           remember_speech=args.remember_speech)
     models, voices = args.model or [STARTER], args.voice or [None]
     quant = "saved" if args.quant == "auto" else args.quant  # the chat page's name for auto
     app = ChatApp(models[0], quant=quant, voice=voices[0], device=args.device, options=options,
-                  models=models[1:], voices=[v for v in voices[1:] if v])
+                  models=models[1:], voices=[v for v in voices[1:] if v],
+                  turn_options=TurnOptions(end_ms=args.end_of_turn_ms))
     # a plain `kill` stops the server like Ctrl-C does, so its temporary folder goes with it
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     launch(app, ServerOptions(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb))
