@@ -189,6 +189,10 @@ TABLES["audio-formats"] = Table("audio-formats.json", (
     rows=lambda d: [r for r in d["rows"] if r["clip"] == "meeting_slt"])
 
 
+def _span(values: list[float]) -> tuple[float, float]:
+    return min(values), max(values)
+
+
 def _ask(model: str, path: str) -> Callable[[dict], Any]:
     return lambda d: get(one(d["results"], model=model), path)
 
@@ -236,6 +240,13 @@ FIGURES: dict[str, Figure] = {
     "audio-formats-same": Figure("audio-formats.json", lambda d: f"{d['same']} of the {d['files']}"),
     "serve-16-requests": Figure("serve.json", lambda d: one(d["server"], clients=16)["requests"]),
     "serve-16-wer": Figure("serve.json", lambda d: one(d["server"], clients=16)["wer"], pct(1)),
+    "chat-onset-median": Figure("chat-turns.json", lambda d: d["median"]["onset_known_after_ms"], fixed(0)),
+    "chat-onset-range": Figure("chat-turns.json", lambda d: "{}-{}".format(
+        *_span([c["onset_known_after_ms"] for c in d["clips"]]))),
+    "chat-end-median": Figure("chat-turns.json", lambda d: d["median"]["turn_closed_after_ms"], fixed(0)),
+    "chat-end-range": Figure("chat-turns.json", lambda d: "{}-{}".format(
+        *_span([c["turn_closed_after_ms"] for c in d["clips"]]))),
+    "chat-vad-cpu": Figure("chat-turns.json", lambda d: d["median"]["cpu_per_audio_second"], fixed(2)),
     "corpus-st-rate": Figure("corpora.json", lambda d: d["st-3h"]["build"]["audio_hours_per_wall_hour"],
                              fixed(0)),
     "corpus-sqa-rate": Figure("corpora.json", lambda d: d["sqa-12h"]["build"]["audio_hours_per_wall_hour"],
