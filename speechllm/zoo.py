@@ -102,6 +102,7 @@ class ZooEntry:
     description: str
     bundle: Bundle | None = None
     main_file: str = ""  # glob for the file that matters inside the folder (e.g. "*.gguf")
+    chat: bool = True  # a speech-LLM the voice chat may offer (it streams replies to free instructions)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("speechllm-translate", "speech-llm", None, "Apache-2.0 (Gemma terms for its LLM)",
                  "the translating speech-LLM: Whisper base hears (any of its languages), Gemma 3 270M "
                  "answers few-shot; shipped as a config inside the speechllm package",
-                 Bundle("speechllm", "speechllm", "weights/translate")),
+                 Bundle("speechllm", "speechllm", "weights/translate"), chat=False),
         ZooEntry("speechllm-starter", "speech-llm", None, "Apache-2.0",
                  "the project's starter speech-LLM (Whisper tiny.en encoder → adapter → SmolLM2), "
                  "shipped inside the speechllm package", Bundle("speechllm", "speechllm", "weights/starter")),

@@ -163,7 +163,7 @@ class ChatApp:
                                max_seconds=min(turn_options.max_seconds, self.options.max_seconds))
         self.live = LiveSessions(lambda: LiveSession(turn_options))  # hands-free state, per browser tab
         self.models = AllowList.build("model", [model, *models],
-                                      [e.name for e in ZOO.values() if e.kind == "speech-llm"])
+                                      [e.name for e in ZOO.values() if e.kind == "speech-llm" and e.chat])
         voice = voice or default_voice()
         self.voices = AllowList.build("voice", [voice, *voices], offered_voice_names())
         self.public_model, self.quant = self.models.public(model), quant
