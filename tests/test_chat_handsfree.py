@@ -294,7 +294,8 @@ def test_browser_hands_free_two_turns_then_barge_in(handsfree_server, microphone
     finally:
         driver.quit()
     player, spans = state["player"], speech_spans(state["mic"])
-    edges = [(at, kind) for span in spans for at, kind in zip(span, ("mic on", "mic off"), strict=False)]
+    edges = [(at, kind) for span in spans for at, kind in zip(span, ("mic on", "mic off"), strict=True)
+             if at is not None]  # the last stretch may still be going on
     timeline = sorted(edges
                       + [(1000 * t - state["origin"], type(e).__name__) for t, e in heard]
                       + [(at, f"answer {turn} sounds") for turn, at in player["starts"].items()]
