@@ -165,7 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=STARTER)
     parser.add_argument("--manifest", type=Path, default=Path("corpora/sqa-12h/test.jsonl"))
-    parser.add_argument("--rows", type=int, default=6, help="spoken passages (and transcripts) per workload")
+    parser.add_argument("--rows", type=int, default=6, help="prompts per workload (chat prompts, passages)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
@@ -182,8 +182,9 @@ def main() -> None:
     asks = [instruction("passage-question", q) for _, _, q in rows]
     clips = [a for a, _, _ in rows]
     asr = replace(model.config, asr_decoder="llm")
+    chat = CHAT[:args.rows]
     workloads = {  # name: (audio per call or None, instructions, product call)
-        "chat, typed": ([None] * len(CHAT), CHAT, "stream"),
+        "chat, typed": ([None] * len(chat), chat, "stream"),
         "passage answers, typed passage": ([None] * len(typed), typed, "generate"),
         "passage answers, spoken passage (ask)": (clips, asks, "generate"),
         "transcripts through the LLM": (clips, [instruction("transcribe")] * len(clips), "generate"),
@@ -197,10 +198,10 @@ def main() -> None:
                 calls = [_generate(model, a, t, options) for a, t in zip(audio, texts, strict=True)]
             paths.append(Path_(f"{name} | {label}", calls))
     make_hf = _hf_fp32(tok, args.max_new_tokens)
-    paths.append(Path_("chat, typed | transformers fp32 generate", [make_hf(t) for t in CHAT]))
+    paths.append(Path_("chat, typed | transformers fp32 generate", [make_hf(t) for t in chat]))
     make_cpp, cpp_missing = _llama_cpp(tok, args.max_new_tokens, args.threads)
     if make_cpp is not None:
-        paths.append(Path_("chat, typed | llama.cpp (same GGUF)", [make_cpp(t) for t in CHAT]))
+        paths.append(Path_("chat, typed | llama.cpp (same GGUF)", [make_cpp(t) for t in chat]))
     for _ in range(args.rounds + 1):  # the first round warms up (kernel choice, caches)
         for path in paths:
             model.config = asr if path.name.startswith("transcripts") else replace(asr, asr_decoder="ctc")
