@@ -120,6 +120,7 @@ def _from_float_gguf(file: Path, quant: str) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
+    model.config.__dict__.pop("quantization_config", None)  # transformers' note that it came from a GGUF
     _quantize_float(model.eval(), quant)
     return model, AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
 

@@ -204,6 +204,14 @@ class QuantLinear(_QuantWeightHolder):
                 f"bias={self.bias is not None}, backend={chosen}")
 
 
+def embedding_output_scale(embedding: nn.Module) -> float:
+    """The factor an embedding module applies to its rows (Gemma's ``embed_scale``; 1 for most)."""
+    scale = getattr(embedding, "embed_scale", None)
+    if scale is None:
+        scale = getattr(embedding, "output_scale", 1.0)
+    return float(scale)
+
+
 class QuantEmbedding(_QuantWeightHolder):
     """A token embedding with a quantized table: only the looked-up rows are dequantized."""
 
@@ -214,20 +222,26 @@ class QuantEmbedding(_QuantWeightHolder):
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self._init_buffers(spec, num_embeddings, embedding_dim, scale_dtype, device)
         self.out_dtype = torch.float32
+        self.output_scale = 1.0  # Gemma multiplies looked-up rows by sqrt(hidden size)
 
     @classmethod
-    def from_weight(cls, qw: QuantizedWeight, padding_idx: int | None = None) -> QuantEmbedding:
+    def from_weight(cls, qw: QuantizedWeight, padding_idx: int | None = None,
+                    output_scale: float = 1.0) -> QuantEmbedding:
         n, k = qw.shape
         emb = cls(n, k, qw.spec, padding_idx, scale_dtype=qw.scale.dtype, device=qw.codes.device)
         emb.set_weight(qw)
+        emb.output_scale = float(output_scale)
         return emb
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding, spec: QuantSpec = INT8) -> QuantEmbedding:
-        return cls.from_weight(quantize_weight(embedding.weight, spec), embedding.padding_idx)
+        return cls.from_weight(quantize_weight(embedding.weight, spec), embedding.padding_idx,
+                               embedding_output_scale(embedding))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.qweight.rows(ids.reshape(-1)).dequantize(self.out_dtype)
+        if self.output_scale != 1.0:
+            rows = rows * self.output_scale
         return rows.reshape(*ids.shape, self.embedding_dim)
 
     def describe(self) -> dict:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .formats import QuantizedWeight, QuantSpec, requantize, spec_from_name
-from .linear import QuantEmbedding, QuantLinear
+from .linear import QuantEmbedding, QuantLinear, embedding_output_scale
 from .methods import (  # noqa: F401  (re-exported: the registry and config the methods share)
     METHODS,
     Method,
@@ -135,7 +135,7 @@ def build_model(config: Any, tensors: dict[str, QuantizedWeight | torch.Tensor],
             if isinstance(base, nn.Embedding):
                 if regroup_tied and w.spec.bits == 8 and w.spec.group_size > 0 and config.tie_word_embeddings:
                     w = requantize(w, QuantSpec(8, -1))
-                new = QuantEmbedding.from_weight(w, base.padding_idx)
+                new = QuantEmbedding.from_weight(w, base.padding_idx, embedding_output_scale(base))
             else:
                 desc = formats.get(module_name, {})
                 exact = desc.get("exact", module_name != HEAD or head_exact)
@@ -238,6 +238,16 @@ def load_quantized(folder: str | Path) -> nn.Module:
     return model
 
 
+class ScaledEmbedding(nn.Embedding):
+    """A float embedding whose rows are multiplied by ``output_scale`` (Gemma's sqrt(hidden size))."""
+
+    output_scale = 1.0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = super().forward(ids)
+        return rows * self.output_scale if self.output_scale != 1.0 else rows
+
+
 def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Replace quantized modules by float ``nn.Linear`` / ``nn.Embedding`` (ties kept)."""
     done: dict[int, nn.Parameter] = {}
@@ -246,7 +256,8 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn
             key = m.scale.data_ptr()
             weight = done.setdefault(key, nn.Parameter(m.dequantize(dtype), requires_grad=False))
             if isinstance(m, QuantEmbedding):
-                new = nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx, _weight=weight)
+                new = ScaledEmbedding(m.num_embeddings, m.embedding_dim, m.padding_idx, _weight=weight)
+                new.output_scale = m.output_scale
             else:
                 new = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
                 new.weight = weight
