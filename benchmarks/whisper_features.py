@@ -177,19 +177,35 @@ def summarize_language(report: dict) -> None:
 
 
 def merge(paths: list[Path], report: dict) -> None:
-    """Shards' language-ID clips (and a translate run) into ``report``."""
-    clips, seconds = [], 0.0
+    """Shards' language-ID clips (and translate, subtitles and word runs) into ``report``; the
+    first shard's window is the main one, shards with another go to ``language_id_<window>``."""
+    clips, seconds, window, others = [], 0.0, None, {}
     for path in paths:
         part = json.loads(path.read_text())
         if "language_id" in part:
-            clips += part["language_id"]["clips"]
-            seconds += part["language_id"]["detect_seconds"]
-        for key in ("translate", "subtitles", "word_timestamps"):
+            lid = part["language_id"]
+            window = window or lid.get("window")
+            if lid.get("window") != window:
+                other = {"language_id": dict(lid, model="whisper-base")}
+                summarize_language(other)
+                others[f"language_id_{lid.get('window')}"] = other["language_id"]
+                continue
+            clips += lid["clips"]
+            seconds += lid["detect_seconds"]
+        for key in ("translate", "subtitles"):
             if key in part:
                 report[key] = part[key]
+        if "word_timestamps" in part:  # a list per model (a single dict from older runs)
+            rows = part["word_timestamps"]
+            rows = [rows] if isinstance(rows, dict) else rows
+            models = {w["model"] for w in rows}
+            report["word_timestamps"] = [w for w in report.get("word_timestamps", [])
+                                         if w["model"] not in models]
+            report["word_timestamps"] += rows
     report["language_id"] = {"model": "whisper-base", "clips": clips, "detect_seconds": round(seconds, 1),
-                             "window": part.get("language_id", {}).get("window")}
+                             "window": window}
     summarize_language(report)
+    report.update(others)
 
 
 def long_recording(seconds: float, seed: int) -> tuple[np.ndarray, str]:
