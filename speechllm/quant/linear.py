@@ -209,6 +209,8 @@ def embedding_output_scale(embedding: nn.Module) -> float:
     scale = getattr(embedding, "embed_scale", None)
     if scale is None:
         scale = getattr(embedding, "output_scale", 1.0)
+    if isinstance(scale, torch.Tensor) and scale.is_meta:  # a model built empty: the caller knows it
+        raise ValueError("the embedding's row scale is on the meta device; pass it from the saved formats")
     return float(scale)
 
 
@@ -245,7 +247,8 @@ class QuantEmbedding(_QuantWeightHolder):
         return rows.reshape(*ids.shape, self.embedding_dim)
 
     def describe(self) -> dict:
-        return {"type": "embedding", "format": self.spec.name}
+        scaled = {"output_scale": self.output_scale} if self.output_scale != 1.0 else {}
+        return {"type": "embedding", "format": self.spec.name, **scaled}
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self.spec.name}"

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .formats import QuantizedWeight, QuantSpec, requantize, spec_from_name
-from .linear import QuantEmbedding, QuantLinear, embedding_output_scale
+from .linear import QuantEmbedding, QuantLinear
 from .methods import (  # noqa: F401  (re-exported: the registry and config the methods share)
     METHODS,
     Method,
@@ -113,6 +113,13 @@ def _rebuild_meta_buffers(model: nn.Module) -> None:
                          + (" ..." if len(left) > 8 else ""))
 
 
+def _config_embed_scale(config: Any, embedding: nn.Module) -> float:
+    """The row scale of an embedding built on the meta device: Gemma's is sqrt(hidden size)."""
+    if getattr(embedding, "embed_scale", None) is None:
+        return 1.0
+    return float(config.hidden_size) ** 0.5
+
+
 def build_model(config: Any, tensors: dict[str, QuantizedWeight | torch.Tensor],
                 formats: dict[str, dict] | None = None, head_exact: bool = False,
                 regroup_tied: bool = True) -> nn.Module:
@@ -135,7 +142,9 @@ def build_model(config: Any, tensors: dict[str, QuantizedWeight | torch.Tensor],
             if isinstance(base, nn.Embedding):
                 if regroup_tied and w.spec.bits == 8 and w.spec.group_size > 0 and config.tie_word_embeddings:
                     w = requantize(w, QuantSpec(8, -1))
-                new = QuantEmbedding.from_weight(w, base.padding_idx, embedding_output_scale(base))
+                saved = formats.get(module_name, {}).get("output_scale")
+                scale = saved if saved is not None else _config_embed_scale(config, base)
+                new = QuantEmbedding.from_weight(w, base.padding_idx, scale)
             else:
                 desc = formats.get(module_name, {})
                 exact = desc.get("exact", module_name != HEAD or head_exact)
