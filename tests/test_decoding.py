@@ -126,7 +126,7 @@ def test_every_strategy_runs_on_each_engine(make):
     assert a.tokens == b.tokens
     beam = generate(model, ids, opts(beam_size=3, max_new_tokens=8))
     assert 0 < len(beam.tokens) <= 8
-    assert generate(model, ids, opts(stop_repetition=False)).tokens == greedy.tokens  # speculative
+    assert generate(model, ids, opts(stop_repetition=False, speculative=True)).tokens == greedy.tokens
 
 
 def test_batched_left_padded_rows_equal_single_rows_on_the_static_engine():
@@ -170,7 +170,7 @@ def test_speculative_equals_greedy_on_copy_heavy_and_free_prompts(engine, budget
         ids = prompt(seed)
         options = opts(max_new_tokens=budget, stop_repetition=False, speculative=False)
         greedy, _ = _stream(model, ids, options, ())
-        spec = opts(max_new_tokens=budget, stop_repetition=False, draft_tokens=5)
+        spec = opts(max_new_tokens=budget, stop_repetition=False, draft_tokens=5, speculative=True)
         wrong = list(greedy.tokens)
         wrong[len(wrong) // 2] = (wrong[len(wrong) // 2] + 1) % VOCAB  # a draft that goes wrong midway
         seeds = {
@@ -192,7 +192,7 @@ def test_speculation_stops_where_greedy_does_at_a_loop():
     for seed in range(6):
         ids = prompt(seed)
         greedy, _ = _stream(model, ids, opts(max_new_tokens=80, speculative=False), ())
-        spec, stats = _stream(model, ids, opts(max_new_tokens=80, draft_tokens=6),
+        spec, stats = _stream(model, ids, opts(max_new_tokens=80, draft_tokens=6, speculative=True),
                               ids[0].tolist() + list(greedy.tokens))
         assert (spec.tokens, spec.stop) == (greedy.tokens, greedy.stop)
 
@@ -227,9 +227,9 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
         assert seeds[0][len(before):len(seeds[0]) - len(after)] == encoded.tokens[0][encoded.mask[0]].tolist()
     for audio in ([clip], None):
         plain = model.generate(audio, question, GenerationOptions(max_new_tokens=30, speculative=False))[0]
-        fast = model.generate(audio, question, GenerationOptions(max_new_tokens=30))[0]
+        fast = model.generate(audio, question, GenerationOptions(max_new_tokens=30, speculative=True))[0]
         fallback = model.generate(audio, question, GenerationOptions(max_new_tokens=30, engine="hf"))[0]
         assert plain.tokens == fast.tokens == fallback.tokens and plain.stop == fast.stop
         streamed = "".join(model.stream(None if audio is None else clip, question,
-                                        GenerationOptions(max_new_tokens=30)))
+                                        GenerationOptions(max_new_tokens=30, speculative=True)))
         assert streamed == fast.text
