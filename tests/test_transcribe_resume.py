@@ -82,7 +82,7 @@ def test_kill_9_then_resume_redoes_only_unfinished_work(job, tmp_path, capsys):
     by_audio = {r["audio"]: r for r in rows}
     assert all(by_audio[f]["text"] == "" and by_audio[f]["error"].startswith(f) for f in corrupt)
     long = by_audio[str(folder / "long.flac")]
-    assert long["duration"] == 40.0 and len(long["segments"]) == 2
+    assert long["duration"] == 40.0 and len(long["segments"]) >= 2  # over one 30 s window: cut, not cropped
     assert long["segments"][0]["start"] == 0.0 and long["segments"][-1]["end"] == 40.0
     assert all(0 < s["end"] - s["start"] <= 30.0 for s in long["segments"])
     for audio in inputs - corrupt:
