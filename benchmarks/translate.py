@@ -59,7 +59,7 @@ def build(out: Path, everyday: int, verses: int, max_words: int) -> None:
             sf.write(path, audio, 16_000)
         rows.append(
             ManifestRow(
-                audio=str(path.relative_to(out)),
+                audio=str(path.absolute()),  # stored relative to the manifest by write_manifest
                 text=en,
                 task="st",
                 lang="es",
