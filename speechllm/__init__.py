@@ -13,27 +13,42 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from speechllm.zoo import DEFAULT_ASR as BASELINE
-from speechllm.zoo import STARTER
+from speechllm.zoo import STARTER, TRANSLATOR
 
 if TYPE_CHECKING:
     from speechllm.transcriber import WhisperTranscriber
 
 __version__ = "0.1.0"
 
-# The shipped starter speech-LLM is the default for every task but transcription, which stays on
-# Whisper tiny.en's own decoder until the starter matches its WER (docs/speech-llm.md has the
-# measurements): translation and questions need a speech-LLM, and the starter is the one that ships.
+# The model a task runs on when none is named, best first (docs/speech-llm.md has the measurements):
+# transcription stays on Whisper tiny.en's own decoder until the starter matches its WER;
+# translation runs on speechllm-translate (Whisper base hears the Spanish, Gemma 3 270M translates)
+# where its bundles are installed; questions and free instructions on the starter.
 STARTER_TRANSCRIBES = False
+TASK_DEFAULTS: dict[str, tuple[str, ...]] = {"translate": (TRANSLATOR, STARTER)}
+
+
+def _installed(name: str) -> bool:
+    """Whether a zoo entry (and, for a speech-LLM folder, the zoo models it names) is on this machine."""
+    import json
+
+    from speechllm.zoo import ZOO
+
+    folder = ZOO[name].bundle.folder() if ZOO[name].bundle else None
+    if folder is None:
+        return False
+    config = folder / "config.json"
+    named = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    parts = [named.get(key) for key in ("asr", "llm") if named.get(key) in ZOO]
+    return all(ZOO[part].bundle is None or ZOO[part].bundle.folder() is not None for part in parts)
 
 
 def default_model(task: str = "transcribe") -> str:
-    """The model ``task`` runs on when none is named: the shipped starter speech-LLM where it is
-    the default for ``task`` and installed, else the Whisper baseline."""
-    from speechllm.zoo import ZOO
-
-    if (task != "transcribe" or STARTER_TRANSCRIBES) and ZOO[STARTER].bundle.folder() is not None:
-        return STARTER
-    return BASELINE
+    """The model ``task`` runs on when none is named: the first installed of its defaults (the
+    starter for every task but transcription), else the Whisper baseline."""
+    if task == "transcribe" and not STARTER_TRANSCRIBES:
+        return BASELINE
+    return next((name for name in TASK_DEFAULTS.get(task, (STARTER,)) if _installed(name)), BASELINE)
 
 
 def speechlm_path(name_or_dir: str) -> Path | None:

@@ -141,6 +141,7 @@ DEFAULT_ASR = "whisper-tiny.en"  # the Whisper baseline transcriber, and the spe
 DEFAULT_ENCODER = DEFAULT_ASR
 DEFAULT_LLM = "smollm2-135m-instruct"  # the LLM of the speech-LLM and of the text-speech LM
 STARTER = "speechllm-starter"  # the shipped speech-LLM
+TRANSLATOR = "speechllm-translate"  # the speech-LLM that translates: Whisper base hears, Gemma 3 answers
 DEFAULT_VAD = "silero-vad"
 PIPER_VOICE = "piper-joe"  # the zoo's Piper voice: the fallback when the project's own is not installed
 

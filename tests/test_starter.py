@@ -24,7 +24,9 @@ def test_starter_is_small_safetensors_and_the_default():
     config = json.loads((FOLDER / "config.json").read_text())
     assert config["format"] == "speechllm" and config["asr_decoder"] in ("ctc", "llm")
     starter, baseline = speechllm.STARTER, speechllm.BASELINE
-    assert speechllm.default_model("translate") == speechllm.default_model("spoken-question") == starter
+    assert speechllm.default_model("spoken-question") == speechllm.default_model("ask") == starter
+    translator = speechllm.TRANSLATOR if speechllm._installed(speechllm.TRANSLATOR) else starter
+    assert speechllm.default_model("translate") == translator  # Whisper base + Gemma where installed
     assert speechllm.default_model() == (starter if speechllm.STARTER_TRANSCRIBES else baseline)
 
 
