@@ -252,3 +252,23 @@ FIGURES: dict[str, Figure] = {
     "corpus-sqa-rate": Figure("corpora.json", lambda d: d["sqa-12h"]["build"]["audio_hours_per_wall_hour"],
                               fixed(0)),
 }
+
+TRANSLATE_MODELS = {  # benchmarks/translate.py's model names
+    "speechllm-translate": "**`speechllm-translate`** (Whisper base hears, Gemma 3 270M translates; default)",
+    "whisper-base": "Whisper base, its own `--task translate`",
+    "speechllm-starter": "`speechllm-starter` (CTC units over English tokens, SmolLM2)",
+}
+TABLES["translate"] = Table("translate.json", (
+    Column("model", labelled(TRANSLATE_MODELS, "model")),
+    Column("everyday sentences: BLEU", "everyday.bleu", fixed(1), True),
+    Column("Bible verses: BLEU", "bible.bleu", fixed(1), True),
+    Column("same text through its LLM (ceiling)",
+           lambda r: (f"{r['everyday']['ceiling_from_text']:.1f} / {r['bible']['ceiling_from_text']:.1f}"
+                      if "ceiling_from_text" in r["everyday"] else None)),
+    Column("seconds per clip", "seconds_per_clip", fixed(2), True)),
+    rows=lambda d: d["results"])
+FIGURES["translate-everyday-bleu"] = Figure(
+    "translate.json", lambda d: d["results"][0]["everyday"]["bleu"], fixed(1))
+FIGURES["translate-bible-bleu"] = Figure(
+    "translate.json", lambda d: d["results"][0]["bible"]["bleu"], fixed(1))
+FIGURES["translate-everyday-clips"] = Figure("translate.json", lambda d: d["results"][0]["everyday"]["clips"])
