@@ -76,18 +76,16 @@ def parse_instruction(text: str) -> Request | None:
 
 
 # few-shot demonstrations per task: (what was said, the text prompt, the reply)
+_SPANISH_ENGLISH = (
+    ("Mi hermano trabaja en un hospital grande.", "My brother works in a big hospital."),
+    ("¿A qué hora sale el tren para Madrid?", "What time does the train to Madrid leave?"),
+    ("Por favor, apaga las luces antes de salir.", "Please turn off the lights before leaving."),
+    ("Y dijo Dios: Sea la luz; y fué la luz.", "God said, Let there be light, and there was light."),
+)
+# (source, target) -> demonstrations; other pairs are asked zero-shot
 _TRANSLATION_DEMOS = {
-    "Spanish": (
-        ("Mi hermano trabaja en un hospital grande.", "My brother works in a big hospital."),
-        ("¿A qué hora sale el tren para Madrid?", "What time does the train to Madrid leave?"),
-        ("Por favor, apaga las luces antes de salir.", "Please turn off the lights before leaving."),
-        ("Y dijo Dios: Sea la luz; y fué la luz.", "God said, Let there be light, and there was light."),
-    ),
-    "English": (
-        ("My brother works in a big hospital.", "Mi hermano trabaja en un hospital grande."),
-        ("What time does the train to Madrid leave?", "¿A qué hora sale el tren para Madrid?"),
-        ("Please turn off the lights before leaving.", "Por favor, apaga las luces antes de salir."),
-    ),
+    ("Spanish", "English"): _SPANISH_ENGLISH,
+    ("English", "Spanish"): tuple((en, es) for es, en in _SPANISH_ENGLISH[:3]),
 }
 _PASSAGE_DEMOS = (
     (
@@ -109,9 +107,7 @@ _QUESTION_DEMOS = (
 
 
 def _translation_prompt(said: str, source: str, target: str) -> str:
-    demos = _TRANSLATION_DEMOS.get(source, _TRANSLATION_DEMOS["Spanish"]) if target == "English" else ()
-    if target != "English":  # demos from English into the target are not written; go zero-shot
-        demos = _TRANSLATION_DEMOS["English"] if target == "Spanish" and source == "English" else ()
+    demos = _TRANSLATION_DEMOS.get((source, target), ())
     lines = [f"{source}: {s}\n{target}: {t}\n" for s, t in demos]
     return "\n".join(lines + [f"{source}: {said}\n{target}:"])
 
