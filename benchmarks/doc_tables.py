@@ -247,6 +247,13 @@ FIGURES: dict[str, Figure] = {
     "chat-end-range": Figure("chat-turns.json", lambda d: "{}-{}".format(
         *_span([c["turn_closed_after_ms"] for c in d["clips"]]))),
     "chat-vad-cpu": Figure("chat-turns.json", lambda d: d["median"]["cpu_per_audio_second"], fixed(2)),
+    "browser-runs": Figure("chat-browser.json", lambda d: f"{d['measured']} of {d['runs']}"),
+    "browser-audio-median": Figure("chat-browser.json", lambda d: d["end_of_speech_to_audio_ms"]["median"],
+                                   fixed(0)),
+    "browser-audio-p90": Figure("chat-browser.json", lambda d: d["end_of_speech_to_audio_ms"]["p90"],
+                                fixed(0)),
+    "browser-barge-median": Figure("chat-browser.json", lambda d: d["barge_in_ms"]["median"], fixed(0)),
+    "browser-barge-max": Figure("chat-browser.json", lambda d: d["barge_in_ms"]["max"], fixed(0)),
     "corpus-st-rate": Figure("corpora.json", lambda d: d["st-3h"]["build"]["audio_hours_per_wall_hour"],
                              fixed(0)),
     "corpus-sqa-rate": Figure("corpora.json", lambda d: d["sqa-12h"]["build"]["audio_hours_per_wall_hour"],
