@@ -32,7 +32,10 @@ REPORT_TO = "the speechllm issue tracker"  # no public address yet; put its URL 
 DEBUG_HELP = "show the full traceback of an error (for bug reports)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand is listed; its options are registered for all of them, or (``only``) for the
+    one being run: some commands' options come from modules that import torch and the TTS stack, and a
+    cold ``speechllm ask`` should not pay for ``data synth``'s options."""
     parser = argparse.ArgumentParser(
         prog="speechllm", description="Speech applications on one small quantized LLM."
     )
@@ -42,10 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         sub_parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.register(sub_parser)
-        sub_parser.set_defaults(_run=module.run)
-        _accept_debug(sub_parser)
+        if only is None or name == only:
+            module.register(sub_parser)
+            sub_parser.set_defaults(_run=module.run)
+            _accept_debug(sub_parser)
     return parser
+
+
+def command_in(argv: list[str]) -> str | None:
+    """The subcommand an argument list runs (the first word that names one), or None."""
+    return next((word for word in argv if word in COMMANDS), None)
 
 
 def _accept_debug(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +96,8 @@ def describe(exc: BaseException) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=command_in(argv) or "")  # "": no command, no options to register
     args = parser.parse_args(argv)
     if args.version:
         from speechllm import __version__

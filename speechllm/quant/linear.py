@@ -156,8 +156,9 @@ class QuantLinear(_QuantWeightHolder):
             destination[prefix + "codes"] = self._codes()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        self.uncompact()
-        self._weight_changed()
+        if any(prefix + name in state_dict for name in ("codes", "scale", "offset")):  # not a LoRA-only load
+            self.uncompact()
+            self._weight_changed()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def backend_for(self, x: torch.Tensor) -> Backend:

@@ -73,7 +73,11 @@ def register(config: LoraConfig) -> LoraConfig:
 
 def get_peft_model(model: nn.Module, config: LoraConfig, *args: Any, **kwargs: Any) -> PeftModel:
     """``peft.get_peft_model`` that also wraps ``QuantLinear`` layers (QLoRA on the 4-bit base)."""
-    return _peft_get_peft_model(model, register(config), *args, **kwargs)
+    import warnings
+
+    with warnings.catch_warnings():  # peft asks transformers the deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return _peft_get_peft_model(model, register(config), *args, **kwargs)
 
 
 def merge_and_requantize(model: PeftModel, safe_merge: bool = True) -> nn.Module:

@@ -144,14 +144,15 @@ def load_encoder(name_or_path: str, kind: str = "whisper") -> SpeechEncoder:
     return encoder
 
 
-def load_backbone(name_or_path: str, quant: str | None = None):
-    """(causal LM, tokenizer) by zoo name, folder, GGUF file or Hugging Face id; frozen, eval mode."""
+def load_backbone(name_or_path: str, quant: str | None = None, prepare: bool = True):
+    """(causal LM, tokenizer) by zoo name, folder, GGUF file or Hugging Face id; frozen, eval mode.
+    ``prepare=False`` leaves choosing the quantized kernels to the caller (after LoRA is loaded)."""
     if quant is not None:
         if importlib.util.find_spec("speechllm.llm") is None:
             raise ValueError(f"quant={quant!r} needs speechllm.llm, which this install lacks")
         from speechllm.llm import load_llm
 
-        model, tokenizer = load_llm(name_or_path, quant=quant)
+        model, tokenizer = load_llm(name_or_path, quant=quant, prepare=prepare)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -171,7 +171,9 @@ def load_speechlm(folder: str | Path, device: str | torch.device | None = None, 
     if pipeline in PIPELINES:
         return PIPELINES[pipeline](folder, device)
     config = check_speechlm_files(folder)  # a damaged folder fails here, before the LLM loads
-    model = SpeechLLM.build(config, encoder=encoder, llm=llm, tokenizer=tokenizer)
+    # kernels are chosen once the LoRA weights are in: before, compacted int4 codes would be unpacked
+    # again for every layer peft wraps and every state_dict it reads
+    model = SpeechLLM.build(config, encoder=encoder, llm=llm, tokenizer=tokenizer, prepare=llm is not None)
     load_speech_side(model, folder)
     if config.lora is not None:
         from peft import set_peft_model_state_dict
@@ -185,4 +187,8 @@ def load_speechlm(folder: str | Path, device: str | torch.device | None = None, 
             raise ValueError(f"{weights}: unexpected LoRA weights, e.g. {unexpected[0]}")
     if device is not None:
         model = model.to(device)
+    if llm is None and config.quant not in (None, "none", "fp32"):
+        from speechllm.llm import prepare_kernels
+
+        prepare_kernels(model.llm)
     return model.eval()

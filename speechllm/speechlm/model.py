@@ -151,14 +151,15 @@ class SpeechLLM(nn.Module):
 
     @classmethod
     def build(cls, config: SpeechLLMConfig, encoder: SpeechEncoder | None = None,
-              llm: nn.Module | None = None, tokenizer: Any = None) -> SpeechLLM:
-        """A new model with a freshly initialised adapter (and LoRA); loads what is not given."""
+              llm: nn.Module | None = None, tokenizer: Any = None, prepare: bool = True) -> SpeechLLM:
+        """A new model with a freshly initialised adapter (and LoRA); loads what is not given.
+        ``prepare=False``: a loaded LLM's quantized kernels are chosen later (``prepare_kernels``)."""
         if encoder is None:
             encoder = load_encoder(config.encoder, config.encoder_kind)
         elif config.encoder_trainable_layers:  # its top layers are this model's own: never alter a shared one
             encoder = copy.deepcopy(encoder)
         if llm is None:
-            llm, tokenizer = load_backbone(config.llm, config.quant)
+            llm, tokenizer = load_backbone(config.llm, config.quant, prepare=prepare)
         llm.requires_grad_(False)
         options = dict(config.adapter_options)
         fields = adapter_class(config.adapter).Config.__dataclass_fields__
