@@ -209,9 +209,8 @@ def adapt(config, base: Base | None, prepared: PreparedData) -> dict[str, Any]:
     ``config`` is a :class:`speechllm.train.TrainConfig` naming the prepared manifests (with a
     ``base``, its model is the base's); returns the report also written to ``OUT/adaptation.json``.
     """
-    import torch
-
     from speechllm.apps.commands.preflight import check_model
+    from speechllm.device import pick_device
     from speechllm.manifest import read_manifest
     from speechllm.speechlm import load_speechlm, read_config
     from speechllm.speechlm.io import atomic_write_text
@@ -240,8 +239,7 @@ def adapt(config, base: Base | None, prepared: PreparedData) -> dict[str, Any]:
         if model is None:  # resumed after the base evaluation was lost: evaluate the base again
             model, _ = load_base(base.model, base.lora_rank, base.encoder_layers)
         print(f"evaluating the base model on {len(eval_rows)} held-out utterances ...", file=sys.stderr)
-        device = torch.device(config.device if config.device != "auto" else
-                              ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = pick_device(config.device)
         report["before"] = _numbers(evaluate(model.to(device), eval_rows, config.eval_batch_size,
                                              config.max_new_tokens, progress=config.progress))
         out.mkdir(parents=True, exist_ok=True)

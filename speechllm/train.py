@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from speechllm import checkpoints
+from speechllm.device import pick_device
 from speechllm.encoder_cache import EncoderCache
 from speechllm.manifest import ManifestRow
 from speechllm.schedule import warmup_cosine
@@ -223,12 +224,6 @@ def _distributed() -> tuple[int, int, int]:
     return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
 
 
-def _device(config: TrainConfig, local_rank: int) -> torch.device:
-    if config.device != "auto":
-        return torch.device(config.device)
-    return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-
-
 def lr_at(step: int, config: TrainConfig) -> float:
     return warmup_cosine(step, config.lr, min(config.warmup, max(config.steps // 10, 1)), config.steps)
 
@@ -252,7 +247,7 @@ class Trainer:
         self.config, self.out = config, Path(config.out)
         self.rank, self.world, local_rank = _distributed()
         self.data = load_data(config, self.world)
-        self.device = _device(config, local_rank)
+        self.device = pick_device(config.device, index=local_rank)
         self.given = model
 
     def run(self) -> TrainResult:
