@@ -73,7 +73,7 @@ def test_model_switch_is_limited_to_the_allow_list(tiny_model_dir, tmp_path, mon
     for name in (str(elsewhere), str(tiny_model_dir), str(tmp_path / "missing"), "someone/some-model",
                  "HuggingFaceTB/SmolLM2-135M-Instruct", "../model", "/etc"):
         with pytest.raises(ValueError) as refused:
-            app.load_model(name, "saved")
+            app.load_model(name, "auto")
         refusals.append(str(refused.value))
         assert app.model is stand_in  # the shared model stays
     assert len(set(refusals)) == 1, refusals  # one answer for all: nothing about what exists
@@ -171,7 +171,7 @@ def test_api_refuses_models_and_voices_not_offered(served, tiny_model_dir, tmp_p
     refusals = []
     for name in (str(elsewhere), str(tmp_path / "missing"), "someone/some-model"):
         with pytest.raises(Exception) as refused:
-            client.predict(name, "saved", api_name="/load_model")
+            client.predict(name, "auto", api_name="/load_model")
         refusals.append(str(refused.value).replace(name, "NAME"))
         assert app.model is stand_in
     assert len(set(refusals)) == 1, refusals

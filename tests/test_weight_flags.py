@@ -36,3 +36,17 @@ def test_a_wrong_format_is_refused(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["tts", "--output", "x.wav", "--quant", "int3"])
     assert "invalid choice 'int3' (choose from auto, fp32, int8, int4)" in capsys.readouterr().err
+
+
+def test_the_chat_offers_the_one_spelling_and_takes_the_old_one_with_a_notice(capsys):
+    from speechllm.apps.chat import QUANT_CHOICES
+    from speechllm.apps.chat.engine import chat_quant
+
+    assert QUANT_CHOICES == ("auto", "fp32", "int8", "int4")  # the page's dropdown: no "saved"
+    assert [chat_quant(q) for q in QUANT_CHOICES] == list(QUANT_CHOICES)
+    assert capsys.readouterr().err == ""
+    assert chat_quant("saved") == "auto"  # the Python API and the page's API still take it
+    err = capsys.readouterr().err
+    assert err == "note: quantization 'saved' is deprecated; use 'auto'\n"
+    with pytest.raises(ValueError, match="quantization 'int3': choose from auto, fp32, int8, int4"):
+        chat_quant("int3")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import re
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from speechllm.apps.chat.voices import Voice
+from speechllm.apps.commands.weights import OLD_VALUES, WEIGHT_FORMATS
 
-QUANT_CHOICES = ("saved", "fp32", "int8", "int4")  # saved: whatever the model folder's config.json says
+QUANT_CHOICES = WEIGHT_FORMATS  # auto: whatever the model folder's config.json says
 MAX_TURN_SECONDS = 120.0  # the longest spoken turn any chat accepts (--max-seconds stays under it)
 
 
@@ -73,20 +75,30 @@ class TurnDone:
 Event = TextDelta | SpeechChunk | Notice | TurnDone
 
 
-def load_chat_model(model: str, quant: str = "saved", device: str | None = None):
+def chat_quant(quant: str) -> str:
+    """``quant`` in the one spelling (:data:`QUANT_CHOICES`); an older one (``saved`` for ``auto``,
+    ``none`` for ``fp32``) is still accepted, with a one-line notice on stderr."""
+    canonical = OLD_VALUES.get(quant, quant)
+    if canonical not in QUANT_CHOICES:
+        raise ValueError(f"quantization {quant!r}: choose from {', '.join(QUANT_CHOICES)}")
+    if canonical != quant:
+        print(f"note: quantization {quant!r} is deprecated; use {canonical!r}", file=sys.stderr)
+    return canonical
+
+
+def load_chat_model(model: str, quant: str = "auto", device: str | None = None):
     """A speech-LLM by model folder or zoo name; ``quant`` re-loads its LLM in another format."""
     from speechllm.device import pick_device
     from speechllm.speechlm import is_speechlm_folder, load_backbone, load_speechlm, read_config
     from speechllm.zoo import resolve
 
-    if quant not in QUANT_CHOICES:
-        raise ValueError(f"quantization {quant!r}: choose from {', '.join(QUANT_CHOICES)}")
+    quant = chat_quant(quant)
     folder = resolve(model).path
     if not is_speechlm_folder(folder):
         raise ValueError(f"{model}: not a speech-LLM model folder (no config.json of format 'speechllm'); "
                          "make one with `speechllm finetune`")
     target = pick_device(device)
-    if quant == "saved":
+    if quant == "auto":
         return load_speechlm(folder, device=target)
     config, _ = read_config(folder)
     llm, tokenizer = load_backbone(config.llm, None if quant == "fp32" else quant)

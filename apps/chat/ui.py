@@ -45,6 +45,7 @@ from speechllm.apps.chat.engine import (
     TextDelta,
     Turn,
     TurnDone,
+    chat_quant,
     check_message,
     load_chat_model,
 )
@@ -151,7 +152,7 @@ class ChatApp:
     and those the operator passed (``model`` and ``models``), the voices the registry's and those the
     operator passed (``voice`` and ``voices``). Host folders are offered by name, never by path."""
 
-    def __init__(self, model: str, quant: str = "saved", voice: str | None = None,
+    def __init__(self, model: str, quant: str = "auto", voice: str | None = None,
                  device: str | None = None, options: ChatOptions | None = None, loaded_model: Any = None,
                  models: Sequence[str] = (), voices: Sequence[str] = (),
                  turn_options: TurnOptions | None = None):
@@ -166,6 +167,7 @@ class ChatApp:
                                       [e.name for e in ZOO.values() if e.kind == "speech-llm" and e.chat])
         voice = voice or default_voice()
         self.voices = AllowList.build("voice", [voice, *voices], offered_voice_names())
+        quant = chat_quant(quant)
         self.public_model, self.quant = self.models.public(model), quant
         self.default_voice = self.voices.public(voice)
         self.model = loaded_model if loaded_model is not None else load_chat_model(model, quant, device)
@@ -177,6 +179,7 @@ class ChatApp:
     def load_model(self, name: str, quant: str) -> str:
         """Switch the shared model, for everyone, to one offered by name (see :class:`AllowList`)."""
         source = self.models.source(name)
+        quant = chat_quant(quant)
         with self._lock:
             self.model = load_chat_model(source, quant, self.device)
             self.public_model, self.quant = name, quant
@@ -360,7 +363,9 @@ def build_blocks(app: ChatApp):
                                        label="Longest answer (tokens)")
             model_name = gr.Dropdown(app.models.names(), value=app.public_model, allow_custom_value=False,
                                      label="Model (the server's choices; switches it for everyone)")
-            quant = gr.Dropdown(list(QUANT_CHOICES), value=app.quant, label="LLM weights")
+            # offers the one spelling; an API client's older one ("saved") is checked by load_model
+            quant = gr.Dropdown(list(QUANT_CHOICES), value=app.quant, label="LLM weights",
+                                allow_custom_value=True)
             load_button = gr.Button("Load model")
             status = gr.Markdown(f"model: {app.public_model} ({app.quant})")
 

@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     options = ChatOptions(max_new_tokens=args.max_new_tokens, max_seconds=args.max_seconds,
                           remember_speech=args.remember_speech)
     models, voices = args.model or [STARTER], args.voice or [None]
-    quant = "saved" if args.quant == "auto" else args.quant  # the chat page's name for auto
-    app = ChatApp(models[0], quant=quant, voice=voices[0], device=args.device, options=options,
+    app = ChatApp(models[0], quant=args.quant, voice=voices[0], device=args.device, options=options,
                   models=models[1:], voices=[v for v in voices[1:] if v],
                   turn_options=TurnOptions(end_ms=args.end_of_turn_ms))
     # a plain `kill` stops the server like Ctrl-C does, so its temporary folder goes with it
