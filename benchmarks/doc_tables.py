@@ -279,3 +279,136 @@ FIGURES["translate-everyday-bleu"] = Figure(
 FIGURES["translate-bible-bleu"] = Figure(
     "translate.json", lambda d: d["results"][0]["bible"]["bleu"], fixed(1))
 FIGURES["translate-everyday-clips"] = Figure("translate.json", lambda d: d["results"][0]["everyday"]["clips"])
+
+# ---- docs/decoding.md: benchmarks/decode.py, decode_e2e.py, decode_profile.py -------------------
+
+DECODERS = {"hf": "transformers generate", "engine": "speechllm engine",
+            "speculative": "speechllm engine + SAM drafts"}  # benchmarks/decode.py's LABELS
+
+
+def _decode_rows(d: dict) -> list[dict]:
+    """decode.json's rows, each with its speed against transformers' fp32 ``generate`` in the same run."""
+    base = one(d["rows"], weights="fp32", decoder="hf")["tokens_per_s"]
+    return [{**r, "vs_hf_fp32": r["tokens_per_s"] / base} for r in d["rows"]]
+
+
+def _loads(values: list[float]) -> str:
+    """A load average triple (1, 5, 15 min) as written by os.getloadavg()."""
+    return " / ".join(f"{v:.0f}" for v in values)
+
+
+def _chat_e2e(key: str) -> Callable[[dict], float]:
+    return lambda d: d["chat"][key]
+
+
+TABLES["decode"] = Table("decode.json", (
+    Column("weights", "weights"),
+    Column("decoder", labelled(DECODERS, "decoder")),
+    Column("tokens/s", "tokens_per_s", fixed(1), True),
+    Column("vs transformers fp32", "vs_hf_fp32", fixed(2, "x"), True),
+    Column("weight GB/s (copy GB/s)", lambda r: f"{r['weight_gb_s']:.1f} ({r['copy_gb_s']:.1f})",
+           numeric=True)),
+    rows=_decode_rows)
+TABLES["decode-e2e"] = Table("decode_e2e.json", (
+    Column("workload", "workload"),
+    Column("greedy tok/s", "greedy_tokens_per_s", fixed(1), True),
+    Column("speculative tok/s", "speculative_tokens_per_s", fixed(1), True),
+    Column("speedup", "speedup", fixed(2, "x"), True),
+    Column("acceptance", "acceptance", pct(0), True),
+    Column("tokens / pass", "tokens_per_pass", fixed(2), True),
+    Column("identical replies", lambda r: f"{r['identical']}/{r['replies']}", numeric=True)),
+    rows=lambda d: d["rows"])
+TABLES["decode-profile"] = Table("decode-profile.json", (
+    Column("op", lambda r: f"`{r['op']}`"),
+    Column("calls (16 tokens)", "calls", numeric=True),
+    Column("share of self CPU time", "self_cpu_share", pct(1), True)),
+    rows=lambda d: d["decode"]["ops"])
+FIGURES.update({
+    "decode-load": Figure("decode.json", lambda d: _loads(d["load_average"])),
+    "decode-e2e-load-before": Figure("decode_e2e.json", lambda d: _loads(d["meta"]["load_average_before"])),
+    "decode-e2e-load-after": Figure("decode_e2e.json", lambda d: _loads(d["meta"]["load_average_after"])),
+    "decode-e2e-chat-greedy": Figure("decode_e2e.json", _chat_e2e("product_greedy_tokens_per_s"), fixed(1)),
+    "decode-e2e-chat-hf": Figure("decode_e2e.json", _chat_e2e("transformers_fp32_tokens_per_s"), fixed(1)),
+    "decode-e2e-chat-vs-hf": Figure("decode_e2e.json", lambda d: d["chat"]["product_greedy_tokens_per_s"]
+                                    / d["chat"]["transformers_fp32_tokens_per_s"], fixed(2, "x")),
+    "decode-e2e-chat-json-ratio": Figure("decode_e2e.json", _chat_e2e("vs_transformers_fp32"), fixed(2, "x")),
+    "decode-e2e-chat-speculative": Figure("decode_e2e.json", _chat_e2e("product_speculative_tokens_per_s"),
+                                          fixed(1)),
+    "decode-e2e-ttft-median": Figure("decode_e2e.json", lambda d: d["ttft_s"]["median"], fixed(1, " s")),
+    "decode-e2e-ttft-turns": Figure("decode_e2e.json", lambda d: d["ttft_s"]["turns"]),
+    "decode-e2e-acceptance": Figure("decode_e2e.json", lambda d: "{:.0f}-{:.0f} %".format(
+        *(100 * x for x in _span([r["acceptance"] for r in d["rows"]])))),
+    "decode-e2e-typed-identical": Figure("decode_e2e.json", lambda d: "{}/{}".format(
+        *(sum(r[k] for r in d["rows"] if "typed" in r["workload"]) for k in ("identical", "replies")))),
+    "decode-profile-int4-share": Figure("decode-profile.json", lambda d: one(
+        d["decode"]["ops"], op="aten::_weight_int4pack_mm_for_cpu")["self_cpu_share"], pct(0)),
+    "decode-profile-int8-share": Figure("decode-profile.json", lambda d: one(
+        d["decode"]["ops"], op="quantized::linear_dynamic")["self_cpu_share"], pct(0)),
+    "decode-profile-calls-per-token": Figure("decode-profile.json",
+                                             lambda d: d["decode"]["int4_calls_per_token"], fixed(0)),
+    "decode-profile-calls-per-layer": Figure(
+        "decode-profile.json", lambda d: d["decode"]["int4_calls_per_layer_per_token"], fixed(0)),
+    "decode-profile-layers": Figure("decode-profile.json", lambda d: d["decode"]["layers"]),
+    "decode-profile-load": Figure("decode-profile.json", lambda d: _loads(d["meta"]["load_average_before"])),
+    "int4-kernel-bf16": Figure("decode-profile.json", lambda d: d["int4_kernel"]["bf16_ms"], fixed(3, " ms")),
+    "int4-kernel-fp32": Figure("decode-profile.json", lambda d: d["int4_kernel"]["fp32_ms"], fixed(3, " ms")),
+    "int4-kernel-ratio": Figure("decode-profile.json", lambda d: d["int4_kernel"]["fp32_over_bf16"],
+                                fixed(0, "x")),
+})
+
+# ---- docs/transcription-io.md: benchmarks/scores.py ---------------------------------------------
+
+FIGURES.update({
+    "scores-words": Figure("scores.json", lambda d: f"{d['wer']['words']:,}"),
+    "scores-substitutions": Figure("scores.json", lambda d: d["wer"]["substitutions"]),
+    "scores-jiwer": Figure("scores.json", lambda d: d["wer"]["jiwer_s"], fixed(2, " s")),
+    "scores-python": Figure("scores.json", lambda d: d["wer"]["python_edit_distance_s"], fixed(1, " s")),
+    "scores-speedup": Figure("scores.json", lambda d: d["wer"]["speedup"], fixed(0, "x")),
+    "scores-load": Figure("scores.json", lambda d: _loads(d["meta"]["load_average_before"])),
+    "scores-bleu": Figure("scores.json", lambda d: d["bleu"]["bleu"], fixed(2)),
+    "scores-bleu-plain": Figure("scores.json", lambda d: d["bleu"]["bleu_no_smoothing"], fixed(2)),
+})
+
+# ---- docs/transcription.md: benchmarks/whisper_features.py --------------------------------------
+
+LANGUAGES = {"en": "English", "es": "Spanish"}
+
+
+def _lid_result(row: dict) -> str:
+    wrong = ", ".join(f"{k} {v}" for k, v in sorted(row.get("wrong_as", {}).items()))
+    return f"**{row['accuracy']:.1f} %** (mean P = {row['mean_prob']:.3f}" + (f"; wrong: {wrong})" if wrong
+                                                                              else ")")
+
+
+def _whisper_feature_rows(d: dict) -> list[dict]:
+    """whisper-features.json as the rows of one 'measured | result' table."""
+    lid, rows = d["language_id"], []
+    for r in lid["rows"]:
+        rows.append({"measured": f"language ID, {LANGUAGES[r['language']]} clips ({lid['model']}, "
+                                 f"{r['clips']} clips, {r['seconds']} s mean, {lid['window']} window)",
+                     "result": _lid_result(r)})
+    for r in d.get("language_id_30s", {}).get("rows", []):
+        rows.append({"measured": f"language ID on the 30 s window as `transcribe` does, {r['language']}",
+                     "result": f"{r['accuracy']:.1f} % of {r['clips']} clips "
+                               f"(mean P = {r['mean_prob']:.3f})"})
+    t, s = d["translate"], d["subtitles"]
+    rows.append({"measured": f"`--task translate` es→en ({t['model']}, {t['clips']} clips)",
+                 "result": f"BLEU {t['bleu']:.1f} (`{t['signature']}`)"})
+    rows.append({"measured": f"subtitles of a {s['audio_seconds']:.1f} s recording ({s['model']}, "
+                             "word timestamps)",
+                 "result": f"{s['segments']} segments (longest {s['longest_segment_s']:.2f} s), "
+                           f"{s['cues']} cues: longest **{s['longest_cue_s']:.2f} s**, longest line "
+                           f"**{s['longest_line_chars']} chars**, at most {s['most_lines']} lines; "
+                           f"WER {s['wer']:.1f} %"})
+    for w in d["word_timestamps"]:
+        rows.append({"measured": f"word timestamps ({w['model']}, {w['matched']}/{w['words']} words "
+                                 f"matched, {w['audio_seconds']:.1f} s)",
+                     "result": f"start {w['start_mean_s']} / {w['start_p90_s']} s, end {w['end_mean_s']} / "
+                               f"{w['end_p90_s']} s, all **{w['mean_s']} / {w['p90_s']} s** (mean / p90); "
+                               f"{w['within_0.2s']:.1f} % within 0.2 s"})
+    return rows
+
+
+TABLES["whisper-features"] = Table("whisper-features.json", (Column("measured", "measured"),
+                                                              Column("result", "result")),
+                                   rows=_whisper_feature_rows)
