@@ -412,3 +412,53 @@ def _whisper_feature_rows(d: dict) -> list[dict]:
 TABLES["whisper-features"] = Table("whisper-features.json", (Column("measured", "measured"),
                                                               Column("result", "result")),
                                    rows=_whisper_feature_rows)
+
+
+def _lid(lang: str) -> Callable[[dict], dict]:
+    return lambda d: one(d["language_id"]["rows"], language=lang)
+
+
+def _lid_30s_rescued(d: dict) -> list[str]:
+    """The clip window's wrong guesses on clips that the 30 s window got right (a clip is matched by its
+    language, voice and length)."""
+    key = ("language", "speaker", "seconds")
+    clip = {tuple(c[k] for k in key): c for c in d["language_id"]["clips"]}
+    return [clip[k]["guess"] for c in d["language_id_30s"]["clips"]
+            if c["guess"] == c["language"] and (k := tuple(c[k] for k in key)) in clip
+            and clip[k]["guess"] != c["language"]]
+
+
+def _worst_voices(lang: str, n: int = 2) -> Callable[[dict], str]:
+    def worst(d: dict) -> str:
+        by_voice = _lid(lang)(d)["by_voice"]
+        return " and ".join(f"`{v.split(':', 1)[1]}`" for v in sorted(by_voice, key=by_voice.get)[:n])
+    return worst
+
+
+_WT = "word_timestamps.0"
+FIGURES.update({
+    "wf-longest-cue": Figure("whisper-features.json", lambda d: d["subtitles"]["longest_cue_s"],
+                             fixed(2, " s")),
+    "wf-longest-line": Figure("whisper-features.json", lambda d: d["subtitles"]["longest_line_chars"]),
+    "wf-segments": Figure("whisper-features.json", lambda d: d["subtitles"]["segments"]),
+    "wf-longest-segment": Figure("whisper-features.json", lambda d: d["subtitles"]["longest_segment_s"],
+                                fixed(2, " s")),
+    "wf-recording-min": Figure("whisper-features.json", lambda d: d["subtitles"]["audio_seconds"] / 60,
+                               fixed(1, " min")),
+    "wt-mean": Figure("whisper-features.json", lambda d: get(d, f"{_WT}.mean_s"), fixed(3, " s")),
+    "wt-p90": Figure("whisper-features.json", lambda d: get(d, f"{_WT}.p90_s"), fixed(3, " s")),
+    "wt-within": Figure("whisper-features.json", lambda d: d["word_timestamps"][0]["within_0.2s"],
+                        fixed(1, " %")),
+    "lid-en": Figure("whisper-features.json", lambda d: _lid("en")(d)["accuracy"], fixed(0, " %")),
+    "lid-es": Figure("whisper-features.json", lambda d: _lid("es")(d)["accuracy"], fixed(0, " %")),
+    "lid-es-latin": Figure("whisper-features.json", lambda d: "{} of the {}".format(
+        _lid("es")(d)["wrong_as"].get("la", 0), sum(_lid("es")(d)["wrong_as"].values()))),
+    "lid-es-worst-voices": Figure("whisper-features.json", _worst_voices("es")),
+    "lid-30s-right": Figure("whisper-features.json", lambda d: "{} of the {}".format(
+        sum(c["guess"] == c["language"] for c in d["language_id_30s"]["clips"]),
+        len(d["language_id_30s"]["clips"]))),
+    "lid-30s-rescued": Figure("whisper-features.json", lambda d: "{} ({})".format(
+        len(_lid_30s_rescued(d)), ", ".join(f"`{g}`" for g in sorted(_lid_30s_rescued(d))))),
+    "wf-translate-bleu": Figure("whisper-features.json", lambda d: d["translate"]["bleu"], fixed(1)),
+    "wf-translate-clips": Figure("whisper-features.json", lambda d: d["translate"]["clips"]),
+})
