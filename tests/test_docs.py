@@ -95,6 +95,46 @@ def test_docs_speak_of_the_product_not_of_the_work(doc: Path):
     assert not lines, f"{doc.relative_to(REPO)}: " + " | ".join(lines)
 
 
+UNIT = r"(?:%|x|×|ms|s|h|min|dB|MB|GB|GB/s|tok/s|tokens/s)"
+# a cell that starts with a measured-looking value: a decimal or a number with a unit (a bare integer,
+# such as a limit's HTTP status or a count, is not one)
+MEASURED = re.compile(r"\**[<>≈~]?[-+]?\d[\d,]*(?:\.\d+\s?" + UNIT + r"?|\s?" + UNIT + r")\**(?=$|[\s,;(/*])")
+MARKED_TABLE = re.compile(r"^<!-- table: [\w.-]+ -->\n.*?^<!-- /table -->$", re.M | re.S)
+MARKED_FIGURE = re.compile(r"<!-- figure: [\w.-]+ -->.*?<!-- /figure -->")
+
+
+def hand_written_rows(text: str) -> list[str]:
+    """Table rows outside the renderer's markers with two or more cells that start with a measurement:
+    a table of figures typed by hand. (Figures inside ``<!-- figure -->`` markers are rendered.)"""
+    text = MARKED_FIGURE.sub("FIGURE", MARKED_TABLE.sub("", FENCE.sub("", text)))
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not re.fullmatch(r"\|[\s:|-]+\|", line.strip()):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if sum(bool(MEASURED.match(c)) for c in cells) >= 2:
+                rows.append(line)
+    return rows
+
+
+@pytest.mark.parametrize("doc", rt.docs(), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_table_of_figures_is_written_by_hand(doc: Path):
+    rows = hand_written_rows(doc.read_text())
+    assert not rows, (f"{doc.relative_to(REPO)}: a table of figures outside table markers (render it from "
+                      f"benchmarks/results through benchmarks/doc_tables.py): " + " | ".join(rows[:3]))
+
+
+def test_the_hand_written_table_check_tells_figures_from_settings():
+    figures = "| weights | tokens/s | vs fp32 |\n|---|---:|---:|\n| int4 | 2.5 | 2.54x |\n"
+    timing = "| WER of a pair | 24 s (pure Python) | 0.25 s, same run |\n"
+    settings = ("| limit | default | flag | status |\n|---|---|---|---|\n"
+                "| duration | 600 s (`MAX`) | `--max-seconds` | 413 |\n| upload | 25 MiB | `--mb` | 413 |\n")
+    rendered = "<!-- table: t -->\n" + figures + "<!-- /table -->\n"
+    inline = "| a | <!-- figure: f -->1.5 %<!-- /figure --> | <!-- figure: g -->2 ms<!-- /figure --> |\n"
+    assert hand_written_rows(figures) == ["| int4 | 2.5 | 2.54x |"]
+    assert len(hand_written_rows(timing)) == 1
+    assert hand_written_rows(settings) == hand_written_rows(rendered) == hand_written_rows(inline) == []
+
+
 # ---- the renderer itself, on a doc and a results file of its own -------------------------------
 
 @pytest.fixture
