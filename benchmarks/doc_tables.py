@@ -325,6 +325,8 @@ TABLES["decode-profile"] = Table("decode-profile.json", (
     rows=lambda d: d["decode"]["ops"])
 FIGURES.update({
     "decode-load": Figure("decode.json", lambda d: _loads(d["load_average"])),
+    "decode-int4-engine-vs-hf": Figure("decode.json", lambda d: one(
+        _decode_rows(d), weights="int4", decoder="engine")["vs_hf_fp32"], fixed(2, "x")),
     "decode-e2e-load-before": Figure("decode_e2e.json", lambda d: _loads(d["meta"]["load_average_before"])),
     "decode-e2e-load-after": Figure("decode_e2e.json", lambda d: _loads(d["meta"]["load_average_after"])),
     "decode-e2e-chat-greedy": Figure("decode_e2e.json", _chat_e2e("product_greedy_tokens_per_s"), fixed(1)),
