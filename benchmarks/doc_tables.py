@@ -389,10 +389,9 @@ def _whisper_feature_rows(d: dict) -> list[dict]:
         rows.append({"measured": f"language ID, {LANGUAGES[r['language']]} clips ({lid['model']}, "
                                  f"{r['clips']} clips, {r['seconds']} s mean, {lid['window']} window)",
                      "result": _lid_result(r)})
-    for r in d.get("language_id_30s", {}).get("rows", []):
-        rows.append({"measured": f"language ID on the 30 s window as `transcribe` does, {r['language']}",
-                     "result": f"{r['accuracy']:.1f} % of {r['clips']} clips "
-                               f"(mean P = {r['mean_prob']:.3f})"})
+    for r in lid["rows"]:
+        rows.append({"measured": f"language ID by voice, {LANGUAGES[r['language']]}",
+                     "result": ", ".join(f"{v} {a:.0f} %" for v, a in r["by_voice"].items())})
     t, s = d["translate"], d["subtitles"]
     rows.append({"measured": f"`--task translate` es→en ({t['model']}, {t['clips']} clips)",
                  "result": f"BLEU {t['bleu']:.1f} (`{t['signature']}`)"})
@@ -403,8 +402,9 @@ def _whisper_feature_rows(d: dict) -> list[dict]:
                            f"**{s['longest_line_chars']} chars**, at most {s['most_lines']} lines; "
                            f"WER {s['wer']:.1f} %"})
     for w in d["word_timestamps"]:
-        rows.append({"measured": f"word timestamps ({w['model']}, {w['matched']}/{w['words']} words "
-                                 f"matched, {w['audio_seconds']:.1f} s)",
+        gaps = "{:g}-{:g} s".format(*w["gap_range_s"])
+        rows.append({"measured": f"word timestamps ({w['model']}, words {w['gaps']}: {gaps} between, "
+                                 f"{w['matched']}/{w['words']} words matched, {w['audio_seconds']:.1f} s)",
                      "result": f"start {w['start_mean_s']} / {w['start_p90_s']} s, end {w['end_mean_s']} / "
                                f"{w['end_p90_s']} s, all **{w['mean_s']} / {w['p90_s']} s** (mean / p90); "
                                f"{w['within_0.2s']:.1f} % within 0.2 s"})
@@ -420,24 +420,17 @@ def _lid(lang: str) -> Callable[[dict], dict]:
     return lambda d: one(d["language_id"]["rows"], language=lang)
 
 
-def _lid_30s_rescued(d: dict) -> list[str]:
-    """The clip window's wrong guesses on clips that the 30 s window got right (a clip is matched by its
-    language, voice and length)."""
-    key = ("language", "speaker", "seconds")
-    clip = {tuple(c[k] for k in key): c for c in d["language_id"]["clips"]}
-    return [clip[k]["guess"] for c in d["language_id_30s"]["clips"]
-            if c["guess"] == c["language"] and (k := tuple(c[k] for k in key)) in clip
-            and clip[k]["guess"] != c["language"]]
-
-
 def _worst_voices(lang: str, n: int = 2) -> Callable[[dict], str]:
     def worst(d: dict) -> str:
         by_voice = _lid(lang)(d)["by_voice"]
-        return " and ".join(f"`{v.split(':', 1)[1]}`" for v in sorted(by_voice, key=by_voice.get)[:n])
+        return " and ".join(f"`{v}`" for v in sorted(by_voice, key=by_voice.get)[:n])
     return worst
 
 
-_WT = "word_timestamps.0"
+def _wt(model: str, gaps: str, key: str) -> Callable[[dict], Any]:
+    return lambda d: one(d["word_timestamps"], model=model, gaps=gaps)[key]
+
+
 FIGURES.update({
     "wf-longest-cue": Figure("whisper-features.json", lambda d: d["subtitles"]["longest_cue_s"],
                              fixed(2, " s")),
@@ -447,20 +440,30 @@ FIGURES.update({
                                 fixed(2, " s")),
     "wf-recording-min": Figure("whisper-features.json", lambda d: d["subtitles"]["audio_seconds"] / 60,
                                fixed(1, " min")),
-    "wt-mean": Figure("whisper-features.json", lambda d: get(d, f"{_WT}.mean_s"), fixed(3, " s")),
-    "wt-p90": Figure("whisper-features.json", lambda d: get(d, f"{_WT}.p90_s"), fixed(3, " s")),
-    "wt-within": Figure("whisper-features.json", lambda d: d["word_timestamps"][0]["within_0.2s"],
+    "wt-mean": Figure("whisper-features.json", _wt("whisper-tiny.en", "pauses", "mean_s"), fixed(3, " s")),
+    "wt-p90": Figure("whisper-features.json", _wt("whisper-tiny.en", "pauses", "p90_s"), fixed(3, " s")),
+    "wt-within": Figure("whisper-features.json", _wt("whisper-tiny.en", "pauses", "within_0.2s"),
                         fixed(1, " %")),
+    "wt-base-mean": Figure("whisper-features.json", _wt("whisper-base", "pauses", "mean_s"), fixed(3, " s")),
+    "wt-base-p90": Figure("whisper-features.json", _wt("whisper-base", "pauses", "p90_s"), fixed(3, " s")),
+    "wt-runon-mean": Figure("whisper-features.json", _wt("whisper-tiny.en", "run-on", "mean_s"),
+                            fixed(3, " s")),
+    "wt-runon-p90": Figure("whisper-features.json", _wt("whisper-tiny.en", "run-on", "p90_s"),
+                           fixed(3, " s")),
+    "wt-runon-base-mean": Figure("whisper-features.json", _wt("whisper-base", "run-on", "mean_s"),
+                                 fixed(3, " s")),
+    "wt-runon-base-p90": Figure("whisper-features.json", _wt("whisper-base", "run-on", "p90_s"),
+                                fixed(3, " s")),
+    "wt-runon-base-early": Figure("whisper-features.json", lambda d: -(
+        _wt("whisper-base", "run-on", "start_bias_s")(d) + _wt("whisper-base", "run-on", "end_bias_s")(d))
+        / 2, fixed(2, " s")),
     "lid-en": Figure("whisper-features.json", lambda d: _lid("en")(d)["accuracy"], fixed(0, " %")),
     "lid-es": Figure("whisper-features.json", lambda d: _lid("es")(d)["accuracy"], fixed(0, " %")),
-    "lid-es-latin": Figure("whisper-features.json", lambda d: "{} of the {}".format(
-        _lid("es")(d)["wrong_as"].get("la", 0), sum(_lid("es")(d)["wrong_as"].values()))),
+    "lid-es-wrong": Figure("whisper-features.json", lambda d: "{} ({})".format(
+        sum(_lid("es")(d)["wrong_as"].values()),
+        ", ".join(f"`{k}` {v}" for k, v in sorted(_lid("es")(d)["wrong_as"].items())))),
+    "lid-clips": Figure("whisper-features.json", lambda d: min(r["clips"] for r in d["language_id"]["rows"])),
     "lid-es-worst-voices": Figure("whisper-features.json", _worst_voices("es")),
-    "lid-30s-right": Figure("whisper-features.json", lambda d: "{} of the {}".format(
-        sum(c["guess"] == c["language"] for c in d["language_id_30s"]["clips"]),
-        len(d["language_id_30s"]["clips"]))),
-    "lid-30s-rescued": Figure("whisper-features.json", lambda d: "{} ({})".format(
-        len(_lid_30s_rescued(d)), ", ".join(f"`{g}`" for g in sorted(_lid_30s_rescued(d))))),
     "wf-translate-bleu": Figure("whisper-features.json", lambda d: d["translate"]["bleu"], fixed(1)),
     "wf-translate-clips": Figure("whisper-features.json", lambda d: d["translate"]["clips"]),
 })

@@ -2,16 +2,17 @@
 
 * language ID: ``whisper-base`` on held-out English and Spanish clips (2-8 s; verses of the World
   English Bible and Reina-Valera 1909, the two sides of different verses), English voiced by
-  espeak-ng variants and Piper joe, Spanish by espeak-ng ``es`` variants and Kokoro reading
-  espeak-ng's Spanish IPA; detection as ``speechllm transcribe`` does it (30 s window, one
-  decoder step);
+  espeak-ng variants, Piper joe and flite (slt, awb, rms), Spanish by espeak-ng ``es`` variants
+  and Kokoro (its style tables and blends of them) reading espeak-ng's Spanish IPA; detection as
+  ``speechllm transcribe`` does it (30 s window, one decoder step);
 * ``--task translate``: ``whisper-base`` translating some of the Spanish clips, BLEU (sacrebleu)
   against the English verse (informative: a Bible verse has many good translations);
 * subtitles: a >= 5 min recording of many sentences (flite slt) through ``WhisperTranscriber``
   with word timestamps, its cues split with the default limits (42 characters x 2 lines, 7 s);
 * word timestamps: words synthesized one at a time (flite slt), their silence trimmed, joined
-  with random gaps, so each word's true start and end are known; |error| of start and end
-  times of the recognised words matched to the spoken ones.
+  with random gaps (pauses of 0.15-0.5 s, or run on with 0-0.05 s), so each word's true start
+  and end are known; |error| of start and end times of the recognised words matched to the
+  spoken ones.
 
     python benchmarks/whisper_features.py --json benchmarks/results/whisper-features.json
 """
@@ -38,9 +39,10 @@ from speechllm.data_recipes.voices import Speaker, synthesize  # noqa: E402
 
 SR = 16_000
 EN_SPEAKERS = ["espeak:en-us+m3:s150", "espeak:en-gb+f2:s160", "espeak:en-us+f4:s140", "espeak:en+m1:s155",
-               "piper:joe", "piper:joe"]
-ES_SPEAKERS = ["espeak:es+m2:s150", "espeak:es+f3:s155", "kokoro:jf_alpha:0.5+jm_kumo:0.5",
-               "espeak:es-419+m1:s145", "espeak:es+f5:s165", "kokoro:jm_kumo"]
+               "piper:joe", "flite:slt", "flite:awb", "flite:rms"]
+ES_SPEAKERS = ["espeak:es+m2:s150", "kokoro:jf_alpha", "espeak:es+f3:s155", "kokoro:jm_kumo",
+               "espeak:es-419+m1:s145", "kokoro:jf_alpha:0.5+jm_kumo:0.5", "espeak:es+f5:s165",
+               "kokoro:jf_nezumi:0.3+jm_kumo:0.7"]
 
 
 def speak(speaker: str, text: str, language: str) -> np.ndarray:
@@ -48,7 +50,8 @@ def speak(speaker: str, text: str, language: str) -> np.ndarray:
         from speechllm.audio import resample
         from speechllm.tts.kokoro import KokoroVoice
 
-        voice = KokoroVoice(speaker.split(":", 1)[1], language="es" if language == "es" else "en-us")
+        voice = KokoroVoice(speaker.split(":", 1)[1], language="es" if language == "es" else "en-us",
+                            threads=torch.get_num_threads())
         return resample(voice.synthesize(text), 24_000, SR).astype(np.float32)
     engine, rest = speaker.split(":", 1)
     fields = rest.split(":")
@@ -163,7 +166,9 @@ def summarize_language(report: dict) -> None:
             continue
         by_voice: dict[str, list[bool]] = {}
         for c in mine:
-            by_voice.setdefault(":".join(c["speaker"].split(":")[:2]), []).append(c["guess"] == lang)
+            speaker = c["speaker"]
+            voice = speaker if speaker.startswith("kokoro:") else ":".join(speaker.split(":")[:2])
+            by_voice.setdefault(voice, []).append(c["guess"] == lang)
         wrong = [c["guess"] for c in mine if c["guess"] != lang]
         rows.append({"language": lang, "clips": len(mine),
                      "accuracy": round(100 * float(np.mean([c["guess"] == lang for c in mine])), 1),
@@ -198,9 +203,9 @@ def merge(paths: list[Path], report: dict) -> None:
         if "word_timestamps" in part:  # a list per model (a single dict from older runs)
             rows = part["word_timestamps"]
             rows = [rows] if isinstance(rows, dict) else rows
-            models = {w["model"] for w in rows}
+            models = {(w["model"], w.get("gaps")) for w in rows}
             report["word_timestamps"] = [w for w in report.get("word_timestamps", [])
-                                         if w["model"] not in models]
+                                         if (w["model"], w.get("gaps")) not in models]
             report["word_timestamps"] += rows
     report["language_id"] = {"model": "whisper-base", "clips": clips, "detect_seconds": round(seconds, 1),
                              "window": window}
@@ -247,9 +252,13 @@ def bench_subtitles(args, report: dict) -> None:
     print(f"subtitles: {report['subtitles']}", file=sys.stderr)
 
 
-def word_recording(n_words: int, seed: int) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
-    """Words spoken one at a time, silence trimmed (-40 dB of the word's peak), joined by gaps of
-    0.15-0.5 s; returns the audio and each word's true (word, start, end)."""
+WORD_GAPS = {"pauses": (0.15, 0.5), "run-on": (0.0, 0.05)}  # seconds between words, drawn uniformly
+
+
+def word_recording(n_words: int, seed: int, gaps: tuple[float, float] = WORD_GAPS["pauses"]
+                   ) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    """Words spoken one at a time, silence trimmed (-40 dB of the word's peak), joined by gaps
+    drawn from ``gaps`` seconds; returns the audio and each word's true (word, start, end)."""
     rng = random.Random(seed)
     quotes = [q for q in fortunes() if q.isascii() and 8 <= len(q.split()) <= 20]
     rng.shuffle(quotes)
@@ -264,19 +273,22 @@ def word_recording(n_words: int, seed: int) -> tuple[np.ndarray, list[tuple[str,
         loud = np.flatnonzero(np.abs(audio) > 0.01 * np.abs(audio).max())
         audio = audio[loud[0] : loud[-1] + 1]
         truth.append((w, t, t + len(audio) / SR))
-        gap = rng.uniform(0.15, 0.5)
+        gap = rng.uniform(*gaps)
         parts += [audio, np.zeros(int(gap * SR), np.float32)]
         t += len(audio) / SR + int(gap * SR) / SR
     return np.concatenate(parts), truth
 
 
 def bench_words(args, report: dict) -> None:
-    audio, truth = word_recording(args.words, args.seed)
+    """Each model on the words joined by pauses and run on (gaps too short to be pauses)."""
     report["word_timestamps"] = [r for r in report.get("word_timestamps", []) if isinstance(r, dict)
                                  and r.get("model") not in args.words_models.split(",")]
-    for model in args.words_models.split(","):
-        report["word_timestamps"].append(word_errors(model, audio, truth))
-        print(f"word timestamps: {report['word_timestamps'][-1]}", file=sys.stderr)
+    for name, gaps in WORD_GAPS.items():
+        audio, truth = word_recording(args.words, args.seed, gaps)
+        for model in args.words_models.split(","):
+            report["word_timestamps"].append({**word_errors(model, audio, truth), "gaps": name,
+                                              "gap_range_s": list(gaps)})
+            print(f"word timestamps: {report['word_timestamps'][-1]}", file=sys.stderr)
 
 
 def word_errors(model: str, audio: np.ndarray, truth: list[tuple[str, float, float]]) -> dict:
@@ -287,13 +299,14 @@ def word_errors(model: str, audio: np.ndarray, truth: list[tuple[str, float, flo
     hyp = [(words_of(w.word), w) for s in transcript.segments for w in (s.words or ())]
     hyp_tokens = [(tok, w) for toks, w in hyp for tok in toks[:1]]
     matcher = difflib.SequenceMatcher(a=[t[0] for t in truth], b=[h[0] for h in hyp_tokens], autojunk=False)
-    starts, ends = [], []
+    signed = []  # (start error, end error), + late
     for block in matcher.get_matching_blocks():
         for k in range(block.size):
             _, t0, t1 = truth[block.a + k]
             w = hyp_tokens[block.b + k][1]
-            starts.append(abs(w.start - t0))
-            ends.append(abs(w.end - t1))
+            signed.append((w.start - t0, w.end - t1))
+    bias = np.mean(signed, axis=0)
+    starts, ends = [abs(a) for a, _ in signed], [abs(b) for _, b in signed]
     both = np.array(starts + ends)
     return {
         "model": model, "words": len(truth), "matched": len(starts),
@@ -302,7 +315,8 @@ def word_errors(model: str, audio: np.ndarray, truth: list[tuple[str, float, flo
         "start_p90_s": round(float(np.percentile(starts, 90)), 3),
         "end_mean_s": round(float(np.mean(ends)), 3), "end_p90_s": round(float(np.percentile(ends, 90)), 3),
         "mean_s": round(float(both.mean()), 3), "p90_s": round(float(np.percentile(both, 90)), 3),
-        "within_0.2s": round(100 * float(np.mean(both <= 0.2)), 1)}
+        "within_0.2s": round(100 * float(np.mean(both <= 0.2)), 1),
+        "start_bias_s": round(float(bias[0]), 3), "end_bias_s": round(float(bias[1]), 3)}
 
 
 def main() -> None:

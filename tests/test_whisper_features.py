@@ -27,6 +27,8 @@ from speechllm.whisper.timing import (
     dtw,
     median_filter,
     merge_punctuation,
+    pauses,
+    snap_to_pauses,
     split_words,
     trim_to_sound,
 )
@@ -209,6 +211,24 @@ def test_trim_to_sound():
     assert [(w.start, w.end) for w in trimmed] == [(0.5, 1.0), (1.5, 2.0), (2.6, 3.0)]  # silent c kept
     late = trim_to_sound([Word(" a", 0.4, 1.6, 0.9)], audio)  # a span reaching into the next word
     assert (late[0].start, late[0].end) == (0.5, 1.0)
+
+
+def test_snap_to_pauses():
+    audio = np.zeros(16_000 * 4, np.float32)
+    for a, b in ((0.3, 0.5), (0.8, 1.6), (2.0, 2.4), (2.45, 3.0)):  # "the", "value", "of" + "it" (no pause)
+        audio[int(a * 16_000) : int(b * 16_000)] = 0.5
+    assert pauses(audio) == [(0.5, 0.8), (1.6, 2.0)]  # 0.05 s between "of" and "it" is no pause
+    # the path gave "the" the start of "value"'s sound and "value" the pause after "the"
+    words = [Word(" the", 0.3, 1.0, 0.9), Word(" value", 1.0, 1.5, 0.9), Word(" of", 1.5, 2.42, 0.9),
+             Word(" it", 2.42, 3.0, 0.9)]
+    snapped = snap_to_pauses(words, audio)
+    assert [(w.start, w.end) for w in snapped] == [(0.3, 0.5), (0.8, 1.6), (2.0, 2.42), (2.42, 3.0)]
+    far = [Word(" a", 0.0, 2.9, 0.9), Word(" b", 2.9, 3.5, 0.9)]  # no boundary within reach of a pause
+    assert snap_to_pauses(far, audio) == far
+    # a boundary moved past an unmatched one: the times stay in order
+    crowded = [Word(" a", 0.3, 0.55, 0.9), Word(" b", 0.55, 0.6, 0.9), Word(" c", 0.6, 1.6, 0.9)]
+    times = [t for w in snap_to_pauses(crowded, audio) for t in (w.start, w.end)]
+    assert times == sorted(times) and (0.5 in times and 0.8 in times)
 
 
 def test_align_words_on_tiny_model(tiny):

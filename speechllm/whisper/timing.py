@@ -187,6 +187,74 @@ def align_words(model: Whisper, tokenizer: WhisperTokenizer, audio: Tensor, audi
     return grouped
 
 
+def _loud_frames(audio: np.ndarray, sample_rate: int, floor_db: float, hop: float) -> np.ndarray:
+    """Per frame of ``hop`` s, whether its RMS is within ``floor_db`` of the loudest frame's."""
+    n = int(hop * sample_rate)
+    frames = np.asarray(audio[: len(audio) // n * n], dtype=np.float64).reshape(-1, n)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    return rms > max(float(rms.max(initial=0.0)) * 10 ** (floor_db / 20), 1e-5)
+
+
+def pauses(audio: np.ndarray, sample_rate: int = 16_000, floor_db: float = -35.0, hop: float = 0.01,
+           min_pause: float = 0.1) -> list[tuple[float, float]]:
+    """The quiet runs of ``min_pause`` s or more between sounds (not the silence before the first
+    sound or after the last), as (start, end) seconds."""
+    if len(audio) < int(hop * sample_rate):
+        return []
+    hits = np.flatnonzero(_loud_frames(audio, sample_rate, floor_db, hop))
+    gaps = np.flatnonzero(np.diff(hits) > max(1, int(round(min_pause / hop))))
+    return [(round((hits[g] + 1) * hop, 3), round(hits[g + 1] * hop, 3)) for g in gaps]
+
+
+def snap_to_pauses(words: list[Word], audio: np.ndarray, sample_rate: int = 16_000,
+                   reach: float = 0.5, **pause_options) -> list[Word]:
+    """Word boundaries moved into the pauses of the audio, where the cross-attention path put
+    them near one. The path often gives a short word ("the", "a", "to") to the loud stretch of
+    its neighbour and that word's own sound to the neighbour; a pause, though, is a boundary for
+    certain. Each pause is matched to at most one boundary between consecutive words, in order
+    (a monotonic matching of least total distance, by dynamic programming), if the boundary is
+    within ``reach`` s of it; the words on either side then end where the pause starts and start
+    where it ends. Boundaries matched to no pause keep their times (kept in order). A pause in
+    no boundary's reach is taken to be inside a word and left alone."""
+    found = pauses(audio, sample_rate, **pause_options)
+    if len(words) < 2 or not found:
+        return words
+    lo = [min(a.end, b.start) for a, b in zip(words, words[1:], strict=False)]
+    hi = [max(a.end, b.start) for a, b in zip(words, words[1:], strict=False)]
+    n, m = len(lo), len(found)
+    dist = np.array([[max(0.0, s - hi[i], lo[i] - e) for s, e in found] for i in range(n)])
+    # cost[i, j]: the first i boundaries against the first j pauses; an unmatched pause costs reach
+    cost = np.zeros((n + 1, m + 1))
+    cost[0, 1:] = reach * np.arange(1, m + 1)
+    move = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0: boundary unmatched, 1: pause unmatched, 2: pair
+    move[0, 1:] = 1
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            options = [cost[i - 1, j], cost[i, j - 1] + reach,
+                       cost[i - 1, j - 1] + dist[i - 1, j - 1] if dist[i - 1, j - 1] <= reach else np.inf]
+            move[i, j] = int(np.argmin(options))
+            cost[i, j] = options[move[i, j]]
+    match: dict[int, tuple[float, float]] = {}
+    i, j = n, m
+    while i > 0 and j > 0:
+        if move[i, j] == 2:
+            match[i - 1] = found[j - 1]
+        i, j = (i - 1, j) if move[i, j] == 0 else (i, j - 1) if move[i, j] == 1 else (i - 1, j - 1)
+    times = [t for w in words for t in (w.start, w.end)]  # start0, end0, start1, end1, ...
+    anchored = [False] * len(times)
+    for k, (s, e) in match.items():
+        times[2 * k + 1], times[2 * k + 2] = s, e
+        anchored[2 * k + 1] = anchored[2 * k + 2] = True
+    anchors = [i for i, a in enumerate(anchored) if a]
+    for i in range(len(times)):  # the other times between the pauses around them, then in order
+        before = max((times[a] for a in anchors if a < i), default=-np.inf)
+        after = min((times[a] for a in anchors if a > i), default=np.inf)
+        times[i] = min(max(times[i], before), after)
+    times = np.maximum.accumulate(times)
+    return [Word(w.word, round(float(times[2 * k]), 3), round(float(times[2 * k + 1]), 3), w.probability)
+            for k, w in enumerate(words)]
+
+
 def trim_to_sound(words: list[Word], audio: np.ndarray, sample_rate: int = 16_000, floor_db: float = -35.0,
                   hop: float = 0.01, min_pause: float = 0.15) -> list[Word]:
     """Each word's span without the quiet at its edges. Cross-attention times tile the audio (a
@@ -195,12 +263,9 @@ def trim_to_sound(words: list[Word], audio: np.ndarray, sample_rate: int = 16_00
     are quiet; where quiet runs of ``min_pause`` or more split a word's span, the word is the
     loudest-longest piece; its span is then cut to that piece's first and last loud frame. A
     word with no loud frame keeps its times."""
-    n = int(hop * sample_rate)
-    if not words or len(audio) < n:
+    if not words or len(audio) < int(hop * sample_rate):
         return words
-    frames = np.asarray(audio[: len(audio) // n * n], dtype=np.float64).reshape(-1, n)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    loud = rms > max(float(rms.max()) * 10 ** (floor_db / 20), 1e-5)
+    loud = _loud_frames(audio, sample_rate, floor_db, hop)
     gap = max(1, int(round(min_pause / hop)))
     out = []
     for w in words:

@@ -30,7 +30,7 @@ from speechllm.whisper.decoding import (
     encode,
 )
 from speechllm.whisper.model import Whisper
-from speechllm.whisper.timing import Word, align_words, trim_to_sound
+from speechllm.whisper.timing import Word, align_words, snap_to_pauses, trim_to_sound
 from speechllm.whisper.tokenizer import WhisperTokenizer
 
 SAMPLE_RATE = 16_000
@@ -249,10 +249,13 @@ def _segments(pieces: list[Piece], result: DecodingResult, tokenizer: WhisperTok
 def _with_words(model: Whisper, tokenizer: WhisperTokenizer, audio: Tensor, audio_mask: Tensor,
                 segments: list[TimedSegment], samples: np.ndarray, language: str | None,
                 task: str) -> list[TimedSegment]:
-    """Segments with their words (one alignment over the window's text, quiet word edges
-    trimmed), their start and end moved to their first and last word's."""
+    """Segments with their words (one alignment over the window's text, boundaries moved into
+    nearby pauses, quiet word edges trimmed), their start and end moved to their first and last word's."""
     grouped = align_words(model, tokenizer, audio, audio_mask, [list(s.tokens) for s in segments],
                           len(samples) // 160, language, task)
-    grouped = [trim_to_sound(words, samples, SAMPLE_RATE) for words in grouped]
+    flat = snap_to_pauses([w for words in grouped for w in words], samples, SAMPLE_RATE)
+    flat = trim_to_sound(flat, samples, SAMPLE_RATE)
+    sizes = np.cumsum([0] + [len(words) for words in grouped])
+    grouped = [flat[a:b] for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
     return [replace(s, start=words[0].start, end=max(words[-1].end, words[0].start), words=tuple(words))
             if words else replace(s, words=()) for s, words in zip(segments, grouped, strict=True)]
