@@ -403,7 +403,8 @@ def _whisper_feature_rows(d: dict) -> list[dict]:
                            f"WER {s['wer']:.1f} %"})
     for w in d["word_timestamps"]:
         gaps = "{:g}-{:g} s".format(*w["gap_range_s"])
-        rows.append({"measured": f"word timestamps ({w['model']}, words {w['gaps']}: {gaps} between, "
+        who = "" if w.get("system", "speechllm") == "speechllm" else f"{w['system']}, "
+        rows.append({"measured": f"word timestamps ({who}{w['model']}, words {w['gaps']}: {gaps} between, "
                                  f"{w['matched']}/{w['words']} words matched, {w['audio_seconds']:.1f} s)",
                      "result": f"start {w['start_mean_s']} / {w['start_p90_s']} s, end {w['end_mean_s']} / "
                                f"{w['end_p90_s']} s, all **{w['mean_s']} / {w['p90_s']} s** (mean / p90); "
@@ -427,8 +428,8 @@ def _worst_voices(lang: str, n: int = 2) -> Callable[[dict], str]:
     return worst
 
 
-def _wt(model: str, gaps: str, key: str) -> Callable[[dict], Any]:
-    return lambda d: one(d["word_timestamps"], model=model, gaps=gaps)[key]
+def _wt(model: str, gaps: str, key: str, system: str = "speechllm") -> Callable[[dict], Any]:
+    return lambda d: one(d["word_timestamps"], model=model, gaps=gaps, system=system)[key]
 
 
 FIGURES.update({
@@ -454,6 +455,17 @@ FIGURES.update({
                                  fixed(3, " s")),
     "wt-runon-base-p90": Figure("whisper-features.json", _wt("whisper-base", "run-on", "p90_s"),
                                 fixed(3, " s")),
+    "wt-fw-p90": Figure("whisper-features.json", _wt("whisper-tiny.en", "pauses", "p90_s", "faster-whisper"),
+                        fixed(3, " s")),
+    "wt-fw-base-p90": Figure("whisper-features.json",
+                             _wt("whisper-base", "pauses", "p90_s", "faster-whisper"), fixed(3, " s")),
+    "wt-fw-runon-p90": Figure("whisper-features.json",
+                              _wt("whisper-tiny.en", "run-on", "p90_s", "faster-whisper"), fixed(3, " s")),
+    "wt-fw-runon-base-p90": Figure("whisper-features.json",
+                                   _wt("whisper-base", "run-on", "p90_s", "faster-whisper"), fixed(3, " s")),
+    "wt-fw-runon-base-early": Figure("whisper-features.json", lambda d: -(
+        _wt("whisper-base", "run-on", "start_bias_s", "faster-whisper")(d)
+        + _wt("whisper-base", "run-on", "end_bias_s", "faster-whisper")(d)) / 2, fixed(2, " s")),
     "wt-runon-base-early": Figure("whisper-features.json", lambda d: -(
         _wt("whisper-base", "run-on", "start_bias_s")(d) + _wt("whisper-base", "run-on", "end_bias_s")(d))
         / 2, fixed(2, " s")),

@@ -130,6 +130,16 @@ def bench_language(args, report: dict) -> None:
         for (audio, _, speaker), probs in zip(made, found, strict=True):
             clips.append({"language": lang, "speaker": speaker, "seconds": round(len(audio) / SR, 2),
                           "guess": next(iter(probs)), "prob": round(probs.get(lang, 0.0), 4)})
+    if args.reference:  # faster-whisper's detection on the same weights and clips
+        try:
+            from faster_whisper import WhisperModel
+
+            fw = WhisperModel(str(resolve("whisper-base").path), device="cpu", compute_type="float32",
+                              cpu_threads=args.threads)
+            for clip, (audio, _, _) in zip(clips, en + es, strict=True):
+                clip["reference_guess"] = fw.detect_language(audio, vad_filter=False)[0]
+        except Exception as exc:  # not installed, or not a CTranslate2 folder
+            print(f"faster-whisper language ID: {exc}", file=sys.stderr)
     report["language_id"] = {"model": "whisper-base", "shard": args.shard, "clips": clips,
                              "window": args.lid_window,
                              "synth_seconds": round(synth_s, 1),
@@ -175,6 +185,9 @@ def summarize_language(report: dict) -> None:
                      "mean_prob": round(float(np.mean([c["prob"] for c in mine])), 3),
                      "seconds": round(float(np.mean([c["seconds"] for c in mine])), 2),
                      "wrong_as": {w: wrong.count(w) for w in sorted(set(wrong))},
+                     **({"faster_whisper_accuracy": round(100 * float(np.mean(
+                         [c["reference_guess"] == lang for c in mine])), 1)}
+                        if all("reference_guess" in c for c in mine) else {}),
                      "by_voice": {v: round(100 * float(np.mean(ok)), 1)
                                   for v, ok in sorted(by_voice.items())}})
         print(f"language ID {lang}: {rows[-1]['accuracy']} % of {len(mine)}", file=sys.stderr)
@@ -203,9 +216,9 @@ def merge(paths: list[Path], report: dict) -> None:
         if "word_timestamps" in part:  # a list per model (a single dict from older runs)
             rows = part["word_timestamps"]
             rows = [rows] if isinstance(rows, dict) else rows
-            models = {(w["model"], w.get("gaps")) for w in rows}
-            report["word_timestamps"] = [w for w in report.get("word_timestamps", [])
-                                         if (w["model"], w.get("gaps")) not in models]
+            key = lambda w: (w["model"], w.get("gaps"), w.get("system", "speechllm"))  # noqa: E731
+            models = {key(w) for w in rows}
+            report["word_timestamps"] = [w for w in report.get("word_timestamps", []) if key(w) not in models]
             report["word_timestamps"] += rows
     report["language_id"] = {"model": "whisper-base", "clips": clips, "detect_seconds": round(seconds, 1),
                              "window": window}
@@ -286,17 +299,41 @@ def bench_words(args, report: dict) -> None:
     for name, gaps in WORD_GAPS.items():
         audio, truth = word_recording(args.words, args.seed, gaps)
         for model in args.words_models.split(","):
-            report["word_timestamps"].append({**word_errors(model, audio, truth), "gaps": name,
-                                              "gap_range_s": list(gaps)})
-            print(f"word timestamps: {report['word_timestamps'][-1]}", file=sys.stderr)
+            rows = [word_errors(model, audio, truth)]
+            if args.reference and (theirs := faster_whisper_words(model, audio, args.threads)) is not None:
+                rows.append(dict(word_errors(model, audio, truth, theirs), system="faster-whisper"))
+            for row in rows:
+                report["word_timestamps"].append({"system": "speechllm", **row, "gaps": name,
+                                                  "gap_range_s": list(gaps)})
+                print(f"word timestamps: {report['word_timestamps'][-1]}", file=sys.stderr)
 
 
-def word_errors(model: str, audio: np.ndarray, truth: list[tuple[str, float, float]]) -> dict:
-    from speechllm.transcriber import WhisperTranscriber
+def faster_whisper_words(model: str, audio: np.ndarray, threads: int) -> list | None:
+    """faster-whisper's words (its own cross-attention DTW, as openai-whisper's) on the same
+    CTranslate2 weights, English, greedy, no VAD; None where it or the folder is missing."""
+    try:
+        from faster_whisper import WhisperModel
 
-    transcriber = WhisperTranscriber(model, word_timestamps=True, segmenter="fixed")
-    transcript = transcriber.transcribe(audio)
-    hyp = [(words_of(w.word), w) for s in transcript.segments for w in (s.words or ())]
+        from speechllm.zoo import resolve
+
+        fw = WhisperModel(str(resolve(model).path), device="cpu", compute_type="float32", cpu_threads=threads)
+    except Exception as exc:  # not installed, or not a CTranslate2 folder
+        print(f"faster-whisper {model}: {exc}", file=sys.stderr)
+        return None
+    segments, _ = fw.transcribe(audio, language="en", beam_size=1, word_timestamps=True, vad_filter=False)
+    return [w for s in segments for w in s.words]
+
+
+def word_errors(model: str, audio: np.ndarray, truth: list[tuple[str, float, float]],
+                words: list | None = None) -> dict:
+    """|error| of the recognised words' times against ``truth``; ``words`` (objects with
+    ``word``, ``start``, ``end``) from another system, else ``model`` through ``WhisperTranscriber``."""
+    if words is None:
+        from speechllm.transcriber import WhisperTranscriber
+
+        transcriber = WhisperTranscriber(model, word_timestamps=True, segmenter="fixed")
+        words = [w for s in transcriber.transcribe(audio).segments for w in (s.words or ())]
+    hyp = [(words_of(w.word), w) for w in words]
     hyp_tokens = [(tok, w) for toks, w in hyp for tok in toks[:1]]
     matcher = difflib.SequenceMatcher(a=[t[0] for t in truth], b=[h[0] for h in hyp_tokens], autojunk=False)
     signed = []  # (start error, end error), + late
@@ -328,6 +365,8 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=80, help="words in the word-timestamp recording")
     parser.add_argument("--words-models", default="whisper-tiny.en,whisper-base",
                         help="models whose word timestamps are measured (the first also makes the subtitles)")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run faster-whisper on the same weights (language ID, word times)")
     parser.add_argument("--parts", default="language,words,subtitles")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shard", default="0/1", help="language ID on every n-th clip from the i-th (i/n)")
