@@ -378,8 +378,10 @@ LANGUAGES = {"en": "English", "es": "Spanish"}
 
 def _lid_result(row: dict) -> str:
     wrong = ", ".join(f"{k} {v}" for k, v in sorted(row.get("wrong_as", {}).items()))
-    return f"**{row['accuracy']:.1f} %** (mean P = {row['mean_prob']:.3f}" + (f"; wrong: {wrong})" if wrong
-                                                                              else ")")
+    fw = (f"; faster-whisper on the same clips: {row['faster_whisper_accuracy']:.1f} %"
+          if "faster_whisper_accuracy" in row else "")
+    return f"**{row['accuracy']:.1f} %** (mean P = {row['mean_prob']:.3f}" + (f"; wrong: {wrong}" if wrong
+                                                                              else "") + fw + ")"
 
 
 def _whisper_feature_rows(d: dict) -> list[dict]:
@@ -474,6 +476,11 @@ FIGURES.update({
     "lid-es-wrong": Figure("whisper-features.json", lambda d: "{} ({})".format(
         sum(_lid("es")(d)["wrong_as"].values()),
         ", ".join(f"`{k}` {v}" for k, v in sorted(_lid("es")(d)["wrong_as"].items())))),
+    "lid-fw-es": Figure("whisper-features.json", lambda d: _lid("es")(d)["faster_whisper_accuracy"],
+                        fixed(0, " %")),
+    "lid-fw-shared": Figure("whisper-features.json", lambda d: "{} of the same {}".format(*(lambda ours: (
+        sum(c["reference_guess"] != "es" for c in ours), len(ours)))(
+        [c for c in d["language_id"]["clips"] if c["language"] == "es" and c["guess"] != "es"]))),
     "lid-clips": Figure("whisper-features.json", lambda d: min(r["clips"] for r in d["language_id"]["rows"])),
     "lid-es-worst-voices": Figure("whisper-features.json", _worst_voices("es")),
     "wf-translate-bleu": Figure("whisper-features.json", lambda d: d["translate"]["bleu"], fixed(1)),
