@@ -196,7 +196,7 @@ def _loud_frames(audio: np.ndarray, sample_rate: int, floor_db: float, hop: floa
 
 
 def pauses(audio: np.ndarray, sample_rate: int = 16_000, floor_db: float = -35.0, hop: float = 0.01,
-           min_pause: float = 0.1) -> list[tuple[float, float]]:
+           min_pause: float = 0.15) -> list[tuple[float, float]]:
     """The quiet runs of ``min_pause`` s or more between sounds (not the silence before the first
     sound or after the last), as (start, end) seconds."""
     if len(audio) < int(hop * sample_rate):
