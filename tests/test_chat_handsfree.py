@@ -252,6 +252,16 @@ def test_browser_hands_free_two_turns_then_barge_in(handsfree_server, microphone
     if why := starved():
         pytest.skip(why)
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers online
+    try:  # real-time audio in a shared CI machine: one hiccup (about 1 run in 15 here) gets a second try
+        hands_free_conversation(handsfree_server, microphone_file, tmp_path / "first", monkeypatch)
+    except AssertionError as first:
+        if os.environ.get("SPEECHLLM_HANDSFREE_LOG"):  # benchmarks/chat_browser.py counts every failure
+            raise
+        print(f"first try failed ({str(first).splitlines()[0]}); trying once more")
+        hands_free_conversation(handsfree_server, microphone_file, tmp_path / "second", monkeypatch)
+
+
+def hands_free_conversation(handsfree_server, microphone_file, tmp_path, monkeypatch):
     from selenium import webdriver
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
@@ -262,6 +272,7 @@ def test_browser_hands_free_two_turns_then_barge_in(handsfree_server, microphone
 
     app, url = handsfree_server
     wav, said = microphone_file
+    app.model.made.clear()  # answers of this conversation only
     heard = []  # (wall time, event) as the server's turn detector gave them
     hear = LiveSession.hear
     monkeypatch.setattr(LiveSession, "hear", lambda self, rate, samples: [
