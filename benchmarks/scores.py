@@ -16,25 +16,13 @@ import json
 import os
 import random
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 BLEU_REF, BLEU_HYP = "the cat sat on the mat today", "the cat sat in a mat today"
 
 
-def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
-    """Levenshtein distance over words, pure Python, O(len(ref) * len(hyp)) time."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
-
-
 def wer_timing(words: int, seed: int = 0) -> dict:
-    from speechllm.metrics import word_error_rate
+    from speechllm.metrics import reference_edit_distance, word_error_rate
     from speechllm.text_normalize import get_normalizer
 
     rng = random.Random(seed)
@@ -48,7 +36,7 @@ def wer_timing(words: int, seed: int = 0) -> dict:
     jiwer_s = time.perf_counter() - t0
     norm = get_normalizer("spoken")
     t0 = time.perf_counter()
-    python_errors = edit_distance(norm(ref_text).split(), norm(hyp_text).split())
+    python_errors = reference_edit_distance(norm(ref_text).split(), norm(hyp_text).split())
     python_s = time.perf_counter() - t0
     if python_errors != jiwer_rate.errors:
         raise SystemExit(f"jiwer counts {jiwer_rate.errors} errors, the edit distance {python_errors}")

@@ -55,3 +55,15 @@ def char_error_rate(refs: Sequence[str], hyps: Sequence[str], normalizer: str = 
     out = jiwer.process_characters([s.replace(" ", "") for s in r], [s.replace(" ", "") for s in h])
     return ErrorRate(out.substitutions + out.deletions + out.insertions,
                      out.substitutions + out.deletions + out.hits)
+
+
+def reference_edit_distance(ref: Sequence, hyp: Sequence) -> int:
+    """Levenshtein distance, the textbook pure-Python dynamic programme (O(len(ref) * len(hyp))): the
+    oracle that jiwer's counts are checked against, and the speed baseline of ``benchmarks/scores.py``."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
