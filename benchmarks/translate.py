@@ -20,8 +20,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-
 HELD_OUT_VOICES = (
     "jf_nezumi:0.6+jm_kumo:0.4",
     "jf_tebukuro:0.5+jf_gongitsune:0.5",
@@ -36,13 +34,11 @@ def build(out: Path, everyday: int, verses: int, max_words: int) -> None:
     import soxr
 
     from speechllm.data_recipes.everyday import everyday_pairs
-    from speechllm.data_recipes.texts import verse_pairs
+    from speechllm.data_recipes.texts import held_out_verses
     from speechllm.manifest import ManifestRow, write_manifest
     from speechllm.tts.kokoro import KokoroVoice
 
-    rng = np.random.default_rng(7)
-    pool = [v for v in verse_pairs() if len(v.es.split()) <= max_words and len(v.en.split()) <= max_words + 4]
-    chosen = [pool[i] for i in sorted(rng.choice(len(pool), size=verses, replace=False))]
+    chosen = held_out_verses(verses, max_words)
     items = [
         ("everyday", f"everyday-{i:03d}", es, en)
         for i, (es, en) in enumerate(everyday_pairs(everyday, seed=EVERYDAY_SEED))

@@ -125,6 +125,14 @@ def verse_pairs() -> tuple[VersePair, ...]:
     return tuple(VersePair(ref, en[ref], es[ref]) for ref in en if ref in es)
 
 
+def held_out_verses(count: int = 50, max_words: int = 14, seed: int = 7) -> list[VersePair]:
+    """The short verses the translation benchmark speaks (``benchmarks/translate.py``): never put
+    them in anything a model learns or looks up (the shipped translation memory leaves them out)."""
+    rng = np.random.default_rng(seed)
+    pool = [v for v in verse_pairs() if len(v.es.split()) <= max_words and len(v.en.split()) <= max_words + 4]
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=count, replace=False))]
+
+
 # ---------------------------------------------------------------- bsdgames quiz
 
 

@@ -86,3 +86,28 @@ def test_asking_about_audio_builds_the_passage_prompt(cascade_folder):
     with pytest.raises(ValueError, match="answers about audio"):
         model.model.generate(None, model.instruction)
     assert isinstance(model.model.generate([np.zeros(16000, np.float32)], model.instruction)[0].text, str)
+
+
+def test_translation_memory_supplies_the_nearest_demonstrations(cascade_folder, tmp_path):
+    folder = tmp_path / "with-memory"
+    folder.mkdir()
+    config = json.loads((cascade_folder / "config.json").read_text())
+    config.update(memory={"Spanish-English": "memory.tsv"}, memory_k=2, memory_min_score=0.3)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "memory.tsv").write_text(
+        "El perro come carne.\tThe dog eats meat.\n"
+        "El gato duerme en la casa.\tThe cat sleeps in the house.\n"
+        "Mañana llueve en la ciudad.\tTomorrow it rains in the city.\n",
+        encoding="utf-8",
+    )
+    model = speechllm.load(str(folder), task="translate", target="en", segmenter="fixed").model
+    prompt = model.prompt("El perro duerme.", "Spanish", instruction("translate", None, "English"))
+    demos = prompt.split("\n\n")[:-1]
+    assert len(demos) == 2 and "perro come carne" in demos[0] + demos[1] and "Mañana" not in prompt
+    assert prompt.endswith("Spanish: El perro duerme.\nEnglish:")
+    # no word in common with the memory: the fixed demonstrations
+    unrelated = model.prompt("Hola amigos.", "Spanish", instruction("translate", None, "English"))
+    assert "Mi hermano trabaja en un hospital grande." in unrelated
+    # the other direction reads the same memory reversed
+    back = model.prompt("The dog sleeps.", "English", instruction("translate", None, "Spanish"))
+    assert "English: The dog eats meat.\nSpanish: El perro come carne." in back

@@ -7,9 +7,13 @@ multilingual LLM (Gemma 3 270M) is then prompted few-shot with the task: transla
 about the passage, a spoken question, or the transcript itself. Its folder is a ``config.json``::
 
     {"format": "speechllm", "pipeline": "transcript", "asr": "whisper-base",
-     "llm": "gemma3-270m", "quant": "auto", "language": null}
+     "llm": "gemma3-270m", "quant": "auto", "language": null,
+     "memory": {"Spanish-English": "memory-es-en.tsv.gz"}, "memory_k": 8, "memory_min_score": 12.0}
 
-``language`` fixes the audio's language (``null``: Whisper detects it per clip). It answers the
+``language`` fixes the audio's language (``null``: Whisper detects it per clip). ``memory`` names a
+translation memory per language pair (:mod:`~speechllm.speechlm.memory`; a path relative to the
+folder): a sentence whose nearest pairs there score at least ``memory_min_score`` is translated with
+the ``memory_k`` nearest as demonstrations, any other with the fixed ones. It answers the
 same ``generate(audio, instructions, options)`` calls as :class:`~speechllm.speechlm.model.SpeechLLM`,
 so ``speechllm translate``/``ask`` and :class:`SpeechLLMTranscriber` run it unchanged.
 """
@@ -27,6 +31,7 @@ import torch
 
 from speechllm.device import pick_device
 from speechllm.generation.options import Generation, GenerationOptions
+from speechllm.speechlm.memory import TranslationMemory
 from speechllm.speechlm.tasks import LANGUAGES, TASKS, language_name
 
 SAMPLE_RATE = 16_000
@@ -39,11 +44,16 @@ class CascadeConfig:
     llm: str = "gemma3-270m"
     quant: str = "auto"
     language: str | None = None  # the audio's language; None: detected per clip
+    memory: tuple[tuple[str, str], ...] = ()  # ("Spanish-English", file) per language pair
+    memory_k: int = 8
+    memory_min_score: float = 12.0
 
     @classmethod
-    def from_dict(cls, raw: dict) -> CascadeConfig:
-        known = {k: raw[k] for k in ("asr", "llm", "quant", "language") if k in raw}
-        return cls(**known)
+    def from_dict(cls, raw: dict, folder: str | Path | None = None) -> CascadeConfig:
+        known = {k: raw[k] for k in ("asr", "llm", "quant", "language", "memory_k", "memory_min_score") if k in raw}
+        root = Path(folder) if folder is not None else Path()
+        memory = tuple((pair, str(root / file)) for pair, file in (raw.get("memory") or {}).items())
+        return cls(**known, memory=memory)
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,11 @@ _QUESTION_DEMOS = (
 )
 
 
-def _translation_prompt(said: str, source: str, target: str) -> str:
-    demos = _TRANSLATION_DEMOS.get((source, target), ())
+def _translation_prompt(
+    said: str, source: str, target: str, demos: Sequence[tuple[str, str]] | None = None
+) -> str:
+    """Few-shot: ``demos`` (nearest last) when given, else the fixed demonstrations of the pair."""
+    demos = _TRANSLATION_DEMOS.get((source, target), ()) if not demos else demos
     lines = [f"{source}: {s}\n{target}: {t}\n" for s, t in demos]
     return "\n".join(lines + [f"{source}: {said}\n{target}:"])
 
@@ -140,13 +153,14 @@ class TranscriptSpeechLLM:
             config.asr, device=str(self.device), language=config.language, segmenter="fixed"
         )
         self.llm, self.tokenizer = load_llm(config.llm, quant=config.quant, device=self.device)
+        self._memories: dict[tuple[str, str], TranslationMemory | None] = {}
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device | None = None) -> TranscriptSpeechLLM:
         import json
 
         raw = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-        return cls(CascadeConfig.from_dict(raw), device or "cpu")
+        return cls(CascadeConfig.from_dict(raw, folder), device or "cpu")
 
     def eval(self) -> TranscriptSpeechLLM:
         return self
@@ -172,12 +186,34 @@ class TranscriptSpeechLLM:
         if request.task == "transcribe":
             return None
         if request.task == "translate":
-            return _translation_prompt(said, language, language_name(request.target))
+            target = language_name(request.target)
+            return _translation_prompt(said, language, target, self.demonstrations(said, language, target))
         if request.task == "passage-question":
             return _passage_prompt(said, request.prompt or "")
         if request.task == "spoken-question":
             return _question_prompt(said)
         return _free_prompt(said, instruction)
+
+    def memory(self, source: str, target: str) -> TranslationMemory | None:
+        """The translation memory of a language pair (either direction of a configured one), loaded once."""
+        if (source, target) not in self._memories:
+            files = dict(self.config.memory)
+            if f"{source}-{target}" in files:
+                memory = TranslationMemory.read(files[f"{source}-{target}"])
+            elif f"{target}-{source}" in files:
+                memory = self.memory(target, source).reversed()
+            else:
+                memory = None
+            self._memories[(source, target)] = memory
+        return self._memories[(source, target)]
+
+    def demonstrations(self, said: str, source: str, target: str) -> list[tuple[str, str]] | None:
+        """The memory's nearest pairs for a sentence, nearest last; None when nothing is near enough."""
+        memory = self.memory(source, target)
+        if memory is None or self.config.memory_k <= 0:
+            return None
+        nearest = memory.nearest(said, self.config.memory_k, self.config.memory_min_score)
+        return nearest[::-1] or None
 
     @torch.no_grad()
     def complete(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
@@ -229,4 +265,5 @@ class TranscriptSpeechLLM:
         self, texts: Sequence[str], source: str = "Spanish", target: str = "English"
     ) -> list[str]:
         """The LLM alone on given source text (the ceiling any hearing can reach)."""
-        return [g.text for g in self.complete([_translation_prompt(t, source, target) for t in texts], 64)]
+        prompts = [_translation_prompt(t, source, target, self.demonstrations(t, source, target)) for t in texts]
+        return [g.text for g in self.complete(prompts, 64)]

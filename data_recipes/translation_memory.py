@@ -1,0 +1,38 @@
+"""Build the Spanish -> English translation memory that ``speechllm-translate`` ships.
+
+    python -m speechllm.data_recipes.translation_memory speechllm/weights/translate/memory-es-en.tsv.gz
+
+Reina-Valera 1909 -> World English Bible verse pairs (the sword modules the Makefile installs), verses
+of at most ``--max-words`` Spanish words, minus the verses the translation benchmark holds out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from speechllm.data_recipes.texts import held_out_verses, verse_pairs
+from speechllm.speechlm.memory import TranslationMemory
+
+
+def bible_memory(max_words: int = 30) -> TranslationMemory:
+    held_out = {v.ref for v in held_out_verses()}
+    return TranslationMemory(
+        (" ".join(v.es.split()), " ".join(v.en.split()))
+        for v in verse_pairs()
+        if v.ref not in held_out and len(v.es.split()) <= max_words
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="a .tsv or .tsv.gz file")
+    parser.add_argument("--max-words", type=int, default=30)
+    args = parser.parse_args()
+    memory = bible_memory(args.max_words)
+    memory.write(args.out)
+    print(f"{len(memory)} pairs -> {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
