@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [str(Path(sys.executable).parent / "speechllm")]  # the console script users run
 
+PHASE_KEYS = ("import_s", "load_s", "answer_s")
 PHASES = """
 import json, sys, time
 start = time.perf_counter()
@@ -78,7 +79,7 @@ def main() -> None:
             "model": model,
             "wall_s": round(statistics.median(walls), 2),
             "wall_s_runs": [round(w, 2) for w in walls],
-            **{k: round(statistics.median(p[k] for p in parts), 2) for k in ("import_s", "load_s", "answer_s")},
+            **{k: round(statistics.median(p[k] for p in parts), 2) for k in PHASE_KEYS},
             "answer": answer,
         }
         print(json.dumps(result, ensure_ascii=False), flush=True)

@@ -50,7 +50,8 @@ class CascadeConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, folder: str | Path | None = None) -> CascadeConfig:
-        known = {k: raw[k] for k in ("asr", "llm", "quant", "language", "memory_k", "memory_min_score") if k in raw}
+        fields = ("asr", "llm", "quant", "language", "memory_k", "memory_min_score")
+        known = {k: raw[k] for k in fields if k in raw}
         root = Path(folder) if folder is not None else Path()
         memory = tuple((pair, str(root / file)) for pair, file in (raw.get("memory") or {}).items())
         return cls(**known, memory=memory)
@@ -265,5 +266,6 @@ class TranscriptSpeechLLM:
         self, texts: Sequence[str], source: str = "Spanish", target: str = "English"
     ) -> list[str]:
         """The LLM alone on given source text (the ceiling any hearing can reach)."""
-        prompts = [_translation_prompt(t, source, target, self.demonstrations(t, source, target)) for t in texts]
+        prompts = [_translation_prompt(t, source, target, self.demonstrations(t, source, target)) 
+                   for t in texts]
         return [g.text for g in self.complete(prompts, 64)]
