@@ -266,6 +266,6 @@ class TranscriptSpeechLLM:
         self, texts: Sequence[str], source: str = "Spanish", target: str = "English"
     ) -> list[str]:
         """The LLM alone on given source text (the ceiling any hearing can reach)."""
-        prompts = [_translation_prompt(t, source, target, self.demonstrations(t, source, target)) 
+        prompts = [_translation_prompt(t, source, target, self.demonstrations(t, source, target))
                    for t in texts]
         return [g.text for g in self.complete(prompts, 64)]
