@@ -8,7 +8,7 @@ about the passage, a spoken question, or the transcript itself. Its folder is a 
 
     {"format": "speechllm", "pipeline": "transcript", "asr": "whisper-base",
      "llm": "gemma3-270m", "quant": "auto", "language": null,
-     "memory": {"Spanish-English": "memory-es-en.tsv.gz"}, "memory_k": 8, "memory_min_score": 12.0}
+     "memory": {"Spanish-English": "memory-es-en.tsv.gz"}, "memory_k": 8, "memory_min_score": 15.0}
 
 ``language`` fixes the audio's language (``null``: Whisper detects it per clip). ``memory`` names a
 translation memory per language pair (:mod:`~speechllm.speechlm.memory`; a path relative to the
@@ -46,7 +46,7 @@ class CascadeConfig:
     language: str | None = None  # the audio's language; None: detected per clip
     memory: tuple[tuple[str, str], ...] = ()  # ("Spanish-English", file) per language pair
     memory_k: int = 8
-    memory_min_score: float = 12.0
+    memory_min_score: float = 15.0
 
     @classmethod
     def from_dict(cls, raw: dict, folder: str | Path | None = None) -> CascadeConfig:
