@@ -254,14 +254,20 @@ def build(
     shard_size: int = SHARD_SIZE,
     max_utterances: int | None = None,
     progress: bool = True,
+    splits: tuple[str, ...] = SPLITS,
 ) -> BuildResult:
-    """Build (or finish) a corpus; see the module docstring for the layout and the rules."""
+    """Build (or finish) a corpus; see the module docstring for the layout and the rules.
+    ``splits``: synthesise only these splits' items of the plan (the others' manifests stay empty),
+    e.g. a test set for evaluation: the same rows as the whole build's."""
     started = time.perf_counter()
     rec = get_recipe(recipe)
     if hours <= 0:
         raise ValueError(f"--hours must be > 0, got {hours}")
     out = Path(out).absolute()
-    items = plan(rec, seed, hours, max_utterances)
+    unknown = set(splits) - set(SPLITS)
+    if unknown or not splits:
+        raise ValueError(f"--splits must name some of {', '.join(SPLITS)}, got {', '.join(splits) or 'none'}")
+    items = [i for i in plan(rec, seed, hours, max_utterances) if i.split in splits]
     speakers.check_speakers({i.speaker for i in items})
     audio_root = out / "audio"
     shard_jobs = make_shards(items, audio_root, shard_size)
@@ -330,6 +336,8 @@ def register_synth(parser: argparse.ArgumentParser) -> None:
         "--shard-size", type=int, default=SHARD_SIZE, help=f"utterances per shard ({SHARD_SIZE})"
     )
     parser.add_argument("--max-utterances", type=int, default=None, help="stop planning after this many")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
+                        help="synthesise only these splits of the plan (e.g. test: an evaluation set)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
@@ -343,6 +351,7 @@ def run_synth(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         max_utterances=args.max_utterances,
         progress=not args.quiet,
+        splits=tuple(args.splits),
     )
     s = result.stats
     print(

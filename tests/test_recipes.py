@@ -11,7 +11,7 @@ import soundfile as sf
 
 from speechllm.data_recipes import texts, voices
 from speechllm.data_recipes.recipes import RECIPES, SPLITS, plan, split_of
-from speechllm.data_recipes.synth import register_synth, run_synth
+from speechllm.data_recipes.synth import build, register_synth, run_synth
 from speechllm.manifest import read_manifest
 from speechllm.text_normalize import normalize
 from speechllm.zoo import ModelNotFoundError, resolve
@@ -386,3 +386,17 @@ def test_other_recipes_build(tmp_path, recipe, n):
         assert all(r.answer in r.text for r in rows if r.prompt)  # passage QA: the answer is a span
     if recipe == "tts":
         assert stats["held_out_speakers"] == []
+
+
+@needs_tools
+@needs_piper
+def test_a_test_only_build_holds_the_whole_builds_test_rows(asr_corpus, tmp_path):
+    out, _ = asr_corpus
+    stats = build("asr", tmp_path / "test-only", 1, jobs=1, max_utterances=36, shard_size=8,
+                        progress=False, splits=("test",))
+    whole = [(r.extra["id"], r.text, r.speaker) for r in read_manifest(out / "test.jsonl")]
+    alone = [(r.extra["id"], r.text, r.speaker) for r in read_manifest(tmp_path / "test-only" / "test.jsonl")]
+    assert alone == whole and whole
+    assert stats.stats["splits"]["train"]["utterances"] == 0
+    with pytest.raises(ValueError, match="--splits must name"):
+        build("asr", tmp_path / "bad", 1, splits=("holdout",))
