@@ -6,8 +6,9 @@
 Each model first answers once untimed (that run converts a GGUF into the cache if it is not there
 yet; the files are then in the OS page cache, as they are for a user's second question). Then, per
 run: the command itself in a fresh process (``wall_s``), and a fresh Python process that times its
-phases the way the command runs them: importing the toolkit, ``speechllm.load`` (``load_s``), and
-the answer (``answer_s``). Medians over ``--runs``.
+phases the way the command runs them: importing the toolkit with torch and transformers
+(``import_s``), ``speechllm.load`` (``load_s``: what is left to import, e.g. peft, and the weights),
+and the answer (``answer_s``). Medians over ``--runs``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ PHASES = """
 import json, sys, time
 start = time.perf_counter()
 import speechllm
+import speechllm.speechlm.io, speechllm.speechlm.transcriber, speechllm.llm  # torch, transformers
 imported = time.perf_counter()
 model = speechllm.load(sys.argv[1], task="passage-question", prompt=sys.argv[3])
 loaded = time.perf_counter()

@@ -261,7 +261,8 @@ FIGURES: dict[str, Figure] = {
 }
 
 TRANSLATE_MODELS = {  # benchmarks/translate.py's model names
-    "speechllm-translate": "**`speechllm-translate`** (Whisper base hears, Gemma 3 270M translates; default)",
+    "speechllm-translate": "**`speechllm-translate`** (Whisper base hears, Gemma 3 270M translates with a "
+                           "translation memory; default)",
     "whisper-base": "Whisper base, its own `--task translate`",
     "speechllm-starter": "`speechllm-starter` (CTC units over English tokens, SmolLM2)",
 }
@@ -279,6 +280,21 @@ FIGURES["translate-everyday-bleu"] = Figure(
 FIGURES["translate-bible-bleu"] = Figure(
     "translate.json", lambda d: d["results"][0]["bible"]["bleu"], fixed(1))
 FIGURES["translate-everyday-clips"] = Figure("translate.json", lambda d: d["results"][0]["everyday"]["clips"])
+FIGURES["translate-bible-clips"] = Figure("translate.json", lambda d: d["results"][0]["bible"]["clips"])
+
+# ---- a cold `speechllm ask`: benchmarks/cold_start.py -------------------------------------------
+
+COLD_MODELS = {"speechllm-starter": "`speechllm-starter` (default of `ask`)",
+               "speechllm-translate": "`speechllm-translate`"}
+TABLES["cold-start"] = Table("cold-start.json", (
+    Column("model", labelled(COLD_MODELS, "model")),
+    Column("`speechllm ask FILE QUESTION`, wall", "wall_s", fixed(1, " s"), True),
+    Column("import torch + transformers", "import_s", fixed(1, " s"), True),
+    Column("load", "load_s", fixed(1, " s"), True),
+    Column("answer", "answer_s", fixed(1, " s"), True)),
+    rows=lambda d: d["results"])
+FIGURES["cold-ask-wall"] = Figure("cold-start.json", lambda d: d["results"][0]["wall_s"], fixed(1, " s"))
+FIGURES["cold-ask-load"] = Figure("cold-start.json", lambda d: d["results"][0]["load_s"], fixed(1, " s"))
 
 # ---- docs/decoding.md: benchmarks/decode.py, decode_e2e.py, decode_profile.py -------------------
 
