@@ -150,3 +150,31 @@ def test_reply_loss_equals_the_full_sequence_loss(ctc_posterior):
     full = model.llm(inputs_embeds=spliced.embeds, attention_mask=spliced.attention_mask,
                      position_ids=spliced.position_ids, labels=spliced.labels, use_cache=False).loss
     assert torch.allclose(model.reply_loss(spliced), full, atol=1e-5)
+
+
+def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
+    from speechllm.speechlm import instruction
+    from speechllm.speechlm.hearing import transcript_units
+
+    run = config(data, tmp_path / "hearing", adapter="ctc-posterior", hearing="whisper",
+                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
+                 lora=LoraSpec(rank=2, alpha=4.0))
+    model = SpeechLLM.build(run.model_config()).eval()
+    heard = ["It costs 12 dollars.", ""]
+    model.whisper.transcripts = lambda audio: heard[: len(audio)]  # the tiny Whisper writes noise
+    clips = [np.zeros(8000, np.float32), np.zeros(4000, np.float32)]
+    # the transcribe instruction: Whisper's transcript itself, no LLM
+    replies = model.generate(clips, instruction("transcribe"))
+    assert [r.text for r in replies] == heard
+    # any other instruction: the transcript in spoken form, one certain unit per vocabulary piece
+    units = transcript_units(model.adapter, model.ctc_vocab, heard)
+    expected = model.ctc_vocab.encode("It costs twelve dollars.")
+    assert int(units.mask[0].sum()) == len(expected) and int(units.mask[1].sum()) == 0
+    table = model.llm.get_input_embeddings()
+    first = table(model.adapter.token_ids[torch.tensor(expected) - 1])
+    assert torch.allclose(units.embeddings[0, : len(expected)], first, atol=1e-6)
+    spliced, seeds = model._prefill_seeded(clips, [instruction("spoken-question")] * 2)
+    assert len(seeds[0]) > len(seeds[1])  # the drafter's seed holds the heard tokens
+    assert len(model.generate(clips, instruction("spoken-question"))) == 2
+    with pytest.raises(ValueError, match="hearing='whisper' needs"):
+        run.model_config().__class__(adapter="alignformer", hearing="whisper")

@@ -46,6 +46,7 @@ from speechllm.speechlm.ctc_beam import (
     LLMPrefixScorer,
     document_start_id,
 )
+from speechllm.speechlm.hearing import HEARINGS, WhisperHearing, transcript_units
 from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task registry lives in tasks.py)
     LANGUAGES,
     TASKS,
@@ -96,10 +97,18 @@ class SpeechLLMConfig:
     # how the "ctc" decoder searches (CTCBeamOptions' fields): greedy by default; beam_size > 1
     # runs a prefix beam search with the LLM as language model
     ctc_beam: dict[str, Any] = field(default_factory=dict, hash=False)
+    # "adapter": the LLM reads the adapter's output; "whisper": the encoder's own Whisper decoder
+    # hears, and the LLM reads its transcript as clean units (speechllm.speechlm.hearing)
+    hearing: str = "adapter"
 
     def __post_init__(self) -> None:
         if self.asr_decoder not in ("llm", "ctc"):
             raise ValueError(f"asr_decoder must be 'llm' or 'ctc', not {self.asr_decoder!r}")
+        if self.hearing not in HEARINGS:
+            raise ValueError(f"hearing must be one of {', '.join(HEARINGS)}, not {self.hearing!r}")
+        if self.hearing == "whisper" and (self.encoder_kind != "whisper" or self.adapter != "ctc-posterior"):
+            raise ValueError("hearing='whisper' needs a Whisper encoder and the ctc-posterior adapter "
+                             "(its units carry the transcript)")
         CTCBeamOptions(**self.ctc_beam)  # unknown or bad options fail here, not at the first transcript
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +157,8 @@ class SpeechLLM(nn.Module):
         self.tokenizer = tokenizer
         self._end_of_turn, self._stop_ids = self._end_of_turn_parts()
         self._prompt_cache: dict[tuple[str, bool], tuple[list[int], list[int]]] = {}
+        self.whisper = (WhisperHearing(config.encoder, next(llm.parameters()).device)
+                        if config.hearing == "whisper" else None)
 
     @classmethod
     def build(cls, config: SpeechLLMConfig, encoder: SpeechEncoder | None = None,
@@ -390,8 +401,10 @@ class SpeechLLM(nn.Module):
             return self.splice(before, None, after), [b + a for b, a in prompts]
         if len(audio) != len(instructions):
             raise ValueError(f"{len(audio)} audio inputs but {len(instructions)} instructions")
-        padded, lengths = pad_audio(audio)
-        encoded = self.encode_audio(padded, lengths)
+        if self.whisper is not None:
+            encoded = transcript_units(self.adapter, self.ctc_vocab, self.whisper.transcripts(audio))
+        else:
+            encoded = self.encode_audio(*pad_audio(audio))
         heard = [[] for _ in instructions] if encoded.tokens is None else [
             row[m].tolist() for row, m in zip(encoded.tokens, encoded.mask, strict=True)]
         seeds = [b + h + a for b, h, a in zip(before, heard, after, strict=True)]
@@ -422,19 +435,28 @@ class SpeechLLM(nn.Module):
         return [Generation(tuple(vocab.subset[u - 1] if vocab.subset else u - 1 for u in item),
                            vocab.decode(item).strip(), 0.0) for item in units]
 
+    def whisper_transcripts(self, audio: Sequence[np.ndarray], beam_size: int = 1) -> list[Generation]:
+        """Transcripts from the encoder's own Whisper decoder (``hearing="whisper"``; greedy with
+        Whisper's temperature fallback, ``beam_size`` aside)."""
+        texts = self.whisper.transcripts(audio)
+        ids = [self.tokenizer(text, add_special_tokens=False).input_ids for text in texts]
+        return [Generation(tuple(i), text, 0.0) for i, text in zip(ids, texts, strict=True)]
+
     @torch.no_grad()
     def generate(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str] | str,
                  options: GenerationOptions = DEFAULT_OPTIONS) -> list[Generation]:
         """Replies for a batch of 16 kHz clips (or, with ``audio=None``, text-only prompts)."""
         instructions = [instructions] * (len(audio) if audio is not None else 1) if isinstance(
             instructions, str) else list(instructions)
-        if audio is not None and self.config.asr_decoder == "ctc":
+        transcriber = self.whisper_transcripts if self.whisper is not None else (
+            self.ctc_transcripts if self.config.asr_decoder == "ctc" else None)
+        if audio is not None and transcriber is not None:
             asr = instruction("transcribe")
-            by_ctc = [i for i, text in enumerate(instructions) if text == asr]
-            if by_ctc:
-                rest = [i for i in range(len(instructions)) if i not in set(by_ctc)]
-                transcripts = self.ctc_transcripts([audio[i] for i in by_ctc], options.beam_size)
-                replies = dict(zip(by_ctc, transcripts, strict=True))
+            by_asr = [i for i, text in enumerate(instructions) if text == asr]
+            if by_asr:
+                rest = [i for i in range(len(instructions)) if i not in set(by_asr)]
+                transcripts = transcriber([audio[i] for i in by_asr], options.beam_size)
+                replies = dict(zip(by_asr, transcripts, strict=True))
                 if rest:
                     others = self.generate([audio[i] for i in rest], [instructions[i] for i in rest], options)
                     replies.update(zip(rest, others, strict=True))

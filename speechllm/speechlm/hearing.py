@@ -1,0 +1,50 @@
+"""How a speech-LLM hears: its adapter's CTC units, or its encoder's own Whisper decoder.
+
+``"hearing": "adapter"`` (default): the adapter turns the encoder's frames into the LLM's input.
+``"hearing": "whisper"``: the Whisper checkpoint the encoder comes from (``config.encoder``, e.g.
+whisper-tiny.en) decodes each clip the way Whisper does (its 30 s window, its own decoder), and its
+transcript reaches the LLM as *clean units* of the ``ctc-posterior`` adapter's vocabulary: what that
+adapter would hand the LLM for a perfect CTC path, the clean end of the simulated units its LoRA
+learned from (:mod:`speechllm.speechlm.simulated_units`). The transcribe instruction is answered with
+Whisper's transcript itself. The adapter's CTC head is not used; its vocabulary and embedding mix are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from speechllm.adapters import AdapterOutput
+from speechllm.speechlm.simulated_units import simulated_output
+from speechllm.text_normalize import spoken_form
+
+HEARINGS = ("adapter", "whisper")
+
+
+class WhisperHearing:
+    """Whisper's transcripts of clips, and the LLM input they make."""
+
+    def __init__(self, name: str, device: torch.device | str = "cpu") -> None:
+        from speechllm.transcriber import WhisperTranscriber
+
+        self.asr = WhisperTranscriber(name, device=str(device), segmenter="fixed")
+
+    def transcripts(self, audio: Sequence[np.ndarray]) -> list[str]:
+        """What Whisper writes for each 16 kHz clip (at most one 30 s window each)."""
+        return [self.asr.transcribe(np.asarray(clip, np.float32)).text.strip() for clip in audio]
+
+
+def transcript_units(adapter, vocab, transcripts: Sequence[str]) -> AdapterOutput:
+    """Transcripts as the adapter's output: one certain unit per vocabulary piece of the text in
+    spoken form (numbers as words, as the LoRA's text rows were), and, per position, the LLM token
+    it stands for (``tokens``: the speculative drafter's seed)."""
+    units = [vocab.encode(spoken_form(text)) for text in transcripts]
+    items = [(torch.tensor(u, dtype=torch.long).reshape(-1, 1), torch.ones(len(u), 1)) for u in units]
+    out = simulated_output(adapter, items)
+    tokens = torch.zeros(out.mask.shape, dtype=torch.long, device=out.mask.device)
+    for row, item in enumerate(units):
+        llm_ids = [vocab.subset[u - 1] if vocab.subset else u - 1 for u in item]
+        tokens[row, : len(llm_ids)] = torch.tensor(llm_ids, dtype=torch.long)
+    return AdapterOutput(out.embeddings, out.mask, None, tokens)
