@@ -169,7 +169,7 @@ ZOO: dict[str, ZooEntry] = {
                  "answers few-shot; shipped as a config inside the speechllm package",
                  Bundle("speechllm", "speechllm", "weights/translate"), chat=False),
         ZooEntry("speechllm-starter", "speech-llm", None, "Apache-2.0",
-                 "the project's starter speech-LLM (Whisper tiny.en encoder → adapter → SmolLM2), "
+                 "the project's starter speech-LLM (Whisper tiny.en hears, adapter units → SmolLM2 + LoRA), "
                  "shipped inside the speechllm package", Bundle("speechllm", "speechllm", "weights/starter")),
         ZooEntry("silero-vad", "vad", None, "MIT", "Silero voice activity detector",
                  Bundle("silero_vad", "silero-vad", "data", "6.2.3"), main_file="silero_vad.onnx"),

@@ -1,7 +1,8 @@
-"""The starter speech-LLM shipped inside the package: small, safetensors only, the default model,
-and it transcribes the example recordings (held-out voices and texts) through the speech-LLM."""
+"""The starter speech-LLM shipped inside the package: small, safetensors only, the default model;
+it hears through Whisper's decoder, answers about a recording, and its own adapter still hears."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,37 @@ def _missing_bundles() -> list[str]:
     return [n for n in names if n in ZOO and ZOO[n].bundle and ZOO[n].bundle.folder() is None]
 
 
-@pytest.mark.skipif(bool(_missing_bundles()), reason=f"offline bundles not installed: {_missing_bundles()}")
-def test_starter_transcribes_the_examples():
+needs_bundles = pytest.mark.skipif(bool(_missing_bundles()),
+                                   reason=f"offline bundles not installed: {_missing_bundles()}")
+
+
+def _wer_on_examples(model) -> tuple[float, list[str]]:
     rows = [json.loads(line) for line in (EXAMPLES / "manifest.jsonl").read_text().splitlines()]
-    model = speechllm.load(speechllm.STARTER)
-    assert type(model).__name__ == "SpeechLLMTranscriber"
     results = dict(model.transcribe_many([str(EXAMPLES / r["audio"]) for r in rows]))
     hyps = [results[str(EXAMPLES / r["audio"])].text for r in rows]
-    # measured 32 % (10/31 words) for the shipped starter; Whisper tiny.en gets them all right.
-    # A guard against a broken starter (wrong vocabulary, weights, splice), not a quality target.
-    assert word_error_rate([r["text"] for r in rows], hyps).rate <= 0.6, hyps
+    return word_error_rate([r["text"] for r in rows], hyps).rate, hyps
+
+
+@needs_bundles
+def test_starter_hears_through_whisper_and_answers_the_readme_question():
+    model = speechllm.load(speechllm.STARTER)
+    assert type(model).__name__ == "SpeechLLMTranscriber" and model.model.config.hearing == "whisper"
+    wer, hyps = _wer_on_examples(model)
+    assert wer <= 0.1, hyps  # Whisper tiny.en's own transcripts: measured 0 of 31 words wrong
+    ask = speechllm.load(speechllm.STARTER, task="passage-question",
+                         prompt="What should be sent before the meeting?")
+    assert "report" in ask.transcribe(str(EXAMPLES / "meeting_slt.flac")).text.lower()
+
+
+@needs_bundles
+def test_starter_adapter_still_hears_on_its_own(tmp_path):
+    """The same weights with ``"hearing": "adapter"``: the CTC head and its LLM beam search."""
+    folder = tmp_path / "starter-ctc"
+    shutil.copytree(FOLDER, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hearing": "adapter"}))
+    model = speechllm.load(str(folder))
+    # measured 32 % (10/31 words); Whisper tiny.en gets them all right.
+    # A guard against a broken adapter (wrong vocabulary, weights, splice), not a quality target.
+    wer, hyps = _wer_on_examples(model)
+    assert wer <= 0.6, hyps

@@ -31,6 +31,13 @@ class WhisperHearing:
 
         self.asr = WhisperTranscriber(name, device=str(device), segmenter="fixed")
 
+    def encoder(self):
+        """Whisper's encoder as the speech-LLM's (frozen) encoder: one copy of its weights."""
+        from speechllm.speechlm.backbone import WhisperEncoder
+
+        model = self.asr.model
+        return WhisperEncoder(model.encoder, model.config.n_mels).eval().requires_grad_(False)
+
     def transcripts(self, audio: Sequence[np.ndarray]) -> list[str]:
         """What Whisper writes for each 16 kHz clip (at most one 30 s window each)."""
         return [self.asr.transcribe(np.asarray(clip, np.float32)).text.strip() for clip in audio]

@@ -147,7 +147,7 @@ class Spliced:
 
 class SpeechLLM(nn.Module):
     def __init__(self, config: SpeechLLMConfig, encoder: SpeechEncoder, adapter: Adapter, llm: nn.Module,
-                 tokenizer: Any):
+                 tokenizer: Any, whisper: WhisperHearing | None = None):
         super().__init__()
         self.config = config
         self.encoder = encoder.eval().requires_grad_(False)
@@ -157,15 +157,20 @@ class SpeechLLM(nn.Module):
         self.tokenizer = tokenizer
         self._end_of_turn, self._stop_ids = self._end_of_turn_parts()
         self._prompt_cache: dict[tuple[str, bool], tuple[list[int], list[int]]] = {}
-        self.whisper = (WhisperHearing(config.encoder, next(llm.parameters()).device)
-                        if config.hearing == "whisper" else None)
+        if config.hearing == "whisper" and whisper is None:
+            whisper = WhisperHearing(config.encoder, next(llm.parameters()).device)
+        self.whisper = whisper
 
     @classmethod
     def build(cls, config: SpeechLLMConfig, encoder: SpeechEncoder | None = None,
               llm: nn.Module | None = None, tokenizer: Any = None, prepare: bool = True) -> SpeechLLM:
         """A new model with a freshly initialised adapter (and LoRA); loads what is not given.
         ``prepare=False``: a loaded LLM's quantized kernels are chosen later (``prepare_kernels``)."""
-        if encoder is None:
+        whisper = None
+        if encoder is None and config.hearing == "whisper":  # the Whisper that hears lends its encoder
+            whisper = WhisperHearing(config.encoder)
+            encoder = whisper.encoder()
+        elif encoder is None:
             encoder = load_encoder(config.encoder, config.encoder_kind)
         elif config.encoder_trainable_layers:  # its top layers are this model's own: never alter a shared one
             encoder = copy.deepcopy(encoder)
@@ -182,7 +187,7 @@ class SpeechLLM(nn.Module):
         if config.lora is not None:
             llm = apply_lora(llm, config.lora)
         device = next(llm.parameters()).device
-        return cls(config, encoder.to(device), adapter.to(device), llm, tokenizer)
+        return cls(config, encoder.to(device), adapter.to(device), llm, tokenizer, whisper)
 
     # -- properties and modes
 
