@@ -26,7 +26,7 @@ def pair(a: str, b: str, fmt: Callable[[Any], str], sep: str = " / ") -> Callabl
 SYSTEMS = {  # benchmarks/asr.py's system names, as the tables write them
     "speechllm-whisper fp32": "Whisper tiny.en, the project's decoder",
     "faster-whisper int8": "faster-whisper (same tiny.en weights, int8)",
-    "speech-LLM speechllm-starter": "speech-LLM starter (shipped), CTC + LLM beam search",
+    "speech-LLM speechllm-starter": "speech-LLM starter, its adapter's CTC + LLM beam search",
     "speech-LLM runs/starter-conv": "+ 1,500 steps on 10 h asr + 5.3 h converted voices (`starter-conv`)",
     "speech-LLM runs/starter-conv2": "+ 1,500 more on 10 h asr + 11.6 h converted (`starter-conv2`)",
     "speech-LLM runs/starter-conv3": "+ 1,200 more on 10 h asr + 17.8 h converted (`starter-conv3`)",
@@ -36,8 +36,19 @@ VOICES = (Column("flite awb", "wer_by_speaker.flite:awb", pct(), True),
           Column("Piper joe", "wer_by_speaker.piper:joe", pct(), True))
 ASK_MODELS = {  # benchmarks/results/ask.json was run before the starter shipped with its LoRA
     "speechllm-starter": "starter without LoRA (fp32 LLM from the GGUF)",
-    "runs/cand-int4": "**starter: LoRA from text, int4 LLM (shipped)**",
+    "runs/cand-int4": "starter: LoRA from text, int4 LLM (the shipped LoRA)",
     "runs/cand-fp32": "same LoRA, fp32 LLM",
+}
+HEARING_ASK = {  # benchmarks/results/ask-hearing.json: the shipped starter and its adapter's hearing
+    "speechllm-starter": "**starter (shipped): hears through Whisper tiny.en's decoder**",
+    "runs/starter-ctc": "same weights, `\"hearing\": \"adapter\"`: the LLM reads its CTC units",
+}
+STARTER_SYSTEMS = {  # benchmarks/results/asr-starter.json
+    "speechllm-whisper fp32": "Whisper tiny.en, the project's decoder",
+    "faster-whisper int8": "faster-whisper (same tiny.en weights, int8)",
+    "speech-LLM speechllm-starter":
+        "**speech-LLM starter (shipped), hears through Whisper tiny.en's decoder**",
+    "speech-LLM runs/starter-ctc": "same starter, `\"hearing\": \"adapter\"`: CTC + LLM beam search",
 }
 TTS_VOICES = {
     "runs/tts/voice-3-9": "own, LM 260 steps",
@@ -83,6 +94,18 @@ TABLES: dict[str, Table] = {
         Column("load", "load_s", fixed(1, " s"), True),
         Column("all answers", "answer_s", fixed(0, " s"), True)),
         rows=lambda d: d["results"]),
+    "ask-hearing": Table("ask-hearing.json", (
+        Column("model", labelled(HEARING_ASK, "model")),
+        Column("passage question: accuracy", "passage.accuracy", pct(1), True),
+        Column("spoken question: answered / accuracy", pair("spoken.answered", "spoken.accuracy", pct(1)),
+               numeric=True),
+        Column("load", "load_s", fixed(1, " s"), True),
+        Column("all answers", "answer_s", fixed(0, " s"), True)),
+        rows=lambda d: d["results"]),
+    "asr-starter": Table("asr-starter.json", (
+        Column("system", labelled(STARTER_SYSTEMS, "system")),
+        Column("test WER", "wer", pct(), True), *VOICES,
+        Column("RTF", "rtf", fixed(3), True))),
     "asr-voices-60": Table("asr-converted-voices.json", (
         Column("system", labelled(SYSTEMS, "system")),
         Column("test WER", "wer", pct(), True), *VOICES,
@@ -202,21 +225,24 @@ def _asr(system: str, path: str) -> Callable[[list], Any]:
 
 
 STARTER_ASK, BEFORE_ASK = "runs/cand-int4", "speechllm-starter"  # see ASK_MODELS
+SHIPPED, ADAPTER_HEARING = "speech-LLM speechllm-starter", "speech-LLM runs/starter-ctc"  # asr-starter.json
 FIGURES: dict[str, Figure] = {
     "serve-load": Figure("serve.json", lambda d: f"{d['load_average_at_start']:.0f} at the start and "
                                                  f"{d['load_average_at_end']:.0f} at the end"),
-    "ask-passage": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
+    "ask-passage": Figure("ask-hearing.json", _ask("speechllm-starter", "passage.accuracy"), pct(1)),
+    "ask-passage-lora": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
+    "ask-spoken-answered": Figure("ask-hearing.json", _ask("speechllm-starter", "spoken.answered"), pct(1)),
+    "ask-spoken": Figure("ask-hearing.json", lambda d: d["counts"]["spoken"]),
     "ask-passage-before": Figure("ask.json", _ask(BEFORE_ASK, "passage.accuracy"), pct(1)),
-    "ask-passages": Figure("ask.json", lambda d: d["counts"]["passage"]),
-    "ask-load": Figure("ask.json", _ask(STARTER_ASK, "load_s"), fixed(1, " s")),
-    "ask-load-before": Figure("ask.json", _ask(BEFORE_ASK, "load_s"), fixed(1, " s")),
-    "asr-whisper-wer": Figure("asr-converted-voices.json", _asr("speechllm-whisper fp32", "wer"), pct()),
-    "asr-whisper-rtf": Figure("asr-converted-voices.json", _asr("speechllm-whisper fp32", "rtf"), fixed(3)),
-    "asr-starter-wer": Figure("asr-converted-voices.json", _asr("speech-LLM speechllm-starter", "wer"),
-                              pct()),
-    "asr-starter-vs-whisper": Figure("asr-converted-voices.json", lambda rows: (
-        _asr("speech-LLM speechllm-starter", "wer")(rows) / _asr("speechllm-whisper fp32", "wer")(rows)),
-        fixed(2, "x")),
+    "ask-passages": Figure("ask-hearing.json", lambda d: d["counts"]["passage"]),
+    "asr-whisper-wer": Figure("asr-starter.json", _asr("speechllm-whisper fp32", "wer"), pct()),
+    "asr-whisper-rtf": Figure("asr-starter.json", _asr("speechllm-whisper fp32", "rtf"), fixed(3)),
+    "asr-files": Figure("asr-starter.json", lambda rows: rows[0]["files"]),
+    "asr-starter-wer": Figure("asr-starter.json", _asr(SHIPPED, "wer"), pct()),
+    "asr-starter-rtf": Figure("asr-starter.json", _asr(SHIPPED, "rtf"), fixed(3)),
+    "asr-adapter-wer": Figure("asr-starter.json", _asr(ADAPTER_HEARING, "wer"), pct()),
+    "asr-adapter-vs-whisper": Figure("asr-starter.json", lambda rows: (
+        _asr(ADAPTER_HEARING, "wer")(rows) / _asr("speechllm-whisper fp32", "wer")(rows)), fixed(2, "x")),
     "asr-starter-wer-308": Figure("asr-converted-voices-308.json",
                                   _asr("speech-LLM speechllm-starter", "wer"), pct()),
     "asr-conv3-wer-308": Figure("asr-converted-voices-308.json",
