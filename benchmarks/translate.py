@@ -9,12 +9,14 @@ side is written by hand, not machine-translated) and short Bible verses (Reina-V
 English Bible), spoken by Kokoro voices that no training set uses (blends of its style tables, with
 espeak-ng's Spanish phonemes). Each model translates every clip through the same path as
 ``speechllm translate``; BLEU is sacrebleu's (signature in the results). The backbone's *ceiling* is the
-same sentences' exact Spanish text, translated by the cascade's LLM with the same prompt.
+same sentences' exact Spanish text, translated by the cascade's LLM with the same prompt. ``stops``
+counts why each reply ended (``end``; ``length`` or ``repetition`` would be a reply that ran on).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import platform
 import time
@@ -103,13 +105,16 @@ def main() -> None:
         start = time.perf_counter()
         model = speechllm.load(name, task="translate", target="en")
         loaded = time.perf_counter()
-        texts = [model.transcribe(r.audio).text for r in rows]
+        transcripts = [model.transcribe(r.audio) for r in rows]
+        texts = [t.text for t in transcripts]
         done = time.perf_counter()
         result = {
             "model": name,
             "load_s": round(loaded - start, 1),
             "seconds_per_clip": round((done - loaded) / len(rows), 2),
         }
+        if any(t.stop for t in transcripts):  # a speech-LLM's replies: why each ended
+            result["stops"] = dict(collections.Counter(t.stop for t in transcripts).most_common())
         for kind in kinds:
             picked = [(r.text, t) for r, t in zip(rows, texts, strict=True) if r.extra["set"] == kind]
             result[kind] = _bleu([p[0] for p in picked], [p[1] for p in picked])
