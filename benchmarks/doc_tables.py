@@ -299,6 +299,8 @@ TABLES["translate"] = Table("translate.json", (
     Column("same text through its LLM (ceiling)",
            lambda r: (f"{r['everyday']['ceiling_from_text']:.1f} / {r['bible']['ceiling_from_text']:.1f}"
                       if "ceiling_from_text" in r["everyday"] else None)),
+    Column("replies that ended by themselves",
+           lambda r: f"{r['stops'].get('end', 0)} of {sum(r['stops'].values())}" if "stops" in r else "–"),
     Column("seconds per clip", "seconds_per_clip", fixed(2), True)),
     rows=lambda d: d["results"])
 FIGURES["translate-everyday-bleu"] = Figure(

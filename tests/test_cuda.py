@@ -151,3 +151,15 @@ def test_tts_stages_train_on_cuda(folders, tmp_path, fake_tts_cache):
     voice = load(str(tmp_path / "voice"))
     voice.options = SynthesisOptions(flow_steps=2, max_speech_per_text=1.0)
     assert len(voice.synthesize("Hello.")) > 0
+
+
+def test_whisper_hearing_follows_the_model_to_cuda(folders):
+    whisper, llm = folders
+    config = SpeechLLMConfig(encoder=str(whisper), adapter="ctc-posterior", llm=str(llm), hearing="whisper",
+                             adapter_options={"d_ffn": 32})
+    model = SpeechLLM.build(config).eval()
+    audio = clips(1.0)
+    expected = [r.text for r in model.generate(audio, "Transcribe the speech.")]
+    model.to(CUDA)  # moves the encoder it shares with Whisper; the decoder follows at the next clip
+    assert [r.text for r in model.generate(audio, "Transcribe the speech.")] == expected
+    assert len(model.generate(audio, "What is said?", GenerationOptions(max_new_tokens=4))) == 1

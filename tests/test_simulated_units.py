@@ -178,3 +178,4 @@ def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
     assert len(model.generate(clips, instruction("spoken-question"))) == 2
     with pytest.raises(ValueError, match="hearing='whisper' needs"):
         run.model_config().__class__(adapter="alignformer", hearing="whisper")
+

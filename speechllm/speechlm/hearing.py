@@ -40,6 +40,10 @@ class WhisperHearing:
 
     def transcripts(self, audio: Sequence[np.ndarray]) -> list[str]:
         """What Whisper writes for each 16 kHz clip (at most one 30 s window each)."""
+        model = self.asr.model
+        device = next(model.encoder.parameters()).device
+        if model.device != device:  # the speech-LLM moved the encoder it shares: the decoder follows
+            model.to(device)
         return [self.asr.transcribe(np.asarray(clip, np.float32)).text.strip() for clip in audio]
 
 
