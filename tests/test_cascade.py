@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 from tiny_models import make_tiny_llm, make_tiny_whisper
 
@@ -111,3 +112,21 @@ def test_translation_memory_supplies_the_nearest_demonstrations(cascade_folder, 
     # the other direction reads the same memory reversed
     back = model.prompt("The dog sleeps.", "English", instruction("translate", None, "Spanish"))
     assert "English: The dog eats meat.\nSpanish: El perro come carne." in back
+
+
+def test_a_looping_reply_ends_after_its_first_pass(cascade_folder, monkeypatch):
+    model = speechllm.load(str(cascade_folder), task="translate", target="es", segmenter="fixed").model
+    loop = [7, 8, 9] * 12
+
+    def looping(ids, stopping_criteria=(), **kwargs):  # one token at a time, as generate checks them
+        for token in loop:
+            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+            if any(bool(c(ids, None)[0]) for c in stopping_criteria):
+                break
+        return ids
+
+    monkeypatch.setattr(model.llm, "generate", looping)
+    reply = model.complete(["English: hello\nSpanish:"], 64)[0]
+    assert reply.stop == "repetition" and list(reply.tokens) == [7, 8, 9]
+    reply = model.complete(["English: hello\nSpanish:"], 64, stop_repetition=False)[0]
+    assert reply.stop == "end" and len(reply.tokens) == len(loop)  # under the budget: not a length cut

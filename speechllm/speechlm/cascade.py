@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from speechllm.device import pick_device
-from speechllm.generation.options import Generation, GenerationOptions
+from speechllm.generation.options import Generation, GenerationOptions, RepetitionGuard
 from speechllm.speechlm.memory import TranslationMemory
 from speechllm.speechlm.tasks import LANGUAGES, TASKS, language_name
 
@@ -140,6 +140,17 @@ def _free_prompt(said: str, instruction: str) -> str:
     return f'Someone said: "{said}"\nInstruction: {instruction}\nReply:'
 
 
+class _LoopStop:
+    """A ``transformers`` stopping criterion: the reply after ``start`` ends in a loop."""
+
+    def __init__(self, guard: RepetitionGuard, start: int) -> None:
+        self.guard, self.start = guard, start
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.tensor([self.guard.cut(row[self.start :].tolist()) is not None for row in input_ids],
+                            device=input_ids.device)
+
+
 class TranscriptSpeechLLM:
     """Whisper + a text LLM behind the speech-LLM's ``generate`` (see the module doc)."""
 
@@ -217,30 +228,38 @@ class TranscriptSpeechLLM:
         return nearest[::-1] or None
 
     @torch.no_grad()
-    def complete(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
-        """Greedy continuations, each cut at the end of its line."""
+    def complete(
+        self, prompts: Sequence[str], max_new_tokens: int, stop_repetition: bool = True
+    ) -> list[Generation]:
+        """Greedy continuations, each cut at the end of its line; a reply caught in a loop ends after
+        the loop's first pass (``stop="repetition"``, the speech-LLM's :class:`RepetitionGuard`)."""
+        from transformers import StoppingCriteriaList
+
+        guard = RepetitionGuard() if stop_repetition else None
         out = []
         for prompt in prompts:
             ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(self.device)
+            loops = StoppingCriteriaList([_LoopStop(guard, ids.shape[1])] if guard else [])
             tokens = self.llm.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 stop_strings=["\n"],
+                stopping_criteria=loops,
                 tokenizer=self.tokenizer,
                 pad_token_id=self.tokenizer.pad_token_id or 0,
-            )[0, ids.shape[1] :]
+            )[0, ids.shape[1] :].tolist()
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            ended = "\n" in text or (len(tokens) and int(tokens[-1]) == self.tokenizer.eos_token_id)
-            out.append(
-                Generation(
-                    tuple(int(t) for t in tokens),
-                    text.split("\n")[0].strip(),
-                    0.0,
-                    "end" if ended or len(tokens) < max_new_tokens else "length",
-                )
-            )
+            cut = guard.cut(tokens) if guard and "\n" not in text else None
+            if cut is not None:
+                tokens, stop = tokens[:cut], "repetition"
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            elif "\n" in text or (tokens and tokens[-1] == self.tokenizer.eos_token_id):
+                stop = "end"
+            else:
+                stop = "end" if len(tokens) < max_new_tokens else "length"
+            out.append(Generation(tuple(tokens), text.split("\n")[0].strip(), 0.0, stop))
         return out
 
     def generate(
@@ -257,9 +276,9 @@ class TranscriptSpeechLLM:
             self.prompt(said, lang, instr) for (said, lang), instr in zip(heard, instructions, strict=True)
         ]
         asked = [i for i, p in enumerate(prompts) if p is not None]
-        replies = dict(
-            zip(asked, self.complete([prompts[i] for i in asked], options.max_new_tokens), strict=True)
-        )
+        completed = self.complete([prompts[i] for i in asked], options.max_new_tokens,
+                                  options.stop_repetition)
+        replies = dict(zip(asked, completed, strict=True))
         return [replies.get(i) or Generation((), heard[i][0], 0.0, "end") for i in range(len(prompts))]
 
     def translate_text(
