@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 from tiny_models import make_tiny_llm, make_tiny_whisper
 
 import speechllm
