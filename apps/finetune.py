@@ -159,11 +159,19 @@ def prepare_data(train: str, eval: str | None, out: Path, options: DataOptions,
     return prepared
 
 
-def load_base(base: str, lora_rank: int = 0, encoder_layers: int = 0):
+def load_base(base: str, lora_rank: int = 0, encoder_layers: int = 0, adapter_trains: bool = True):
     """(model, its config) from a speech-LLM folder or zoo name; ``lora_rank`` > 0 adds a fresh LoRA
     to a base that has none (its adapter weights are kept); ``encoder_layers`` > 0 fine-tunes that
-    many top encoder blocks of a base whose encoder is frozen."""
+    many top encoder blocks of a base whose encoder is frozen. A base that hears through Whisper's
+    decoder (``"hearing": "whisper"``) whose adapter trains is evaluated and saved hearing through
+    its adapter, the part that learns (with a notice); with ``--freeze-adapter`` it keeps Whisper."""
     model, config = _load_base(base, lora_rank)
+    if adapter_trains and config.hearing == "whisper":
+        print(f"--base {base} hears through Whisper's decoder; fine-tuning trains its adapter, so the "
+              "model is evaluated and saved hearing through the adapter (\"hearing\": \"adapter\"; "
+              "--freeze-adapter keeps Whisper's hearing)", file=sys.stderr)
+        model.config = config = replace(model.config, hearing="adapter")
+        model.whisper = None
     trained = config.encoder_trainable_layers
     if encoder_layers and trained and encoder_layers != trained:
         raise ValueError(f"--base {base} fine-tunes {trained} encoder layers, which train as they are; "
@@ -233,11 +241,12 @@ def adapt(config, base: Base | None, prepared: PreparedData) -> dict[str, Any]:
         if resuming:
             model_config, _ = read_config(latest_checkpoint(out))
         else:
-            model, model_config = load_base(base.model, base.lora_rank, base.encoder_layers)
+            model, model_config = load_base(base.model, base.lora_rank, base.encoder_layers,
+                                            not config.freeze_adapter)
         config = replace(config, model=model_config)
     if base is not None and eval_rows and "before" not in report:
         if model is None:  # resumed after the base evaluation was lost: evaluate the base again
-            model, _ = load_base(base.model, base.lora_rank, base.encoder_layers)
+            model, _ = load_base(base.model, base.lora_rank, base.encoder_layers, not config.freeze_adapter)
         print(f"evaluating the base model on {len(eval_rows)} held-out utterances ...", file=sys.stderr)
         device = pick_device(config.device)
         report["before"] = _numbers(evaluate(model.to(device), eval_rows, config.eval_batch_size,

@@ -148,3 +148,24 @@ def test_a_base_with_a_frozen_encoder_can_fine_tune_its_top_layer(tmp_path, base
     assert not load_speechlm(base_model).encoder.trainable_layers
     assert main(args + ["--out", str(tmp_path / "deep"), "--train-encoder-layers", "2"]) == 1
     assert "between 1 and 1" in capsys.readouterr().err
+
+
+def test_a_base_hearing_through_whisper_is_tuned_hearing_through_its_adapter(tmp_path, capsys):
+    from tiny_models import make_tiny_llm, make_tiny_whisper
+
+    from speechllm.speechlm import SpeechLLM, SpeechLLMConfig, load_speechlm, save_speechlm
+
+    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "whisper")), adapter="ctc-posterior",
+                             llm=str(make_tiny_llm(tmp_path / "llm")), hearing="whisper",
+                             adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4})
+    torch.manual_seed(0)
+    base = save_speechlm(SpeechLLM.build(config), tmp_path / "base")
+    data = recordings(tmp_path / "my_recordings")
+    args = ["finetune", "--train", str(data), "--base", str(base), "--batch-size", "2", "--steps", "1",
+            "--eval-every", "100", "--max-new-tokens", "4", "--lm-weight", "0", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "tuned")]) == 0
+    assert "hears through Whisper's decoder" in capsys.readouterr().err
+    assert load_speechlm(tmp_path / "tuned").config.hearing == "adapter"
+    assert main(args + ["--out", str(tmp_path / "lora"), "--lora-rank", "2", "--freeze-adapter",
+                        "--lm-weight", "1"]) == 0
+    assert load_speechlm(tmp_path / "lora").config.hearing == "whisper"
