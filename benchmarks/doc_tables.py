@@ -58,6 +58,18 @@ TTS_VOICES = {
 }
 
 
+def _ask_table(results: str, labels: dict[str, str]) -> Table:
+    """A benchmarks/ask.py results file: one row per model."""
+    return Table(results, (
+        Column("model", labelled(labels, "model")),
+        Column("passage question: accuracy", "passage.accuracy", pct(1), True),
+        Column("spoken question: answered / accuracy", pair("spoken.answered", "spoken.accuracy", pct(1)),
+               numeric=True),
+        Column("load", "load_s", fixed(1, " s"), True),
+        Column("all answers", "answer_s", fixed(0, " s"), True)),
+        rows=lambda d: d["results"])
+
+
 def _encoder_rows(data: dict) -> list[dict]:
     names = {"whisper-tiny.en": "Whisper tiny.en", "whisper-base": "Whisper base"}
     return [{"encoder": label, "step500": data["step500"][key], **data["step1000"][key]}
@@ -86,22 +98,8 @@ TABLES: dict[str, Table] = {
         Column("train wall (2 cores)", maybe("train_wall_s"), minutes, True),
         Column("LLM loss at the end", maybe("lm_loss_end"), fixed(2), True),
         Column("dev WER (30 rows)", maybe("eval_wer"), pct(), True))),
-    "ask": Table("ask.json", (
-        Column("model", labelled(ASK_MODELS, "model")),
-        Column("passage question: accuracy", "passage.accuracy", pct(1), True),
-        Column("spoken question: answered / accuracy", pair("spoken.answered", "spoken.accuracy", pct(1)),
-               numeric=True),
-        Column("load", "load_s", fixed(1, " s"), True),
-        Column("all answers", "answer_s", fixed(0, " s"), True)),
-        rows=lambda d: d["results"]),
-    "ask-hearing": Table("ask-hearing.json", (
-        Column("model", labelled(HEARING_ASK, "model")),
-        Column("passage question: accuracy", "passage.accuracy", pct(1), True),
-        Column("spoken question: answered / accuracy", pair("spoken.answered", "spoken.accuracy", pct(1)),
-               numeric=True),
-        Column("load", "load_s", fixed(1, " s"), True),
-        Column("all answers", "answer_s", fixed(0, " s"), True)),
-        rows=lambda d: d["results"]),
+    "ask": _ask_table("ask.json", ASK_MODELS),
+    "ask-hearing": _ask_table("ask-hearing.json", HEARING_ASK),
     "asr-starter": Table("asr-starter.json", (
         Column("system", labelled(STARTER_SYSTEMS, "system")),
         Column("test WER", "wer", pct(), True), *VOICES,
