@@ -170,8 +170,7 @@ def load_base(base: str, lora_rank: int = 0, encoder_layers: int = 0, adapter_tr
         print(f"--base {base} hears through Whisper's decoder; fine-tuning trains its adapter, so the "
               "model is evaluated and saved hearing through the adapter (\"hearing\": \"adapter\"; "
               "--freeze-adapter keeps Whisper's hearing)", file=sys.stderr)
-        model.config = config = replace(model.config, hearing="adapter")
-        model.whisper = None
+        config = model.hear_through_adapter().config
     trained = config.encoder_trainable_layers
     if encoder_layers and trained and encoder_layers != trained:
         raise ValueError(f"--base {base} fine-tunes {trained} encoder layers, which train as they are; "

@@ -209,6 +209,11 @@ class SpeechLLM(nn.Module):
         self.encoder.eval()  # no dropout, fixed statistics (its fine-tuned top layers, if any, too)
         return self
 
+    def hear_through_adapter(self) -> SpeechLLM:
+        """From now on the adapter hears (``hearing="adapter"``): e.g. while it is being fine-tuned."""
+        self.config, self.whisper = replace(self.config, hearing="adapter"), None
+        return self
+
     def text_mode(self):
         """Context in which the LLM is the base model (LoRA off)."""
         return self.llm.disable_adapter() if self.has_lora else nullcontext()
