@@ -7,6 +7,8 @@ corpus instead of once per step (the machine this was built on has two CPU cores
         enc  [sum T_enc, 384] fp16   Whisper encoder output (50 Hz)
         mel  [sum T_mel, 80]  fp16   the TTS log-mel (tts.mel, 50 Hz)
         wav  [sum samples]    int16  16 kHz audio
+        phon [sum N] int16, dur [sum N] fp32   (distilled caches only: the teacher's phoneme ids and
+                                                 each one's duration in mel frames)
       metadata "rows": JSON list of {"id", "text", "speaker"}
     CACHE/tokens-{split}.safetensors         speech tokens (25 Hz) from a trained tokenizer
 
@@ -58,6 +60,8 @@ class Corpus:
     mel: list[torch.Tensor]
     wav: list[torch.Tensor]
     tokens: list[torch.Tensor] | None = None
+    phonemes: list[torch.Tensor] | None = None  # distilled caches: teacher phoneme ids
+    durations: list[torch.Tensor] | None = None  # ... and their durations in mel frames
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -65,13 +69,15 @@ class Corpus:
     def select(self, keep: list[int]) -> Corpus:
         pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
         return Corpus(pick(self.ids), pick(self.texts), pick(self.speakers), pick(self.enc), pick(self.mel),
-                      pick(self.wav), pick(self.tokens))
+                      pick(self.wav), pick(self.tokens), pick(self.phonemes), pick(self.durations))
 
     def __add__(self, other: Corpus) -> Corpus:
-        """Both corpora's utterances (tokens only when both have them)."""
-        tokens = None if self.tokens is None or other.tokens is None else self.tokens + other.tokens
+        """Both corpora's utterances (tokens, phonemes and durations only when both have them)."""
+        both = lambda a, b: None if a is None or b is None else a + b  # noqa: E731
         return Corpus(self.ids + other.ids, self.texts + other.texts, self.speakers + other.speakers,
-                      self.enc + other.enc, self.mel + other.mel, self.wav + other.wav, tokens)
+                      self.enc + other.enc, self.mel + other.mel, self.wav + other.wav,
+                      both(self.tokens, other.tokens), both(self.phonemes, other.phonemes),
+                      both(self.durations, other.durations))
 
 
 def _split_flat(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
@@ -80,6 +86,14 @@ def _split_flat(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]
 
 def _offsets(arrays: list[torch.Tensor]) -> torch.Tensor:
     return torch.tensor([0] + np.cumsum([len(a) for a in arrays]).tolist(), dtype=torch.long)
+
+
+def save_part(path: Path, rows: list[dict[str, str]], **arrays: list[torch.Tensor]) -> None:
+    """One cache part: per key (enc, mel, wav, phon, dur) the utterances' arrays flat + offsets."""
+    flat: dict[str, torch.Tensor] = {}
+    for key, values in arrays.items():
+        flat[key], flat[f"{key}_off"] = torch.cat(values), _offsets(values)
+    atomic_save_tensors(flat, path, {"rows": json.dumps(rows)})
 
 
 @torch.inference_mode()
@@ -114,10 +128,7 @@ def build_cache(manifest: str | Path, cache: str | Path, split: str, encoder: st
                 wav.append((audio.clamp(-1, 1) * 32767).round().short())
         meta = [{"id": r.extra.get("id", Path(r.audio).stem), "text": r.text or "",
                  "speaker": r.speaker or ""} for r in part]
-        atomic_save_tensors(
-            {"enc": torch.cat(enc), "enc_off": _offsets(enc), "mel": torch.cat(mel), "mel_off": _offsets(mel),
-             "wav": torch.cat(wav), "wav_off": _offsets(wav)},
-            path, {"rows": json.dumps(meta)})
+        save_part(path, meta, enc=enc, mel=mel, wav=wav)
         print(f"cache {path.name}: {len(part)} utterances", flush=True)
     return len(rows)
 
@@ -137,10 +148,7 @@ def write_random_cache(cache: str | Path, frames: list[int], texts: list[str], s
             wav = [(torch.randn(n * 320, generator=rng) * 3000).short() for n in lengths]
             rows = [{"id": f"{split}{start + i}", "text": texts[(start + i) % len(texts)],
                      "speaker": "piper:joe"} for i in range(len(lengths))]
-            arrays = {"enc": torch.cat(enc), "enc_off": _offsets(enc), "mel": torch.cat(mel),
-                      "mel_off": _offsets(mel), "wav": torch.cat(wav), "wav_off": _offsets(wav)}
-            atomic_save_tensors(arrays, cache / f"{split}-{start // PART:03d}.safetensors",
-                                {"rows": json.dumps(rows)})
+            save_part(cache / f"{split}-{start // PART:03d}.safetensors", rows, enc=enc, mel=mel, wav=wav)
     return cache
 
 
@@ -169,6 +177,11 @@ def load_corpus(cache: str | Path, split: str, tokens: bool = False) -> Corpus:
             for key in ("enc", "mel", "wav"):
                 flat = _stored_mel(f) if key == "mel" else f.get_tensor(key)
                 getattr(corpus, key).extend(_split_flat(flat, f.get_tensor(f"{key}_off")))
+            if "phon" in f.keys():
+                for key, field_name in (("phon", "phonemes"), ("dur", "durations")):
+                    if getattr(corpus, field_name) is None:
+                        setattr(corpus, field_name, [])
+                    getattr(corpus, field_name).extend(_split_flat(f.get_tensor(key), f.get_tensor(f"{key}_off")))
     if tokens:
         path = cache / f"tokens-{split}.safetensors"
         if not path.is_file():

@@ -224,10 +224,30 @@ def phoneme_ids(phonemes: str, id_map: dict[str, list[int]]) -> list[int]:
     return ids
 
 
-class PiperVoice:
-    """One Piper voice in one onnxruntime session (``threads`` intra-op threads, default 1)."""
+def _with_durations(model: Path) -> bytes:
+    """The voice's graph with VITS's per-id durations (the ``Ceil`` of the duration predictor's
+    output, in frames of the decoder's hop) as a second output."""
+    try:
+        import onnx
+    except ImportError:
+        raise PiperError("durations need the onnx package: pip install onnx") from None
+    graph = onnx.load(str(model))
+    ceil = [n.output[0] for n in graph.graph.node if n.op_type == "Ceil"]
+    if len(ceil) != 1:
+        raise PiperError(f"{model}: expected one Ceil node (VITS durations), found {len(ceil)}")
+    graph.graph.output.append(onnx.helper.make_tensor_value_info(ceil[0], onnx.TensorProto.FLOAT, None))
+    return graph.SerializeToString()
 
-    def __init__(self, model: str | Path, config: PiperConfig, threads: int = 1, seed: int | None = 0):
+
+class PiperVoice:
+    """One Piper voice in one onnxruntime session (``threads`` intra-op threads, default 1).
+    ``durations=True`` also exposes each phoneme id's duration (:meth:`synthesize_ids_durations`):
+    the teacher of the project's own voice."""
+
+    HOP = 256  # VITS decoder samples per duration frame
+
+    def __init__(self, model: str | Path, config: PiperConfig, threads: int = 1, seed: int | None = 0,
+                 durations: bool = False):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -240,12 +260,14 @@ class PiperVoice:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        source = _with_durations(self.model_path) if durations else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}
 
     @classmethod
     def load(
-        cls, name_or_path: str | Path = PIPER_VOICE, threads: int = 1, seed: int | None = 0
+        cls, name_or_path: str | Path = PIPER_VOICE, threads: int = 1, seed: int | None = 0,
+        durations: bool = False,
     ) -> PiperVoice:
         """A zoo name, a voice folder or an ``.onnx`` path (its ``.onnx.json`` beside it)."""
         from speechllm.zoo import ModelNotFoundError, resolve
@@ -263,7 +285,7 @@ class PiperVoice:
         config_path = model.with_name(model.name + ".json")
         if not config_path.is_file():
             raise PiperError(f"{model}: its config {config_path.name} is missing")
-        return cls(model, PiperConfig.from_json(config_path), threads=threads, seed=seed)
+        return cls(model, PiperConfig.from_json(config_path), threads=threads, seed=seed, durations=durations)
 
     @property
     def sample_rate(self) -> int:
@@ -277,6 +299,18 @@ class PiperVoice:
         noise_w: float | None = None,
         speaker_id: int = 0,
     ) -> np.ndarray:
+        return self._run(ids, length_scale, noise_scale, noise_w, speaker_id)[0]
+
+    def synthesize_ids_durations(self, ids: list[int], **scales: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(audio, durations): each id's duration in samples (float32, summing to the audio's
+        length); needs a voice loaded with ``durations=True``."""
+        audio, durations = self._run(ids, **scales)
+        if durations is None:
+            raise PiperError("this voice was loaded without durations=True")
+        return audio, durations.reshape(-1).astype(np.float32) * self.HOP
+
+    def _run(self, ids: list[int], length_scale: float | None = None, noise_scale: float | None = None,
+             noise_w: float | None = None, speaker_id: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         cfg = self.config
         scales = [
             cfg.noise_scale if noise_scale is None else noise_scale,
@@ -290,8 +324,9 @@ class PiperVoice:
         }
         if "sid" in self._inputs:
             feed["sid"] = np.asarray([speaker_id], dtype=np.int64)
-        audio = self.session.run(None, feed)[0]
-        return np.clip(audio.reshape(-1), -1.0, 1.0).astype(np.float32, copy=False)
+        outputs = self.session.run(None, feed)
+        audio = np.clip(outputs[0].reshape(-1), -1.0, 1.0).astype(np.float32, copy=False)
+        return audio, outputs[1] if len(outputs) > 1 else None
 
     def synthesize_chunks(self, text: str, **scales: Any) -> Iterator[np.ndarray]:
         """Audio of each sentence (or chunk of a long one) in turn: memory stays bounded for any text."""

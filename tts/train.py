@@ -127,10 +127,13 @@ class StageOptions:
         help="tokenizer: speech-LLM encoder cache holding the --asr-data frames")
     flow_encoder: int = _flag(0, "flow: chunk-causal token-encoder layers before the prior μ", type=int)
     flow_options: str | None = _flag(help='flow: FlowConfig fields as JSON, e.g. \'{"conv_kernel": 5}\'')
+    acoustic_options: str | None = _flag(
+        help='acoustic: AcousticConfig fields as JSON, e.g. \'{"dim": 256}\'')
     ratio: str = _flag("3:9", "lm: text tokens : speech tokens per group")
     backbone: str = _flag(DEFAULT_LLM, "lm: backbone zoo name/path")
     layers: int | None = _flag(help="lm: use the first N backbone layers", type=int)
     lm: str | None = _flag(help="assemble: the trained LM")
+    acoustic: str | None = _flag(help="assemble-acoustic: the trained acoustic model")
     flow: str | None = _flag(help="assemble: the trained flow model")
     vocoder: str | None = _flag(help="assemble: the trained vocoder")
     max_mb: float | None = _flag(help="pack: size cap in MiB (dev/test first, then whole training parts)",
@@ -500,7 +503,70 @@ class LMStage(Stage):
         return {"dev_loss": round(sum(losses) / len(losses), 4), "dev_acc": round(sum(accs) / len(accs), 4)}
 
 
+class AcousticStage(Stage):
+    """Phoneme ids -> durations and mel, from a distilled cache (``speechllm data distill``)."""
+
+    name = "acoustic"
+    crop = 256  # mel frames per training crop (5 s); the encoder always sees the whole sentence
+
+    def __init__(self, options: StageOptions):
+        super().__init__(options)
+        from speechllm.tts.acoustic import AcousticConfig
+
+        self.config = config_from_dict(AcousticConfig, json.loads(options.acoustic_options or "{}"))
+
+    def load_data(self) -> tuple[Corpus, Corpus]:
+        train, dev = super().load_data()
+        if train.phonemes is None or dev.phonemes is None:
+            raise ValueError(f"{self.options.cache}: no phonemes and durations; build it with "
+                             "'speechllm data distill'")
+        self.train_mel = torch.cat(train.mel[:2000])
+        return train, dev
+
+    def build(self) -> nn.Module:
+        from speechllm.tts.acoustic import AcousticModel
+
+        model = AcousticModel(self.config)
+        model.set_mel_stats(self.train_mel)  # a resumed run's checkpoint brings its own
+        return model
+
+    def usable(self, corpus: Corpus) -> list[int]:
+        return [i for i, p in enumerate(corpus.phonemes) if len(p) and len(corpus.mel[i])]
+
+    def batch(self, corpus: Corpus, index: list[int], rng: random.Random | None) -> Any:
+        ids, durations, frames, mels = [], [], [], []
+        for i in index:
+            n = len(corpus.mel[i])
+            start = rng.randrange(0, n - self.crop + 1) if rng is not None and n > self.crop else 0
+            length = n - start if rng is None else min(self.crop, n - start)
+            ids.append(corpus.phonemes[i].long())
+            durations.append(corpus.durations[i].float())
+            frames.append(torch.arange(start, start + length))
+            mels.append(corpus.mel[i][start:start + length].float())
+        ids, id_lengths = pad(ids)
+        durations, _ = pad(durations)
+        frames, frame_lengths = pad(frames)
+        mels, _ = pad(mels)
+        id_mask = torch.arange(ids.shape[1])[None] < id_lengths[:, None]
+        frame_mask = torch.arange(frames.shape[1])[None] < frame_lengths[:, None]
+        return ids, id_mask, durations, frames, frame_mask, mels
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        return model.loss(*batch)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dev: Corpus) -> dict[str, float]:
+        index = self.usable(dev)[:48]
+        totals: dict[str, float] = {}
+        for b in range(0, len(index), 16):
+            _, parts = model.loss(*to_device(self.batch(dev, index[b:b + 16], None), self.device))
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v * len(index[b:b + 16])
+        return {f"dev_{k}": round(v / len(index), 4) for k, v in totals.items()}
+
+
 STAGES: dict[str, Callable[[StageOptions], Stage]] = {
+    "acoustic": AcousticStage,
     "lm": LMStage,
     "tokenizer": TokenizerStage,
     "vocoder": VocoderStage,
@@ -584,6 +650,30 @@ def run_assemble(options: StageOptions) -> None:
     print(f"TTS model folder written to {options.out}", flush=True)
 
 
+def run_assemble_acoustic(options: StageOptions) -> None:
+    """A trained acoustic model + vocoder → one TTS model folder in ``--out``, speaking with the
+    frontend (espeak-ng voice, phoneme ids) of the teacher that the cache's distillation used."""
+    from speechllm.tts.acoustic import AcousticConfig, AcousticModel
+    from speechllm.tts.piper import PiperVoice
+    from speechllm.tts.synthesize import save_acoustic_tts
+    from speechllm.tts.vocoder import VocoderConfig, Vocos
+
+    config, state = read_stage(options.acoustic, "acoustic")
+    model = AcousticModel(config_from_dict(AcousticConfig, config))
+    model.load_state_dict(state)
+    voc_config, voc_state = read_stage(options.vocoder, "vocoder")
+    vocoder = Vocos(config_from_dict(VocoderConfig, voc_config))
+    vocoder.load_state_dict(voc_state)
+    distilled = json.loads((Path(options.cache) / "distill.json").read_text(encoding="utf-8"))
+    teacher = PiperVoice.load(distilled["teacher"]).config
+    frontend = {"espeak_voice": teacher.espeak_voice, "phoneme_id_map": teacher.phoneme_id_map}
+    info = {"teacher": distilled, "stages": {k: str(getattr(options, k)) for k in ("acoustic", "vocoder")},
+            "steps": {k: json.loads((Path(getattr(options, k)) / CONFIG_FILE).read_text())["info"].get("step")
+                      for k in ("acoustic", "vocoder")}}
+    save_acoustic_tts(options.out, model, vocoder, frontend, info=info)
+    print(f"TTS model folder written to {options.out}", flush=True)
+
+
 @dataclass(frozen=True)
 class Step:
     run: Callable[[StageOptions], None]
@@ -592,6 +682,7 @@ class Step:
 
 STEPS: dict[str, Step] = {
     "assemble": Step(run_assemble, ("cache", "out", "lm", "flow", "vocoder")),
+    "assemble-acoustic": Step(run_assemble_acoustic, ("cache", "out", "acoustic", "vocoder")),
     "cache": Step(run_cache, ("data", "cache")),
     "pack": Step(run_pack, ("cache", "out")),
     "tokens": Step(run_tokens, ("cache", "out")),
@@ -599,6 +690,7 @@ STEPS: dict[str, Step] = {
 
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "tokenizer": {"steps": 1500, "lr": 1e-3, "batch_size": 16},
+    "acoustic": {"steps": 20000, "lr": 1e-3, "batch_size": 16, "save_every": 250, "eval_every": 500},
     "vocoder": {"steps": 4000, "lr": 1e-3, "batch_size": 8, "save_every": 200, "eval_every": 500},
     "lm": {"steps": 600, "lr": 1e-3, "batch_size": 8, "save_every": 50, "eval_every": 100, "warmup": 30},
     "flow": {"steps": 3000, "lr": 5e-4, "batch_size": 8, "save_every": 200, "eval_every": 500},

@@ -92,6 +92,21 @@ def _run_synth(args: argparse.Namespace) -> int:
     return run_synth(args)
 
 
+# ---------------------------------------------------------------- distill
+
+
+def _register_distill(parser: argparse.ArgumentParser) -> None:
+    from speechllm.data_recipes.distill import register_distill
+
+    register_distill(parser)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from speechllm.data_recipes.distill import run_distill
+
+    return run_distill(args)
+
+
 # ---------------------------------------------------------------- text rows
 
 
@@ -161,6 +176,8 @@ def _run_validate(args: argparse.Namespace) -> int:
 ACTIONS: dict[str, Action] = {
     "import": Action("import a corpus layout into a manifest", _register_import, _run_import, _import_epilog),
     "synth": Action("synthesize a corpus offline (asr, st, sqa, tts)", _register_synth, _run_synth),
+    "distill": Action("a teacher voice reads a recipe's texts into a TTS cache (tts-train acoustic, vocoder)",
+                      _register_distill, _run_distill),
     "text": Action("a recipe's rows without audio, for text-side training (finetune --text-train)",
                    _register_text, _run_text),
     "merge": Action("merge manifests into one (paths rebased; optional shuffle, per-task cap)",
