@@ -63,13 +63,21 @@ def _distill_part(job: DistillJob) -> int:
             continue
         for k, phonemes in enumerate(iter_phonemize(prepared, voice.config.espeak_voice)):
             ids = phoneme_ids(phonemes, voice.config.phoneme_id_map)
-            audio, samples = voice.synthesize_ids_durations(ids, noise_scale=job.noise_scale, noise_w=job.noise_w)
+            audio, samples = voice.synthesize_ids_durations(
+                ids, noise_scale=job.noise_scale, noise_w=job.noise_w
+            )
             audio = torch.from_numpy(resample(audio, voice.sample_rate, SAMPLE_RATE))
             mel = mel_spectrogram(audio)[0].T
             if len(mel) < 5:
                 continue
-            rows.append({"id": f"{item.recipe}-{item.index:07d}-{k}", "text": prepared, "speaker": job.teacher,
-                         "phonemes": phonemes})
+            rows.append(
+                {
+                    "id": f"{item.recipe}-{item.index:07d}-{k}",
+                    "text": prepared,
+                    "speaker": job.teacher,
+                    "phonemes": phonemes,
+                }
+            )
             arrays["enc"].append(torch.zeros(0, 384, dtype=torch.float16))
             arrays["mel"].append(mel.half())
             arrays["wav"].append((audio[: len(mel) * MelConfig().hop].clamp(-1, 1) * 32767).round().short())
@@ -91,9 +99,17 @@ def _teacher(name: str):
     return _VOICES[name]
 
 
-def distill(out: str | Path, hours: float, recipe: str = "tts", seed: int = 0, teacher: str = PIPER_VOICE,
-            jobs: int = 1, splits: tuple[str, ...] = SPLITS, noise_scale: float = 0.0,
-            noise_w: float = 0.0) -> dict[str, int]:
+def distill(
+    out: str | Path,
+    hours: float,
+    recipe: str = "tts",
+    seed: int = 0,
+    teacher: str = PIPER_VOICE,
+    jobs: int = 1,
+    splits: tuple[str, ...] = SPLITS,
+    noise_scale: float = 0.0,
+    noise_w: float = 0.0,
+) -> dict[str, int]:
     """Fill ``out`` with the teacher's reading of ``recipe``'s first ``hours``; returns parts per split."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,9 +121,17 @@ def distill(out: str | Path, hours: float, recipe: str = "tts", seed: int = 0, t
         for start in range(0, len(chosen), PART):
             path = out / f"{split}-{start // PART:03d}.safetensors"
             if not path.is_file():
-                todo.append(DistillJob(str(path), tuple(chosen[start:start + PART]), teacher, noise_scale, noise_w))
-    info = {"recipe": recipe, "seed": seed, "hours": hours, "teacher": teacher, "noise_scale": noise_scale,
-            "noise_w": noise_w}
+                todo.append(
+                    DistillJob(str(path), tuple(chosen[start : start + PART]), teacher, noise_scale, noise_w)
+                )
+    info = {
+        "recipe": recipe,
+        "seed": seed,
+        "hours": hours,
+        "teacher": teacher,
+        "noise_scale": noise_scale,
+        "noise_w": noise_w,
+    }
     (out / "distill.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     t0, done = time.time(), 0
     torch.set_num_threads(1)
@@ -133,19 +157,34 @@ class _Serial:
 
 
 def register_distill(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, metavar="CACHE", help="the TTS cache folder (resumable)")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="CACHE", help="the TTS cache folder (resumable)"
+    )
     parser.add_argument("--hours", type=float, required=True, help="hours of the recipe's texts (estimated)")
     parser.add_argument("--recipe", default="tts", choices=list(RECIPES), help="whose texts and splits (tts)")
-    parser.add_argument("--teacher", default=PIPER_VOICE, help=f"a Piper voice: zoo name or .onnx ({PIPER_VOICE})")
+    parser.add_argument(
+        "--teacher", default=PIPER_VOICE, help=f"a Piper voice: zoo name or .onnx ({PIPER_VOICE})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="same seed, same texts (default 0)")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="which splits")
-    parser.add_argument("--noise-scale", type=float, default=0.0, help="the teacher's VITS noise (0: deterministic)")
+    parser.add_argument(
+        "--noise-scale", type=float, default=0.0, help="the teacher's VITS noise (0: deterministic)"
+    )
     parser.add_argument("--noise-w", type=float, default=0.0, help="the teacher's duration noise (0)")
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    counts = distill(args.out, args.hours, args.recipe, args.seed, args.teacher, args.jobs, tuple(args.splits),
-                     args.noise_scale, args.noise_w)
+    counts = distill(
+        args.out,
+        args.hours,
+        args.recipe,
+        args.seed,
+        args.teacher,
+        args.jobs,
+        tuple(args.splits),
+        args.noise_scale,
+        args.noise_w,
+    )
     print(f"{args.out}: " + ", ".join(f"{split} {n} parts" for split, n in counts.items()))
     return 0

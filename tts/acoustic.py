@@ -50,8 +50,9 @@ class ConvBlock(nn.Module):
 
     def __init__(self, dim: int, kernel: int, dilation: int = 1):
         super().__init__()
-        self.conv = nn.Conv1d(dim, dim, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation,
-                              groups=dim)
+        self.conv = nn.Conv1d(
+            dim, dim, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=dim
+        )
         self.norm = nn.LayerNorm(dim)
         self.up, self.down = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
 
@@ -64,7 +65,9 @@ class ConvBlock(nn.Module):
 class DurationPredictor(nn.Module):
     def __init__(self, dim: int, channels: int):
         super().__init__()
-        self.convs = nn.ModuleList([nn.Conv1d(dim, channels, 3, padding=1), nn.Conv1d(channels, channels, 3, padding=1)])
+        self.convs = nn.ModuleList(
+            [nn.Conv1d(dim, channels, 3, padding=1), nn.Conv1d(channels, channels, 3, padding=1)]
+        )
         self.norms = nn.ModuleList([nn.LayerNorm(channels), nn.LayerNorm(channels)])
         self.out = nn.Linear(channels, 1)
 
@@ -93,9 +96,14 @@ class AcousticModel(nn.Module):
         self.config = c = config
         self.embed = nn.Embedding(c.n_symbols, c.dim)
         self.encoder = nn.ModuleList([ConvBlock(c.dim, c.kernel) for _ in range(c.encoder_blocks)])
-        self.attention = nn.ModuleList([
-            nn.TransformerEncoderLayer(c.dim, c.heads, 2 * c.dim, dropout=0.0, batch_first=True, norm_first=True)
-            for _ in range(c.attention_layers)])
+        self.attention = nn.ModuleList(
+            [
+                nn.TransformerEncoderLayer(
+                    c.dim, c.heads, 2 * c.dim, dropout=0.0, batch_first=True, norm_first=True
+                )
+                for _ in range(c.attention_layers)
+            ]
+        )
         self.durations = DurationPredictor(c.dim, c.duration_channels)
         self.frame_in = nn.Linear(c.dim + 2, c.dim)
         self.decoder = nn.ModuleList([ConvBlock(c.dim, c.kernel, d) for d in c.decoder_dilations])
@@ -105,7 +113,7 @@ class AcousticModel(nn.Module):
         self.register_buffer("mel_std", torch.ones(c.n_mels))
 
     def set_mel_stats(self, mel_frames: Tensor) -> None:
-        """Per-bin mean and spread of the training mels ([frames, n_mels]): the model predicts in those units."""
+        """Per-bin mean and spread of the training mels ([frames, n_mels]), the units it predicts in."""
         self.mel_mean.copy_(mel_frames.float().mean(0))
         self.mel_std.copy_(mel_frames.float().std(0).clamp(min=1e-3))
 
@@ -126,8 +134,9 @@ class AcousticModel(nn.Module):
             x = block(x, frame_mask)
         return self.out(self.out_norm(x))
 
-    def loss(self, ids: Tensor, id_mask: Tensor, durations: Tensor, frames: Tensor, frame_mask: Tensor,
-             mel: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, ids: Tensor, id_mask: Tensor, durations: Tensor, frames: Tensor, frame_mask: Tensor, mel: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
         """``durations`` [B, N] the teacher's (mel frames); ``mel`` [B, T, n_mels] log-mel of ``frames``."""
         h = self.encode(ids, id_mask)
         predicted = self.durations(h.detach(), id_mask)
@@ -135,8 +144,13 @@ class AcousticModel(nn.Module):
         duration_loss = ((predicted - target) ** 2 * id_mask).sum() / id_mask.sum()
         normalised = (mel - self.mel_mean) / self.mel_std
         out = self.decode(h, durations * id_mask, frames, frame_mask)
-        mel_loss = ((out - normalised).abs() * frame_mask[..., None]).sum() / (frame_mask.sum() * self.config.n_mels)
-        return mel_loss + duration_loss, {"mel_l1": float(mel_loss.detach()), "dur_mse": float(duration_loss.detach())}
+        mel_loss = ((out - normalised).abs() * frame_mask[..., None]).sum() / (
+            frame_mask.sum() * self.config.n_mels
+        )
+        return mel_loss + duration_loss, {
+            "mel_l1": float(mel_loss.detach()),
+            "dur_mse": float(duration_loss.detach()),
+        }
 
     def predict_durations(self, ids: Tensor, speed: float = 1.0) -> tuple[Tensor, Tensor]:
         """(encoder states [1, N, D], durations [1, N] in mel frames) of one id sequence [N]."""

@@ -178,10 +178,9 @@ def load_corpus(cache: str | Path, split: str, tokens: bool = False) -> Corpus:
                 flat = _stored_mel(f) if key == "mel" else f.get_tensor(key)
                 getattr(corpus, key).extend(_split_flat(flat, f.get_tensor(f"{key}_off")))
             if "phon" in f.keys():
-                for key, field_name in (("phon", "phonemes"), ("dur", "durations")):
-                    if getattr(corpus, field_name) is None:
-                        setattr(corpus, field_name, [])
-                    getattr(corpus, field_name).extend(_split_flat(f.get_tensor(key), f.get_tensor(f"{key}_off")))
+                for key, name in (("phon", "phonemes"), ("dur", "durations")):
+                    arrays = _split_flat(f.get_tensor(key), f.get_tensor(f"{key}_off"))
+                    setattr(corpus, name, (getattr(corpus, name) or []) + arrays)
     if tokens:
         path = cache / f"tokens-{split}.safetensors"
         if not path.is_file():

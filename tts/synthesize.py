@@ -14,7 +14,8 @@ A TTS model folder (``speechllm.tts.load(folder)``; voices by name: :mod:`speech
       config.json        {"format": "speechllm-tts", "version": 1, "kind": "lm-flow" (default) | "acoustic",
                           "vocoder": {"kind": "vocos", "config": VocoderConfig}, "synthesis": {...},
                           lm-flow: "lm": LMConfig, "flow": FlowConfig;
-                          acoustic: "acoustic": AcousticConfig, "frontend": {"espeak_voice", "phoneme_id_map"}}
+                          acoustic: "acoustic": AcousticConfig,
+                                    "frontend": {"espeak_voice", "phoneme_id_map"}}
       vocoder.safetensors
       lm-flow:  lm.safetensors (TTS LoRA + speech embeddings + head; the backbone loads by zoo name),
                 flow.safetensors, prompt.safetensors (speaker prompt: "mel" [80, P], "tokens" [P / 2])
@@ -231,7 +232,8 @@ def save_acoustic_tts(folder: str | Path, model: AcousticModel, vocoder: torch.n
     folder.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(model.state_dict(), folder / "acoustic.safetensors")
     atomic_save_tensors(vocoder.state_dict(), folder / "vocoder.safetensors")
-    document = {"format": FORMAT, "version": VERSION, "kind": "acoustic", "acoustic": _plain(asdict(model.config)),
+    document = {"format": FORMAT, "version": VERSION, "kind": "acoustic",
+                "acoustic": _plain(asdict(model.config)),
                 "frontend": frontend, "vocoder": {"kind": "vocos", "config": _plain(asdict(vocoder.config))},
                 "synthesis": asdict(options or AcousticOptions()), "info": info or {}}
     atomic_write_text(folder / "config.json", json.dumps(document, indent=2) + "\n")
