@@ -14,7 +14,9 @@ text:speech ratios compare in one table. ``--resynthesis CACHE`` adds, for the f
 the WER of its flow + vocoder (and of the flow's prior μ alone) on the tokenizer's tokens of the
 recorded test audio, and of its vocoder on the recorded mel, plain and blurred over 5 and 9 frames
 (a known smear, with its normalised-mel MSE, to read the prior's MSE against): where
-intelligibility is lost, stage by stage.
+intelligibility is lost, stage by stage. ``--distilled CACHE`` does the same for the first
+phoneme-route voice (``speechllm data distill``'s test split): the teacher's audio, the vocoder on
+the teacher's mel, the acoustic model's mel with the teacher's durations and with its own.
 """
 
 from __future__ import annotations
@@ -160,6 +162,43 @@ def resynthesis(name: str, voice, cache: str, limit: int, asr: Transcribers) -> 
     return rows
 
 
+def acoustic_stages(name: str, voice, cache: str, limit: int, asr: Transcribers) -> list[dict]:
+    """For a phoneme-route voice: WER of the teacher's test audio (distilled cache), of the vocoder on
+    the teacher's mel, and of the acoustic model's mel (the teacher's durations, then its own) through
+    the vocoder, with the normalised-mel L1 where the frames line up: where intelligibility is lost."""
+    from speechllm.tts.data import load_corpus
+
+    test = load_corpus(cache, "test")
+    index = [i for i, p in enumerate(test.phonemes) if len(p)][:limit]
+    model = voice.model
+
+    def timed(i: int, teacher: bool) -> torch.Tensor:  # [T, 80]
+        durations = test.durations[i].float() if teacher else None
+        return model.synthesize(test.phonemes[i].long(), voice.options.speed, durations).T
+
+    mels = {"vocoder on the teacher's mel": lambda i: test.mel[i].float(),
+            "acoustic model, teacher's durations": lambda i: timed(i, True),
+            "acoustic model, own durations": lambda i: timed(i, False)}
+    makers = {"teacher (recording)": lambda i: test.wav[i].float().numpy() / 32767,
+              **{k: (lambda i, f=f: voice.vocoder(f(i).T[None])[0].numpy()) for k, f in mels.items()}}
+    rows = []
+    for label, make in makers.items():
+        hyps: dict[str, list[str]] = {}
+        errors = []
+        with torch.no_grad():
+            for i in index:
+                for k, v in asr(make(i), 16_000).items():
+                    hyps.setdefault(k, []).append(v)
+                if label == "acoustic model, teacher's durations":
+                    error = (mels[label](i)[: len(test.mel[i])] - test.mel[i].float()) / model.mel_std
+                    errors.append(float(error.abs().mean()))
+        texts = [test.texts[i] for i in index]
+        rows.append({"voice": name, "input": label, "sentences": len(index),
+                     **{f"wer {k}": round(wer(texts, v), 4) for k, v in hyps.items()},
+                     **({"mel l1": round(statistics.mean(errors), 4)} if errors else {})})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--voices", nargs="+", default=[DEFAULT_VOICE, PIPER_VOICE])
@@ -168,6 +207,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None, help="flow-matching steps for own voices")
     parser.add_argument("--resynthesis", default=None, help="feature cache with test tokens (own voices)")
+    parser.add_argument("--distilled", default=None,
+                        help="distilled cache (speechllm data distill): stage WERs of a phoneme-route voice")
     parser.add_argument("--json", default=None, help="write the results here too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -188,13 +229,16 @@ def main() -> None:
         if args.resynthesis and hasattr(voice, "flow") and not stages:  # flow + vocoder: once is enough
             stages += resynthesis(name, voice, args.resynthesis, args.limit, asr)
             print(json.dumps(stages), flush=True)
+        if args.distilled and hasattr(voice, "model") and not stages:
+            stages += acoustic_stages(name, voice, args.distilled, args.limit, asr)
+            print(json.dumps(stages), flush=True)
     cols = ["voice", "ratio", "wer stream faster-whisper", "wer stream whisper", "wer whole faster-whisper",
             "wer whole whisper", "first_chunk_ms_median", "first_chunk_ms_p90", "rtf_stream", "rtf_whole"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in results:
         print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
     if stages:
-        cols = ["voice", "input", "wer faster-whisper", "wer whisper", "mel mse"]
+        cols = ["voice", "input", "wer faster-whisper", "wer whisper", "mel mse", "mel l1"]
         print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
         for r in stages:
             print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")

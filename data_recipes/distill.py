@@ -52,7 +52,7 @@ def frame_durations(samples: np.ndarray, rate: int, frames: int, hop: int = MelC
 
 def _distill_part(job: DistillJob) -> int:
     from speechllm.tts.piper import iter_phonemize, phoneme_ids
-    from speechllm.tts.text import TextError, prepare_text
+    from speechllm.tts.text import TextError, prepare_text, sentences
 
     voice = _teacher(job.teacher)
     rows, arrays = [], {"enc": [], "mel": [], "wav": [], "phon": [], "dur": []}
@@ -61,28 +61,24 @@ def _distill_part(job: DistillJob) -> int:
             prepared = prepare_text(item.say)
         except TextError:
             continue
-        for k, phonemes in enumerate(iter_phonemize(prepared, voice.config.espeak_voice)):
-            ids = phoneme_ids(phonemes, voice.config.phoneme_id_map)
-            audio, samples = voice.synthesize_ids_durations(
-                ids, noise_scale=job.noise_scale, noise_w=job.noise_w
-            )
-            audio = torch.from_numpy(resample(audio, voice.sample_rate, SAMPLE_RATE))
-            mel = mel_spectrogram(audio)[0].T
-            if len(mel) < 5:
-                continue
-            rows.append(
-                {
-                    "id": f"{item.recipe}-{item.index:07d}-{k}",
-                    "text": prepared,
-                    "speaker": job.teacher,
-                    "phonemes": phonemes,
-                }
-            )
-            arrays["enc"].append(torch.zeros(0, 384, dtype=torch.float16))
-            arrays["mel"].append(mel.half())
-            arrays["wav"].append((audio[: len(mel) * MelConfig().hop].clamp(-1, 1) * 32767).round().short())
-            arrays["phon"].append(torch.tensor(ids, dtype=torch.int16))
-            arrays["dur"].append(frame_durations(samples, voice.sample_rate, len(mel)))
+        for j, sentence in enumerate(sentences(prepared)):
+            for k, phonemes in enumerate(iter_phonemize(sentence, voice.config.espeak_voice)):
+                ids = phoneme_ids(phonemes, voice.config.phoneme_id_map)
+                audio, samples = voice.synthesize_ids_durations(
+                    ids, noise_scale=job.noise_scale, noise_w=job.noise_w
+                )
+                audio = torch.from_numpy(resample(audio, voice.sample_rate, SAMPLE_RATE))
+                mel = mel_spectrogram(audio)[0].T
+                if len(mel) < 5:
+                    continue
+                rows.append({"id": f"{item.recipe}-{item.index:07d}-{j}-{k}", "text": sentence,
+                             "speaker": job.teacher, "phonemes": phonemes})
+                arrays["enc"].append(torch.zeros(0, 384, dtype=torch.float16))
+                arrays["mel"].append(mel.half())
+                wav = audio[: len(mel) * MelConfig().hop].clamp(-1, 1)
+                arrays["wav"].append((wav * 32767).round().short())
+                arrays["phon"].append(torch.tensor(ids, dtype=torch.int16))
+                arrays["dur"].append(frame_durations(samples, voice.sample_rate, len(mel)))
     if rows:
         save_part(Path(job.path), rows, **arrays)
     return len(rows)

@@ -160,11 +160,16 @@ class AcousticModel(nn.Module):
         return h, torch.expm1(self.durations(h, mask)).clamp(min=0) / speed
 
     @torch.no_grad()
-    def synthesize(self, ids: Tensor, speed: float = 1.0) -> Tensor:
-        """Log-mel [n_mels, T] of one id sequence [N]."""
-        h, durations = self.predict_durations(ids, speed)
-        n = max(1, int(round(float(durations.sum()))))
-        durations = durations * (n / max(float(durations.sum()), 1e-6))
+    def synthesize(self, ids: Tensor, speed: float = 1.0, durations: Tensor | None = None) -> Tensor:
+        """Log-mel [n_mels, T] of one id sequence [N], timed by its own predicted durations (or by
+        ``durations`` [N] in mel frames, e.g. the teacher's)."""
+        h, predicted = self.predict_durations(ids, speed)
+        if durations is None:
+            n = max(1, int(round(float(predicted.sum()))))
+            durations = predicted * (n / max(float(predicted.sum()), 1e-6))
+        else:
+            durations = durations.to(h.dtype)[None]
+            n = max(1, int(round(float(durations.sum()))))
         frames = torch.arange(n, device=ids.device)[None]
         out = self.decode(h, durations, frames, torch.ones_like(frames, dtype=torch.bool))
         return (out[0] * self.mel_std + self.mel_mean).T

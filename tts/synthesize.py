@@ -155,9 +155,10 @@ class AcousticTTS:
     def _mels(self, prepared: str) -> Iterator[torch.Tensor]:
         from speechllm.tts.piper import iter_phonemize, phoneme_ids
 
-        for phonemes in iter_phonemize(prepared, self.espeak_voice):
-            ids = torch.tensor(phoneme_ids(phonemes, self.id_map))
-            yield self.model.synthesize(ids, self.options.speed)
+        for sentence in sentences(prepared):
+            for phonemes in iter_phonemize(sentence, self.espeak_voice):
+                ids = torch.tensor(phoneme_ids(phonemes, self.id_map))
+                yield self.model.synthesize(ids, self.options.speed)
 
     def _stream(self, prepared: str) -> Iterator[np.ndarray]:
         first, size = self.options.first_chunk, self.options.chunk
