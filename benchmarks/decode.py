@@ -9,9 +9,16 @@ speed only; its int8/int4 rows are built straight into quantized modules, one fp
 Paths: fp32 / int8 / int4 weights, each decoded by transformers' ``generate`` and by
 ``speechllm.generation``'s engine (static KV cache, lean forward, fused low-bit projections; greedy,
 speculative decoding off), plus int4 with speculative decoding on (SAM drafts; the same tokens).
+For SmolLM2 one more path, "llama.cpp": the same GGUF file decoded by llama.cpp itself (its CPU build,
+greedy, ``n_threads`` = ``--threads``), timed as the others are. It needs the optional
+``pip install llama-cpp-cffi`` (a prebuilt llama.cpp with a cffi binding, about 300 MB; not a project
+dependency); without it that row is skipped with a note. The random 1.1B model has no GGUF: no row there.
+llama.cpp's threads wait for each other by spinning: when other jobs keep the cores busy, asking for as
+many threads as there are cores slows it far more than it slows torch (``--threads 1`` is fairer there).
 Each model runs in its own process with its
-three weight variants loaded; the seven paths then take turns, ``--repeats`` rounds of ``--new-tokens``
-greedy tokens after a short prompt, and each path's figure is its best round: other jobs sharing the
+three weight variants loaded; the paths then take turns, ``--repeats`` rounds of ``--new-tokens``
+greedy tokens after a short prompt (tokens/s = new tokens / wall time of the whole call, prompt prefill
+included, for every path alike), and each path's figure is its best round: other jobs sharing the
 CPU only ever slow a run down, and taking turns exposes every path to the same conditions. Ratios are
 against transformers' fp32 ``generate`` in the same run. "weight GB/s" is the bytes of the matrices a
 decode step reads (every linear layer and the output layer; not the embedding table) times tokens/s,
@@ -39,7 +46,8 @@ from speechllm.zoo import DEFAULT_LLM
 PATHS = [("fp32", "hf"), ("fp32", "engine"), ("int8", "hf"), ("int8", "engine"), ("int4", "hf"),
          ("int4", "engine"), ("int4", "speculative")]  # (weights, decoder)
 LABELS = {"hf": "transformers generate", "engine": "speechllm engine",
-          "speculative": "speechllm engine + SAM drafts"}
+          "speculative": "speechllm engine + SAM drafts", "llama.cpp": "llama.cpp (llama-cpp-cffi)"}
+LLAMA_CPP = ("gguf", "llama.cpp")  # (weights, decoder): the zoo's GGUF as stored, decoded by llama.cpp
 PROMPT = "The history of the Roman Empire begins"
 
 
@@ -89,6 +97,92 @@ def _llama_1b(weights: str):
 
 
 MODELS = {"smollm2": _smollm2, "llama-1b": _llama_1b}
+GGUF_MODELS = {"smollm2"}  # the models whose weights come from a GGUF llama.cpp can load
+
+
+def llama_cpp_binding():
+    """llama-cpp-cffi's ``(ffi, lib)`` (llama.cpp's C API; CPU build), or the reason it can't be had.
+
+    The wheel's library names one symbol of a newer libstdc++ than Debian 12's (``__cxa_call_terminate``,
+    GCC 14, called only when an exception escapes a ``noexcept`` function): it is bound lazily, so
+    loading succeeds on the older one."""
+    os.environ.setdefault("LLAMA_CPP_BACKEND", "cpu")
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(os.RTLD_LAZY)
+    try:
+        from llama.llama_cpp import ffi, lib
+    except ImportError as e:
+        return f"llama-cpp-cffi is not usable ({e}); pip install llama-cpp-cffi"
+    finally:
+        sys.setdlopenflags(flags)
+    return ffi, lib
+
+
+def zoo_gguf() -> Path:
+    """The GGUF file the zoo's ``DEFAULT_LLM`` loads from (what ``speechllm.llm.load_llm`` reads)."""
+    from speechllm.zoo import resolve
+
+    resolved = resolve(DEFAULT_LLM)
+    path = Path(resolved.main_file or resolved.path)
+    found = [path] if path.suffix == ".gguf" else sorted(path.glob("*.gguf"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{DEFAULT_LLM}: no single GGUF file at {path}")
+    return found[0]
+
+
+def gguf_read_bytes_per_token(path: Path) -> int:
+    """``read_bytes_per_token`` for a GGUF: every matrix but the embedding table, which counts (once) as
+    the output layer when the file ties the two."""
+    from gguf import GGUFReader
+
+    matrices = {t.name: int(t.n_bytes) for t in GGUFReader(path).tensors if len(t.shape) == 2}
+    if "output.weight" in matrices:
+        matrices.pop("token_embd.weight", None)
+    return sum(matrices.values())
+
+
+class LlamaCpp:
+    """A GGUF loaded by llama.cpp (weights read into memory, not mapped, so RSS counts them), one context
+    of ``threads`` threads, greedy sampling in llama.cpp."""
+
+    def __init__(self, binding, gguf: Path, threads: int, n_ctx: int):
+        self.ffi, self.lib = ffi, lib = binding
+        params = lib.llama_model_default_params()
+        params.n_gpu_layers, params.use_mmap = 0, False
+        self.model = lib.llama_model_load_from_file(str(gguf).encode(), params)
+        if self.model == ffi.NULL:
+            raise RuntimeError(f"llama.cpp could not load {gguf}")
+        ctx_params = lib.llama_context_default_params()
+        ctx_params.n_ctx = ctx_params.n_batch = n_ctx
+        ctx_params.n_threads = ctx_params.n_threads_batch = threads
+        self.ctx = lib.llama_init_from_model(self.model, ctx_params)
+        if self.ctx == ffi.NULL:
+            raise RuntimeError("llama.cpp could not make a context")
+        self.sampler = lib.llama_sampler_init_greedy()
+
+    def weight_bytes(self) -> int:
+        return self.lib.llama_model_size(self.model)
+
+    def generate(self, ids: list[int], new_tokens: int) -> list[int]:
+        """``new_tokens`` greedy tokens after ``ids``: one prefill pass, then one pass per further token."""
+        ffi, lib = self.ffi, self.lib
+        lib.llama_kv_self_clear(self.ctx)
+        prompt, one = ffi.new("llama_token[]", ids), ffi.new("llama_token[1]")
+        if lib.llama_decode(self.ctx, lib.llama_batch_get_one(prompt, len(ids))):
+            raise RuntimeError("llama_decode failed on the prompt")
+        tokens = []
+        while True:
+            tokens.append(lib.llama_sampler_sample(self.sampler, self.ctx, -1))
+            if len(tokens) == new_tokens:
+                return tokens
+            one[0] = tokens[-1]
+            if lib.llama_decode(self.ctx, lib.llama_batch_get_one(one, 1)):
+                raise RuntimeError("llama_decode failed")
+
+    def close(self) -> None:
+        self.lib.llama_sampler_free(self.sampler)
+        self.lib.llama_free(self.ctx)
+        self.lib.llama_model_free(self.model)
 
 
 def _rss_mb() -> float:
@@ -96,18 +190,22 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _decode_once(model, ids: torch.Tensor, decoder: str, new_tokens: int) -> float:
+def _decode_once(model, ids: torch.Tensor, decoder: str, new_tokens: int) -> tuple[float, list[int]]:
+    """Tokens per second of one greedy call (prefill included) and the new tokens it chose."""
     from speechllm.generation import GenerationOptions, generate
 
     with torch.no_grad():
         t0 = time.perf_counter()
+        if decoder == "llama.cpp":
+            tokens = model.generate(ids[0].tolist(), new_tokens)
+            return len(tokens) / (time.perf_counter() - t0), tokens
         if decoder == "hf":
-            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            return new_tokens / (time.perf_counter() - t0)
+            out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            return new_tokens / (time.perf_counter() - t0), out[0, ids.shape[1]:].tolist()
         options = GenerationOptions(max_new_tokens=new_tokens, eos_token_id=-1, stop_repetition=False,
                                     speculative=decoder == "speculative")
         r = generate(model, ids, options)
-        return len(r.tokens) / (time.perf_counter() - t0)
+        return len(r.tokens) / (time.perf_counter() - t0), r.tokens
 
 
 def copy_gb_s(mb: int = 256, repeats: int = 5) -> float:
@@ -144,28 +242,49 @@ def read_bytes_per_token(model) -> int:
     return total
 
 
+def _same_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two continuations share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def bench_model(model_name: str, new_tokens: int, repeats: int) -> list[dict]:
-    """Load the fp32, int8 and int4 variants, then time every path in turn, ``repeats`` rounds."""
+    """Load the fp32, int8 and int4 variants (and the GGUF into llama.cpp where there is one and
+    llama-cpp-cffi is installed), then time every path in turn, ``repeats`` rounds."""
     from speechllm.quant.model import weight_bytes
 
-    loaded = {}
+    loaded, paths = {}, list(PATHS)
     for weights in ("fp32", "int8", "int4"):
         before = _rss_mb()
         model, ids = MODELS[model_name](weights)
         loaded[weights] = (model, ids, weight_bytes(model) / 2**20, _rss_mb() - before,
                            read_bytes_per_token(model))
-    best = dict.fromkeys(PATHS, 0.0)
+    binding = llama_cpp_binding() if model_name in GGUF_MODELS else None
+    if isinstance(binding, tuple):
+        gguf, ids = zoo_gguf(), loaded["int4"][1]
+        before = _rss_mb()
+        llm = LlamaCpp(binding, gguf, torch.get_num_threads(), ids.shape[1] + new_tokens + 8)
+        loaded[LLAMA_CPP[0]] = (llm, ids, llm.weight_bytes() / 2**20, _rss_mb() - before,
+                                gguf_read_bytes_per_token(gguf))
+        paths.append(LLAMA_CPP)
+    best, tokens = dict.fromkeys(paths, 0.0), {}
     for round_ in range(repeats + 1):  # round 0 warms up
-        for weights, decoder in PATHS:
+        for weights, decoder in paths:
             model, ids = loaded[weights][:2]
-            rate = _decode_once(model, ids, decoder, new_tokens)
+            rate, tokens[weights, decoder] = _decode_once(model, ids, decoder, new_tokens)
             if round_:
                 best[weights, decoder] = max(best[weights, decoder], rate)
+    if LLAMA_CPP in paths:
+        loaded[LLAMA_CPP[0]][0].close()
     copy = copy_gb_s()
     return [{"model": model_name, "weights": w, "decoder": d, "tokens_per_s": best[w, d],
              "weight_mb": loaded[w][2], "rss_added_mb": loaded[w][3],
              "read_mb_per_token": loaded[w][4] / 2**20,
-             "weight_gb_s": loaded[w][4] * best[w, d] / 1e9, "copy_gb_s": copy} for w, d in PATHS]
+             "weight_gb_s": loaded[w][4] * best[w, d] / 1e9, "copy_gb_s": copy,
+             "same_prefix_as_int4_engine": _same_prefix(tokens[w, d], tokens["int4", "engine"])}
+            for w, d in paths]
 
 
 def main() -> None:
@@ -188,7 +307,11 @@ def main() -> None:
     print("| model | weights | decoder | tokens/s | vs HF fp32 | weight MB | vs fp32 weights "
           "| RSS added MB | weight GB/s (copy GB/s) |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    results = []
+    results, notes = [], []
+    if "smollm2" in args.models and isinstance(reason := llama_cpp_binding(), str):
+        notes.append(f"llama.cpp row skipped: {reason}")
+    if "llama-1b" in args.models:
+        notes.append("llama-1b has no GGUF: no llama.cpp row there")
     for model_name in args.models:  # one process per model, so one model's memory never meets another's
         cmd = [sys.executable, __file__, "--one", model_name, "--new-tokens", str(args.new_tokens),
                "--repeats", str(args.repeats), "--threads", str(args.threads)]
@@ -206,6 +329,12 @@ def main() -> None:
                   f"| {row['weight_mb']:.0f} | {row['weight_mb'] / base['weight_mb']:.0%} "
                   f"| {row['rss_added_mb']:.0f} | {row['weight_gb_s']:.1f} ({row['copy_gb_s']:.1f}) |",
                   flush=True)
+    for row in results:
+        if row["decoder"] == "llama.cpp":
+            print(f"\n{row['model']}: llama.cpp's greedy tokens share their first "
+                  f"{row['same_prefix_as_int4_engine']} of {args.new_tokens} with the int4 engine's")
+    for note in notes:
+        print(f"\nnote: {note}")
     if args.json:
         meta = {"command": " ".join(["python benchmarks/decode.py", *sys.argv[1:]]),
                 "torch": torch.__version__, "threads": args.threads, "load_average": os.getloadavg(),

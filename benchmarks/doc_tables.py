@@ -325,7 +325,8 @@ FIGURES["cold-ask-load"] = Figure("cold-start.json", lambda d: d["results"][0]["
 # ---- docs/decoding.md: benchmarks/decode.py, decode_e2e.py, decode_profile.py -------------------
 
 DECODERS = {"hf": "transformers generate", "engine": "speechllm engine",
-            "speculative": "speechllm engine + SAM drafts"}  # benchmarks/decode.py's LABELS
+            "speculative": "speechllm engine + SAM drafts",
+            "llama.cpp": "llama.cpp (llama-cpp-cffi)"}  # benchmarks/decode.py's LABELS
 
 
 def _decode_rows(d: dict) -> list[dict]:
