@@ -1,7 +1,7 @@
 """Streaming TTS benchmark: the project's voices side by side with Piper joe, in one run.
 
-    .venv/bin/python benchmarks/tts.py --voices speechllm-joe piper-joe --limit 20 --threads 2 \
-        --resynthesis runs/tts/cache-1h --json benchmarks/results/tts.json
+    .venv/bin/python benchmarks/tts.py --voices speechllm-joe piper-joe --limit 60 --threads 1 \
+        --distilled runs/tts/joe-10h --json benchmarks/results/tts.json
 
 For every voice and held-out sentence (the ``test`` split of a tts corpus, Piper joe's rows):
 * intelligibility: WER of the synthesized audio transcribed by Whisper tiny.en through
@@ -199,10 +199,22 @@ def acoustic_stages(name: str, voice, cache: str, limit: int, asr: Transcribers)
     return rows
 
 
+def held_out_sentences(manifest: str | None, distilled: str | None) -> list[str]:
+    """The test sentences: a tts corpus manifest's Piper rows, or a distilled cache's test split."""
+    if manifest is None and distilled is not None:
+        from speechllm.tts.data import load_corpus
+
+        return list(dict.fromkeys(load_corpus(distilled, "test").texts))
+    rows = read_manifest(manifest or REPO / "corpora/tts-1h/test.jsonl")
+    return [r.text for r in rows if (r.speaker or "").startswith("piper") and r.text]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--voices", nargs="+", default=[DEFAULT_VOICE, PIPER_VOICE])
-    parser.add_argument("--manifest", default=str(REPO / "corpora/tts-1h/test.jsonl"))
+    parser.add_argument("--manifest", default=None,
+                        help="tts corpus test manifest whose Piper rows are the sentences (default: the "
+                             "--distilled cache's test sentences, else corpora/tts-1h/test.jsonl)")
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None, help="flow-matching steps for own voices")
@@ -214,8 +226,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from speechllm import tts
 
-    rows = [r for r in read_manifest(args.manifest) if (r.speaker or "").startswith("piper") and r.text]
-    texts = [r.text for r in rows[: args.limit]]
+    texts = held_out_sentences(args.manifest, args.distilled)[: args.limit]
     asr = Transcribers(args.threads)
     results, stages = [], []
     for name in args.voices:
