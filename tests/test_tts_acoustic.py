@@ -72,9 +72,13 @@ def acoustic_voice_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("acoustic-voice")
     id_map = {c: [i + 1] for i, c in enumerate("^_$ abcdefghijklmnopqrstuvwxyzəɪʊˈˌɹæɛɔʌɑŋθðʃʒː.,!?")}
+    torch.manual_seed(0)
+    model = AcousticModel(TINY)
+    with torch.no_grad():
+        model.durations.out.bias.fill_(1.1)  # about two frames per id: audible, speed-sensitive lengths
     save_acoustic_tts(
         folder,
-        AcousticModel(TINY),
+        model,
         Vocos(VocoderConfig(dim=16, ffn=32, n_layers=1)),
         {"espeak_voice": "en-us", "phoneme_id_map": id_map},
     )
@@ -166,3 +170,24 @@ def test_distill_then_train_and_assemble_a_voice(tmp_path):
     )
     voice = load(str(tmp_path / "voice"))
     assert len(voice.synthesize("It works.")) > 0
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_cli_speaks_with_an_acoustic_folder_at_a_chosen_speed(acoustic_voice_dir, tmp_path, capsys):
+    import soundfile as sf
+
+    from speechllm.apps.cli import main
+
+    lengths = {}
+    for speed in (0.5, 2.0):
+        out = tmp_path / f"{speed}.wav"
+        args = ["tts", "--text", "Hello there, my friend.", "--output", str(out), "--speed", str(speed)]
+        assert main([*args, "--voice", str(acoustic_voice_dir)]) == 0
+        audio, rate = sf.read(out)
+        lengths[speed] = len(audio)
+        assert rate == 16_000
+    assert lengths[2.0] < lengths[0.5]
+    capsys.readouterr()
+    bad = ["tts", "--text", "Hi.", "--output", str(tmp_path / "x.wav"), "--speed", "9"]
+    assert main(bad) == 1
+    assert "--speed 9.0: give a rate between 0.25 and 4" in capsys.readouterr().err
