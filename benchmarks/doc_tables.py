@@ -50,12 +50,29 @@ STARTER_SYSTEMS = {  # benchmarks/results/asr-starter.json
         "**speech-LLM starter (shipped), hears through Whisper tiny.en's decoder**",
     "speech-LLM runs/starter-ctc": "same starter, `\"hearing\": \"adapter\"`: CTC + LLM beam search",
 }
-TTS_VOICES = {
-    "runs/tts/voice-3-9": "own, LM 260 steps",
-    "runs/tts/voice-3-9-at80": "own, LM 80 steps",
-    "runs/tts/voice-2-10": "own, LM 80 steps",
+TTS_VOICES = {  # benchmarks/results/tts.json: the shipped own voice beside its teacher
+    "speechllm-joe": "**speechllm-joe (shipped): phonemes → acoustic model → vocoder**",
+    "piper-joe": "Piper joe (onnxruntime), the teacher",
+}
+TTS_LM_FLOW_VOICES = {  # benchmarks/results/tts-lm-flow.json: the LM + flow route, not intelligible yet
+    "runs/tts/voice-3-9": "LM + flow, text:speech 3:9, LM 260 steps",
+    "runs/tts/voice-3-9-at80": "LM + flow, 3:9, LM 80 steps",
+    "runs/tts/voice-2-10": "LM + flow, 2:10, LM 80 steps",
     "piper-joe": "Piper joe (onnxruntime)",
 }
+
+
+def _tts_voices(results: str, labels: dict[str, str]) -> Table:
+    """A benchmarks/tts.py results file: one row per voice."""
+    return Table(results, (
+        Column("voice", labelled(labels, "voice")),
+        Column("WER faster-whisper", "wer stream faster-whisper", pct(), True),
+        Column("WER Whisper (ours)", "wer stream whisper", pct(), True),
+        Column("first chunk median / p90",
+               lambda r: f"{r['first_chunk_ms_median']} / {r['first_chunk_ms_p90']} ms", numeric=True),
+        Column("RTF streaming", "rtf_stream", fixed(3), True),
+        Column("RTF whole", "rtf_whole", fixed(3), True)),
+        rows=lambda d: d["voices"])
 
 
 def _ask_table(results: str, labels: dict[str, str]) -> Table:
@@ -129,17 +146,15 @@ TABLES: dict[str, Table] = {
         Column("Piper joe (beam)", "beam.wer_by_speaker.piper:joe", pct(), True),
         Column("RTF greedy / beam", pair("greedy.rtf", "beam.rtf", fixed(3)), numeric=True)),
         rows=_greedy_beam_rows),
-    "tts-voices": Table("tts.json", (
-        Column("voice", labelled(TTS_VOICES, "voice")),
-        Column("text:speech", maybe("ratio")),
-        Column("WER faster-whisper", "wer stream faster-whisper", pct(), True),
-        Column("WER Whisper (ours)", "wer stream whisper", pct(), True),
-        Column("first chunk median / p90",
-               lambda r: f"{r['first_chunk_ms_median']} / {r['first_chunk_ms_p90']} ms", numeric=True),
-        Column("RTF streaming", "rtf_stream", fixed(3), True),
-        Column("RTF whole", "rtf_whole", fixed(3), True)),
-        rows=lambda d: d["voices"]),
+    "tts-voices": _tts_voices("tts.json", TTS_VOICES),
     "tts-stages": Table("tts.json", (
+        Column("audio (held-out sentences, the teacher's test split)", "input"),
+        Column("WER faster-whisper", "wer faster-whisper", pct(), True),
+        Column("WER Whisper (ours)", "wer whisper", pct(), True),
+        Column("normalised-mel L1", maybe("mel l1"), fixed(3), True)),
+        rows=lambda d: d["stages"]),
+    "tts-lm-flow-voices": _tts_voices("tts-lm-flow.json", TTS_LM_FLOW_VOICES),
+    "tts-lm-flow-stages": Table("tts-lm-flow.json", (
         Column("audio (10 held-out Piper joe sentences)", "input"),
         Column("WER faster-whisper", "wer faster-whisper", pct(), True),
         Column("WER Whisper (ours)", "wer whisper", pct(), True)),
@@ -249,12 +264,14 @@ FIGURES: dict[str, Figure] = {
         d["step1000"]["whisper-tiny.en"]["wer"] - d["step1000"]["whisper-base"]["wer"]), fixed(1)),
     "tts-piper-wer": Figure("tts.json", lambda d: one(d["voices"], voice="piper-joe")["wer stream whisper"],
                             pct()),
-    "tts-own-first-chunk": Figure("tts.json", lambda d: one(d["voices"], voice="runs/tts/voice-3-9")[
+    "tts-own-wer": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")["wer stream whisper"],
+                          pct()),
+    "tts-own-first-chunk": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")[
         "first_chunk_ms_median"], fixed(0, " ms")),
     # translate's default placement is audio first
     "translate-bleu": Figure("instruction-following.json", lambda d: d["audio first"]["bleu"], fixed(2)),
     "translate-rows": Figure("instruction-following.json", lambda d: d["audio first"]["rows"]),
-    "tts-own-rtf": Figure("tts.json", lambda d: one(d["voices"], voice="runs/tts/voice-3-9")["rtf_stream"],
+    "tts-own-rtf": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")["rtf_stream"],
                           fixed(3)),
     "finetune-before": Figure("finetune-slt.json", lambda d: d["before"]["wer"], pct(1)),
     "finetune-after": Figure("finetune-slt.json", lambda d: d["after"]["wer"], pct(1)),
