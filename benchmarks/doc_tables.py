@@ -262,10 +262,11 @@ FIGURES: dict[str, Figure] = {
                                 _asr("speech-LLM runs/starter-conv3", "wer"), pct()),
     "encoder-base-gain": Figure("encoder-base-vs-tiny.json", lambda d: 100 * (
         d["step1000"]["whisper-tiny.en"]["wer"] - d["step1000"]["whisper-base"]["wer"]), fixed(1)),
-    "tts-piper-wer": Figure("tts.json", lambda d: one(d["voices"], voice="piper-joe")["wer stream whisper"],
-                            pct()),
-    "tts-own-wer": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")["wer stream whisper"],
-                          pct()),
+    "tts-piper-wer": Figure("tts.json", lambda d: one(d["voices"], voice="piper-joe")[
+        "wer stream faster-whisper"], pct()),
+    "tts-own-wer": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")[
+        "wer stream faster-whisper"], pct()),
+    "tts-sentences": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")["sentences"]),
     "tts-own-first-chunk": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")[
         "first_chunk_ms_median"], fixed(0, " ms")),
     # translate's default placement is audio first
