@@ -9,7 +9,9 @@ usual) whose linears are ``QuantLinear`` modules, and its tokenizer.
 int4; ``"int4"`` / ``"int8"`` ask for that weight format; ``"none"`` gives a float model. A GGUF file is
 imported block by block (``speechllm.quant.gguf``): the quantized matrices never exist in fp32. The import
 is done once: its result is kept as a quantized folder in the cache (``$SPEECHLLM_CACHE/converted/``,
-keyed by the GGUF file's SHA-256 and the format asked for), which later starts load directly.
+keyed by the GGUF file's SHA-256 and the format asked for), which later starts load directly; its
+tokenizer is then built straight from its ``tokenizer.json`` once checked equal to the usual one
+(``speechllm.tokenizer_cache``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def _from_gguf(path: Path, quant: str) -> tuple[nn.Module, Any]:
         return _import_gguf(file, quant)
     folder = converted_folder(file, quant)
     if is_quantized_folder(folder):
-        return _from_quantized(folder, "auto")
+        return _from_quantized(folder, "auto", cached_tokenizer=True)
     model, tokenizer = _import_gguf(file, quant)
     try:  # written aside, then renamed into place whole: a killed conversion leaves no half folder
         with atomic_folder(folder) as tmp:
@@ -132,13 +134,17 @@ def _quantize_float(model: nn.Module, quant: str) -> None:
         quantize(model, QuantConfig(method="rtn", bits=8, group_size=-1))
 
 
-def _from_quantized(path: Path, quant: str) -> tuple[nn.Module, Any]:
+def _from_quantized(path: Path, quant: str, cached_tokenizer: bool = False) -> tuple[nn.Module, Any]:
+    """``cached_tokenizer``: a folder this package owns (a converted GGUF), whose tokenizer may be built
+    straight from its tokenizer.json once checked (``speechllm.tokenizer_cache``)."""
     from transformers import AutoTokenizer
+
+    from .tokenizer_cache import load_tokenizer
 
     model = load_quantized(path)
     if quant == "none":
         dequantize_model(model)
-    return model, AutoTokenizer.from_pretrained(str(path))
+    return model, load_tokenizer(path) if cached_tokenizer else AutoTokenizer.from_pretrained(str(path))
 
 
 def _from_hf(path: Path, quant: str) -> tuple[nn.Module, Any]:

@@ -105,3 +105,49 @@ def test_gradient_reaches_the_input_only():
     F.linear(x_ref, layer.dequantize(), layer.bias).pow(2).sum().backward()
     assert (x.grad - x_ref.grad).abs().max() / x_ref.grad.abs().max() < 5e-2
     assert all(not p.requires_grad for p in layer.parameters())
+
+
+@pytest.mark.skipif("dyn-int8" not in BACKENDS, reason="no fbgemm/onednn engine")
+@pytest.mark.parametrize("m", [1, 7])
+def test_dyn8_row_blocks_give_the_same_products(m):
+    """A tall weight is prepacked in row blocks (fbgemm packs one big matrix slower): same numbers."""
+    torch.manual_seed(0)
+    qw = quantize_weight(torch.randn(200, 64), QuantSpec(8, -1))
+    whole, blocks = kernels._dyn8_prepare(qw, block_rows=1024), kernels._dyn8_prepare(qw, block_rows=64)
+    assert (len(whole), len(blocks)) == (1, 4)
+    x = torch.randn(m, 64)
+    assert torch.equal(kernels._dyn8_run(blocks, x), kernels._dyn8_run(whole, x))
+    assert torch.equal(kernels._dyn8_codes(blocks), qw.codes)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, 32), QuantSpec(8, -1)], ids=lambda s: s.name)
+def test_compact_reads_codes_back_only_without_a_checked_round_trip(spec, monkeypatch):
+    import dataclasses
+
+    def layer_on(backend_name):
+        layer = QuantLinear.from_linear(torch.nn.Linear(256, 128, bias=False), spec, exact=False,
+                                        backend=backend_name)
+        layer(torch.randn(1, 256))
+        return layer
+
+    name = "int4pack-cpu" if spec.bits == 4 else "dyn-int8"
+    if name not in BACKENDS:
+        pytest.skip(f"no {name} kernel here")
+    backend, reads = BACKENDS[name], []
+
+    def counted(state):
+        reads.append(1)
+        return backend.codes_from_state(state)
+
+    monkeypatch.setitem(BACKENDS, name, dataclasses.replace(backend, codes_from_state=counted))
+    layer = layer_on(name)
+    codes = layer.codes.clone()
+    assert backend.round_trip(layer._prepared[name])  # this torch build: checked once, trusted
+    assert layer.compact() and reads == []
+    assert torch.equal(layer.state_dict()["codes"], codes)  # given back from the kernel's copy
+    # a round trip not known to be exact: the codes are read back and compared first
+    monkeypatch.setitem(BACKENDS, name, dataclasses.replace(
+        backend, codes_from_state=lambda state: torch.zeros_like(codes), round_trip=lambda state: False))
+    other = layer_on(name)
+    kept = other.codes.clone()
+    assert not other.compact() and torch.equal(other.codes, kept)

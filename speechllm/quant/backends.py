@@ -41,6 +41,9 @@ class Backend:
     # the canonical packed codes back from a prepared state, when the kernel's copy can stand in for them
     # (then the module drops its own copy: see ``QuantLinear.compact``); returns None when it cannot
     codes_from_state: Callable[[Any], torch.Tensor | None] | None = None
+    # True when ``codes_from_state`` is known to give this state's codes back exactly (its round trip
+    # checked once per process on sample weights): ``compact`` then trusts it without reading them back
+    round_trip: Callable[[Any], bool] | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -98,20 +101,28 @@ def _untile_int4(packed: torch.Tensor) -> torch.Tensor:
 @lru_cache(maxsize=1)
 def _int4pack_layout_known() -> bool:
     """Check once that this torch build still packs int4 the way ``_untile_int4`` reads it."""
-    q = torch.randint(0, 16, (128, 64), dtype=torch.int32)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-    return packed.shape == (128, 32) and torch.equal(_untile_int4(packed), pack_int4(q))
+    gen = torch.Generator().manual_seed(0)
+    for n, k in ((128, 64), (192, 640)):
+        q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=gen)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        if packed.shape != (n, k // 2) or not torch.equal(_untile_int4(packed), pack_int4(q)):
+            return False
+    return True
+
+
+def _int4pack_cpu_round_trip(state: tuple) -> bool:
+    return state[0].shape[0] % 64 == 0 and _int4pack_layout_known()
 
 
 def _int4pack_cpu_codes(state: tuple) -> torch.Tensor | None:
-    packed = state[0]
-    return _untile_int4(packed) if packed.shape[0] % 64 == 0 and _int4pack_layout_known() else None
+    return _untile_int4(state[0]) if _int4pack_cpu_round_trip(state) else None
 
 
 if _has("_weight_int4pack_mm_for_cpu"):
     register_backend(Backend(
         "int4pack-cpu", lambda s, n, k, d: _int4pack_supported(s, n, k, d, "cpu"),
-        _int4pack_cpu_prepare, _int4pack_cpu_run, codes_from_state=_int4pack_cpu_codes))
+        _int4pack_cpu_prepare, _int4pack_cpu_run, codes_from_state=_int4pack_cpu_codes,
+        round_trip=_int4pack_cpu_round_trip))
 
 
 def _inner_k_tiles(k: int) -> int:
@@ -173,27 +184,53 @@ def _reduce_range() -> bool:
         return True
 
 
-def _dyn8_prepare(qw: QuantizedWeight) -> Any:
-    n = qw.shape[0]
+# fbgemm's prepack time grows faster than the row count (a 262144 x 640 head, Gemma 3's: ~2.2 s whole,
+# ~0.8 s in blocks of 65536 rows), so tall weights are packed in row blocks. The products are the same:
+# the activations' per-tensor quantization does not depend on the weight, and each output column is
+# computed from its own row alone.
+DYN8_BLOCK_ROWS = 65536
+
+
+def _dyn8_prepare(qw: QuantizedWeight, block_rows: int | None = None) -> tuple:
+    """fbgemm's packed copy, one per block of ``block_rows`` output rows."""
+    n, rows = qw.shape[0], block_rows or DYN8_BLOCK_ROWS
+    scale = qw.scale[:, 0].double()
+    blocks = []
     with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao
         warnings.simplefilter("ignore")
-        qt = torch._make_per_channel_quantized_tensor(
-            qw.codes, qw.scale[:, 0].double(), torch.zeros(n, dtype=torch.long), 0)
-        return torch.ops.quantized.linear_prepack(qt, None)
+        for start in range(0, n, rows):
+            end = min(start + rows, n)
+            qt = torch._make_per_channel_quantized_tensor(
+                qw.codes[start:end], scale[start:end], torch.zeros(end - start, dtype=torch.long), 0)
+            blocks.append(torch.ops.quantized.linear_prepack(qt, None))
+    return tuple(blocks)
 
 
-def _dyn8_codes(packed: Any) -> torch.Tensor:
-    return torch.ops.quantized.linear_unpack(packed)[0].int_repr()
+def _dyn8_codes(blocks: tuple) -> torch.Tensor:
+    return torch.cat([torch.ops.quantized.linear_unpack(b)[0].int_repr() for b in blocks])
 
 
-def _dyn8_run(packed: Any, x: torch.Tensor) -> torch.Tensor:
-    return torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, _reduce_range()).to(x.dtype)
+@lru_cache(maxsize=1)
+def _dyn8_round_trip_known() -> bool:
+    """Check once that fbgemm gives the int8 codes it packed back unchanged (blocks included)."""
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(-127, 128, (96, 64), dtype=torch.int8, generator=gen)
+    scale = (torch.rand(96, 1, generator=gen) / 100 + 1e-3).half()
+    qw = QuantizedWeight(QuantSpec(8, -1), codes, scale)
+    return torch.equal(_dyn8_codes(_dyn8_prepare(qw, block_rows=64)), codes)
+
+
+def _dyn8_run(blocks: tuple, x: torch.Tensor) -> torch.Tensor:
+    x32 = x.float().contiguous()
+    parts = [torch.ops.quantized.linear_dynamic(x32, b, _reduce_range()) for b in blocks]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, -1)).to(x.dtype)
 
 
 if any(e in torch.backends.quantized.supported_engines for e in ("fbgemm", "x86", "onednn")):
     register_backend(Backend(
         "dyn-int8", lambda s, n, k, d: s.bits == 8 and s.group_size in (-1, 0) and d.type == "cpu",
-        _dyn8_prepare, _dyn8_run, exact=False, codes_from_state=_dyn8_codes))
+        _dyn8_prepare, _dyn8_run, exact=False, codes_from_state=_dyn8_codes,
+        round_trip=lambda blocks: _dyn8_round_trip_known()))
 
 
 # --- fused dequantize-matmul generated by torch.compile (opt-in: slow to build, slow here on CPU) ---

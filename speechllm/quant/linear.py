@@ -97,11 +97,12 @@ class QuantLinear(_QuantWeightHolder):
     @classmethod
     def from_weight(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None, **kwargs: Any) -> QuantLinear:
         n, k = qw.shape
-        layer = cls(k, n, qw.spec, bias is not None, scale_dtype=qw.scale.dtype, device=qw.codes.device,
-                    **kwargs)
+        # built on the meta device: its placeholder buffers are replaced at once, never filled
+        layer = cls(k, n, qw.spec, bias is not None, scale_dtype=qw.scale.dtype, device="meta", **kwargs)
         layer.set_weight(qw)
         if bias is not None:
-            layer.bias.data.copy_(bias.detach())
+            layer.bias = nn.Parameter(bias.detach().to(qw.codes.device, torch.get_default_dtype(), copy=True),
+                                      requires_grad=False)
         return layer
 
     @classmethod
@@ -136,10 +137,13 @@ class QuantLinear(_QuantWeightHolder):
         if self._compact_from is not None or len(names) != 1:
             return self._compact_from is not None
         name = names.pop()
-        from_state = BACKENDS[name].codes_from_state
-        codes = from_state(self._prepared[name]) if from_state else None
-        if codes is None or not torch.equal(codes, self.codes):
+        backend, state = BACKENDS[name], self._prepared[name]
+        if backend.codes_from_state is None:
             return False
+        if not (backend.round_trip and backend.round_trip(state)):  # not known exact: read them back
+            codes = backend.codes_from_state(state)
+            if codes is None or not torch.equal(codes, self.codes):
+                return False
         self._compact_from = name
         self.codes = None
         return True
@@ -231,7 +235,7 @@ class QuantEmbedding(_QuantWeightHolder):
     def from_weight(cls, qw: QuantizedWeight, padding_idx: int | None = None,
                     output_scale: float = 1.0) -> QuantEmbedding:
         n, k = qw.shape
-        emb = cls(n, k, qw.spec, padding_idx, scale_dtype=qw.scale.dtype, device=qw.codes.device)
+        emb = cls(n, k, qw.spec, padding_idx, scale_dtype=qw.scale.dtype, device="meta")  # buffers replaced
         emb.set_weight(qw)
         emb.output_scale = float(output_scale)
         return emb
