@@ -26,6 +26,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,20 @@ def resynthesis(name: str, voice, cache: str, limit: int, asr: Transcribers) -> 
     makers = {"recording": lambda i: test.wav[i].float().numpy() / 32767,
               **{k: (lambda i, f=f: voice.vocoder(f(i).T[None])[0].numpy()) for k, f in mels.items()},
               "flow+vocoder on tokenizer tokens": lambda i: voice.synthesize_tokens(test.tokens[i])}
+    def mse(label: str, i: int) -> float | None:
+        if label not in mels:
+            return None
+        mel, ref = mels[label](i), test.mel[i].float()
+        n = min(len(mel), len(ref))
+        return float((flow.normalize(mel[:n]) - flow.normalize(ref[:n])).pow(2).mean())
+
+    return stage_rows(name, index, texts, makers, asr, mse, "mel mse")
+
+
+def stage_rows(name: str, index: list[int], texts: list[str], makers: dict, asr: Transcribers,
+               error: Callable[[str, int], float | None], error_key: str) -> list[dict]:
+    """One row per stage (``makers``: label -> audio of test item i at 16 kHz): WER by each ASR and the
+    mean of ``error(label, i)`` where it gives one."""
     rows = []
     for label, make in makers.items():
         hyps: dict[str, list[str]] = {}
@@ -152,13 +167,12 @@ def resynthesis(name: str, voice, cache: str, limit: int, asr: Transcribers) -> 
             for i in index:
                 for k, v in asr(make(i), 16_000).items():
                     hyps.setdefault(k, []).append(v)
-                if label in mels:
-                    mel, ref = mels[label](i), test.mel[i].float()
-                    n = min(len(mel), len(ref))
-                    errors.append(float((flow.normalize(mel[:n]) - flow.normalize(ref[:n])).pow(2).mean()))
+                e = error(label, i)
+                if e is not None:
+                    errors.append(e)
         rows.append({"voice": name, "input": label, "sentences": len(index),
                      **{f"wer {k}": round(wer(texts, v), 4) for k, v in hyps.items()},
-                     **({"mel mse": round(statistics.mean(errors), 4)} if errors else {})})
+                     **({error_key: round(statistics.mean(errors), 4)} if errors else {})})
     return rows
 
 
@@ -181,22 +195,13 @@ def acoustic_stages(name: str, voice, cache: str, limit: int, asr: Transcribers)
             "acoustic model, own durations": lambda i: timed(i, False)}
     makers = {"teacher (recording)": lambda i: test.wav[i].float().numpy() / 32767,
               **{k: (lambda i, f=f: voice.vocoder(f(i).T[None])[0].numpy()) for k, f in mels.items()}}
-    rows = []
-    for label, make in makers.items():
-        hyps: dict[str, list[str]] = {}
-        errors = []
-        with torch.no_grad():
-            for i in index:
-                for k, v in asr(make(i), 16_000).items():
-                    hyps.setdefault(k, []).append(v)
-                if label == "acoustic model, teacher's durations":
-                    error = (mels[label](i)[: len(test.mel[i])] - test.mel[i].float()) / model.mel_std
-                    errors.append(float(error.abs().mean()))
-        texts = [test.texts[i] for i in index]
-        rows.append({"voice": name, "input": label, "sentences": len(index),
-                     **{f"wer {k}": round(wer(texts, v), 4) for k, v in hyps.items()},
-                     **({"mel l1": round(statistics.mean(errors), 4)} if errors else {})})
-    return rows
+    def l1(label: str, i: int) -> float | None:  # where the frames line up: the teacher's timing
+        if label != "acoustic model, teacher's durations":
+            return None
+        ref = test.mel[i].float()
+        return float(((mels[label](i)[: len(ref)] - ref) / model.mel_std).abs().mean())
+
+    return stage_rows(name, index, [test.texts[i] for i in index], makers, asr, l1, "mel l1")
 
 
 def held_out_sentences(manifest: str | None, distilled: str | None) -> list[str]:

@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 
 from speechllm.audio import SAMPLE_RATE, resample
 from speechllm.data_recipes.recipes import RECIPES, SPLITS, Item, plan
+from speechllm.files import atomic_write_json
 from speechllm.tts.data import PART, save_part
 from speechllm.tts.mel import MelConfig, mel_spectrogram
 from speechllm.zoo import PIPER_VOICE
@@ -84,15 +86,12 @@ def _distill_part(job: DistillJob) -> int:
     return len(rows)
 
 
-_VOICES: dict[str, object] = {}
-
-
+@lru_cache(maxsize=2)
 def _teacher(name: str):
+    """One teacher session per process (each pool worker loads its own)."""
     from speechllm.tts.piper import PiperVoice
 
-    if name not in _VOICES:
-        _VOICES[name] = PiperVoice.load(name, threads=1, durations=True)
-    return _VOICES[name]
+    return PiperVoice.load(name, threads=1, durations=True)
 
 
 def distill(
@@ -120,36 +119,33 @@ def distill(
                 todo.append(
                     DistillJob(str(path), tuple(chosen[start : start + PART]), teacher, noise_scale, noise_w)
                 )
-    info = {
-        "recipe": recipe,
-        "seed": seed,
-        "hours": hours,
-        "teacher": teacher,
-        "noise_scale": noise_scale,
-        "noise_w": noise_w,
-    }
-    (out / "distill.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    t0, done = time.time(), 0
+    _record_source(out, {"recipe": recipe, "seed": seed, "teacher": teacher, "noise_scale": noise_scale,
+                         "noise_w": noise_w}, hours)
+    t0 = time.time()
     torch.set_num_threads(1)
-    with multiprocessing.get_context("spawn").Pool(jobs) if jobs > 1 else _Serial() as pool:
-        for n in pool.imap_unordered(_distill_part, todo):
-            done += 1
+    pool = multiprocessing.get_context("spawn").Pool(jobs) if jobs > 1 else None
+    try:
+        for done, n in enumerate((pool.imap_unordered if pool else map)(_distill_part, todo), 1):
             print(f"distill: part {done}/{len(todo)} ({n} utterances, {time.time() - t0:.0f} s)", flush=True)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     return counts
 
 
-class _Serial:
-    """The pool's interface in this process (one job: no spawn, no pickling)."""
-
-    def __enter__(self) -> _Serial:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    @staticmethod
-    def imap_unordered(fn, jobs):
-        return map(fn, jobs)
+def _record_source(out: Path, source: dict, hours: float) -> None:
+    """``out/distill.json``: what made the cache. A cache made from other texts or another teacher is
+    refused (its parts would mix); more hours of the same source extend it."""
+    path = out / "distill.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k, v in source.items() if before.get(k) != v)
+        if changed:
+            raise ValueError(f"{out}: was distilled with other {', '.join(changed)} "
+                             f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); use another --out")
+        hours = max(hours, float(before.get("hours", 0)))
+    atomic_write_json(path, {**source, "hours": hours}, indent=2)
 
 
 def register_distill(parser: argparse.ArgumentParser) -> None:

@@ -144,6 +144,8 @@ def test_distill_then_train_and_assemble_a_voice(tmp_path):
     for mel, durations, ids in zip(dev.mel, dev.durations, dev.phonemes, strict=True):
         assert len(durations) == len(ids) and abs(float(durations.sum()) - len(mel)) < 1e-3
     assert distill(cache, hours=0.05) == counts  # resumes: every part is there already
+    with pytest.raises(ValueError, match="other teacher"):
+        distill(cache, hours=0.05, teacher="elsewhere.onnx")
     common = ["--cache", str(cache), "--steps", "2", "--batch-size", "2", "--log-every", "1"]
     options = json.dumps({"dim": 16, "encoder_blocks": 1, "attention_layers": 1, "decoder_dilations": [1]})
     assert (

@@ -89,20 +89,11 @@ class SpeechTTS:
         return self.vocoder(mel[None])[0].numpy()
 
     def _stream(self, pieces: Iterator[str]) -> Iterator[np.ndarray]:
+        steps = self.options.flow_steps
         for words in sentence_streams(pieces):
-            voc = self._vocoder_stream()
             token_chunks = self.lm.stream(words, self._sampling())
-            steps = self.options.flow_steps
-            for mel in self.flow.stream(token_chunks, self.prompt_mel, self.prompt_tokens, steps):
-                audio = voc.push(mel)
-                if len(audio):
-                    yield audio.numpy().astype(np.float32, copy=False)
-            tail = voc.flush()
-            if len(tail):
-                yield tail.numpy().astype(np.float32, copy=False)
-
-    def _vocoder_stream(self):
-        return vocoder_stream(self.vocoder)
+            mels = self.flow.stream(token_chunks, self.prompt_mel, self.prompt_tokens, steps)
+            yield from vocode(self.vocoder, mels)
 
     def _whole(self, prepared: str) -> np.ndarray:
         """Non-streaming: all speech tokens first, then full-attention flow and the vocoder per sentence."""
@@ -163,23 +154,21 @@ class AcousticTTS:
     def _stream(self, prepared: str) -> Iterator[np.ndarray]:
         first, size = self.options.first_chunk, self.options.chunk
         for mel in self._mels(prepared):
-            voc = self._vocoder_stream()
             bounds = [0, *range(first, mel.shape[1], size), mel.shape[1]]
-            for start, end in zip(bounds, bounds[1:], strict=False):
-                audio = voc.push(mel[:, start:end])
-                if len(audio):
-                    yield audio.numpy().astype(np.float32, copy=False)
-            tail = voc.flush()
-            if len(tail):
-                yield tail.numpy().astype(np.float32, copy=False)
-
-    def _vocoder_stream(self):
-        return vocoder_stream(self.vocoder)
+            yield from vocode(self.vocoder, (mel[:, a:b] for a, b in zip(bounds, bounds[1:], strict=False)))
 
 
-def vocoder_stream(vocoder: torch.nn.Module):
-    """The vocoder's own stream, or for one without (Griffin-Lim) a stream that renders at the end."""
-    return vocoder.stream() if hasattr(vocoder, "stream") else _WholeVocoderStream(vocoder)
+def vocode(vocoder: torch.nn.Module, mels: Iterable[torch.Tensor]) -> Iterator[np.ndarray]:
+    """One utterance's mel chunks ([n_mels, n] each) through a fresh vocoder stream: float32 audio chunks
+    as they are final (the vocoder's own stream, or for one without, Griffin-Lim, all at the end)."""
+    voc = vocoder.stream() if hasattr(vocoder, "stream") else _WholeVocoderStream(vocoder)
+    for mel in mels:
+        audio = voc.push(mel)
+        if len(audio):
+            yield audio.numpy().astype(np.float32, copy=False)
+    tail = voc.flush()
+    if len(tail):
+        yield tail.numpy().astype(np.float32, copy=False)
 
 
 class _WholeVocoderStream:

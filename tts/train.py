@@ -619,12 +619,21 @@ def run_pack(options: StageOptions) -> None:
     print(f"pack {options.out}: {json.dumps(counts)} utterances, {size:.1f} MB", flush=True)
 
 
+def load_vocoder_stage(folder: str) -> nn.Module:
+    """The trained vocoder of a ``vocoder`` stage folder."""
+    from speechllm.tts.vocoder import VocoderConfig, Vocos
+
+    config, state = read_stage(folder, "vocoder")
+    vocoder = Vocos(config_from_dict(VocoderConfig, config))
+    vocoder.load_state_dict(state)
+    return vocoder
+
+
 def run_assemble(options: StageOptions) -> None:
     """Trained stages → one TTS model folder in ``--out``, with a speaker prompt from the cache."""
     from speechllm.tts.flow import FlowConfig, FlowMatching
     from speechllm.tts.lm import LMConfig, TextSpeechLM
     from speechllm.tts.synthesize import save_tts
-    from speechllm.tts.vocoder import VocoderConfig, Vocos
 
     lm_config, lm_state = read_stage(options.lm, "lm")
     lm = TextSpeechLM.build(config_from_dict(LMConfig, lm_config))
@@ -632,9 +641,7 @@ def run_assemble(options: StageOptions) -> None:
     flow_config, flow_state = read_stage(options.flow, "flow")
     flow = FlowMatching(config_from_dict(FlowConfig, flow_config))
     flow.load_state_dict(flow_state)
-    voc_config, voc_state = read_stage(options.vocoder, "vocoder")
-    vocoder = Vocos(config_from_dict(VocoderConfig, voc_config))
-    vocoder.load_state_dict(voc_state)
+    vocoder = load_vocoder_stage(options.vocoder)
     train = load_corpus(options.cache, "train", tokens=True)
     prefix = options.speakers or "piper"
     candidates = [i for i, s in enumerate(train.speakers) if s.startswith(prefix)]
@@ -656,14 +663,11 @@ def run_assemble_acoustic(options: StageOptions) -> None:
     from speechllm.tts.acoustic import AcousticConfig, AcousticModel
     from speechllm.tts.piper import PiperVoice
     from speechllm.tts.synthesize import save_acoustic_tts
-    from speechllm.tts.vocoder import VocoderConfig, Vocos
 
     config, state = read_stage(options.acoustic, "acoustic")
     model = AcousticModel(config_from_dict(AcousticConfig, config))
     model.load_state_dict(state)
-    voc_config, voc_state = read_stage(options.vocoder, "vocoder")
-    vocoder = Vocos(config_from_dict(VocoderConfig, voc_config))
-    vocoder.load_state_dict(voc_state)
+    vocoder = load_vocoder_stage(options.vocoder)
     distilled = json.loads((Path(options.cache) / "distill.json").read_text(encoding="utf-8"))
     teacher = PiperVoice.load(distilled["teacher"]).config
     frontend = {"espeak_voice": teacher.espeak_voice, "phoneme_id_map": teacher.phoneme_id_map}
