@@ -163,8 +163,9 @@ class LlamaCpp:
     def weight_bytes(self) -> int:
         return self.lib.llama_model_size(self.model)
 
-    def generate(self, ids: list[int], new_tokens: int) -> list[int]:
-        """``new_tokens`` greedy tokens after ``ids``: one prefill pass, then one pass per further token."""
+    def generate(self, ids: list[int], new_tokens: int, stop_ids: frozenset[int] = frozenset()) -> list[int]:
+        """``new_tokens`` greedy tokens after ``ids`` (fewer when one of ``stop_ids`` comes; it is kept):
+        one prefill pass, then one pass per further token."""
         ffi, lib = self.ffi, self.lib
         lib.llama_kv_self_clear(self.ctx)
         prompt, one = ffi.new("llama_token[]", ids), ffi.new("llama_token[1]")
@@ -173,7 +174,7 @@ class LlamaCpp:
         tokens = []
         while True:
             tokens.append(lib.llama_sampler_sample(self.sampler, self.ctx, -1))
-            if len(tokens) == new_tokens:
+            if len(tokens) == new_tokens or tokens[-1] in stop_ids:
                 return tokens
             one[0] = tokens[-1]
             if lib.llama_decode(self.ctx, lib.llama_batch_get_one(one, 1)):

@@ -233,3 +233,37 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
         streamed = "".join(model.stream(None if audio is None else clip, question,
                                         GenerationOptions(max_new_tokens=30, speculative=True)))
         assert streamed == fast.text
+
+
+@pytest.mark.parametrize("head_backend", ["dyn-int8", "int8pack"])
+def test_a_verify_pass_scores_each_position_as_a_step_would(head_backend):
+    """Speculative decoding's verify pass feeds k tokens at once; every position's logits must be the
+    ones k single steps give, bit for bit (low-bit layers, LoRA deltas, attention, a dynamic-int8 head
+    that quantizes activations per call), or a near-tie could turn and the reply differ from greedy."""
+    from speechllm.quant.backends import BACKENDS
+    from speechllm.quant.linear import QuantLinear
+    from speechllm.quant.lora import LoraConfig, get_peft_model
+    from speechllm.quant.methods import QuantConfig
+    from speechllm.quant.model import quantize
+
+    if head_backend not in BACKENDS:
+        pytest.skip(f"{head_backend} is not available in this torch build")
+    model = tiny_llama(4)
+    quantize(model, QuantConfig(bits=4, group_size=32, head_bits=8))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    head = model.get_base_model().lm_head
+    assert isinstance(head, QuantLinear)
+    head.backend = head_backend
+    ids, tokens = prompt(0, 20), prompt(1, 9)[0].tolist()
+    with torch.no_grad():
+        def fresh():
+            return open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),
+                              torch.arange(ids.shape[1])[None], capacity=40)
+        state = fresh()
+        stepped = torch.stack([state.step(torch.tensor([t]))[0] for t in tokens])
+        verified = fresh().extend(torch.tensor([tokens]))[0]
+    assert torch.equal(stepped, verified)

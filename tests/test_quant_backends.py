@@ -46,15 +46,34 @@ def test_backend_matches_dequantized_reference(name, spec, m):
 
 
 def test_dequant_backend_is_exact():
+    """The float product of the dequantized weight; a few rows each get what they get alone."""
     qw = quantize_weight(torch.randn(64, 96), QuantSpec(4, 32))
-    x = torch.randn(3, 96)
-    assert torch.equal(BACKENDS["dequant"].run(qw, x), F.linear(x, qw.dequantize()))
+    w = qw.dequantize()
+    few, many = torch.randn(3, 96), torch.randn(40, 96)
+    alone = torch.cat([F.linear(row[None], w) for row in few])
+    assert torch.equal(BACKENDS["dequant"].run(qw, few), alone)
+    assert torch.equal(BACKENDS["dequant"].run(qw, many), F.linear(many, w))
+
+
+@pytest.mark.parametrize("name", ["dequant", "int4pack-cpu", "int8pack", "dyn-int8"])
+def test_a_few_rows_get_the_numbers_they_get_alone(name):
+    """What speculative decoding's verify pass relies on (speechllm.quant.backends.ROW_EXACT_UP_TO)."""
+    if name not in BACKENDS:
+        pytest.skip(f"{name} is not in this torch build")
+    bits = 4 if name in ("dequant", "int4pack-cpu") else 8
+    qw = quantize_weight(torch.randn(128, 96), QuantSpec(bits, 32 if bits == 4 else -1))
+    backend = BACKENDS[name]
+    state = backend.prepare(qw)
+    x = torch.randn(9, 96)
+    alone = torch.cat([backend.run(state, row[None]) for row in x])
+    assert torch.equal(backend.run(state, x), alone)
 
 
 def test_choice_is_measured_once_and_cached(tmp_path):
     layer = QuantLinear.from_linear(torch.nn.Linear(256, 128), QuantSpec(4, 32))
     layer(torch.randn(1, 256))
-    layer(torch.randn(2, 5, 256))  # 10 rows: another bucket
+    layer(torch.randn(2, 5, 256))  # 10 rows: the same bucket (row-exact batches share the one-row choice)
+    layer(torch.randn(3, 8, 256))  # 24 rows: another bucket
     cache = json.loads((tmp_path / "kernels.json").read_text())
     assert len(cache) == 2 and {k.split("|")[-2] for k in cache} == {"decode", "small"}
     assert all(v in BACKENDS and BACKENDS[v].exact for v in cache.values())
@@ -74,7 +93,7 @@ def test_choice_is_measured_once_and_cached(tmp_path):
 def test_forced_backend_and_inexact_choice():
     lin = torch.nn.Linear(256, 128)
     forced = QuantLinear.from_linear(lin, QuantSpec(4, 32), backend="dequant")
-    x = torch.randn(4, 256)
+    x = torch.randn(24, 256)
     assert torch.equal(forced(x), F.linear(x, forced.dequantize()) + forced.bias)
     anything = QuantLinear.from_linear(lin, QuantSpec(8, -1), exact=False)
     anything(x)

@@ -69,6 +69,7 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
     stops = frozenset(stop_ids)
     budget = options.max_new_tokens
     emitted = 0
+    size = min(2, options.draft_tokens)  # the next draft's length, adapted to how the drafts fare
     logits = state.logits[:1]
     while True:
         scores = logits.log_softmax(-1)
@@ -80,7 +81,7 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
         draft: list[int] = []
         if drafter is not None:
             drafter.append(token)
-            draft = drafter.draft(min(options.draft_tokens, budget - emitted))
+            draft = drafter.draft(min(size, budget - emitted))
         stats.passes += 1
         if not draft:
             logits = state.step(torch.tensor([token]))
@@ -93,6 +94,8 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
             accepted += 1
         stats.drafted += len(draft)
         stats.accepted += accepted
+        # each drafted row costs a fraction of a step: draft longer while drafts hold, shorter after a miss
+        size = min(2 * size, options.draft_tokens) if accepted == len(draft) else max(1, accepted)
         state.rollback(len(draft) - accepted, all_scores[accepted][None])
         for i in range(accepted):
             t = draft[i]

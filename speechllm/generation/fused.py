@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from speechllm.quant.backends import linear_rows_alone
 from speechllm.quant.formats import QuantizedWeight
 from speechllm.quant.linear import QuantLinear
 
@@ -42,10 +43,15 @@ def lora_delta(m: nn.Module, x: Tensor) -> Tensor | None:
     out = None
     for name in m.active_adapters:
         if name in m.lora_A:
-            xa = x.to(m.lora_A[name].weight.dtype)
-            d = m.lora_B[name](m.lora_A[name](m.lora_dropout[name](xa))) * m.scaling[name]
+            xa = m.lora_dropout[name](x.to(m.lora_A[name].weight.dtype))
+            d = _linear(m.lora_B[name], _linear(m.lora_A[name], xa)) * m.scaling[name]
             out = d if out is None else out + d
     return out
+
+
+def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """A LoRA factor; a verify pass's few rows each get the numbers they get alone."""
+    return layer(x) if layer.bias is not None else linear_rows_alone(x, layer.weight)
 
 
 def _with_lora(mods: list[nn.Module], outs: tuple[Tensor, ...], x: Tensor) -> list[Tensor]:
@@ -54,6 +60,16 @@ def _with_lora(mods: list[nn.Module], outs: tuple[Tensor, ...], x: Tensor) -> li
         d = lora_delta(m, x)
         result.append(y if d is None else y + d.to(y.dtype))
     return result
+
+
+def project(m: nn.Module, x: Tensor) -> Tensor:
+    """``m(x)`` for one projection; under a plain peft LoRA wrapper its base layer plus :func:`lora_delta`
+    (row-exact, and without peft's per-call dispatch)."""
+    if not hasattr(m, "lora_A") or not _lora_ok(m):
+        return m(x)
+    y = _base(m)(x)
+    d = lora_delta(m, x)
+    return y if d is None else y + d.to(y.dtype)
 
 
 def fuse_quant_linear(mods: list[QuantLinear]) -> QuantLinear:
@@ -102,7 +118,11 @@ class LayerProjections:
             return self.layer_mlp(h)
         m = self.layer_mlp
         gate, up = _with_lora([m.gate_proj, m.up_proj], self.fused_gate_up(h).chunk(2, dim=-1), h)
-        return self.layer_mlp.down_proj(self.layer_mlp.act_fn(gate) * up)
+        return project(m.down_proj, m.act_fn(gate) * up)
+
+    def out(self, x: Tensor) -> Tensor:
+        """The attention's output projection."""
+        return project(self.attn.o_proj, x)
 
 
 def fused_projections(layer: nn.Module) -> LayerProjections:

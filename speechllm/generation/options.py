@@ -21,11 +21,10 @@ class GenerationOptions:
     stop_repetition: bool = True  # end a reply that loops (RepetitionGuard)
     eos_token_id: int | tuple[int, ...] | None = None  # generate(model, ids): default the config's
     # speculative decoding (greedy, one row): drafts from a suffix automaton over the prompt and
-    # the reply so far, verified by the LLM in one forward pass; the output is greedy's where the
-    # kernels give each row the same numbers in a k-row pass as alone (off by default: on the
-    # starter's int4 weights its dynamic-int8 output layer does not, and it did not pay; docs/decoding.md)
-    speculative: bool = False
-    draft_tokens: int = 8  # longest draft verified at once
+    # the reply so far, verified by the LLM in one forward pass; the output is greedy's, token for
+    # token (the engine gives each row of a verify pass the numbers it gets alone; docs/decoding.md)
+    speculative: bool = True
+    draft_tokens: int = 12  # longest draft verified at once (drafts start at 2 and double while they hold)
     min_match: int = 2  # draft only after this many tokens matched the automaton
     engine: str = "auto"  # "auto": the registry's engine for the model type; "hf": the fallback
 

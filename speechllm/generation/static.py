@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.generation.fused import fused_projections
+from speechllm.quant.backends import ROW_EXACT_UP_TO
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -74,9 +75,14 @@ class StaticEngine:
         end = start + t
         state.k[i, :, :, start:end] = k
         state.v[i, :, :, start:end] = v
-        out = F.scaled_dot_product_attention(q, state.k[i, :, :, :end], state.v[i, :, :, :end],
-                                             attn_mask=mask, enable_gqa=True)
-        return self.layers[i].self_attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        if 1 < t <= ROW_EXACT_UP_TO and not state.padded:  # a verify pass: each position as a step sees it
+            out = torch.cat([F.scaled_dot_product_attention(
+                q[:, :, j:j + 1], state.k[i, :, :, :start + j + 1], state.v[i, :, :, :start + j + 1],
+                enable_gqa=True) for j in range(t)], dim=2)
+        else:
+            out = F.scaled_dot_product_attention(q, state.k[i, :, :, :end], state.v[i, :, :, :end],
+                                                 attn_mask=mask, enable_gqa=True)
+        return self.projections[i].out(out.transpose(1, 2).reshape(b, t, -1))
 
     @torch.no_grad()
     def forward(self, state: StaticState, h: Tensor, positions: Tensor, all_logits: bool = False,

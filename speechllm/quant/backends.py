@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,44 @@ import torch.nn.functional as F
 
 from ..files import atomic_write_json
 from .formats import QuantizedWeight, QuantSpec, pack_int4
+
+# Row-exact products: a row multiplied in a batch of up to ROW_EXACT_UP_TO rows gets the same numbers as
+# alone (what speculative decoding's verify pass relies on: its k rows must score as k single steps do).
+# Such batches use the backend chosen for one row (one "decode" bucket), and every backend is row-exact
+# there: the int4 / int8 weight-only kernels are; the float matmul and dyn-int8 (one activation scale
+# per call) run such a batch one row at a time.
+ROW_EXACT_UP_TO = 16
+
+
+def rows_alone(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``f(x)`` for a row-wise ``f`` ([..., K] -> [..., N]); 2 to ``ROW_EXACT_UP_TO`` rows one at a time."""
+    rows = x.reshape(-1, x.shape[-1])
+    if not 1 < len(rows) <= ROW_EXACT_UP_TO:
+        return f(x)
+    return torch.cat([f(r) for r in rows.split(1)]).reshape(*x.shape[:-1], -1)
+
+
+@cache
+def _batched_rows_match(k: int, n: int, dtype: torch.dtype, threads: int) -> bool:
+    """Whether ``bmm`` over one-row products gives what ``F.linear`` gives one row (checked once per
+    shape: which kernel runs depends on the shapes, not the values; it holds for most shapes, not all)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, k, generator=gen, dtype=dtype), torch.randn(n, k, generator=gen, dtype=dtype)
+    batched = torch.bmm(x[:, None], w.t().expand(3, k, n))[:, 0]
+    return all(torch.equal(batched[i], F.linear(x[i:i + 1], w)[0]) for i in range(3))
+
+
+def linear_rows_alone(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)``, each of 2 to ``ROW_EXACT_UP_TO`` rows getting the numbers it gets alone (a
+    float matmul of several rows takes another code path, with other rounding, than that of one row):
+    as one batch of one-row products where that matches, else one row at a time."""
+    rows = x.reshape(-1, x.shape[-1])
+    if not 1 < len(rows) <= ROW_EXACT_UP_TO:
+        return F.linear(x, weight)
+    n, k = weight.shape
+    if not _batched_rows_match(k, n, weight.dtype, torch.get_num_threads()):
+        return rows_alone(lambda r: F.linear(r, weight), x)
+    return torch.bmm(rows[:, None], weight.t().expand(len(rows), k, n)).reshape(*x.shape[:-1], n)
 
 
 @dataclass(frozen=True)
@@ -61,7 +99,7 @@ def _has(op: str) -> bool:
 # --- dequantize + matmul: always works ------------------------------------------------------------
 
 def _dequant_run(qw: QuantizedWeight, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, qw.dequantize(x.dtype))
+    return linear_rows_alone(x, qw.dequantize(x.dtype))
 
 
 register_backend(Backend("dequant", lambda s, n, k, d: True, lambda qw: qw, _dequant_run))
@@ -220,10 +258,14 @@ def _dyn8_round_trip_known() -> bool:
     return torch.equal(_dyn8_codes(_dyn8_prepare(qw, block_rows=64)), codes)
 
 
-def _dyn8_run(blocks: tuple, x: torch.Tensor) -> torch.Tensor:
-    x32 = x.float().contiguous()
+def _dyn8_product(blocks: tuple, x32: torch.Tensor) -> torch.Tensor:
     parts = [torch.ops.quantized.linear_dynamic(x32, b, _reduce_range()) for b in blocks]
-    return (parts[0] if len(parts) == 1 else torch.cat(parts, -1)).to(x.dtype)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+def _dyn8_run(blocks: tuple, x: torch.Tensor) -> torch.Tensor:
+    x32 = x.float().reshape(-1, x.shape[-1]).contiguous()
+    return rows_alone(lambda r: _dyn8_product(blocks, r), x32).reshape(*x.shape[:-1], -1).to(x.dtype)
 
 
 if any(e in torch.backends.quantized.supported_engines for e in ("fbgemm", "x86", "onednn")):
@@ -248,7 +290,7 @@ register_backend(Backend(
 # --- the choice ----------------------------------------------------------------------------------
 
 def bucket(m: int) -> str:
-    return "decode" if m == 1 else ("small" if m <= 32 else "prefill")
+    return "decode" if m <= ROW_EXACT_UP_TO else ("small" if m <= 32 else "prefill")
 
 
 def _cache_path() -> Path | None:
