@@ -390,19 +390,17 @@ FIGURES.update({
         _decode_rows(d), weights="int4", decoder="engine")["vs_hf_fp32"], fixed(2, "x")),
     "decode-e2e-load-before": Figure("decode_e2e.json", lambda d: _loads(d["meta"]["load_average_before"])),
     "decode-e2e-load-after": Figure("decode_e2e.json", lambda d: _loads(d["meta"]["load_average_after"])),
-    "decode-e2e-chat-greedy": Figure("decode_e2e.json", _chat_e2e("product_greedy_tokens_per_s"), fixed(1)),
+    "decode-e2e-chat-product": Figure("decode_e2e.json", _chat_e2e("product_speculative_tokens_per_s"),
+                                      fixed(1)),
     "decode-e2e-chat-hf": Figure("decode_e2e.json", _chat_e2e("transformers_fp32_tokens_per_s"), fixed(1)),
-    "decode-e2e-chat-vs-hf": Figure("decode_e2e.json", lambda d: d["chat"]["product_greedy_tokens_per_s"]
-                                    / d["chat"]["transformers_fp32_tokens_per_s"], fixed(2, "x")),
     "decode-e2e-chat-json-ratio": Figure("decode_e2e.json", _chat_e2e("vs_transformers_fp32"), fixed(2, "x")),
-    "decode-e2e-chat-speculative": Figure("decode_e2e.json", _chat_e2e("product_speculative_tokens_per_s"),
-                                          fixed(1)),
-    "decode-e2e-ttft-median": Figure("decode_e2e.json", lambda d: d["ttft_s"]["median"], fixed(1, " s")),
+    "decode-e2e-chat-llama-cpp": Figure("decode_e2e.json", _chat_e2e("llama_cpp_tokens_per_s"), fixed(1)),
+    "decode-e2e-chat-vs-llama-cpp": Figure("decode_e2e.json", _chat_e2e("vs_llama_cpp"), pct(0)),
+    "decode-e2e-ttft-median": Figure("decode_e2e.json", lambda d: d["ttft_s"]["median"], fixed(2, " s")),
+    "decode-e2e-ttft-p90": Figure("decode_e2e.json", lambda d: d["ttft_s"]["p90"], fixed(2, " s")),
+    "decode-e2e-copy-speedup": Figure("decode_e2e.json", lambda d: one(
+        d["rows"], workload="quotes and corrections, typed")["speedup"], fixed(2, "x")),
     "decode-e2e-ttft-turns": Figure("decode_e2e.json", lambda d: d["ttft_s"]["turns"]),
-    "decode-e2e-acceptance": Figure("decode_e2e.json", lambda d: "{:.0f}-{:.0f} %".format(
-        *(100 * x for x in _span([r["acceptance"] for r in d["rows"]])))),
-    "decode-e2e-typed-identical": Figure("decode_e2e.json", lambda d: "{}/{}".format(
-        *(sum(r[k] for r in d["rows"] if "typed" in r["workload"]) for k in ("identical", "replies")))),
     "decode-profile-int4-share": Figure("decode-profile.json", lambda d: one(
         d["decode"]["ops"], op="aten::_weight_int4pack_mm_for_cpu")["self_cpu_share"], pct(0)),
     "decode-profile-int8-share": Figure("decode-profile.json", lambda d: one(

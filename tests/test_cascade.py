@@ -115,17 +115,30 @@ def test_translation_memory_supplies_the_nearest_demonstrations(cascade_folder, 
 
 
 def test_a_looping_reply_ends_after_its_first_pass(cascade_folder, monkeypatch):
+    import speechllm.generation as generation
+
     model = speechllm.load(str(cascade_folder), task="translate", target="es", segmenter="fixed").model
     loop = [7, 8, 9] * 12
+    end = model.tokenizer.eos_token_id
 
-    def looping(ids, stopping_criteria=(), **kwargs):  # one token at a time, as generate checks them
-        for token in loop:
-            ids = torch.cat([ids, torch.tensor([[token]])], 1)
-            if any(bool(c(ids, None)[0]) for c in stopping_criteria):
-                break
-        return ids
+    class Looping:  # an engine state whose LLM writes the loop, then its end token
+        row_exact = False
 
-    monkeypatch.setattr(model.llm, "generate", looping)
+        def __init__(self, *args, **kwargs):
+            self.fed = 0
+            self.logits = self._next()
+
+        def _next(self):
+            logits = torch.zeros(1, len(model.tokenizer))
+            logits[0, loop[self.fed] if self.fed < len(loop) else end] = 1.0
+            return logits
+
+        def step(self, tokens):
+            self.fed += 1
+            self.logits = self._next()
+            return self.logits
+
+    monkeypatch.setattr(generation, "open_state", Looping)
     reply = model.complete(["English: hello\nSpanish:"], 64)[0]
     assert reply.stop == "repetition" and list(reply.tokens) == [7, 8, 9]
     reply = model.complete(["English: hello\nSpanish:"], 64, stop_repetition=False)[0]

@@ -183,7 +183,9 @@ def test_speculative_equals_greedy_on_copy_heavy_and_free_prompts(engine, budget
             assert (reply.tokens, reply.stop) == (greedy.tokens, greedy.stop), (seed, name)
             assert abs(reply.logprob - greedy.logprob) < 1e-3
             assert len(reply.tokens) <= budget
-            if name == "copy" and len(greedy.tokens) > 3:
+            if engine == "hf":  # the fallback's verify pass is not row-exact: no drafts there
+                assert stats.drafted == 0
+            elif name == "copy" and len(greedy.tokens) > 3:
                 assert stats.accepted > 0 and stats.passes < len(greedy.tokens)
 
 

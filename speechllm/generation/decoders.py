@@ -65,7 +65,9 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
     With ``options.speculative`` the tokens are the same, but the drafter's guesses are checked
     several at a time. ``prompt``: the token ids the reply may copy from (seeds the drafter)."""
     stats = stats if stats is not None else DraftStats()
-    drafter = SamDrafter(prompt, options.min_match) if options.speculative else None
+    # drafts only on an engine whose verify pass scores each row as a step would (the static engine)
+    exact = getattr(state, "row_exact", False)
+    drafter = SamDrafter(prompt, options.min_match) if options.speculative and exact else None
     stops = frozenset(stop_ids)
     budget = options.max_new_tokens
     emitted = 0

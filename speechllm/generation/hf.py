@@ -17,6 +17,10 @@ from speechllm.hf_cache import cache_arg, output_cache
 class HFState:
     """KV cache, attention mask and next position of each row of a batch."""
 
+    # a k-token extend() does not give each row the numbers a step gives (other kernels, other
+    # rounding), so speculative decoding stays off here: its replies would not be greedy's exactly
+    row_exact = False
+
     @torch.no_grad()
     def __init__(self, llm: nn.Module, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor,
                  capacity: int = 0):

@@ -126,6 +126,8 @@ class StaticState:
     """One batch's preallocated cache ``[layers, rows, kv_heads, capacity, head_dim]``, its valid
     columns, each row's next position and the next-token logits ``[rows, V]``."""
 
+    row_exact = True  # extend() of up to ROW_EXACT_UP_TO tokens scores each as step() would (bit for bit)
+
     def __init__(self, llm: nn.Module, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor,
                  capacity: int = 0):
         self.engine = e = engine_for(llm)

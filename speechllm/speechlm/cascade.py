@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from speechllm.device import pick_device
-from speechllm.generation.options import Generation, GenerationOptions, RepetitionGuard
+from speechllm.generation.options import Generation, GenerationOptions
 from speechllm.speechlm.memory import TranslationMemory
 from speechllm.speechlm.tasks import LANGUAGES, TASKS, language_name
 
@@ -140,15 +140,11 @@ def _free_prompt(said: str, instruction: str) -> str:
     return f'Someone said: "{said}"\nInstruction: {instruction}\nReply:'
 
 
-class _LoopStop:
-    """A ``transformers`` stopping criterion: the reply after ``start`` ends in a loop."""
-
-    def __init__(self, guard: RepetitionGuard, start: int) -> None:
-        self.guard, self.start = guard, start
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        return torch.tensor([self.guard.cut(row[self.start :].tolist()) is not None for row in input_ids],
-                            device=input_ids.device)
+def line_end_ids(tokenizer) -> tuple[int, ...]:
+    """The end token and every token that starts a new line: a reply here is one line."""
+    vocab = tokenizer.get_vocab()  # byte-level BPE writes "\n" as "Ċ"; sentencepiece as itself or "<0x0A>"
+    ids = {i for piece, i in vocab.items() if piece.startswith(("\n", "Ċ", "<0x0A>"))}
+    return tuple(sorted(ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())))
 
 
 class TranscriptSpeechLLM:
@@ -166,6 +162,7 @@ class TranscriptSpeechLLM:
         )
         self.llm, self.tokenizer = load_llm(config.llm, quant=config.quant, device=self.device)
         self._memories: dict[tuple[str, str], TranslationMemory | None] = {}
+        self._line_ends: tuple[int, ...] | None = None  # line_end_ids, built on first use
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device | None = None) -> TranscriptSpeechLLM:
@@ -231,35 +228,22 @@ class TranscriptSpeechLLM:
     def complete(
         self, prompts: Sequence[str], max_new_tokens: int, stop_repetition: bool = True
     ) -> list[Generation]:
-        """Greedy continuations, each cut at the end of its line; a reply caught in a loop ends after
-        the loop's first pass (``stop="repetition"``, the speech-LLM's :class:`RepetitionGuard`)."""
-        from transformers import StoppingCriteriaList
+        """Greedy continuations on the decoding engine (:func:`speechllm.generation.generate`), each one
+        line: it ends at the end token or a new line, or after a loop's first pass
+        (``stop="repetition"``, the speech-LLM's :class:`RepetitionGuard`)."""
+        from speechllm.generation import generate
 
-        guard = RepetitionGuard() if stop_repetition else None
+        if self._line_ends is None:
+            self._line_ends = line_end_ids(self.tokenizer)
+        options = GenerationOptions(max_new_tokens=max_new_tokens, stop_repetition=stop_repetition,
+                                    eos_token_id=self._line_ends)
         out = []
         for prompt in prompts:
             ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(self.device)
-            loops = StoppingCriteriaList([_LoopStop(guard, ids.shape[1])] if guard else [])
-            tokens = self.llm.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                stop_strings=["\n"],
-                stopping_criteria=loops,
-                tokenizer=self.tokenizer,
-                pad_token_id=self.tokenizer.pad_token_id or 0,
-            )[0, ids.shape[1] :].tolist()
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            cut = guard.cut(tokens) if guard and "\n" not in text else None
-            if cut is not None:
-                tokens, stop = tokens[:cut], "repetition"
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            elif "\n" in text or (tokens and tokens[-1] == self.tokenizer.eos_token_id):
-                stop = "end"
-            else:
-                stop = "end" if len(tokens) < max_new_tokens else "length"
-            out.append(Generation(tuple(tokens), text.split("\n")[0].strip(), 0.0, stop))
+            result = generate(self.llm, ids, options)
+            text = self.tokenizer.decode(result.tokens, skip_special_tokens=True)
+            stop = "end" if "\n" in text else result.stop  # a line break inside a token ends it too
+            out.append(Generation(tuple(result.tokens), text.split("\n")[0].strip(), 0.0, stop))
         return out
 
     def generate(
