@@ -9,8 +9,9 @@ second and decodes on the engine, but few-shot it reaches only 22 / 16. This pro
 LoRA on q/k/v/o of SmolLM2 (fp32, 1 thread) on ``Spanish: ...\\nEnglish: ...`` pairs: the everyday
 grammar's sentences (training seeds; the benchmark draws seed 90210) and the Bible verse pairs the
 shipped translation memory holds (the held-out verses left out). Every ``--eval-every`` steps it
-translates every other of the benchmark's held-out texts zero-shot (greedy, the engine) and prints BLEU per set
-with the CPU minutes spent training (wall minutes x threads, evaluation excluded): learning per CPU hour, the figure that decides the route.
+translates every other of the benchmark's held-out texts zero-shot (greedy, the engine) and prints
+BLEU per set with the CPU minutes spent training (wall minutes x threads, evaluation excluded):
+learning per CPU hour, the figure that decides the route.
 """
 
 from __future__ import annotations
