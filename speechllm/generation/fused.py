@@ -54,12 +54,14 @@ def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
     return layer(x) if layer.bias is not None else linear_rows_alone(x, layer.weight)
 
 
+def _plus_delta(m: nn.Module, y: Tensor, x: Tensor) -> Tensor:
+    """A base layer's output ``y`` for ``x`` plus the LoRA delta of its wrapper ``m`` (if any)."""
+    d = lora_delta(m, x)
+    return y if d is None else y + d.to(y.dtype)
+
+
 def _with_lora(mods: list[nn.Module], outs: tuple[Tensor, ...], x: Tensor) -> list[Tensor]:
-    result = []
-    for m, y in zip(mods, outs, strict=True):
-        d = lora_delta(m, x)
-        result.append(y if d is None else y + d.to(y.dtype))
-    return result
+    return [_plus_delta(m, y, x) for m, y in zip(mods, outs, strict=True)]
 
 
 def project(m: nn.Module, x: Tensor) -> Tensor:
@@ -67,9 +69,7 @@ def project(m: nn.Module, x: Tensor) -> Tensor:
     (row-exact, and without peft's per-call dispatch)."""
     if not hasattr(m, "lora_A") or not _lora_ok(m):
         return m(x)
-    y = _base(m)(x)
-    d = lora_delta(m, x)
-    return y if d is None else y + d.to(y.dtype)
+    return _plus_delta(m, _base(m)(x), x)
 
 
 def fuse_quant_linear(mods: list[QuantLinear]) -> QuantLinear:
