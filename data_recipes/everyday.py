@@ -9,7 +9,7 @@ speech-translation BLEU. ``everyday_pairs(n, seed)`` draws ``n`` distinct pairs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -334,15 +334,37 @@ TEMPLATES = (
 )
 
 
+HELD_OUT_SEED = 90_210  # benchmarks/translate.py's held-out sentences; training draws never yield them
+HELD_OUT_COUNT = 100
+
+
+def everyday_pair(rng: np.random.Generator) -> tuple[str, str]:
+    """One (Spanish, English) pair from a template drawn by weight."""
+    weights = np.array([t.weight for t in TEMPLATES], float)
+    return TEMPLATES[int(rng.choice(len(TEMPLATES), p=weights / weights.sum()))].make(rng)
+
+
 def everyday_pairs(count: int, seed: int = 0) -> list[tuple[str, str]]:
     """``count`` distinct (Spanish, English) pairs, the same for the same ``seed``."""
     rng = np.random.default_rng(seed)
-    weights = np.array([t.weight for t in TEMPLATES], float)
-    weights /= weights.sum()
     seen: dict[str, str] = {}
     for _ in range(count * 50):
         if len(seen) == count:
             break
-        es, en = TEMPLATES[int(rng.choice(len(TEMPLATES), p=weights))].make(rng)
+        es, en = everyday_pair(rng)
         seen.setdefault(es, en)
     return list(seen.items())
+
+
+def held_out_pairs(count: int = HELD_OUT_COUNT) -> list[tuple[str, str]]:
+    """The translate benchmark's held-out sentences (the first ``count`` of seed ``HELD_OUT_SEED``)."""
+    return everyday_pairs(count, seed=HELD_OUT_SEED)
+
+
+def training_pairs(rng: np.random.Generator) -> Iterator[tuple[str, str]]:
+    """An endless stream of pairs for training: never one of :func:`held_out_pairs`."""
+    held_out = {es for es, _ in held_out_pairs()}
+    while True:
+        es, en = everyday_pair(rng)
+        if es not in held_out:
+            yield es, en

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from speechllm.data_recipes import texts
+from speechllm.data_recipes import everyday, texts
 from speechllm.data_recipes.voices import ESPEAK_EN_ACCENTS, ESPEAK_VARIANTS, converted_grid, espeak_grid
 from speechllm.text_normalize import normalize, spoken_form
 from speechllm.tts.speakers import Speaker, estimate_seconds
@@ -220,6 +220,12 @@ def _passage(rng: np.random.Generator) -> Text:
     )
 
 
+def _everyday(rng: np.random.Generator) -> Iterator[Text]:
+    """Everyday Spanish -> English pairs from the bilingual grammar (never the translate benchmark's)."""
+    for es, en in everyday.training_pairs(rng):
+        yield Text(es, es, "everyday", (("translation", en),))
+
+
 def _arithmetic(rng: np.random.Generator) -> Text:
     sum_ = texts.arithmetic(rng)
     return Text(sum_.question, sum_.question, "arithmetic", (("answer", sum_.answer), ("value", sum_.value)))
@@ -338,6 +344,15 @@ for _recipe in (
         "Spanish Bible verses spoken (RV1909) -> English text (WEB), short verses, sane length ratio",
         "st",
         (("bible", 1.0, _pool(st_texts, _spoken_st)),),
+        ES_TRAIN,
+        ES_TEST,
+        _st_fields,
+    ),
+    Recipe(
+        "st-everyday",
+        "everyday Spanish sentences from a bilingual grammar -> English text (the held-out ones never)",
+        "st",
+        (("everyday", 1.0, _everyday),),
         ES_TRAIN,
         ES_TEST,
         _st_fields,

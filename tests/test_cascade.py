@@ -11,8 +11,7 @@ from tiny_models import make_tiny_llm, make_tiny_whisper
 
 import speechllm
 from speechllm.data_recipes.everyday import SUBJECTS, everyday_pairs
-from speechllm.speechlm.cascade import Request, parse_instruction
-from speechllm.speechlm.tasks import TASKS, instruction
+from speechllm.speechlm.tasks import TASKS, Request, instruction, parse_instruction
 
 
 def test_every_task_instruction_parses_back_to_its_task():

@@ -154,14 +154,14 @@ def test_reply_loss_equals_the_full_sequence_loss(ctc_posterior):
 
 def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
     from speechllm.speechlm import instruction
-    from speechllm.speechlm.hearing import transcript_units
+    from speechllm.speechlm.hearing import Heard, transcript_units
 
     run = config(data, tmp_path / "hearing", adapter="ctc-posterior", hearing="whisper",
                  adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
                  lora=LoraSpec(rank=2, alpha=4.0))
     model = SpeechLLM.build(run.model_config()).eval()
     heard = ["It costs 12 dollars.", ""]
-    model.whisper.transcripts = lambda audio: heard[: len(audio)]  # the tiny Whisper writes noise
+    model.whisper.heard = lambda audio: [Heard(t, "en") for t in heard[: len(audio)]]  # not tiny noise
     clips = [np.zeros(8000, np.float32), np.zeros(4000, np.float32)]
     # the transcribe instruction: Whisper's transcript itself, no LLM
     replies = model.generate(clips, instruction("transcribe"))
@@ -179,3 +179,34 @@ def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
     with pytest.raises(ValueError, match="hearing='whisper' needs"):
         run.model_config().__class__(adapter="alignformer", hearing="whisper")
 
+
+
+def test_hearing_models_hear_a_task_with_another_whisper_loaded_on_first_use(tmp_path):
+    from tiny_models import make_tiny_llm, make_tiny_whisper
+
+    from speechllm.generation import GenerationOptions
+    from speechllm.speechlm import SpeechLLMConfig, instruction
+    from speechllm.speechlm.hearing import Heard, WhisperHearing
+
+    multilingual = str(make_tiny_whisper(tmp_path / "multi"))
+    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")),
+                             llm=str(make_tiny_llm(tmp_path / "l")), adapter="ctc-posterior",
+                             hearing="whisper", hearing_models={"translate": multilingual},
+                             adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4})
+    model = SpeechLLM.build(config).eval()
+    assert model._hearings == {}  # nothing loaded before a clip of its task
+    model.whisper.heard = lambda audio: [Heard("own", "en") for _ in audio]
+    translate, ask = instruction("translate", target="English"), instruction("spoken-question")
+    other = model.hearing_for(translate)
+    assert isinstance(other, WhisperHearing) and other is not model.whisper
+    assert model.hearing_for(ask) is model.whisper and model.hearing_for(translate) is other
+    other.heard = lambda audio: [Heard("el otro", "es") for _ in audio]
+    clips = [np.zeros(4000, np.float32)] * 3
+    heard = model.hear(clips, [translate, ask, translate])
+    assert [h.text for h in heard] == ["el otro", "own", "el otro"]
+    assert [r.text for r in model.generate(clips[:1], instruction("transcribe"))] == ["own"]
+    assert len(model.generate(clips, [translate, ask, translate], GenerationOptions(max_new_tokens=3))) == 3
+    with pytest.raises(ValueError, match="unknown task"):
+        SpeechLLMConfig(adapter="ctc-posterior", hearing="whisper", hearing_models={"sing": "whisper-base"})
+    with pytest.raises(ValueError, match="needs hearing='whisper'"):
+        SpeechLLMConfig(hearing_models={"translate": "whisper-base"})

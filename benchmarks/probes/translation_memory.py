@@ -17,21 +17,19 @@ import time
 
 import torch
 
-from speechllm.data_recipes.everyday import everyday_pairs
+from speechllm.data_recipes.everyday import held_out_pairs
 from speechllm.data_recipes.texts import held_out_verses
 from speechllm.data_recipes.translation_memory import bible_memory
 from speechllm.llm import load_llm
 from speechllm.metrics_bleu import corpus_bleu
 from speechllm.speechlm.cascade import _translation_prompt
 
-EVERYDAY_SEED = 90_210  # benchmarks/translate.py's
-
 
 def main() -> None:
     torch.set_num_threads(2)
     sets = {
         "bible": [(v.es, v.en) for v in held_out_verses()],
-        "everyday": everyday_pairs(100, seed=EVERYDAY_SEED),
+        "everyday": held_out_pairs(),
     }
     memory = bible_memory()
     model, tokenizer = load_llm("gemma3-270m")

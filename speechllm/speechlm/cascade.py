@@ -20,10 +20,8 @@ so ``speechllm translate``/``ask`` and :class:`SpeechLLMTranscriber` run it unch
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ import torch
 from speechllm.device import pick_device
 from speechllm.generation.options import Generation, GenerationOptions
 from speechllm.speechlm.memory import TranslationMemory
-from speechllm.speechlm.tasks import LANGUAGES, TASKS, language_name
+from speechllm.speechlm.tasks import LANGUAGES, language_name, parse_instruction
 
 SAMPLE_RATE = 16_000
 DEFAULT_OPTIONS = GenerationOptions()
@@ -55,35 +53,6 @@ class CascadeConfig:
         root = Path(folder) if folder is not None else Path()
         memory = tuple((pair, str(root / file)) for pair, file in (raw.get("memory") or {}).items())
         return cls(**known, memory=memory)
-
-
-@dataclass(frozen=True)
-class Request:
-    task: str
-    prompt: str | None = None
-    target: str = "English"
-
-
-@cache
-def _instruction_pattern(template: str) -> re.Pattern:
-    pattern = (
-        re.escape(template).replace(r"\{prompt\}", "(?P<prompt>.+)").replace(r"\{target\}", "(?P<target>.+)")
-    )
-    return re.compile(f"^{pattern}$", re.S)
-
-
-def parse_instruction(text: str) -> Request | None:
-    """The task an instruction text asks for (inverse of :func:`~speechllm.speechlm.tasks.instruction`)."""
-
-    def literal(item) -> int:  # most specific first: a bare "{prompt}" (free instructions) matches anything
-        return len(item[1].instruction.replace("{prompt}", "").replace("{target}", ""))
-
-    for name, task in sorted(TASKS.items(), key=literal, reverse=True):
-        match = _instruction_pattern(task.instruction).match(text)
-        if match:
-            groups = match.groupdict()
-            return Request(name, groups.get("prompt"), groups.get("target") or "English")
-    return None
 
 
 # few-shot demonstrations per task: (what was said, the text prompt, the reply)

@@ -7,11 +7,16 @@ transcript reaches the LLM as *clean units* of the ``ctc-posterior`` adapter's v
 adapter would hand the LLM for a perfect CTC path, the clean end of the simulated units its LoRA
 learned from (:mod:`speechllm.speechlm.simulated_units`). The transcribe instruction is answered with
 Whisper's transcript itself. The adapter's CTC head is not used; its vocabulary and embedding mix are.
+
+``"hearing_models"`` names another Whisper for some tasks, e.g. ``{"translate": "whisper-base"}``: speech
+to translate is rarely English, and an English-only Whisper would write it as English-sounding words.
+Such a Whisper is loaded on the first clip of its task, so the other tasks never pay for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,20 +43,35 @@ class WhisperHearing:
         model = self.asr.model
         return WhisperEncoder(model.encoder, model.config.n_mels).eval().requires_grad_(False)
 
-    def transcripts(self, audio: Sequence[np.ndarray]) -> list[str]:
-        """What Whisper writes for each 16 kHz clip (at most one 30 s window each)."""
+    def heard(self, audio: Sequence[np.ndarray]) -> list[Heard]:
+        """What Whisper writes for each 16 kHz clip (at most one 30 s window each), and in which
+        language (detected by a multilingual Whisper; English for an English-only one)."""
         model = self.asr.model
         device = next(model.encoder.parameters()).device
         if model.device != device:  # the speech-LLM moved the encoder it shares: the decoder follows
             model.to(device)
-        return [self.asr.transcribe(np.asarray(clip, np.float32)).text.strip() for clip in audio]
+        out = []
+        for clip in audio:
+            result = self.asr.transcribe(np.asarray(clip, np.float32))
+            out.append(Heard(result.text.strip(), getattr(result, "language", None) or "en"))
+        return out
+
+    def transcripts(self, audio: Sequence[np.ndarray]) -> list[str]:
+        return [h.text for h in self.heard(audio)]
 
 
-def transcript_units(adapter, vocab, transcripts: Sequence[str]) -> AdapterOutput:
+@dataclass(frozen=True)
+class Heard:
+    text: str
+    language: str  # a Whisper language code
+
+
+def transcript_units(adapter, vocab, heard: Sequence[Heard | str]) -> AdapterOutput:
     """Transcripts as the adapter's output: one certain unit per vocabulary piece of the text in
-    spoken form (numbers as words, as the LoRA's text rows were), and, per position, the LLM token
-    it stands for (``tokens``: the speculative drafter's seed)."""
-    units = [vocab.encode(spoken_form(text)) for text in transcripts]
+    spoken form (English numbers as words, as the LoRA's text rows were), and, per position, the LLM
+    token it stands for (``tokens``: the speculative drafter's seed)."""
+    heard = [Heard(h, "en") if isinstance(h, str) else h for h in heard]
+    units = [vocab.encode(spoken_form(h.text, lang=h.language)) for h in heard]
     items = [(torch.tensor(u, dtype=torch.long).reshape(-1, 1), torch.ones(len(u), 1)) for u in units]
     out = simulated_output(adapter, items)
     tokens = torch.zeros(out.mask.shape, dtype=torch.long, device=out.mask.device)

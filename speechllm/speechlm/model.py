@@ -46,13 +46,14 @@ from speechllm.speechlm.ctc_beam import (
     LLMPrefixScorer,
     document_start_id,
 )
-from speechllm.speechlm.hearing import HEARINGS, WhisperHearing, transcript_units
+from speechllm.speechlm.hearing import HEARINGS, Heard, WhisperHearing, transcript_units
 from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task registry lives in tasks.py)
     LANGUAGES,
     TASKS,
     Task,
     instruction,
     language_name,
+    parse_instruction,
     register_task,
 )
 from speechllm.zoo import DEFAULT_ENCODER, DEFAULT_LLM
@@ -100,6 +101,9 @@ class SpeechLLMConfig:
     # "adapter": the LLM reads the adapter's output; "whisper": the encoder's own Whisper decoder
     # hears, and the LLM reads its transcript as clean units (speechllm.speechlm.hearing)
     hearing: str = "adapter"
+    # under hearing="whisper": task -> the Whisper that hears audio given for it (loaded on first use),
+    # e.g. {"translate": "whisper-base"}; every other task is heard by the encoder's own Whisper
+    hearing_models: dict[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.asr_decoder not in ("llm", "ctc"):
@@ -109,6 +113,12 @@ class SpeechLLMConfig:
         if self.hearing == "whisper" and (self.encoder_kind != "whisper" or self.adapter != "ctc-posterior"):
             raise ValueError("hearing='whisper' needs a Whisper encoder and the ctc-posterior adapter "
                              "(its units carry the transcript)")
+        if self.hearing_models and self.hearing != "whisper":
+            raise ValueError("hearing_models needs hearing='whisper'")
+        unknown = set(self.hearing_models) - set(TASKS)
+        if unknown:
+            raise ValueError(f"hearing_models: unknown task(s) {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(TASKS)})")
         CTCBeamOptions(**self.ctc_beam)  # unknown or bad options fail here, not at the first transcript
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,7 +169,8 @@ class SpeechLLM(nn.Module):
         self._prompt_cache: dict[tuple[str, bool], tuple[list[int], list[int]]] = {}
         if config.hearing == "whisper" and whisper is None:
             whisper = WhisperHearing(config.encoder, next(llm.parameters()).device)
-        self.whisper = whisper
+        self.whisper = whisper  # the encoder's own Whisper, when it hears
+        self._hearings: dict[str, WhisperHearing] = {}  # hearing_models' Whispers, loaded on first use
 
     @classmethod
     def build(cls, config: SpeechLLMConfig, encoder: SpeechEncoder | None = None,
@@ -211,8 +222,30 @@ class SpeechLLM(nn.Module):
 
     def hear_through_adapter(self) -> SpeechLLM:
         """From now on the adapter hears (``hearing="adapter"``): e.g. while it is being fine-tuned."""
-        self.config, self.whisper = replace(self.config, hearing="adapter"), None
+        self.config, self.whisper = replace(self.config, hearing="adapter", hearing_models={}), None
+        self._hearings = {}
         return self
+
+    def hearing_for(self, instruction_text: str) -> WhisperHearing:
+        """The Whisper that hears audio given with this instruction (``hearing="whisper"``):
+        ``config.hearing_models``' for its task, else the encoder's own."""
+        request = parse_instruction(instruction_text)
+        name = self.config.hearing_models.get(request.task if request else "", self.config.encoder)
+        if name == self.config.encoder:
+            return self.whisper
+        if name not in self._hearings:
+            self._hearings[name] = WhisperHearing(name, self.device)
+        return self._hearings[name]
+
+    def hear(self, audio: Sequence[np.ndarray], instructions: Sequence[str]) -> list[Heard]:
+        """What each clip says, by the Whisper that hears its instruction's task."""
+        hearings = [self.hearing_for(text) for text in instructions]
+        heard: list[Heard | None] = [None] * len(audio)
+        for hearing in {id(h): h for h in hearings}.values():
+            rows = [i for i, h in enumerate(hearings) if h is hearing]
+            for i, item in zip(rows, hearing.heard([audio[i] for i in rows]), strict=True):
+                heard[i] = item
+        return heard
 
     def text_mode(self):
         """Context in which the LLM is the base model (LoRA off)."""
@@ -412,7 +445,7 @@ class SpeechLLM(nn.Module):
         if len(audio) != len(instructions):
             raise ValueError(f"{len(audio)} audio inputs but {len(instructions)} instructions")
         if self.whisper is not None:
-            encoded = transcript_units(self.adapter, self.ctc_vocab, self.whisper.transcripts(audio))
+            encoded = transcript_units(self.adapter, self.ctc_vocab, self.hear(audio, instructions))
         else:
             encoded = self.encode_audio(*pad_audio(audio))
         heard = [[] for _ in instructions] if encoded.tokens is None else [
@@ -448,7 +481,7 @@ class SpeechLLM(nn.Module):
     def whisper_transcripts(self, audio: Sequence[np.ndarray], beam_size: int = 1) -> list[Generation]:
         """Transcripts from the encoder's own Whisper decoder (``hearing="whisper"``; greedy with
         Whisper's temperature fallback, ``beam_size`` aside)."""
-        texts = self.whisper.transcripts(audio)
+        texts = [h.text for h in self.hear(audio, [instruction("transcribe")] * len(audio))]
         ids = [self.tokenizer(text, add_special_tokens=False).input_ids for text in texts]
         return [Generation(tuple(i), text, 0.0) for i, text in zip(ids, texts, strict=True)]
 

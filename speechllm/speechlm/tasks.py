@@ -17,8 +17,10 @@ QA accuracy: the normalised answer appears, as whole words, in the normalised re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -75,6 +77,35 @@ def instruction(task: str, prompt: str | None = None, target: str = "English") -
     if "{prompt}" in TASKS[task].instruction and not prompt:
         raise ValueError(f"task {task!r} needs a prompt")
     return TASKS[task].instruction.format(prompt=prompt or "", target=target)
+
+
+@dataclass(frozen=True)
+class Request:
+    task: str
+    prompt: str | None = None
+    target: str = "English"
+
+
+@cache
+def _instruction_pattern(template: str) -> re.Pattern:
+    pattern = (
+        re.escape(template).replace(r"\{prompt\}", "(?P<prompt>.+)").replace(r"\{target\}", "(?P<target>.+)")
+    )
+    return re.compile(f"^{pattern}$", re.S)
+
+
+def parse_instruction(text: str) -> Request | None:
+    """The task an instruction text asks for (inverse of :func:`~speechllm.speechlm.tasks.instruction`)."""
+
+    def literal(item) -> int:  # most specific first: a bare "{prompt}" (free instructions) matches anything
+        return len(item[1].instruction.replace("{prompt}", "").replace("{target}", ""))
+
+    for name, task in sorted(TASKS.items(), key=literal, reverse=True):
+        match = _instruction_pattern(task.instruction).match(text)
+        if match:
+            groups = match.groupdict()
+            return Request(name, groups.get("prompt"), groups.get("target") or "English")
+    return None
 
 
 # ---------------------------------------------------------------- manifest rows → examples
