@@ -448,7 +448,11 @@ class SpeechLLM(nn.Module):
             encoded = transcript_units(self.adapter, self.ctc_vocab, self.hear(audio, instructions))
         else:
             encoded = self.encode_audio(*pad_audio(audio))
-        heard = [[] for _ in instructions] if encoded.tokens is None else [
+        return self._splice_seeded(before, encoded, after)
+
+    def _splice_seeded(self, before: list[list[int]], encoded: AdapterOutput,
+                       after: list[list[int]]) -> tuple[Spliced, list[list[int]]]:
+        heard = [[] for _ in before] if encoded.tokens is None else [
             row[m].tolist() for row, m in zip(encoded.tokens, encoded.mask, strict=True)]
         seeds = [b + h + a for b, h, a in zip(before, heard, after, strict=True)]
         return self.splice(before, encoded, after), seeds
@@ -477,6 +481,22 @@ class SpeechLLM(nn.Module):
         vocab = self.ctc_vocab
         return [Generation(tuple(vocab.subset[u - 1] if vocab.subset else u - 1 for u in item),
                            vocab.decode(item).strip(), 0.0) for item in units]
+
+    @torch.no_grad()
+    def translate_text(self, sources: Sequence[str], source: str, target: str,
+                       options: GenerationOptions = DEFAULT_OPTIONS) -> list[str]:
+        """Translations of given texts read as a perfect hearing would hand them over (clean units of
+        the exact text): the ceiling any hearing of the same sentences can reach. Needs the
+        ``ctc-posterior`` adapter's units (``hearing="whisper"`` models have them)."""
+        code = {name: c for c, name in LANGUAGES.items()}.get(language_name(source), source)
+        prompt = self.prompt_ids(instruction("translate", target=language_name(target)), True)
+        replies = []
+        for text in sources:
+            encoded = transcript_units(self.adapter, self.ctc_vocab, [Heard(text, code)])
+            spliced, seeds = self._splice_seeded([prompt[0]], encoded, [prompt[1]])
+            results = run_decoder(self._open(spliced, options), self._stop_ids, options, seeds[0])
+            replies.append(decode_text(self.tokenizer, results[0][0]))
+        return replies
 
     def whisper_transcripts(self, audio: Sequence[np.ndarray], beam_size: int = 1) -> list[Generation]:
         """Transcripts from the encoder's own Whisper decoder (``hearing="whisper"``; greedy with
