@@ -1,8 +1,10 @@
-"""Regenerate the sample recordings in examples/ with the offline voices (flite, espeak-ng).
+"""Regenerate the sample recordings in examples/ with the offline voices (flite, espeak-ng, Kokoro).
 
     python examples/make_examples.py
 
-Writes NAME.flac (16 kHz mono), NAME.txt (the transcript) and manifest.jsonl beside this file.
+Writes NAME.flac (16 kHz mono), NAME.txt (the transcript) and manifest.jsonl (the English samples)
+beside this file; the Spanish sample (``speechllm translate examples/library_es.flac``) stays out of
+the manifest.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SAMPLES = [
     ("coffee_espeak", "espeak-en-us", ["espeak-ng", "-v", "en-us", "-s", "150"],
      "I would like a cup of coffee, please."),
 ]
+SPANISH = [("library_es", "jf_alpha", "La biblioteca abre a las nueve de la mañana.")]  # a Kokoro voice
 
 
 def synthesize(command: list[str], text: str, wav: Path) -> None:
@@ -34,19 +37,36 @@ def synthesize(command: list[str], text: str, wav: Path) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
+def write_sample(name: str, command: list[str], text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / f"{name}.wav"
+        synthesize(command, text, wav)
+        write_audio(HERE / f"{name}.flac", load_audio(wav))
+    (HERE / f"{name}.txt").write_text(text + "\n", encoding="utf-8")
+
+
+def write_kokoro_sample(name: str, voice: str, text: str) -> None:
+    """Kokoro speaking Spanish (espeak-ng's phonemes): Whisper hears it as Spanish, unlike espeak-ng's
+    own Spanish voice, which Whisper base takes for Thai."""
+    import soxr
+
+    from speechllm.tts.kokoro import KokoroVoice
+
+    audio = KokoroVoice(voice, language="es").synthesize(text)
+    write_audio(HERE / f"{name}.flac", soxr.resample(audio, 24_000, 16_000))
+    (HERE / f"{name}.txt").write_text(text + "\n", encoding="utf-8")
+
+
 def main() -> None:
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, speaker, command, text in SAMPLES:
-            wav = Path(tmp) / f"{name}.wav"
-            synthesize(command, text, wav)
-            write_audio(HERE / f"{name}.flac", load_audio(wav))
-            (HERE / f"{name}.txt").write_text(text + "\n", encoding="utf-8")
-            rows.append({"audio": f"{name}.flac", "text": text, "task": "asr", "lang": "en",
-                         "speaker": speaker})
+    for name, speaker, command, text in SAMPLES:
+        write_sample(name, command, text)
+        rows.append({"audio": f"{name}.flac", "text": text, "task": "asr", "lang": "en", "speaker": speaker})
+    for name, voice, text in SPANISH:
+        write_kokoro_sample(name, voice, text)
     with open(HERE / "manifest.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    print(f"wrote {len(rows)} examples to {HERE}")
+    print(f"wrote {len(rows) + len(SPANISH)} examples to {HERE}")
 
 
 if __name__ == "__main__":

@@ -13,23 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from speechllm.zoo import DEFAULT_ASR as BASELINE
-from speechllm.zoo import STARTER, TRANSLATOR
+from speechllm.zoo import STARTER
 
 if TYPE_CHECKING:
     from speechllm.transcriber import WhisperTranscriber
 
 __version__ = "0.1.0"
 
-# The model a task runs on when none is named, best first (docs/speech-llm.md has the measurements):
-# transcription stays on Whisper tiny.en's own decoder until the starter matches its WER;
-# translation runs on speechllm-translate (Whisper base hears the Spanish, Gemma 3 270M translates)
-# where its bundles are installed; questions and free instructions on the starter.
+# The model a task runs on when none is named (docs/speech-llm.md has the measurements): the starter
+# for every task (translate, questions, free instructions); transcription stays on Whisper tiny.en's
+# own decoder (timestamps, subtitles, language detection) until the starter adds to it.
 STARTER_TRANSCRIBES = False
-TASK_DEFAULTS: dict[str, tuple[str, ...]] = {"translate": (TRANSLATOR, STARTER)}
 
 
-def _installed(name: str) -> bool:
-    """Whether a zoo entry (and, for a speech-LLM folder, the zoo models it names) is on this machine."""
+def _installed(name: str, task: str | None = None) -> bool:
+    """Whether a zoo entry (and, for a speech-LLM folder, the zoo models it names, with the Whisper
+    that hears ``task`` when its ``hearing_models`` names one) is on this machine."""
     import json
 
     from speechllm.zoo import ZOO
@@ -39,16 +38,19 @@ def _installed(name: str) -> bool:
         return False
     config = folder / "config.json"
     named = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
-    parts = [named.get(key) for key in ("asr", "llm") if named.get(key) in ZOO]
+    names = [named.get(key) for key in ("asr", "encoder", "llm")]
+    names.append((named.get("hearing_models") or {}).get(task))
+    parts = [part for part in names if part in ZOO]
     return all(ZOO[part].bundle is None or ZOO[part].bundle.folder() is not None for part in parts)
 
 
 def default_model(task: str = "transcribe") -> str:
-    """The model ``task`` runs on when none is named: the first installed of its defaults (the
-    starter for every task but transcription), else the Whisper baseline."""
+    """The model ``task`` runs on when none is named: the starter (for transcription only when
+    ``STARTER_TRANSCRIBES``) where it and what it needs for the task are installed, else the
+    Whisper baseline."""
     if task == "transcribe" and not STARTER_TRANSCRIBES:
         return BASELINE
-    return next((name for name in TASK_DEFAULTS.get(task, (STARTER,)) if _installed(name)), BASELINE)
+    return STARTER if _installed(STARTER, task) else BASELINE
 
 
 def speechlm_path(name_or_dir: str) -> Path | None:

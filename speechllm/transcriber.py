@@ -156,7 +156,8 @@ class WhisperTranscriber:
     """Batch transcription with the project's own Whisper: segments from its timestamp tokens,
     language detection (multilingual models), translation to English, temperature fallback,
     word timestamps. Options as :class:`~speechllm.whisper.transcribe.TranscribeOptions`;
-    ``temperature`` is one value or the sequence tried in turn."""
+    ``temperature`` is one value or the sequence tried in turn; ``detect_among`` limits language
+    detection to those languages (e.g. ``("en", "es")``)."""
 
     max_segment_seconds = 30.0
 
@@ -164,7 +165,7 @@ class WhisperTranscriber:
                  beam_size: int = 1, batch_size: int = 8, dtype: torch.dtype = torch.float32,
                  segmenter: str = "auto", quant: str | None = None, task: str = "transcribe",
                  language: str | None = None, temperature: float | Sequence[float] = 0.0,
-                 word_timestamps: bool = False, **decoding):
+                 word_timestamps: bool = False, detect_among: Sequence[str] = (), **decoding):
         from speechllm.whisper import load_whisper
         from speechllm.whisper.transcribe import TranscribeOptions
         from speechllm.zoo import resolve
@@ -177,7 +178,9 @@ class WhisperTranscriber:
         temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
         self.options = TranscribeOptions(language=self.check_language(language), task=self.check_task(task),
                                          beam_size=beam_size, temperatures=tuple(map(float, temperatures)),
-                                         word_timestamps=word_timestamps, **decoding)
+                                         word_timestamps=word_timestamps,
+                                         detect_among=tuple(self.check_language(c) for c in detect_among),
+                                         **decoding)
         self.batch_size = max(1, batch_size)
         self.segmenter = make_segmenter(segmenter)
 

@@ -141,7 +141,6 @@ DEFAULT_ASR = "whisper-tiny.en"  # the Whisper baseline transcriber, and the spe
 DEFAULT_ENCODER = DEFAULT_ASR
 DEFAULT_LLM = "smollm2-135m-instruct"  # the LLM of the speech-LLM and of the text-speech LM
 STARTER = "speechllm-starter"  # the shipped speech-LLM
-TRANSLATOR = "speechllm-translate"  # the speech-LLM that translates: Whisper base hears, Gemma 3 answers
 DEFAULT_VAD = "silero-vad"
 PIPER_VOICE = "piper-joe"  # the zoo's Piper voice: the fallback when the project's own is not installed
 
@@ -169,8 +168,9 @@ ZOO: dict[str, ZooEntry] = {
                  "answers few-shot; shipped as a config inside the speechllm package",
                  Bundle("speechllm", "speechllm", "weights/translate"), chat=False),
         ZooEntry("speechllm-starter", "speech-llm", None, "Apache-2.0",
-                 "the project's starter speech-LLM (Whisper tiny.en hears, adapter units → SmolLM2 + LoRA), "
-                 "shipped inside the speechllm package", Bundle("speechllm", "speechllm", "weights/starter")),
+                 "the project's starter speech-LLM (Whisper tiny.en hears, Whisper base for translation; "
+                 "SmolLM2 + a LoRA learned from text), shipped inside the speechllm package",
+                 Bundle("speechllm", "speechllm", "weights/starter")),
         ZooEntry("silero-vad", "vad", None, "MIT", "Silero voice activity detector",
                  Bundle("silero_vad", "silero-vad", "data", "6.2.3"), main_file="silero_vad.onnx"),
         ZooEntry("piper-joe", "tts-voice", "rhasspy/piper-voices", "MIT (data CC0)",

@@ -169,6 +169,10 @@ def test_detect_language_shape(tiny, tmp_path):
     assert len(probs) == 2 and all(set(p) == {"en", "de"} for p in probs)
     assert all(abs(sum(p.values()) - 1) < 1e-5 and list(p.values()) == sorted(p.values(), reverse=True)
                for p in probs)
+    among = detect_language(model, multi, audio, mask, among=("de",))  # detection among given ones only
+    assert all(p == {"de": pytest.approx(1.0)} for p in among)
+    with pytest.raises(ValueError, match="not Whisper language codes: xx"):
+        detect_language(model, multi, audio, mask, among=("de", "xx"))
     results = decode(model, multi, torch.randn(1, 80, 100), options=DecodingOptions(max_new_tokens=3))
     assert results[0].language in ("en", "de") and set(results[0].language_probs) == {"en", "de"}
     fixed = decode(model, multi, torch.randn(1, 80, 100),

@@ -21,7 +21,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help='JSON lines: one {"audio", "text", "segments", ...} object per input')
     parser.add_argument("--model", default=None,
                         help="zoo name, folder or Hugging Face id (default: whisper-tiny.en for transcribe, "
-                             "speechllm-translate for translate, the shipped speechllm-starter for ask)")
+                             "the shipped speechllm-starter for translate and ask)")
     parser.add_argument("--batch-size", type=int, default=8, help="segments decoded together")
     parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")

@@ -10,7 +10,9 @@ Whisper's transcript itself. The adapter's CTC head is not used; its vocabulary 
 
 ``"hearing_models"`` names another Whisper for some tasks, e.g. ``{"translate": "whisper-base"}``: speech
 to translate is rarely English, and an English-only Whisper would write it as English-sounding words.
-Such a Whisper is loaded on the first clip of its task, so the other tasks never pay for it.
+Such a Whisper is loaded on the first clip of its task, so the other tasks never pay for it;
+``"hearing_languages"`` limits its language detection to the languages the model learned (a clip of
+synthetic Spanish is otherwise sometimes "heard" as Thai or Italian).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ HEARINGS = ("adapter", "whisper")
 class WhisperHearing:
     """Whisper's transcripts of clips, and the LLM input they make."""
 
-    def __init__(self, name: str, device: torch.device | str = "cpu") -> None:
+    def __init__(self, name: str, device: torch.device | str = "cpu", languages: Sequence[str] = ()) -> None:
         from speechllm.transcriber import WhisperTranscriber
 
-        self.asr = WhisperTranscriber(name, device=str(device), segmenter="fixed")
+        self.asr = WhisperTranscriber(name, device=str(device), segmenter="fixed", detect_among=languages)
 
     def encoder(self):
         """Whisper's encoder as the speech-LLM's (frozen) encoder: one copy of its weights."""

@@ -104,6 +104,9 @@ class SpeechLLMConfig:
     # under hearing="whisper": task -> the Whisper that hears audio given for it (loaded on first use),
     # e.g. {"translate": "whisper-base"}; every other task is heard by the encoder's own Whisper
     hearing_models: dict[str, str] = field(default_factory=dict, hash=False)
+    # their language detection picks among these (e.g. ["es", "en"]: the languages the LoRA learned;
+    # empty: all of Whisper's)
+    hearing_languages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.asr_decoder not in ("llm", "ctc"):
@@ -131,7 +134,8 @@ class SpeechLLMConfig:
         if lora is not None:
             lora = LoraSpec(**{**lora, "target_modules": tuple(lora.get("target_modules", ()))})
         prompt = PromptFormat(**values.pop("prompt", {}))
-        return cls(**values, lora=lora, prompt=prompt)
+        languages = tuple(values.pop("hearing_languages", ()))
+        return cls(**values, lora=lora, prompt=prompt, hearing_languages=languages)
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,7 @@ class SpeechLLM(nn.Module):
         if name == self.config.encoder:
             return self.whisper
         if name not in self._hearings:
-            self._hearings[name] = WhisperHearing(name, self.device)
+            self._hearings[name] = WhisperHearing(name, self.device, self.config.hearing_languages)
         return self._hearings[name]
 
     def hear(self, audio: Sequence[np.ndarray], instructions: Sequence[str]) -> list[Heard]:

@@ -30,6 +30,7 @@ where no pretrained decoder reads it, e.g. as features for a speech adapter.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -295,14 +296,19 @@ def encode(model: Whisper, mel: Tensor, mel_lengths: Tensor | None = None,
 
 @torch.inference_mode()
 def detect_language(model: Whisper, tokenizer: WhisperTokenizer, audio: Tensor,
-                    audio_mask: Tensor | None = None) -> list[dict[str, float]]:
+                    audio_mask: Tensor | None = None, among: Sequence[str] = ()) -> list[dict[str, float]]:
     """Per item of encoded ``audio``, each language's probability (highest first), read from the
-    decoder's next token after ``<|startoftranscript|>`` with every non-language token masked."""
+    decoder's next token after ``<|startoftranscript|>`` with every non-language token masked
+    (and, given ``among``, every language but those)."""
     if not (model.config.is_multilingual and tokenizer.languages):
         raise ValueError("this model is English-only: it has no language to detect")
+    unknown = [code for code in among if code not in tokenizer.languages]
+    if unknown:
+        raise ValueError(f"not Whisper language codes: {', '.join(unknown)}")
     sot = torch.full((audio.shape[0], 1), tokenizer.sot, device=audio.device)
     logits = model.decoder(sot, audio, audio_mask)[:, 0]
-    codes, ids = list(tokenizer.languages), list(tokenizer.languages.values())
+    codes = list(among) or list(tokenizer.languages)
+    ids = [tokenizer.languages[code] for code in codes]
     probs = logits[:, ids].softmax(dim=-1).tolist()
     return [dict(sorted(zip(codes, row, strict=True), key=lambda kv: -kv[1])) for row in probs]
 

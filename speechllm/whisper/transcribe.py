@@ -40,6 +40,7 @@ MIN_SEEK_SECONDS = 1.0  # a cut-off segment is decoded again only when the seek 
 @dataclass(frozen=True)
 class TranscribeOptions:
     language: str | None = None  # None: detect per window (multilingual); English-only models: en
+    detect_among: tuple[str, ...] = ()  # detection picks among these languages only (empty: all)
     task: str = "transcribe"  # or "translate" (to English, multilingual models)
     beam_size: int = 1
     temperatures: tuple[float, ...] = (0.0,)  # tried in turn while a window's transcript fails
@@ -190,7 +191,7 @@ def transcribe_windows(model: Whisper, tokenizer: WhisperTokenizer, windows: lis
         undetected = [row for row, w in enumerate(batch) if w.language is None]
         if model.config.is_multilingual and undetected:
             rows = torch.tensor(undetected, device=audio.device)
-            probs = detect_language(model, tokenizer, audio[rows], audio_mask[rows])
+            probs = detect_language(model, tokenizer, audio[rows], audio_mask[rows], options.detect_among)
             for row, p in zip(undetected, probs, strict=True):
                 batch[row].language, batch[row].language_probs = next(iter(p)), p
         results = decode_with_fallback(model, tokenizer, audio, audio_mask, options,
