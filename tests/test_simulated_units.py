@@ -197,9 +197,13 @@ def test_hearing_models_hear_a_task_with_another_whisper_loaded_on_first_use(tmp
     assert model._hearings == {}  # nothing loaded before a clip of its task
     model.whisper.heard = lambda audio: [Heard("own", "en") for _ in audio]
     translate, ask = instruction("translate", target="English"), instruction("spoken-question")
-    other = model.hearing_for(translate)
+    other = model.hearing_for("translate")
     assert isinstance(other, WhisperHearing) and other is not model.whisper
-    assert model.hearing_for(ask) is model.whisper and model.hearing_for(translate) is other
+    assert model.hearing_for("spoken-question") is model.whisper and model.hearing_for("translate") is other
+    model.hear_in("en", "translate")  # --language: the Whisper that hears the task is told
+    assert other.asr.options.language == "en" and model.whisper.asr.options.language == "en"
+    with pytest.raises(ValueError, match="English-only"):  # both tiny Whispers are
+        model.hear_in("es", "translate")
     other.heard = lambda audio: [Heard("el otro", "es") for _ in audio]
     clips = [np.zeros(4000, np.float32)] * 3
     heard = model.hear(clips, [translate, ask, translate])

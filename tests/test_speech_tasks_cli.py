@@ -56,3 +56,9 @@ def test_task_command_errors_are_one_line(model_dir, wav, capsys):
     assert main(["ask", str(wav), "  ", "--model", str(model_dir), "-q"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "needs a speech-LLM" in err[0] and "QUESTION is empty" in err[1]
+    # a speech-LLM takes --language (told to the Whisper it hears with), no other Whisper option
+    assert main(["translate", str(wav), "--model", str(model_dir), "--temperature", "0.2", "-q"]) == 1
+    assert main(["translate", str(wav), "--model", str(model_dir), "--language", "es", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--temperature: Whisper decoding options" in err[0]
+    assert "hears through its adapter" in err[1]

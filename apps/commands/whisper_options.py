@@ -33,7 +33,8 @@ def add_whisper_options(parser: argparse.ArgumentParser, translating: bool = Fal
     group = parser.add_argument_group("Whisper decoding")
     group.add_argument("--language", default=None, metavar="CODE",
                        help="spoken language (en, es, ...); default: detected per 30 s window by a "
-                            "multilingual model, en for an English-only (.en) one")
+                            "multilingual model, en for an English-only (.en) one (a speech-LLM tells "
+                            "the Whisper it hears with)")
     if not translating:
         group.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
                            help="translate: Whisper's own speech translation into English (multilingual "
@@ -67,17 +68,19 @@ def add_cue_options(parser: argparse.ArgumentParser) -> None:
 
 
 def whisper_options(args: argparse.Namespace, is_speechlm: bool) -> dict:
-    """The WhisperTranscriber keywords the user set; a speech-LLM takes none of them."""
+    """The WhisperTranscriber keywords the user set; a speech-LLM takes only ``--language`` (told to
+    the Whisper it hears with)."""
     given = {key: getattr(args, key) for key, default in DEFAULTS.items()
              if hasattr(args, key) and getattr(args, key) != default}
     task = getattr(args, "task", "transcribe")
     if is_speechlm:
+        language = given.pop("language", None)
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             raise ValueError(f"{flags}: Whisper decoding options; this model is a speech-LLM")
         if task != "transcribe":
             raise ValueError("--task translate is Whisper's; with a speech-LLM use speechllm translate")
-        return {}
+        return {"language": language} if language else {}
     options = {key: getattr(args, key) for key in DEFAULTS if hasattr(args, key)}
     if options.get("temperature") is None:
         options.pop("temperature", None)

@@ -18,7 +18,7 @@ synthetic Spanish is otherwise sometimes "heard" as Thai or Italian).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -37,6 +37,10 @@ class WhisperHearing:
         from speechllm.transcriber import WhisperTranscriber
 
         self.asr = WhisperTranscriber(name, device=str(device), segmenter="fixed", detect_among=languages)
+
+    def set_language(self, language: str) -> None:
+        """Transcribe in ``language`` from now on (a clear error for an English-only Whisper)."""
+        self.asr.options = replace(self.asr.options, language=self.asr.check_language(language))
 
     def encoder(self):
         """Whisper's encoder as the speech-LLM's (frozen) encoder: one copy of its weights."""

@@ -53,8 +53,8 @@ from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task reg
     Task,
     instruction,
     language_name,
-    parse_instruction,
     register_task,
+    task_of,
 )
 from speechllm.zoo import DEFAULT_ENCODER, DEFAULT_LLM
 
@@ -230,20 +230,27 @@ class SpeechLLM(nn.Module):
         self._hearings = {}
         return self
 
-    def hearing_for(self, instruction_text: str) -> WhisperHearing:
-        """The Whisper that hears audio given with this instruction (``hearing="whisper"``):
-        ``config.hearing_models``' for its task, else the encoder's own."""
-        request = parse_instruction(instruction_text)
-        name = self.config.hearing_models.get(request.task if request else "", self.config.encoder)
+    def hearing_for(self, task: str) -> WhisperHearing:
+        """The Whisper that hears audio given for ``task`` (``hearing="whisper"``):
+        ``config.hearing_models``' for it, else the encoder's own."""
+        name = self.config.hearing_models.get(task, self.config.encoder)
         if name == self.config.encoder:
             return self.whisper
         if name not in self._hearings:
             self._hearings[name] = WhisperHearing(name, self.device, self.config.hearing_languages)
         return self._hearings[name]
 
+    def hear_in(self, language: str, task: str) -> None:
+        """Audio for ``task`` is in ``language`` (a Whisper code; ``--language``): the Whisper that
+        hears it transcribes in that language instead of detecting one."""
+        if self.whisper is None:
+            raise ValueError(f"--language {language}: this speech-LLM hears through its adapter, which "
+                             "takes no language")
+        self.hearing_for(task).set_language(language)
+
     def hear(self, audio: Sequence[np.ndarray], instructions: Sequence[str]) -> list[Heard]:
         """What each clip says, by the Whisper that hears its instruction's task."""
-        hearings = [self.hearing_for(text) for text in instructions]
+        hearings = [self.hearing_for(task_of(text)) for text in instructions]
         heard: list[Heard | None] = [None] * len(audio)
         for hearing in {id(h): h for h in hearings}.values():
             rows = [i for i, h in enumerate(hearings) if h is hearing]

@@ -108,6 +108,12 @@ def parse_instruction(text: str) -> Request | None:
     return None
 
 
+def task_of(text: str) -> str:
+    """The registered task an instruction text asks for (a free instruction: ``instruct``)."""
+    request = parse_instruction(text)
+    return request.task if request is not None else "instruct"
+
+
 # ---------------------------------------------------------------- manifest rows → examples
 
 

@@ -26,7 +26,8 @@ TOKENS_PER_SECOND, TOKENS_MIN = 8.0, 24  # the budget: ~3x speech's token rate, 
 class SpeechLLMTranscriber(WhisperTranscriber):
     def __init__(self, model: str | SpeechLLM, device: str | None = None, beam_size: int = 1,
                  batch_size: int = 8, task: str = "transcribe", prompt: str | None = None,
-                 target: str = "English", max_new_tokens: int = 200, segmenter: str = "auto"):
+                 target: str = "English", max_new_tokens: int = 200, segmenter: str = "auto",
+                 language: str | None = None):
         if isinstance(model, SpeechLLM):
             self.model = model
             self.device = model.device
@@ -38,6 +39,8 @@ class SpeechLLMTranscriber(WhisperTranscriber):
         self.model.eval()
         limit = getattr(self.model, "max_seconds", None) or self.model.encoder.max_seconds
         self.max_segment_seconds = limit if limit is not None else 30.0
+        if language is not None:  # the audio's language, told to the Whisper that hears the task
+            self.model.hear_in(language.strip().lower(), task)
         self.instruction = instruction(task, prompt, language_name(target))
         self.bound_to_audio = task in TASKS_BOUND_TO_AUDIO
         self.options = GenerationOptions(max_new_tokens=max_new_tokens, beam_size=beam_size)
