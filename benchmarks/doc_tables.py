@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from render_tables import Column, Figure, Table, fixed, get, labelled, millions, minutes, one, pct
+from render_tables import Column, Figure, Table, fixed, get, labelled, millions, minutes, one, pct, text
 
 
 def maybe(key: str) -> Callable[[dict], Any]:
@@ -269,9 +269,6 @@ FIGURES: dict[str, Figure] = {
     "tts-sentences": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")["sentences"]),
     "tts-own-first-chunk": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")[
         "first_chunk_ms_median"], fixed(0, " ms")),
-    # translate's default placement is audio first
-    "translate-bleu": Figure("instruction-following.json", lambda d: d["audio first"]["bleu"], fixed(2)),
-    "translate-rows": Figure("instruction-following.json", lambda d: d["audio first"]["rows"]),
     "tts-own-rtf": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")["rtf_stream"],
                           fixed(3)),
     "finetune-before": Figure("finetune-slt.json", lambda d: d["before"]["wer"], pct(1)),
@@ -303,10 +300,11 @@ FIGURES: dict[str, Figure] = {
 }
 
 TRANSLATE_MODELS = {  # benchmarks/translate.py's model names
-    "speechllm-translate": "**`speechllm-translate`** (Whisper base hears, Gemma 3 270M translates with a "
-                           "translation memory; default)",
+    "speechllm-starter": "**`speechllm-starter`** (default: Whisper base hears, SmolLM2 + the LoRA learned "
+                         "from text translates)",
+    "speechllm-translate": "`speechllm-translate` (Whisper base hears, Gemma 3 270M translates few-shot with "
+                           "a translation memory)",
     "whisper-base": "Whisper base, its own `--task translate`",
-    "speechllm-starter": "`speechllm-starter` (CTC units over English tokens, SmolLM2)",
 }
 TABLES["translate"] = Table("translate.json", (
     Column("model", labelled(TRANSLATE_MODELS, "model")),
@@ -319,12 +317,15 @@ TABLES["translate"] = Table("translate.json", (
            lambda r: f"{r['stops'].get('end', 0)} of {sum(r['stops'].values())}" if "stops" in r else "–"),
     Column("seconds per clip", "seconds_per_clip", fixed(2), True)),
     rows=lambda d: d["results"])
-FIGURES["translate-everyday-bleu"] = Figure(
-    "translate.json", lambda d: d["results"][0]["everyday"]["bleu"], fixed(1))
-FIGURES["translate-bible-bleu"] = Figure(
-    "translate.json", lambda d: d["results"][0]["bible"]["bleu"], fixed(1))
-FIGURES["translate-everyday-clips"] = Figure("translate.json", lambda d: d["results"][0]["everyday"]["clips"])
-FIGURES["translate-bible-clips"] = Figure("translate.json", lambda d: d["results"][0]["bible"]["clips"])
+for _name, _path, _format in (("everyday-bleu", "everyday.bleu", fixed(1)),
+                              ("bible-bleu", "bible.bleu", fixed(1)),
+                              ("everyday-clips", "everyday.clips", text),
+                              ("bible-clips", "bible.clips", text),
+                              ("everyday-ceiling", "everyday.ceiling_from_text", fixed(1)),
+                              ("bible-ceiling", "bible.ceiling_from_text", fixed(1))):
+    FIGURES[f"translate-{_name}"] = Figure("translate.json", _ask("speechllm-starter", _path), _format)
+FIGURES["translate-cascade-bible-bleu"] = Figure("translate.json", _ask("speechllm-translate", "bible.bleu"),
+                                                 fixed(1))
 
 # ---- a cold `speechllm ask`: benchmarks/cold_start.py -------------------------------------------
 

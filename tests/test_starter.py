@@ -34,7 +34,7 @@ def test_starter_is_small_safetensors_and_the_default():
 def _missing_bundles() -> list[str]:
     """The zoo models the starter is built on (offline bundles `make setup` installs)."""
     config = json.loads((FOLDER / "config.json").read_text()) if FOLDER else {}
-    names = [config.get("encoder"), config.get("llm")]
+    names = [config.get("encoder"), config.get("llm"), *(config.get("hearing_models") or {}).values()]
     return [n for n in names if n in ZOO and ZOO[n].bundle and ZOO[n].bundle.folder() is None]
 
 
@@ -61,12 +61,21 @@ def test_starter_hears_through_whisper_and_answers_the_readme_question():
 
 
 @needs_bundles
+def test_starter_translates_spanish_speech_hearing_it_with_whisper_base():
+    model = speechllm.load(speechllm.STARTER, task="translate", target="en")
+    assert model.model._hearings == {}  # Whisper base is loaded on the first clip to translate only
+    text = model.transcribe(str(EXAMPLES / "library_es.flac")).text.lower()
+    assert "library" in text and "nine" in text, text  # "La biblioteca abre a las nueve de la mañana."
+    assert list(model.model._hearings) == ["whisper-base"]
+
+
+@needs_bundles
 def test_starter_adapter_still_hears_on_its_own(tmp_path):
     """The same weights with ``"hearing": "adapter"``: the CTC head and its LLM beam search."""
     folder = tmp_path / "starter-ctc"
     shutil.copytree(FOLDER, folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "hearing": "adapter"}))
+    (folder / "config.json").write_text(json.dumps({**config, "hearing": "adapter", "hearing_models": {}}))
     model = speechllm.load(str(folder))
     # measured 32 % (10/31 words); Whisper tiny.en gets them all right.
     # A guard against a broken adapter (wrong vocabulary, weights, splice), not a quality target.
