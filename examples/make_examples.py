@@ -3,8 +3,8 @@
     python examples/make_examples.py
 
 Writes NAME.flac (16 kHz mono), NAME.txt (the transcript) and manifest.jsonl (the English samples)
-beside this file; the Spanish sample (``speechllm translate examples/library_es.flac``) stays out of
-the manifest.
+beside this file, and the Spanish sample in es/ (``speechllm translate examples/es/library.flac``), apart
+from the English clips that tests and benchmarks read as ``examples/*.flac``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ SAMPLES = [
     ("coffee_espeak", "espeak-en-us", ["espeak-ng", "-v", "en-us", "-s", "150"],
      "I would like a cup of coffee, please."),
 ]
-SPANISH = [("library_es", "jf_alpha", "La biblioteca abre a las nueve de la mañana.")]  # a Kokoro voice
+SPANISH = [("es/library", "jf_alpha", "La biblioteca abre a las nueve de la mañana.")]  # a Kokoro voice
 
 
 def synthesize(command: list[str], text: str, wav: Path) -> None:
@@ -53,6 +53,7 @@ def write_kokoro_sample(name: str, voice: str, text: str) -> None:
     from speechllm.tts.kokoro import KokoroVoice
 
     audio = KokoroVoice(voice, language="es").synthesize(text)
+    (HERE / name).parent.mkdir(parents=True, exist_ok=True)
     write_audio(HERE / f"{name}.flac", soxr.resample(audio, 24_000, 16_000))
     (HERE / f"{name}.txt").write_text(text + "\n", encoding="utf-8")
 

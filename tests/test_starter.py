@@ -64,7 +64,7 @@ def test_starter_hears_through_whisper_and_answers_the_readme_question():
 def test_starter_translates_spanish_speech_hearing_it_with_whisper_base():
     model = speechllm.load(speechllm.STARTER, task="translate", target="en")
     assert model.model._hearings == {}  # Whisper base is loaded on the first clip to translate only
-    text = model.transcribe(str(EXAMPLES / "library_es.flac")).text.lower()
+    text = model.transcribe(str(EXAMPLES / "es" / "library.flac")).text.lower()
     assert "library" in text and "nine" in text, text  # "La biblioteca abre a las nueve de la mañana."
     assert list(model.model._hearings) == ["whisper-base"]
 
