@@ -167,7 +167,7 @@ def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
     replies = model.generate(clips, instruction("transcribe"))
     assert [r.text for r in replies] == heard
     # any other instruction: the transcript in spoken form, one certain unit per vocabulary piece
-    units = transcript_units(model.adapter, model.ctc_vocab, heard)
+    units = transcript_units(model.adapter, model.ctc_vocab, [Heard(t, "en") for t in heard])
     expected = model.ctc_vocab.encode("It costs twelve dollars.")
     assert int(units.mask[0].sum()) == len(expected) and int(units.mask[1].sum()) == 0
     table = model.llm.get_input_embeddings()

@@ -62,9 +62,6 @@ class WhisperHearing:
             out.append(Heard(result.text.strip(), getattr(result, "language", None) or "en"))
         return out
 
-    def transcripts(self, audio: Sequence[np.ndarray]) -> list[str]:
-        return [h.text for h in self.heard(audio)]
-
 
 @dataclass(frozen=True)
 class Heard:
@@ -72,11 +69,10 @@ class Heard:
     language: str  # a Whisper language code
 
 
-def transcript_units(adapter, vocab, heard: Sequence[Heard | str]) -> AdapterOutput:
+def transcript_units(adapter, vocab, heard: Sequence[Heard]) -> AdapterOutput:
     """Transcripts as the adapter's output: one certain unit per vocabulary piece of the text in
     spoken form (English numbers as words, as the LoRA's text rows were), and, per position, the LLM
     token it stands for (``tokens``: the speculative drafter's seed)."""
-    heard = [Heard(h, "en") if isinstance(h, str) else h for h in heard]
     units = [vocab.encode(spoken_form(h.text, lang=h.language)) for h in heard]
     items = [(torch.tensor(u, dtype=torch.long).reshape(-1, 1), torch.ones(len(u), 1)) for u in units]
     out = simulated_output(adapter, items)
