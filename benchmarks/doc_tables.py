@@ -302,6 +302,7 @@ FIGURES: dict[str, Figure] = {
 TRANSLATE_MODELS = {  # benchmarks/translate.py's model names
     "speechllm-starter": "**`speechllm-starter`** (default: Whisper base hears, SmolLM2 + the LoRA learned "
                          "from text translates)",
+    "runs/starter-heard-once": "the same starter, every clip heard once (no hearing memory)",
     "speechllm-translate": "`speechllm-translate` (Whisper base hears, Gemma 3 270M translates few-shot with "
                            "a translation memory)",
     "whisper-base": "Whisper base, its own `--task translate`",
@@ -376,6 +377,8 @@ TABLES["decode-e2e"] = Table("decode_e2e.json", (
     Column("greedy tok/s", "greedy_tokens_per_s", fixed(1), True),
     Column("speculative tok/s", "speculative_tokens_per_s", fixed(1), True),
     Column("speedup", "speedup", fixed(2, "x"), True),
+    Column("speedup after the first token",
+           lambda r: f"{r['decode_speedup']:.2f}x" if r.get("decode_speedup") else "–", numeric=True),
     Column("acceptance", "acceptance", pct(0), True),
     Column("tokens / pass", "tokens_per_pass", fixed(2), True),
     Column("identical replies", lambda r: f"{r['identical']}/{r['replies']}", numeric=True)),

@@ -217,3 +217,41 @@ def test_hearing_models_hear_a_task_with_another_whisper_loaded_on_first_use(tmp
         SpeechLLMConfig(adapter="ctc-posterior", hearing="whisper", hearing_models={"sing": "whisper-base"})
     with pytest.raises(ValueError, match="needs hearing='whisper'"):
         SpeechLLMConfig(hearing_models={"translate": "whisper-base"})
+
+
+def test_hearing_memory_hears_again_prompted_by_the_nearest_sentence(tmp_path):
+    from types import SimpleNamespace
+
+    from tiny_models import make_tiny_llm, make_tiny_whisper
+
+    from speechllm.speechlm import SpeechLLMConfig
+    from speechllm.speechlm.io import load_speechlm, save_speechlm
+    from speechllm.speechlm.memory import TranslationMemory
+
+    TranslationMemory([("y dijo dios sea la luz", "God said, let there be light"),
+                       ("el pan de cada dia", "our daily bread")]).write(tmp_path / "memory.tsv.gz")
+    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")),
+                             llm=str(make_tiny_llm(tmp_path / "l")), adapter="ctc-posterior",
+                             hearing="whisper", hearing_memory={"en": "memory.tsv.gz"},
+                             hearing_memory_min_score=0.5,
+                             adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4})
+    save_speechlm(SpeechLLM.build(config).loaded_from(tmp_path), tmp_path / "model")
+    assert (tmp_path / "model" / "memory.tsv.gz").read_bytes() == (tmp_path / "memory.tsv.gz").read_bytes()
+    model = load_speechlm(tmp_path / "model")
+    asr = model.whisper.asr
+    first = {"a": "y dijo dio sea la lu", "b": "good morning"}  # clip a is near a memory sentence
+
+    def transcribe(clip):
+        said, prompt = "ab"[int(clip[0])], asr.options.initial_prompt
+        text = first[said] if prompt is None else f"{said} after {prompt}"
+        return SimpleNamespace(text=text, language="en")
+
+    asr.transcribe = transcribe
+    heard = model.whisper.heard([np.zeros(4000, np.float32), np.ones(4000, np.float32)])
+    assert [h.text for h in heard] == ["a after y dijo dios sea la luz", "good morning"]
+    assert asr.options.initial_prompt is None  # the prompt was for the second hearing only
+    (tmp_path / "model" / "memory.tsv.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="hearing memory for 'en'"):
+        load_speechlm(tmp_path / "model")
+    with pytest.raises(ValueError, match="hearing_memory needs hearing='whisper'"):
+        SpeechLLMConfig(hearing_memory={"es": "memory.tsv.gz"})

@@ -13,17 +13,28 @@ to translate is rarely English, and an English-only Whisper would write it as En
 Such a Whisper is loaded on the first clip of its task, so the other tasks never pay for it;
 ``"hearing_languages"`` limits its language detection to the languages the model learned (a clip of
 synthetic Spanish is otherwise sometimes "heard" as Thai or Italian).
+
+``"hearing_memory"`` (language -> a translation memory file in the model folder) makes a Whisper hear
+twice where its first transcript is close to a sentence of the memory's source side (shares words of
+``hearing_memory_min_score`` idf at least, :mod:`~speechllm.speechlm.memory`): the nearest sentence is
+its prompt for the second hearing, and brings that text's names, spelling and register with it.
+Measured on 50 held-out Bible verses in Spanish (benchmarks/results/translate.json): Whisper base
+writes archaic verses the way modern Spanish spells them, and the starter, which learned
+Reina-Valera's text, translated them at BLEU 6.3 from the first hearing and 10.0 from the second.
+Everyday sentences rarely come close to a verse and are heard once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from speechllm.adapters import AdapterOutput
+from speechllm.speechlm.memory import TranslationMemory
 from speechllm.speechlm.simulated_units import simulated_output
 from speechllm.text_normalize import spoken_form
 
@@ -37,6 +48,25 @@ class WhisperHearing:
         from speechllm.transcriber import WhisperTranscriber
 
         self.asr = WhisperTranscriber(name, device=str(device), segmenter="fixed", detect_among=languages)
+        self.memory_files: dict[str, Path] = {}  # language -> translation memory (source side in it)
+        self.memory_min_score = 15.0
+        self._memories: dict[str, TranslationMemory] = {}  # read on the first clip heard in the language
+
+    def prompt_from(self, files: Mapping[str, Path], min_score: float) -> WhisperHearing:
+        """Hear a clip again, prompted by the nearest sentence of ``files[language]``, where the first
+        transcript shares at least ``min_score`` with it (``hearing_memory``)."""
+        self.memory_files, self.memory_min_score, self._memories = dict(files), min_score, {}
+        return self
+
+    def prompt_for(self, heard: Heard) -> str | None:
+        """The memory sentence nearest a first hearing, when it is near enough (else None: heard once)."""
+        file = self.memory_files.get(heard.language)
+        if file is None or not heard.text:
+            return None
+        if heard.language not in self._memories:
+            self._memories[heard.language] = TranslationMemory.read(file)
+        nearest = self._memories[heard.language].nearest(heard.text, 1, self.memory_min_score)
+        return nearest[0][0] if nearest else None
 
     def set_language(self, language: str) -> None:
         """Transcribe in ``language`` from now on (a clear error for an English-only Whisper)."""
@@ -58,9 +88,22 @@ class WhisperHearing:
             model.to(device)
         out = []
         for clip in audio:
-            result = self.asr.transcribe(np.asarray(clip, np.float32))
-            out.append(Heard(result.text.strip(), getattr(result, "language", None) or "en"))
+            clip = np.asarray(clip, np.float32)
+            result = self.asr.transcribe(clip)
+            heard = Heard(result.text.strip(), getattr(result, "language", None) or "en")
+            prompt = self.prompt_for(heard)
+            if prompt is not None:
+                heard = Heard(self._transcribe_prompted(clip, heard.language, prompt), heard.language)
+            out.append(heard)
         return out
+
+    def _transcribe_prompted(self, clip: np.ndarray, language: str, prompt: str) -> str:
+        options = self.asr.options
+        self.asr.options = replace(options, language=language, initial_prompt=prompt)
+        try:
+            return self.asr.transcribe(clip).text.strip()
+        finally:
+            self.asr.options = options
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import torch
 from speechllm.files import (  # noqa: F401  (re-exported: the trainers import them from here)
     atomic_folder,
     atomic_save_tensors,
+    atomic_write_bytes,
     atomic_write_text,
     check_safetensors,
     fsync_dir,
@@ -64,6 +65,11 @@ def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | N
             model.llm.save_pretrained(str(tmp), save_embedding_layers=False)
     elif (folder / LORA_DIR).exists():
         shutil.rmtree(folder / LORA_DIR)
+    for file, source in zip(model.config.hearing_memory.values(), model.hearing_memory_files().values(),
+                            strict=True):
+        if not (folder / file).is_file() or not (folder / file).samefile(source):  # the folder carries it
+            (folder / file).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(folder / file, source.read_bytes())
     config = model.config.to_dict()
     config["adapter_options"] = _json_safe(vars(model.adapter.config))  # every option, dims included
     document = {"format": FORMAT, "version": VERSION, **config, "info": info or {}}
@@ -130,6 +136,10 @@ def check_speechlm_files(folder: str | Path) -> SpeechLLMConfig:
             raise FileNotFoundError(f"{folder}: config.json names LoRA but {weights} is missing")
         check_safetensors(weights)
         read_json(folder / LORA_DIR / "adapter_config.json")
+    for language, file in config.hearing_memory.items():
+        if not (folder / file).is_file():
+            raise FileNotFoundError(f"{folder}: config.json names a hearing memory for {language!r} but "
+                                    f"{folder / file} is missing")
     return config
 
 
@@ -175,6 +185,7 @@ def load_speechlm(folder: str | Path, device: str | torch.device | None = None, 
     # again for every layer peft wraps and every state_dict it reads
     model = SpeechLLM.build(config, encoder=encoder, llm=llm, tokenizer=tokenizer, prepare=llm is not None)
     load_speech_side(model, folder)
+    model.loaded_from(folder)
     if config.lora is not None:
         from peft import set_peft_model_state_dict
 

@@ -22,6 +22,7 @@ import copy
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,11 @@ class SpeechLLMConfig:
     # their language detection picks among these (e.g. ["es", "en"]: the languages the LoRA learned;
     # empty: all of Whisper's)
     hearing_languages: tuple[str, ...] = ()
+    # under hearing="whisper": language -> a translation memory file (relative to the model folder) whose
+    # source side is in that language; a clip heard in it whose transcript shares enough words with one of
+    # its sentences (hearing_memory_min_score) is heard again with that sentence as Whisper's prompt
+    hearing_memory: dict[str, str] = field(default_factory=dict, hash=False)
+    hearing_memory_min_score: float = 15.0
 
     def __post_init__(self) -> None:
         if self.asr_decoder not in ("llm", "ctc"):
@@ -116,8 +122,9 @@ class SpeechLLMConfig:
         if self.hearing == "whisper" and (self.encoder_kind != "whisper" or self.adapter != "ctc-posterior"):
             raise ValueError("hearing='whisper' needs a Whisper encoder and the ctc-posterior adapter "
                              "(its units carry the transcript)")
-        if self.hearing_models and self.hearing != "whisper":
-            raise ValueError("hearing_models needs hearing='whisper'")
+        for name in ("hearing_models", "hearing_memory"):
+            if getattr(self, name) and self.hearing != "whisper":
+                raise ValueError(f"{name} needs hearing='whisper'")
         unknown = set(self.hearing_models) - set(TASKS)
         if unknown:
             raise ValueError(f"hearing_models: unknown task(s) {', '.join(sorted(unknown))} "
@@ -175,6 +182,9 @@ class SpeechLLM(nn.Module):
             whisper = WhisperHearing(config.encoder, next(llm.parameters()).device)
         self.whisper = whisper  # the encoder's own Whisper, when it hears
         self._hearings: dict[str, WhisperHearing] = {}  # hearing_models' Whispers, loaded on first use
+        self.folder: Path | None = None  # the model folder it was loaded from (its hearing_memory files)
+        if whisper is not None:
+            whisper.prompt_from(self.hearing_memory_files(), config.hearing_memory_min_score)
 
     @classmethod
     def build(cls, config: SpeechLLMConfig, encoder: SpeechEncoder | None = None,
@@ -226,7 +236,8 @@ class SpeechLLM(nn.Module):
 
     def hear_through_adapter(self) -> SpeechLLM:
         """From now on the adapter hears (``hearing="adapter"``): e.g. while it is being fine-tuned."""
-        self.config, self.whisper = replace(self.config, hearing="adapter", hearing_models={}), None
+        self.config = replace(self.config, hearing="adapter", hearing_models={}, hearing_memory={})
+        self.whisper = None
         self._hearings = {}
         return self
 
@@ -237,8 +248,23 @@ class SpeechLLM(nn.Module):
         if name == self.config.encoder:
             return self.whisper
         if name not in self._hearings:
-            self._hearings[name] = WhisperHearing(name, self.device, self.config.hearing_languages)
+            hearing = WhisperHearing(name, self.device, self.config.hearing_languages)
+            self._hearings[name] = hearing.prompt_from(self.hearing_memory_files(),
+                                                      self.config.hearing_memory_min_score)
         return self._hearings[name]
+
+    def hearing_memory_files(self) -> dict[str, Path]:
+        """``config.hearing_memory``'s files, by language, where they are (relative to the model folder)."""
+        root = Path(self.folder or ".")
+        return {language: root / file for language, file in self.config.hearing_memory.items()}
+
+    def loaded_from(self, folder: Path) -> SpeechLLM:
+        """Record the folder the model was loaded from: its ``hearing_memory`` files are there."""
+        self.folder = folder
+        for hearing in (self.whisper, *self._hearings.values()):
+            if hearing is not None:
+                hearing.prompt_from(self.hearing_memory_files(), self.config.hearing_memory_min_score)
+        return self
 
     def hear_in(self, language: str, task: str) -> None:
         """Audio for ``task`` is in ``language`` (a Whisper code; ``--language``): the Whisper that
