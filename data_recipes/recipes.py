@@ -18,7 +18,6 @@ Items depend only on (recipe, seed, index): the same seed gives the same corpus.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -28,20 +27,12 @@ from typing import Any
 import numpy as np
 
 from speechllm.data_recipes import everyday, texts
+from speechllm.data_recipes.texts import split_of
 from speechllm.data_recipes.voices import ESPEAK_EN_ACCENTS, ESPEAK_VARIANTS, converted_grid, espeak_grid
 from speechllm.text_normalize import normalize, spoken_form
 from speechllm.tts.speakers import Speaker, estimate_seconds
 
 SPLITS = ("train", "dev", "test")
-TEST_FRACTION = 0.05
-DEV_FRACTION = 0.05
-
-
-def split_of(key: str) -> str:
-    """train / dev / test from a hash of the normalised key: fixed for a text in every build."""
-    digest = hashlib.sha1(normalize(key).encode("utf-8")).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    return "test" if u < TEST_FRACTION else "dev" if u < TEST_FRACTION + DEV_FRACTION else "train"
 
 
 @dataclass(frozen=True)
@@ -300,6 +291,29 @@ def _st_fields(text: Text) -> dict[str, Any]:
     return {"text": f["translation"], "lang": "es", "extra": {"source_text": text.say, "target_lang": "en"}}
 
 
+MEMORY_EXAMPLES = 2  # pairs per st-by-example row: a model's config.json "memory_examples" to match
+MEMORY_MIN_SCORE = 15.0  # and its "memory_min_score"
+
+
+@lru_cache(maxsize=1)
+def _bible_memory():
+    from speechllm.data_recipes.translation_memory import bible_memory
+
+    return bible_memory()
+
+
+def _st_by_example_fields(text: Text) -> dict[str, Any]:
+    """An st row whose prompt holds the translation memory's pairs nearest the verse (itself and its
+    duplicates left out), as a model with ``memory_examples`` is prompted; none near: no prompt."""
+    from speechllm.speechlm.tasks import translation_examples
+
+    own = " ".join(text.say.split())
+    nearest = _bible_memory().nearest(own, MEMORY_EXAMPLES + 3, MEMORY_MIN_SCORE)
+    pairs = [(s, t) for s, t in nearest if s != own][:MEMORY_EXAMPLES]
+    fields = _st_fields(text)
+    return {**fields, "prompt": translation_examples(pairs[::-1], "es", "en") if pairs else None}
+
+
 def _sqa_fields(text: Text) -> dict[str, Any]:
     f = dict(text.fields)
     extra = {k: v for k, v in f.items() if k not in ("question", "answer")}
@@ -347,6 +361,15 @@ for _recipe in (
         ES_TRAIN,
         ES_TEST,
         _st_fields,
+    ),
+    Recipe(
+        "st-by-example",
+        "the st verses with the translation memory's nearest pairs as examples in the prompt",
+        "st",
+        (("bible", 1.0, _pool(st_texts, _spoken_st)),),
+        ES_TRAIN,
+        ES_TEST,
+        _st_by_example_fields,
     ),
     Recipe(
         "st-everyday",

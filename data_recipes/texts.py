@@ -16,6 +16,7 @@ the slow ones (the Bible, ~5 s), on disk under ``$XDG_CACHE_HOME/speechllm/texts
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -29,13 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from speechllm.files import atomic_write_json
-from speechllm.text_normalize import MONTHS, clean_unicode, number_to_words, spoken_form
+from speechllm.text_normalize import MONTHS, clean_unicode, normalize, number_to_words, spoken_form
 
 QUIZ_DIR = Path("/usr/share/games/bsdgames/quiz")
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 BIBLE_EN = "engWEB2015eb"
 BIBLE_ES = "spaRV1909eb"
 _PACKAGES = {BIBLE_EN: "sword-text-web", BIBLE_ES: "sword-text-sparv"}
+TEST_FRACTION = 0.05
+DEV_FRACTION = 0.05
 GENERATED_SEED = 20_251_123  # fixed: the generated pools never change with a build's seed
 
 
@@ -125,11 +128,21 @@ def verse_pairs() -> tuple[VersePair, ...]:
     return tuple(VersePair(ref, en[ref], es[ref]) for ref in en if ref in es)
 
 
+def split_of(key: str) -> str:
+    """train / dev / test from a hash of the normalised key: fixed for a text in every build (the
+    recipes' split rule, :mod:`speechllm.data_recipes.recipes`)."""
+    digest = hashlib.sha1(normalize(key).encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if u < TEST_FRACTION else "dev" if u < TEST_FRACTION + DEV_FRACTION else "train"
+
+
 def held_out_verses(count: int = 50, max_words: int = 14, seed: int = 7) -> list[VersePair]:
-    """The short verses the translation benchmark speaks (``benchmarks/translate.py``): never put
-    them in anything a model learns or looks up (the shipped translation memory leaves them out)."""
+    """The short verses the translation benchmark speaks (``benchmarks/translate.py``), drawn from the
+    ``st`` recipe's test split (keyed by the English verse), so no training row ever holds one; never
+    put them in anything a model looks up either (the shipped translation memories leave them out)."""
     rng = np.random.default_rng(seed)
-    pool = [v for v in verse_pairs() if len(v.es.split()) <= max_words and len(v.en.split()) <= max_words + 4]
+    pool = [v for v in verse_pairs() if len(v.es.split()) <= max_words and len(v.en.split()) <= max_words + 4
+            and split_of(v.en) == "test"]
     return [pool[i] for i in sorted(rng.choice(len(pool), size=count, replace=False))]
 
 

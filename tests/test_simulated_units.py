@@ -219,21 +219,22 @@ def test_hearing_models_hear_a_task_with_another_whisper_loaded_on_first_use(tmp
         SpeechLLMConfig(hearing_models={"translate": "whisper-base"})
 
 
-def test_hearing_memory_hears_again_prompted_by_the_nearest_sentence(tmp_path):
+def test_translation_memory_prompts_the_second_hearing_and_gives_examples(tmp_path):
     from types import SimpleNamespace
 
     from tiny_models import make_tiny_llm, make_tiny_whisper
 
-    from speechllm.speechlm import SpeechLLMConfig
+    from speechllm.speechlm import SpeechLLMConfig, instruction
     from speechllm.speechlm.io import load_speechlm, save_speechlm
     from speechllm.speechlm.memory import TranslationMemory
+    from speechllm.speechlm.tasks import parse_instruction
 
     TranslationMemory([("y dijo dios sea la luz", "God said, let there be light"),
                        ("el pan de cada dia", "our daily bread")]).write(tmp_path / "memory.tsv.gz")
     config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")),
                              llm=str(make_tiny_llm(tmp_path / "l")), adapter="ctc-posterior",
-                             hearing="whisper", hearing_memory={"en": "memory.tsv.gz"},
-                             hearing_memory_min_score=0.5,
+                             hearing="whisper", memory={"en-fr": "memory.tsv.gz"}, memory_min_score=0.5,
+                             memory_examples=1,
                              adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4})
     save_speechlm(SpeechLLM.build(config).loaded_from(tmp_path), tmp_path / "model")
     assert (tmp_path / "model" / "memory.tsv.gz").read_bytes() == (tmp_path / "memory.tsv.gz").read_bytes()
@@ -247,11 +248,21 @@ def test_hearing_memory_hears_again_prompted_by_the_nearest_sentence(tmp_path):
         return SimpleNamespace(text=text, language="en")
 
     asr.transcribe = transcribe
-    heard = model.whisper.heard([np.zeros(4000, np.float32), np.ones(4000, np.float32)])
+    clips = [np.zeros(4000, np.float32), np.ones(4000, np.float32)]
+    heard = model.whisper.heard(clips)
     assert [h.text for h in heard] == ["a after y dijo dios sea la luz", "good morning"]
     assert asr.options.initial_prompt is None  # the prompt was for the second hearing only
+    # translated into French (the memory's target): the nearest pair is the example
+    asked = instruction("translate", target="French")
+    request = parse_instruction(model.with_examples(asked, heard[0]))
+    assert request.task == "translate-by-example" and request.target == "French"
+    assert request.prompt == "English: y dijo dios sea la luz\nFrench: God said, let there be light"
+    assert model.with_examples(asked, heard[1]) == asked  # nothing near enough
+    assert model.with_examples(instruction("translate", target="German"), heard[0]).endswith("German.")
+    spliced, _ = model._prefill_seeded(clips, [asked, asked])
+    assert spliced.embeds.shape[0] == 2
     (tmp_path / "model" / "memory.tsv.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="hearing memory for 'en'"):
+    with pytest.raises(FileNotFoundError, match="translation memory for 'en-fr'"):
         load_speechlm(tmp_path / "model")
-    with pytest.raises(ValueError, match="hearing_memory needs hearing='whisper'"):
-        SpeechLLMConfig(hearing_memory={"es": "memory.tsv.gz"})
+    with pytest.raises(ValueError, match="memory needs hearing='whisper'"):
+        SpeechLLMConfig(memory={"es-en": "memory.tsv.gz"})

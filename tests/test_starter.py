@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.skipif(FOLDER is None, reason="starter weights not in 
 def test_starter_is_small_safetensors_and_the_default():
     files = {p.name: p.stat().st_size for p in FOLDER.iterdir()}
     config = json.loads((FOLDER / "config.json").read_text())
-    memory = set((config.get("hearing_memory") or {}).values())  # translation memories it hears with
+    memory = set((config.get("memory") or {}).values())  # its translation memories
     assert set(files) <= {"config.json", "adapter.safetensors", "lora", "README.md", *memory}
     assert sum(files.values()) < 50e6
     assert config["format"] == "speechllm" and config["asr_decoder"] in ("ctc", "llm")
@@ -76,7 +76,7 @@ def test_starter_adapter_still_hears_on_its_own(tmp_path):
     folder = tmp_path / "starter-ctc"
     shutil.copytree(FOLDER, folder)
     config = json.loads((folder / "config.json").read_text())
-    adapter_hearing = {"hearing": "adapter", "hearing_models": {}, "hearing_memory": {}}
+    adapter_hearing = {"hearing": "adapter", "hearing_models": {}, "memory": {}}
     (folder / "config.json").write_text(json.dumps({**config, **adapter_hearing}))
     model = speechllm.load(str(folder))
     # measured 32 % (10/31 words); Whisper tiny.en gets them all right.

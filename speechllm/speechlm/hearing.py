@@ -14,27 +14,22 @@ Such a Whisper is loaded on the first clip of its task, so the other tasks never
 ``"hearing_languages"`` limits its language detection to the languages the model learned (a clip of
 synthetic Spanish is otherwise sometimes "heard" as Thai or Italian).
 
-``"hearing_memory"`` (language -> a translation memory file in the model folder) makes a Whisper hear
-twice where its first transcript is close to a sentence of the memory's source side (shares words of
-``hearing_memory_min_score`` idf at least, :mod:`~speechllm.speechlm.memory`): the nearest sentence is
-its prompt for the second hearing, and brings that text's names, spelling and register with it.
-Measured on 50 held-out Bible verses in Spanish (benchmarks/results/translate.json): Whisper base
-writes archaic verses the way modern Spanish spells them, and the starter, which learned
-Reina-Valera's text, translated them at BLEU 6.3 from the first hearing and 10.0 from the second.
-Everyday sentences rarely come close to a verse and are heard once.
+A translation memory in the model's config (``"memory": {"es-en": FILE}``, see
+:class:`~speechllm.speechlm.model.SpeechLLMConfig`) makes a Whisper hear twice where its first
+transcript comes close to a sentence of the memory's source side (:meth:`WhisperHearing.prompt_for`):
+the nearest sentence is its prompt for the second hearing, and brings that text's names, spelling and
+register with it. Everyday sentences rarely come close to a Bible verse and are heard once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from speechllm.adapters import AdapterOutput
-from speechllm.speechlm.memory import TranslationMemory
 from speechllm.speechlm.simulated_units import simulated_output
 from speechllm.text_normalize import spoken_form
 
@@ -48,25 +43,8 @@ class WhisperHearing:
         from speechllm.transcriber import WhisperTranscriber
 
         self.asr = WhisperTranscriber(name, device=str(device), segmenter="fixed", detect_among=languages)
-        self.memory_files: dict[str, Path] = {}  # language -> translation memory (source side in it)
-        self.memory_min_score = 15.0
-        self._memories: dict[str, TranslationMemory] = {}  # read on the first clip heard in the language
-
-    def prompt_from(self, files: Mapping[str, Path], min_score: float) -> WhisperHearing:
-        """Hear a clip again, prompted by the nearest sentence of ``files[language]``, where the first
-        transcript shares at least ``min_score`` with it (``hearing_memory``)."""
-        self.memory_files, self.memory_min_score, self._memories = dict(files), min_score, {}
-        return self
-
-    def prompt_for(self, heard: Heard) -> str | None:
-        """The memory sentence nearest a first hearing, when it is near enough (else None: heard once)."""
-        file = self.memory_files.get(heard.language)
-        if file is None or not heard.text:
-            return None
-        if heard.language not in self._memories:
-            self._memories[heard.language] = TranslationMemory.read(file)
-        nearest = self._memories[heard.language].nearest(heard.text, 1, self.memory_min_score)
-        return nearest[0][0] if nearest else None
+        # a first hearing -> the prompt to hear the clip again with (None: heard once)
+        self.prompt_for: Callable[[Heard], str | None] = lambda heard: None
 
     def set_language(self, language: str) -> None:
         """Transcribe in ``language`` from now on (a clear error for an English-only Whisper)."""

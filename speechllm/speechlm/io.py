@@ -65,8 +65,7 @@ def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | N
             model.llm.save_pretrained(str(tmp), save_embedding_layers=False)
     elif (folder / LORA_DIR).exists():
         shutil.rmtree(folder / LORA_DIR)
-    for file, source in zip(model.config.hearing_memory.values(), model.hearing_memory_files().values(),
-                            strict=True):
+    for file, source in zip(model.config.memory.values(), model.memory_files().values(), strict=True):
         if not (folder / file).is_file() or not (folder / file).samefile(source):  # the folder carries it
             (folder / file).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(folder / file, source.read_bytes())
@@ -136,9 +135,9 @@ def check_speechlm_files(folder: str | Path) -> SpeechLLMConfig:
             raise FileNotFoundError(f"{folder}: config.json names LoRA but {weights} is missing")
         check_safetensors(weights)
         read_json(folder / LORA_DIR / "adapter_config.json")
-    for language, file in config.hearing_memory.items():
+    for pair, file in config.memory.items():
         if not (folder / file).is_file():
-            raise FileNotFoundError(f"{folder}: config.json names a hearing memory for {language!r} but "
+            raise FileNotFoundError(f"{folder}: config.json names a translation memory for {pair!r} but "
                                     f"{folder / file} is missing")
     return config
 

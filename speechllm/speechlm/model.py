@@ -48,14 +48,17 @@ from speechllm.speechlm.ctc_beam import (
     document_start_id,
 )
 from speechllm.speechlm.hearing import HEARINGS, Heard, WhisperHearing, transcript_units
+from speechllm.speechlm.memory import TranslationMemory
 from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task registry lives in tasks.py)
     LANGUAGES,
     TASKS,
     Task,
     instruction,
     language_name,
+    parse_instruction,
     register_task,
     task_of,
+    translation_examples,
 )
 from speechllm.zoo import DEFAULT_ENCODER, DEFAULT_LLM
 
@@ -108,11 +111,15 @@ class SpeechLLMConfig:
     # their language detection picks among these (e.g. ["es", "en"]: the languages the LoRA learned;
     # empty: all of Whisper's)
     hearing_languages: tuple[str, ...] = ()
-    # under hearing="whisper": language -> a translation memory file (relative to the model folder) whose
-    # source side is in that language; a clip heard in it whose transcript shares enough words with one of
-    # its sentences (hearing_memory_min_score) is heard again with that sentence as Whisper's prompt
-    hearing_memory: dict[str, str] = field(default_factory=dict, hash=False)
-    hearing_memory_min_score: float = 15.0
+    # under hearing="whisper": translation memories, "es-en" (language codes) -> a file of source<TAB>target
+    # pairs in the model folder (speechllm.speechlm.memory). A clip whose transcript shares enough words
+    # with a pair's source (memory_min_score) is heard again with that sentence as Whisper's prompt
+    # (memory_hearing), and translated with the memory_examples nearest pairs as examples
+    # ("translate-by-example"; 0: plain "translate")
+    memory: dict[str, str] = field(default_factory=dict, hash=False)
+    memory_min_score: float = 15.0
+    memory_hearing: bool = True
+    memory_examples: int = 0
 
     def __post_init__(self) -> None:
         if self.asr_decoder not in ("llm", "ctc"):
@@ -122,13 +129,16 @@ class SpeechLLMConfig:
         if self.hearing == "whisper" and (self.encoder_kind != "whisper" or self.adapter != "ctc-posterior"):
             raise ValueError("hearing='whisper' needs a Whisper encoder and the ctc-posterior adapter "
                              "(its units carry the transcript)")
-        for name in ("hearing_models", "hearing_memory"):
+        for name in ("hearing_models", "memory"):
             if getattr(self, name) and self.hearing != "whisper":
                 raise ValueError(f"{name} needs hearing='whisper'")
         unknown = set(self.hearing_models) - set(TASKS)
         if unknown:
             raise ValueError(f"hearing_models: unknown task(s) {', '.join(sorted(unknown))} "
                              f"(known: {', '.join(TASKS)})")
+        for pair in self.memory:
+            if len(pair.split("-")) != 2:
+                raise ValueError(f"memory: {pair!r} is not a language pair like 'es-en'")
         CTCBeamOptions(**self.ctc_beam)  # unknown or bad options fail here, not at the first transcript
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,9 +192,10 @@ class SpeechLLM(nn.Module):
             whisper = WhisperHearing(config.encoder, next(llm.parameters()).device)
         self.whisper = whisper  # the encoder's own Whisper, when it hears
         self._hearings: dict[str, WhisperHearing] = {}  # hearing_models' Whispers, loaded on first use
-        self.folder: Path | None = None  # the model folder it was loaded from (its hearing_memory files)
+        self.folder: Path | None = None  # the model folder it was loaded from (its memory files)
+        self._memories: dict[str, TranslationMemory] = {}  # config.memory's, read on first use
         if whisper is not None:
-            whisper.prompt_from(self.hearing_memory_files(), config.hearing_memory_min_score)
+            whisper.prompt_for = self.hearing_prompt
 
     @classmethod
     def build(cls, config: SpeechLLMConfig, encoder: SpeechEncoder | None = None,
@@ -236,7 +247,7 @@ class SpeechLLM(nn.Module):
 
     def hear_through_adapter(self) -> SpeechLLM:
         """From now on the adapter hears (``hearing="adapter"``): e.g. while it is being fine-tuned."""
-        self.config = replace(self.config, hearing="adapter", hearing_models={}, hearing_memory={})
+        self.config = replace(self.config, hearing="adapter", hearing_models={}, memory={})
         self.whisper = None
         self._hearings = {}
         return self
@@ -248,23 +259,53 @@ class SpeechLLM(nn.Module):
         if name == self.config.encoder:
             return self.whisper
         if name not in self._hearings:
-            hearing = WhisperHearing(name, self.device, self.config.hearing_languages)
-            self._hearings[name] = hearing.prompt_from(self.hearing_memory_files(),
-                                                      self.config.hearing_memory_min_score)
+            self._hearings[name] = WhisperHearing(name, self.device, self.config.hearing_languages)
+            self._hearings[name].prompt_for = self.hearing_prompt
         return self._hearings[name]
 
-    def hearing_memory_files(self) -> dict[str, Path]:
-        """``config.hearing_memory``'s files, by language, where they are (relative to the model folder)."""
+    # -- translation memory
+
+    def memory_files(self) -> dict[str, Path]:
+        """``config.memory``'s files, by language pair, where they are (relative to the model folder)."""
         root = Path(self.folder or ".")
-        return {language: root / file for language, file in self.config.hearing_memory.items()}
+        return {pair: root / file for pair, file in self.config.memory.items()}
 
     def loaded_from(self, folder: Path) -> SpeechLLM:
-        """Record the folder the model was loaded from: its ``hearing_memory`` files are there."""
-        self.folder = folder
-        for hearing in (self.whisper, *self._hearings.values()):
-            if hearing is not None:
-                hearing.prompt_from(self.hearing_memory_files(), self.config.hearing_memory_min_score)
+        """Record the folder the model was loaded from: its ``memory`` files are there."""
+        self.folder, self._memories = folder, {}
         return self
+
+    def translation_memory(self, source: str, target: str | None = None) -> TranslationMemory | None:
+        """The memory from language ``source`` (to ``target``; None: to any), read on first use."""
+        pairs = [p for p in self.config.memory if p.split("-")[0] == source
+                 and (target is None or p.split("-")[1] == target)]
+        if not pairs:
+            return None
+        if pairs[0] not in self._memories:
+            self._memories[pairs[0]] = TranslationMemory.read(self.memory_files()[pairs[0]])
+        return self._memories[pairs[0]]
+
+    def hearing_prompt(self, heard: Heard) -> str | None:
+        """The memory sentence nearest a first hearing, near enough to hear the clip again with it as
+        Whisper's prompt (``memory_hearing``); None: heard once."""
+        memory = self.translation_memory(heard.language) if self.config.memory_hearing else None
+        nearest = memory.nearest(heard.text, 1, self.config.memory_min_score) if memory and heard.text else []
+        return nearest[0][0] if nearest else None
+
+    def with_examples(self, instruction_text: str, heard: Heard) -> str:
+        """A translate instruction as ``translate-by-example`` with the memory's ``memory_examples``
+        pairs nearest what was heard (unchanged without a memory, examples or a pair near enough)."""
+        request = parse_instruction(instruction_text)
+        if self.config.memory_examples <= 0 or request is None or request.task != "translate":
+            return instruction_text
+        target = {name: code for code, name in LANGUAGES.items()}.get(request.target, request.target)
+        memory = self.translation_memory(heard.language, target)
+        pairs = memory.nearest(heard.text, self.config.memory_examples, self.config.memory_min_score) if (
+            memory and heard.text) else []
+        if not pairs:
+            return instruction_text
+        examples = translation_examples(pairs[::-1], heard.language, request.target)
+        return instruction("translate-by-example", examples, request.target)
 
     def hear_in(self, language: str, task: str) -> None:
         """Audio for ``task`` is in ``language`` (a Whisper code; ``--language``): the Whisper that
@@ -474,18 +515,19 @@ class SpeechLLM(nn.Module):
         drafter's seed): the prompt's text (a typed passage or question) with, in place of the
         audio, the adapter's own hypothesis of it when it writes one (``ctc-posterior``: the CTC
         units, so a transcript or a quote of the audio is drafted from the CTC head)."""
-        has_audio = audio is not None
-        prompts = [self.prompt_ids(text, has_audio) for text in instructions]
-        before, after = [p[0] for p in prompts], [p[1] for p in prompts]
-        if not has_audio:
-            return self.splice(before, None, after), [b + a for b, a in prompts]
+        if audio is None:
+            before = [self.prompt_ids(text, False)[0] for text in instructions]
+            return self.splice(before, None, [[] for _ in before]), before
         if len(audio) != len(instructions):
             raise ValueError(f"{len(audio)} audio inputs but {len(instructions)} instructions")
         if self.whisper is not None:
-            encoded = transcript_units(self.adapter, self.ctc_vocab, self.hear(audio, instructions))
+            heard = self.hear(audio, instructions)
+            instructions = [self.with_examples(text, h) for text, h in zip(instructions, heard, strict=True)]
+            encoded = transcript_units(self.adapter, self.ctc_vocab, heard)
         else:
             encoded = self.encode_audio(*pad_audio(audio))
-        return self._splice_seeded(before, encoded, after)
+        prompts = [self.prompt_ids(text, True) for text in instructions]
+        return self._splice_seeded([p[0] for p in prompts], encoded, [p[1] for p in prompts])
 
     def _splice_seeded(self, before: list[list[int]], encoded: AdapterOutput,
                        after: list[list[int]]) -> tuple[Spliced, list[list[int]]]:
@@ -526,10 +568,12 @@ class SpeechLLM(nn.Module):
         the exact text): the ceiling any hearing of the same sentences can reach. Needs the
         ``ctc-posterior`` adapter's units (``hearing="whisper"`` models have them)."""
         code = {name: c for c, name in LANGUAGES.items()}.get(language_name(source), source)
-        prompt = self.prompt_ids(instruction("translate", target=language_name(target)), True)
+        asked = instruction("translate", target=language_name(target))
         replies = []
         for text in sources:
-            encoded = transcript_units(self.adapter, self.ctc_vocab, [Heard(text, code)])
+            heard = Heard(text, code)
+            prompt = self.prompt_ids(self.with_examples(asked, heard), True)
+            encoded = transcript_units(self.adapter, self.ctc_vocab, [heard])
             spliced, seeds = self._splice_seeded([prompt[0]], encoded, [prompt[1]])
             results = run_decoder(self._open(spliced, options), self._stop_ids, options, seeds[0])
             replies.append(decode_text(self.tokenizer, results[0][0]))

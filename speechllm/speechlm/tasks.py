@@ -18,7 +18,7 @@ QA accuracy: the normalised answer appears, as whole words, in the normalised re
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -140,8 +140,14 @@ def _transcript(task: Task, row: ManifestRow) -> Example:
 
 def _translation(task: Task, row: ManifestRow) -> Example:
     target = LANGUAGES.get(row.extra.get("target_lang", "en"), "English")
-    return Example(task.name, instruction(task.name, target=target), row.text.strip(),
+    return Example(task.name, instruction(task.name, row.prompt, target=target), row.text.strip(),
                    row.extra.get("source_text"))
+
+
+def translation_examples(pairs: Sequence[tuple[str, str]], source: str, target: str) -> str:
+    """A translation memory's pairs (nearest last) as the ``translate-by-example`` prompt: one
+    ``Source: ...`` / ``Target: ...`` line pair each, languages by name."""
+    return "\n".join(f"{language_name(source)}: {s}\n{language_name(target)}: {t}" for s, t in pairs)
 
 
 def _answer(task: Task, row: ManifestRow) -> Example:
@@ -202,7 +208,11 @@ for _task in (
     Task("transcribe", "Transcribe the speech.", "speech recognition", rows=("asr", "tts"),
          example=_transcript, metric=error_rates, reply_is_transcript=True),
     Task("translate", "Translate the speech into {target}.", "speech translation", rows=("st",),
-         example=_translation, metric=bleu),
+         accepts=lambda row: not row.prompt, example=_translation, metric=bleu),
+    # the same, with a translation memory's nearest pairs as examples (translation_examples)
+    Task("translate-by-example", "Translate the speech into {target}, as these similar sentences are "
+         "translated:\n{prompt}", "speech translation with examples from a translation memory", rows=("st",),
+         accepts=lambda row: bool(row.prompt), example=_translation, metric=bleu),
     Task("spoken-question", "Answer the question asked in the speech.", "spoken question answering",
          rows=("sqa",), accepts=lambda row: not row.prompt, example=_answer, metric=qa_accuracy),
     Task("passage-question", "Answer this question about the speech: {prompt}",
