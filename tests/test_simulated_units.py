@@ -233,8 +233,8 @@ def test_translation_memory_prompts_the_second_hearing_and_gives_examples(tmp_pa
                        ("el pan de cada dia", "our daily bread")]).write(tmp_path / "memory.tsv.gz")
     config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "w")),
                              llm=str(make_tiny_llm(tmp_path / "l")), adapter="ctc-posterior",
-                             hearing="whisper", memory={"en-fr": "memory.tsv.gz"}, memory_min_score=0.5,
-                             memory_examples=1,
+                             hearing="whisper", memory={"English-French": "memory.tsv.gz"},
+                             memory_min_score=0.5, memory_examples=1,
                              adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4})
     save_speechlm(SpeechLLM.build(config).loaded_from(tmp_path), tmp_path / "model")
     assert (tmp_path / "model" / "memory.tsv.gz").read_bytes() == (tmp_path / "memory.tsv.gz").read_bytes()
@@ -262,7 +262,7 @@ def test_translation_memory_prompts_the_second_hearing_and_gives_examples(tmp_pa
     spliced, _ = model._prefill_seeded(clips, [asked, asked])
     assert spliced.embeds.shape[0] == 2
     (tmp_path / "model" / "memory.tsv.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="translation memory for 'en-fr'"):
+    with pytest.raises(FileNotFoundError, match="translation memory for 'English-French'"):
         load_speechlm(tmp_path / "model")
     with pytest.raises(ValueError, match="memory needs hearing='whisper'"):
-        SpeechLLMConfig(memory={"es-en": "memory.tsv.gz"})
+        SpeechLLMConfig(memory={"Spanish-English": "memory.tsv.gz"})

@@ -111,11 +111,11 @@ class SpeechLLMConfig:
     # their language detection picks among these (e.g. ["es", "en"]: the languages the LoRA learned;
     # empty: all of Whisper's)
     hearing_languages: tuple[str, ...] = ()
-    # under hearing="whisper": translation memories, "es-en" (language codes) -> a file of source<TAB>target
-    # pairs in the model folder (speechllm.speechlm.memory). A clip whose transcript shares enough words
-    # with a pair's source (memory_min_score) is heard again with that sentence as Whisper's prompt
-    # (memory_hearing), and translated with the memory_examples nearest pairs as examples
-    # ("translate-by-example"; 0: plain "translate")
+    # under hearing="whisper": translation memories, "Spanish-English" -> a file of source<TAB>target pairs
+    # in the model folder (speechllm.speechlm.memory; keyed as in speechllm-translate's config). A clip
+    # whose transcript shares enough words with a pair's source (memory_min_score) is heard again with
+    # that sentence as Whisper's prompt (memory_hearing), and translated with the memory_examples
+    # nearest pairs as examples ("translate-by-example"; 0: plain "translate")
     memory: dict[str, str] = field(default_factory=dict, hash=False)
     memory_min_score: float = 15.0
     memory_hearing: bool = True
@@ -138,7 +138,7 @@ class SpeechLLMConfig:
                              f"(known: {', '.join(TASKS)})")
         for pair in self.memory:
             if len(pair.split("-")) != 2:
-                raise ValueError(f"memory: {pair!r} is not a language pair like 'es-en'")
+                raise ValueError(f"memory: {pair!r} is not a language pair like 'Spanish-English'")
         CTCBeamOptions(**self.ctc_beam)  # unknown or bad options fail here, not at the first transcript
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,7 +276,9 @@ class SpeechLLM(nn.Module):
         return self
 
     def translation_memory(self, source: str, target: str | None = None) -> TranslationMemory | None:
-        """The memory from language ``source`` (to ``target``; None: to any), read on first use."""
+        """The memory from language ``source`` (to ``target``; None: to any; codes or names), read on
+        first use."""
+        source, target = language_name(source), target and language_name(target)
         pairs = [p for p in self.config.memory if p.split("-")[0] == source
                  and (target is None or p.split("-")[1] == target)]
         if not pairs:
@@ -298,8 +300,7 @@ class SpeechLLM(nn.Module):
         request = parse_instruction(instruction_text)
         if self.config.memory_examples <= 0 or request is None or request.task != "translate":
             return instruction_text
-        target = {name: code for code, name in LANGUAGES.items()}.get(request.target, request.target)
-        memory = self.translation_memory(heard.language, target)
+        memory = self.translation_memory(heard.language, request.target)
         pairs = memory.nearest(heard.text, self.config.memory_examples, self.config.memory_min_score) if (
             memory and heard.text) else []
         if not pairs:
