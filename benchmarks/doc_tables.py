@@ -36,7 +36,7 @@ VOICES = (Column("flite awb", "wer_by_speaker.flite:awb", pct(), True),
           Column("Piper joe", "wer_by_speaker.piper:joe", pct(), True))
 ASK_MODELS = {  # benchmarks/results/ask.json was run before the starter shipped with its LoRA
     "speechllm-starter": "starter without LoRA (fp32 LLM from the GGUF)",
-    "runs/cand-int4": "starter: LoRA from text, int4 LLM (the shipped LoRA)",
+    "runs/cand-int4": "starter: LoRA from text, int4 LLM (the first LoRA: answer rows only)",
     "runs/cand-fp32": "same LoRA, fp32 LLM",
 }
 HEARING_ASK = {  # benchmarks/results/ask-hearing.json: the shipped starter and its adapter's hearing
@@ -301,8 +301,8 @@ FIGURES: dict[str, Figure] = {
 
 TRANSLATE_MODELS = {  # benchmarks/translate.py's model names
     "speechllm-starter": "**`speechllm-starter`** (default: Whisper base hears, SmolLM2 + the LoRA learned "
-                         "from text translates)",
-    "runs/starter-heard-once": "the same starter, every clip heard once (no hearing memory)",
+                         "from text translates, near verses with 2 memory pairs as examples)",
+    "runs/starter-heard-once": "the same starter, every clip heard once (`\"memory_hearing\": false`)",
     "speechllm-translate": "`speechllm-translate` (Whisper base hears, Gemma 3 270M translates few-shot with "
                            "a translation memory)",
     "whisper-base": "Whisper base, its own `--task translate`",
@@ -325,6 +325,8 @@ for _name, _path, _format in (("everyday-bleu", "everyday.bleu", fixed(1)),
                               ("everyday-ceiling", "everyday.ceiling_from_text", fixed(1)),
                               ("bible-ceiling", "bible.ceiling_from_text", fixed(1))):
     FIGURES[f"translate-{_name}"] = Figure("translate.json", _ask("speechllm-starter", _path), _format)
+FIGURES["translate-heard-once-bible-bleu"] = Figure(
+    "translate.json", _ask("runs/starter-heard-once", "bible.bleu"), fixed(1))
 FIGURES["translate-cascade-bible-bleu"] = Figure("translate.json", _ask("speechllm-translate", "bible.bleu"),
                                                  fixed(1))
 
