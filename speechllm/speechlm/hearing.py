@@ -14,7 +14,7 @@ Such a Whisper is loaded on the first clip of its task, so the other tasks never
 ``"hearing_languages"`` limits its language detection to the languages the model learned (a clip of
 synthetic Spanish is otherwise sometimes "heard" as Thai or Italian).
 
-A translation memory in the model's config (``"memory": {"es-en": FILE}``, see
+A translation memory in the model's config (``"memory": {"Spanish-English": FILE}``, see
 :class:`~speechllm.speechlm.model.SpeechLLMConfig`) makes a Whisper hear twice where its first
 transcript comes close to a sentence of the memory's source side (:meth:`WhisperHearing.prompt_for`):
 the nearest sentence is its prompt for the second hearing, and brings that text's names, spelling and
