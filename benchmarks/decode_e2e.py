@@ -100,9 +100,10 @@ class Path_:
 
 
 def _decode_rate(path: Path_, replies: int, first_token_s: float) -> float | None:
-    """Tokens/s after each reply's first token (None when no time or no token is left after it)."""
+    """Tokens/s after each reply's first token; None where that is under a quarter of the call's time
+    (a reply of a word or two: the rest is the drift of hearing and prefill between rounds)."""
     seconds, tokens = path.best[0] - first_token_s, path.best[1] - replies
-    return tokens / seconds if seconds > 0 and tokens > 0 else None
+    return tokens / seconds if seconds > 0.25 * path.best[0] and tokens > 0 else None
 
 
 def _generate(model, audio, text, options):
