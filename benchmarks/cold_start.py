@@ -88,6 +88,7 @@ def main() -> None:
         results.append(result)
     if args.json:
         args.json.write_text(json.dumps({
+            "command": " ".join(["python benchmarks/cold_start.py", *sys.argv[1:]]),
             "machine": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "audio": args.audio,

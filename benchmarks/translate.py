@@ -19,6 +19,7 @@ import argparse
 import collections
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -136,6 +137,7 @@ def main() -> None:
         args.json.write_text(
             json.dumps(
                 {
+                    "command": " ".join(["python benchmarks/translate.py", *sys.argv[1:]]),
                     "machine": platform.processor() or platform.machine(),
                     "threads": args.threads,
                     "rows": len(rows),
