@@ -275,6 +275,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
         self.start = checkpoints.load_optimizer_state(self.optimizer, checkpoint) if checkpoint else 0
+        if checkpoint is not None and self.start >= self.config.steps and self.rank == 0:
+            # killed between the last checkpoint and OUT's refresh: nothing left to train, OUT still stale
+            save_speechlm(self.model, self.out, info={"step": self.start, "train": self.config.train})
         self.net: Any = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
