@@ -88,25 +88,26 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
         if not draft:
             logits = state.step(torch.tensor([token]))
             continue
-        fed = torch.tensor([[token, *draft]])
-        all_scores = state.extend(fed)[0].log_softmax(-1)  # [1 + len(draft), V]
-        best = all_scores.argmax(-1).tolist()
-        accepted = 0
-        while accepted < len(draft) and best[accepted] == draft[accepted]:
-            accepted += 1
+        logits_after = state.extend_lazily(torch.tensor([[token, *draft]]))
+        rows = [logits_after(0)[:1]]  # the logits after the token, then after each accepted draft token
+        scores = [rows[0].log_softmax(-1)]
+        while len(scores) <= len(draft) and int(scores[-1].argmax(-1)[0]) == draft[len(scores) - 1]:
+            rows.append(logits_after(len(rows))[:1])
+            scores.append(rows[-1].log_softmax(-1))
+        accepted = len(scores) - 1
         stats.drafted += len(draft)
         stats.accepted += accepted
         # each drafted row costs a fraction of a step: draft longer while drafts hold, shorter after a miss
         size = min(2 * size, options.draft_tokens) if accepted == len(draft) else max(1, accepted)
-        state.rollback(len(draft) - accepted, all_scores[accepted][None])
+        state.rollback(len(draft) - accepted, rows[-1])
         for i in range(accepted):
             t = draft[i]
-            yield t, float(all_scores[i, t])
+            yield t, float(scores[i][0, t])
             emitted += 1
             if t in stops or emitted >= budget:
                 return
             drafter.append(t)
-        logits = all_scores[accepted][None]
+        logits = rows[-1]
 
 
 class GreedyDecoder:

@@ -1,4 +1,4 @@
-"""A decoder layer's projections as the static engine calls them: ``qkv(h)`` and ``mlp(h)``.
+"""A decoder layer's projections as the static engine calls them: ``qk_v(h)`` and ``mlp(h)``.
 
 With low-bit weights (``QuantLinear``), q/k/v are one fused matrix and so are gate/up: one
 kernel call instead of three (two), which at one token per step is where the non-matmul time goes.
@@ -9,7 +9,10 @@ runs the layer's own modules unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.quant.backends import linear_rows_alone
@@ -20,6 +23,20 @@ from speechllm.quant.linear import QuantLinear
 def _base(m: nn.Module) -> nn.Module:
     """The layer under a peft LoRA wrapper, or the layer itself."""
     return m.base_layer if hasattr(m, "lora_A") and hasattr(m, "base_layer") else m
+
+
+def direct(m: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``m`` as a function: a plain low-bit layer (no bias, float activations) goes straight to its kernel
+    (:meth:`QuantLinear.product`: the same numbers without the module call's overhead); anything else is
+    called as it is."""
+    if type(m) is QuantLinear and m.bias is None and m.act_bits >= 16:
+        return m.product
+    return m
+
+
+def _activation(act: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The MLP's activation as a function (``F.silu`` for transformers' SiLU modules)."""
+    return F.silu if type(act).__name__ in ("SiLU", "SiLUActivation") else act
 
 
 def _lora_ok(m: nn.Module) -> bool:
@@ -64,12 +81,13 @@ def _with_lora(mods: list[nn.Module], outs: tuple[Tensor, ...], x: Tensor) -> li
     return [_plus_delta(m, y, x) for m, y in zip(mods, outs, strict=True)]
 
 
-def project(m: nn.Module, x: Tensor) -> Tensor:
-    """``m(x)`` for one projection; under a plain peft LoRA wrapper its base layer plus :func:`lora_delta`
+def projection(m: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``m`` as a function; under a plain peft LoRA wrapper its base layer plus :func:`lora_delta`
     (row-exact, and without peft's per-call dispatch)."""
     if not hasattr(m, "lora_A") or not _lora_ok(m):
-        return m(x)
-    return _plus_delta(m, _base(m)(x), x)
+        return direct(m)
+    base = direct(_base(m))
+    return lambda x: _plus_delta(m, base(x), x)
 
 
 def fuse_quant_linear(mods: list[QuantLinear]) -> QuantLinear:
@@ -87,7 +105,7 @@ def fuse_quant_linear(mods: list[QuantLinear]) -> QuantLinear:
 
 
 class LayerProjections:
-    """``qkv(h)`` → (q, k, v) and ``mlp(h)`` of one Llama-family decoder layer."""
+    """``qk_v(h)`` → (q and k, v) and ``mlp(h)`` of one Llama-family decoder layer."""
 
     def __init__(self, layer: nn.Module):
         attn, mlp = layer.self_attn, layer.mlp
@@ -99,6 +117,10 @@ class LayerProjections:
         gate_up = [mlp.gate_proj, mlp.up_proj]
         plain_mlp = type(mlp).__name__.endswith("MLP") and hasattr(mlp, "act_fn")
         self.fused_gate_up = fuse_quant_linear(gate_up) if plain_mlp and _fusable(gate_up) else None
+        self._qkv = direct(self.fused_qkv) if self.fused_qkv is not None else None
+        self._gate_up = direct(self.fused_gate_up) if self.fused_gate_up is not None else None
+        self._act = _activation(mlp.act_fn) if plain_mlp else None
+        self._down, self._out = projection(mlp.down_proj), projection(attn.o_proj)
 
     def current(self, layer: nn.Module) -> bool:
         """Whether the layer still holds the modules fused here (not replaced, e.g. by peft's LoRA)."""
@@ -106,23 +128,30 @@ class LayerProjections:
         now = [a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj]
         return all(x is y for x, y in zip(now, self.modules, strict=True))
 
-    def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.fused_qkv is None:
-            return self.attn.q_proj(h), self.attn.k_proj(h), self.attn.v_proj(h)
+    def qk_v(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """q and k side by side in one tensor (the rotary embedding turns both at once), and v."""
         a = self.attn
-        outs = self.fused_qkv(h).split(self.sizes, dim=-1)
-        return tuple(_with_lora([a.q_proj, a.k_proj, a.v_proj], outs, h))
+        if self.fused_qkv is None:
+            return torch.cat([a.q_proj(h), a.k_proj(h)], -1), a.v_proj(h)
+        qkv = self._qkv(h)
+        start = 0
+        for m, size in zip([a.q_proj, a.k_proj, a.v_proj], self.sizes, strict=True):
+            d = lora_delta(m, h)
+            if d is not None:  # in place: the kernel's output is a fresh tensor
+                qkv[..., start:start + size] += d.to(qkv.dtype)
+            start += size
+        return qkv[..., :self.sizes[0] + self.sizes[1]], qkv[..., -self.sizes[2]:]
 
     def mlp(self, h: Tensor) -> Tensor:
         if self.fused_gate_up is None:
             return self.layer_mlp(h)
         m = self.layer_mlp
-        gate, up = _with_lora([m.gate_proj, m.up_proj], self.fused_gate_up(h).chunk(2, dim=-1), h)
-        return project(m.down_proj, m.act_fn(gate) * up)
+        gate, up = _with_lora([m.gate_proj, m.up_proj], self._gate_up(h).chunk(2, dim=-1), h)
+        return self._down(self._act(gate) * up)
 
     def out(self, x: Tensor) -> Tensor:
         """The attention's output projection."""
-        return project(self.attn.o_proj, x)
+        return self._out(x)
 
 
 def fused_projections(layer: nn.Module) -> LayerProjections:

@@ -8,6 +8,8 @@ engine does not cover.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -49,6 +51,11 @@ class HFState:
         logits = out.logits.float()
         self.logits = logits[:, -1]
         return logits
+
+    def extend_lazily(self, tokens: Tensor) -> Callable[[int], Tensor]:
+        """:meth:`extend`, its logits by position: ``logits(j)`` [rows, V]."""
+        logits = self.extend(tokens)
+        return lambda j: logits[:, j]
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed one token per row; returns the next logits [rows, vocab]."""

@@ -13,18 +13,26 @@ drop rejected tokens. The cache grows (doubles) only when a reply outruns it.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechllm.generation.fused import fused_projections
+from speechllm.generation.fused import direct, fused_projections
 from speechllm.quant.backends import ROW_EXACT_UP_TO
 
+# the norms of the Llama family (``w * x / rms(x)`` in float32): one fused op instead of seven
+_RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
 
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+def _norm(norm: nn.Module):
+    """``norm`` as a function of the hidden states: ``F.rms_norm`` for the family's RMSNorm (the same
+    numbers, one op), else the module itself."""
+    if type(norm).__name__ not in _RMS_NORMS or norm.weight.dtype != torch.float32:
+        return norm
+    shape, weight, eps = (norm.weight.shape[0],), norm.weight, norm.variance_epsilon
+    return lambda h: F.rms_norm(h, shape, weight, eps)
 
 
 def base_model(llm: nn.Module) -> nn.Module:
@@ -45,6 +53,9 @@ class StaticEngine:
         self.device, self.dtype = p.device, p.dtype
         self.cos = self.sin = torch.empty(0, self.head_dim, device=self.device, dtype=self.dtype)
         self.projections = [fused_projections(layer) for layer in self.layers]
+        self.norms = [(_norm(layer.input_layernorm), _norm(layer.post_attention_layernorm))
+                      for layer in self.layers]
+        self.final_norm, self.head = _norm(model.model.norm), direct(model.lm_head)
 
     def current(self) -> bool:
         """False once the model changed under the engine (modules replaced, moved to a device)."""
@@ -61,17 +72,20 @@ class StaticEngine:
         positions = torch.arange(n, device=self.device)[None]
         dummy = torch.zeros(1, device=self.device, dtype=self.dtype)
         cos, sin = self.model.model.rotary_emb(dummy, positions)  # every rope scaling type
+        half = self.head_dim // 2
+        # x * cos + rotate_half(x) * sin, with rotate_half(x) = (-x2, x1) = roll(x) * (-1, 1): the sign
+        # goes into the table (the same numbers: a sign flip is exact)
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
 
     def _attention(self, state: StaticState, i: int, h: Tensor, cos: Tensor, sin: Tensor, start: int,
                    mask: Tensor | None) -> Tensor:
         b, t, _ = h.shape
-        q, k, v = self.projections[i].qkv(h)
-        q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        qk, v = self.projections[i].qk_v(h)  # q and k side by side: one rotary pass for both
+        qk = qk.view(b, t, self.heads + self.kv_heads, self.head_dim)
+        qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
+        q, k = qk[:, :, :self.heads].transpose(1, 2), qk[:, :, self.heads:].transpose(1, 2)
         v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
         end = start + t
         state.k[i, :, :, start:end] = k
         state.v[i, :, :, start:end] = v
@@ -86,15 +100,16 @@ class StaticEngine:
 
     @torch.no_grad()
     def forward(self, state: StaticState, h: Tensor, positions: Tensor, all_logits: bool = False,
-                keys: Tensor | None = None) -> Tensor:
+                keys: Tensor | None = None, head: bool = True) -> Tensor:
         """Feed embeddings ``h`` [rows, T, D] at per-row ``positions`` [rows, T] after the cache's
         columns; the logits of the last position [rows, V] (of every position with ``all_logits``).
-        ``keys`` [rows, T] marks the new columns other positions may attend to (default: all)."""
+        ``keys`` [rows, T] marks the new columns other positions may attend to (default: all).
+        ``head=False``: the final hidden states [rows, T, D] instead (for :meth:`logits`)."""
         t = h.shape[1]
         start = state.length
         state.reserve(start + t)
         self.rope(int(positions.max()) + 1)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [rows, 1, T, dim]
+        cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # [rows, T, 1, dim]
         state.valid[:, start:start + t] = True if keys is None else keys
         mask = None
         if t > 1 or state.padded:  # keys: valid columns, causal within the new block
@@ -102,12 +117,16 @@ class StaticEngine:
             mask[..., start:] &= torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
             mask[..., start:] |= torch.eye(t, dtype=torch.bool, device=h.device)  # padding rows: themselves
         h = h.to(self.dtype)
-        for i, layer in enumerate(self.layers):
-            h = h + self._attention(state, i, layer.input_layernorm(h), cos, sin, start, mask)
-            h = h + self.projections[i].mlp(layer.post_attention_layernorm(h))
+        for i, (norm_in, norm_post) in enumerate(self.norms):
+            h = h + self._attention(state, i, norm_in(h), cos, sin, start, mask)
+            h = h + self.projections[i].mlp(norm_post(h))
         state.length = start + t
-        h = h if all_logits else h[:, -1]
-        return self.model.lm_head(self.model.model.norm(h)).float()
+        h = h if all_logits or not head else h[:, -1]
+        return self.logits(self.final_norm(h)) if head else self.final_norm(h)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The output layer on final hidden states."""
+        return self.head(hidden).float()
 
 
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -173,6 +192,16 @@ class StaticState:
         self.next_position = self.next_position + t
         self.logits = logits[:, -1]
         return logits
+
+    def extend_lazily(self, tokens: Tensor) -> Callable[[int], Tensor]:
+        """:meth:`extend` of one row, its logits scored on demand: ``logits(j)`` [1, V] after token ``j``
+        (a verify pass stops at a draft's first miss; the output layer never scores the rows after it).
+        Each row is scored alone, as a step scores it."""
+        t = tokens.shape[1]
+        positions = self.next_position[:, None] + torch.arange(t, device=self.next_position.device)
+        hidden = self.engine.forward(self, self._embed(tokens), positions, all_logits=True, head=False)
+        self.next_position = self.next_position + t
+        return lambda j: self.engine.logits(hidden[:, j])
 
     def rollback(self, n: int, logits: Tensor) -> None:
         """Forget the last ``n`` tokens fed; ``logits`` [rows, V] are the next-token logits after that."""

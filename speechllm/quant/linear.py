@@ -186,6 +186,11 @@ class QuantLinear(_QuantWeightHolder):
         backend = self.backend_for(x)
         return backend.run(self._prepared[backend.name], x)
 
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(x)`` without the module machinery (hooks, autograd, the empty-input case), for a layer
+        without bias or activation rounding: what a decode loop calls a hundred times a token."""
+        return self._matmul(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = fake_quantize_activations(x.reshape(-1, self.in_features), self.act_bits)
