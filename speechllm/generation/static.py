@@ -87,15 +87,16 @@ class StaticEngine:
         q, k = qk[:, :, :self.heads].transpose(1, 2), qk[:, :, self.heads:].transpose(1, 2)
         v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         end = start + t
-        state.k[i, :, :, start:end] = k
-        state.v[i, :, :, start:end] = v
-        if 1 < t <= ROW_EXACT_UP_TO and not state.padded:  # a verify pass: each position as a step sees it
+        keys, values = state.k[i], state.v[i]
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        if mask is None and t > 1:  # a verify pass: each position as a step sees it
             out = torch.cat([F.scaled_dot_product_attention(
-                q[:, :, j:j + 1], state.k[i, :, :, :start + j + 1], state.v[i, :, :, :start + j + 1],
-                enable_gqa=True) for j in range(t)], dim=2)
+                q[:, :, j:j + 1], keys[:, :, :start + j + 1], values[:, :, :start + j + 1], enable_gqa=True)
+                for j in range(t)], dim=2)
         else:
-            out = F.scaled_dot_product_attention(q, state.k[i, :, :, :end], state.v[i, :, :, :end],
-                                                 attn_mask=mask, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
+                                                 enable_gqa=True)
         return self.projections[i].out(out.transpose(1, 2).reshape(b, t, -1))
 
     @torch.no_grad()
@@ -111,8 +112,8 @@ class StaticEngine:
         self.rope(int(positions.max()) + 1)
         cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # [rows, T, 1, dim]
         state.valid[:, start:start + t] = True if keys is None else keys
-        mask = None
-        if t > 1 or state.padded:  # keys: valid columns, causal within the new block
+        mask = None  # a step, or a verify pass (a few positions of unpadded rows: attention runs per position)
+        if state.padded or t > ROW_EXACT_UP_TO:  # keys: valid columns, causal within the new block
             mask = state.valid[:, None, None, :start + t].expand(-1, 1, t, -1).clone()
             mask[..., start:] &= torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
             mask[..., start:] |= torch.eye(t, dtype=torch.bool, device=h.device)  # padding rows: themselves
