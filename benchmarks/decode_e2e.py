@@ -24,7 +24,9 @@ Workloads (replies up to ``--max-new-tokens``, greedy, the model's end token and
 
 Every path runs in turns, ``--rounds`` rounds, and each path's figure is the total over its best
 round, so other jobs on a shared CPU slow all paths alike; ratios are within this one run. The
-replies with drafts on must equal those with drafts off (counted in ``identical``).
+replies with drafts on must equal those with drafts off (counted in ``identical``). Where the model
+has a phrase book (``config.json`` "phrases"), each workload also runs with drafts from the prompt
+only (``GenerationOptions(phrases=False)``): what the book adds.
 
 Tokens/s count the whole call (hearing and prefill included). Drafts act only after the first
 token, so each workload also runs its calls for one token (hearing, prefill, first token: the same
@@ -127,7 +129,7 @@ def _draft_stats(model, audio, texts, options) -> dict:
     for a, text in zip(audio, texts, strict=True):
         with model.text_mode() if a is None else torch.no_grad(), torch.no_grad():
             spliced, seeds = model._prefill_seeded(None if a is None else [a], [text])
-            decoder = GreedyDecoder(model._stop_ids, options, seeds[0])
+            decoder = GreedyDecoder(model._stop_ids, options, seeds[0], model.phrase_book())
             out = decoder.run(model._open(spliced, options))[0]
         drafted += decoder.stats.drafted
         accepted += decoder.stats.accepted
@@ -180,7 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=STARTER)
     parser.add_argument("--manifest", type=Path, default=Path("corpora/sqa-12h/test.jsonl"))
-    parser.add_argument("--rows", type=int, default=6, help="prompts per workload (chat prompts, passages)")
+    parser.add_argument("--rows", type=int, default=24, help="passages per workload (chat: up to 6 prompts)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
@@ -193,7 +195,8 @@ def main() -> None:
     rows = _rows(args.manifest, args.rows)
     greedy = GenerationOptions(max_new_tokens=args.max_new_tokens, speculative=False)
     spec = GenerationOptions(max_new_tokens=args.max_new_tokens)  # the product's default: drafts on
-    assert spec.speculative
+    no_book = GenerationOptions(max_new_tokens=args.max_new_tokens, phrases=False)  # the prompt's drafts only
+    assert spec.speculative and spec.phrases
     typed = [TYPED_PASSAGE.format(passage=p, question=q) for _, p, q in rows]
     asks = [instruction("passage-question", q) for _, _, q in rows]
     clips = [a for a, _, _ in rows]
@@ -208,7 +211,10 @@ def main() -> None:
     first = GenerationOptions(max_new_tokens=1, speculative=False)
     paths: list[Path_] = []
     for name, (audio, texts, kind) in workloads.items():
-        for label, options in (("greedy", greedy), ("speculative", spec), ("first token", first)):
+        labels = [("greedy", greedy), ("speculative", spec), ("first token", first)]
+        if model.phrase_book() is not None:
+            labels.append(("speculative, no phrase book", no_book))
+        for label, options in labels:
             if kind == "stream":
                 calls = [_stream(model, t, options) for t in texts]
             else:
@@ -232,12 +238,16 @@ def main() -> None:
         first_s = by_name[f"{name} | first token"].best[0]
         stats = _draft_stats(model, audio, texts, spec)
         decode_g, decode_s = (_decode_rate(p, len(texts), first_s) for p in (g, s))
+        n = by_name.get(f"{name} | speculative, no phrase book")
+        decode_n = n and _decode_rate(n, len(texts), first_s)
         results["rows"].append({
             "workload": name, "greedy_tokens_per_s": g.tokens_per_s,
             "speculative_tokens_per_s": s.tokens_per_s, "speedup": s.tokens_per_s / g.tokens_per_s,
             "first_token_s": first_s, "decode_greedy_tokens_per_s": decode_g,
             "decode_speculative_tokens_per_s": decode_s,
             "decode_speedup": decode_s / decode_g if decode_g and decode_s else None,
+            "decode_speedup_no_phrase_book": decode_n / decode_g if decode_g and decode_n else None,
+            "identical_no_phrase_book": n and sum(a == b for a, b in zip(g.replies, n.replies, strict=True)),
             "tokens": g.best[1], "replies": len(texts),
             "identical": sum(a == b for a, b in zip(g.replies, s.replies, strict=True)),
             **stats})
@@ -263,18 +273,20 @@ def main() -> None:
                          "turns": len(ttft)}
     results["meta"] = {"command": " ".join(["python benchmarks/decode_e2e.py", *sys.argv[1:]]),
                        "model": args.model, "threads": args.threads, "rounds": args.rounds,
+                       "phrase_book_replies": len(model.phrase_book() or ()),
                        "max_new_tokens": args.max_new_tokens, "torch": torch.__version__,
                        "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                        "load_average_before": load_before, "load_average_after": os.getloadavg(),
                        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
-    print("| workload | greedy tok/s | speculative tok/s | speedup | after the first token | acceptance "
-          "| tokens/pass | identical |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| workload | greedy tok/s | speculative tok/s | speedup | after the first token "
+          "| (no phrase book) | acceptance | tokens/pass | identical |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["rows"]:
-        after = f"{r['decode_speedup']:.2f}x" if r["decode_speedup"] else "–"
+        after, book = (f"{r[k]:.2f}x" if r[k] else "–"
+                       for k in ("decode_speedup", "decode_speedup_no_phrase_book"))
         print(f"| {r['workload']} | {r['greedy_tokens_per_s']:.1f} | {r['speculative_tokens_per_s']:.1f} "
-              f"| {r['speedup']:.2f}x | {after} | {r['acceptance']:.0%} | {r['tokens_per_pass']:.2f} "
-              f"| {r['identical']}/{r['replies']} |")
+              f"| {r['speedup']:.2f}x | {after} | {book} | {r['acceptance']:.0%} "
+              f"| {r['tokens_per_pass']:.2f} | {r['identical']}/{r['replies']} |")
     c = results["chat"]
     print(f"\nchat, typed: product path {c['product_greedy_tokens_per_s']:.1f} tok/s greedy, "
           f"{c['product_speculative_tokens_per_s']:.1f} speculative; transformers fp32 "

@@ -10,6 +10,7 @@ from speechllm.generation import (
     DraftStats,
     GenerationOptions,
     HFState,
+    PhraseBook,
     Reply,
     SamDrafter,
     StaticState,
@@ -85,6 +86,29 @@ def test_the_drafter_proposes_what_followed_the_match():
     for t in (20, 11):  # "20 11" last came in the reply itself, followed by 12 99
         drafter.append(t)
     assert drafter.draft(2) == [12, 99]
+
+
+def test_the_phrase_book_drafts_where_the_prompt_has_nothing(tmp_path):
+    book = PhraseBook([[50, 51, 52, 53], [60, 61, 62]])
+    book.save(tmp_path / "phrases.safetensors")
+    book = PhraseBook.read(tmp_path / "phrases.safetensors")
+    assert len(book) == 2
+    drafter = SamDrafter([10, 11, 12, 13, 14], min_match=1, phrases=book)
+    drafter.append(50)  # not in the prompt: the book's continuation
+    assert drafter.draft(2) == [51, 52]
+    drafter.append(11)  # in the prompt (and not the book): the prompt's continuation
+    assert drafter.draft(3) == [12, 13, 14]
+    for t in (99, 52, 53):  # the end of a reply in the book: no draft across the separator
+        drafter.append(t)
+    assert drafter.draft(3) == []
+    drafter.append(60)
+    assert drafter.draft(5) == [61, 62]
+    assert SamDrafter([1, 2], min_match=1).draft(3) == []  # no book, no match
+    bad = tmp_path / "bad.safetensors"
+    from speechllm.files import atomic_save_tensors
+    atomic_save_tensors({"tokens": torch.tensor([5, -1, 6], dtype=torch.int32)}, bad)
+    with pytest.raises(ValueError, match="not a phrase book"):
+        PhraseBook.read(bad)
 
 
 # --- the registry -----------------------------------------------------------------------------------
@@ -187,6 +211,33 @@ def test_speculative_equals_greedy_on_copy_heavy_and_free_prompts(engine, budget
                 assert stats.drafted == 0
             elif name == "copy" and len(greedy.tokens) > 3:
                 assert stats.accepted > 0 and stats.passes < len(greedy.tokens)
+
+
+def test_drafts_from_a_phrase_book_give_greedy_replies():
+    model = tiny_llama(4)
+    for seed in range(3):
+        ids = prompt(seed)
+        greedy, _ = _stream(model, ids, opts(max_new_tokens=30, stop_repetition=False, speculative=False), ())
+        spec = opts(max_new_tokens=30, stop_repetition=False, draft_tokens=5)
+        wrong = [(t + 1) % VOCAB for t in greedy.tokens]
+        for replies in ([list(greedy.tokens)], [wrong, list(greedy.tokens)[:5]]):  # right, wrong, partly right
+            stats = DraftStats()
+            with torch.no_grad():
+                state = open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),
+                                   torch.arange(ids.shape[1])[None])
+                tokens = [t for t, _ in token_stream(state, [0], spec, (), stats, PhraseBook(replies))]
+            assert tokens[:len(greedy.tokens)] == list(greedy.tokens), seed
+            assert stats.drafted > 0
+        off = opts(max_new_tokens=30, stop_repetition=False, draft_tokens=5, phrases=False)
+        runs = []
+        for options, book in ((off, PhraseBook([list(greedy.tokens)])), (spec, None)):
+            stats = DraftStats()
+            with torch.no_grad():
+                state = open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),
+                                   torch.arange(ids.shape[1])[None])
+                list(token_stream(state, [0], options, (), stats, book))
+            runs.append(stats)
+        assert runs[0] == runs[1]  # phrases off: drafts as without a book
 
 
 def test_speculation_stops_where_greedy_does_at_a_loop():

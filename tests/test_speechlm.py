@@ -278,6 +278,33 @@ def test_save_load_round_trip(folders, model, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json", "lora"]
 
 
+def test_a_phrase_book_travels_with_the_model_folder_and_keeps_replies_greedy(folders, tmp_path):
+    from speechllm.generation import PhraseBook
+
+    model = build(folders, lora=False)
+    options = GenerationOptions(max_new_tokens=12, speculative=False)
+    audio = clips(0.6)
+    plain = model.generate(audio, TRANSCRIBE, options)[0]
+    typed = model.generate(None, "hello there", options)[0]
+    from speechllm.data_recipes import phrase_book  # the builder: the model's own replies
+
+    assert phrase_book.build(model, ["hello there"], 12, progress=False).sam.tokens == [-1, *typed.tokens]
+    assert len(list(phrase_book.prompts(6))) == 6
+    PhraseBook([list(plain.tokens), list(typed.tokens)]).save(tmp_path / "phrases.safetensors")
+    model.config = replace(model.config, phrases="phrases.safetensors")
+    folder = save_speechlm(model.loaded_from(tmp_path), tmp_path / "model")
+    assert (folder / "phrases.safetensors").read_bytes() == (tmp_path / "phrases.safetensors").read_bytes()
+    loaded = load_speechlm(folder)
+    assert len(loaded.phrase_book()) == 2
+    drafted = GenerationOptions(max_new_tokens=12)
+    assert loaded.generate(audio, TRANSCRIBE, drafted)[0].tokens == plain.tokens
+    assert loaded.generate(None, "hello there", drafted)[0].tokens == typed.tokens
+    assert "".join(loaded.stream(None, "hello there", drafted)) == typed.text
+    (folder / "phrases.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="names a phrase book"):
+        load_speechlm(folder)
+
+
 def test_lora_folder_names_the_llm_portably():
     assert peft_base_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert peft_base_name("/models/my-llm") == "/models/my-llm"

@@ -45,7 +45,7 @@ from speechllm.generation.options import (
     decode_text,
 )
 from speechllm.generation.scorer import LLMPrefixScorer
-from speechllm.generation.speculative import SamDrafter, SuffixAutomaton
+from speechllm.generation.speculative import PhraseBook, SamDrafter, SuffixAutomaton
 from speechllm.generation.static import StaticState, engine_for
 
 LMState = HFState  # the name the fallback state had (speechllm.speechlm.generate)
@@ -53,8 +53,8 @@ LMState = HFState  # the name the fallback state had (speechllm.speechlm.generat
 __all__ = [
     "DECODERS", "ENGINES", "STOP_REASONS", "BeamSearchDecoder", "Decoded", "DraftStats", "Generation",
     "GenerationOptions", "GenerationResult", "GreedyDecoder", "HFState", "LLMPrefixScorer", "LMState",
-    "RepetitionGuard",
-    "Reply", "SamDrafter", "StaticState", "SuffixAutomaton", "TokenChooser", "decode_text", "engine_for",
+    "PhraseBook", "RepetitionGuard", "Reply", "SamDrafter", "StaticState", "SuffixAutomaton", "TokenChooser",
+    "decode_text", "engine_for",
     "generate", "greedy_steps", "open_state", "register_engine", "run_decoder", "state_class",
     "token_stream",
 ]

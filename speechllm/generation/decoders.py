@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from speechllm.generation.options import GenerationOptions, Reply
-from speechllm.generation.speculative import SamDrafter
+from speechllm.generation.speculative import PhraseBook, SamDrafter
 
 Decoded = tuple[list[int], float, str]  # tokens, logprob, stop reason
 
@@ -59,15 +59,18 @@ class DraftStats:
 
 
 def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = (),
-                 stats: DraftStats | None = None) -> Iterator[tuple[int, float]]:
+                 stats: DraftStats | None = None, phrases: PhraseBook | None = None
+                 ) -> Iterator[tuple[int, float]]:
     """Greedy (token, logprob) of row 0, stop token included, at most ``max_new_tokens``.
 
     With ``options.speculative`` the tokens are the same, but the drafter's guesses are checked
-    several at a time. ``prompt``: the token ids the reply may copy from (seeds the drafter)."""
+    several at a time. ``prompt``: the token ids the reply may copy from (seeds the drafter);
+    ``phrases``: the model's phrase book (drafts where the prompt has none; ``options.phrases``)."""
     stats = stats if stats is not None else DraftStats()
     # drafts only on an engine whose verify pass scores each row as a step would (the static engine)
     exact = getattr(state, "row_exact", False)
-    drafter = SamDrafter(prompt, options.min_match) if options.speculative and exact else None
+    book = phrases if options.phrases else None
+    drafter = SamDrafter(prompt, options.min_match, book) if options.speculative and exact else None
     stops = frozenset(stop_ids)
     budget = options.max_new_tokens
     emitted = 0
@@ -111,14 +114,16 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
 
 
 class GreedyDecoder:
-    def __init__(self, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = ()):
-        self.stop_ids, self.options, self.prompt = tuple(stop_ids), options, prompt
+    def __init__(self, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = (),
+                 phrases: PhraseBook | None = None):
+        self.stop_ids, self.options, self.prompt, self.phrases = tuple(stop_ids), options, prompt, phrases
         self.stats = DraftStats()
 
     def run(self, state) -> list[Decoded]:
         if state.logits.shape[0] == 1 and self.options.temperature <= 0:
             reply = Reply(self.stop_ids, self.options)
-            for token, logprob in token_stream(state, self.stop_ids, self.options, self.prompt, self.stats):
+            for token, logprob in token_stream(state, self.stop_ids, self.options, self.prompt, self.stats,
+                                               self.phrases):
                 if not reply.add(token, logprob):
                     break
             return [(reply.tokens, reply.logprob, reply.stop)]
@@ -143,7 +148,8 @@ class GreedyDecoder:
 class BeamSearchDecoder:
     """``beam_size`` hypotheses per item; an item ends once it has ``beam_size`` finished ones."""
 
-    def __init__(self, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = ()):
+    def __init__(self, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = (),
+                 phrases: PhraseBook | None = None):
         self.stop_ids, self.options = set(stop_ids), options
 
     def score(self, logprob: float, length: int) -> float:
@@ -220,10 +226,11 @@ DECODERS = {"greedy": GreedyDecoder, "beam": BeamSearchDecoder}
 
 
 def run_decoder(state, stop_ids: Sequence[int], options: GenerationOptions,
-                prompt: Sequence[int] = ()) -> list[Decoded]:
-    """Decode a prefilled batch with the strategy the options name (beam search when beam_size > 1)."""
+                prompt: Sequence[int] = (), phrases: PhraseBook | None = None) -> list[Decoded]:
+    """Decode a prefilled batch with the strategy the options name (beam search when beam_size > 1);
+    ``prompt`` and ``phrases`` seed the drafts of a greedy row (:func:`token_stream`)."""
     decoder = DECODERS["greedy" if options.beam_size == 1 else "beam"]
-    return decoder(stop_ids, options, prompt).run(state)
+    return decoder(stop_ids, options, prompt, phrases).run(state)
 
 
 def greedy_steps(state, stop_ids: Sequence[int], max_new_tokens: int) -> Iterator[Tensor]:

@@ -121,6 +121,11 @@ class LayerProjections:
         self._gate_up = direct(self.fused_gate_up) if self.fused_gate_up is not None else None
         self._act = _activation(mlp.act_fn) if plain_mlp else None
         self._down, self._out = projection(mlp.down_proj), projection(attn.o_proj)
+        # the LoRA-wrapped ones among the fused layers, found once (a check per call costs per token)
+        starts = [0, self.sizes[0], self.sizes[0] + self.sizes[1]]
+        self._qkv_lora = [(m, start, size) for m, start, size in zip(qkv, starts, self.sizes, strict=True)
+                          if hasattr(m, "lora_A")]
+        self._gate_up_lora = any(hasattr(m, "lora_A") for m in gate_up)
 
     def current(self, layer: nn.Module) -> bool:
         """Whether the layer still holds the modules fused here (not replaced, e.g. by peft's LoRA)."""
@@ -134,19 +139,19 @@ class LayerProjections:
         if self.fused_qkv is None:
             return torch.cat([a.q_proj(h), a.k_proj(h)], -1), a.v_proj(h)
         qkv = self._qkv(h)
-        start = 0
-        for m, size in zip([a.q_proj, a.k_proj, a.v_proj], self.sizes, strict=True):
+        for m, start, size in self._qkv_lora:
             d = lora_delta(m, h)
             if d is not None:  # in place: the kernel's output is a fresh tensor
                 qkv[..., start:start + size] += d.to(qkv.dtype)
-            start += size
         return qkv[..., :self.sizes[0] + self.sizes[1]], qkv[..., -self.sizes[2]:]
 
     def mlp(self, h: Tensor) -> Tensor:
         if self.fused_gate_up is None:
             return self.layer_mlp(h)
         m = self.layer_mlp
-        gate, up = _with_lora([m.gate_proj, m.up_proj], self._gate_up(h).chunk(2, dim=-1), h)
+        gate, up = self._gate_up(h).chunk(2, dim=-1)
+        if self._gate_up_lora:
+            gate, up = _with_lora([m.gate_proj, m.up_proj], (gate, up), h)
         return self._down(self._act(gate) * up)
 
     def out(self, x: Tensor) -> Tensor:

@@ -25,7 +25,8 @@ class GenerationOptions:
     # token (the engine gives each row of a verify pass the numbers it gets alone; docs/decoding.md)
     speculative: bool = True
     draft_tokens: int = 12  # longest draft verified at once (drafts start at 2 and double while they hold)
-    min_match: int = 2  # draft only after this many tokens matched the automaton
+    min_match: int = 1  # draft once this many tokens matched (one is often enough: a name's first piece)
+    phrases: bool = True  # drafts also from the model's phrase book (its own replies), where it has one
     engine: str = "auto"  # "auto": the registry's engine for the model type; "hf": the fallback
 
     def __post_init__(self) -> None:

@@ -7,11 +7,23 @@ every substring of prompt + reply so far (built online, linear in their length);
 before, and proposes the tokens that followed that earlier occurrence. The LLM then checks the
 draft in one forward pass (:func:`speechllm.generation.decoders.token_stream`): the reply is
 greedy's, token for token, however good or bad the draft.
+
+What the prompt cannot propose (the model's own phrasing: "The passage states that", "The answer
+is:") a :class:`PhraseBook` can: SAM-Decoding's static automaton, here over replies the model itself
+wrote to other prompts (``python -m speechllm.data_recipes.phrase_book`` builds one). The drafter
+follows the reply in both, and drafts from the prompt and reply when they match, else from the book.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from speechllm.files import atomic_save_tensors, load_tensors
+
+SEPARATOR = -1  # before each reply of a phrase book: no draft runs across it
 
 
 class SuffixAutomaton:
@@ -59,33 +71,85 @@ class SuffixAutomaton:
         self.last = cur
 
 
-class SamDrafter:
-    """Follows a token stream in its own :class:`SuffixAutomaton`; :meth:`draft` proposes what
-    followed the longest suffix of the stream seen before."""
+def follow(sam: SuffixAutomaton, state: int, matched: int, token: int) -> tuple[int, int]:
+    """The state and match length after ``token``: the longest suffix of a stream (ending in ``token``)
+    that is a substring of ``sam``'s tokens, given ``state`` / ``matched`` before it."""
+    while state and token not in sam.next[state]:
+        state = sam.link[state]
+        matched = sam.length[state]
+    if token in sam.next[state]:
+        return sam.next[state][token], matched + 1
+    return 0, 0
 
-    def __init__(self, prompt: Iterable[int] = (), min_match: int = 2):
+
+def continuation(sam: SuffixAutomaton, state: int, k: int) -> list[int]:
+    """Up to ``k`` tokens that followed the first occurrence of ``state``'s strings (up to a separator)."""
+    start = sam.end[state] + 1
+    out = sam.tokens[start:start + k]
+    return out[:out.index(SEPARATOR)] if SEPARATOR in out else out
+
+
+class PhraseBook:
+    """A fixed automaton over replies a model wrote (token ids), shared by all the replies it drafts for."""
+
+    def __init__(self, replies: Iterable[Sequence[int]]):
+        self.sam = SuffixAutomaton()
+        self.replies = 0
+        for reply in replies:
+            for token in (SEPARATOR, *reply):
+                self.sam.append(int(token))
+            self.replies += 1
+
+    def __len__(self) -> int:
+        return self.replies
+
+    def save(self, path: str | Path, meta: dict[str, str] | None = None) -> None:
+        """A safetensors file with one int32 tensor ``tokens``: the replies, each after a separator (-1)."""
+        tokens = torch.tensor(self.sam.tokens, dtype=torch.int32)
+        atomic_save_tensors({"tokens": tokens}, path, {"replies": str(self.replies), **(meta or {})})
+
+    @classmethod
+    def read(cls, path: str | Path) -> PhraseBook:
+        tokens = load_tensors(path)["tokens"].tolist()
+        if tokens and tokens[0] != SEPARATOR:
+            raise ValueError(f"{path}: not a phrase book (its tokens must start with {SEPARATOR})")
+        replies: list[list[int]] = []
+        for token in tokens:
+            if token == SEPARATOR:
+                replies.append([])
+            else:
+                replies[-1].append(token)
+        return cls(replies)
+
+
+class SamDrafter:
+    """Follows a token stream in its own :class:`SuffixAutomaton` (and a :class:`PhraseBook`, if any);
+    :meth:`draft` proposes what followed the longest suffix of the stream seen before."""
+
+    def __init__(self, prompt: Iterable[int] = (), min_match: int = 2, phrases: PhraseBook | None = None):
         self.sam = SuffixAutomaton()
         self.min_match = min_match
         self.state = self.matched = 0
+        self.phrases = phrases
+        self.phrase_state = self.phrase_matched = 0
         for token in prompt:
             self.append(token)
 
     def append(self, token: int) -> None:
         """The next token of the stream: matched against what came before it, then added."""
-        sam, s, n = self.sam, self.state, self.matched
-        while s and token not in sam.next[s]:
-            s = sam.link[s]
-            n = sam.length[s]
-        if token in sam.next[s]:
-            s, n = sam.next[s][token], n + 1
-        else:
-            s, n = 0, 0
-        self.state, self.matched = s, n
-        sam.append(token)
+        self.state, self.matched = follow(self.sam, self.state, self.matched, token)
+        self.sam.append(token)
+        if self.phrases is not None:
+            self.phrase_state, self.phrase_matched = follow(self.phrases.sam, self.phrase_state,
+                                                            self.phrase_matched, token)
 
     def draft(self, k: int) -> list[int]:
-        """Up to ``k`` tokens that followed the current match's first occurrence."""
-        if self.matched < self.min_match or k <= 0:
+        """Up to ``k`` tokens that followed the current match's first occurrence: in the stream itself
+        when it matches there (what the reply copies), else in the phrase book."""
+        if k <= 0:
             return []
-        start = self.sam.end[self.state] + 1
-        return self.sam.tokens[start:start + k]
+        if self.matched >= self.min_match:
+            return continuation(self.sam, self.state, k)
+        if self.phrases is not None and self.phrase_matched >= self.min_match:
+            return continuation(self.phrases.sam, self.phrase_state, k)
+        return []

@@ -112,7 +112,7 @@ class StaticEngine:
         self.rope(int(positions.max()) + 1)
         cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # [rows, T, 1, dim]
         state.valid[:, start:start + t] = True if keys is None else keys
-        mask = None  # a step, or a verify pass (a few positions of unpadded rows: attention runs per position)
+        mask = None  # a step, or a verify pass (a few positions of unpadded rows: attention per position)
         if state.padded or t > ROW_EXACT_UP_TO:  # keys: valid columns, causal within the new block
             mask = state.valid[:, None, None, :start + t].expand(-1, 1, t, -1).clone()
             mask[..., start:] &= torch.ones(t, t, dtype=torch.bool, device=h.device).tril()

@@ -65,7 +65,7 @@ def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | N
             model.llm.save_pretrained(str(tmp), save_embedding_layers=False)
     elif (folder / LORA_DIR).exists():
         shutil.rmtree(folder / LORA_DIR)
-    for file, source in zip(model.config.memory.values(), model.memory_files().values(), strict=True):
+    for file, source in model.folder_files().items():
         if not (folder / file).is_file() or not (folder / file).samefile(source):  # the folder carries it
             (folder / file).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(folder / file, source.read_bytes())
@@ -139,6 +139,9 @@ def check_speechlm_files(folder: str | Path) -> SpeechLLMConfig:
         if not (folder / file).is_file():
             raise FileNotFoundError(f"{folder}: config.json names a translation memory for {pair!r} but "
                                     f"{folder / file} is missing")
+    if config.phrases and not (folder / config.phrases).is_file():
+        raise FileNotFoundError(f"{folder}: config.json names a phrase book but {folder / config.phrases} "
+                                "is missing")
     return config
 
 

@@ -34,6 +34,7 @@ from speechllm.adapters import Adapter, AdapterOutput, adapter_class, build_adap
 from speechllm.generation import (
     Generation,
     GenerationOptions,
+    PhraseBook,
     Reply,
     decode_text,
     open_state,
@@ -120,6 +121,9 @@ class SpeechLLMConfig:
     memory_min_score: float = 15.0
     memory_hearing: bool = True
     memory_examples: int = 0
+    # a phrase book in the model folder: replies the LLM wrote to other prompts, which speculative decoding
+    # drafts from where the prompt offers nothing (speechllm.generation.speculative.PhraseBook; "": none)
+    phrases: str = ""
 
     def __post_init__(self) -> None:
         if self.asr_decoder not in ("llm", "ctc"):
@@ -194,6 +198,7 @@ class SpeechLLM(nn.Module):
         self._hearings: dict[str, WhisperHearing] = {}  # hearing_models' Whispers, loaded on first use
         self.folder: Path | None = None  # the model folder it was loaded from (its memory files)
         self._memories: dict[str, TranslationMemory] = {}  # config.memory's, read on first use
+        self._phrases: PhraseBook | None = None  # config.phrases, read on first use
         if whisper is not None:
             whisper.prompt_for = self.hearing_prompt
 
@@ -271,9 +276,22 @@ class SpeechLLM(nn.Module):
         return {pair: root / file for pair, file in self.config.memory.items()}
 
     def loaded_from(self, folder: Path) -> SpeechLLM:
-        """Record the folder the model was loaded from: its ``memory`` files are there."""
-        self.folder, self._memories = folder, {}
+        """Record the folder the model was loaded from: its ``memory`` and ``phrases`` files are there."""
+        self.folder, self._memories, self._phrases = folder, {}, None
         return self
+
+    def folder_files(self) -> dict[str, Path]:
+        """The files a saved model folder carries beside its weights (memories, phrase book): name in
+        the folder -> where it is now."""
+        root = Path(self.folder or ".")
+        names = [*self.config.memory.values(), *([self.config.phrases] if self.config.phrases else [])]
+        return {name: root / name for name in names}
+
+    def phrase_book(self) -> PhraseBook | None:
+        """``config.phrases``, read on first use (None: the model has none)."""
+        if self.config.phrases and self._phrases is None:
+            self._phrases = PhraseBook.read(self.folder_files()[self.config.phrases])
+        return self._phrases
 
     def translation_memory(self, source: str, target: str | None = None) -> TranslationMemory | None:
         """The memory from language ``source`` (to ``target``; None: to any; codes or names), read on
@@ -576,7 +594,8 @@ class SpeechLLM(nn.Module):
             prompt = self.prompt_ids(self.with_examples(asked, heard), True)
             encoded = transcript_units(self.adapter, self.ctc_vocab, [heard])
             spliced, seeds = self._splice_seeded([prompt[0]], encoded, [prompt[1]])
-            results = run_decoder(self._open(spliced, options), self._stop_ids, options, seeds[0])
+            results = run_decoder(self._open(spliced, options), self._stop_ids, options, seeds[0],
+                                  self.phrase_book())
             replies.append(decode_text(self.tokenizer, results[0][0]))
         return replies
 
@@ -609,7 +628,8 @@ class SpeechLLM(nn.Module):
         with self.text_mode() if audio is None else nullcontext():
             spliced, seeds = self._prefill_seeded(audio, instructions)
             state = self._open(spliced, options)
-            results = run_decoder(state, self._stop_ids, options, seeds[0] if len(seeds) == 1 else ())
+            results = run_decoder(state, self._stop_ids, options, seeds[0] if len(seeds) == 1 else (),
+                                  self.phrase_book())
         return [Generation(tuple(tokens), decode_text(self.tokenizer, tokens), logprob, stop)
                 for tokens, logprob, stop in results]
 
@@ -629,7 +649,8 @@ class SpeechLLM(nn.Module):
             state = self._open(spliced, options)
             reply = Reply(self._stop_ids, options)
             shown = ""
-            for token, logprob in token_stream(state, self._stop_ids, options, seeds[0]):
+            for token, logprob in token_stream(state, self._stop_ids, options, seeds[0],
+                                               phrases=self.phrase_book()):
                 if not reply.add(token, logprob):
                     break
                 text = decode_text(self.tokenizer, reply.tokens[:reply.settled()], strip=False).lstrip()
