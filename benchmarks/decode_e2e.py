@@ -22,8 +22,9 @@ Workloads (replies up to ``--max-new-tokens``, greedy, the model's end token and
 - *time to first token after the end of the user's speech*: ``stream(clip, spoken-question)``
   as the chat engine runs a spoken turn (encoder, prefill, first token), median and p90.
 
-Every path runs in turns, ``--rounds`` rounds, and each path's figure is the total over its best
-round, so other jobs on a shared CPU slow all paths alike; ratios are within this one run. The
+Every path runs in turns, ``--rounds`` rounds after a warm-up round, and each path's figure adds up
+each call's fastest time over the rounds, so a slow moment of a shared or drifting CPU costs one call of
+one round; ratios are within this one run. The
 replies with drafts on must equal those with drafts off (counted in ``identical``). Where the model
 has a phrase book (``config.json`` "phrases"), each workload also runs with drafts from the prompt
 only (``GenerationOptions(phrases=False)``): what the book adds.
@@ -79,22 +80,28 @@ def _timed(fn) -> tuple[float, object]:
 
 
 class Path_:
-    """One path of the benchmark: a name, a list of calls, each returning the reply's token count."""
+    """One path of the benchmark: a name, a list of calls, each returning the reply's token count.
+    Each call keeps its fastest time over the rounds: a slow moment of a drifting machine costs one
+    call of one round, not the path's figure."""
 
     def __init__(self, name: str, calls: list):
         self.name, self.calls = name, calls
-        self.best: tuple[float, int] | None = None  # (seconds, tokens) of the best round
-        self.replies: list = []
+        self.fastest: list[float] = [float("inf")] * len(calls)
+        self.tokens = [0] * len(calls)
+        self.replies: list = [None] * len(calls)
 
     def run(self) -> None:
-        seconds, tokens, replies = 0.0, 0, []
-        for call in self.calls:
-            dt, (n, reply) = _timed(call)
-            seconds, tokens = seconds + dt, tokens + n
-            replies.append(reply)
-        self.replies = replies
-        if self.best is None or tokens / seconds > self.best[1] / self.best[0]:
-            self.best = (seconds, tokens)
+        for i, call in enumerate(self.calls):
+            dt, (self.tokens[i], self.replies[i]) = _timed(call)
+            self.fastest[i] = min(self.fastest[i], dt)
+
+    def reset(self) -> None:
+        self.fastest = [float("inf")] * len(self.calls)
+
+    @property
+    def best(self) -> tuple[float, int]:
+        """(seconds, tokens): the calls' fastest times and their tokens."""
+        return sum(self.fastest), sum(self.tokens)
 
     @property
     def tokens_per_s(self) -> float:
@@ -230,7 +237,7 @@ def main() -> None:
             path.run()
         if _ == 0:
             for path in paths:
-                path.best = None
+                path.reset()
     by_name = {p.name: p for p in paths}
     results = {"rows": []}
     for name, (audio, texts, _kind) in workloads.items():

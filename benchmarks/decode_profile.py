@@ -7,7 +7,8 @@ SmolLM2-135M-Instruct with int4 weights (the zoo's GGUF, as ``benchmarks/decode.
 projections, no drafts, no end token) under the profiler, after one unprofiled warm-up. Written: each
 op's share of the self CPU time (the top ``--top`` and the low-bit kernels), how many int4 kernel calls
 a generated token costs, and, separately, one int4 kernel on the fused q/k/v shape (960 x 576) timed
-with bf16 activations (what the backend feeds it) and with fp32 ones (which would save the casts).
+with bf16 activations (what the backend feeds it) and with fp32 ones (which would save the casts);
+and what a verify pass of speculative decoding costs against a step (``verify`` in the results).
 Times on a shared CPU are inflated; the shares and the ratio, taken in one process, mean more.
 """
 
@@ -59,6 +60,45 @@ def profile_decode(new_tokens: int, top: int) -> dict:
             int4_calls / tokens / layers, "ops": ops}
 
 
+def verify_cost(sizes: tuple[int, ...] = (2, 3, 4, 8, 12), repeats: int = 30) -> dict:
+    """What speculative decoding's verify pass costs against a step: a step (one token) and a pass of
+    ``t`` tokens after a ~300-token prompt, the pass scoring its first row only (a draft missed at
+    once) or all rows (a draft accepted whole); medians of ``repeats``, each undone by ``rollback``."""
+    from speechllm.generation import open_state
+    from speechllm.llm import load_llm
+
+    model, tok = load_llm(DEFAULT_LLM, quant="int4")
+    ids = tok(" ".join([PROMPT] * 40), return_tensors="pt").input_ids[:, :300]
+    with torch.no_grad():
+        state = open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),
+                           torch.arange(ids.shape[1])[None], capacity=400)
+
+        def median_s(run) -> float:
+            run()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+
+        def step():
+            state.rollback(1, state.step(torch.tensor([5])))
+
+        def verify(t: int, scored: int):
+            def run():
+                logits = state.extend_lazily(torch.tensor([[5] * t]))
+                for j in range(scored):
+                    logits(j)
+                state.rollback(t, state.logits)
+            return run
+
+        step_s = median_s(step)
+        rows = [{"tokens": t, "first_row_only": median_s(verify(t, 1)) / step_s,
+                 "all_rows": median_s(verify(t, t)) / step_s} for t in sizes]
+    return {"prompt_tokens": ids.shape[1], "step_ms": step_s * 1e3, "passes": rows}
+
+
 def time_int4_kernel(n: int = 960, k: int = 576, group: int = 64, repeats: int = 200) -> dict:
     """One int4 matrix-vector product, median of ``repeats``, with bf16 and with fp32 activations."""
     gen = torch.Generator().manual_seed(0)
@@ -88,7 +128,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    results = {"decode": profile_decode(args.new_tokens, args.top), "int4_kernel": time_int4_kernel()}
+    results = {"decode": profile_decode(args.new_tokens, args.top), "int4_kernel": time_int4_kernel(),
+               "verify": verify_cost()}
     results["meta"] = {
         "command": "python benchmarks/decode_profile.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
@@ -99,6 +140,11 @@ def main() -> None:
     kernel = results["int4_kernel"]
     print(f"int4 kernel {kernel['shape']}: bf16 {kernel['bf16_ms']:.3f} ms, fp32 {kernel['fp32_ms']:.3f} ms "
           f"({kernel['fp32_over_bf16']:.1f}x)")
+    verify = results["verify"]
+    print(f"a step: {verify['step_ms']:.1f} ms; a verify pass of t tokens, in steps "
+          "(first row scored / all rows):")
+    for row in verify["passes"]:
+        print(f"  t={row['tokens']:2d}: {row['first_row_only']:.2f} / {row['all_rows']:.2f}")
     if args.json:
         from speechllm.files import atomic_write_text
 

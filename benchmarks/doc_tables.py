@@ -381,6 +381,8 @@ TABLES["decode-e2e"] = Table("decode_e2e.json", (
     Column("speedup", "speedup", fixed(2, "x"), True),
     Column("speedup after the first token",
            lambda r: f"{r['decode_speedup']:.2f}x" if r.get("decode_speedup") else "–", numeric=True),
+    Column("same, without the phrase book", lambda r: f"{r['decode_speedup_no_phrase_book']:.2f}x"
+           if r.get("decode_speedup_no_phrase_book") else "–", numeric=True),
     Column("acceptance", "acceptance", pct(0), True),
     Column("tokens / pass", "tokens_per_pass", fixed(2), True),
     Column("identical replies", lambda r: f"{r['identical']}/{r['replies']}", numeric=True)),
@@ -390,7 +392,13 @@ TABLES["decode-profile"] = Table("decode-profile.json", (
     Column("calls (16 tokens)", "calls", numeric=True),
     Column("share of self CPU time", "self_cpu_share", pct(1), True)),
     rows=lambda d: d["decode"]["ops"])
+TABLES["decode-verify"] = Table("decode-profile.json", (
+    Column("tokens in the pass", "tokens", numeric=True),
+    Column("draft missed at once (first row scored)", "first_row_only", fixed(2), True),
+    Column("draft accepted whole (every row scored)", "all_rows", fixed(2), True)),
+    rows=lambda d: d["verify"]["passes"])
 FIGURES.update({
+    "decode-verify-step-ms": Figure("decode-profile.json", lambda d: d["verify"]["step_ms"], fixed(1, " ms")),
     "decode-load": Figure("decode.json", lambda d: _loads(d["load_average"])),
     "decode-int4-engine-vs-hf": Figure("decode.json", lambda d: one(
         _decode_rows(d), weights="int4", decoder="engine")["vs_hf_fp32"], fixed(2, "x")),

@@ -220,7 +220,7 @@ def test_drafts_from_a_phrase_book_give_greedy_replies():
         greedy, _ = _stream(model, ids, opts(max_new_tokens=30, stop_repetition=False, speculative=False), ())
         spec = opts(max_new_tokens=30, stop_repetition=False, draft_tokens=5)
         wrong = [(t + 1) % VOCAB for t in greedy.tokens]
-        for replies in ([list(greedy.tokens)], [wrong, list(greedy.tokens)[:5]]):  # right, wrong, partly right
+        for replies in ([list(greedy.tokens)], [wrong, list(greedy.tokens)[:5]]):  # right; wrong, part right
             stats = DraftStats()
             with torch.no_grad():
                 state = open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),

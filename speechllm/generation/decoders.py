@@ -100,8 +100,10 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
         accepted = len(scores) - 1
         stats.drafted += len(draft)
         stats.accepted += accepted
-        # each drafted row costs a fraction of a step: draft longer while drafts hold, shorter after a miss
+        # each drafted row costs a fraction of a step: draft longer while drafts hold, shorter after a miss;
+        # after a draft missed at once, ask for one more matched token before the next (free text)
         size = min(2 * size, options.draft_tokens) if accepted == len(draft) else max(1, accepted)
+        drafter.min_match = options.min_match + (accepted == 0)
         state.rollback(len(draft) - accepted, rows[-1])
         for i in range(accepted):
             t = draft[i]
