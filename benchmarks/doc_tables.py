@@ -381,8 +381,6 @@ TABLES["decode-e2e"] = Table("decode_e2e.json", (
     Column("speedup", "speedup", fixed(2, "x"), True),
     Column("speedup after the first token",
            lambda r: f"{r['decode_speedup']:.2f}x" if r.get("decode_speedup") else "–", numeric=True),
-    Column("same, without the phrase book", lambda r: f"{r['decode_speedup_no_phrase_book']:.2f}x"
-           if r.get("decode_speedup_no_phrase_book") else "–", numeric=True),
     Column("acceptance", "acceptance", pct(0), True),
     Column("tokens / pass", "tokens_per_pass", fixed(2), True),
     Column("identical replies", lambda r: f"{r['identical']}/{r['replies']}", numeric=True)),

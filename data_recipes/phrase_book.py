@@ -4,10 +4,11 @@ own phrasing ("The passage states that", "The answer is:"). See
 :class:`speechllm.generation.speculative.PhraseBook`.
 
     python -m speechllm.data_recipes.phrase_book --model speechllm-starter --count 400 \\
-        --out speechllm/weights/starter/phrases.safetensors
+        --out MODEL_FOLDER/phrases.safetensors
 
 The passages are drawn with their own seed (``--seed``), not from any corpus's test rows; the file goes
-into the model folder, named by its config.json (``"phrases": "phrases.safetensors"``).
+into the model folder, named by its config.json (``"phrases": "phrases.safetensors"``). docs/decoding.md
+has what a book measured on the starter (which ships none).
 """
 
 from __future__ import annotations
