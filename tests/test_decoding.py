@@ -134,6 +134,23 @@ def test_static_engine_equals_transformers_and_the_fallback(engine):
     assert ours.tokens == hf[0, 9:].tolist()
 
 
+def test_the_engine_follows_layers_wrapped_after_it_was_built():
+    """LoRA on the output projections only (no fused layer changes): the engine must notice and
+    decode with the deltas, as transformers does."""
+    from speechllm.quant.lora import LoraConfig, get_peft_model
+
+    model, ids = tiny_llama(1), prompt(3)
+    before = generate(model, ids, opts(max_new_tokens=12, speculative=False, stop_repetition=False)).tokens
+    wrapped = get_peft_model(model, LoraConfig(r=4, target_modules=["o_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        hf = wrapped.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    after = generate(wrapped, ids, opts(max_new_tokens=12, speculative=False, stop_repetition=False)).tokens
+    assert after != before and after == hf[0, 9:].tolist()
+
+
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2])
 def test_every_strategy_runs_on_each_engine(make):
     model = make()

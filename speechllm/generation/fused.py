@@ -111,7 +111,7 @@ class LayerProjections:
         attn, mlp = layer.self_attn, layer.mlp
         self.attn, self.layer_mlp = attn, mlp
         qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
-        self.modules = qkv + [mlp.gate_proj, mlp.up_proj]  # what the fused copies stand for
+        self.modules = qkv + [mlp.gate_proj, mlp.up_proj, attn.o_proj, mlp.down_proj]  # what is held here
         self.sizes = [_base(m).out_features for m in qkv]
         self.fused_qkv = fuse_quant_linear(qkv) if _fusable(qkv) else None
         gate_up = [mlp.gate_proj, mlp.up_proj]
@@ -128,9 +128,9 @@ class LayerProjections:
         self._gate_up_lora = any(hasattr(m, "lora_A") for m in gate_up)
 
     def current(self, layer: nn.Module) -> bool:
-        """Whether the layer still holds the modules fused here (not replaced, e.g. by peft's LoRA)."""
+        """Whether the layer still holds the modules held here (not replaced, e.g. by peft's LoRA)."""
         a, m = layer.self_attn, layer.mlp
-        now = [a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj]
+        now = [a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj, a.o_proj, m.down_proj]
         return all(x is y for x, y in zip(now, self.modules, strict=True))
 
     def qk_v(self, h: Tensor) -> tuple[Tensor, Tensor]:

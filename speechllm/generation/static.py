@@ -35,6 +35,13 @@ def _norm(norm: nn.Module):
     return lambda h: F.rms_norm(h, shape, weight, eps)
 
 
+def _held(model: nn.Module) -> list[nn.Module]:
+    """The modules the engine calls through its own functions besides the projections: the norms, the head."""
+    layers = model.model.layers
+    norms = [m for layer in layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+    return [model.model.norm, model.lm_head, *norms]
+
+
 def base_model(llm: nn.Module) -> nn.Module:
     """The causal LM under a peft wrapper (its LoRA layers stay in place), or ``llm`` itself."""
     return llm.get_base_model() if hasattr(llm, "get_base_model") else llm
@@ -55,12 +62,15 @@ class StaticEngine:
         self.projections = [fused_projections(layer) for layer in self.layers]
         self.norms = [(_norm(layer.input_layernorm), _norm(layer.post_attention_layernorm))
                       for layer in self.layers]
+        self.held = _held(model)
         self.final_norm, self.head = _norm(model.model.norm), direct(model.lm_head)
 
     def current(self) -> bool:
         """False once the model changed under the engine (modules replaced, moved to a device)."""
         p = next(iter(self.model.model.norm.parameters()))
+        held = _held(self.model)
         return (p.device == self.device and p.dtype == self.dtype
+                and len(held) == len(self.held) and all(a is b for a, b in zip(held, self.held, strict=True))
                 and len(self.layers) == len(self.projections)
                 and all(f.current(layer) for f, layer in zip(self.projections, self.layers, strict=True)))
 
