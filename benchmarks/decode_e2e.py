@@ -130,20 +130,27 @@ def _stream(model, text, options):
     return call
 
 
-def _draft_stats(model, audio, texts, options) -> dict:
-    """Acceptance of the drafts on the same inputs (the decoder generate() runs, with its counters)."""
-    drafted = accepted = passes = tokens = 0
+def draft_counts(model, audio, texts, options, phrases) -> dict[str, int]:
+    """Draft tokens proposed and accepted, forward passes after the first token and reply tokens over
+    ``texts`` (each with its clip or None), decoded as generate() decodes them, with ``phrases``."""
+    counts = {"drafted": 0, "accepted": 0, "passes": 0, "tokens": 0}
     for a, text in zip(audio, texts, strict=True):
         with model.text_mode() if a is None else torch.no_grad(), torch.no_grad():
             spliced, seeds = model._prefill_seeded(None if a is None else [a], [text])
-            decoder = GreedyDecoder(model._stop_ids, options, seeds[0], model.phrase_book())
+            decoder = GreedyDecoder(model._stop_ids, options, seeds[0], phrases)
             out = decoder.run(model._open(spliced, options))[0]
-        drafted += decoder.stats.drafted
-        accepted += decoder.stats.accepted
-        passes += decoder.stats.passes
-        tokens += len(out[0])
-    return {"drafted": drafted, "accepted": accepted, "acceptance": accepted / max(drafted, 1),
-            "tokens_per_pass": tokens / max(passes, 1)}
+        for key in ("drafted", "accepted", "passes"):
+            counts[key] += getattr(decoder.stats, key)
+        counts["tokens"] += len(out[0])
+    return counts
+
+
+def _draft_stats(model, audio, texts, options) -> dict:
+    """Acceptance of the drafts on the same inputs (the decoder generate() runs, with its counters)."""
+    c = draft_counts(model, audio, texts, options, model.phrase_book())
+    return {"drafted": c["drafted"], "accepted": c["accepted"],
+            "acceptance": c["accepted"] / max(c["drafted"], 1),
+            "tokens_per_pass": c["tokens"] / max(c["passes"], 1)}
 
 
 def _hf_fp32(tokenizer, max_new_tokens: int):

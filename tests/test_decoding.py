@@ -134,6 +134,16 @@ def test_static_engine_equals_transformers_and_the_fallback(engine):
     assert ours.tokens == hf[0, 9:].tolist()
 
 
+def test_the_fused_norm_gives_the_modules_numbers():
+    from speechllm.generation.static import _norm
+
+    norm = tiny_llama(2).model.layers[0].input_layernorm
+    with torch.no_grad():
+        norm.weight.normal_()
+        x = torch.randn(3, 5, norm.weight.shape[0]) * 4
+        assert _norm(norm) is not norm and torch.equal(_norm(norm)(x), norm(x))
+
+
 def test_the_engine_follows_layers_wrapped_after_it_was_built():
     """LoRA on the output projections only (no fused layer changes): the engine must notice and
     decode with the deltas, as transformers does."""

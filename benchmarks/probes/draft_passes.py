@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from decode_e2e import CHAT, COPY, TYPED_PASSAGE  # noqa: E402
+from decode_e2e import CHAT, COPY, TYPED_PASSAGE, draft_counts  # noqa: E402
 
 from speechllm import speechlm_path  # noqa: E402
-from speechllm.generation import GenerationOptions, GreedyDecoder, PhraseBook  # noqa: E402
+from speechllm.generation import GenerationOptions, PhraseBook  # noqa: E402
 from speechllm.manifest import read_manifest  # noqa: E402
 from speechllm.speechlm.io import load_speechlm  # noqa: E402
 from speechllm.zoo import STARTER  # noqa: E402
@@ -45,15 +45,7 @@ results = {"rows": [], "meta": {"command": command, "phrase_book_replies": len(b
                                 "options": repr(options)}}
 for name, texts in workloads.items():
     for label, phrases in (("without", None), ("with", book)):
-        counts = {"drafted": 0, "accepted": 0, "passes": 0, "tokens": 0}
-        for text in texts:
-            with model.text_mode(), torch.no_grad():
-                spliced, seeds = model._prefill_seeded(None, [text])
-                decoder = GreedyDecoder(model._stop_ids, options, seeds[0], phrases)
-                tokens = decoder.run(model._open(spliced, options))[0][0]
-            for key in ("drafted", "accepted", "passes"):
-                counts[key] += getattr(decoder.stats, key)
-            counts["tokens"] += len(tokens)
+        counts = draft_counts(model, [None] * len(texts), texts, options, phrases)
         results["rows"].append({"workload": name, "phrase_book": label, "replies": len(texts), **counts})
         print(f"{name:32s} {label:8s} " + " ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
 if args.json:

@@ -270,10 +270,13 @@ class SpeechLLM(nn.Module):
 
     # -- translation memory
 
+    def _in_folder(self, name: str) -> Path:
+        """A file the config names, in the folder the model was loaded from."""
+        return Path(self.folder or ".") / name
+
     def memory_files(self) -> dict[str, Path]:
         """``config.memory``'s files, by language pair, where they are (relative to the model folder)."""
-        root = Path(self.folder or ".")
-        return {pair: root / file for pair, file in self.config.memory.items()}
+        return {pair: self._in_folder(file) for pair, file in self.config.memory.items()}
 
     def loaded_from(self, folder: Path) -> SpeechLLM:
         """Record the folder the model was loaded from: its ``memory`` and ``phrases`` files are there."""
@@ -283,14 +286,13 @@ class SpeechLLM(nn.Module):
     def folder_files(self) -> dict[str, Path]:
         """The files a saved model folder carries beside its weights (memories, phrase book): name in
         the folder -> where it is now."""
-        root = Path(self.folder or ".")
         names = [*self.config.memory.values(), *([self.config.phrases] if self.config.phrases else [])]
-        return {name: root / name for name in names}
+        return {name: self._in_folder(name) for name in names}
 
     def phrase_book(self) -> PhraseBook | None:
         """``config.phrases``, read on first use (None: the model has none)."""
         if self.config.phrases and self._phrases is None:
-            self._phrases = PhraseBook.read(self.folder_files()[self.config.phrases])
+            self._phrases = PhraseBook.read(self._in_folder(self.config.phrases))
         return self._phrases
 
     def translation_memory(self, source: str, target: str | None = None) -> TranslationMemory | None:
