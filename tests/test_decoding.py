@@ -15,6 +15,7 @@ from speechllm.generation import (
     SamDrafter,
     StaticState,
     SuffixAutomaton,
+    attention,
     engine_for,
     generate,
     open_state,
@@ -315,8 +316,9 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
         assert streamed == fast.text
 
 
+@pytest.mark.parametrize("attention", ["native", "sdpa"])
 @pytest.mark.parametrize("head_backend", ["dyn-int8", "int8pack"])
-def test_a_verify_pass_scores_each_position_as_a_step_would(head_backend):
+def test_a_verify_pass_scores_each_position_as_a_step_would(head_backend, attention):
     """Speculative decoding's verify pass feeds k tokens at once; every position's logits must be the
     ones k single steps give, bit for bit (low-bit layers, LoRA deltas, attention, a dynamic-int8 head
     that quantizes activations per call), or a near-tie could turn and the reply differ from greedy."""
@@ -338,6 +340,9 @@ def test_a_verify_pass_scores_each_position_as_a_step_would(head_backend):
     head = model.get_base_model().lm_head
     assert isinstance(head, QuantLinear)
     head.backend = head_backend
+    if attention == "native" and not engine_for(model).native:
+        pytest.skip("the native attention kernel is not built here (no C compiler)")
+    engine_for(model).native = attention == "native"
     ids, tokens = prompt(0, 20), prompt(1, 9)[0].tolist()
     with torch.no_grad():
         def fresh():
@@ -347,3 +352,31 @@ def test_a_verify_pass_scores_each_position_as_a_step_would(head_backend):
         stepped = torch.stack([state.step(torch.tensor([t]))[0] for t in tokens])
         verified = fresh().extend(torch.tensor([tokens]))[0]
     assert torch.equal(stepped, verified)
+
+
+@pytest.mark.skipif(attention.library() is None, reason="no C compiler: the engine attends through SDPA")
+def test_native_attention_is_sdpas_and_gives_each_position_a_steps_numbers():
+    """The kernel: SDPA's attention (causal, grouped heads) to float rounding, and one call over t
+    positions equal, bit for bit, to t calls of one position (threads or not)."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    heads, kv_heads, dim, capacity = 6, 2, 32, 80
+    for rows, t, start in [(1, 1, 0), (1, 5, 37), (2, 3, 16), (2, 1, 70), (1, 9, 63)]:
+        keys, values = (torch.randn(rows, kv_heads, capacity, dim, generator=gen) for _ in range(2))
+        q = torch.randn(rows, t, heads + kv_heads, dim, generator=gen)[:, :, :heads]  # the engine's view
+        out = attention.attend(q, keys, values, start)
+        for j in range(t):
+            seen = slice(0, start + j + 1)
+            expected = F.scaled_dot_product_attention(q[:, j:j + 1].transpose(1, 2), keys[:, :, seen],
+                                                      values[:, :, seen], enable_gqa=True)
+            torch.testing.assert_close(out[:, j], expected.transpose(1, 2).reshape(rows, -1))
+            assert torch.equal(out[:, j:j + 1], attention.attend(q[:, j:j + 1], keys, values, start + j))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            assert torch.equal(out, attention.attend(q, keys, values, start))
+        finally:
+            torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="contiguous"):
+        attention.attend(q.transpose(2, 3), keys, values, 0)

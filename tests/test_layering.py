@@ -178,3 +178,20 @@ def test_imports_are_read_from_source(tmp_path):
                                      "def f():\n    from speechllm.quant import model\n")
     assert imports("speechllm.quant.rtn", tmp_path / "rtn.py", known) == {
         "speechllm.quant.model", "speechllm.files"}
+
+
+def test_the_wheel_lists_every_package_and_the_files_they_read():
+    """pyproject.toml names packages one by one (the editable install the Makefile makes does not care;
+    ``pip install .`` does): every folder with an ``__init__.py`` must be listed, and the C source the
+    engine compiles must be package data."""
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {package: ROOT / folder for folder, package in PACKAGES.items()}
+    found = {".".join([package, *init.parent.relative_to(root).parts])
+             for package, root in folders.items() for init in root.rglob("__init__.py")}
+    assert found - set(tool["packages"]) == set()
+    for package, root in folders.items():
+        for source in root.rglob("*.c"):
+            owner = ".".join([package, *source.parent.relative_to(root).parts])
+            assert source.name in tool["package-data"].get(owner, []), source

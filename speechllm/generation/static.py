@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechllm.generation.attention import attend, native_attention
 from speechllm.generation.fused import direct, fused_projections
 from speechllm.quant.backends import ROW_EXACT_UP_TO
 
@@ -59,6 +60,7 @@ class StaticEngine:
         p = next(iter(model.model.norm.parameters()))
         self.device, self.dtype = p.device, p.dtype
         self.cos = self.sin = torch.empty(0, self.head_dim, device=self.device, dtype=self.dtype)
+        self.native = native_attention(self.dtype, self.device, self.heads, self.kv_heads, self.head_dim)
         self.projections = [fused_projections(layer) for layer in self.layers]
         self.norms = [(_norm(layer.input_layernorm), _norm(layer.post_attention_layernorm))
                       for layer in self.layers]
@@ -94,12 +96,13 @@ class StaticEngine:
         qk, v = self.projections[i].qk_v(h)  # q and k side by side: one rotary pass for both
         qk = qk.view(b, t, self.heads + self.kv_heads, self.head_dim)
         qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
-        q, k = qk[:, :, :self.heads].transpose(1, 2), qk[:, :, self.heads:].transpose(1, 2)
-        v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         end = start + t
         keys, values = state.k[i], state.v[i]
-        keys[:, :, start:end] = k
-        values[:, :, start:end] = v
+        keys[:, :, start:end] = qk[:, :, self.heads:].transpose(1, 2)
+        values[:, :, start:end] = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if mask is None and self.native:  # a step or a verify pass: each position alone, one call
+            return self.projections[i].out(attend(qk[:, :, :self.heads], keys, values, start))
+        q = qk[:, :, :self.heads].transpose(1, 2)
         if mask is None and t > 1:  # a verify pass: each position as a step sees it
             out = torch.cat([F.scaled_dot_product_attention(
                 q[:, :, j:j + 1], keys[:, :, :start + j + 1], values[:, :, :start + j + 1], enable_gqa=True)

@@ -1,0 +1,147 @@
+/* Decode attention for the static engine: a few new positions of each row against its KV cache.
+
+   Each query (row, position, head) is computed alone, by the same instructions whatever the number of
+   queries in the call: a verify pass of t positions gives each position the numbers a step gives it,
+   bit for bit (what speculative decoding needs to be identical to greedy). Position j of a call attends
+   to the cache columns [0, start + j], causal, no padding.
+
+   Lanes are GCC/Clang vector extensions (16 floats; the compiler maps them to AVX-512, AVX2 or NEON),
+   every sum in a fixed order; exp is a Cephes-style polynomial. Built at first use with
+   `cc -O3 -march=native` (see attention.py); head_dim must be a multiple of 16. */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+static inline v16 load(const float *p) { v16 x; memcpy(&x, p, sizeof x); return x; }
+static inline void store(float *p, v16 x) { memcpy(p, &x, sizeof x); }
+static inline v16 splat(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+static inline v16i bits(v16 x) { v16i i; memcpy(&i, &x, sizeof i); return i; }
+static inline v16 floats(v16i i) { v16 x; memcpy(&x, &i, sizeof x); return x; }
+/* lane-wise `mask ? a : b` (a mask lane is all ones or all zeros) */
+static inline v16 select(v16i mask, v16 a, v16 b) { return floats((bits(a) & mask) | (bits(b) & ~mask)); }
+
+/* a fixed pairwise order: lanes i and i + 8, then i and i + 4, ... */
+static inline float lanes_sum(v16 a) {
+    float s[16];
+    store(s, a);
+    float h8[8], h4[4];
+    for (int i = 0; i < 8; i++) h8[i] = s[i] + s[i + 8];
+    for (int i = 0; i < 4; i++) h4[i] = h8[i] + h8[i + 4];
+    return (h4[0] + h4[2]) + (h4[1] + h4[3]);
+}
+
+/* exp(x) lane-wise (Cephes expf: x = n ln2 + r, a degree-6 polynomial in r); x below -87.3 gives 0 */
+static inline v16 exp16(v16 x) {
+    const v16 lo = splat(-87.33654475f), hi = splat(88.37626266f);
+    v16i under = x < lo;
+    x = select(under, lo, x);
+    x = select(x > hi, hi, x);
+    v16 fx = x * splat(1.44269504088896341f) + splat(0.5f);
+    v16i n = __builtin_convertvector(fx, v16i);
+    v16 fn = __builtin_convertvector(n, v16);
+    v16i above = fn > fx;  /* truncation rounded up a negative: step down to the floor */
+    n = n + above;         /* true is -1 */
+    fn = __builtin_convertvector(n, v16);
+    v16 r = x - fn * splat(0.693359375f) - fn * splat(-2.12194440e-4f);
+    v16 y = splat(1.9875691500e-4f);
+    y = y * r + splat(1.3981999507e-3f);
+    y = y * r + splat(8.3334519073e-3f);
+    y = y * r + splat(4.1665795894e-2f);
+    y = y * r + splat(1.6666665459e-1f);
+    y = y * r + splat(5.0000001201e-1f);
+    y = y * r * r + r + splat(1.0f);
+    y = y * floats((n + 127) << 23);
+    return floats(bits(y) & ~under);
+}
+
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+
+/* Sixteen lanes' sums of sixteen vectors at once, lane i of the result from vector i, each in the order
+   of lanes_sum (a transposing tree: the arithmetic of one vector's sum does not depend on the others). */
+static inline v16 lanes_sums(const v16 *x) {
+    v16 h8[8], h4[4], h2[2];
+    for (int i = 0; i < 8; i++)
+        h8[i] = SHUFFLE(x[2 * i], x[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+              + SHUFFLE(x[2 * i], x[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++)
+        h4[i] = SHUFFLE(h8[2 * i], h8[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27)
+              + SHUFFLE(h8[2 * i], h8[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++)
+        h2[i] = SHUFFLE(h4[2 * i], h4[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29)
+              + SHUFFLE(h4[2 * i], h4[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+    return SHUFFLE(h2[0], h2[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+         + SHUFFLE(h2[0], h2[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+/* One query q [dim] over keys/values [length, dim] (rows `stride` floats apart); out [dim].
+   scores: scratch of at least length rounded up to 16 floats. */
+static void attend_one(const float *q, const float *keys, const float *values, int64_t stride, int64_t length,
+                       int64_t dim, float scale, float *scores, float *out) {
+    const int64_t chunks = dim / 16, padded = (length + 15) / 16 * 16;
+    v16 query[16];  /* dim up to 256 */
+    for (int64_t c = 0; c < chunks; c++) query[c] = load(q + 16 * c);
+    v16 best = splat(-INFINITY);
+    for (int64_t k0 = 0; k0 < padded; k0 += 16) {
+        v16 acc[16];
+        for (int64_t i = 0; i < 16; i++) {
+            acc[i] = splat(0.0f);
+            if (k0 + i >= length) continue;  /* past the end: a lane that is masked below */
+            const float *key = keys + (k0 + i) * stride;
+            for (int64_t c = 0; c < chunks; c++) acc[i] += query[c] * load(key + 16 * c);
+        }
+        v16 s = lanes_sums(acc) * splat(scale);
+        v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+        s = select(lane + (int32_t)k0 < (int32_t)length, s, splat(-INFINITY));
+        best = select(s > best, s, best);
+        store(scores + k0, s);
+    }
+    float top = -INFINITY;
+    for (int i = 0; i < 16; i++) top = best[i] > top ? best[i] : top;  /* a max: exact in any order */
+    v16 total = splat(0.0f);
+    for (int64_t k = 0; k < padded; k += 16) {
+        v16 p = exp16(load(scores + k) - splat(top));
+        store(scores + k, p);
+        total += p;
+    }
+    const float norm = 1.0f / lanes_sum(total);
+    v16 acc[16];
+    for (int64_t c = 0; c < chunks; c++) acc[c] = splat(0.0f);
+    for (int64_t k = 0; k < length; k++) {
+        const float *value = values + k * stride;
+        v16 p = splat(scores[k]);
+        for (int64_t c = 0; c < chunks; c++) acc[c] += p * load(value + 16 * c);
+    }
+    for (int64_t c = 0; c < chunks; c++) store(out + 16 * c, acc[c] * splat(norm));
+}
+
+/* q: [rows, t, heads, dim] with strides (q_row, q_pos, dim); keys/values: [rows, kv_heads, capacity, dim]
+   contiguous per row (strides kv_row, capacity * dim, dim); out: [rows, t, heads, dim] contiguous.
+   Position j of row r attends to columns [0, start + j]. scratch: threads * (start + t + 16) floats.
+   The queries are shared among `threads` OpenMP threads (the runtime torch uses, where built with it). */
+int speechllm_attend(const float *q, int64_t q_row, int64_t q_pos, const float *keys, const float *values,
+                     int64_t kv_row, int64_t capacity, float *out, float *scratch, int64_t rows, int64_t t,
+                     int64_t heads, int64_t kv_heads, int64_t dim, int64_t start, float scale, int64_t threads) {
+    if (dim % 16 || dim > 256 || heads % kv_heads) return 1;
+    const int64_t group = heads / kv_heads, queries = rows * t * heads, room = start + t + 16;
+    const int64_t spread = queries < threads ? queries : threads;
+#pragma omp parallel for num_threads(spread) schedule(static)
+    for (int64_t n = 0; n < queries; n++) {
+        const int64_t r = n / (t * heads), j = n / heads % t, h = n % heads;
+#ifdef _OPENMP
+        float *own = scratch + omp_get_thread_num() * room;
+#else
+        float *own = scratch;
+#endif
+        const int64_t column = (h / group) * capacity * dim + r * kv_row;
+        attend_one(q + r * q_row + j * q_pos + h * dim, keys + column, values + column, dim, start + j + 1, dim,
+                   scale, own, out + n * dim);
+    }
+    return 0;
+}
