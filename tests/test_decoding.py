@@ -317,19 +317,21 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
 
 
 @pytest.mark.parametrize("attention", ["native", "sdpa"])
-@pytest.mark.parametrize("head_backend", ["dyn-int8", "int8pack"])
+@pytest.mark.parametrize("head_backend", ["dyn-int8", "int8pack", "int8-rows"])
 def test_a_verify_pass_scores_each_position_as_a_step_would(head_backend, attention):
     """Speculative decoding's verify pass feeds k tokens at once; every position's logits must be the
     ones k single steps give, bit for bit (low-bit layers, LoRA deltas, attention, a dynamic-int8 head
     that quantizes activations per call), or a near-tie could turn and the reply differ from greedy."""
     from speechllm.quant.backends import BACKENDS
+    from speechllm.quant.formats import QuantSpec
     from speechllm.quant.linear import QuantLinear
     from speechllm.quant.lora import LoraConfig, get_peft_model
     from speechllm.quant.methods import QuantConfig
     from speechllm.quant.model import quantize
 
-    if head_backend not in BACKENDS:
-        pytest.skip(f"{head_backend} is not available in this torch build")
+    if head_backend not in BACKENDS or not BACKENDS[head_backend].supports(
+            QuantSpec(8, -1), VOCAB, 64, torch.device("cpu")):
+        pytest.skip(f"{head_backend} is not available in this torch build (or without a compiler)")
     model = tiny_llama(4)
     quantize(model, QuantConfig(bits=4, group_size=32, head_bits=8))
     model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
@@ -351,7 +353,10 @@ def test_a_verify_pass_scores_each_position_as_a_step_would(head_backend, attent
         state = fresh()
         stepped = torch.stack([state.step(torch.tensor([t]))[0] for t in tokens])
         verified = fresh().extend(torch.tensor([tokens]))[0]
-    assert torch.equal(stepped, verified)
+        lazily = fresh().extend_lazily(torch.tensor([tokens]))  # the rows together where the head takes them so
+        scored = torch.stack([lazily(j)[0] for j in range(len(tokens))])
+    assert torch.equal(stepped, verified) and torch.equal(stepped, scored)
+    assert engine_for(model).head_takes_rows_together() == (head_backend == "int8-rows")
 
 
 @pytest.mark.skipif(attention.library() is None, reason="no C compiler: the engine attends through SDPA")

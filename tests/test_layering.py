@@ -23,9 +23,9 @@ PACKAGES = {"speechllm": "speechllm", "adapters": "speechllm.adapters", "tts": "
 
 # modules of speechllm/ that know nothing of the speech-LLM: the ground everything stands on
 BASICS = {"audio", "augment", "checkpoints", "device", "features", "files", "hf_cache", "limits", "manifest",
-          "metrics", "metrics_bleu", "schedule", "segment", "text_normalize", "vad", "zoo"}
+          "metrics", "metrics_bleu", "native", "schedule", "segment", "text_normalize", "vad", "zoo"}
 # what quant/ may use besides itself: nothing about speech
-QUANT_MAY_USE = {"speechllm.files", "speechllm.device", "speechllm.hf_cache"}
+QUANT_MAY_USE = {"speechllm.files", "speechllm.device", "speechllm.hf_cache", "speechllm.native"}
 LAYERS = ["basics", "quant", "core", "tts", "data_recipes", "api", "apps"]  # bottom to top
 
 

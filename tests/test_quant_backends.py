@@ -55,16 +55,18 @@ def test_dequant_backend_is_exact():
     assert torch.equal(BACKENDS["dequant"].run(qw, many), F.linear(many, w))
 
 
-@pytest.mark.parametrize("name", ["dequant", "int4pack-cpu", "int8pack", "dyn-int8"])
-def test_a_few_rows_get_the_numbers_they_get_alone(name):
+@pytest.mark.parametrize("name", ["dequant", "int4pack-cpu", "int8pack", "dyn-int8", "int8-rows"])
+@pytest.mark.parametrize("k", [96, 128])  # int8-rows: a plain-C tail / whole 64-byte blocks
+def test_a_few_rows_get_the_numbers_they_get_alone(name, k):
     """What speculative decoding's verify pass relies on (speechllm.quant.backends.ROW_EXACT_UP_TO)."""
-    if name not in BACKENDS:
-        pytest.skip(f"{name} is not in this torch build")
     bits = 4 if name in ("dequant", "int4pack-cpu") else 8
-    qw = quantize_weight(torch.randn(128, 96), QuantSpec(bits, 32 if bits == 4 else -1))
+    spec = QuantSpec(bits, 32 if bits == 4 else -1)
+    if name not in BACKENDS or not BACKENDS[name].supports(spec, 128, k, torch.device("cpu")):
+        pytest.skip(f"{name} is not in this torch build or has no compiler here")
+    qw = quantize_weight(torch.randn(128, k), spec)
     backend = BACKENDS[name]
     state = backend.prepare(qw)
-    x = torch.randn(9, 96)
+    x = torch.randn(9, k)
     alone = torch.cat([backend.run(state, row[None]) for row in x])
     assert torch.equal(backend.run(state, x), alone)
 
@@ -75,7 +77,7 @@ def test_choice_is_measured_once_and_cached(tmp_path):
     layer(torch.randn(2, 5, 256))  # 10 rows: the same bucket (row-exact batches share the one-row choice)
     layer(torch.randn(3, 8, 256))  # 24 rows: another bucket
     cache = json.loads((tmp_path / "kernels.json").read_text())
-    assert len(cache) == 2 and {k.split("|")[-2] for k in cache} == {"decode", "small"}
+    assert len(cache) == 2 and {k.split("|")[-2] for k in cache} == {"decode+verify8", "small"}
     assert all(v in BACKENDS and BACKENDS[v].exact for v in cache.values())
     assert set(layer._prepared) <= {b.name for b in layer._chosen.values()}
     # a second layer of the same shape reuses the choice without timing anything

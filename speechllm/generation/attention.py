@@ -4,82 +4,33 @@ A step (one new position per row) and a verify pass (a few positions of a row) a
 cache with a single query row each: work that ``scaled_dot_product_attention`` does with a matrix
 product per head and call. The kernel computes each query alone, by the same instructions whatever
 the number of queries, so a verify pass is one call per layer and still gives each position a step's
-numbers bit for bit. It is built at first use with the C compiler (``cc -O3 -march=native``, well
-under a second) into ``~/.cache/speechllm/native/`` and loaded with ctypes; without a compiler, or
-with ``SPEECHLLM_NATIVE_ATTENTION=0``, the engine attends with ``scaled_dot_product_attention``.
+numbers bit for bit. It is built at first use (:mod:`speechllm.native`); without a C compiler, or with
+``SPEECHLLM_NATIVE=0``, the engine attends with ``scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
 import math
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-log = logging.getLogger(__name__)
+from speechllm.native import build
 
-SOURCE = Path(__file__).with_name("attention.c")
-FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC")
-THREADED = ("-fopenmp",)  # tried first: OpenMP's libgomp is the one torch loaded
 _INT, _PTR = ctypes.c_int64, ctypes.c_void_p
-
-
-def _cpu() -> bytes:
-    """What the machine code depends on (``-march=native``): the CPU's model and flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor().encode()
-    return "\n".join(sorted({x for x in lines if x.startswith(("model name", "flags", "Features"))})).encode()
-
-
-def _build_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "speechllm" / "native"
 
 
 @cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel (built once per machine and compiler), or None where it cannot be had."""
-    if os.environ.get("SPEECHLLM_NATIVE_ATTENTION", "1") == "0":
-        return None
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        log.info("no C compiler: decode attention through scaled_dot_product_attention")
-        return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), _cpu()]))
-    try:
-        folder = _build_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        folder = Path(tempfile.mkdtemp(prefix="speechllm-native-"))
-    path = folder / f"attention-{key.hexdigest()[:16]}.so"
-    if not path.exists():
-        partial = folder / f".{path.name}.{os.getpid()}"
-        build = [compiler, *FLAGS, "-o", str(partial), str(SOURCE)]
-        result = subprocess.run([*build, *THREADED], capture_output=True, text=True)
-        if result.returncode:
-            result = subprocess.run(build, capture_output=True, text=True)
-        if result.returncode:
-            log.warning("decode attention kernel did not build (%s): using scaled_dot_product_attention",
-                        result.stderr.strip().splitlines()[-1:] or result.returncode)
-            return None
-        os.replace(partial, path)
-    lib = ctypes.CDLL(str(path))
-    lib.speechllm_attend.restype = ctypes.c_int
-    lib.speechllm_attend.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _INT, _PTR, _PTR,
-                                     _INT, _INT, _INT, _INT, _INT, _INT, ctypes.c_float, _INT]
+    """The compiled kernel, or None where it cannot be had."""
+    lib = build(Path(__file__).with_name("attention.c"))
+    if lib is not None:
+        lib.speechllm_attend.restype = ctypes.c_int
+        lib.speechllm_attend.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _INT, _PTR, _PTR,
+                                         _INT, _INT, _INT, _INT, _INT, _INT, ctypes.c_float, _INT]
     return lib
 
 

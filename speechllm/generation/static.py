@@ -66,6 +66,7 @@ class StaticEngine:
                       for layer in self.layers]
         self.held = _held(model)
         self.final_norm, self.head = _norm(model.model.norm), direct(model.lm_head)
+        self.head_module = model.lm_head
 
     def current(self) -> bool:
         """False once the model changed under the engine (modules replaced, moved to a device)."""
@@ -142,6 +143,11 @@ class StaticEngine:
         """The output layer on final hidden states."""
         return self.head(hidden).float()
 
+    def head_takes_rows_together(self) -> bool:
+        """Whether the output layer scores a few rows for about the price of one (its kernel, once chosen)."""
+        takes = getattr(self.head_module, "takes_rows_together", None)
+        return takes is not None and takes()
+
 
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -209,12 +215,16 @@ class StaticState:
 
     def extend_lazily(self, tokens: Tensor) -> Callable[[int], Tensor]:
         """:meth:`extend` of one row, its logits scored on demand: ``logits(j)`` [1, V] after token ``j``
-        (a verify pass stops at a draft's first miss; the output layer never scores the rows after it).
-        Each row is scored alone, as a step scores it."""
+        (a verify pass stops at a draft's first miss; the output layer never scores the rows after it),
+        or all rows at once where the output layer takes them for the price of one; either way each
+        row gets a step's numbers."""
         t = tokens.shape[1]
         positions = self.next_position[:, None] + torch.arange(t, device=self.next_position.device)
         hidden = self.engine.forward(self, self._embed(tokens), positions, all_logits=True, head=False)
         self.next_position = self.next_position + t
+        if self.engine.head_takes_rows_together():  # all rows in one call: the same numbers, no dearer
+            scored = self.engine.logits(hidden)
+            return lambda j: scored[:, j]
         return lambda j: self.engine.logits(hidden[:, j])
 
     def rollback(self, n: int, logits: Tensor) -> None:

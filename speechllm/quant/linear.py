@@ -182,6 +182,12 @@ class QuantLinear(_QuantWeightHolder):
                 del self._prepared[name]
         return chosen
 
+    def takes_rows_together(self) -> bool:
+        """Whether the kernel chosen for decode-size inputs multiplies a few rows for about the price of
+        one (then a verify pass scores all its rows in one call)."""
+        chosen = self._chosen.get("decode")
+        return chosen is not None and chosen.rows_together
+
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         backend = self.backend_for(x)
         return backend.run(self._prepared[backend.name], x)

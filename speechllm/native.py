@@ -1,0 +1,69 @@
+"""Small C kernels, built at first use with the machine's C compiler and loaded with ctypes.
+
+A kernel is one C file beside the Python module that calls it. :func:`build` compiles it once per
+machine, compiler and source (``cc -O3 -march=native``, with OpenMP where the compiler has it: the
+``libgomp`` torch already loaded) into ``~/.cache/speechllm/native/`` and returns the loaded library,
+or None where there is no compiler, the build fails or ``SPEECHLLM_NATIVE=0``: every caller keeps a
+torch path for that case.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC")
+THREADED = ("-fopenmp",)  # tried first; without it the kernels run on one thread
+
+
+def _cpu() -> bytes:
+    """What ``-march=native`` code depends on: the CPU's model and flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor().encode()
+    return "\n".join(sorted({x for x in lines if x.startswith(("model name", "flags", "Features"))})).encode()
+
+
+def _build_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "speechllm" / "native"
+
+
+def build(source: Path) -> ctypes.CDLL | None:
+    """``source`` compiled for this machine and loaded (see the module doc); None where it cannot be."""
+    if os.environ.get("SPEECHLLM_NATIVE", "1") == "0":
+        return None
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        log.info("no C compiler: %s is not built, torch ops stand in", source.name)
+        return None
+    text = source.read_bytes()
+    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), compiler.encode(), _cpu()]))
+    try:
+        folder = _build_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.mkdtemp(prefix="speechllm-native-"))
+    path = folder / f"{source.stem}-{key.hexdigest()[:16]}.so"
+    if not path.exists():
+        partial = folder / f".{path.name}.{os.getpid()}"
+        command = [compiler, *FLAGS, "-o", str(partial), str(source)]
+        result = subprocess.run([*command, *THREADED], capture_output=True, text=True)
+        if result.returncode:
+            result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode:
+            log.warning("%s did not build (%s): torch ops stand in", source.name,
+                        (result.stderr.strip().splitlines() or [result.returncode])[-1])
+            return None
+        os.replace(partial, path)
+    return ctypes.CDLL(str(path))
