@@ -353,7 +353,7 @@ def test_a_verify_pass_scores_each_position_as_a_step_would(head_backend, attent
         state = fresh()
         stepped = torch.stack([state.step(torch.tensor([t]))[0] for t in tokens])
         verified = fresh().extend(torch.tensor([tokens]))[0]
-        lazily = fresh().extend_lazily(torch.tensor([tokens]))  # the rows together where the head takes them so
+        lazily = fresh().extend_lazily(torch.tensor([tokens]))  # all rows at once with int8-rows
         scored = torch.stack([lazily(j)[0] for j in range(len(tokens))])
     assert torch.equal(stepped, verified) and torch.equal(stepped, scored)
     assert engine_for(model).head_takes_rows_together() == (head_backend == "int8-rows")
