@@ -287,7 +287,7 @@ def _int8_rows_library() -> ctypes.CDLL | None:
     if lib is not None:
         lib.speechllm_int8_rows.restype = None
         ptr, size = ctypes.c_void_p, ctypes.c_int64
-        lib.speechllm_int8_rows.argtypes = [ptr, size, size, ptr, ptr, ptr, size, ptr, ptr, ptr, size]
+        lib.speechllm_int8_rows.argtypes = [ptr, size, size, ptr, ptr, ptr, size, ptr, ptr, ptr, ptr, size]
     return lib
 
 
@@ -303,9 +303,10 @@ def _int8_rows_run(state: tuple, x: torch.Tensor) -> torch.Tensor:
     rows = x32.shape[0]
     out = torch.empty(rows, n)
     quantized, row_scales = torch.empty(rows * k, dtype=torch.uint8), torch.empty(rows)
+    zeros = torch.empty(rows, dtype=torch.int32)
     _int8_rows_library().speechllm_int8_rows(
         x32.data_ptr(), rows, k, codes.data_ptr(), scale.data_ptr(), sums.data_ptr(), n, out.data_ptr(),
-        quantized.data_ptr(), row_scales.data_ptr(), torch.get_num_threads())
+        quantized.data_ptr(), row_scales.data_ptr(), zeros.data_ptr(), torch.get_num_threads())
     return out.reshape(*x.shape[:-1], n).to(x.dtype)
 
 

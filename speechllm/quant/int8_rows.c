@@ -1,10 +1,10 @@
-/* Int8 weights times activations quantized per row (symmetric, 8 bits, one scale per row):
-   out[r, j] = x_scale[r] * w_scale[j] * sum_i qx[r, i] * w[j, i].
+/* Int8 weights times activations quantized per row (asymmetric, 8 bits: a scale and a zero point per
+   row over the row's range and 0): out[r, j] = x_scale[r] * w_scale[j] * sum_i (qx[r, i] - zero[r]) * w[j, i].
 
    The sums are integers, exact in any order, so a row gets the same numbers alone or among others:
    a batch of rows costs one pass over the weight (what a verify pass of speculative decoding needs,
-   bit for bit). The activations go in as u8 (code + 128) for AVX-512 VNNI's u8 x s8 dot product;
-   w_sum (each weight row's sum) takes the 128 back out. Plain C elsewhere. */
+   bit for bit). The u8 codes meet the s8 weights in AVX-512 VNNI's u8 x s8 dot product; w_sum (each
+   weight row's sum) takes the zero point back out. Plain C elsewhere. */
 
 #include <math.h>
 #include <stdint.h>
@@ -17,17 +17,27 @@
 #define VNNI 1
 #endif
 
-/* row x [k] -> codes q (as u8: code + 128); returns the row's scale */
-static float quantize_row(const float *x, int64_t k, uint8_t *q) {
-    float top = 0.0f;
-    for (int64_t i = 0; i < k; i++) top = fabsf(x[i]) > top ? fabsf(x[i]) : top;
-    if (!(top > 0.0f) || !isfinite(top)) {
-        memset(q, 128, (size_t)k);
-        return top > 0.0f ? NAN : 0.0f;
+/* row x [k] -> u8 codes q; returns the row's scale and sets its zero point */
+static float quantize_row(const float *x, int64_t k, uint8_t *q, int32_t *zero) {
+    float low = 0.0f, high = 0.0f;
+    for (int64_t i = 0; i < k; i++) {
+        low = x[i] < low ? x[i] : low;
+        high = x[i] > high ? x[i] : high;
     }
-    const float inv = 127.0f / top;
-    for (int64_t i = 0; i < k; i++) q[i] = (uint8_t)(nearbyintf(x[i] * inv) + 128.0f);
-    return top / 127.0f;
+    const float scale = (high - low) / 255.0f;
+    if (!(scale > 0.0f) || !isfinite(scale)) {  /* all zeros (or not finite: NaN out, as a float product) */
+        memset(q, 0, (size_t)k);
+        *zero = 0;
+        return scale > 0.0f || scale == 0.0f ? 0.0f : NAN;
+    }
+    const float inv = 1.0f / scale;
+    const float z = nearbyintf(-low * inv);
+    *zero = (int32_t)z;
+    for (int64_t i = 0; i < k; i++) {
+        const float code = nearbyintf(x[i] * inv) + z;
+        q[i] = (uint8_t)(code < 0.0f ? 0.0f : code > 255.0f ? 255.0f : code);
+    }
+    return scale;
 }
 
 static inline int32_t dot(const uint8_t *a, const int8_t *b, int64_t k) {
@@ -44,16 +54,16 @@ static inline int32_t dot(const uint8_t *a, const int8_t *b, int64_t k) {
 }
 
 /* x [rows, k] float; w [n, k] int8; w_scale [n]; w_sum [n]; out [rows, n];
-   scratch: q [rows * k] bytes, x_scale [rows] floats. */
+   scratch: q [rows * k] bytes, x_scale [rows] floats, zero [rows] ints. */
 void speechllm_int8_rows(const float *x, int64_t rows, int64_t k, const int8_t *w, const float *w_scale,
                          const int32_t *w_sum, int64_t n, float *out, uint8_t *q, float *x_scale,
-                         int64_t threads) {
-    for (int64_t r = 0; r < rows; r++) x_scale[r] = quantize_row(x + r * k, k, q + r * k);
+                         int32_t *zero, int64_t threads) {
+    for (int64_t r = 0; r < rows; r++) x_scale[r] = quantize_row(x + r * k, k, q + r * k, zero + r);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t j = 0; j < n; j++) {
         const int8_t *weights = w + j * k;  /* read once for all the rows */
         for (int64_t r = 0; r < rows; r++) {
-            const int32_t sum = dot(q + r * k, weights, k) - 128 * w_sum[j];
+            const int32_t sum = dot(q + r * k, weights, k) - zero[r] * w_sum[j];
             out[r * n + j] = (float)sum * (x_scale[r] * w_scale[j]);
         }
     }
