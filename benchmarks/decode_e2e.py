@@ -63,6 +63,12 @@ CHAT = [
     "How do airplanes stay in the air?",
     "Give me some tips for sleeping better.",
     "Why is the sky blue?",
+    "Explain how a vaccine trains the immune system.",
+    "What are the pros and cons of working from home?",
+    "Describe a perfect weekend in the mountains.",
+    "How does a refrigerator keep food cold?",
+    "Suggest a name for a friendly robot and explain it.",
+    "What makes a good team leader?",
 ]
 TYPED_PASSAGE = "{passage}\n\nQuestion: {question} Answer with the words of the passage."
 COPY = ("Repeat this text exactly: {passage}", "Correct the spelling and punctuation of this text: {passage}")
@@ -196,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=STARTER)
     parser.add_argument("--manifest", type=Path, default=Path("corpora/sqa-12h/test.jsonl"))
-    parser.add_argument("--rows", type=int, default=24, help="passages per workload (chat: up to 6 prompts)")
+    parser.add_argument("--rows", type=int, default=24, help="passages per workload (chat: up to 12 prompts)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)

@@ -27,7 +27,7 @@ from speechllm.zoo import DEFAULT_LLM
 
 PROMPT = "The history of the Roman Empire begins"
 INT4_OP = "aten::_weight_int4pack_mm_for_cpu"
-LOW_BIT_OPS = (INT4_OP, "quantized::linear_dynamic", "aten::_weight_int8pack_mm")
+LOW_BIT_OPS = (INT4_OP, "quantized::linear_dynamic", "aten::_weight_int8pack_mm", "speechllm::int8_rows")
 
 
 def profile_decode(new_tokens: int, top: int) -> dict:

@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -67,3 +68,11 @@ def build(source: Path) -> ctypes.CDLL | None:
             return None
         os.replace(partial, path)
     return ctypes.CDLL(str(path))
+
+
+def traced(name: str):
+    """A ``torch.profiler`` range named ``name`` while the profiler runs (a ctypes call is no torch op, so
+    the profiler would not see its time), else nothing (no per-call cost)."""
+    import torch.autograd.profiler as profiler
+
+    return profiler.record_function(name) if profiler._is_profiler_enabled else nullcontext()

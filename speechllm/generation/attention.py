@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from speechllm.native import build
+from speechllm.native import build, traced
 
 _INT, _PTR = ctypes.c_int64, ctypes.c_void_p
 
@@ -54,10 +54,11 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
     out = torch.empty(rows, t, heads * dim, dtype=q.dtype, device=q.device)
     threads = torch.get_num_threads()
     scratch = torch.empty(threads * (start + t + 16), dtype=q.dtype)
-    failed = library().speechllm_attend(
-        q.data_ptr(), q.stride(0), q.stride(1), keys.data_ptr(), values.data_ptr(), keys.stride(0), capacity,
-        out.data_ptr(), scratch.data_ptr(), rows, t, heads, kv_heads, dim, start, 1.0 / math.sqrt(dim),
-        threads)
+    with traced("speechllm::attend"):
+        failed = library().speechllm_attend(
+            q.data_ptr(), q.stride(0), q.stride(1), keys.data_ptr(), values.data_ptr(), keys.stride(0),
+            capacity, out.data_ptr(), scratch.data_ptr(), rows, t, heads, kv_heads, dim, start,
+            1.0 / math.sqrt(dim), threads)
     if failed:
         raise ValueError(f"attend: unsupported shape heads={heads} kv_heads={kv_heads} dim={dim}")
     return out

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..files import atomic_write_json
-from ..native import build
+from ..native import build, traced
 from .formats import QuantizedWeight, QuantSpec, pack_int4
 
 # Row-exact products: a row multiplied in a batch of up to ROW_EXACT_UP_TO rows gets the same numbers as
@@ -304,9 +304,10 @@ def _int8_rows_run(state: tuple, x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(rows, n)
     quantized, row_scales = torch.empty(rows * k, dtype=torch.uint8), torch.empty(rows)
     zeros = torch.empty(rows, dtype=torch.int32)
-    _int8_rows_library().speechllm_int8_rows(
-        x32.data_ptr(), rows, k, codes.data_ptr(), scale.data_ptr(), sums.data_ptr(), n, out.data_ptr(),
-        quantized.data_ptr(), row_scales.data_ptr(), zeros.data_ptr(), torch.get_num_threads())
+    with traced("speechllm::int8_rows"):
+        _int8_rows_library().speechllm_int8_rows(
+            x32.data_ptr(), rows, k, codes.data_ptr(), scale.data_ptr(), sums.data_ptr(), n, out.data_ptr(),
+            quantized.data_ptr(), row_scales.data_ptr(), zeros.data_ptr(), torch.get_num_threads())
     return out.reshape(*x.shape[:-1], n).to(x.dtype)
 
 
