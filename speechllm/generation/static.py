@@ -66,7 +66,6 @@ class StaticEngine:
                       for layer in self.layers]
         self.held = _held(model)
         self.final_norm, self.head = _norm(model.model.norm), direct(model.lm_head)
-        self.head_module = model.lm_head
 
     def current(self) -> bool:
         """False once the model changed under the engine (modules replaced, moved to a device)."""
@@ -145,7 +144,7 @@ class StaticEngine:
 
     def head_takes_rows_together(self) -> bool:
         """Whether the output layer scores a few rows for about the price of one (its kernel, once chosen)."""
-        takes = getattr(self.head_module, "takes_rows_together", None)
+        takes = getattr(self.model.lm_head, "takes_rows_together", None)
         return takes is not None and takes()
 
 
