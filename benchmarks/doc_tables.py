@@ -388,6 +388,23 @@ TABLES["decode-e2e"] = Table("decode_e2e.json", (
     Column("tokens / pass", "tokens_per_pass", fixed(2), True),
     Column("identical replies", lambda r: f"{r['identical']}/{r['replies']}", numeric=True)),
     rows=lambda d: d["rows"])
+def _draft_bound_rows(d: dict) -> list[dict]:
+    """One row per workload: the bound with prompt drafts and with the phrase book, side by side."""
+    by = {}
+    for r in d["rows"]:
+        row = by.setdefault(r["workload"], {"workload": r["workload"], "replies": r["replies"]})
+        row[r["phrase_book"]] = r
+    return list(by.values())
+
+
+TABLES["draft-bound"] = Table("draft-passes.json", (
+    Column("workload", "workload"),
+    Column("replies", "replies", numeric=True),
+    Column("bound, prompt drafts", "without.speedup_bound", fixed(2, "x"), True),
+    Column("bound, with the phrase book", "with.speedup_bound", fixed(2, "x"), True)),
+    rows=_draft_bound_rows)
+
+
 TABLES["decode-profile"] = Table("decode-profile.json", (
     Column("op", lambda r: f"`{r['op']}`"),
     Column("calls (16 tokens)", "calls", numeric=True),

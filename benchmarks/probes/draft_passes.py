@@ -2,6 +2,10 @@
 copies and corrections, free chat), with and without a phrase book: counts, not times, so they do not
 drift with the machine.
 
+Each pass costs at least a step (a step is a pass of one token), and greedy takes one step for each
+token after a reply's first, so (tokens - replies) / passes bounds the speedup after the first token
+that these drafts can give, however cheap a verify pass gets: ``speedup_bound``.
+
     python benchmarks/probes/draft_passes.py --phrases PHRASES.safetensors --rows 40 \
         --json benchmarks/results/draft-passes.json
 
@@ -46,7 +50,10 @@ results = {"rows": [], "meta": {"command": command, "phrase_book_replies": len(b
 for name, texts in workloads.items():
     for label, phrases in (("without", None), ("with", book)):
         counts = draft_counts(model, [None] * len(texts), texts, options, phrases)
-        results["rows"].append({"workload": name, "phrase_book": label, "replies": len(texts), **counts})
-        print(f"{name:32s} {label:8s} " + " ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
+        bound = (counts["tokens"] - len(texts)) / max(counts["passes"], 1)
+        results["rows"].append({"workload": name, "phrase_book": label, "replies": len(texts), **counts,
+                                "speedup_bound": bound})
+        print(f"{name:32s} {label:8s} " + " ".join(f"{k} {v}" for k, v in counts.items())
+              + f" bound {bound:.2f}x", flush=True)
 if args.json:
     args.json.write_text(json.dumps(results, indent=1) + "\n")
