@@ -71,6 +71,29 @@ def test_a_few_rows_get_the_numbers_they_get_alone(name, k):
     assert torch.equal(backend.run(state, x), alone)
 
 
+
+@pytest.mark.parametrize("n", [40, 152])  # int8-rows: blocks of 16 weight rows, then the rest one by one
+def test_int8_rows_blocks_give_exact_integer_sums(n):
+    """Several rows go through blocks of sixteen weight rows; each output is its row's exact integer sum,
+    scaled: the same as a float reference of the codes, and bit for bit a row alone."""
+    spec = QuantSpec(8, -1)
+    if "int8-rows" not in BACKENDS or not BACKENDS["int8-rows"].supports(spec, n, 96, torch.device("cpu")):
+        pytest.skip("int8-rows has no compiler here")
+    qw = quantize_weight(torch.randn(n, 96), spec)
+    backend = BACKENDS["int8-rows"]
+    state = backend.prepare(qw)
+    x = torch.randn(5, 96)
+    out = backend.run(state, x)
+    assert torch.equal(out, torch.cat([backend.run(state, row[None]) for row in x]))
+    # the activations' own codes: scale and zero point per row over its range and 0, as int8_rows.c has them
+    low, high = x.min(1, keepdim=True).values.clamp(max=0), x.max(1, keepdim=True).values.clamp(min=0)
+    scale = (high - low) / 255
+    zero = torch.round(-low / scale)
+    codes = (torch.round(x / scale) + zero).clamp(0, 255)
+    sums = (codes - zero).double() @ qw.codes.double().T  # exact in double: small integers
+    reference = sums.float() * (scale * qw.scale[:, 0].float()[None])
+    assert torch.allclose(out, reference, rtol=1e-6, atol=1e-6)
+
 def test_choice_is_measured_once_and_cached(tmp_path):
     layer = QuantLinear.from_linear(torch.nn.Linear(256, 128), QuantSpec(4, 32))
     layer(torch.randn(1, 256))
