@@ -1,10 +1,10 @@
 """Small C kernels, built at first use with the machine's C compiler and loaded with ctypes.
 
-A kernel is one C file beside the Python module that calls it. :func:`build` compiles it once per
-machine, compiler and source (``cc -O3 -march=native``, with OpenMP where the compiler has it: the
-``libgomp`` torch already loaded) into ``~/.cache/speechllm/native/`` and returns the loaded library,
-or None where there is no compiler, the build fails or ``SPEECHLLM_NATIVE=0``: every caller keeps a
-torch path for that case.
+A kernel is one C file beside the Python module that calls it (with the headers it includes from
+there). :func:`build` compiles it once per machine, compiler and source (``cc -O3 -march=native``, with
+OpenMP where the compiler has it: the ``libgomp`` torch already loaded) into
+``~/.cache/speechllm/native/`` and returns the loaded library, or None where there is no compiler, the
+build fails or ``SPEECHLLM_NATIVE=0``: every caller keeps a torch path for that case.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -49,7 +50,9 @@ def build(source: Path) -> ctypes.CDLL | None:
         log.info("no C compiler: %s is not built, torch ops stand in", source.name)
         return None
     text = source.read_bytes()
-    key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(), compiler.encode(), _cpu()]))
+    local = re.findall(rb'#include "([^"]+)"', text)  # headers beside it: a change rebuilds too
+    headers = [source.with_name(name.decode()).read_bytes() for name in local]
+    key = hashlib.sha256(b"\0".join([text, *headers, " ".join(FLAGS).encode(), compiler.encode(), _cpu()]))
     try:
         folder = _build_dir()
         folder.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ the registry that picks them, and speculative decoding that gives greedy's outpu
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from speechllm.generation import (
@@ -135,14 +136,26 @@ def test_static_engine_equals_transformers_and_the_fallback(engine):
     assert ours.tokens == hf[0, 9:].tolist()
 
 
-def test_the_fused_norm_gives_the_modules_numbers():
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_the_engines_norm_gives_the_modules_numbers_row_by_row(native, monkeypatch):
+    """The native norm (rowwise.c) or ``F.rms_norm``: the module's numbers up to float rounding, and each
+    row the same alone as among others (a verify pass against its steps)."""
+    from speechllm.generation import rowwise
     from speechllm.generation.static import _norm
 
-    norm = tiny_llama(2).model.layers[0].input_layernorm
-    with torch.no_grad():
-        norm.weight.normal_()
-        x = torch.randn(3, 5, norm.weight.shape[0]) * 4
-        assert _norm(norm) is not norm and torch.equal(_norm(norm)(x), norm(x))
+    monkeypatch.setenv("SPEECHLLM_NATIVE", native)
+    rowwise.library.cache_clear()
+    try:
+        norm = tiny_llama(2).model.layers[0].input_layernorm
+        with torch.no_grad():
+            norm.weight.normal_()
+            x = torch.randn(3, 5, norm.weight.shape[0]) * 4
+            fn = _norm(norm)
+            assert fn is not norm
+            assert torch.allclose(fn(x), norm(x), rtol=1e-6, atol=1e-6)
+            assert torch.equal(fn(x), torch.cat([fn(x[:, j:j + 1]) for j in range(5)], 1))
+    finally:
+        rowwise.library.cache_clear()
 
 
 def test_the_engine_follows_layers_wrapped_after_it_was_built():
@@ -385,3 +398,40 @@ def test_native_attention_is_sdpas_and_gives_each_position_a_steps_numbers():
             torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="contiguous"):
         attention.attend(q.transpose(2, 3), keys, values, 0)
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_the_engines_silu_gate_is_torchs_row_by_row(native, monkeypatch):
+    from speechllm.generation import rowwise
+
+    monkeypatch.setenv("SPEECHLLM_NATIVE", native)
+    rowwise.library.cache_clear()
+    try:
+        gate_up = torch.randn(2, 5, 2 * 48) * 6
+        gate, up = gate_up.chunk(2, dim=-1)
+        out = rowwise.silu_mul(gate_up)
+        torch.testing.assert_close(out, F.silu(gate) * up, rtol=1e-6, atol=1e-6)
+        assert torch.equal(out, torch.cat([rowwise.silu_mul(gate_up[:, j:j + 1]) for j in range(5)], 1))
+    finally:
+        rowwise.library.cache_clear()
+
+
+@pytest.mark.skipif(attention.library() is None, reason="no C compiler: the engine attends through SDPA")
+def test_native_rotary_and_cache_writes_are_the_torch_ops_numbers():
+    """rope_attend: the engine's rotary in torch (x * cos + roll(x) * sin), the cache writes, then attend,
+    bit for bit, from the fused qkv projection's slices."""
+    gen = torch.Generator().manual_seed(1)
+    heads, kv_heads, dim, capacity = 6, 2, 32, 80
+    for rows, t, start in [(1, 1, 0), (1, 5, 37), (2, 3, 16)]:
+        qkv = torch.randn(rows, t, (heads + 2 * kv_heads) * dim, generator=gen)
+        qk, v = qkv[..., :(heads + kv_heads) * dim], qkv[..., -kv_heads * dim:]
+        cos, sin = torch.randn(rows, t, 1, dim, generator=gen), torch.randn(rows, t, 1, dim, generator=gen)
+        keys, values = (torch.randn(rows, kv_heads, capacity, dim, generator=gen) for _ in range(2))
+        keys2, values2 = keys.clone(), values.clone()
+        turned = qk.view(rows, t, heads + kv_heads, dim)
+        turned = turned * cos + turned.roll(dim // 2, -1) * sin
+        keys[:, :, start:start + t] = turned[:, :, heads:].transpose(1, 2)
+        values[:, :, start:start + t] = v.view(rows, t, kv_heads, dim).transpose(1, 2)
+        expected = attention.attend(turned[:, :, :heads], keys, values, start)
+        out = attention.rope_attend(qk, v, cos, sin, keys2, values2, start, heads)
+        assert torch.equal(out, expected) and torch.equal(keys2, keys) and torch.equal(values2, values)

@@ -183,7 +183,7 @@ def test_imports_are_read_from_source(tmp_path):
 def test_the_wheel_lists_every_package_and_the_files_they_read():
     """pyproject.toml names packages one by one (the editable install the Makefile makes does not care;
     ``pip install .`` does): every folder with an ``__init__.py`` must be listed, and the C source the
-    engine compiles must be package data."""
+    engine compiles (and its headers) must be package data."""
     import tomllib
 
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -192,6 +192,6 @@ def test_the_wheel_lists_every_package_and_the_files_they_read():
              for package, root in folders.items() for init in root.rglob("__init__.py")}
     assert found - set(tool["packages"]) == set()
     for package, root in folders.items():
-        for source in root.rglob("*.c"):
+        for source in [*root.rglob("*.c"), *root.rglob("*.h")]:
             owner = ".".join([package, *source.parent.relative_to(root).parts])
             assert source.name in tool["package-data"].get(owner, []), source

@@ -5,8 +5,7 @@
    bit for bit (what speculative decoding needs to be identical to greedy). Position j of a call attends
    to the cache columns [0, start + j], causal, no padding.
 
-   Lanes are GCC/Clang vector extensions (16 floats; the compiler maps them to AVX-512, AVX2 or NEON),
-   every sum in a fixed order; exp is a Cephes-style polynomial. Built at first use with
+   Lanes are GCC/Clang vector extensions (lanes.h), every sum in a fixed order. Built at first use with
    `cc -O3 -march=native` (see attention.py); head_dim must be a multiple of 16. */
 
 #include <math.h>
@@ -16,50 +15,7 @@
 #include <omp.h>
 #endif
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-
-static inline v16 load(const float *p) { v16 x; memcpy(&x, p, sizeof x); return x; }
-static inline void store(float *p, v16 x) { memcpy(p, &x, sizeof x); }
-static inline v16 splat(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-static inline v16i bits(v16 x) { v16i i; memcpy(&i, &x, sizeof i); return i; }
-static inline v16 floats(v16i i) { v16 x; memcpy(&x, &i, sizeof x); return x; }
-/* lane-wise `mask ? a : b` (a mask lane is all ones or all zeros) */
-static inline v16 select(v16i mask, v16 a, v16 b) { return floats((bits(a) & mask) | (bits(b) & ~mask)); }
-
-/* a fixed pairwise order: lanes i and i + 8, then i and i + 4, ... */
-static inline float lanes_sum(v16 a) {
-    float s[16];
-    store(s, a);
-    float h8[8], h4[4];
-    for (int i = 0; i < 8; i++) h8[i] = s[i] + s[i + 8];
-    for (int i = 0; i < 4; i++) h4[i] = h8[i] + h8[i + 4];
-    return (h4[0] + h4[2]) + (h4[1] + h4[3]);
-}
-
-/* exp(x) lane-wise (Cephes expf: x = n ln2 + r, a degree-6 polynomial in r); x below -87.3 gives 0 */
-static inline v16 exp16(v16 x) {
-    const v16 lo = splat(-87.33654475f), hi = splat(88.37626266f);
-    v16i under = x < lo;
-    x = select(under, lo, x);
-    x = select(x > hi, hi, x);
-    v16 fx = x * splat(1.44269504088896341f) + splat(0.5f);
-    v16i n = __builtin_convertvector(fx, v16i);
-    v16 fn = __builtin_convertvector(n, v16);
-    v16i above = fn > fx;  /* truncation rounded up a negative: step down to the floor */
-    n = n + above;         /* true is -1 */
-    fn = __builtin_convertvector(n, v16);
-    v16 r = x - fn * splat(0.693359375f) - fn * splat(-2.12194440e-4f);
-    v16 y = splat(1.9875691500e-4f);
-    y = y * r + splat(1.3981999507e-3f);
-    y = y * r + splat(8.3334519073e-3f);
-    y = y * r + splat(4.1665795894e-2f);
-    y = y * r + splat(1.6666665459e-1f);
-    y = y * r + splat(5.0000001201e-1f);
-    y = y * r * r + r + splat(1.0f);
-    y = y * floats((n + 127) << 23);
-    return floats(bits(y) & ~under);
-}
+#include "lanes.h"
 
 #define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 
@@ -121,14 +77,12 @@ static void attend_one(const float *q, const float *keys, const float *values, i
     for (int64_t c = 0; c < chunks; c++) store(out + 16 * c, acc[c] * splat(norm));
 }
 
-/* q: [rows, t, heads, dim] with strides (q_row, q_pos, dim); keys/values: [rows, kv_heads, capacity, dim]
-   contiguous per row (strides kv_row, capacity * dim, dim); out: [rows, t, heads, dim] contiguous.
-   Position j of row r attends to columns [0, start + j]. scratch: threads * (start + t + 16) floats.
-   The queries are shared among `threads` OpenMP threads (the runtime torch uses, where built with it). */
-int speechllm_attend(const float *q, int64_t q_row, int64_t q_pos, const float *keys, const float *values,
-                     int64_t kv_row, int64_t capacity, float *out, float *scratch, int64_t rows, int64_t t,
-                     int64_t heads, int64_t kv_heads, int64_t dim, int64_t start, float scale, int64_t threads) {
-    if (dim % 16 || dim > 256 || heads % kv_heads) return 1;
+/* Every (row, position, head) query of q [rows, t, heads, dim] (strides q_row, q_pos, dim) over the cache,
+   shared among `threads` OpenMP threads (the runtime torch uses, where built with it). */
+static void attend_queries(const float *q, int64_t q_row, int64_t q_pos, const float *keys, const float *values,
+                           int64_t kv_row, int64_t capacity, float *out, float *scratch, int64_t rows, int64_t t,
+                           int64_t heads, int64_t kv_heads, int64_t dim, int64_t start, float scale,
+                           int64_t threads) {
     const int64_t group = heads / kv_heads, queries = rows * t * heads, room = start + t + 16;
     const int64_t spread = queries < threads ? queries : threads;
 #pragma omp parallel for num_threads(spread) schedule(static)
@@ -143,5 +97,56 @@ int speechllm_attend(const float *q, int64_t q_row, int64_t q_pos, const float *
         attend_one(q + r * q_row + j * q_pos + h * dim, keys + column, values + column, dim, start + j + 1, dim,
                    scale, own, out + n * dim);
     }
+}
+
+/* q: [rows, t, heads, dim] with strides (q_row, q_pos, dim); keys/values: [rows, kv_heads, capacity, dim]
+   contiguous per row (strides kv_row, capacity * dim, dim); out: [rows, t, heads, dim] contiguous.
+   Position j of row r attends to columns [0, start + j]. scratch: threads * (start + t + 16) floats. */
+int speechllm_attend(const float *q, int64_t q_row, int64_t q_pos, const float *keys, const float *values,
+                     int64_t kv_row, int64_t capacity, float *out, float *scratch, int64_t rows, int64_t t,
+                     int64_t heads, int64_t kv_heads, int64_t dim, int64_t start, float scale, int64_t threads) {
+    if (dim % 16 || dim > 256 || heads % kv_heads) return 1;
+    attend_queries(q, q_row, q_pos, keys, values, kv_row, capacity, out, scratch, rows, t, heads, kv_heads, dim,
+                   start, scale, threads);
+    return 0;
+}
+
+/* x * cos + roll(x, dim / 2) * sin over one head, each product and the sum rounded on its own (no fused
+   multiply-add), as torch's three ops round them: the same numbers as the engine's rotary in torch */
+__attribute__((optimize("fp-contract=off")))
+static void rotate(const float *x, const float *cos, const float *sin, int64_t dim, float *out) {
+    const int64_t half = dim / 2;
+    for (int64_t d = 0; d < dim; d++) {
+        const float a = x[d] * cos[d];
+        const float b = x[(d + half) % dim] * sin[d];
+        out[d] = a + b;
+    }
+}
+
+/* One call per layer for a step or a verify pass: the rotary embedding of q and k, k and v into the cache
+   at columns [start, start + t), then speechllm_attend. qk: [rows, t, (heads + kv_heads) * dim] (q heads,
+   then k heads; strides qk_row, qk_pos, 1); v: [rows, t, kv_heads * dim] (strides v_row, v_pos, 1);
+   cos, sin: [rows, t, dim] contiguous (sin with rotate_half's sign in it); rotated: scratch for the turned
+   queries, rows * t * heads * dim floats. */
+int speechllm_rope_attend(const float *qk, int64_t qk_row, int64_t qk_pos, const float *v, int64_t v_row,
+                          int64_t v_pos, const float *cos, const float *sin, float *keys, float *values,
+                          int64_t kv_row, int64_t capacity, float *rotated, float *out, float *scratch,
+                          int64_t rows, int64_t t, int64_t heads, int64_t kv_heads, int64_t dim, int64_t start,
+                          float scale, int64_t threads) {
+    if (dim % 16 || dim > 256 || heads % kv_heads) return 1;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < t; j++) {
+            const float *c = cos + (r * t + j) * dim, *s = sin + (r * t + j) * dim;
+            const float *x = qk + r * qk_row + j * qk_pos;
+            for (int64_t h = 0; h < heads; h++)
+                rotate(x + h * dim, c, s, dim, rotated + ((r * t + j) * heads + h) * dim);
+            for (int64_t h = 0; h < kv_heads; h++) {
+                const int64_t at = r * kv_row + h * capacity * dim + (start + j) * dim;
+                rotate(x + (heads + h) * dim, c, s, dim, keys + at);
+                memcpy(values + at, v + r * v_row + j * v_pos + h * dim, (size_t)dim * sizeof(float));
+            }
+        }
+    attend_queries(rotated, t * heads * dim, heads * dim, keys, values, kv_row, capacity, out, scratch, rows, t,
+                   heads, kv_heads, dim, start, scale, threads);
     return 0;
 }

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechllm.generation.rowwise import silu_mul
 from speechllm.quant.backends import linear_rows_alone
 from speechllm.quant.formats import QuantizedWeight
 from speechllm.quant.linear import QuantLinear
@@ -149,7 +150,10 @@ class LayerProjections:
         if self.fused_gate_up is None:
             return self.layer_mlp(h)
         m = self.layer_mlp
-        gate, up = self._gate_up(h).chunk(2, dim=-1)
+        gate_up = self._gate_up(h)
+        if self._act is F.silu and not self._gate_up_lora:  # the gate in one native call
+            return self._down(silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         if self._gate_up_lora:
             gate, up = _with_lora([m.gate_proj, m.up_proj], (gate, up), h)
         return self._down(self._act(gate) * up)

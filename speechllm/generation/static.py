@@ -19,21 +19,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechllm.generation.attention import attend, native_attention
+from speechllm.generation.attention import native_attention, rope_attend
 from speechllm.generation.fused import direct, fused_projections
+from speechllm.generation.rowwise import native_rms_norm
 from speechllm.quant.backends import ROW_EXACT_UP_TO
 
-# the norms of the Llama family (``w * x / rms(x)`` in float32): one fused op instead of seven
+# the norms of the Llama family (``w * x / rms(x)`` in float32): one native call (rowwise.c), else
+# ``F.rms_norm`` (one op for the module's seven; on the CPU it runs as six)
 _RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
 
 
 def _norm(norm: nn.Module):
-    """``norm`` as a function of the hidden states: ``F.rms_norm`` for the family's RMSNorm (the same
-    numbers, one op), else the module itself."""
+    """``norm`` as a function of the hidden states: the family's RMSNorm natively or as ``F.rms_norm``,
+    any other norm as the module itself."""
     if type(norm).__name__ not in _RMS_NORMS or norm.weight.dtype != torch.float32:
         return norm
     shape, weight, eps = (norm.weight.shape[0],), norm.weight, norm.variance_epsilon
-    return lambda h: F.rms_norm(h, shape, weight, eps)
+    return native_rms_norm(weight, eps) or (lambda h: F.rms_norm(h, shape, weight, eps))
 
 
 def _held(model: nn.Module) -> list[nn.Module]:
@@ -94,14 +96,14 @@ class StaticEngine:
                    mask: Tensor | None) -> Tensor:
         b, t, _ = h.shape
         qk, v = self.projections[i].qk_v(h)  # q and k side by side: one rotary pass for both
+        keys, values = state.k[i], state.v[i]
+        if mask is None and self.native:  # a step or a verify pass: rotary, cache and each position alone
+            return self.projections[i].out(rope_attend(qk, v, cos, sin, keys, values, start, self.heads))
         qk = qk.view(b, t, self.heads + self.kv_heads, self.head_dim)
         qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
         end = start + t
-        keys, values = state.k[i], state.v[i]
         keys[:, :, start:end] = qk[:, :, self.heads:].transpose(1, 2)
         values[:, :, start:end] = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        if mask is None and self.native:  # a step or a verify pass: each position alone, one call
-            return self.projections[i].out(attend(qk[:, :, :self.heads], keys, values, start))
         q = qk[:, :, :self.heads].transpose(1, 2)
         if mask is None and t > 1:  # a verify pass: each position as a step sees it
             out = torch.cat([F.scaled_dot_product_attention(
