@@ -11,8 +11,9 @@ Paths: fp32 / int8 / int4 weights, each decoded by transformers' ``generate`` an
 speculative decoding off), plus int4 with speculative decoding on (SAM drafts; the same tokens).
 For SmolLM2 one more path, "llama.cpp": the same GGUF file decoded by llama.cpp itself (its CPU build,
 greedy, ``n_threads`` = ``--threads``), timed as the others are. It needs the optional
-``pip install llama-cpp-cffi`` (a prebuilt llama.cpp with a cffi binding, about 300 MB; not a project
-dependency); without it that row is skipped with a note. The random 1.1B model has no GGUF: no row there.
+``pip install --no-deps llama-cpp-cffi`` (a prebuilt llama.cpp with a cffi binding, about 300 MB; not a
+project dependency; ``--no-deps`` because its pins would take transformers back to 4.x); without it that
+row is skipped with a note. The random 1.1B model has no GGUF: no row there.
 llama.cpp's threads wait for each other by spinning: when other jobs keep the cores busy, asking for as
 many threads as there are cores slows it far more than it slows torch (``--threads 1`` is fairer there).
 Each model runs in its own process with its
@@ -112,7 +113,7 @@ def llama_cpp_binding():
     try:
         from llama.llama_cpp import ffi, lib
     except ImportError as e:
-        return f"llama-cpp-cffi is not usable ({e}); pip install llama-cpp-cffi"
+        return f"llama-cpp-cffi is not usable ({e}); pip install --no-deps llama-cpp-cffi"
     finally:
         sys.setdlopenflags(flags)
     return ffi, lib

@@ -1,7 +1,7 @@
 """Decoding through the product path, batch 1: the calls ``speechllm ask`` and the chat engine make
 on the starter model (SmolLM2-135M-Instruct in the GGUF's int4 weights, LoRA, ctc-posterior),
 against transformers fp32 ``generate`` and llama.cpp on the same GGUF (the optional
-``pip install llama-cpp-cffi``, as in ``decode.py``), and speculative decoding (SAM drafts) against
+``pip install --no-deps llama-cpp-cffi``, as in ``decode.py``), and speculative decoding (SAM drafts) against
 plain greedy.
 
     .venv/bin/python benchmarks/decode_e2e.py --threads 2 --json benchmarks/results/decode_e2e.json
