@@ -73,6 +73,24 @@ def build(source: Path) -> ctypes.CDLL | None:
     return ctypes.CDLL(str(path))
 
 
+# C types by letter, for :func:`load`'s signatures: "p" a pointer, "i" an int64, "f" a float, "v" no result
+_CTYPES = {"p": ctypes.c_void_p, "i": ctypes.c_int64, "f": ctypes.c_float, "v": None}
+
+
+def load(source: Path, functions: dict[str, str]) -> ctypes.CDLL | None:
+    """:func:`build` ``source`` and declare its ``functions``, each as ``"result:arguments"`` in the
+    letters of ``_CTYPES`` (``"i:ppf"``: an int64 from two pointers and a float); None where it cannot be
+    built."""
+    lib = build(source)
+    if lib is not None:
+        for name, signature in functions.items():
+            result, arguments = signature.split(":")
+            function = getattr(lib, name)
+            function.restype = _CTYPES[result]
+            function.argtypes = [_CTYPES[letter] for letter in arguments]
+    return lib
+
+
 def traced(name: str):
     """A ``torch.profiler`` range named ``name`` while the profiler runs (a ctypes call is no torch op, so
     the profiler would not see its time), else nothing (no per-call cost)."""

@@ -18,24 +18,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from speechllm.native import build, traced
-
-_INT, _PTR = ctypes.c_int64, ctypes.c_void_p
+from speechllm.native import load, traced
 
 
 @cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, or None where it cannot be had."""
-    lib = build(Path(__file__).with_name("attention.c"))
-    if lib is not None:
-        lib.speechllm_attend.restype = ctypes.c_int
-        lib.speechllm_attend.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _INT, _PTR, _PTR,
-                                         _INT, _INT, _INT, _INT, _INT, _INT, ctypes.c_float, _INT]
-        lib.speechllm_rope_attend.restype = ctypes.c_int
-        lib.speechllm_rope_attend.argtypes = [_PTR, _INT, _INT, _PTR, _INT, _INT, _PTR, _PTR, _PTR, _PTR,
-                                              _INT, _INT, _PTR, _PTR, _PTR, _INT, _INT, _INT, _INT, _INT,
-                                              _INT, ctypes.c_float, _INT]
-    return lib
+    return load(Path(__file__).with_name("attention.c"), {
+        "speechllm_attend": "i:piippiippiiiiiifi",
+        "speechllm_rope_attend": "i:piipiippppiipppiiiiiifi"})
 
 
 def native_attention(dtype: torch.dtype, device: torch.device, heads: int, kv_heads: int, dim: int) -> bool:

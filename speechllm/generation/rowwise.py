@@ -18,21 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from speechllm.native import build, traced
-
-_INT, _PTR = ctypes.c_int64, ctypes.c_void_p
+from speechllm.native import load, traced
 
 
 @cache
 def library() -> ctypes.CDLL | None:
     """The compiled ops, or None where they cannot be had."""
-    lib = build(Path(__file__).with_name("rowwise.c"))
-    if lib is not None:
-        lib.speechllm_rms_norm.restype = ctypes.c_int
-        lib.speechllm_rms_norm.argtypes = [_PTR, _INT, _INT, _PTR, ctypes.c_float, _PTR]
-        lib.speechllm_silu_mul.restype = ctypes.c_int
-        lib.speechllm_silu_mul.argtypes = [_PTR, _INT, _INT, _PTR]
-    return lib
+    return load(Path(__file__).with_name("rowwise.c"),
+                {"speechllm_rms_norm": "i:piipfp", "speechllm_silu_mul": "i:piip"})
 
 
 def native_rms_norm(weight: Tensor, eps: float) -> Callable[[Tensor], Tensor] | None:

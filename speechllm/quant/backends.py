@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..files import atomic_write_json
-from ..native import build, traced
+from ..native import load, traced
 from .formats import QuantizedWeight, QuantSpec, pack_int4
 
 # Row-exact products: a row multiplied in a batch of up to ROW_EXACT_UP_TO rows gets the same numbers as
@@ -283,12 +283,7 @@ if any(e in torch.backends.quantized.supported_engines for e in ("fbgemm", "x86"
 
 @cache
 def _int8_rows_library() -> ctypes.CDLL | None:
-    lib = build(Path(__file__).with_name("int8_rows.c"))
-    if lib is not None:
-        lib.speechllm_int8_rows.restype = None
-        ptr, size = ctypes.c_void_p, ctypes.c_int64
-        lib.speechllm_int8_rows.argtypes = [ptr, size, size, ptr, ptr, ptr, size, ptr, ptr, ptr, ptr, size]
-    return lib
+    return load(Path(__file__).with_name("int8_rows.c"), {"speechllm_int8_rows": "v:piipppippppi"})
 
 
 def _int8_rows_prepare(qw: QuantizedWeight) -> tuple:
