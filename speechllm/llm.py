@@ -77,11 +77,15 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+# bumped when an import's result changes (2: the body's linears quantize activations, as llama.cpp does)
+CONVERSION = 2
+
+
 def converted_folder(gguf: Path, quant: str) -> Path:
     """Where the quantized folder made from ``gguf`` in format ``quant`` is cached."""
     from .zoo import cache_root
 
-    return cache_root() / "converted" / f"{gguf.stem}-{file_sha256(gguf)[:16]}-{quant}"
+    return cache_root() / "converted" / f"{gguf.stem}-{file_sha256(gguf)[:16]}-{quant}-v{CONVERSION}"
 
 
 def _from_gguf(path: Path, quant: str) -> tuple[nn.Module, Any]:
@@ -113,7 +117,10 @@ def _import_gguf(file: Path, quant: str) -> tuple[nn.Module, Any]:
     checkpoint = read_gguf(file)
     raw = dict(checkpoint.config)
     config = AutoConfig.for_model(raw.pop("model_type"), **raw)
-    model = build_model(config, _convert(checkpoint.tensors, quant))
+    # run as llama.cpp runs a GGUF: activations quantized too (int8 blocks of 32 against Q4 weights)
+    qconfig = QuantConfig(method="import", exact_body=False)
+    model = build_model(config, _convert(checkpoint.tensors, quant), body_exact=qconfig.exact_body)
+    model.config.quantization_config = qconfig.to_dict()
     tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
     return model, tokenizer
 

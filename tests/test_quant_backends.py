@@ -55,11 +55,12 @@ def test_dequant_backend_is_exact():
     assert torch.equal(BACKENDS["dequant"].run(qw, many), F.linear(many, w))
 
 
-@pytest.mark.parametrize("name", ["dequant", "int4pack-cpu", "int8pack", "dyn-int8", "int8-rows"])
+@pytest.mark.parametrize(
+    "name", ["dequant", "int4pack-cpu", "int8pack", "dyn-int8", "int8-rows", "int4-rows"])
 @pytest.mark.parametrize("k", [96, 128])  # int8-rows: a plain-C tail / whole 64-byte blocks
 def test_a_few_rows_get_the_numbers_they_get_alone(name, k):
     """What speculative decoding's verify pass relies on (speechllm.quant.backends.ROW_EXACT_UP_TO)."""
-    bits = 4 if name in ("dequant", "int4pack-cpu") else 8
+    bits = 4 if name in ("dequant", "int4pack-cpu", "int4-rows") else 8
     spec = QuantSpec(bits, 32 if bits == 4 else -1)
     if name not in BACKENDS or not BACKENDS[name].supports(spec, 128, k, torch.device("cpu")):
         pytest.skip(f"{name} is not in this torch build or has no compiler here")
@@ -93,6 +94,29 @@ def test_int8_rows_blocks_give_exact_integer_sums(n):
     sums = (codes - zero).double() @ qw.codes.double().T  # exact in double: small integers
     reference = sums.float() * (scale * qw.scale[:, 0].float()[None])
     assert torch.allclose(out, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_int4_rows_sums_codes_against_int8_blocks_of_activations():
+    """int4-rows: activations as int8 per block of 32 (d = max |x| / 127), integer sums per weight group,
+    then each group's scale and offset; its own packed copy gives the codes back."""
+    spec, backend = QuantSpec(4, 32), BACKENDS.get("int4-rows")
+    if backend is None or not backend.supports(spec, 48, 96, torch.device("cpu")):
+        pytest.skip("int4-rows needs AVX-512 VNNI and a compiler")
+    qw = quantize_weight(torch.randn(48, 96), spec)
+    state = backend.prepare(qw)
+    assert torch.equal(kernels._int4_rows_codes(state), qw.codes)
+    x = torch.randn(5, 96)
+    x[2, 32:64] = 0  # an all-zero block
+    out = backend.run(state, x)
+    blocks = x.reshape(5, 3, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    codes = torch.where(d > 0, torch.round(blocks / d), torch.zeros(()))  # [rows, groups, 32]
+    w = qw.int_codes().double().reshape(48, 3, 32)  # [n, groups, 32]
+    sums = torch.einsum("rgi,ngi->rng", codes.double(), w)  # exact in double: small integers
+    scale, offset = qw.scale.double()[None], qw.offset.double()[None]  # [1, n, groups]
+    code_sums = codes.double().sum(-1)[:, None]  # [rows, 1, groups]
+    reference = (d.double()[:, None, :, 0] * (scale * sums + offset * code_sums)).sum(-1)
+    assert torch.allclose(out.double(), reference, rtol=1e-5, atol=1e-5)
 
 def test_choice_is_measured_once_and_cached(tmp_path):
     layer = QuantLinear.from_linear(torch.nn.Linear(256, 128), QuantSpec(4, 32))

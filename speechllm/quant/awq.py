@@ -102,7 +102,7 @@ def awq_layer(layer: nn.Module, inputs: dict[str, torch.Tensor], config: QuantCo
         if type(m) is nn.Linear and name in inputs and id(m) in targets:
             clip = search_clip(inputs[name], m.weight.float(), spec)
             qw = quantize_weight(m.weight, spec, clip)
-            q = QuantLinear.from_weight(qw, m.bias, act_bits=config.act_bits)
+            q = QuantLinear.from_weight(qw, m.bias, act_bits=config.act_bits, exact=config.exact_body)
             parent, _, child = name.rpartition(".")
             setattr(layer.get_submodule(parent) if parent else layer, child, q)
 

@@ -28,6 +28,8 @@ class QuantConfig:
     head_bits: int = 8  # the output head: 8, 4, or 0 to keep it in float
     embed_bits: int = 8  # the token embedding: 8, 4, or 0
     exact_head: bool = False  # False lets the head use kernels that quantize activations (fbgemm int8)
+    # False lets the other linears use them too (int4-rows: int8 blocks of 32, as llama.cpp runs Q4 GGUFs)
+    exact_body: bool = True
     rank: int = 32  # QUAD: outlier directions kept in full precision
     skip: tuple[str, ...] = ()  # module names (or name suffixes) kept in float
 

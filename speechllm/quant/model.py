@@ -121,13 +121,15 @@ def _config_embed_scale(config: Any, embedding: nn.Module) -> float:
 
 
 def build_model(config: Any, tensors: dict[str, QuantizedWeight | torch.Tensor],
-                formats: dict[str, dict] | None = None, head_exact: bool = False,
+                formats: dict[str, dict] | None = None, head_exact: bool = False, body_exact: bool = True,
                 regroup_tied: bool = True) -> nn.Module:
     """A Hugging Face causal LM from ``name → weight`` (``QuantizedWeight`` for quantized ones).
 
     Built on the meta device, so float copies of quantized matrices are never allocated. A tied
     head reuses the embedding's codes; with ``regroup_tied``, a grouped int8 table (GGUF Q8_0) is
-    re-grouped per channel once, so the head can use the fast int8 kernels.
+    re-grouped per channel once, so the head can use the fast int8 kernels. ``head_exact`` / ``body_exact``:
+    whether the head / the other linears keep activations in float where ``formats`` does not say (see
+    ``QuantConfig``).
     """
     model = _empty_model(config)
     formats = formats or {}
@@ -147,7 +149,7 @@ def build_model(config: Any, tensors: dict[str, QuantizedWeight | torch.Tensor],
                 new = QuantEmbedding.from_weight(w, base.padding_idx, scale)
             else:
                 desc = formats.get(module_name, {})
-                exact = desc.get("exact", module_name != HEAD or head_exact)
+                exact = desc.get("exact", head_exact if module_name == HEAD else body_exact)
                 new = QuantLinear.from_weight(w, tensors.get(module_name + ".bias"), exact=exact,
                                               act_bits=desc.get("act_bits", 16))
             set_module(model, module_name, new)

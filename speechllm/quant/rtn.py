@@ -14,4 +14,5 @@ from .methods import QuantConfig, register_method, set_module
 def quantize_rtn(model: nn.Module, linears: dict[str, nn.Linear], config: QuantConfig,
                  calib: list[torch.Tensor] | None = None, progress: bool = False) -> None:
     for name, linear in tqdm(linears.items(), desc="rtn", disable=not progress):
-        set_module(model, name, QuantLinear.from_linear(linear, config.spec, act_bits=config.act_bits))
+        set_module(model, name, QuantLinear.from_linear(linear, config.spec, act_bits=config.act_bits,
+                                                              exact=config.exact_body))
