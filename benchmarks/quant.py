@@ -12,7 +12,8 @@ timed in a loop sits in cache, which a real model's weights do not: end-to-end t
 
 ``quality``: perplexity of SmolLM2-135M-Instruct (the zoo's GGUF; "fp32" is its Q4_1 weights
 dequantized, the only float weights there are) on held-out English text, for RTN / AWQ / QUAD at
-W4A16, W4A8 and W4A4, and QUAD W4A4 after tuning its full-precision outlier weights. Calibration
+W4A16, W4A8 and W4A4, QUAD W4A4 after tuning its full-precision outlier weights, and RTN through
+``int4-rows`` (activations as int8 blocks of 32, what a GGUF import runs on). Calibration
 text is the train split of the project's text pools (Bible verses and fortunes, data_recipes), the
 evaluation text their test split: different texts, split by hash. Results are kept in ``--results``
 as they come, so a stopped run continues where it was.
@@ -115,9 +116,11 @@ def _texts(split: str) -> list[str]:
     return [pool[i] for i in order]
 
 
-# name -> (QuantConfig fields, QUAD tuning steps)
+# name -> (QuantConfig fields, plus "backend" to force a kernel on the body's linears; QUAD tuning steps)
 CONFIGS: dict[str, tuple[dict, int]] = {
     "rtn W4A16 g32": ({"method": "rtn"}, 0),
+    # what a GGUF import runs on an AVX-512 VNNI CPU: activations as int8 per block of 32 (llama.cpp's Q8)
+    "rtn W4A8 blocks (int4-rows)": ({"method": "rtn", "exact_body": False, "backend": "int4-rows"}, 0),
     "awq W4A16 g32": ({"method": "awq"}, 0),
     "rtn W4A16 g64": ({"method": "rtn", "group_size": 64}, 0),
     "awq W4A16 g64": ({"method": "awq", "group_size": 64}, 0),
@@ -134,6 +137,7 @@ CONFIGS: dict[str, tuple[dict, int]] = {
 def quality(args: argparse.Namespace) -> None:
     from speechllm.files import atomic_write_json
     from speechllm.llm import load_llm
+    from speechllm.quant import BACKENDS, QuantLinear
     from speechllm.quant.calibrate import perplexity
     from speechllm.quant.model import QuantConfig, calibration_batches, quantize, weight_bytes
     from speechllm.quant.quad import finetune_outliers
@@ -160,9 +164,18 @@ def quality(args: argparse.Namespace) -> None:
         if name in results:
             continue
         fields, steps = CONFIGS[name]
+        fields = dict(fields)
+        backend = fields.pop("backend", None)
+        spec = QuantConfig(**fields).spec
+        if backend and not BACKENDS[backend].supports(spec, 16, 32, torch.device("cpu")):
+            print(f"  {name}: skipped ({backend} does not run on this machine)", flush=True)
+            continue
         quantized = copy.deepcopy(model)
         t0 = time.perf_counter()
         quantize(quantized, QuantConfig(**fields), calib, progress=args.progress)
+        for module_name, m in quantized.named_modules():
+            if backend and isinstance(m, QuantLinear) and module_name != "lm_head":
+                m.backend = backend
         row: dict = {}
         if steps:
             losses = finetune_outliers(quantized, calib, steps=args.tune_steps, lr=args.tune_lr,
@@ -182,9 +195,10 @@ def quality(args: argparse.Namespace) -> None:
             continue
         r, (fields, _) = results[name], CONFIGS[name]
         group = fields.get("group_size", 32)
-        acts = fields.get("act_bits", 16)
+        acts = "int8 blocks of 32" if "backend" in fields else "fp32" if fields.get("act_bits", 16) == 16 \
+            else f"int{fields['act_bits']}"
         method = name.split(" ")[0].upper() + (" + outlier tuning" if "tuning" in name else "")
-        print(f"| {method} | int4 g{group} | {'fp32' if acts == 16 else f'int{acts}'} | {r['ppl']:.3f} "
+        print(f"| {method} | int4 g{group} | {acts} | {r['ppl']:.3f} "
               f"| {(r['ppl'] / base - 1) * 100:+.1f}% | {r['mb']:.0f} | {r['seconds']:.0f} |")
 
 

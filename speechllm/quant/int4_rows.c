@@ -22,7 +22,7 @@
 #endif
 #define GROUP 32
 #define BLOCK 16
-#define CHUNK 4 /* rows a block works on at a time (their sums stay in registers) */
+#define CHUNK 8 /* rows a block works on at a time (their sums stay in registers) */
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__F16C__)
 #include <immintrin.h>
@@ -76,11 +76,12 @@ static void block_rows(const uint8_t *w, const uint16_t *scales, int64_t groups,
             for (int c = 0; c < chunk; c++) {
                 const int64_t r = r0 + c;
                 const int8_t *x = q + r * k + g * GROUP;
-                __m512i sum = _mm512_setzero_si512();
+                __m512i sum = _mm512_setzero_si512(), sum2 = _mm512_setzero_si512();
                 for (int s = 0; s < 4; s++) {
                     sum = _mm512_dpbusd_epi32(sum, lo[s], _mm512_set1_epi32(word(x + 8 * s)));
-                    sum = _mm512_dpbusd_epi32(sum, hi[s], _mm512_set1_epi32(word(x + 8 * s + 4)));
+                    sum2 = _mm512_dpbusd_epi32(sum2, hi[s], _mm512_set1_epi32(word(x + 8 * s + 4)));
                 }
+                sum = _mm512_add_epi32(sum, sum2); /* two chains: half the wait on each dot product */
                 const __m512 dot = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), scale);
                 acc[c] = _mm512_fmadd_ps(dot, _mm512_set1_ps(d[r * groups + g]), acc[c]);
                 acc[c] = _mm512_fmadd_ps(offset, _mm512_set1_ps(d_sum[r * groups + g]), acc[c]);
