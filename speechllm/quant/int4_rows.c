@@ -27,29 +27,29 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__F16C__)
 #include <immintrin.h>
 
-/* row x [k] -> int8 codes per block of 32, each block's scale d and d * (sum of its codes) */
+/* row x [k] -> int8 codes per block of 32, each block's scale d and d * (sum of its codes). The codes
+   round to nearest, ties to even (the default rounding mode: nearbyintf's) */
 static void quantize_row(const float *x, int64_t k, int8_t *q, float *d, float *d_sum) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
     for (int64_t g = 0; g < k / GROUP; g++) {
-        const float *xs = x + g * GROUP;
-        float amax = 0.0f;
-        for (int i = 0; i < GROUP; i++) {
-            const float a = fabsf(xs[i]);
-            amax = a > amax || a != a ? a : amax; /* a NaN stays */
-        }
-        if (!isfinite(amax)) { /* NaN out, as a float product would give */
+        const __m512 a = _mm512_loadu_ps(x + g * GROUP), b = _mm512_loadu_ps(x + g * GROUP + 16);
+        const __m512 both = _mm512_max_ps(_mm512_andnot_ps(sign, a), _mm512_andnot_ps(sign, b));
+        const float amax = _mm512_reduce_max_ps(both);
+        /* a NaN anywhere (max drops NaNs) or an inf: NaN out, as a float product would give */
+        const int bad = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q)
+                        || !isfinite(amax);
+        if (bad) {
             memset(q + g * GROUP, 0, GROUP);
             d[g] = d_sum[g] = NAN;
             continue;
         }
         const float scale = amax / 127.0f, inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-        int32_t sum = 0;
-        for (int i = 0; i < GROUP; i++) {
-            const int32_t code = (int32_t)nearbyintf(xs[i] * inv);
-            q[g * GROUP + i] = (int8_t)code;
-            sum += code;
-        }
+        const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, _mm512_set1_ps(inv)));
+        const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, _mm512_set1_ps(inv)));
+        _mm_storeu_si128((__m128i *)(q + g * GROUP), _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(q + g * GROUP + 16), _mm512_cvtepi32_epi8(qb));
         d[g] = scale;
-        d_sum[g] = scale * (float)sum;
+        d_sum[g] = scale * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
     }
 }
 
