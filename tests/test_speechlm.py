@@ -156,6 +156,10 @@ def test_text_only_mode_is_the_base_llm(folders, model):
         assert not torch.allclose(model.llm(input_ids=x).logits, base(input_ids=x).logits)
         with model.text_mode():
             torch.testing.assert_close(model.llm(input_ids=x).logits, base(input_ids=x).logits)
+        assert not torch.allclose(model.llm(input_ids=x).logits, base(input_ids=x).logits)  # LoRA back on
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    with model.text_mode():  # switches the LoRA layers only: what trains stays as it was
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
 
 
 def test_loss_trains_only_adapter_and_lora(folders):
