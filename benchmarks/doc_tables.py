@@ -446,6 +446,14 @@ FIGURES.update({
     "decode-profile-load": Figure("decode-profile.json", lambda d: _loads(d["meta"]["load_average_before"])),
 })
 
+# ---- docs/low-bit-core.md: benchmarks/quant.py quality ------------------------------------------
+
+FIGURES.update({
+    "quant-rtn-g32-ppl": Figure("quant-quality.json", lambda d: d["rtn W4A16 g32"]["ppl"], fixed(2)),
+    "quant-int4-rows-ppl": Figure("quant-quality.json", lambda d: d["rtn W4A8 blocks (int4-rows)"]["ppl"],
+                                  fixed(2)),
+})
+
 # ---- docs/transcription-io.md: benchmarks/scores.py ---------------------------------------------
 
 FIGURES.update({

@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -150,7 +152,8 @@ def quality(args: argparse.Namespace) -> None:
     evals = calibration_batches(tokenizer, _texts("test"), args.seq_len, args.eval_windows)
 
     def save(name: str, row: dict) -> None:
-        results[name] = row
+        results[name] = {**row, "command": "python benchmarks/quant.py quality " + shlex.join(sys.argv[2:]),
+                         "threads": torch.get_num_threads(), "torch": torch.__version__}
         results_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(results_path, results, indent=1)
 
