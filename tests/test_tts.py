@@ -247,6 +247,36 @@ def test_lm_stream_matches_teacher_forcing(tiny_lm):
             assert int(row.argmax()) == target
 
 
+def test_lm_stream_runs_on_the_engine_and_the_fallback_agrees(tiny_lm, monkeypatch):
+    """The stream decodes on speechllm.generation's static engine; the fallback (the model's own forward
+    and cache, fed the same embeddings) writes the same greedy speech tokens."""
+    from speechllm.generation import engines, static
+
+    options = SamplingOptions(temperature=0, max_tokens_per_text_token=2)
+    text = split_words("the weather will be sunny")
+    on_engine = [c.tolist() for c in tiny_lm.stream(text, options)]
+    assert tiny_lm.as_causal_lm() in static._ENGINES
+    monkeypatch.setattr(engines, "ENGINES", {})  # every model type on the fallback
+    assert [c.tolist() for c in tiny_lm.stream(text, options)] == on_engine
+
+
+def test_lm_on_a_low_bit_backbone_trains_and_streams(tiny_llm):
+    """LMConfig(quant="int4"): the backbone's linears and embedding table are low-bit, LoRA wraps the
+    QuantLinears, the speech embeddings start at the table's scale, and the stream runs."""
+    from speechllm.quant import QuantLinear
+
+    torch.manual_seed(0)
+    lm = TextSpeechLM.build(LMConfig(backbone=str(tiny_llm), quant="int4", n_layers=2, n_speech=N_SPEECH,
+                                     text_chunk=2, speech_chunk=3, lora_rank=4))
+    assert any(isinstance(m, QuantLinear) for m in lm.decoder.modules())
+    ids, is_speech = interleave(lm.text_ids("hello world"), [3, 4, 5, 6], lm.config)
+    loss, _ = lm.loss(torch.tensor([ids]), torch.tensor([is_speech]), torch.tensor([len(ids)]))
+    loss.backward()
+    assert any("lora_" in n and p.grad is not None for n, p in lm.named_parameters())
+    options = SamplingOptions(temperature=0, max_tokens_per_text_token=2)
+    assert sum(len(c) for c in lm.eval().stream(split_words("hello world"), options)) > 0
+
+
 def test_lm_saved_state_round_trip(tiny_lm, tiny_llm):
     state = tiny_lm.saved_state()
     assert state and all("lora_" in k or not k.startswith("decoder.") for k in state)

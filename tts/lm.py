@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechllm.hf_cache import cache_arg
 from speechllm.speechlm.model import LoraSpec
 from speechllm.zoo import DEFAULT_LLM
 
@@ -120,7 +119,9 @@ class TextSpeechLM(nn.Module):
         hidden = decoder.config.hidden_size
         self.speech_emb = nn.Embedding(config.n_speech + 3, hidden)
         self.head = nn.Linear(hidden, config.n_speech + 1)
-        nn.init.normal_(self.speech_emb.weight, std=decoder.embed_tokens.weight.std().item())
+        table = decoder.embed_tokens  # a float or a low-bit (QuantEmbedding) table
+        weight = table.qweight.dequantize() if hasattr(table, "qweight") else table.weight
+        nn.init.normal_(self.speech_emb.weight, std=weight.std().item())
         self._add_lora()
 
     @classmethod
@@ -132,12 +133,14 @@ class TextSpeechLM(nn.Module):
     def _add_lora(self) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
+        from speechllm.quant.lora import register
+
         c = self.config
         self.decoder.requires_grad_(False)
         spec = LoraSpec(rank=c.lora_rank, alpha=c.lora_alpha, target_modules=c.lora_targets)
         lora = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                           target_modules=list(spec.target_modules), bias="none")
-        self.decoder = inject_adapter_in_model(lora, self.decoder)
+        self.decoder = inject_adapter_in_model(register(lora), self.decoder)  # float or QuantLinear bases
 
     def saved_state(self) -> dict[str, Tensor]:
         """What a TTS LM folder holds: LoRA, speech embeddings and head (the backbone loads by name)."""
@@ -211,6 +214,15 @@ class TextSpeechLM(nn.Module):
         return loss, accuracy
 
     # -- synthesis
+    def as_causal_lm(self) -> SpeechOutputLM:
+        """The decoder with the speech head as its output layer, for the decoding engines (kept while
+        the decoder and head stay the same modules, so the engine built on it is reused)."""
+        held = self.__dict__.get("_as_causal_lm")
+        if held is None or held.model is not self.decoder or held.lm_head is not self.head:
+            held = SpeechOutputLM(self.decoder, self.head)
+            self.__dict__["_as_causal_lm"] = held  # not a submodule: its weights are this module's
+        return held
+
     @torch.no_grad()
     def stream(self, text_pieces: Iterable[str], options: SamplingOptions = SamplingOptions()
                ) -> Iterator[Tensor]:
@@ -218,24 +230,30 @@ class TextSpeechLM(nn.Module):
 
         Text is committed word by word (up to the last space seen), so BPE sees the same pieces it
         would see on the whole text; each group of ``n`` committed text tokens is followed by ``m``
-        generated speech tokens, yielded at once. After the text ends, speech runs to EOS.
+        generated speech tokens, yielded at once. After the text ends, speech runs to EOS. The decoder
+        runs on ``speechllm.generation``'s engine (the static KV cache for the Llama family).
         """
-        from transformers import DynamicCache
+        from speechllm.generation import open_state
 
         c = self.config
         gen = torch.Generator().manual_seed(options.seed)
-        cache = DynamicCache()
         device = self.head.weight.device
         pending, committed = "", []
         n_text = n_speech = 0
         pieces = iter(text_pieces)
         text_done = False
+        state = None
 
         def feed(ids: list[int], speech: bool) -> Tensor:
+            """The next-token logits after ``ids``."""
+            nonlocal state
             t = torch.tensor([ids], device=device)
-            flags = torch.full_like(t, speech, dtype=torch.bool)
-            out = self.decoder(inputs_embeds=self.embed(t, flags), use_cache=True, **cache_arg(cache))
-            return out.last_hidden_state[0, -1]
+            embeds = self.embed(t, torch.full_like(t, speech, dtype=torch.bool))
+            if state is None:
+                positions = torch.arange(len(ids), device=device)[None]
+                state = open_state(self.as_causal_lm(), embeds, torch.ones_like(t), positions)
+                return state.logits[0]
+            return state.feed(embeds)[0]
 
         def pull(k: int) -> list[int]:
             """Up to k committed text tokens (fewer only at the end of the text). Reads one token
@@ -258,20 +276,20 @@ class TextSpeechLM(nn.Module):
             del committed[:k]
             return group
 
-        hidden = feed([c.start], True)
+        next_logits = feed([c.start], True)
         text_ended = False
         while True:
             group = [] if text_ended else pull(c.text_chunk)
             if group:
-                hidden = feed(group, False)
+                next_logits = feed(group, False)
                 n_text += len(group)
             if not text_ended and text_done and not committed:
-                hidden = feed([c.text_end], True)
+                next_logits = feed([c.text_end], True)
                 text_ended = True
             limit = int(options.max_tokens_per_text_token * max(n_text, 1)) + 25
             out = []
             for _ in range(c.speech_chunk):
-                logits = self.head(hidden).float()
+                logits = next_logits.float().clone()
                 if not text_ended:
                     logits[c.eos] = float("-inf")
                 token = self._sample(logits, options, gen)
@@ -284,7 +302,7 @@ class TextSpeechLM(nn.Module):
                 if n_speech == options.first_yield and len(out) < c.speech_chunk:
                     yield torch.tensor(out)
                     out = []
-                hidden = feed([token], True)
+                next_logits = feed([token], True)
             if out:
                 yield torch.tensor(out)
 
@@ -295,6 +313,23 @@ class TextSpeechLM(nn.Module):
         top = torch.topk(logits, min(options.top_k, logits.numel()))
         probs = torch.softmax(top.values / options.temperature, -1)
         return int(top.indices[torch.multinomial(probs, 1, generator=gen)])
+
+
+class SpeechOutputLM(nn.Module):
+    """A decoder stack and the speech head in the shape of a Hugging Face causal LM (``model``,
+    ``lm_head``, ``config``, ``forward(inputs_embeds=...)`` with ``logits``): what the decoding engines
+    take."""
+
+    def __init__(self, decoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.model, self.lm_head, self.config = decoder, head, decoder.config
+
+    def forward(self, inputs_embeds: Tensor, logits_to_keep: int = 0, **kwargs):
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        out = self.model(inputs_embeds=inputs_embeds, **kwargs)
+        hidden = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
+        return CausalLMOutputWithPast(logits=self.lm_head(hidden), past_key_values=out.past_key_values)
 
 
 def split_words(text: str) -> list[str]:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from speechllm.generation.hf import HFState
 from speechllm.generation.static import StaticState
 
-State = Any  # StaticState | HFState: logits, step, extend, rollback, select, repeat
+State = Any  # StaticState | HFState: logits, step, extend, feed, rollback, select, repeat
 StateFactory = Callable[..., State]
 
 ENGINES: dict[str, StateFactory] = {}

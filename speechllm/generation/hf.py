@@ -1,7 +1,7 @@
 """The fallback engine: any Hugging Face causal LM fed ``inputs_embeds``, on its own KV cache object.
 
 :class:`HFState` has the same methods as :class:`~speechllm.generation.static.StaticState`
-(``step``, ``extend``, ``rollback``, ``select``, ``repeat``), so every strategy runs on both; the
+(``step``, ``extend``, ``feed``, ``rollback``, ``select``, ``repeat``), so every strategy runs on both; the
 registry in :mod:`speechllm.generation.engines` picks this one for architectures the static
 engine does not cover.
 """
@@ -39,18 +39,26 @@ class HFState:
         return self.mask.shape[0]
 
     @torch.no_grad()
-    def extend(self, tokens: Tensor) -> Tensor:
-        """Feed ``tokens`` [rows, T]; the logits after each of them [rows, T, V]."""
-        rows, t = tokens.shape
+    def _forward(self, t: int, **inputs: Tensor) -> Tensor:
+        """The model on ``t`` new positions per row (``input_ids`` or ``inputs_embeds``); their logits."""
+        rows = self.mask.shape[0]
         self.mask = torch.cat([self.mask, self.mask.new_ones(rows, t)], dim=1)
         positions = self.next_position[:, None] + torch.arange(t, device=self.mask.device)
-        out = self.llm(input_ids=tokens.to(self.mask.device), attention_mask=self.mask,
-                       position_ids=positions, use_cache=True, **cache_arg(self.cache))
+        out = self.llm(**inputs, attention_mask=self.mask, position_ids=positions, use_cache=True,
+                       **cache_arg(self.cache))
         self.cache = output_cache(out)
         self.next_position = self.next_position + t
         logits = out.logits.float()
         self.logits = logits[:, -1]
         return logits
+
+    def extend(self, tokens: Tensor) -> Tensor:
+        """Feed ``tokens`` [rows, T]; the logits after each of them [rows, T, V]."""
+        return self._forward(tokens.shape[1], input_ids=tokens.to(self.mask.device))
+
+    def feed(self, embeds: Tensor) -> Tensor:
+        """Feed input embeddings [rows, T, D]; returns the next logits [rows, V]."""
+        return self._forward(embeds.shape[1], inputs_embeds=embeds)[:, -1]
 
     def extend_lazily(self, tokens: Tensor) -> Callable[[int], Tensor]:
         """:meth:`extend`, its logits by position: ``logits(j)`` [rows, V]."""

@@ -5,9 +5,10 @@ projections, LoRA layers when peft wrapped them), with its own attention.
 :class:`StaticEngine` holds what does not change between replies (the layers, the rotary table,
 fused projections); :class:`StaticState` is one batch's cache, prefilled from spliced
 ``inputs_embeds`` (left-padded rows: an attention mask and per-row positions) and advanced by
-:meth:`~StaticState.step` (one token per row) or :meth:`~StaticState.extend` (several tokens of one
-row, all their logits: what speculative decoding verifies), with :meth:`~StaticState.rollback` to
-drop rejected tokens. The cache grows (doubles) only when a reply outruns it.
+:meth:`~StaticState.step` (one token per row), :meth:`~StaticState.feed` (input embeddings) or
+:meth:`~StaticState.extend` (several tokens of one row, all their logits: what speculative decoding
+verifies), with :meth:`~StaticState.rollback` to drop rejected tokens. The cache grows (doubles) only
+when a reply outruns it.
 """
 
 from __future__ import annotations
@@ -199,11 +200,18 @@ class StaticState:
     def _embed(self, tokens: Tensor) -> Tensor:
         return self.engine.model.model.embed_tokens(tokens.to(self.engine.device))
 
+    def feed(self, embeds: Tensor) -> Tensor:
+        """Feed input embeddings [rows, T, D] (inputs that are not the model's own token embeddings, as
+        the TTS LM's speech tokens); returns the next logits [rows, V]."""
+        t = embeds.shape[1]
+        positions = self.next_position[:, None] + torch.arange(t, device=self.next_position.device)
+        self.logits = self.engine.forward(self, embeds, positions)
+        self.next_position = self.next_position + t
+        return self.logits
+
     def step(self, tokens: Tensor) -> Tensor:
         """Feed one token per row; returns the next logits [rows, V]."""
-        self.logits = self.engine.forward(self, self._embed(tokens[:, None]), self.next_position[:, None])
-        self.next_position = self.next_position + 1
-        return self.logits
+        return self.feed(self._embed(tokens[:, None]))
 
     def extend(self, tokens: Tensor) -> Tensor:
         """Feed ``tokens`` [rows, T]; the logits after each of them [rows, T, V]."""
