@@ -233,11 +233,13 @@ class TextSpeechLM(nn.Module):
         generated speech tokens, yielded at once. After the text ends, speech runs to EOS. The decoder
         runs on ``speechllm.generation``'s engine (the static KV cache for the Llama family).
         """
-        from speechllm.generation import open_state
+        from speechllm.generation import GenerationOptions, open_state
+        from speechllm.generation.decoders import TokenChooser
 
         c = self.config
-        gen = torch.Generator().manual_seed(options.seed)
         device = self.head.weight.device
+        choose = TokenChooser(GenerationOptions(temperature=options.temperature, top_k=options.top_k,
+                                                seed=options.seed), device)
         pending, committed = "", []
         n_text = n_speech = 0
         pieces = iter(text_pieces)
@@ -292,7 +294,7 @@ class TextSpeechLM(nn.Module):
                 logits = next_logits.float().clone()
                 if not text_ended:
                     logits[c.eos] = float("-inf")
-                token = self._sample(logits, options, gen)
+                token = int(choose(logits))
                 if token == c.eos or n_speech >= limit:
                     if out:
                         yield torch.tensor(out)
@@ -305,14 +307,6 @@ class TextSpeechLM(nn.Module):
                 next_logits = feed([token], True)
             if out:
                 yield torch.tensor(out)
-
-    @staticmethod
-    def _sample(logits: Tensor, options: SamplingOptions, gen: torch.Generator) -> int:
-        if options.temperature <= 0:
-            return int(logits.argmax())
-        top = torch.topk(logits, min(options.top_k, logits.numel()))
-        probs = torch.softmax(top.values / options.temperature, -1)
-        return int(top.indices[torch.multinomial(probs, 1, generator=gen)])
 
 
 class SpeechOutputLM(nn.Module):
