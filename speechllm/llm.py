@@ -120,7 +120,8 @@ def _import_gguf(file: Path, quant: str) -> tuple[nn.Module, Any]:
     # run as llama.cpp runs a GGUF: activations quantized too (int8 blocks of 32 against Q4 weights)
     qconfig = QuantConfig(method="import", exact_body=False)
     model = build_model(config, _convert(checkpoint.tensors, quant), body_exact=qconfig.exact_body)
-    model.config.quantization_config = qconfig.to_dict()
+    if quant != "none":  # a float model carries no quantization_config
+        model.config.quantization_config = qconfig.to_dict()
     tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
     return model, tokenizer
 
