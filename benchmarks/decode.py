@@ -76,7 +76,7 @@ def _random_quantized(cfg, spec):
             continue
         w = torch.randn(shape, generator=gen) * cfg.initializer_range
         tensors[name] = quantize_weight(w, INT8 if "embed_tokens" in name or "lm_head" in name else spec)
-    return build_model(cfg, tensors)
+    return build_model(cfg, tensors, body_exact=False)  # activations quantized too, as a GGUF import runs
 
 
 def _llama_1b(weights: str):
@@ -229,7 +229,7 @@ def read_bytes_per_token(model) -> int:
 
     from speechllm.quant import QuantLinear
 
-    seen, total = set(), 0
+    seen, total, held = set(), 0, []
     for module in model.modules():
         if isinstance(module, QuantLinear):
             tensors = [t for t in (module.qweight.codes, module.scale, module.offset) if t is not None]
@@ -237,6 +237,7 @@ def read_bytes_per_token(model) -> int:
             tensors = [module.weight]
         else:
             continue
+        held += tensors  # a compacted layer's codes are rebuilt per call: alive, their memory is not reused
         for t in tensors:
             if t.untyped_storage().data_ptr() not in seen:
                 seen.add(t.untyped_storage().data_ptr())

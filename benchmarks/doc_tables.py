@@ -351,10 +351,12 @@ DECODERS = {"hf": "transformers generate", "engine": "speechllm engine",
             "llama.cpp": "llama.cpp (llama-cpp-cffi)"}  # benchmarks/decode.py's LABELS
 
 
-def _decode_rows(d: dict) -> list[dict]:
-    """decode.json's rows, each with its speed against transformers' fp32 ``generate`` in the same run."""
-    base = one(d["rows"], weights="fp32", decoder="hf")["tokens_per_s"]
-    return [{**r, "vs_hf_fp32": r["tokens_per_s"] / base} for r in d["rows"]]
+def _decode_rows(d: dict, model: str = "smollm2") -> list[dict]:
+    """decode.json's rows of ``model``, each with its speed against transformers' fp32 ``generate`` in the
+    same run."""
+    rows = [r for r in d["rows"] if r["model"] == model]
+    base = one(rows, weights="fp32", decoder="hf")["tokens_per_s"]
+    return [{**r, "vs_hf_fp32": r["tokens_per_s"] / base} for r in rows]
 
 
 HEAD_OPS = ("quantized::linear_dynamic", "speechllm::int8_rows", "aten::_weight_int8pack_mm")
@@ -370,14 +372,16 @@ def _chat_e2e(key: str) -> Callable[[dict], float]:
     return lambda d: d["chat"][key]
 
 
-TABLES["decode"] = Table("decode.json", (
+DECODE_COLUMNS = (
     Column("weights", "weights"),
     Column("decoder", labelled(DECODERS, "decoder")),
     Column("tokens/s", "tokens_per_s", fixed(1), True),
     Column("vs transformers fp32", "vs_hf_fp32", fixed(2, "x"), True),
     Column("weight GB/s (copy GB/s)", lambda r: f"{r['weight_gb_s']:.1f} ({r['copy_gb_s']:.1f})",
-           numeric=True)),
-    rows=_decode_rows)
+           numeric=True))
+TABLES["decode"] = Table("decode.json", DECODE_COLUMNS, rows=_decode_rows)
+TABLES["decode-1b"] = Table("decode.json", (*DECODE_COLUMNS, Column(
+    "weight MB", "weight_mb", fixed(0), True)), rows=lambda d: _decode_rows(d, "llama-1b"))
 TABLES["decode-e2e"] = Table("decode_e2e.json", (
     Column("workload", "workload"),
     Column("greedy tok/s", "greedy_tokens_per_s", fixed(1), True),
@@ -421,6 +425,11 @@ FIGURES.update({
     "decode-load": Figure("decode.json", lambda d: _loads(d["load_average"])),
     "decode-int4-engine-vs-hf": Figure("decode.json", lambda d: one(
         _decode_rows(d), weights="int4", decoder="engine")["vs_hf_fp32"], fixed(2, "x")),
+    "decode-1b-int4-engine-vs-hf": Figure("decode.json", lambda d: one(
+        _decode_rows(d, "llama-1b"), weights="int4", decoder="engine")["vs_hf_fp32"], fixed(2, "x")),
+    "decode-1b-int4-weight-share": Figure("decode.json", lambda d: one(
+        _decode_rows(d, "llama-1b"), weights="int4", decoder="engine")["weight_mb"] / one(
+        _decode_rows(d, "llama-1b"), weights="fp32", decoder="hf")["weight_mb"], pct(0)),
     "decode-e2e-load-before": Figure("decode_e2e.json", lambda d: _loads(d["meta"]["load_average_before"])),
     "decode-e2e-load-after": Figure("decode_e2e.json", lambda d: _loads(d["meta"]["load_average_after"])),
     "decode-e2e-chat-product": Figure("decode_e2e.json", _chat_e2e("product_speculative_tokens_per_s"),
