@@ -425,6 +425,10 @@ FIGURES.update({
     "decode-load": Figure("decode.json", lambda d: _loads(d["load_average"])),
     "decode-int4-engine-vs-hf": Figure("decode.json", lambda d: one(
         _decode_rows(d), weights="int4", decoder="engine")["vs_hf_fp32"], fixed(2, "x")),
+    **{f"int4-kernel-{name}-m{m}": Figure("quant-kernels.json", lambda d, key=key, m=m: one(
+        d["rows"], weight="gate/up 1536x576", m=m)[key] * 1e3, fixed(0, " us"))
+       for name, key in (("int4pack", "int4-g32 int4pack-cpu"), ("int4-rows", "int4-g32 int4-rows"))
+       for m in (1, 8, 37)},
     "decode-1b-int4-engine-vs-hf": Figure("decode.json", lambda d: one(
         _decode_rows(d, "llama-1b"), weights="int4", decoder="engine")["vs_hf_fp32"], fixed(2, "x")),
     "decode-1b-int4-weight-share": Figure("decode.json", lambda d: one(

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/quant.py kernels [--threads 1] [--compile] [--device cuda]
     .venv/bin/python benchmarks/quant.py quality [--threads 2] [--results runs/quant_quality.json]
 
-``kernels``: ``x @ W.T`` for x ``[1, K]`` (decode) and ``[256, K]`` (prefill), for SmolLM2-135M's
-projections and a 1B-class MLP (2048x5632 both ways), through every registered backend that takes
-the format, against fp32 ``F.linear`` on the same weight in the same run. Each time is the best of
+``kernels``: ``x @ W.T`` for x ``[M, K]`` (``--rows``, default 1: decode, and 256: prefill), for
+SmolLM2-135M's projections and a 1B-class MLP (2048x5632 both ways), through every registered backend
+that takes the format, against fp32 ``F.linear`` on the same weight in the same run. Each time is the best of
 ``--repeats`` calls after warm-up: other jobs sharing the CPU only ever slow a call down. A weight
 timed in a loop sits in cache, which a real model's weights do not: end-to-end tokens/s
 (benchmarks/decode.py) is the figure that counts. ``auto`` is what the measured choice picks.
@@ -63,7 +63,8 @@ def kernels(args: argparse.Namespace) -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     formats = [QuantSpec(8, -1), QuantSpec(4, 32)]
     names = [n for n in BACKENDS if n != "compile" or args.compile]
-    shapes = {**SMOLLM2, **ONE_B}
+    shapes = {label: shape for label, shape in {**SMOLLM2, **ONE_B}.items()
+              if not args.shapes or label.split()[0] in args.shapes}
     columns = [(spec, n) for spec in formats for n in names
                if any(BACKENDS[n].supports(spec, *shape, device) for shape in shapes.values())]
     head = " | ".join(f"{spec.name} {n}" for spec, n in columns)
@@ -73,15 +74,16 @@ def kernels(args: argparse.Namespace) -> None:
           f"x fp32 F.linear in brackets\n")
     bf16 = " bf16 |" if cuda else ""  # the GPU's usual float baseline
     print(f"| weight | M | fp32 |{bf16} {head} | auto int8 | auto int4 |")
+    rows = []  # ms per call by "format backend", for --json
     print("|---|---:|---:|" + "---:|" * (len(columns) + 2 + cuda))
     for label, (n, k) in shapes.items():
         torch.manual_seed(0)
         w = torch.randn(n, k, device=device) * 0.02
         qws = {spec: quantize_weight(w.cpu(), spec).to(device) for spec in formats}
-        for m in (1, 256):
+        for m in args.rows:
             x = torch.randn(m, k, device=device)
             base = _best(lambda: F.linear(x, w), args.repeats, sync)  # noqa: B023
-            cells = []
+            cells, row = [], {"weight": label, "m": m, "fp32_ms": base * 1e3}
             if cuda:
                 xb, wb = x.bfloat16(), w.bfloat16()
                 t = _best(lambda: F.linear(xb, wb), args.repeats, sync)  # noqa: B023
@@ -98,13 +100,21 @@ def kernels(args: argparse.Namespace) -> None:
                     cells.append(f"fails ({str(exc)[:30]})")
                     continue
                 cells.append(f"{t * 1e3:.3f} ({base / t:.2f}x)")
+                row[f"{spec.name} {name}"] = t * 1e3
             auto = []
             for spec in formats:
                 prepared: dict = {}
-                exact = spec.bits == 4  # int8 may quantize activations (fbgemm), as the model's head does
-                auto.append(choose(qws[spec], x, prepared, exact).name
-                            if candidates(spec, n, k, x.device, exact) else "-")
+                # activations may be quantized, as in a GGUF import's layers and the model's head
+                auto.append(choose(qws[spec], x, prepared, exact=False).name
+                            if candidates(spec, n, k, x.device, exact=False) else "-")
             print(f"| {label} | {m} | {base * 1e3:.3f} | " + " | ".join(cells + auto) + " |", flush=True)
+            rows.append(row)
+    if args.json:
+        from speechllm.files import atomic_write_json
+
+        command = "python benchmarks/quant.py kernels " + shlex.join(sys.argv[2:])
+        atomic_write_json(args.json, {"command": command, "where": where, "torch": torch.__version__,
+                                      "repeats": args.repeats, "rows": rows}, indent=1)
 
 
 # --- quality ---------------------------------------------------------------------------------------
@@ -212,6 +222,9 @@ def main() -> None:
     k.add_argument("--repeats", type=int, default=20)
     k.add_argument("--compile", action="store_true", help="also time torch.compile's backend (slow to build)")
     k.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU kernels")
+    k.add_argument("--rows", type=int, nargs="+", default=[1, 256], help="M: rows of x (1: a decode step)")
+    k.add_argument("--shapes", nargs="+", help="only these weights (q/o, k/v, gate/up, down, head, 1B)")
+    k.add_argument("--json", help="also write the times here (ms per call)")
     q = sub.add_parser("quality")
     q.add_argument("--results", default="runs/quant_quality.json", help="kept as rows finish (resumable)")
     q.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="NAME")
