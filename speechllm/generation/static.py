@@ -200,11 +200,15 @@ class StaticState:
     def _embed(self, tokens: Tensor) -> Tensor:
         return self.engine.model.model.embed_tokens(tokens.to(self.engine.device))
 
+    def _positions(self, t: int) -> Tensor:
+        """Each row's positions [rows, t] for ``t`` tokens after those fed so far."""
+        return self.next_position[:, None] + torch.arange(t, device=self.next_position.device)
+
     def feed(self, embeds: Tensor) -> Tensor:
         """Feed input embeddings [rows, T, D] (inputs that are not the model's own token embeddings, as
         the TTS LM's speech tokens); returns the next logits [rows, V]."""
         t = embeds.shape[1]
-        positions = self.next_position[:, None] + torch.arange(t, device=self.next_position.device)
+        positions = self._positions(t)
         self.logits = self.engine.forward(self, embeds, positions)
         self.next_position = self.next_position + t
         return self.logits
@@ -216,7 +220,7 @@ class StaticState:
     def extend(self, tokens: Tensor) -> Tensor:
         """Feed ``tokens`` [rows, T]; the logits after each of them [rows, T, V]."""
         t = tokens.shape[1]
-        positions = self.next_position[:, None] + torch.arange(t, device=self.next_position.device)
+        positions = self._positions(t)
         logits = self.engine.forward(self, self._embed(tokens), positions, all_logits=True)
         self.next_position = self.next_position + t
         self.logits = logits[:, -1]
@@ -228,7 +232,7 @@ class StaticState:
         or all rows at once where the output layer takes them for the price of one; either way each
         row gets a step's numbers."""
         t = tokens.shape[1]
-        positions = self.next_position[:, None] + torch.arange(t, device=self.next_position.device)
+        positions = self._positions(t)
         hidden = self.engine.forward(self, self._embed(tokens), positions, all_logits=True, head=False)
         self.next_position = self.next_position + t
         if self.engine.head_takes_rows_together():  # all rows in one call: the same numbers, no dearer

@@ -7,7 +7,7 @@
    multiply-adds per group, not per weight: a weight costs half a byte to read and a fraction of an
    instruction. Each row takes the same steps in the same order alone or among others (a verify pass
    of speculative decoding gets a single step's numbers, bit for bit), and a batch of rows reads the
-   weights once: a pass of 8 rows costs about two single steps.
+   weights once: 8 rows cost two to three single rows, where torch's int4pack pays about three.
 
    The weights come re-packed (backends.py, _int4_rows_prepare): per block of 16 output rows and group,
    4 x 64 bytes, byte 4c + t of the s-th holding weight row c's codes for k = 8s + t (low nibble) and
