@@ -44,6 +44,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -136,14 +137,15 @@ def _stream(model, text, options):
     return call
 
 
-def draft_counts(model, audio, texts, options, phrases) -> dict[str, int]:
+def draft_counts(model, audio, texts, options, phrases, head=None) -> dict[str, int]:
     """Draft tokens proposed and accepted, forward passes after the first token and reply tokens over
-    ``texts`` (each with its clip or None), decoded as generate() decodes them, with ``phrases``."""
+    ``texts`` (each with its clip or None), decoded as generate() decodes them, with ``phrases`` and
+    ``head``."""
     counts = {"drafted": 0, "accepted": 0, "passes": 0, "tokens": 0}
     for a, text in zip(audio, texts, strict=True):
         with model.text_mode() if a is None else torch.no_grad(), torch.no_grad():
             spliced, seeds = model._prefill_seeded(None if a is None else [a], [text])
-            decoder = GreedyDecoder(model._stop_ids, options, seeds[0], phrases)
+            decoder = GreedyDecoder(model._stop_ids, options, seeds[0], phrases, head)
             out = decoder.run(model._open(spliced, options))[0]
         for key in ("drafted", "accepted", "passes"):
             counts[key] += getattr(decoder.stats, key)
@@ -153,7 +155,7 @@ def draft_counts(model, audio, texts, options, phrases) -> dict[str, int]:
 
 def _draft_stats(model, audio, texts, options) -> dict:
     """Acceptance of the drafts on the same inputs (the decoder generate() runs, with its counters)."""
-    c = draft_counts(model, audio, texts, options, model.phrase_book())
+    c = draft_counts(model, audio, texts, options, model.phrase_book(), model.draft_head())
     return {"drafted": c["drafted"], "accepted": c["accepted"],
             "acceptance": c["accepted"] / max(c["drafted"], 1),
             "tokens_per_pass": c["tokens"] / max(c["passes"], 1)}
@@ -215,7 +217,10 @@ def main() -> None:
     rows = _rows(args.manifest, args.rows)
     greedy = GenerationOptions(max_new_tokens=args.max_new_tokens, speculative=False)
     spec = GenerationOptions(max_new_tokens=args.max_new_tokens)  # the product's default: drafts on
-    no_book = GenerationOptions(max_new_tokens=args.max_new_tokens, phrases=False)  # the prompt's drafts only
+    # what each of the model's own draft sources adds: drafts without it
+    without = {"phrase book": (replace(spec, phrases=False), model.phrase_book()),
+               "draft head": (replace(spec, draft_head=False), model.draft_head())}
+    without = {source: options for source, (options, present) in without.items() if present is not None}
     assert spec.speculative and spec.phrases
     typed = [TYPED_PASSAGE.format(passage=p, question=q) for _, p, q in rows]
     asks = [instruction("passage-question", q) for _, _, q in rows]
@@ -232,8 +237,7 @@ def main() -> None:
     paths: list[Path_] = []
     for name, (audio, texts, kind) in workloads.items():
         labels = [("greedy", greedy), ("speculative", spec), ("first token", first)]
-        if model.phrase_book() is not None:
-            labels.append(("speculative, no phrase book", no_book))
+        labels += [(f"speculative, no {source}", options) for source, options in without.items()]
         for label, options in labels:
             if kind == "stream":
                 calls = [_stream(model, t, options) for t in texts]
@@ -258,16 +262,20 @@ def main() -> None:
         first_s = by_name[f"{name} | first token"].best[0]
         stats = _draft_stats(model, audio, texts, spec)
         decode_g, decode_s = (_decode_rate(p, len(texts), first_s) for p in (g, s))
-        n = by_name.get(f"{name} | speculative, no phrase book")
-        decode_n = n and _decode_rate(n, len(texts), first_s)
+        ablations = {}
+        for source in without:
+            n = by_name[f"{name} | speculative, no {source}"]
+            decode_n = _decode_rate(n, len(texts), first_s)
+            key = source.replace(" ", "_")
+            ablations[f"decode_speedup_no_{key}"] = decode_n / decode_g if decode_g and decode_n else None
+            ablations[f"identical_no_{key}"] = sum(a == b for a, b in zip(g.replies, n.replies, strict=True))
         results["rows"].append({
             "workload": name, "greedy_tokens_per_s": g.tokens_per_s,
             "speculative_tokens_per_s": s.tokens_per_s, "speedup": s.tokens_per_s / g.tokens_per_s,
             "first_token_s": first_s, "decode_greedy_tokens_per_s": decode_g,
             "decode_speculative_tokens_per_s": decode_s,
             "decode_speedup": decode_s / decode_g if decode_g and decode_s else None,
-            "decode_speedup_no_phrase_book": decode_n / decode_g if decode_g and decode_n else None,
-            "identical_no_phrase_book": n and sum(a == b for a, b in zip(g.replies, n.replies, strict=True)),
+            **ablations,
             "tokens": g.best[1], "replies": len(texts),
             "identical": sum(a == b for a, b in zip(g.replies, s.replies, strict=True)),
             **stats})
@@ -294,18 +302,19 @@ def main() -> None:
     results["meta"] = {"command": " ".join(["python benchmarks/decode_e2e.py", *sys.argv[1:]]),
                        "model": args.model, "threads": args.threads, "rounds": args.rounds,
                        "phrase_book_replies": len(model.phrase_book() or ()),
+                       "draft_head": model.config.draft_head or None,
                        "max_new_tokens": args.max_new_tokens, "torch": torch.__version__,
                        "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                        "load_average_before": load_before, "load_average_after": os.getloadavg(),
                        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    ablation_keys = [f"decode_speedup_no_{source.replace(' ', '_')}" for source in without]
     print("| workload | greedy tok/s | speculative tok/s | speedup | after the first token "
-          "| (no phrase book) | acceptance | tokens/pass | identical |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          + "".join(f"| (no {source}) " for source in without) + "| acceptance | tokens/pass | identical |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * (len(without) + 3))
     for r in results["rows"]:
-        after, book = (f"{r[k]:.2f}x" if r[k] else "–"
-                       for k in ("decode_speedup", "decode_speedup_no_phrase_book"))
+        after = [f"{r[k]:.2f}x" if r[k] else "–" for k in ("decode_speedup", *ablation_keys)]
         print(f"| {r['workload']} | {r['greedy_tokens_per_s']:.1f} | {r['speculative_tokens_per_s']:.1f} "
-              f"| {r['speedup']:.2f}x | {after} | {book} | {r['acceptance']:.0%} "
+              f"| {r['speedup']:.2f}x | {' | '.join(after)} | {r['acceptance']:.0%} "
               f"| {r['tokens_per_pass']:.2f} | {r['identical']}/{r['replies']} |")
     c = results["chat"]
     print(f"\nchat, typed: product path {c['product_greedy_tokens_per_s']:.1f} tok/s greedy, "

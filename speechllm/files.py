@@ -187,6 +187,15 @@ def load_tensors(path: str | Path) -> dict[str, Any]:
     return load_file(path)
 
 
+def tensors_metadata(path: str | Path) -> dict[str, str]:
+    """A safetensors file's metadata (its header's ``__metadata__``; empty when it has none)."""
+    from safetensors import safe_open
+
+    check_safetensors(path)
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def read_json(path: str | Path) -> dict[str, Any]:
     """A JSON object file; ``ValueError`` naming the file when it is not one (cut short, garbled)."""
     path = Path(path)

@@ -7,7 +7,8 @@ beam scorer, benchmarks).
   KV cache engine (:mod:`~speechllm.generation.static`, Llama family, low-bit kernels, fused
   projections) or the Hugging Face fallback (:mod:`~speechllm.generation.hf`).
 - :mod:`~speechllm.generation.decoders`: greedy / sampling / beam search, token streaming, and
-  speculative decoding from a suffix automaton (:mod:`~speechllm.generation.speculative`).
+  speculative decoding from a suffix automaton (:mod:`~speechllm.generation.speculative`) and a
+  trained draft head (:mod:`~speechllm.generation.draft_head`).
 - :mod:`~speechllm.generation.scorer`: the LLM as the CTC prefix beam search's language model.
 
 >>> state = open_state(llm, embeds, attention_mask, position_ids)   # prefill spliced embeddings
@@ -33,6 +34,7 @@ from speechllm.generation.decoders import (
     run_decoder,
     token_stream,
 )
+from speechllm.generation.draft_head import DraftHead, HeadDrafter
 from speechllm.generation.engines import ENGINES, open_state, register_engine, state_class
 from speechllm.generation.hf import HFState
 from speechllm.generation.options import (
@@ -51,8 +53,9 @@ from speechllm.generation.static import StaticState, engine_for
 LMState = HFState  # the name the fallback state had (speechllm.speechlm.generate)
 
 __all__ = [
-    "DECODERS", "ENGINES", "STOP_REASONS", "BeamSearchDecoder", "Decoded", "DraftStats", "Generation",
-    "GenerationOptions", "GenerationResult", "GreedyDecoder", "HFState", "LLMPrefixScorer", "LMState",
+    "DECODERS", "ENGINES", "STOP_REASONS", "BeamSearchDecoder", "Decoded", "DraftHead", "DraftStats",
+    "Generation", "GenerationOptions", "GenerationResult", "GreedyDecoder", "HFState", "HeadDrafter",
+    "LLMPrefixScorer", "LMState",
     "PhraseBook", "RepetitionGuard", "Reply", "SamDrafter", "StaticState", "SuffixAutomaton", "TokenChooser",
     "decode_text", "engine_for",
     "generate", "greedy_steps", "open_state", "register_engine", "run_decoder", "state_class",

@@ -1,8 +1,9 @@
 """Decoding strategies over an engine's state, as small classes (whisper's ``decoding.py``).
 
 - :func:`token_stream`: one row, greedy, token by token (what streams), with speculative
-  decoding when drafts are on: :class:`~speechllm.generation.speculative.SamDrafter` proposes, the
-  LLM verifies the draft in one ``extend`` and the cache rolls back past the first miss.
+  decoding when drafts are on: :class:`~speechllm.generation.speculative.SamDrafter` proposes (else
+  the model's :class:`~speechllm.generation.draft_head.HeadDrafter`, where it has one), the LLM
+  verifies the draft in one ``extend`` and the cache rolls back past the first miss.
 - :class:`GreedyDecoder`: a batch, greedy or sampled (:class:`TokenChooser`); one greedy row goes
   through :func:`token_stream`.
 - :class:`BeamSearchDecoder`: ``beam_size`` rows per item; with ``beam_size=1`` it picks exactly
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from speechllm.generation.draft_head import HeadDrafter
 from speechllm.generation.options import GenerationOptions, Reply
 from speechllm.generation.speculative import PhraseBook, SamDrafter
 
@@ -59,22 +61,27 @@ class DraftStats:
 
 
 def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = (),
-                 stats: DraftStats | None = None, phrases: PhraseBook | None = None
-                 ) -> Iterator[tuple[int, float]]:
+                 stats: DraftStats | None = None, phrases: PhraseBook | None = None,
+                 head: HeadDrafter | None = None) -> Iterator[tuple[int, float]]:
     """Greedy (token, logprob) of row 0, stop token included, at most ``max_new_tokens``.
 
     With ``options.speculative`` the tokens are the same, but the drafter's guesses are checked
     several at a time. ``prompt``: the token ids the reply may copy from (seeds the drafter);
-    ``phrases``: the model's phrase book (drafts where the prompt has none; ``options.phrases``)."""
+    ``phrases``: the model's phrase book (drafts where the prompt has none; ``options.phrases``);
+    ``head``: the model's draft head (drafts from the LLM's hidden state where the prompt and the book
+    have none; ``options.draft_head``)."""
     stats = stats if stats is not None else DraftStats()
     # drafts only on an engine whose verify pass scores each row as a step would (the static engine)
     exact = getattr(state, "row_exact", False)
     book = phrases if options.phrases else None
     drafter = SamDrafter(prompt, options.min_match, book) if options.speculative and exact else None
+    head = head if drafter is not None and options.draft_head else None
     stops = frozenset(stop_ids)
     budget = options.max_new_tokens
     emitted = 0
-    size = min(2, options.draft_tokens)  # the next draft's length, adapted to how the drafts fare
+    # the next draft's length, adapted to how the drafts fare: copies double while they hold, the head's
+    # chains (each token dearer to draft, and less sure) grow by one
+    size = head_size = min(2, options.draft_tokens)
     logits = state.logits[:1]
     while True:
         scores = logits.log_softmax(-1)
@@ -84,9 +91,13 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
         if token in stops or emitted >= budget:
             return
         draft: list[int] = []
+        from_head = False
         if drafter is not None:
             drafter.append(token)
             draft = drafter.draft(min(size, budget - emitted))
+            if not draft and head is not None:
+                draft = head.draft(state.hidden[0, -1], token, min(head_size, budget - emitted))
+                from_head = True
         stats.passes += 1
         if not draft:
             logits = state.step(torch.tensor([token]))
@@ -102,8 +113,12 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
         stats.accepted += accepted
         # each drafted row costs a fraction of a step: draft longer while drafts hold, shorter after a miss;
         # after a draft missed at once, ask for one more matched token before the next (free text)
-        size = min(2 * size, options.draft_tokens) if accepted == len(draft) else max(1, accepted)
-        drafter.min_match = options.min_match + (accepted == 0)
+        if from_head:
+            grown = min(head_size + 1, options.draft_tokens)
+            head_size = grown if accepted == len(draft) else max(1, accepted)
+        else:
+            size = min(2 * size, options.draft_tokens) if accepted == len(draft) else max(1, accepted)
+            drafter.min_match = options.min_match + (accepted == 0)
         state.rollback(len(draft) - accepted, rows[-1])
         for i in range(accepted):
             t = draft[i]
@@ -117,15 +132,16 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
 
 class GreedyDecoder:
     def __init__(self, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = (),
-                 phrases: PhraseBook | None = None):
+                 phrases: PhraseBook | None = None, head: HeadDrafter | None = None):
         self.stop_ids, self.options, self.prompt, self.phrases = tuple(stop_ids), options, prompt, phrases
+        self.head = head
         self.stats = DraftStats()
 
     def run(self, state) -> list[Decoded]:
         if state.logits.shape[0] == 1 and self.options.temperature <= 0:
             reply = Reply(self.stop_ids, self.options)
             for token, logprob in token_stream(state, self.stop_ids, self.options, self.prompt, self.stats,
-                                               self.phrases):
+                                               self.phrases, self.head):
                 if not reply.add(token, logprob):
                     break
             return [(reply.tokens, reply.logprob, reply.stop)]
@@ -151,7 +167,7 @@ class BeamSearchDecoder:
     """``beam_size`` hypotheses per item; an item ends once it has ``beam_size`` finished ones."""
 
     def __init__(self, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = (),
-                 phrases: PhraseBook | None = None):
+                 phrases: PhraseBook | None = None, head: HeadDrafter | None = None):
         self.stop_ids, self.options = set(stop_ids), options
 
     def score(self, logprob: float, length: int) -> float:
@@ -228,11 +244,12 @@ DECODERS = {"greedy": GreedyDecoder, "beam": BeamSearchDecoder}
 
 
 def run_decoder(state, stop_ids: Sequence[int], options: GenerationOptions,
-                prompt: Sequence[int] = (), phrases: PhraseBook | None = None) -> list[Decoded]:
+                prompt: Sequence[int] = (), phrases: PhraseBook | None = None,
+                head: HeadDrafter | None = None) -> list[Decoded]:
     """Decode a prefilled batch with the strategy the options name (beam search when beam_size > 1);
-    ``prompt`` and ``phrases`` seed the drafts of a greedy row (:func:`token_stream`)."""
+    ``prompt``, ``phrases`` and ``head`` seed the drafts of a greedy row (:func:`token_stream`)."""
     decoder = DECODERS["greedy" if options.beam_size == 1 else "beam"]
-    return decoder(stop_ids, options, prompt, phrases).run(state)
+    return decoder(stop_ids, options, prompt, phrases, head).run(state)
 
 
 def greedy_steps(state, stop_ids: Sequence[int], max_new_tokens: int) -> Iterator[Tensor]:

@@ -27,6 +27,7 @@ class GenerationOptions:
     draft_tokens: int = 12  # longest draft verified at once (drafts start at 2 and double while they hold)
     min_match: int = 1  # draft once this many tokens matched (one is often enough: a name's first piece)
     phrases: bool = True  # drafts also from the model's phrase book (its own replies), where it has one
+    draft_head: bool = True  # drafts also from the model's draft head (its hidden states), where it has one
     engine: str = "auto"  # "auto": the registry's engine for the model type; "hf": the fallback
 
     def __post_init__(self) -> None:

@@ -121,7 +121,8 @@ class StaticEngine:
         """Feed embeddings ``h`` [rows, T, D] at per-row ``positions`` [rows, T] after the cache's
         columns; the logits of the last position [rows, V] (of every position with ``all_logits``).
         ``keys`` [rows, T] marks the new columns other positions may attend to (default: all).
-        ``head=False``: the final hidden states [rows, T, D] instead (for :meth:`logits`)."""
+        ``head=False``: the final hidden states [rows, T, D] instead (for :meth:`logits`). Either way
+        ``state.hidden`` keeps the final hidden states the logits come from (a draft head reads them)."""
         t = h.shape[1]
         start = state.length
         state.reserve(start + t)
@@ -138,8 +139,10 @@ class StaticEngine:
             h = h + self._attention(state, i, norm_in(h), cos, sin, start, mask)
             h = h + self.projections[i].mlp(norm_post(h))
         state.length = start + t
-        h = h if all_logits or not head else h[:, -1]
-        return self.logits(self.final_norm(h)) if head else self.final_norm(h)
+        state.hidden = self.final_norm(h if all_logits or not head else h[:, -1:])
+        if not head:
+            return state.hidden
+        return self.logits(state.hidden if all_logits else state.hidden[:, -1])
 
     def logits(self, hidden: Tensor) -> Tensor:
         """The output layer on final hidden states."""
@@ -165,7 +168,8 @@ def engine_for(llm: nn.Module) -> StaticEngine:
 
 class StaticState:
     """One batch's preallocated cache ``[layers, rows, kv_heads, capacity, head_dim]``, its valid
-    columns, each row's next position and the next-token logits ``[rows, V]``."""
+    columns, each row's next position, the next-token logits ``[rows, V]`` and the final hidden states
+    they come from (``hidden[:, -1]``, [rows, D])."""
 
     row_exact = True  # extend() of up to ROW_EXACT_UP_TO tokens scores each as step() would (bit for bit)
 
@@ -245,6 +249,7 @@ class StaticState:
         if n:
             self.length -= n
             self.next_position = self.next_position - n
+            self.hidden = self.hidden[:, :self.hidden.shape[1] - n]
         self.logits = logits
 
     def repeat(self, n: int) -> None:
@@ -256,3 +261,4 @@ class StaticState:
         rows = rows.to(self.k.device)
         self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
         self.next_position, self.logits = self.next_position[rows], self.logits[rows]
+        self.hidden = self.hidden[rows]

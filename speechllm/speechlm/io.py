@@ -139,9 +139,9 @@ def check_speechlm_files(folder: str | Path) -> SpeechLLMConfig:
         if not (folder / file).is_file():
             raise FileNotFoundError(f"{folder}: config.json names a translation memory for {pair!r} but "
                                     f"{folder / file} is missing")
-    if config.phrases and not (folder / config.phrases).is_file():
-        raise FileNotFoundError(f"{folder}: config.json names a phrase book but {folder / config.phrases} "
-                                "is missing")
+    for what, file in (("a phrase book", config.phrases), ("a draft head", config.draft_head)):
+        if file and not (folder / file).is_file():
+            raise FileNotFoundError(f"{folder}: config.json names {what} but {folder / file} is missing")
     return config
 
 

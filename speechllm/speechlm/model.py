@@ -34,6 +34,7 @@ from speechllm.adapters import Adapter, AdapterOutput, adapter_class, build_adap
 from speechllm.generation import (
     Generation,
     GenerationOptions,
+    HeadDrafter,
     PhraseBook,
     Reply,
     decode_text,
@@ -124,6 +125,9 @@ class SpeechLLMConfig:
     # a phrase book in the model folder: replies the LLM wrote to other prompts, which speculative decoding
     # drafts from where the prompt offers nothing (speechllm.generation.speculative.PhraseBook; "": none)
     phrases: str = ""
+    # a draft head in the model folder: an MLP over the LLM's hidden states trained on its own replies, which
+    # drafts where neither the prompt nor the phrase book does (speechllm.generation.draft_head; "": none)
+    draft_head: str = ""
 
     def __post_init__(self) -> None:
         if self.asr_decoder not in ("llm", "ctc"):
@@ -199,6 +203,7 @@ class SpeechLLM(nn.Module):
         self.folder: Path | None = None  # the model folder it was loaded from (its memory files)
         self._memories: dict[str, TranslationMemory] = {}  # config.memory's, read on first use
         self._phrases: PhraseBook | None = None  # config.phrases, read on first use
+        self._draft_head: HeadDrafter | None = None  # config.draft_head, read on first use
         if whisper is not None:
             whisper.prompt_for = self.hearing_prompt
 
@@ -279,14 +284,16 @@ class SpeechLLM(nn.Module):
         return {pair: self._in_folder(file) for pair, file in self.config.memory.items()}
 
     def loaded_from(self, folder: Path) -> SpeechLLM:
-        """Record the folder the model was loaded from: its ``memory`` and ``phrases`` files are there."""
-        self.folder, self._memories, self._phrases = folder, {}, None
+        """Record the folder the model was loaded from: its ``memory``, ``phrases`` and ``draft_head`` files
+        are there."""
+        self.folder, self._memories, self._phrases, self._draft_head = folder, {}, None, None
         return self
 
     def folder_files(self) -> dict[str, Path]:
-        """The files a saved model folder carries beside its weights (memories, phrase book): name in
-        the folder -> where it is now."""
-        names = [*self.config.memory.values(), *([self.config.phrases] if self.config.phrases else [])]
+        """The files a saved model folder carries beside its weights (memories, phrase book, draft head):
+        name in the folder -> where it is now."""
+        extras = (self.config.phrases, self.config.draft_head)
+        names = [*self.config.memory.values(), *(name for name in extras if name)]
         return {name: self._in_folder(name) for name in names}
 
     def phrase_book(self) -> PhraseBook | None:
@@ -294,6 +301,12 @@ class SpeechLLM(nn.Module):
         if self.config.phrases and self._phrases is None:
             self._phrases = PhraseBook.read(self._in_folder(self.config.phrases))
         return self._phrases
+
+    def draft_head(self) -> HeadDrafter | None:
+        """``config.draft_head``, read (and bound to the LLM) on first use (None: the model has none)."""
+        if self.config.draft_head and self._draft_head is None:
+            self._draft_head = HeadDrafter.read(self._in_folder(self.config.draft_head), self.llm)
+        return self._draft_head
 
     def translation_memory(self, source: str, target: str | None = None) -> TranslationMemory | None:
         """The memory from language ``source`` (to ``target``; None: to any; codes or names), read on
@@ -610,7 +623,7 @@ class SpeechLLM(nn.Module):
             encoded = transcript_units(self.adapter, self.ctc_vocab, [heard])
             spliced, seeds = self._splice_seeded([prompt[0]], encoded, [prompt[1]])
             results = run_decoder(self._open(spliced, options), self._stop_ids, options, seeds[0],
-                                  self.phrase_book())
+                                  self.phrase_book(), self.draft_head())
             replies.append(decode_text(self.tokenizer, results[0][0]))
         return replies
 
@@ -644,7 +657,7 @@ class SpeechLLM(nn.Module):
             spliced, seeds = self._prefill_seeded(audio, instructions)
             state = self._open(spliced, options)
             results = run_decoder(state, self._stop_ids, options, seeds[0] if len(seeds) == 1 else (),
-                                  self.phrase_book())
+                                  self.phrase_book(), self.draft_head())
         return [Generation(tuple(tokens), decode_text(self.tokenizer, tokens), logprob, stop)
                 for tokens, logprob, stop in results]
 
@@ -665,7 +678,7 @@ class SpeechLLM(nn.Module):
             reply = Reply(self._stop_ids, options)
             shown = ""
             for token, logprob in token_stream(state, self._stop_ids, options, seeds[0],
-                                               phrases=self.phrase_book()):
+                                               phrases=self.phrase_book(), head=self.draft_head()):
                 if not reply.add(token, logprob):
                     break
                 text = decode_text(self.tokenizer, reply.tokens[:reply.settled()], strip=False).lstrip()
