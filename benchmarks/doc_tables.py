@@ -382,6 +382,7 @@ DECODE_COLUMNS = (
 TABLES["decode"] = Table("decode.json", DECODE_COLUMNS, rows=_decode_rows)
 TABLES["decode-1b"] = Table("decode.json", (*DECODE_COLUMNS, Column(
     "weight MB", "weight_mb", fixed(0), True)), rows=lambda d: _decode_rows(d, "llama-1b"))
+HEAD_ABLATION = ("decode_speedup", "decode_speedup_no_draft_head")  # after the first token, with / without
 TABLES["decode-e2e"] = Table("decode_e2e.json", (
     Column("workload", "workload"),
     Column("greedy tok/s", "greedy_tokens_per_s", fixed(1), True),
@@ -389,6 +390,8 @@ TABLES["decode-e2e"] = Table("decode_e2e.json", (
     Column("speedup", "speedup", fixed(2, "x"), True),
     Column("speedup after the first token",
            lambda r: f"{r['decode_speedup']:.2f}x" if r.get("decode_speedup") else "–", numeric=True),
+    Column("(without the draft head)", lambda r: f"{r['decode_speedup_no_draft_head']:.2f}x"
+           if r.get("decode_speedup_no_draft_head") else "–", numeric=True),
     Column("acceptance", "acceptance", pct(0), True),
     Column("tokens / pass", "tokens_per_pass", fixed(2), True),
     Column("identical replies", lambda r: f"{r['identical']}/{r['replies']}", numeric=True)),
@@ -447,6 +450,12 @@ FIGURES.update({
     "decode-e2e-copy-speedup": Figure("decode_e2e.json", lambda d: one(
         d["rows"], workload="quotes and corrections, typed")["speedup"], fixed(2, "x")),
     "decode-e2e-ttft-turns": Figure("decode_e2e.json", lambda d: d["ttft_s"]["turns"]),
+    **{f"decode-e2e-{name}-{key.replace('_', '-')}": Figure(
+        "decode_e2e.json", lambda d, w=workload, k=key: one(d["rows"], workload=w)[k], fixed(2, "x"))
+       for name, workload, keys in (
+           ("passage", "passage answers, typed passage", ("speedup", *HEAD_ABLATION)),
+           ("chat", "chat, typed", HEAD_ABLATION))
+       for key in keys},
     "decode-profile-int4-share": Figure("decode-profile.json", lambda d: sum(  # the int4 kernel, whichever
         op["self_cpu_share"] for op in d["decode"]["ops"] if op["op"] in INT4_OPS), pct(0)),
     "decode-profile-int8-share": Figure("decode-profile.json", lambda d: sum(  # the head's kernel, whichever

@@ -15,6 +15,7 @@ was trained on (its embeddings and output rows).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechllm.files import atomic_save_tensors, load_tensors, tensors_metadata
+from speechllm.generation.rowwise import native_rms_norm, silu_mul
+from speechllm.quant import INT8, QuantLinear
 
 
 class DraftHead(nn.Module):
@@ -40,9 +43,13 @@ class DraftHead(nn.Module):
     def forward(self, feature: Tensor, embedding: Tensor) -> Tensor:
         z = self.inp(torch.cat([feature, embedding], -1))
         for norm, gate_up, down in zip(self.norms, self.gate_up, self.down, strict=True):
-            gate, up = gate_up(norm(z)).chunk(2, -1)
-            z = z + down(F.silu(gate) * up)
+            z = z + down(self.gate(gate_up(norm(z))))
         return self.out_norm(z)
+
+    @staticmethod
+    def gate(gate_up: Tensor) -> Tensor:
+        gate, up = gate_up.chunk(2, -1)
+        return F.silu(gate) * up
 
     def save(self, path: str | Path, vocab: Tensor, meta: dict[str, str] | None = None) -> None:
         """The weights, ``vocab`` (the token ids the head drafts, int32) and the shape in the metadata."""
@@ -75,13 +82,42 @@ def output_rows(llm: nn.Module, vocab: Tensor, chunk: int = 64) -> Tensor:
                       for i in range(0, dim, chunk)]).T.contiguous()
 
 
-class HeadDrafter:
-    """A :class:`DraftHead` bound to its LLM: drafts a chain of tokens from a final hidden state."""
+class _NativeNorm(nn.Module):
+    def __init__(self, norm: nn.RMSNorm):
+        super().__init__()
+        eps = norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps
+        self.norm = native_rms_norm(norm.weight.detach(), eps) or norm
 
-    def __init__(self, head: DraftHead, vocab: Tensor, llm: nn.Module, min_prob: float = 0.3):
-        self.head, self.vocab, self.min_prob = head, vocab, min_prob
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x)
+
+
+def for_drafting(head: DraftHead) -> DraftHead:
+    """A copy of ``head`` for inference: int8 linear layers (weights and activations per row: the low-bit
+    kernels), the engine's native RMS norm and SiLU gate. A draft token reads the head and its output
+    rows: for the starter's head ~0.95 ms in float32 with torch's ops (a seventh of a step), 0.41 ms so."""
+    head = copy.deepcopy(head)
+    for name, module in list(head.named_modules()):
+        if isinstance(module, nn.Linear):
+            head.set_submodule(name, QuantLinear.from_linear(module, INT8, exact=False))
+        elif isinstance(module, nn.RMSNorm):
+            head.set_submodule(name, _NativeNorm(module))
+    head.gate = silu_mul
+    return head
+
+
+class HeadDrafter:
+    """A :class:`DraftHead` bound to its LLM: drafts a chain of tokens from a final hidden state, through
+    int8 copies of the head and of the output rows of its vocabulary (``quantized``: :func:`for_drafting`)."""
+
+    def __init__(self, head: DraftHead, vocab: Tensor, llm: nn.Module, min_prob: float = 0.3,
+                 quantized: bool = True):
+        self.vocab, self.min_prob = vocab, min_prob
         self.embed = llm.get_input_embeddings()
-        self.rows = output_rows(llm, vocab)
+        rows = nn.Linear(head.dim, len(vocab), bias=False)
+        rows.weight.data = output_rows(llm, vocab)
+        self.head = for_drafting(head) if quantized else head
+        self.rows = QuantLinear.from_linear(rows, INT8, exact=False) if quantized else rows
 
     @classmethod
     def read(cls, path: str | Path, llm: nn.Module) -> HeadDrafter:
@@ -91,7 +127,7 @@ class HeadDrafter:
             raise ValueError(f"{path}: a draft head for features of {head.dim}, but the LLM's are {dim}")
         return cls(head, vocab, llm)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def draft(self, feature: Tensor, token: int, k: int) -> list[int]:
         """Up to ``k`` tokens after ``token``, which the LLM chose from ``feature`` [D]; the chain stops
         before a token the head gives less than ``min_prob``."""
@@ -99,9 +135,9 @@ class HeadDrafter:
         f = feature.float()[None]
         for _ in range(k):
             f = self.head(f, self.embed(torch.tensor([token])).float())
-            probs = (f @ self.rows.T).softmax(-1)[0]
-            best = int(probs.argmax())
-            if float(probs[best]) < self.min_prob:
+            logits = self.rows(f)[0]
+            best = int(logits.argmax())
+            if self.min_prob * float((logits - logits[best]).exp().sum()) > 1:  # its probability < min_prob
                 break
             token = int(self.vocab[best])
             out.append(token)
