@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.skipif(FOLDER is None, reason="starter weights not in 
 def test_starter_is_small_safetensors_and_the_default():
     files = {p.name: p.stat().st_size for p in FOLDER.iterdir()}
     config = json.loads((FOLDER / "config.json").read_text())
-    carried = set((config.get("memory") or {}).values())  # its translation memories and phrase book
-    carried |= {config["phrases"]} if config.get("phrases") else set()
+    carried = set((config.get("memory") or {}).values())  # its translation memories, phrase book, draft head
+    carried |= {config[key] for key in ("phrases", "draft_head") if config.get(key)}
     assert set(files) <= {"config.json", "adapter.safetensors", "lora", "README.md", *carried}
     assert sum(files.values()) < 50e6
     assert config["format"] == "speechllm" and config["asr_decoder"] in ("ctc", "llm")
