@@ -26,8 +26,8 @@ Every path runs in turns, ``--rounds`` rounds after a warm-up round, and each pa
 each call's fastest time over the rounds, so a slow moment of a shared or drifting CPU costs one call of
 one round; ratios are within this one run. The
 replies with drafts on must equal those with drafts off (counted in ``identical``). Where the model
-has a phrase book (``config.json`` "phrases"), each workload also runs with drafts from the prompt
-only (``GenerationOptions(phrases=False)``): what the book adds.
+has a phrase book or a draft head (``config.json`` "phrases", "draft_head"), each workload also runs
+without each (``GenerationOptions(phrases=False)``, ``(draft_head=False)``): what each adds.
 
 Tokens/s count the whole call (hearing and prefill included). Drafts act only after the first
 token, so each workload also runs its calls for one token (hearing, prefill, first token: the same
