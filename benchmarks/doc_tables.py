@@ -450,6 +450,11 @@ FIGURES.update({
     "decode-e2e-copy-speedup": Figure("decode_e2e.json", lambda d: one(
         d["rows"], workload="quotes and corrections, typed")["speedup"], fixed(2, "x")),
     "decode-e2e-ttft-turns": Figure("decode_e2e.json", lambda d: d["ttft_s"]["turns"]),
+    **{f"draft-head-{name}-ms": Figure("draft-head-cost.json", lambda d, k=key: d["head_token_ms"][k],
+                                       fixed(2, " ms"))
+       for name, key in (("float", "float32"), ("int8", "int8 (as it drafts)"))},
+    "draft-head-int8-steps": Figure("draft-head-cost.json",
+                                    lambda d: d["head_token_steps"]["int8 (as it drafts)"], fixed(2)),
     **{f"decode-e2e-{name}-{key.replace('_', '-')}": Figure(
         "decode_e2e.json", lambda d, w=workload, k=key: one(d["rows"], workload=w)[k], fixed(2, "x"))
        for name, workload, keys in (

@@ -13,18 +13,17 @@ docs/decoding.md has what the starter's head measured.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from speechllm.data_recipes.phrase_book import load_model, replies_parser
 from speechllm.data_recipes.phrase_book import prompts as typed_prompts
 from speechllm.generation import DraftHead, GenerationOptions, StaticState, engine_for
 from speechllm.generation.draft_head import output_rows
@@ -153,22 +152,12 @@ def build(model, texts: list[str], epochs: int = 6, hidden: int = 1536, blocks: 
 
 
 def main() -> None:
-    from speechllm.speechlm.io import load_speechlm
-    from speechllm.zoo import ZOO, resolve
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a speech-LLM: zoo name or folder")
-    parser.add_argument("--out", type=Path, required=True, metavar="DRAFT_HEAD.safetensors")
-    parser.add_argument("--count", type=int, default=2500, help="prompts to reply to")
+    parser = replies_parser(__doc__, "DRAFT_HEAD.safetensors", 2500, 777)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=1536, help="the MLP's inner width")
     parser.add_argument("--blocks", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=777)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    folder = resolve(args.model).path if args.model in ZOO else Path(args.model)
-    model = load_speechlm(folder, device="cpu").eval()
+    model = load_model(args)
     t0 = time.perf_counter()
     texts = list(prompts(args.count, args.seed))
     head, vocab, losses = build(model, texts, args.epochs, args.hidden, args.blocks)

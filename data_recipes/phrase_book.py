@@ -52,20 +52,30 @@ def build(model, texts: list[str], max_new_tokens: int = 96, progress: bool = Tr
     return PhraseBook(replies)
 
 
-def main() -> None:
-    from speechllm.speechlm.io import load_speechlm
-    from speechllm.zoo import ZOO, resolve
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def replies_parser(doc: str, out: str, count: int, seed: int) -> argparse.ArgumentParser:
+    """The arguments of a recipe over a model's own replies (this one, the draft head's): ``--model``,
+    ``--out``, ``--count``, ``--seed``, ``--threads``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--model", required=True, help="a speech-LLM: zoo name or folder")
-    parser.add_argument("--out", type=Path, required=True, metavar="PHRASES.safetensors")
-    parser.add_argument("--count", type=int, default=400, help="prompts to reply to")
-    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--out", type=Path, required=True, metavar=out)
+    parser.add_argument("--count", type=int, default=count, help="prompts to reply to")
+    parser.add_argument("--seed", type=int, default=seed)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser
+
+
+def load_model(args: argparse.Namespace):
+    """``args.model`` (zoo name or folder) on the CPU, in eval mode, on ``args.threads`` threads."""
+    from speechllm import speechlm_path
+    from speechllm.speechlm.io import load_speechlm
+
     torch.set_num_threads(args.threads)
-    folder = resolve(args.model).path if args.model in ZOO else Path(args.model)
-    model = load_speechlm(folder, device="cpu").eval()
+    return load_speechlm(speechlm_path(args.model) or Path(args.model), device="cpu").eval()
+
+
+def main() -> None:
+    args = replies_parser(__doc__, "PHRASES.safetensors", 400, 2026).parse_args()
+    model = load_model(args)
     book = build(model, list(prompts(args.count, args.seed)))
     book.save(args.out, {"model": args.model, "prompts": str(args.count), "seed": str(args.seed)})
     print(f"{len(book)} replies, {len(book.sam.tokens)} tokens -> {args.out}")

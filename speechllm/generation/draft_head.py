@@ -94,8 +94,9 @@ class _NativeNorm(nn.Module):
 
 def for_drafting(head: DraftHead) -> DraftHead:
     """A copy of ``head`` for inference: int8 linear layers (weights and activations per row: the low-bit
-    kernels), the engine's native RMS norm and SiLU gate. A draft token reads the head and its output
-    rows: for the starter's head ~0.95 ms in float32 with torch's ops (a seventh of a step), 0.41 ms so."""
+    kernels), the engine's native RMS norm and SiLU gate: a draft token reads the head and its output
+    rows, which in float32 took the starter's head about twice as long
+    (benchmarks/probes/draft_head_cost.py)."""
     head = copy.deepcopy(head)
     for name, module in list(head.named_modules()):
         if isinstance(module, nn.Linear):
