@@ -66,11 +66,12 @@ def replies_parser(doc: str, out: str, count: int, seed: int) -> argparse.Argume
 
 def load_model(args: argparse.Namespace):
     """``args.model`` (zoo name or folder) on the CPU, in eval mode, on ``args.threads`` threads."""
-    from speechllm import speechlm_path
     from speechllm.speechlm.io import load_speechlm
+    from speechllm.zoo import ZOO, resolve
 
     torch.set_num_threads(args.threads)
-    return load_speechlm(speechlm_path(args.model) or Path(args.model), device="cpu").eval()
+    folder = resolve(args.model).path if args.model in ZOO else Path(args.model)
+    return load_speechlm(folder, device="cpu").eval()
 
 
 def main() -> None:
