@@ -1,3 +1,4 @@
+import copy
 import json
 from dataclasses import replace
 
@@ -160,6 +161,13 @@ def test_text_only_mode_is_the_base_llm(folders, model):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     with model.text_mode():  # switches the LoRA layers only: what trains stays as it was
         assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    twin = copy.deepcopy(model)
+    with twin.text_mode():  # finds (and keeps) its LLM's LoRA layers
+        pass
+    twin.llm = copy.deepcopy(model.llm)  # a new LLM object: its own LoRA layers, not the ones found before
+    with torch.no_grad(), twin.text_mode():
+        torch.testing.assert_close(twin.llm(input_ids=x).logits, base(input_ids=x).logits)
+        assert not torch.allclose(model.llm(input_ids=x).logits, base(input_ids=x).logits)
 
 
 def test_loss_trains_only_adapter_and_lora(folders):
