@@ -383,6 +383,7 @@ TABLES["decode"] = Table("decode.json", DECODE_COLUMNS, rows=_decode_rows)
 TABLES["decode-1b"] = Table("decode.json", (*DECODE_COLUMNS, Column(
     "weight MB", "weight_mb", fixed(0), True)), rows=lambda d: _decode_rows(d, "llama-1b"))
 HEAD_ABLATION = ("decode_speedup", "decode_speedup_no_draft_head")  # after the first token, with / without
+COMPILE_BUILDS = {"native": "native kernels (as shipped)", "torch": "torch ops only (SPEECHLLM_NATIVE=0)"}
 TABLES["decode-e2e"] = Table("decode_e2e.json", (
     Column("workload", "workload"),
     Column("greedy tok/s", "greedy_tokens_per_s", fixed(1), True),
@@ -453,6 +454,13 @@ FIGURES.update({
     **{f"draft-head-{name}-ms": Figure("draft-head-cost.json", lambda d, k=key: d["head_token_ms"][k],
                                        fixed(2, " ms"))
        for name, key in (("float", "float32"), ("int8", "int8 (as it drafts)"))},
+    **{f"compile-{name}-{field}": Figure("compile-step.json", lambda d, b=build, f=key: d["builds"][b][f],
+                                         fmt)
+       for name, build in COMPILE_BUILDS.items()
+       for field, key, fmt in (("eager", "eager_step_ms", fixed(2, " ms")),
+                               ("compiled", "compiled_step_ms", fixed(2, " ms")),
+                               ("breaks", "graph_breaks", fixed(0)),
+                               ("first", "first_compiled_call_s", fixed(0, " s")))},
     "draft-head-int8-steps": Figure("draft-head-cost.json",
                                     lambda d: d["head_token_steps"]["int8 (as it drafts)"], fixed(2)),
     **{f"decode-e2e-{name}-{key.replace('_', '-')}": Figure(

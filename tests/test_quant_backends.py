@@ -1,5 +1,6 @@
 """Every kernel against the dequantized reference; the measured choice, its cache, compaction, gradients."""
 
+import dataclasses
 import json
 import os
 
@@ -137,6 +138,20 @@ def test_choice_is_measured_once_and_cached(tmp_path):
     finally:
         kernels.time_backend = original
     assert calls == [] and other._chosen["decode"].name == layer._chosen["decode"].name
+
+
+def test_a_cached_choice_that_cannot_run_here_is_chosen_again(monkeypatch):
+    """kernels.json names a kernel this process cannot run (a native one, then SPEECHLLM_NATIVE=0)."""
+    layer = QuantLinear.from_linear(torch.nn.Linear(256, 128), QuantSpec(4, 32), exact=False)
+    x = torch.randn(1, 256)
+    expected = layer(x)
+    (key,) = kernels._CHOICES
+    gone = kernels._CHOICES[key]
+    monkeypatch.setitem(BACKENDS, gone, dataclasses.replace(BACKENDS[gone], supports=lambda *a: False))
+    again = QuantLinear.from_linear(torch.nn.Linear(256, 128), QuantSpec(4, 32), exact=False)
+    again.load_state_dict(layer.state_dict())
+    assert torch.allclose(again(x), expected, rtol=0.05, atol=0.05)
+    assert again._chosen["decode"].name != gone and kernels._CHOICES[key] != gone
 
 
 def test_forced_backend_and_inexact_choice():

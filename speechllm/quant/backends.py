@@ -460,6 +460,8 @@ def choose(qw: QuantizedWeight, x: torch.Tensor, prepared: dict[str, Any], exact
         size, inputs = f"decode+verify{VERIFY_ROWS}", [x[:1], x[:1].expand(VERIFY_ROWS, -1)]
     key = f"{_machine(x.device)}|{qw.spec.name}|{n}x{k}|{size}|{'exact' if exact else 'any'}"
     name = _CHOICES.get(key)
+    if name is not None and not BACKENDS[name].supports(qw.spec, n, k, x.device):
+        name = None  # cached where its kernel could run (SPEECHLLM_NATIVE=0 now, say): choose again
     if name is None:
         options = candidates(qw.spec, n, k, x.device, exact)
         timings = {}
