@@ -458,12 +458,13 @@ def choose(qw: QuantizedWeight, x: torch.Tensor, prepared: dict[str, Any], exact
     inputs = [x]
     if size == "decode":
         size, inputs = f"decode+verify{VERIFY_ROWS}", [x[:1], x[:1].expand(VERIFY_ROWS, -1)]
-    key = f"{_machine(x.device)}|{qw.spec.name}|{n}x{k}|{size}|{'exact' if exact else 'any'}"
+    options = candidates(qw.spec, n, k, x.device, exact)
+    # the choice among these candidates: a process with other kernels at hand (SPEECHLLM_NATIVE=0, no
+    # compiler) chooses and keeps its own, and never hands its choice to the others
+    among = "+".join(sorted(b.name for b in options))
+    key = f"{_machine(x.device)}|{qw.spec.name}|{n}x{k}|{size}|{'exact' if exact else 'any'}|{among}"
     name = _CHOICES.get(key)
-    if name is not None and not BACKENDS[name].supports(qw.spec, n, k, x.device):
-        name = None  # cached where its kernel could run (SPEECHLLM_NATIVE=0 now, say): choose again
     if name is None:
-        options = candidates(qw.spec, n, k, x.device, exact)
         timings = {}
         for b in options:
             if b.name not in prepared:
