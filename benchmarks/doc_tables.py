@@ -383,6 +383,7 @@ TABLES["decode"] = Table("decode.json", DECODE_COLUMNS, rows=_decode_rows)
 TABLES["decode-1b"] = Table("decode.json", (*DECODE_COLUMNS, Column(
     "weight MB", "weight_mb", fixed(0), True)), rows=lambda d: _decode_rows(d, "llama-1b"))
 HEAD_ABLATION = ("decode_speedup", "decode_speedup_no_draft_head")  # after the first token, with / without
+LORA_SETTINGS = {"off": "LoRA off", "torch": "LoRA on, deltas in torch", "native": "LoRA on, deltas native"}
 COMPILE_BUILDS = {"native": "native kernels (as shipped)", "torch": "torch ops only (SPEECHLLM_NATIVE=0)"}
 TABLES["decode-e2e"] = Table("decode_e2e.json", (
     Column("workload", "workload"),
@@ -461,6 +462,9 @@ FIGURES.update({
                                ("compiled", "compiled_step_ms", fixed(2, " ms")),
                                ("breaks", "graph_breaks", fixed(0)),
                                ("first", "first_compiled_call_s", fixed(0, " s")))},
+    **{f"lora-step-{name}-ms": Figure("lora-step.json", lambda d, k=key: d["settings"][k]["step_ms"],
+                                      fixed(2, " ms"))
+       for name, key in LORA_SETTINGS.items()},
     "draft-head-int8-steps": Figure("draft-head-cost.json",
                                     lambda d: d["head_token_steps"]["int8 (as it drafts)"], fixed(2)),
     **{f"decode-e2e-{name}-{key.replace('_', '-')}": Figure(

@@ -20,6 +20,7 @@ from speechllm.generation import (
     engine_for,
     generate,
     open_state,
+    rowwise,
     run_decoder,
     state_class,
     token_stream,
@@ -414,6 +415,48 @@ def test_the_engines_silu_gate_is_torchs_row_by_row(native, monkeypatch):
         assert torch.equal(out, torch.cat([rowwise.silu_mul(gate_up[:, j:j + 1]) for j in range(5)], 1))
     finally:
         rowwise.library.cache_clear()
+
+
+@pytest.mark.skipif(rowwise.library() is None, reason="no C compiler: the engine adds LoRA deltas in torch")
+def test_native_lora_deltas_are_pefts_row_by_row_and_follow_the_adapters():
+    """NativeLora adds the q/k/v LoRA deltas into the fused output in one call: peft's numbers up to float
+    rounding (ranks 4 and 16; 8 for v: padded to lanes), each row the same alone as among others, nothing
+    with the adapters off, and the new numbers after the factors change or training dropout is on."""
+    from speechllm.generation.fused import lora_delta
+    from speechllm.quant.lora import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(1), LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"],
+                                                     rank_pattern={"k_proj": 16, "v_proj": 8}))
+    attn = model.base_model.model.model.layers[0].self_attn
+    layers = [attn.q_proj, attn.k_proj, attn.v_proj]
+    sizes = [m.base_layer.out_features for m in layers]
+    starts = [0, sizes[0], sizes[0] + sizes[1]]
+    with torch.no_grad():
+        for m in layers:
+            m.lora_B["default"].weight.normal_()
+    native = rowwise.NativeLora(layers, starts)
+    x = torch.randn(1, 5, layers[0].in_features)
+
+    def expected(x):
+        return torch.cat([lora_delta(m, x) for m in layers], -1)
+
+    def added(x):
+        out = torch.zeros(*x.shape[:-1], sum(sizes))
+        assert native.add(x, out)
+        return out
+
+    with torch.no_grad():
+        torch.testing.assert_close(added(x), expected(x), rtol=1e-5, atol=1e-5)
+        assert torch.equal(added(x), torch.cat([added(x[:, j:j + 1]) for j in range(5)], 1))
+        layers[1].lora_B["default"].weight.mul_(2)  # in place: the copies must follow
+        torch.testing.assert_close(added(x), expected(x), rtol=1e-5, atol=1e-5)
+        with model.disable_adapter():
+            assert torch.equal(added(x), torch.zeros(1, 5, sum(sizes)))
+        layers[0].lora_dropout["default"] = torch.nn.Dropout(0.5)
+        model.train()
+        assert not native.add(x, torch.zeros(1, 5, sum(sizes)))  # dropout at work: the caller's torch path
+        model.eval()
+        torch.testing.assert_close(added(x), expected(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(attention.library() is None, reason="no C compiler: the engine attends through SDPA")

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechllm.generation.rowwise import silu_mul
-from speechllm.quant.backends import linear_rows_alone
+from speechllm.generation.rowwise import NativeLora, silu_mul
+from speechllm.quant.backends import ROW_EXACT_UP_TO, linear_rows_alone
 from speechllm.quant.formats import QuantizedWeight
 from speechllm.quant.linear import QuantLinear
 
@@ -78,6 +78,25 @@ def _plus_delta(m: nn.Module, y: Tensor, x: Tensor) -> Tensor:
     return y if d is None else y + d.to(y.dtype)
 
 
+def delta_adder(mods: list[nn.Module], starts: list[int]) -> Callable[[Tensor, Tensor], Tensor]:
+    """``add(x, y)``: the LoRA deltas of ``mods`` (peft LoRA layers reading ``x``) added into their columns
+    of ``y`` from ``starts`` on (a fresh output: in place) where their adapters are on. A step or a
+    verify pass adds them in one native call (:class:`NativeLora`); bigger inputs (a prefill), and layers
+    the native call does not serve, through :func:`lora_delta`."""
+    native = NativeLora(mods, starts) if NativeLora.available() else None
+    sizes = [_base(m).out_features for m in mods]
+
+    def add(x: Tensor, y: Tensor) -> Tensor:
+        if native is not None and x.numel() <= ROW_EXACT_UP_TO * x.shape[-1] and native.add(x, y):
+            return y
+        for m, start, size in zip(mods, starts, sizes, strict=True):
+            d = lora_delta(m, x)
+            if d is not None:
+                y[..., start:start + size] += d.to(y.dtype)
+        return y
+    return add
+
+
 def _with_lora(mods: list[nn.Module], outs: tuple[Tensor, ...], x: Tensor) -> list[Tensor]:
     return [_plus_delta(m, y, x) for m, y in zip(mods, outs, strict=True)]
 
@@ -87,8 +106,8 @@ def projection(m: nn.Module) -> Callable[[Tensor], Tensor]:
     (row-exact, and without peft's per-call dispatch)."""
     if not hasattr(m, "lora_A") or not _lora_ok(m):
         return direct(m)
-    base = direct(_base(m))
-    return lambda x: _plus_delta(m, base(x), x)
+    base, add = direct(_base(m)), delta_adder([m], [0])
+    return lambda x: add(x, base(x))
 
 
 def fuse_quant_linear(mods: list[QuantLinear]) -> QuantLinear:
@@ -124,8 +143,8 @@ class LayerProjections:
         self._down, self._out = projection(mlp.down_proj), projection(attn.o_proj)
         # the LoRA-wrapped ones among the fused layers, found once (a check per call costs per token)
         starts = [0, self.sizes[0], self.sizes[0] + self.sizes[1]]
-        self._qkv_lora = [(m, start, size) for m, start, size in zip(qkv, starts, self.sizes, strict=True)
-                          if hasattr(m, "lora_A")]
+        wrapped = [(m, start) for m, start in zip(qkv, starts, strict=True) if hasattr(m, "lora_A")]
+        self._qkv_lora = delta_adder(*map(list, zip(*wrapped, strict=True))) if wrapped else None
         self._gate_up_lora = any(hasattr(m, "lora_A") for m in gate_up)
 
     def current(self, layer: nn.Module) -> bool:
@@ -140,10 +159,8 @@ class LayerProjections:
         if self.fused_qkv is None:
             return torch.cat([a.q_proj(h), a.k_proj(h)], -1), a.v_proj(h)
         qkv = self._qkv(h)
-        for m, start, size in self._qkv_lora:
-            d = lora_delta(m, h)
-            if d is not None:  # in place: the kernel's output is a fresh tensor
-                qkv[..., start:start + size] += d.to(qkv.dtype)
+        if self._qkv_lora is not None:  # in place: the kernel's output is a fresh tensor
+            self._qkv_lora(h, qkv)
         return qkv[..., :self.sizes[0] + self.sizes[1]], qkv[..., -self.sizes[2]:]
 
     def mlp(self, h: Tensor) -> Tensor:
