@@ -465,6 +465,15 @@ FIGURES.update({
     **{f"lora-step-{name}-ms": Figure("lora-step.json", lambda d, k=key: d["settings"][k]["step_ms"],
                                       fixed(2, " ms"))
        for name, key in LORA_SETTINGS.items()},
+    "cascade-engine-speedup": Figure("cascade-engine.json", lambda d: d["speedup"], fixed(2, "x")),
+    "cascade-engine-differ": Figure("cascade-engine.json", lambda d: f"{d['differ']} of {d['clips']}"),
+    **{f"cascade-engine-{name}-{kind}": Figure(
+        "cascade-engine.json", lambda d, e=engine, k=kind: d["engines"][e]["bleu"][k], fixed(1))
+       for name, engine in (("fallback", "fallback (transformers forward)"), ("static", "static engine"))
+       for kind in ("everyday", "bible")},
+    **{f"cascade-engine-{name}-s": Figure(
+        "cascade-engine.json", lambda d, e=engine: d["engines"][e]["llm_seconds_per_clip"], fixed(2, " s"))
+       for name, engine in (("fallback", "fallback (transformers forward)"), ("static", "static engine"))},
     "draft-head-int8-steps": Figure("draft-head-cost.json",
                                     lambda d: d["head_token_steps"]["int8 (as it drafts)"], fixed(2)),
     **{f"decode-e2e-{name}-{key.replace('_', '-')}": Figure(

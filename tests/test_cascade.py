@@ -142,3 +142,25 @@ def test_a_looping_reply_ends_after_its_first_pass(cascade_folder, monkeypatch):
     assert reply.stop == "repetition" and list(reply.tokens) == [7, 8, 9]
     reply = model.complete(["English: hello\nSpanish:"], 64, stop_repetition=False)[0]
     assert reply.stop == "end" and len(reply.tokens) == len(loop)  # under the budget: not a length cut
+
+
+def test_the_callers_decoding_options_reach_the_engine(cascade_folder, make_tone, monkeypatch):
+    """generate(audio, instruction, options): the engine and drafts asked for decode the LLM's line (the
+    cascade sets only the budget, the repetition guard and its line ends)."""
+    import speechllm.generation as generation
+    from speechllm.generation import GenerationOptions
+
+    model = speechllm.load(str(cascade_folder), task="translate", target="es", segmenter="fixed").model
+    engines = []
+    opened = generation.open_state
+
+    def spy(*args, **kwargs):
+        engines.append(args[4])
+        return opened(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "open_state", spy)
+    audio = make_tone(1.5)
+    asked = instruction("translate", None, "Spanish")
+    forced = model.generate([audio], asked, GenerationOptions(max_new_tokens=8, engine="hf"))[0]
+    default = model.generate([audio], asked, GenerationOptions(max_new_tokens=8))[0]
+    assert engines == ["hf", "auto"] and len(forced.tokens) <= 8 and forced.text == default.text

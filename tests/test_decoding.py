@@ -4,7 +4,14 @@ the registry that picks them, and speculative decoding that gives greedy's outpu
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from speechllm.generation import (
     BeamSearchDecoder,
@@ -37,6 +44,24 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       initializer_range=0.2, eos_token_id=0, bos_token_id=1)
     return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gemma3(seed: int = 0, window: int = 512) -> Gemma3ForCausalLM:
+    """Gemma 3's layout: q/k norms, four norms a layer, a GELU gate, sliding and global layers with their
+    own rotary bases, a query scale of its own."""
+    torch.manual_seed(seed)
+    layers = ["sliding_attention", "sliding_attention", "full_attention"]
+    cfg = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                           query_pre_attn_scalar=24, sliding_window=window, layer_types=layers,
+                           max_position_embeddings=256, initializer_range=0.2, eos_token_id=0, bos_token_id=1,
+                           pad_token_id=0)
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:  # Gemma's norms start at 1 + 0: make them matter
+                p.normal_(0, 0.3)
+    return model
 
 
 def tiny_gpt2() -> GPT2LMHeadModel:
@@ -135,6 +160,46 @@ def test_static_engine_equals_transformers_and_the_fallback(engine):
     ours = generate(model, ids, opts(max_new_tokens=16, eos_token_id=-1, stop_repetition=False,
                                      speculative=False, engine=engine))
     assert ours.tokens == hf[0, 9:].tolist()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native attention", "sdpa"])
+def test_gemma3_decodes_on_the_static_engine_as_transformers_does(native):
+    """Gemma 3 (q/k norms, norms after the attention and the MLP, sliding and global layers) on the static
+    engine: transformers' greedy tokens, speculative drafts change nothing, and a verify pass gives each
+    position a step's logits; a reply that could outgrow the sliding window decodes on the fallback."""
+    from speechllm.quant.methods import QuantConfig
+    from speechllm.quant.model import quantize
+
+    model, ids = tiny_gemma3(3), prompt(5)
+    if native and not engine_for(model).native:
+        pytest.skip("the native attention kernel is not built here (no C compiler)")
+    engine_for(model).native = native
+    with torch.no_grad():
+        hf = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+    greedy = opts(max_new_tokens=24, eos_token_id=-1, stop_repetition=False, speculative=False)
+    ours = generate(model, ids, greedy)
+    assert ours.tokens == hf[0, 9:].tolist()
+    drafted = generate(model, ids, opts(max_new_tokens=24, eos_token_id=-1, stop_repetition=False))
+    assert drafted.tokens == ours.tokens
+    quantize(model, QuantConfig(bits=4, group_size=32, head_bits=8))  # row-exact kernels: the verify pass
+    engine_for(model).native = native
+    tokens = prompt(6, 7)[0].tolist()
+    with torch.no_grad():
+        def fresh():
+            return open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),
+                              torch.arange(ids.shape[1])[None], capacity=40)
+        assert isinstance(fresh(), StaticState)
+        state = fresh()
+        stepped = torch.stack([state.step(torch.tensor([t]))[0] for t in tokens])
+        verified = fresh().extend(torch.tensor([tokens]))[0]
+    assert torch.equal(stepped, verified)
+    narrow = tiny_gemma3(3, window=16)
+    with torch.no_grad():
+        state = open_state(narrow, narrow.get_input_embeddings()(ids), torch.ones_like(ids),
+                           torch.arange(ids.shape[1])[None], capacity=40)
+        assert isinstance(state, HFState)
+        hf = narrow.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert generate(narrow, ids, greedy).tokens == hf[0, 9:].tolist()
 
 
 @pytest.mark.parametrize("native", ["1", "0"])

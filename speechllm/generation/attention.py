@@ -66,12 +66,13 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
 
 
 def rope_attend(qk: Tensor, v: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor, start: int,
-                heads: int) -> Tensor:
+                heads: int, scale: float | None = None) -> Tensor:
     """A layer's attention for a step or a verify pass in one native call: the rotary embedding of the
     ``heads`` query heads and the key heads side by side in ``qk`` [rows, t, (heads + kv_heads) * dim]
     (``x * cos + roll(x, dim / 2) * sin``, ``sin`` signed as rotate_half needs, [rows, t, dim]), the keys
     and ``v`` [rows, t, kv_heads * dim] written into the cache at columns [start, start + t), then
-    :func:`attend`. The same numbers as those steps in torch followed by :func:`attend`."""
+    :func:`attend` (scores scaled by ``scale``, default ``1 / sqrt(dim)``). The same numbers as those steps
+    in torch followed by :func:`attend`."""
     rows, t, _ = qk.shape
     kv_heads, capacity, dim = keys.shape[1:]
     _check_cache(keys, values)
@@ -87,8 +88,8 @@ def rope_attend(qk: Tensor, v: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, v
         failed = library().speechllm_rope_attend(
             qk.data_ptr(), qk.stride(0), qk.stride(1), v.data_ptr(), v.stride(0), v.stride(1), cos.data_ptr(),
             sin.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(0), capacity, rotated.data_ptr(),
-            out.data_ptr(), scratch.data_ptr(), rows, t, heads, kv_heads, dim, start, 1.0 / math.sqrt(dim),
-            threads)
+            out.data_ptr(), scratch.data_ptr(), rows, t, heads, kv_heads, dim, start,
+            1.0 / math.sqrt(dim) if scale is None else scale, threads)
     if failed:
         raise ValueError(f"rope_attend: unsupported shape heads={heads} kv_heads={kv_heads} dim={dim}")
     return out

@@ -1,6 +1,8 @@
-"""The engine for Llama-family models (llama, mistral, qwen2: one module layout): a preallocated KV
-cache and a lean forward pass over the model's own modules (norms, MLPs, ``QuantLinear``
-projections, LoRA layers when peft wrapped them), with its own attention.
+"""The engine for Llama-family models (llama, mistral, qwen2: one module layout) and Gemma 3 (the same
+projections, with q/k norms, norms after the attention and the MLP as well as before, a GELU gate and a
+rotary base per layer type): a preallocated KV cache and a lean forward pass over the model's own
+modules (norms, MLPs, ``QuantLinear`` projections, LoRA layers when peft wrapped them), with its own
+attention.
 
 :class:`StaticEngine` holds what does not change between replies (the layers, the rotary table,
 fused projections); :class:`StaticState` is one batch's cache, prefilled from spliced
@@ -25,25 +27,53 @@ from speechllm.generation.fused import direct, fused_projections
 from speechllm.generation.rowwise import native_rms_norm
 from speechllm.quant.backends import ROW_EXACT_UP_TO
 
-# the norms of the Llama family (``w * x / rms(x)`` in float32): one native call (rowwise.c), else
-# ``F.rms_norm`` (one op for the module's seven; on the CPU it runs as six)
+# the norms of the Llama family (``w * x / rms(x)`` in float32) and Gemma's (``(1 + w) * x / rms(x)``):
+# one native call (rowwise.c), else ``F.rms_norm`` (one op for the module's seven; on the CPU it runs as six)
 _RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
+_RMS_NORMS_PLUS_ONE = ("Gemma3RMSNorm",)
 
 
 def _norm(norm: nn.Module):
     """``norm`` as a function of the hidden states: the family's RMSNorm natively or as ``F.rms_norm``,
-    any other norm as the module itself."""
-    if type(norm).__name__ not in _RMS_NORMS or norm.weight.dtype != torch.float32:
+    any other norm as the module itself. (Gemma's ``1 + w`` is taken when the engine is built.)"""
+    kind = type(norm).__name__
+    if kind not in _RMS_NORMS + _RMS_NORMS_PLUS_ONE or norm.weight.dtype != torch.float32:
         return norm
-    shape, weight, eps = (norm.weight.shape[0],), norm.weight, norm.variance_epsilon
+    if kind in _RMS_NORMS_PLUS_ONE:
+        weight, eps = 1.0 + norm.weight.detach(), norm.eps
+    else:
+        weight, eps = norm.weight, norm.variance_epsilon
+    shape = (weight.shape[0],)
     return native_rms_norm(weight, eps) or (lambda h: F.rms_norm(h, shape, weight, eps))
+
+
+# a decoder layer's norms: (before the attention, before the MLP, after the attention, after the MLP);
+# Llama's ``post_attention_layernorm`` is the one before its MLP, Gemma's the one after its attention
+_LAYER_NORMS = {"gemma3_text": ("input_layernorm", "pre_feedforward_layernorm", "post_attention_layernorm",
+                                "post_feedforward_layernorm")}
+_LLAMA_NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
+def _layer_norms(model: nn.Module, layer: nn.Module) -> list[nn.Module]:
+    return [getattr(layer, name) for name in _LAYER_NORMS.get(model.config.model_type, _LLAMA_NORMS)]
 
 
 def _held(model: nn.Module) -> list[nn.Module]:
     """The modules the engine calls through its own functions besides the projections: the norms, the head."""
-    layers = model.model.layers
-    norms = [m for layer in layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+    norms = []
+    for layer in model.model.layers:
+        norms += _layer_norms(model, layer)
+        attn = layer.self_attn
+        norms += [m for m in (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)) if m is not None]
     return [model.model.norm, model.lm_head, *norms]
+
+
+def fits_window(config, capacity: int) -> bool:
+    """Whether a cache of ``capacity`` columns stays inside the model's sliding window, where its sliding
+    layers attend to every earlier position like its global ones (always, for a model without one)."""
+    window = getattr(config, "sliding_window", None)
+    sliding = any(kind == "sliding_attention" for kind in getattr(config, "layer_types", None) or ())
+    return not window or not sliding or 0 < capacity <= window
 
 
 def base_model(llm: nn.Module) -> nn.Module:
@@ -62,11 +92,19 @@ class StaticEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         p = next(iter(model.model.norm.parameters()))
         self.device, self.dtype = p.device, p.dtype
-        self.cos = self.sin = torch.empty(0, self.head_dim, device=self.device, dtype=self.dtype)
+        # the rotary table of each layer's type (one type, None, for the Llama family)
+        self.layer_types = list(getattr(cfg, "layer_types", None) or [None] * len(self.layers))
+        empty = torch.empty(0, self.head_dim, device=self.device, dtype=self.dtype)
+        self.tables = {kind: (empty, empty) for kind in self.layer_types}
         self.native = native_attention(self.dtype, self.device, self.heads, self.kv_heads, self.head_dim)
         self.projections = [fused_projections(layer) for layer in self.layers]
-        self.norms = [(_norm(layer.input_layernorm), _norm(layer.post_attention_layernorm))
-                      for layer in self.layers]
+        # per layer: the norms before the attention and the MLP, and (Gemma) after them
+        self.norms = [[_norm(m) for m in _layer_norms(model, layer)] for layer in self.layers]
+        self.qk_norms = [(_norm(layer.self_attn.q_norm), _norm(layer.self_attn.k_norm))
+                         if hasattr(layer.self_attn, "q_norm") else None for layer in self.layers]
+        scalar = getattr(cfg, "query_pre_attn_scalar", None)
+        self.scale = None if scalar is None else scalar ** -0.5  # None: 1 / sqrt(head_dim)
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
         self.held = _held(model)
         self.final_norm, self.head = _norm(model.model.norm), direct(model.lm_head)
 
@@ -81,25 +119,34 @@ class StaticEngine:
 
     def rope(self, n: int) -> None:
         """Make the rotary tables cover positions ``[0, n)``."""
-        if n <= len(self.cos):
+        have = len(next(iter(self.tables.values()))[0])
+        if n <= have:
             return
-        n = max(n, 2 * len(self.cos), 256)
+        n = max(n, 2 * have, 256)
         positions = torch.arange(n, device=self.device)[None]
         dummy = torch.zeros(1, device=self.device, dtype=self.dtype)
-        cos, sin = self.model.model.rotary_emb(dummy, positions)  # every rope scaling type
         half = self.head_dim // 2
-        # x * cos + rotate_half(x) * sin, with rotate_half(x) = (-x2, x1) = roll(x) * (-1, 1): the sign
-        # goes into the table (the same numbers: a sign flip is exact)
-        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        for kind in self.tables:
+            rotary = self.model.model.rotary_emb
+            cos, sin = rotary(dummy, positions) if kind is None else rotary(dummy, positions, kind)
+            # x * cos + rotate_half(x) * sin, with rotate_half(x) = (-x2, x1) = roll(x) * (-1, 1): the sign
+            # goes into the table (the same numbers: a sign flip is exact)
+            sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+            self.tables[kind] = cos[0].to(self.dtype), sin[0].to(self.dtype)
 
     def _attention(self, state: StaticState, i: int, h: Tensor, cos: Tensor, sin: Tensor, start: int,
                    mask: Tensor | None) -> Tensor:
         b, t, _ = h.shape
         qk, v = self.projections[i].qk_v(h)  # q and k side by side: one rotary pass for both
+        if self.qk_norms[i] is not None:  # Gemma: each head's q and k normed before the rotary
+            q_norm, k_norm = self.qk_norms[i]
+            split, dim = self.heads * self.head_dim, self.head_dim
+            qk = torch.cat([q_norm(qk[..., :split].unflatten(-1, (self.heads, dim))).flatten(-2),
+                            k_norm(qk[..., split:].unflatten(-1, (self.kv_heads, dim))).flatten(-2)], -1)
         keys, values = state.k[i], state.v[i]
         if mask is None and self.native:  # a step or a verify pass: rotary, cache and each position alone
-            return self.projections[i].out(rope_attend(qk, v, cos, sin, keys, values, start, self.heads))
+            out = rope_attend(qk, v, cos, sin, keys, values, start, self.heads, self.scale)
+            return self.projections[i].out(out)
         qk = qk.view(b, t, self.heads + self.kv_heads, self.head_dim)
         qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
         end = start + t
@@ -108,11 +155,11 @@ class StaticEngine:
         q = qk[:, :, :self.heads].transpose(1, 2)
         if mask is None and t > 1:  # a verify pass: each position as a step sees it
             out = torch.cat([F.scaled_dot_product_attention(
-                q[:, :, j:j + 1], keys[:, :, :start + j + 1], values[:, :, :start + j + 1], enable_gqa=True)
-                for j in range(t)], dim=2)
+                q[:, :, j:j + 1], keys[:, :, :start + j + 1], values[:, :, :start + j + 1], enable_gqa=True,
+                scale=self.scale) for j in range(t)], dim=2)
         else:
             out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
-                                                 enable_gqa=True)
+                                                 enable_gqa=True, scale=self.scale)
         return self.projections[i].out(out.transpose(1, 2).reshape(b, t, -1))
 
     @torch.no_grad()
@@ -127,7 +174,9 @@ class StaticEngine:
         start = state.length
         state.reserve(start + t)
         self.rope(int(positions.max()) + 1)
-        cos, sin = self.cos[positions][:, :, None], self.sin[positions][:, :, None]  # [rows, T, 1, dim]
+        # each layer type's [rows, T, 1, dim] rotary factors at these positions
+        rope = {kind: (cos[positions][:, :, None], sin[positions][:, :, None])
+                for kind, (cos, sin) in self.tables.items()}
         state.valid[:, start:start + t] = True if keys is None else keys
         mask = None  # a step, or a verify pass (a few positions of unpadded rows: attention per position)
         if state.padded or t > ROW_EXACT_UP_TO:  # keys: valid columns, causal within the new block
@@ -135,9 +184,15 @@ class StaticEngine:
             mask[..., start:] &= torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
             mask[..., start:] |= torch.eye(t, dtype=torch.bool, device=h.device)  # padding rows: themselves
         h = h.to(self.dtype)
-        for i, (norm_in, norm_post) in enumerate(self.norms):
-            h = h + self._attention(state, i, norm_in(h), cos, sin, start, mask)
-            h = h + self.projections[i].mlp(norm_post(h))
+        for i, norms in enumerate(self.norms):
+            cos, sin = rope[self.layer_types[i]]
+            attended = self._attention(state, i, norms[0](h), cos, sin, start, mask)
+            if len(norms) == 2:  # the Llama family: norms before the attention and the MLP
+                h = h + attended
+                h = h + self.projections[i].mlp(norms[1](h))
+            else:  # Gemma: and after each
+                h = h + norms[2](attended)
+                h = h + norms[3](self.projections[i].mlp(norms[1](h)))
         state.length = start + t
         state.hidden = self.final_norm(h if all_logits or not head else h[:, -1:])
         if not head:
@@ -145,8 +200,11 @@ class StaticEngine:
         return self.logits(state.hidden if all_logits else state.hidden[:, -1])
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """The output layer on final hidden states."""
-        return self.head(hidden).float()
+        """The output layer on final hidden states (with Gemma's soft cap where the model has one)."""
+        logits = self.head(hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
     def head_takes_rows_together(self) -> bool:
         """Whether the output layer scores a few rows for about the price of one (its kernel, once chosen)."""
@@ -196,6 +254,10 @@ class StaticState:
         capacity = self.k.shape[3]
         if n <= capacity:
             return
+        if not fits_window(self.engine.model.config, n):
+            raise RuntimeError(f"{n} positions: past the model's sliding window, which this engine "
+                               "does not apply (open the state with the capacity it needs: the registry "
+                               "then picks the fallback)")
         grow = max(n, 2 * capacity) - capacity
         self.k = F.pad(self.k, (0, 0, 0, grow))
         self.v = F.pad(self.v, (0, 0, 0, grow))

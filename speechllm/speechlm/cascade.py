@@ -21,7 +21,7 @@ so ``speechllm translate``/``ask`` and :class:`SpeechLLMTranscriber` run it unch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -195,17 +195,19 @@ class TranscriptSpeechLLM:
 
     @torch.no_grad()
     def complete(
-        self, prompts: Sequence[str], max_new_tokens: int, stop_repetition: bool = True
+        self, prompts: Sequence[str], max_new_tokens: int, stop_repetition: bool = True,
+        options: GenerationOptions = DEFAULT_OPTIONS,
     ) -> list[Generation]:
         """Greedy continuations on the decoding engine (:func:`speechllm.generation.generate`), each one
         line: it ends at the end token or a new line, or after a loop's first pass
-        (``stop="repetition"``, the speech-LLM's :class:`RepetitionGuard`)."""
+        (``stop="repetition"``, the speech-LLM's :class:`RepetitionGuard`). ``options``: the rest (the
+        engine, speculative drafts)."""
         from speechllm.generation import generate
 
         if self._line_ends is None:
             self._line_ends = line_end_ids(self.tokenizer)
-        options = GenerationOptions(max_new_tokens=max_new_tokens, stop_repetition=stop_repetition,
-                                    eos_token_id=self._line_ends)
+        options = replace(options, max_new_tokens=max_new_tokens, stop_repetition=stop_repetition,
+                          eos_token_id=self._line_ends)
         out = []
         for prompt in prompts:
             ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(self.device)
@@ -230,7 +232,7 @@ class TranscriptSpeechLLM:
         ]
         asked = [i for i, p in enumerate(prompts) if p is not None]
         completed = self.complete([prompts[i] for i in asked], options.max_new_tokens,
-                                  options.stop_repetition)
+                                  options.stop_repetition, options)
         replies = dict(zip(asked, completed, strict=True))
         return [replies.get(i) or Generation((), heard[i][0], 0.0, "end") for i in range(len(prompts))]
 
