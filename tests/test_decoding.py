@@ -11,6 +11,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 from speechllm.generation import (
@@ -151,9 +153,19 @@ def test_registry_picks_the_engine_by_model_type():
 
 # --- every strategy on both engines -----------------------------------------------------------------
 
+def tiny_qwen2(seed: int = 1) -> Qwen2ForCausalLM:
+    """Qwen2: q/k/v biases, and layer types in its config (all global) but one rotary table."""
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=0.2, eos_token_id=0, bos_token_id=1)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2])
 @pytest.mark.parametrize("engine", ["auto", "hf"])
-def test_static_engine_equals_transformers_and_the_fallback(engine):
-    model = tiny_llama(1)
+def test_static_engine_equals_transformers_and_the_fallback(engine, make):
+    model = make(1)
     ids = prompt(3)
     with torch.no_grad():
         hf = model.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)

@@ -92,8 +92,9 @@ class StaticEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         p = next(iter(model.model.norm.parameters()))
         self.device, self.dtype = p.device, p.dtype
-        # the rotary table of each layer's type (one type, None, for the Llama family)
-        self.layer_types = list(getattr(cfg, "layer_types", None) or [None] * len(self.layers))
+        # the rotary table of each layer's type, where the rotary has one per type (Gemma 3); else one
+        per_type = getattr(model.model.rotary_emb, "layer_types", None) is not None
+        self.layer_types = list(cfg.layer_types) if per_type else [None] * len(self.layers)
         empty = torch.empty(0, self.head_dim, device=self.device, dtype=self.dtype)
         self.tables = {kind: (empty, empty) for kind in self.layer_types}
         self.native = native_attention(self.dtype, self.device, self.heads, self.kv_heads, self.head_dim)
