@@ -144,7 +144,8 @@ class LayerProjections:
         # the LoRA-wrapped ones among the fused layers, found once (a check per call costs per token)
         starts = [0, self.sizes[0], self.sizes[0] + self.sizes[1]]
         wrapped = [(m, start) for m, start in zip(qkv, starts, strict=True) if hasattr(m, "lora_A")]
-        self._qkv_lora = delta_adder(*map(list, zip(*wrapped, strict=True))) if wrapped else None
+        mods, offsets = [m for m, _ in wrapped], [start for _, start in wrapped]
+        self._qkv_lora = delta_adder(mods, offsets) if wrapped else None
         self._gate_up_lora = any(hasattr(m, "lora_A") for m in gate_up)
 
     def current(self, layer: nn.Module) -> bool:
