@@ -77,8 +77,9 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-# bumped when an import's result changes (2: the body's linears quantize activations, as llama.cpp does)
-CONVERSION = 2
+# bumped when an import's result changes (2: the body's linears quantize activations, as llama.cpp does;
+# 3: so do those of GGUFs read as float, Gemma 3's)
+CONVERSION = 3
 
 
 def converted_folder(gguf: Path, quant: str) -> Path:
@@ -131,15 +132,16 @@ def _from_float_gguf(file: Path, quant: str) -> tuple[nn.Module, Any]:
 
     model = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
     model.config.__dict__.pop("quantization_config", None)  # transformers' note that it came from a GGUF
-    _quantize_float(model.eval(), quant)
+    _quantize_float(model.eval(), quant, exact_body=False)  # run as llama.cpp runs a GGUF, as above
     return model, AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
 
 
-def _quantize_float(model: nn.Module, quant: str) -> None:
+def _quantize_float(model: nn.Module, quant: str, exact_body: bool = True) -> None:
+    """``exact_body=False``: the body's linears may quantize their activations too (int8 blocks)."""
     if quant in ("auto", "int4"):
-        quantize(model, QuantConfig(method="rtn", bits=4, group_size=32))
+        quantize(model, QuantConfig(method="rtn", bits=4, group_size=32, exact_body=exact_body))
     elif quant == "int8":
-        quantize(model, QuantConfig(method="rtn", bits=8, group_size=-1))
+        quantize(model, QuantConfig(method="rtn", bits=8, group_size=-1, exact_body=exact_body))
 
 
 def _from_quantized(path: Path, quant: str, cached_tokenizer: bool = False) -> tuple[nn.Module, Any]:
