@@ -4,7 +4,7 @@ rotary base per layer type): a preallocated KV cache and a lean forward pass ove
 modules (norms, MLPs, ``QuantLinear`` projections, LoRA layers when peft wrapped them), with its own
 attention.
 
-:class:`StaticEngine` holds what does not change between replies (the layers, the rotary table,
+:class:`StaticEngine` holds what does not change between replies (the layers, the rotary tables,
 fused projections); :class:`StaticState` is one batch's cache, prefilled from spliced
 ``inputs_embeds`` (left-padded rows: an attention mask and per-row positions) and advanced by
 :meth:`~StaticState.step` (one token per row), :meth:`~StaticState.feed` (input embeddings) or
@@ -126,9 +126,8 @@ class StaticEngine:
         n = max(n, 2 * have, 256)
         positions = torch.arange(n, device=self.device)[None]
         dummy = torch.zeros(1, device=self.device, dtype=self.dtype)
-        half = self.head_dim // 2
+        half, rotary = self.head_dim // 2, self.model.model.rotary_emb
         for kind in self.tables:
-            rotary = self.model.model.rotary_emb
             cos, sin = rotary(dummy, positions) if kind is None else rotary(dummy, positions, kind)
             # x * cos + rotate_half(x) * sin, with rotate_half(x) = (-x2, x1) = roll(x) * (-1, 1): the sign
             # goes into the table (the same numbers: a sign flip is exact)
