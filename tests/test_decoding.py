@@ -494,6 +494,30 @@ def test_the_engines_silu_gate_is_torchs_row_by_row(native, monkeypatch):
         rowwise.library.cache_clear()
 
 
+def test_lora_on_every_fused_projection_gives_pefts_logits():
+    """LoRA on q/k/v and gate/up (fused low-bit matrices: the deltas go into their slices) and on o and down:
+    the engine's steps give the logits of peft's own forward, up to float rounding."""
+    from speechllm.quant.lora import LoraConfig, get_peft_model
+    from speechllm.quant.methods import QuantConfig
+    from speechllm.quant.model import quantize
+
+    model = tiny_llama(5)
+    quantize(model, QuantConfig(bits=4, group_size=32))
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=targets)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        ids = prompt(2, 12)
+        expected = model(ids).logits[0]
+        head = ids[:, :4]
+        state = open_state(model, model.get_input_embeddings()(head), torch.ones_like(head),
+                           torch.arange(4)[None], capacity=16)
+        stepped = torch.stack([state.logits[0]] + [state.step(ids[0, j:j + 1])[0] for j in range(4, 12)])
+    torch.testing.assert_close(stepped, expected[3:], rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.skipif(rowwise.library() is None, reason="no C compiler: the engine adds LoRA deltas in torch")
 def test_native_lora_deltas_are_pefts_row_by_row_and_follow_the_adapters():
     """NativeLora adds the q/k/v LoRA deltas into the fused output in one call: peft's numbers up to float

@@ -72,12 +72,6 @@ def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
     return layer(x) if layer.bias is not None else linear_rows_alone(x, layer.weight)
 
 
-def _plus_delta(m: nn.Module, y: Tensor, x: Tensor) -> Tensor:
-    """A base layer's output ``y`` for ``x`` plus the LoRA delta of its wrapper ``m`` (if any)."""
-    d = lora_delta(m, x)
-    return y if d is None else y + d.to(y.dtype)
-
-
 def delta_adder(mods: list[nn.Module], starts: list[int]) -> Callable[[Tensor, Tensor], Tensor]:
     """``add(x, y)``: the LoRA deltas of ``mods`` (peft LoRA layers reading ``x``) added into their columns
     of ``y`` from ``starts`` on (a fresh output: in place) where their adapters are on. A step or a
@@ -97,8 +91,12 @@ def delta_adder(mods: list[nn.Module], starts: list[int]) -> Callable[[Tensor, T
     return add
 
 
-def _with_lora(mods: list[nn.Module], outs: tuple[Tensor, ...], x: Tensor) -> list[Tensor]:
-    return [_plus_delta(m, y, x) for m, y in zip(mods, outs, strict=True)]
+def _fused_deltas(mods: list[nn.Module]) -> Callable[[Tensor, Tensor], Tensor] | None:
+    """The LoRA-wrapped ones among layers fused side by side (their outputs in that order), as one
+    :func:`delta_adder` into the fused output; None when none is wrapped."""
+    starts = [sum(_base(m).out_features for m in mods[:i]) for i in range(len(mods))]
+    wrapped = [(m, start) for m, start in zip(mods, starts, strict=True) if hasattr(m, "lora_A")]
+    return delta_adder([m for m, _ in wrapped], [start for _, start in wrapped]) if wrapped else None
 
 
 def projection(m: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -142,11 +140,8 @@ class LayerProjections:
         self._act = _activation(mlp.act_fn) if plain_mlp else None
         self._down, self._out = projection(mlp.down_proj), projection(attn.o_proj)
         # the LoRA-wrapped ones among the fused layers, found once (a check per call costs per token)
-        starts = [0, self.sizes[0], self.sizes[0] + self.sizes[1]]
-        wrapped = [(m, start) for m, start in zip(qkv, starts, strict=True) if hasattr(m, "lora_A")]
-        mods, offsets = [m for m, _ in wrapped], [start for _, start in wrapped]
-        self._qkv_lora = delta_adder(mods, offsets) if wrapped else None
-        self._gate_up_lora = any(hasattr(m, "lora_A") for m in gate_up)
+        self._qkv_lora = _fused_deltas(qkv) if self.fused_qkv is not None else None
+        self._gate_up_lora = _fused_deltas(gate_up) if self.fused_gate_up is not None else None
 
     def current(self, layer: nn.Module) -> bool:
         """Whether the layer still holds the modules held here (not replaced, e.g. by peft's LoRA)."""
@@ -167,13 +162,12 @@ class LayerProjections:
     def mlp(self, h: Tensor) -> Tensor:
         if self.fused_gate_up is None:
             return self.layer_mlp(h)
-        m = self.layer_mlp
         gate_up = self._gate_up(h)
-        if self._act is F.silu and not self._gate_up_lora:  # the gate in one native call
+        if self._gate_up_lora is not None:  # in place: the kernel's output is a fresh tensor
+            self._gate_up_lora(h, gate_up)
+        if self._act is F.silu:  # the gate in one native call
             return self._down(silu_mul(gate_up))
         gate, up = gate_up.chunk(2, dim=-1)
-        if self._gate_up_lora:
-            gate, up = _with_lora([m.gate_proj, m.up_proj], (gate, up), h)
         return self._down(self._act(gate) * up)
 
     def out(self, x: Tensor) -> Tensor:
