@@ -40,12 +40,22 @@ VOCAB = 96
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add overhead
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def _tiny(config_class, model_class, seed: int):
+    """A two-layer model of the Llama layout (Llama, Qwen2) with random weights."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      initializer_range=0.2, eos_token_id=0, bos_token_id=1)
-    return LlamaForCausalLM(cfg).eval()
+    cfg = config_class(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                       initializer_range=0.2, eos_token_id=0, bos_token_id=1)
+    return model_class(cfg).eval()
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    return _tiny(LlamaConfig, LlamaForCausalLM, seed)
+
+
+def tiny_qwen2(seed: int = 1) -> Qwen2ForCausalLM:
+    """Qwen2: q/k/v biases, and layer types in its config (all global) but one rotary table."""
+    return _tiny(Qwen2Config, Qwen2ForCausalLM, seed)
 
 
 def tiny_gemma3(seed: int = 0, window: int = 512) -> Gemma3ForCausalLM:
@@ -152,15 +162,6 @@ def test_registry_picks_the_engine_by_model_type():
 
 
 # --- every strategy on both engines -----------------------------------------------------------------
-
-def tiny_qwen2(seed: int = 1) -> Qwen2ForCausalLM:
-    """Qwen2: q/k/v biases, and layer types in its config (all global) but one rotary table."""
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      initializer_range=0.2, eos_token_id=0, bos_token_id=1)
-    return Qwen2ForCausalLM(cfg).eval()
-
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2])
 @pytest.mark.parametrize("engine", ["auto", "hf"])

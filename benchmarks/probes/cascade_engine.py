@@ -10,13 +10,12 @@ many translations differ.
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import sacrebleu
 import torch
+from step_timing import meta
 
 from speechllm import speechlm_path
 from speechllm.audio import load_audio
@@ -64,10 +63,7 @@ def main() -> None:
     speedup = seconds["fallback (transformers forward)"] / seconds["static engine"]
     print(f"static engine {speedup:.2f}x the fallback; {differ} of {len(rows)} translations differ")
     out = {"engines": results, "speedup": speedup, "differ": differ, "clips": len(rows),
-           "meta": {"command": " ".join(["python benchmarks/probes/cascade_engine.py", *sys.argv[1:]]),
-                    "model": args.model, "threads": args.threads, "torch": torch.__version__,
-                    "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}}
+           "meta": meta("cascade_engine.py", model=args.model, threads=args.threads)}
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 

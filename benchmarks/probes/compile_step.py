@@ -15,19 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def _ms(fn, repeats: int) -> float:
-    """Best of five rounds of ``repeats`` calls, ms per call."""
-    for _ in range(3):
-        fn()
-    rounds = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        rounds.append((time.perf_counter() - t0) / repeats * 1e3)
-    return min(rounds)
+from step_timing import best_ms, cached_state, meta, one_step
 
 
 def measure(model_name: str, context: int) -> dict:
@@ -35,30 +23,20 @@ def measure(model_name: str, context: int) -> dict:
     import torch._dynamo
 
     from speechllm import speechlm_path
-    from speechllm.generation import open_state
     from speechllm.generation.static import engine_for
     from speechllm.speechlm.io import load_speechlm
 
     model = load_speechlm(speechlm_path(model_name), device="cpu").eval()
     with model.text_mode(), torch.no_grad():
-        ids = torch.arange(100, 100 + context)[None]
-        state = open_state(model.llm, model.llm.get_input_embeddings()(ids), torch.ones_like(ids),
-                           torch.arange(context)[None], capacity=context + 8)
-        token = torch.tensor([5])
-        eager_logits = state.step(token)
-        state.rollback(1, state.logits)
-
-        def step():
-            state.step(token)
-            state.rollback(1, state.logits)
-        eager = _ms(step, 30)
+        step = one_step(cached_state(model.llm, context))
+        eager_logits = step()
+        eager = best_ms(step, 30)
         engine = engine_for(model.llm)
         engine.forward = torch.compile(engine.forward, dynamic=False)
         t0 = time.perf_counter()
-        compiled_logits = state.step(token)  # the first call compiles
-        state.rollback(1, state.logits)
+        compiled_logits = step()  # the first call compiles
         first_call_s = time.perf_counter() - t0
-        compiled = _ms(step, 30)
+        compiled = best_ms(step, 30)
         graph_breaks = torch._dynamo.utils.counters["graph_break"]
     return {"eager_step_ms": eager, "compiled_step_ms": compiled, "compiled_vs_eager": compiled / eager,
             "first_compiled_call_s": first_call_s, "graph_breaks": sum(graph_breaks.values()),
@@ -89,10 +67,7 @@ def main() -> None:
               f"({r['compiled_vs_eager']:.2f}x the time; first call {r['first_compiled_call_s']:.1f} s, "
               f"{r['graph_breaks']} graph breaks, logits differ by {r['max_logit_difference']:.1e})")
     out = {"builds": results,
-           "meta": {"command": " ".join(["python benchmarks/probes/compile_step.py", *sys.argv[1:]]),
-                    "model": args.model, "threads": args.threads, "context": args.context,
-                    "torch": torch.__version__, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}}
+           "meta": meta("compile_step.py", model=args.model, threads=args.threads, context=args.context)}
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 

@@ -7,30 +7,16 @@ native norm and gate: ``speechllm.generation.draft_head.for_drafting``).
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
+from step_timing import best_ms, cached_state, meta, one_step
 
 from speechllm import speechlm_path
-from speechllm.generation import DraftHead, HeadDrafter, open_state
+from speechllm.generation import DraftHead, HeadDrafter
 from speechllm.speechlm.io import load_speechlm
 from speechllm.zoo import STARTER
-
-
-def _ms(fn, repeats: int) -> float:
-    """Best of five rounds of ``repeats`` calls, ms per call."""
-    for _ in range(3):
-        fn()
-    rounds = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        rounds.append((time.perf_counter() - t0) / repeats * 1e3)
-    return min(rounds)
 
 
 def main() -> None:
@@ -49,22 +35,12 @@ def main() -> None:
     results = {}
     for label, quantized in (("float32", False), ("int8 (as it drafts)", True)):
         drafter = HeadDrafter(head, vocab, model.llm, min_prob=0.0, quantized=quantized)  # the whole chain
-        results[label] = _ms(lambda d=drafter: d.draft(feature, 100, 1), 50)
+        results[label] = best_ms(lambda d=drafter: d.draft(feature, 100, 1), 50)
     with model.text_mode(), torch.no_grad():
-        ids = torch.arange(100, 100 + args.context)[None]
-        state = open_state(model.llm, model.llm.get_input_embeddings()(ids), torch.ones_like(ids),
-                           torch.arange(args.context)[None], capacity=args.context + 8)
-
-        def step():
-            state.step(torch.tensor([5]))
-            state.rollback(1, state.logits)
-        step_ms = _ms(step, 30)
+        step_ms = best_ms(one_step(cached_state(model.llm, args.context)), 30)
     out = {"head_token_ms": results, "step_ms": step_ms,
            "head_token_steps": {k: v / step_ms for k, v in results.items()},
-           "meta": {"command": " ".join(["python benchmarks/probes/draft_head_cost.py", *sys.argv[1:]]),
-                    "model": args.model, "threads": args.threads, "context": args.context,
-                    "torch": torch.__version__, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}}
+           "meta": meta("draft_head_cost.py", model=args.model, threads=args.threads, context=args.context)}
     for label, ms in results.items():
         print(f"draft token, {label}: {ms:.3f} ms = {ms / step_ms:.3f} step")
     print(f"decode step (LoRA off, {args.context} tokens in the cache): {step_ms:.2f} ms")

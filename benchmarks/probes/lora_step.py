@@ -9,47 +9,27 @@ k and v, one for o). Also a verify pass of 4 tokens for each, in steps.
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
+from step_timing import best_ms, cached_state, meta, one_step
 
 from speechllm import speechlm_path
-from speechllm.generation import open_state, rowwise, static
+from speechllm.generation import rowwise, static
 from speechllm.speechlm.io import load_speechlm
 from speechllm.zoo import STARTER
-
-
-def _ms(fn, repeats: int) -> float:
-    """Best of five rounds of ``repeats`` calls, ms per call."""
-    for _ in range(3):
-        fn()
-    rounds = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        rounds.append((time.perf_counter() - t0) / repeats * 1e3)
-    return min(rounds)
 
 
 def timings(llm, context: int) -> dict[str, float]:
     """A step and a verify pass of 4 tokens after ``context`` tokens, ms."""
     static._ENGINES.clear()  # the engine (and its layers' delta adders) built anew for this setting
-    ids = torch.arange(100, 100 + context)[None]
-    state = open_state(llm, llm.get_input_embeddings()(ids), torch.ones_like(ids),
-                       torch.arange(context)[None], capacity=context + 8)
-
-    def step():
-        state.step(torch.tensor([5]))
-        state.rollback(1, state.logits)
+    state = cached_state(llm, context)
 
     def verify():
         state.extend_lazily(torch.tensor([[5, 6, 7, 8]]))
         state.rollback(4, state.logits)
-    return {"step_ms": _ms(step, 30), "verify4_ms": _ms(verify, 20)}
+    return {"step_ms": best_ms(one_step(state), 30), "verify4_ms": best_ms(verify, 20)}
 
 
 def main() -> None:
@@ -81,11 +61,8 @@ def main() -> None:
         print(f"{label}: step {r['step_ms']:.2f} ms ({r['step_vs_lora_off']:.2f}x LoRA off), "
               f"verify pass of 4 {r['verify4_ms']:.2f} ms ({r['verify4_steps']:.2f} steps)")
     out = {"settings": results,
-           "meta": {"command": " ".join(["python benchmarks/probes/lora_step.py", *sys.argv[1:]]),
-                    "model": args.model, "lora": str(model.config.lora), "threads": args.threads,
-                    "context": args.context, "torch": torch.__version__, "cpus": os.cpu_count(),
-                    "load_average": os.getloadavg(),
-                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}}
+           "meta": meta("lora_step.py", model=args.model, lora=str(model.config.lora), threads=args.threads,
+                        context=args.context)}
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
