@@ -181,6 +181,41 @@ def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
 
 
 
+def test_spoken_questions_as_text_answer_what_was_heard_as_a_typed_message(data, tmp_path):
+    from speechllm.generation import GenerationOptions
+    from speechllm.speechlm import SpeechLLMConfig, instruction
+    from speechllm.speechlm.hearing import Heard
+
+    run = config(data, tmp_path / "typed", adapter="ctc-posterior", hearing="whisper",
+                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
+                 lora=LoraSpec(rank=2, alpha=4.0))
+    model = SpeechLLM.build(replace(run.model_config(), spoken_questions="text")).eval()
+    with torch.no_grad():  # a LoRA that changes replies: the typed path must run without it
+        for name, param in model.llm.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    heard = {8000: "what should I cook tonight", 4000: ""}
+    model.whisper.heard = lambda audio: [Heard(heard[len(a)], "en") for a in audio]
+    clips = [np.zeros(8000, np.float32), np.zeros(4000, np.float32)]
+    asked = instruction("spoken-question")
+    history = "Earlier in this conversation:\nUser: hi\nAssistant: hello\n\n" + asked
+    options = GenerationOptions(max_new_tokens=6)
+    replies = model.generate(clips + clips[:1], [asked, asked, history], options)
+    # what was heard, typed; nothing heard: the instruction itself; a chat's history stays in front
+    typed = ["what should I cook tonight", asked,
+             "Earlier in this conversation:\nUser: hi\nAssistant: hello\n\nwhat should I cook tonight"]
+    assert [r.text for r in replies] == [model.generate(None, t, options)[0].text for t in typed]
+    assert "".join(model.stream(clips[0], history, options)) == replies[2].text
+    model.config = replace(model.config, spoken_questions="lora")  # the LoRA reads the heard units
+    assert [r.text for r in model.generate(clips[:1], asked, options)] != [replies[0].text]
+    # other instructions with audio still go to the LoRA; a transcript is still Whisper's
+    assert model.generate(clips[:1], instruction("transcribe"))[0].text == heard[8000]
+    with pytest.raises(ValueError, match="spoken_questions='text' needs a transcript without the LLM"):
+        SpeechLLMConfig(spoken_questions="text", asr_decoder="llm")
+    with pytest.raises(ValueError, match="'lora' or 'text'"):
+        SpeechLLMConfig(spoken_questions="typed")
+
+
 def test_hearing_models_hear_a_task_with_another_whisper_loaded_on_first_use(tmp_path):
     from tiny_models import make_tiny_llm, make_tiny_whisper
 

@@ -60,6 +60,7 @@ from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task reg
     language_name,
     parse_instruction,
     register_task,
+    spoken_question_context,
     task_of,
     translation_examples,
 )
@@ -123,6 +124,11 @@ class SpeechLLMConfig:
     memory_min_score: float = 15.0
     memory_hearing: bool = True
     memory_examples: int = 0
+    # who answers a question asked in the audio (the spoken-question task, also a chat's spoken turn):
+    # "lora", the LLM with its LoRA reading the audio; "text", the LLM without its LoRA reading the
+    # clip's transcript (Whisper's under hearing="whisper", else the CTC path's) as a typed message (a
+    # LoRA trained on short quiz answers otherwise answers "three" to "give me three ideas for dinner")
+    spoken_questions: str = "lora"
     # a phrase book in the model folder: replies the LLM wrote to other prompts, which speculative decoding
     # drafts from where the prompt offers nothing (speechllm.generation.speculative.PhraseBook; "": none)
     phrases: str = ""
@@ -138,6 +144,11 @@ class SpeechLLMConfig:
         if self.hearing == "whisper" and (self.encoder_kind != "whisper" or self.adapter != "ctc-posterior"):
             raise ValueError("hearing='whisper' needs a Whisper encoder and the ctc-posterior adapter "
                              "(its units carry the transcript)")
+        if self.spoken_questions not in ("lora", "text"):
+            raise ValueError(f"spoken_questions must be 'lora' or 'text', not {self.spoken_questions!r}")
+        if self.spoken_questions == "text" and self.hearing != "whisper" and self.asr_decoder != "ctc":
+            raise ValueError("spoken_questions='text' needs a transcript without the LLM: hearing='whisper' "
+                             "or asr_decoder='ctc'")
         for name in ("hearing_models", "memory"):
             if getattr(self, name) and self.hearing != "whisper":
                 raise ValueError(f"{name} needs hearing='whisper'")
@@ -650,19 +661,16 @@ class SpeechLLM(nn.Module):
         """Replies for a batch of 16 kHz clips (or, with ``audio=None``, text-only prompts)."""
         instructions = [instructions] * (len(audio) if audio is not None else 1) if isinstance(
             instructions, str) else list(instructions)
-        transcriber = self.whisper_transcripts if self.whisper is not None else (
-            self.ctc_transcripts if self.config.asr_decoder == "ctc" else None)
-        if audio is not None and transcriber is not None:
-            asr = instruction("transcribe")
-            by_asr = [i for i, text in enumerate(instructions) if text == asr]
-            if by_asr:
-                rest = [i for i in range(len(instructions)) if i not in set(by_asr)]
-                transcripts = transcriber([audio[i] for i in by_asr], options.beam_size)
-                replies = dict(zip(by_asr, transcripts, strict=True))
-                if rest:
-                    others = self.generate([audio[i] for i in rest], [instructions[i] for i in rest], options)
-                    replies.update(zip(rest, others, strict=True))
-                return [replies[i] for i in range(len(instructions))]
+        if audio is not None:
+            transcriber, asr = self.transcriber, instruction("transcribe")
+            rows = [i for i, text in enumerate(instructions) if text == asr]
+            if transcriber is not None and rows:
+                return self._apart(audio, instructions, rows, options,
+                                   lambda clips, _: transcriber(clips, options.beam_size))
+            if rows := [i for i, text in enumerate(instructions) if self._asks_as_typed(text)]:
+                typed = self.as_typed
+                return self._apart(audio, instructions, rows, options,
+                                   lambda clips, texts: self.generate(None, typed(clips, texts), options))
         with self.text_mode() if audio is None else nullcontext():
             spliced, seeds = self._prefill_seeded(audio, instructions)
             state = self._open(spliced, options)
@@ -670,6 +678,42 @@ class SpeechLLM(nn.Module):
                                   self.phrase_book(), self.draft_head())
         return [Generation(tuple(tokens), decode_text(self.tokenizer, tokens), logprob, stop)
                 for tokens, logprob, stop in results]
+
+    @property
+    def transcriber(self):
+        """What answers the transcribe instruction without the LLM writing: the encoder's own Whisper
+        (``hearing="whisper"``), the adapter's CTC path (``asr_decoder="ctc"``), or None."""
+        if self.whisper is not None:
+            return self.whisper_transcripts
+        return self.ctc_transcripts if self.config.asr_decoder == "ctc" else None
+
+    def _apart(self, audio: Sequence[np.ndarray], instructions: list[str], rows: list[int],
+               options: GenerationOptions, answer) -> list[Generation]:
+        """Replies where ``rows`` are answered by ``answer(clips, instructions)`` and the others as usual."""
+        answers = answer([audio[i] for i in rows], [instructions[i] for i in rows])
+        replies = dict(zip(rows, answers, strict=True))
+        if rest := [i for i in range(len(instructions)) if i not in replies]:
+            others = self.generate([audio[i] for i in rest], [instructions[i] for i in rest], options)
+            replies.update(zip(rest, others, strict=True))
+        return [replies[i] for i in range(len(instructions))]
+
+    def _asks_as_typed(self, instruction_text: str) -> bool:
+        """Whether this model answers ``instruction_text`` about a clip as a typed message
+        (``config.spoken_questions == "text"``, and the text asks the question spoken in the clip)."""
+        asked_in_clip = spoken_question_context(instruction_text) is not None
+        return self.config.spoken_questions == "text" and asked_in_clip
+
+    def as_typed(self, audio: Sequence[np.ndarray], instructions: Sequence[str]) -> list[str]:
+        """Spoken-question instructions as the typed messages that stand for them: the text before the
+        instruction (a chat's history), then the clip's transcript (:attr:`transcriber`; the instruction
+        itself where it heard nothing)."""
+        typed = []
+        for text, heard in zip(instructions, self.transcriber(audio), strict=True):
+            context = spoken_question_context(text)
+            if context is None:
+                raise ValueError(f"not a spoken-question instruction: {text[:60]!r}")
+            typed.append(context + (heard.text.strip() or instruction("spoken-question")))
+        return typed
 
     def _open(self, spliced: Spliced, options: GenerationOptions):
         """The decoding engine's state, prefilled from the spliced embeddings."""
@@ -682,6 +726,9 @@ class SpeechLLM(nn.Module):
                options: GenerationOptions = DEFAULT_OPTIONS) -> Iterator[str]:
         """Greedy reply to one clip (or text prompt), yielded as text pieces as tokens arrive; a
         forming loop is held back, so the text shown never goes beyond where generate() cuts it."""
+        if audio is not None and self._asks_as_typed(instruction_text):
+            yield from self.stream(None, self.as_typed([audio], [instruction_text])[0], options)
+            return
         with self.text_mode() if audio is None else nullcontext():
             spliced, seeds = self._prefill_seeded(None if audio is None else [audio], [instruction_text])
             state = self._open(spliced, options)

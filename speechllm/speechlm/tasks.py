@@ -108,6 +108,18 @@ def parse_instruction(text: str) -> Request | None:
     return None
 
 
+def spoken_question_context(text: str) -> str | None:
+    """The text before the ``spoken-question`` instruction when ``text`` ends with it (a chat turn's
+    history and system text come first, as ``Earlier in this conversation: ...``), "" when it is
+    that instruction alone; None when the text asks for something else."""
+    asked = TASKS["spoken-question"].instruction
+    if text == asked:
+        return ""
+    if text.endswith("\n" + asked):
+        return text[: -len(asked)]
+    return None
+
+
 def task_of(text: str) -> str:
     """The registered task an instruction text asks for (a free instruction: ``instruct``)."""
     request = parse_instruction(text)
