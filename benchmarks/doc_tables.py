@@ -39,9 +39,13 @@ ASK_MODELS = {  # benchmarks/results/ask.json was run before the starter shipped
     "runs/cand-int4": "starter: LoRA from text, int4 LLM (the first LoRA: answer rows only)",
     "runs/cand-fp32": "same LoRA, fp32 LLM",
 }
-HEARING_ASK = {  # benchmarks/results/ask-hearing.json: the shipped starter and its adapter's hearing
-    "speechllm-starter": "**starter (shipped): hears through Whisper tiny.en's decoder**",
-    "runs/starter-ctc": "same weights, `\"hearing\": \"adapter\"`: the LLM reads its CTC units",
+HEARING_ASK = {  # benchmarks/results/ask-hearing.json: the shipped starter, its LoRA on spoken questions,
+    # and its adapter's hearing
+    "speechllm-starter": "**starter (shipped): hears through Whisper tiny.en's decoder; spoken questions "
+                         "typed to the LLM without its LoRA**",
+    "runs/starter-spoken-lora": "same, `\"spoken_questions\": \"lora\"`: the LoRA answers spoken questions",
+    "runs/starter-ctc": "same weights, `\"hearing\": \"adapter\"`: the LLM reads its CTC units "
+                        "(spoken questions: the CTC transcript, typed)",
 }
 STARTER_SYSTEMS = {  # benchmarks/results/asr-starter.json
     "speechllm-whisper fp32": "Whisper tiny.en, the project's decoder",
@@ -206,6 +210,17 @@ TABLES["serve"] = Table("serve.json", (
     Column("WER", "wer", pct(1), True)),
     rows=_serve_rows)
 
+SPOKEN_TURNS = {"typed": "typed (the same prompts)",
+                "text": "**spoken, `\"spoken_questions\": \"text\"` (shipped)**",
+                "lora": "spoken, `\"spoken_questions\": \"lora\"`"}
+TABLES["spoken-turns"] = Table("spoken-turns.json", (
+    Column("chat turn", labelled(SPOKEN_TURNS, "setting")),
+    Column("words a reply", "mean_words", fixed(1), True),
+    Column("equal to the typed reply", maybe("equal_to_typed"), numeric=True),
+    Column("seconds a turn", "mean_turn_s", fixed(2, " s"), True)),
+    rows=lambda d: [{"setting": "typed", **d["typed"]},
+                    *({"setting": k, **v} for k, v in d["spoken"].items())])
+
 TABLES["finetune-slt"] = Table("finetune-slt.json", (
     Column("model", "model"),
     Column("held-out utterances", "rows", numeric=True),
@@ -244,7 +259,7 @@ FIGURES: dict[str, Figure] = {
                                                  f"{d['load_average_at_end']:.0f} at the end"),
     "ask-passage": Figure("ask-hearing.json", _ask("speechllm-starter", "passage.accuracy"), pct(1)),
     "ask-passage-lora": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
-    "ask-spoken-answered": Figure("ask-hearing.json", _ask("speechllm-starter", "spoken.answered"), pct(1)),
+    "ask-spoken-accuracy": Figure("ask-hearing.json", _ask("speechllm-starter", "spoken.accuracy"), pct(1)),
     "ask-spoken": Figure("ask-hearing.json", lambda d: d["counts"]["spoken"]),
     "ask-passage-before": Figure("ask.json", _ask(BEFORE_ASK, "passage.accuracy"), pct(1)),
     "ask-passages": Figure("ask-hearing.json", lambda d: d["counts"]["passage"]),

@@ -202,8 +202,8 @@ def test_spoken_questions_as_text_answer_what_was_heard_as_a_typed_message(data,
     options = GenerationOptions(max_new_tokens=6)
     replies = model.generate(clips + clips[:1], [asked, asked, history], options)
     # what was heard, typed; nothing heard: the instruction itself; a chat's history stays in front
-    typed = ["what should I cook tonight", asked,
-             "Earlier in this conversation:\nUser: hi\nAssistant: hello\n\nwhat should I cook tonight"]
+    typed = ["What should I cook tonight", asked,  # capitalised as typed text is
+             "Earlier in this conversation:\nUser: hi\nAssistant: hello\n\nWhat should I cook tonight"]
     assert [r.text for r in replies] == [model.generate(None, t, options)[0].text for t in typed]
     assert "".join(model.stream(clips[0], history, options)) == replies[2].text
     model.config = replace(model.config, spoken_questions="lora")  # the LoRA reads the heard units

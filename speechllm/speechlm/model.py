@@ -705,14 +705,16 @@ class SpeechLLM(nn.Module):
 
     def as_typed(self, audio: Sequence[np.ndarray], instructions: Sequence[str]) -> list[str]:
         """Spoken-question instructions as the typed messages that stand for them: the text before the
-        instruction (a chat's history), then the clip's transcript (:attr:`transcriber`; the instruction
-        itself where it heard nothing)."""
+        instruction (a chat's history), then the clip's transcript (:attr:`transcriber`), capitalised as
+        typed text is (Whisper tiny.en often starts a short clip in lower case); the instruction itself
+        where it heard nothing."""
         typed = []
         for text, heard in zip(instructions, self.transcriber(audio), strict=True):
             context = spoken_question_context(text)
             if context is None:
                 raise ValueError(f"not a spoken-question instruction: {text[:60]!r}")
-            typed.append(context + (heard.text.strip() or instruction("spoken-question")))
+            said = heard.text.strip()
+            typed.append(context + (said[:1].upper() + said[1:] if said else instruction("spoken-question")))
         return typed
 
     def _open(self, spliced: Spliced, options: GenerationOptions):
