@@ -11,6 +11,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -179,7 +181,7 @@ def test_static_engine_equals_transformers_and_the_fallback(engine, make):
 def test_gemma3_decodes_on_the_static_engine_as_transformers_does(native):
     """Gemma 3 (q/k norms, norms after the attention and the MLP, sliding and global layers) on the static
     engine: transformers' greedy tokens, speculative drafts change nothing, and a verify pass gives each
-    position a step's logits; a reply that could outgrow the sliding window decodes on the fallback."""
+    position a step's logits (past the sliding window too: :func:`test_sliding_windows_as_transformers`)."""
     from speechllm.quant.methods import QuantConfig
     from speechllm.quant.model import quantize
 
@@ -206,13 +208,63 @@ def test_gemma3_decodes_on_the_static_engine_as_transformers_does(native):
         stepped = torch.stack([state.step(torch.tensor([t]))[0] for t in tokens])
         verified = fresh().extend(torch.tensor([tokens]))[0]
     assert torch.equal(stepped, verified)
-    narrow = tiny_gemma3(3, window=16)
+
+
+def tiny_mistral(window: int) -> MistralForCausalLM:
+    """Mistral: the Llama layout with a sliding window over every layer."""
+    torch.manual_seed(5)
+    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                        initializer_range=0.2, eos_token_id=0, bos_token_id=1, sliding_window=window)
+    return MistralForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native attention", "sdpa"])
+@pytest.mark.parametrize("make", [lambda: tiny_gemma3(3, window=16), lambda: tiny_mistral(12)],
+                         ids=["gemma3", "mistral"])
+def test_sliding_windows_as_transformers(make, native):
+    """Past a sliding window of 16 (Gemma 3's sliding layers) or 12 (every Mistral layer) the static
+    engine attends as transformers does: a prompt longer than the window (its prefill masked), a left-
+    padded batch, a reply that runs far past it; a verify pass there still gives each position a step's
+    logits bit for bit."""
+    from speechllm.quant.methods import QuantConfig
+    from speechllm.quant.model import quantize
+
+    model = make()
+    if native and not engine_for(model).native:
+        pytest.skip("the native attention kernel is not built here (no C compiler)")
+    engine_for(model).native = native
+    greedy = opts(max_new_tokens=30, eos_token_id=-1, stop_repetition=False, speculative=False)
+    for ids in (prompt(5), prompt(6, 21)):
+        with torch.no_grad():
+            hf = model.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
+        ours = generate(model, ids, greedy)
+        assert ours.tokens == hf[0, ids.shape[1]:].tolist()
+        assert generate(model, ids, opts(max_new_tokens=30, eos_token_id=-1, stop_repetition=False)).tokens \
+            == ours.tokens
+    rows = [prompt(7, 5)[0], prompt(8, 20)[0]]  # a batch: the short row left-padded
+    ids, mask = torch.zeros(2, 20, dtype=torch.long), torch.zeros(2, 20, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, 20 - len(r):], mask[i, 20 - len(r):] = r, 1
+    positions, embed = (mask.cumsum(1) - 1).clamp(min=0), model.get_input_embeddings()
+    options = opts(max_new_tokens=20, eos_token_id=-1, stop_repetition=False, speculative=False)
     with torch.no_grad():
-        state = open_state(narrow, narrow.get_input_embeddings()(ids), torch.ones_like(ids),
-                           torch.arange(ids.shape[1])[None], capacity=40)
-        assert isinstance(state, HFState)
-        hf = narrow.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
-    assert generate(narrow, ids, greedy).tokens == hf[0, 9:].tolist()
+        batched = run_decoder(open_state(model, embed(ids), mask, positions), [0], options)
+        fallback = run_decoder(open_state(model, embed(ids), mask, positions, "hf"), [0], options)
+    assert [b[0] for b in batched] == [f[0] for f in fallback]
+    quantize(model, QuantConfig(bits=4, group_size=32, head_bits=8))  # row-exact kernels: the verify pass
+    engine_for(model).native = native
+    ids, tokens = prompt(9, 14), prompt(10, 7)[0].tolist()  # columns 14..20 cross the window
+    with torch.no_grad():
+        def fresh():
+            state = open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),
+                               torch.arange(ids.shape[1])[None], capacity=24)
+            assert isinstance(state, StaticState)
+            return state
+        state = fresh()
+        stepped = torch.stack([state.step(torch.tensor([t]))[0] for t in tokens])
+        verified = fresh().extend(torch.tensor([tokens]))[0]
+    assert torch.equal(stepped, verified)
 
 
 @pytest.mark.parametrize("native", ["1", "0"])

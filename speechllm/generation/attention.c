@@ -3,7 +3,8 @@
    Each query (row, position, head) is computed alone, by the same instructions whatever the number of
    queries in the call: a verify pass of t positions gives each position the numbers a step gives it,
    bit for bit (what speculative decoding needs to be identical to greedy). Position j of a call attends
-   to the cache columns [0, start + j], causal, no padding.
+   to the cache columns [0, start + j], causal, no padding; with a sliding window w > 0, to the last w of
+   them (columns (start + j - w, start + j]).
 
    Lanes are GCC/Clang vector extensions (lanes.h), every sum in a fixed order. Built at first use with
    `cc -O3 -march=native` (see attention.py); head_dim must be a multiple of 16. */
@@ -81,8 +82,8 @@ static void attend_one(const float *q, const float *keys, const float *values, i
    shared among `threads` OpenMP threads (the runtime torch uses, where built with it). */
 static void attend_queries(const float *q, int64_t q_row, int64_t q_pos, const float *keys, const float *values,
                            int64_t kv_row, int64_t capacity, float *out, float *scratch, int64_t rows, int64_t t,
-                           int64_t heads, int64_t kv_heads, int64_t dim, int64_t start, float scale,
-                           int64_t threads) {
+                           int64_t heads, int64_t kv_heads, int64_t dim, int64_t start, int64_t window,
+                           float scale, int64_t threads) {
     const int64_t group = heads / kv_heads, queries = rows * t * heads, room = start + t + 16;
     const int64_t spread = queries < threads ? queries : threads;
 #pragma omp parallel for num_threads(spread) schedule(static)
@@ -93,21 +94,24 @@ static void attend_queries(const float *q, int64_t q_row, int64_t q_pos, const f
 #else
         float *own = scratch;
 #endif
-        const int64_t column = (h / group) * capacity * dim + r * kv_row;
-        attend_one(q + r * q_row + j * q_pos + h * dim, keys + column, values + column, dim, start + j + 1, dim,
+        const int64_t seen = start + j + 1, first = window > 0 && seen > window ? seen - window : 0;
+        const int64_t column = (h / group) * capacity * dim + r * kv_row + first * dim;
+        attend_one(q + r * q_row + j * q_pos + h * dim, keys + column, values + column, dim, seen - first, dim,
                    scale, own, out + n * dim);
     }
 }
 
 /* q: [rows, t, heads, dim] with strides (q_row, q_pos, dim); keys/values: [rows, kv_heads, capacity, dim]
    contiguous per row (strides kv_row, capacity * dim, dim); out: [rows, t, heads, dim] contiguous.
-   Position j of row r attends to columns [0, start + j]. scratch: threads * (start + t + 16) floats. */
+   Position j of row r attends to columns [0, start + j] (window > 0: the last `window` of them).
+   scratch: threads * (start + t + 16) floats. */
 int speechllm_attend(const float *q, int64_t q_row, int64_t q_pos, const float *keys, const float *values,
                      int64_t kv_row, int64_t capacity, float *out, float *scratch, int64_t rows, int64_t t,
-                     int64_t heads, int64_t kv_heads, int64_t dim, int64_t start, float scale, int64_t threads) {
+                     int64_t heads, int64_t kv_heads, int64_t dim, int64_t start, int64_t window, float scale,
+                     int64_t threads) {
     if (dim % 16 || dim > 256 || heads % kv_heads) return 1;
     attend_queries(q, q_row, q_pos, keys, values, kv_row, capacity, out, scratch, rows, t, heads, kv_heads, dim,
-                   start, scale, threads);
+                   start, window, scale, threads);
     return 0;
 }
 
@@ -132,7 +136,7 @@ int speechllm_rope_attend(const float *qk, int64_t qk_row, int64_t qk_pos, const
                           int64_t v_pos, const float *cos, const float *sin, float *keys, float *values,
                           int64_t kv_row, int64_t capacity, float *rotated, float *out, float *scratch,
                           int64_t rows, int64_t t, int64_t heads, int64_t kv_heads, int64_t dim, int64_t start,
-                          float scale, int64_t threads) {
+                          int64_t window, float scale, int64_t threads) {
     if (dim % 16 || dim > 256 || heads % kv_heads) return 1;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t j = 0; j < t; j++) {
@@ -147,6 +151,6 @@ int speechllm_rope_attend(const float *qk, int64_t qk_row, int64_t qk_pos, const
             }
         }
     attend_queries(rotated, t * heads * dim, heads * dim, keys, values, kv_row, capacity, out, scratch, rows, t,
-                   heads, kv_heads, dim, start, scale, threads);
+                   heads, kv_heads, dim, start, window, scale, threads);
     return 0;
 }

@@ -25,8 +25,8 @@ from speechllm.native import load, traced
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, or None where it cannot be had."""
     return load(Path(__file__).with_name("attention.c"), {
-        "speechllm_attend": "i:piippiippiiiiiifi",
-        "speechllm_rope_attend": "i:piipiippppiipppiiiiiifi"})
+        "speechllm_attend": "i:piippiippiiiiiiifi",
+        "speechllm_rope_attend": "i:piipiippppiipppiiiiiiifi"})
 
 
 def native_attention(dtype: torch.dtype, device: torch.device, heads: int, kv_heads: int, dim: int) -> bool:
@@ -43,10 +43,10 @@ def _check_cache(keys: Tensor, values: Tensor) -> None:
         raise ValueError("attend: the cache rows must be contiguous")
 
 
-def attend(q: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
+def attend(q: Tensor, keys: Tensor, values: Tensor, start: int, window: int = 0) -> Tensor:
     """Causal attention of new positions ``q`` [rows, t, heads, dim] (the last dim contiguous) over the
-    cache ``keys``/``values`` [rows, kv_heads, capacity, dim]: position j sees columns [0, start + j].
-    Returns [rows, t, heads * dim]."""
+    cache ``keys``/``values`` [rows, kv_heads, capacity, dim]: position j sees columns [0, start + j]
+    (``window`` > 0: the last ``window`` of them). Returns [rows, t, heads * dim]."""
     rows, t, heads, dim = q.shape
     kv_heads, capacity = keys.shape[1], keys.shape[2]
     _check_cache(keys, values)
@@ -58,7 +58,7 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
     with traced("speechllm::attend"):
         failed = library().speechllm_attend(
             q.data_ptr(), q.stride(0), q.stride(1), keys.data_ptr(), values.data_ptr(), keys.stride(0),
-            capacity, out.data_ptr(), scratch.data_ptr(), rows, t, heads, kv_heads, dim, start,
+            capacity, out.data_ptr(), scratch.data_ptr(), rows, t, heads, kv_heads, dim, start, window,
             1.0 / math.sqrt(dim), threads)
     if failed:
         raise ValueError(f"attend: unsupported shape heads={heads} kv_heads={kv_heads} dim={dim}")
@@ -66,13 +66,13 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, start: int) -> Tensor:
 
 
 def rope_attend(qk: Tensor, v: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor, start: int,
-                heads: int, scale: float | None = None) -> Tensor:
+                heads: int, scale: float | None = None, window: int = 0) -> Tensor:
     """A layer's attention for a step or a verify pass in one native call: the rotary embedding of the
     ``heads`` query heads and the key heads side by side in ``qk`` [rows, t, (heads + kv_heads) * dim]
     (``x * cos + roll(x, dim / 2) * sin``, ``sin`` signed as rotate_half needs, [rows, t, dim]), the keys
     and ``v`` [rows, t, kv_heads * dim] written into the cache at columns [start, start + t), then
-    :func:`attend` (scores scaled by ``scale``, default ``1 / sqrt(dim)``). The same numbers as those steps
-    in torch followed by :func:`attend`."""
+    :func:`attend` (scores scaled by ``scale``, default ``1 / sqrt(dim)``; ``window``: a sliding layer's). The
+    same numbers as those steps in torch followed by :func:`attend`."""
     rows, t, _ = qk.shape
     kv_heads, capacity, dim = keys.shape[1:]
     _check_cache(keys, values)
@@ -88,7 +88,7 @@ def rope_attend(qk: Tensor, v: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, v
         failed = library().speechllm_rope_attend(
             qk.data_ptr(), qk.stride(0), qk.stride(1), v.data_ptr(), v.stride(0), v.stride(1), cos.data_ptr(),
             sin.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(0), capacity, rotated.data_ptr(),
-            out.data_ptr(), scratch.data_ptr(), rows, t, heads, kv_heads, dim, start,
+            out.data_ptr(), scratch.data_ptr(), rows, t, heads, kv_heads, dim, start, window,
             1.0 / math.sqrt(dim) if scale is None else scale, threads)
     if failed:
         raise ValueError(f"rope_attend: unsupported shape heads={heads} kv_heads={kv_heads} dim={dim}")

@@ -1,6 +1,6 @@
 """Which engine decodes which model: a registry keyed on the Hugging Face ``model_type``.
 
-``ENGINES[model_type]`` is a state class (``StaticState`` for the Llama family); a model type not
+``ENGINES[model_type]`` is a state class (``StaticState`` for the Llama family and Gemma 3); a model type not
 in it decodes on the fallback (``HFState``: the model's own forward and cache).
 ``GenerationOptions(engine="hf")`` forces the fallback.
 """
@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from speechllm.generation.hf import HFState
-from speechllm.generation.static import StaticState, base_model, fits_window
+from speechllm.generation.static import StaticState
 
 State = Any  # StaticState | HFState: logits, step, extend, feed, rollback, select, repeat
 StateFactory = Callable[..., State]
@@ -28,20 +28,9 @@ def register_engine(model_type: str, state: StateFactory) -> StateFactory:
     return state
 
 
-for _type in ("llama", "mistral", "qwen2"):  # one module layout: q/k/v/o, gate/up/down, RMSNorm, RoPE
+# one module layout (q/k/v/o, gate/up/down, RMSNorm, RoPE); Gemma 3 adds norms, a GELU gate, sliding layers
+for _type in ("llama", "mistral", "qwen2", "gemma3_text"):
     register_engine(_type, StaticState)
-
-
-def windowed_state(llm: nn.Module, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor,
-                   capacity: int = 0) -> State:
-    """Gemma 3 on the static engine while prompt + reply (``capacity``) fit its sliding window (there its
-    sliding layers see every earlier position, as its global ones do); longer, on the fallback."""
-    fits = fits_window(base_model(llm).config, capacity)
-    state = StaticState if fits else HFState
-    return state(llm, embeds, attention_mask, position_ids, capacity=capacity)
-
-
-register_engine("gemma3_text", windowed_state)
 
 
 def state_class(llm: nn.Module, engine: str = "auto") -> StateFactory:

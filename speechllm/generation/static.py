@@ -1,8 +1,10 @@
 """The engine for Llama-family models (llama, mistral, qwen2: one module layout) and Gemma 3 (the same
-projections, with q/k norms, norms after the attention and the MLP as well as before, a GELU gate and a
-rotary base per layer type): a preallocated KV cache and a lean forward pass over the model's own
-modules (norms, MLPs, ``QuantLinear`` projections, LoRA layers when peft wrapped them), with its own
-attention.
+projections, with q/k norms, norms after the attention and the MLP as well as before, a GELU gate, and
+sliding and global layers with a rotary base each): a preallocated KV cache and a lean forward pass over
+the model's own modules (norms, MLPs, ``QuantLinear`` projections, LoRA layers when peft wrapped them),
+with its own attention. A sliding layer (Gemma 3's, every layer of a Mistral with ``sliding_window``)
+attends to the last ``sliding_window`` columns, as transformers' sliding-window mask has it; the cache
+keeps every column.
 
 :class:`StaticEngine` holds what does not change between replies (the layers, the rotary tables,
 fused projections); :class:`StaticState` is one batch's cache, prefilled from spliced
@@ -68,12 +70,24 @@ def _held(model: nn.Module) -> list[nn.Module]:
     return [model.model.norm, model.lm_head, *norms]
 
 
-def fits_window(config, capacity: int) -> bool:
-    """Whether a cache of ``capacity`` columns stays inside the model's sliding window, where its sliding
-    layers attend to every earlier position like its global ones (always, for a model without one)."""
-    window = getattr(config, "sliding_window", None)
-    sliding = any(kind == "sliding_attention" for kind in getattr(config, "layer_types", None) or ())
-    return not window or not sliding or 0 < capacity <= window
+def layer_windows(config, layers: int) -> list[int]:
+    """Each layer's sliding window: the columns a position sees, itself included (0: all earlier ones).
+    Layers typed ``sliding_attention`` have the config's window (Gemma 3), or every layer where the config
+    sets a window and no layer types (Mistral)."""
+    window = getattr(config, "sliding_window", None) or 0
+    kinds = getattr(config, "layer_types", None)
+    if not kinds:
+        return [window] * layers
+    return [window if kind == "sliding_attention" else 0 for kind in kinds]
+
+
+def _within(mask: Tensor | None, start: int, window: int) -> Tensor | None:
+    """``mask`` [rows, 1, t, columns] of new columns ``start...`` limited to a sliding window: column c
+    sees columns (c - window, c] (``window`` 0: unchanged)."""
+    if mask is None or not window:
+        return mask
+    columns = torch.arange(mask.shape[-1], device=mask.device)
+    return mask & (columns[start:, None] - columns[None, :] < window)
 
 
 def base_model(llm: nn.Module) -> nn.Module:
@@ -97,6 +111,7 @@ class StaticEngine:
         self.layer_types = list(cfg.layer_types) if per_type else [None] * len(self.layers)
         empty = torch.empty(0, self.head_dim, device=self.device, dtype=self.dtype)
         self.tables = {kind: (empty, empty) for kind in self.layer_types}
+        self.windows = layer_windows(cfg, len(self.layers))
         self.native = native_attention(self.dtype, self.device, self.heads, self.kv_heads, self.head_dim)
         self.projections = [fused_projections(layer) for layer in self.layers]
         # per layer: the norms before the attention and the MLP, and (Gemma) after them
@@ -144,8 +159,9 @@ class StaticEngine:
             qk = torch.cat([q_norm(qk[..., :split].unflatten(-1, (self.heads, dim))).flatten(-2),
                             k_norm(qk[..., split:].unflatten(-1, (self.kv_heads, dim))).flatten(-2)], -1)
         keys, values = state.k[i], state.v[i]
+        window = self.windows[i]
         if mask is None and self.native:  # a step or a verify pass: rotary, cache and each position alone
-            out = rope_attend(qk, v, cos, sin, keys, values, start, self.heads, self.scale)
+            out = rope_attend(qk, v, cos, sin, keys, values, start, self.heads, self.scale, window)
             return self.projections[i].out(out)
         qk = qk.view(b, t, self.heads + self.kv_heads, self.head_dim)
         qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
@@ -153,10 +169,11 @@ class StaticEngine:
         keys[:, :, start:end] = qk[:, :, self.heads:].transpose(1, 2)
         values[:, :, start:end] = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q = qk[:, :, :self.heads].transpose(1, 2)
-        if mask is None and t > 1:  # a verify pass: each position as a step sees it
+        if mask is None:  # a step or a verify pass: each position as a step sees it
+            seen = [(max(0, start + j + 1 - window) if window else 0, start + j + 1) for j in range(t)]
             out = torch.cat([F.scaled_dot_product_attention(
-                q[:, :, j:j + 1], keys[:, :, :start + j + 1], values[:, :, :start + j + 1], enable_gqa=True,
-                scale=self.scale) for j in range(t)], dim=2)
+                q[:, :, j:j + 1], keys[:, :, a:b], values[:, :, a:b], enable_gqa=True, scale=self.scale)
+                for j, (a, b) in enumerate(seen)], dim=2)
         else:
             out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
                                                  enable_gqa=True, scale=self.scale)
@@ -179,14 +196,16 @@ class StaticEngine:
                 for kind, (cos, sin) in self.tables.items()}
         state.valid[:, start:start + t] = True if keys is None else keys
         mask = None  # a step, or a verify pass (a few positions of unpadded rows: attention per position)
+        masks = dict.fromkeys(self.windows)
         if state.padded or t > ROW_EXACT_UP_TO:  # keys: valid columns, causal within the new block
             mask = state.valid[:, None, None, :start + t].expand(-1, 1, t, -1).clone()
             mask[..., start:] &= torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
             mask[..., start:] |= torch.eye(t, dtype=torch.bool, device=h.device)  # padding rows: themselves
+        masks = {window: _within(mask, start, window) for window in set(self.windows)}
         h = h.to(self.dtype)
         for i, norms in enumerate(self.norms):
             cos, sin = rope[self.layer_types[i]]
-            attended = self._attention(state, i, norms[0](h), cos, sin, start, mask)
+            attended = self._attention(state, i, norms[0](h), cos, sin, start, masks[self.windows[i]])
             if len(norms) == 2:  # the Llama family: norms before the attention and the MLP
                 h = h + attended
                 h = h + self.projections[i].mlp(norms[1](h))
@@ -254,10 +273,6 @@ class StaticState:
         capacity = self.k.shape[3]
         if n <= capacity:
             return
-        if not fits_window(self.engine.model.config, n):
-            raise RuntimeError(f"{n} positions: past the model's sliding window, which this engine "
-                               "does not apply (open the state with the capacity it needs: the registry "
-                               "then picks the fallback)")
         grow = max(n, 2 * capacity) - capacity
         self.k = F.pad(self.k, (0, 0, 0, grow))
         self.v = F.pad(self.v, (0, 0, 0, grow))
