@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from speechllm.manifest import ManifestError, ManifestRow
+from speechllm.manifest import ManifestError, ManifestRow, read_manifest
 
 MANIFEST_SUFFIXES = (".jsonl", ".json")
 DATA_DIR, PREPARED_FILE, REPORT_FILE = "data", "prepared.json", "adaptation.json"
@@ -180,6 +180,23 @@ def load_base(base: str, lora_rank: int = 0, encoder_layers: int = 0, adapter_tr
     return model, model.config
 
 
+def answer_spoken_questions_with_lora(model, train_manifest: str) -> bool:
+    """A base that types spoken questions to its LLM without the LoRA (``"spoken_questions": "text"``)
+    answers them with its LoRA once it trains on spoken questions, so that training counts (with a
+    notice); True when it changed."""
+    from speechllm.speechlm import TASKS
+
+    task = TASKS["spoken-question"]
+    if model.config.spoken_questions != "text":
+        return False
+    if not any(row.task in task.rows and task.accepts(row) for row in read_manifest(train_manifest)):
+        return False
+    print("the training data has spoken questions: the tuned model answers them with its LoRA "
+          "(\"spoken_questions\": \"lora\"; the base typed them to its LLM without it)", file=sys.stderr)
+    model.config = replace(model.config, spoken_questions="lora")
+    return True
+
+
 def _load_base(base: str, lora_rank: int):
     from speechllm.speechlm import LoraSpec, SpeechLLM, is_speechlm_folder, load_speechlm, read_config
     from speechllm.speechlm.io import load_speech_side
@@ -218,7 +235,6 @@ def adapt(config, base: Base | None, prepared: PreparedData) -> dict[str, Any]:
     """
     from speechllm.apps.commands.preflight import check_model
     from speechllm.device import pick_device
-    from speechllm.manifest import read_manifest
     from speechllm.speechlm import load_speechlm, read_config
     from speechllm.speechlm.io import atomic_write_text
     from speechllm.train import check_manifests, eval_subset, evaluate, latest_checkpoint, train
@@ -253,6 +269,8 @@ def adapt(config, base: Base | None, prepared: PreparedData) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
         print(f"before: {_metrics_line(report['before'])}")
+    if model is not None and not resuming and answer_spoken_questions_with_lora(model, prepared.train):
+        config = replace(config, model=model.config)
     result = train(config, model=None if resuming else model)
     if eval_rows:
         after = result.evals[-1] if result.evals and result.evals[-1]["step"] == result.step else None

@@ -169,3 +169,32 @@ def test_a_base_hearing_through_whisper_is_tuned_hearing_through_its_adapter(tmp
     assert main(args + ["--out", str(tmp_path / "lora"), "--lora-rank", "2", "--freeze-adapter",
                         "--lm-weight", "1"]) == 0
     assert load_speechlm(tmp_path / "lora").config.hearing == "whisper"
+
+
+def test_training_on_spoken_questions_lets_the_lora_answer_them(tmp_path, capsys):
+    """A base that types spoken questions to its LLM without the LoRA answers them with its LoRA once it
+    is fine-tuned on spoken questions; fine-tuned on transcripts alone it keeps typing them."""
+    from tiny_models import make_tiny_llm, make_tiny_whisper
+
+    from speechllm.manifest import write_manifest
+    from speechllm.speechlm import LoraSpec, SpeechLLM, SpeechLLMConfig, load_speechlm, save_speechlm
+
+    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "whisper")), adapter="ctc-posterior",
+                             llm=str(make_tiny_llm(tmp_path / "llm")), hearing="whisper",
+                             asr_decoder="ctc", spoken_questions="text", lora=LoraSpec(rank=2, alpha=4.0),
+                             adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4})
+    torch.manual_seed(0)
+    base = save_speechlm(SpeechLLM.build(config), tmp_path / "base")
+    data = recordings(tmp_path / "my_recordings")
+    questions = [ManifestRow(audio=str(data / f"utt{i:02d}.wav"), text=text, task="sqa", answer="yes")
+                 for i, text in enumerate(TEXTS)]
+    write_manifest(tmp_path / "questions.jsonl", questions)
+    args = ["--base", str(base), "--batch-size", "2", "--steps", "1", "--eval-every", "100",
+            "--max-new-tokens", "4", "--freeze-adapter", "--quiet"]
+    assert main(["finetune", "--train", str(tmp_path / "questions.jsonl"), "--out", str(tmp_path / "qa"),
+                 *args]) == 0
+    assert "the training data has spoken questions" in capsys.readouterr().err
+    assert load_speechlm(tmp_path / "qa").config.spoken_questions == "lora"
+    assert main(["finetune", "--train", str(data), "--out", str(tmp_path / "asr"), *args]) == 0
+    assert "spoken questions" not in capsys.readouterr().err
+    assert load_speechlm(tmp_path / "asr").config.spoken_questions == "text"

@@ -268,8 +268,11 @@ class SpeechLLM(nn.Module):
         return self
 
     def hear_through_adapter(self) -> SpeechLLM:
-        """From now on the adapter hears (``hearing="adapter"``): e.g. while it is being fine-tuned."""
-        self.config = replace(self.config, hearing="adapter", hearing_models={}, memory={})
+        """From now on the adapter hears (``hearing="adapter"``): e.g. while it is being fine-tuned. Spoken
+        questions stay typed where the CTC path writes the transcript they need."""
+        spoken = self.config.spoken_questions if self.config.asr_decoder == "ctc" else "lora"
+        self.config = replace(self.config, hearing="adapter", hearing_models={}, memory={},
+                              spoken_questions=spoken)
         self.whisper = None
         self._hearings = {}
         return self
