@@ -210,6 +210,8 @@ def test_spoken_questions_as_text_answer_what_was_heard_as_a_typed_message(data,
     assert [r.text for r in model.generate(clips[:1], asked, options)] != [replies[0].text]
     # other instructions with audio still go to the LoRA; a transcript is still Whisper's
     assert model.generate(clips[:1], instruction("transcribe"))[0].text == heard[8000]
+    model.config = replace(model.config, spoken_questions="text")  # hearing through the adapter, the LLM
+    assert model.hear_through_adapter().config.spoken_questions == "lora"  # writing transcripts: the LoRA
     with pytest.raises(ValueError, match="spoken_questions='text' needs a transcript without the LLM"):
         SpeechLLMConfig(spoken_questions="text", asr_decoder="llm")
     with pytest.raises(ValueError, match="'lora' or 'text'"):
