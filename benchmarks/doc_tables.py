@@ -221,6 +221,18 @@ TABLES["spoken-turns"] = Table("spoken-turns.json", (
     rows=lambda d: [{"setting": "typed", **d["typed"]},
                     *({"setting": k, **v} for k, v in d["spoken"].items())])
 
+TABLES["passage-copy-share"] = Table("passage-copy-share.json", (
+    Column("answers copying", lambda r: r["label"]),
+    Column("answers", "answers", numeric=True),
+    Column("tokens", "tokens", numeric=True),
+    Column("whole call", "whole_call_speedup", fixed(2, "x"), True),
+    Column("after the first token", "after_first_token_speedup", fixed(2, "x"), True)),
+    rows=lambda d: [*({"label": f"{100 * b['copied_share'][0]:.0f} to {100 * b['copied_share'][1]:.0f} % of "
+                                "their tokens",
+                       **b} for b in d["buckets"]),
+                    {"label": "**all**", "answers": d["answers"],
+                     "tokens": sum(b["tokens"] for b in d["buckets"]), **d["all"]}])
+
 TABLES["finetune-slt"] = Table("finetune-slt.json", (
     Column("model", "model"),
     Column("held-out utterances", "rows", numeric=True),
@@ -257,6 +269,8 @@ SHIPPED, ADAPTER_HEARING = "speech-LLM speechllm-starter", "speech-LLM runs/star
 FIGURES: dict[str, Figure] = {
     "serve-load": Figure("serve.json", lambda d: f"{d['load_average_at_start']:.0f} at the start and "
                                                  f"{d['load_average_at_end']:.0f} at the end"),
+    "passage-copy-share-mean": Figure("passage-copy-share.json", lambda d: d["all"]["mean_copied_share"],
+                                      pct(0)),
     "ask-passage": Figure("ask-hearing.json", _ask("speechllm-starter", "passage.accuracy"), pct(1)),
     "ask-passage-lora": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
     "ask-spoken-accuracy": Figure("ask-hearing.json", _ask("speechllm-starter", "spoken.accuracy"), pct(1)),
