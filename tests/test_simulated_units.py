@@ -218,6 +218,29 @@ def test_spoken_questions_as_text_answer_what_was_heard_as_a_typed_message(data,
         SpeechLLMConfig(spoken_questions="typed")
 
 
+def test_a_whisper_hears_a_clip_once_while_it_remembers_it(tmp_path):
+    """A chat's spoken turn is heard for its answer and again for the history: one transcription, until
+    the clip is among the oldest of more than ``remembered``, or the options change."""
+    from tiny_models import make_tiny_whisper
+
+    from speechllm.speechlm.hearing import WhisperHearing
+
+    hearing = WhisperHearing(str(make_tiny_whisper(tmp_path / "w")))
+    hearing.remembered = 2
+    calls = []
+    transcribe = hearing.asr.transcribe
+    hearing.asr.transcribe = lambda clip: calls.append(len(clip)) or transcribe(clip)
+    clips = [np.full(n, 0.01 * i, np.float32) for i, n in enumerate((4000, 4800, 5600), 1)]
+    first = hearing.heard([clips[0], clips[0].copy()])
+    assert first[0] == first[1] and calls == [4000]  # the same samples: heard once
+    hearing.heard(clips[1:])  # two more: the first clip is forgotten
+    hearing.heard(clips[:1])
+    assert calls == [4000, 4800, 5600, 4000]
+    hearing.asr.options = replace(hearing.asr.options, beam_size=2)  # other options: heard again
+    hearing.heard(clips[:1])
+    assert calls[-1] == 4000 and len(calls) == 5
+
+
 def test_hearing_models_hear_a_task_with_another_whisper_loaded_on_first_use(tmp_path):
     from tiny_models import make_tiny_llm, make_tiny_whisper
 

@@ -19,10 +19,16 @@ A translation memory in the model's config (``"memory": {"Spanish-English": FILE
 transcript comes close to a sentence of the memory's source side (:meth:`WhisperHearing.prompt_for`):
 the nearest sentence is its prompt for the second hearing, and brings that text's names, spelling and
 register with it. Everyday sentences rarely come close to a Bible verse and are heard once.
+
+A Whisper remembers its last few clips' first transcripts (by the clip's samples and its options): a
+chat's spoken turn is heard once for its answer and its place in the history, a clip asked several
+things in a row once.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -39,12 +45,15 @@ HEARINGS = ("adapter", "whisper")
 class WhisperHearing:
     """Whisper's transcripts of clips, and the LLM input they make."""
 
+    remembered = 8  # clips whose transcripts are kept
+
     def __init__(self, name: str, device: torch.device | str = "cpu", languages: Sequence[str] = ()) -> None:
         from speechllm.transcriber import WhisperTranscriber
 
         self.asr = WhisperTranscriber(name, device=str(device), segmenter="fixed", detect_among=languages)
         # a first hearing -> the prompt to hear the clip again with (None: heard once)
         self.prompt_for: Callable[[Heard], str | None] = lambda heard: None
+        self._recent: OrderedDict[tuple, Heard] = OrderedDict()
 
     def set_language(self, language: str) -> None:
         """Transcribe in ``language`` from now on (a clear error for an English-only Whisper)."""
@@ -66,14 +75,25 @@ class WhisperHearing:
             model.to(device)
         out = []
         for clip in audio:
-            clip = np.asarray(clip, np.float32)
-            result = self.asr.transcribe(clip)
-            heard = Heard(result.text.strip(), getattr(result, "language", None) or "en")
+            clip = np.ascontiguousarray(clip, np.float32)
+            heard = self._first_hearing(clip)
             prompt = self.prompt_for(heard)
             if prompt is not None:
                 heard = Heard(self._transcribe_prompted(clip, heard.language, prompt), heard.language)
             out.append(heard)
         return out
+
+    def _first_hearing(self, clip: np.ndarray) -> Heard:
+        """Whisper's transcript of ``clip`` with its options, remembered for the last few clips."""
+        key = (hashlib.blake2b(clip.tobytes(), digest_size=16).digest(), self.asr.options)
+        heard = self._recent.pop(key, None)
+        if heard is None:
+            result = self.asr.transcribe(clip)
+            heard = Heard(result.text.strip(), getattr(result, "language", None) or "en")
+        self._recent[key] = heard  # the newest last
+        while len(self._recent) > self.remembered:
+            self._recent.popitem(last=False)
+        return heard
 
     def _transcribe_prompted(self, clip: np.ndarray, language: str, prompt: str) -> str:
         options = self.asr.options
