@@ -21,7 +21,7 @@ import soundfile
 import test_chat
 
 from speechllm.apps.chat import ChatEngine, ChatOptions, SpeechChunk, TextDelta, TurnDone, register_voice
-from speechllm.apps.chat.turns import BargeIn, SpeechStarted, TurnEnded, TurnOptions
+from speechllm.apps.chat.turns import BargeIn, SpeechStarted, TurnEnded, TurnOptions, TurnPaused
 from speechllm.zoo import ZOO
 
 SR = 16_000
@@ -110,6 +110,25 @@ def test_live_session_turns_at_48k_and_barge_in_stops_the_answer():
         session.hear(3, pcm[:100])
     with pytest.raises(ValueError, match="a piece of 6.0 s is over the limit of 5 s"):
         session.hear(48_000, pcm[:6 * 48_000])
+
+
+def test_a_paused_turn_is_heard_ahead_on_its_own_thread():
+    """At a pause the session hands the turn so far to ``prehear`` (a thread: the microphone's pieces go
+    on); the turn that ends there carries the same samples, so the model finds them heard."""
+    from test_chat_turns import ScriptedVAD, frames
+
+    from speechllm.apps.chat.live import LiveSession
+    from speechllm.apps.chat.turns import TurnDetector
+
+    options = TurnOptions(onset_ms=64, end_ms=160, pre_roll_ms=0, min_speech_ms=96, pause_ms=64)
+    heard, done = [], threading.Event()
+    session = LiveSession(options, TurnDetector(ScriptedVAD(), options),
+                          prehear=lambda audio: (heard.append(audio), done.set()))
+    events = session.hear(SR, frames("..ssss......"))
+    assert [type(e) for e in events] == [SpeechStarted, TurnPaused, TurnEnded]
+    assert done.wait(5) and np.array_equal(heard[0], session.take_turn().audio)
+    failing = LiveSession(options, TurnDetector(ScriptedVAD(), options), prehear=lambda audio: 1 / 0)
+    assert TurnEnded in [type(e) for e in failing.hear(SR, frames("..ssss......"))]  # only time is lost
 
 
 def test_the_answer_stops_when_the_page_has_played_it():
@@ -342,7 +361,11 @@ def hands_free_conversation(handsfree_server, microphone_file, tmp_path, monkeyp
                                 "barge_in_ms": barge_in_ms, "vad_onset_ms": vad_ms,
                                 "load_average": os.getloadavg()[0]}) + "\n")
     assert 0 < barge_in_ms < 300, barge_in_ms
-    assert [type(e) for _, e in heard][:6] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded, BargeIn,
-                                               TurnEnded]
+    events = [e for _, e in heard]
+    assert [type(e) for e in events if not isinstance(e, TurnPaused)][:6] == [
+        SpeechStarted, TurnEnded, SpeechStarted, TurnEnded, BargeIn, TurnEnded]
+    for i, e in enumerate(events):  # each turn went ahead at its pause with the samples it ended with
+        if isinstance(e, TurnEnded):
+            assert isinstance(events[i - 1], TurnPaused) and np.array_equal(events[i - 1].audio, e.audio)
     assert app.model.made[1] < app.model.words  # the second answer's generation was stopped too
     assert len(rows) >= 6 and "(interrupted)" in conversation

@@ -15,6 +15,7 @@ from speechllm.apps.chat.turns import (
     TurnDropped,
     TurnEnded,
     TurnOptions,
+    TurnPaused,
 )
 from speechllm.zoo import ZOO
 
@@ -85,11 +86,33 @@ def test_a_turn_ends_at_max_seconds():
     assert all(len(e.audio) == 10 * FRAME for e in events if isinstance(e, TurnEnded))
 
 
+def test_a_pause_sends_the_turn_ahead_with_the_audio_its_end_will_carry():
+    options = TurnOptions(onset_ms=64, end_ms=160, pre_roll_ms=0, min_speech_ms=96, pause_ms=64)  # 2 of 5
+    detector = TurnDetector(ScriptedVAD(), options)
+    events = detector.push(frames("..ssss......"))
+    assert [type(e) for e in events] == [SpeechStarted, TurnPaused, TurnEnded]
+    paused, ended = events[1], events[2]
+    assert np.array_equal(paused.audio, ended.audio) and len(ended.audio) == (4 + 2) * FRAME  # 2 silent kept
+    assert (paused.start, paused.end) == (ended.start, ended.end)
+    # speech after a pause: each pause goes ahead; the end carries the last one's audio
+    events = detector.push(frames("..sss...ss......"))
+    assert [type(e) for e in events] == [SpeechStarted, TurnPaused, TurnPaused, TurnEnded]
+    assert np.array_equal(events[2].audio, events[3].audio)
+    assert len(events[3].audio) == (3 + 3 + 2 + 2) * FRAME
+    # a cough (under min_speech) is not sent ahead; a pause as long as the end is no pause
+    assert [type(e) for e in detector.push(frames("..ss......"))] == [SpeechStarted, TurnDropped]
+    same = TurnDetector(ScriptedVAD(), TurnOptions(onset_ms=64, end_ms=64, pre_roll_ms=0, min_speech_ms=64,
+                                                   pause_ms=64))
+    assert [type(e) for e in same.push(frames("..sss..."))] == [SpeechStarted, TurnEnded]
+
+
 def test_bad_options_and_a_bad_vad_are_refused():
     with pytest.raises(ValueError, match="threshold is 1.5"):
         TurnOptions(threshold=1.5)
     with pytest.raises(ValueError, match="end_ms is 0"):
         TurnOptions(end_ms=0)
+    with pytest.raises(ValueError, match="pause_ms is 700: it must be above 0 and at most end_ms"):
+        TurnOptions(end_ms=600, pause_ms=700)
     with pytest.raises(ValueError, match="the VAD gave 1 probabilities for 2 frames"):
         TurnDetector(lambda audio: np.zeros(1), TurnOptions()).push(np.zeros(2 * FRAME, np.float32))
 

@@ -241,6 +241,29 @@ def test_a_whisper_hears_a_clip_once_while_it_remembers_it(tmp_path):
     assert calls[-1] == 4000 and len(calls) == 5
 
 
+def test_a_clip_heard_ahead_is_not_heard_again_for_its_answer(data, tmp_path):
+    """``SpeechLLM.prehear`` (a hands-free turn at its first pause): the answer, typed or through the
+    LoRA, and the history's transcript then hear nothing new."""
+    from speechllm.generation import GenerationOptions
+    from speechllm.speechlm import instruction
+
+    run = config(data, tmp_path / "ahead", adapter="ctc-posterior", hearing="whisper",
+                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
+                 lora=LoraSpec(rank=2, alpha=4.0))
+    model = SpeechLLM.build(run.model_config()).eval()
+    calls = []
+    transcribe = model.whisper.asr.transcribe
+    model.whisper.asr.transcribe = lambda clip: calls.append(len(clip)) or transcribe(clip)
+    clip, options = np.full(6000, 0.02, np.float32), GenerationOptions(max_new_tokens=3)
+    model.prehear(clip)
+    assert calls == [6000]
+    for spoken in ("lora", "text"):
+        model.config = replace(model.config, spoken_questions=spoken)
+        model.generate([clip.copy()], instruction("spoken-question"), options)
+    model.generate([clip], instruction("transcribe"), options)
+    assert calls == [6000]
+
+
 def test_hearing_models_hear_a_task_with_another_whisper_loaded_on_first_use(tmp_path):
     from tiny_models import make_tiny_llm, make_tiny_whisper
 

@@ -4,6 +4,9 @@ The page streams its microphone in ~100 ms pieces; :meth:`LiveSession.hear` brin
 and runs it through the tab's own :class:`~speechllm.apps.chat.turns.TurnDetector`. A finished turn
 waits in the session until the page asks for its answer; the answer in progress holds a stop flag
 that a barge-in (the user speaks while it is generated or still playing) or the Stop button sets.
+Where the detector reports pauses (``TurnOptions.pause_ms``), the session hands each paused turn to
+``prehear`` on a thread of its own, so the model can hear it while the detector waits to see whether
+the pause ends the turn.
 
 Bounded: a session takes pieces of at most ``MAX_PIECE_SECONDS`` at 8-192 kHz, keeps at most one
 turn of ``max_seconds`` and the detector's own few frames;
@@ -27,6 +30,7 @@ from speechllm.apps.chat.turns import (
     TurnEnded,
     TurnEvent,
     TurnOptions,
+    TurnPaused,
 )
 
 MIN_RATE, MAX_RATE = 8_000, 192_000
@@ -47,8 +51,9 @@ def to_float(samples: np.ndarray) -> np.ndarray:
 class LiveSession:
     """One tab's microphone stream, its finished turn waiting for an answer, the answer in progress."""
 
-    def __init__(self, options: TurnOptions, detector: TurnDetector | None = None):
-        self.options, self._detector = options, detector
+    def __init__(self, options: TurnOptions, detector: TurnDetector | None = None,
+                 prehear: Callable[[np.ndarray], object] | None = None):
+        self.options, self._detector, self.prehear = options, detector, prehear
         self._lock = threading.Lock()
         self._rate: int | None = None
         self._resampler = None
@@ -84,7 +89,17 @@ class LiveSession:
                     self._stop_answer()
                 elif isinstance(event, TurnEnded):
                     self._waiting, self.turns = event, self.turns + 1
+        for event in events:
+            if isinstance(event, TurnPaused) and self.prehear is not None:
+                threading.Thread(target=self._prehear, args=(event.audio,), name="speechllm-prehear",
+                                 daemon=True).start()
         return events
+
+    def _prehear(self, audio: np.ndarray) -> None:
+        try:
+            self.prehear(audio)
+        except Exception:  # hearing ahead only saves time: the answer hears the turn itself
+            pass
 
     def _resample(self, rate: int, audio: np.ndarray) -> np.ndarray:
         import soxr

@@ -10,6 +10,11 @@ runs a small state machine per 32 ms frame:
   turn's audio (pre-roll, speech, a little trailing silence). A turn with less than ``min_speech_ms``
   of speech in all (a cough, a click) ends as :class:`TurnDropped`. A turn that reaches
   ``max_seconds`` ends there.
+* **a pause** (with ``pause_ms``): ``pause_ms`` of silence in a row, less than ``end_ms``, in a turn
+  with enough speech: :class:`TurnPaused` with the turn's audio so far, which is what
+  :class:`TurnEnded` will carry if the pause becomes the end (its trailing silence is then cut to
+  ``pause_ms``). A caller can start hearing the turn there, while the detector waits out the rest of
+  ``end_ms``.
 * **barge-in**: while an answer is playing (:meth:`TurnDetector.answering`), a speech onset is a
   :class:`BargeIn`: the caller stops the answer's audio and its generation; the user's turn goes on.
 
@@ -36,6 +41,7 @@ class TurnOptions:
     pre_roll_ms: float = 200  # audio kept from before the onset
     min_speech_ms: float = 200  # a turn with less speech than this is dropped
     max_seconds: float = 30.0  # a turn ends here even if the user goes on
+    pause_ms: float | None = None  # silence that sends the turn so far ahead as TurnPaused (None: never)
 
     def __post_init__(self):
         if not 0 < self.threshold < 1:
@@ -43,6 +49,8 @@ class TurnOptions:
         for name in ("onset_ms", "end_ms", "max_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} is {getattr(self, name):g}: it must be above 0")
+        if self.pause_ms is not None and not 0 < self.pause_ms <= self.end_ms:
+            raise ValueError(f"pause_ms is {self.pause_ms:g}: it must be above 0 and at most end_ms")
 
     def frames(self, ms: float) -> int:
         return max(1, round(ms * SAMPLE_RATE / 1000 / FRAME))
@@ -66,12 +74,19 @@ class TurnEnded:
 
 
 @dataclass(frozen=True)
+class TurnPaused:
+    audio: np.ndarray  # the turn so far: what TurnEnded carries if no speech follows
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class TurnDropped:
     start: float
     end: float  # too little speech to be a turn
 
 
-TurnEvent = SpeechStarted | BargeIn | TurnEnded | TurnDropped
+TurnEvent = SpeechStarted | BargeIn | TurnPaused | TurnEnded | TurnDropped
 
 
 def silero_probabilities() -> Callable[[np.ndarray], np.ndarray]:
@@ -91,6 +106,7 @@ class TurnDetector:
         self._onset, self._end = options.frames(options.onset_ms), options.frames(options.end_ms)
         self._pre_roll = round(options.pre_roll_ms * SAMPLE_RATE / 1000 / FRAME)
         self._min_speech = options.frames(options.min_speech_ms)
+        self._pause = options.frames(options.pause_ms) if options.pause_ms is not None else None
         self._max_frames = max(1, int(options.max_seconds * SAMPLE_RATE) // FRAME)  # never over it
         self.answering = False  # an answer is playing: an onset is a barge-in
         self.reset()
@@ -106,6 +122,7 @@ class TurnDetector:
         self._turn_start = 0  # frame index of its onset
         self._speech = 0  # speech frames in the turn
         self._last_speech = 0  # frame index after the turn's last speech frame
+        self._kept = 0  # frames of the turn up to its last speech frame
 
     @property
     def in_turn(self) -> bool:
@@ -139,10 +156,14 @@ class TurnDetector:
         self._turn.append(frame)
         if speech:
             self._run, self._speech, self._last_speech = 0, self._speech + 1, self._frames + 1
+            self._kept = len(self._turn)
         else:
             self._run += 1
         if self._run >= self._end or len(self._turn) >= self._max_frames:
             return self._close()
+        if self._run == self._pause and self._speech >= self._min_speech:
+            start, end = self.seconds(self._turn_start), self.seconds(self._last_speech)
+            return TurnPaused(np.concatenate(self._turn), start, end)
         return None
 
     def _step_silent(self, frame: np.ndarray, speech: bool) -> TurnEvent | None:
@@ -155,6 +176,7 @@ class TurnDetector:
         kept = self._pre_roll + self._onset
         self._turn, self._recent = self._recent[-kept:], []
         self._turn_start, self._speech, self._last_speech, self._run = start, self._onset, self._frames + 1, 0
+        self._kept = len(self._turn)
         if self.answering:
             self.answering = False
             return BargeIn(self.seconds(start))
@@ -166,4 +188,6 @@ class TurnDetector:
         self._run = 0
         if self._speech < self._min_speech:
             return TurnDropped(start, end)
+        if self._pause is not None:  # the audio a pause sent ahead: its trailing silence cut there
+            frames = frames[: self._kept + self._pause]
         return TurnEnded(np.concatenate(frames), start, end)

@@ -161,8 +161,10 @@ class ChatApp:
         self.options, self.device = options or ChatOptions(), device
         turn_options = turn_options or TurnOptions()  # a hands-free turn ends at the chat's max_seconds
         turn_options = replace(turn_options,
-                               max_seconds=min(turn_options.max_seconds, self.options.max_seconds))
-        self.live = LiveSessions(lambda: LiveSession(turn_options))  # hands-free state, per browser tab
+                               max_seconds=min(turn_options.max_seconds, self.options.max_seconds),
+                               pause_ms=turn_options.pause_ms or turn_options.end_ms / 2)  # heard ahead
+        # hands-free state, per browser tab
+        self.live = LiveSessions(lambda: LiveSession(turn_options, prehear=self.prehear))
         self.models = AllowList.build("model", [model, *models],
                                       [e.name for e in ZOO.values() if e.kind == "speech-llm" and e.chat])
         voice = voice or default_voice()
@@ -175,6 +177,12 @@ class ChatApp:
         self._known_paths = {**self.models.path_names(), **self.voices.path_names()}
         self._lock = threading.Lock()
         self._turns = itertools.count(1)
+
+    def prehear(self, audio) -> None:
+        """Hear a hands-free turn at its first pause, before its end is certain (the model remembers it)."""
+        hear = getattr(self.model, "prehear", None)
+        if hear is not None:
+            hear(audio)
 
     def load_model(self, name: str, quant: str) -> str:
         """Switch the shared model, for everyone, to one offered by name (see :class:`AllowList`)."""

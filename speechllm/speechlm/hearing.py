@@ -28,6 +28,7 @@ things in a row once.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -54,6 +55,7 @@ class WhisperHearing:
         # a first hearing -> the prompt to hear the clip again with (None: heard once)
         self.prompt_for: Callable[[Heard], str | None] = lambda heard: None
         self._recent: OrderedDict[tuple, Heard] = OrderedDict()
+        self._lock = threading.Lock()  # one clip at a time (a chat hears a turn ahead on another thread)
 
     def set_language(self, language: str) -> None:
         """Transcribe in ``language`` from now on (a clear error for an English-only Whisper)."""
@@ -73,6 +75,10 @@ class WhisperHearing:
         device = next(model.encoder.parameters()).device
         if model.device != device:  # the speech-LLM moved the encoder it shares: the decoder follows
             model.to(device)
+        with self._lock:
+            return self._heard(audio)
+
+    def _heard(self, audio: Sequence[np.ndarray]) -> list[Heard]:
         out = []
         for clip in audio:
             clip = np.ascontiguousarray(clip, np.float32)

@@ -277,6 +277,13 @@ class SpeechLLM(nn.Module):
         self._hearings = {}
         return self
 
+    def prehear(self, clip: np.ndarray) -> None:
+        """Hear ``clip`` ahead of a question about it (a hands-free turn that may be ending): Whisper
+        remembers the transcript, and the answer's own hearing of the same samples takes no time.
+        Nothing to do for a model that hears through its adapter."""
+        if self.whisper is not None:
+            self.whisper.heard([clip])
+
     def hearing_for(self, task: str) -> WhisperHearing:
         """The Whisper that hears audio given for ``task`` (``hearing="whisper"``):
         ``config.hearing_models``' for it, else the encoder's own."""
