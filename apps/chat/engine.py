@@ -1,7 +1,8 @@
 """The voice chat without the web page: a spoken or typed turn in, streamed text and speech out.
 
-The speech-LLM answers the recording itself (audio embeddings in its prompt, no separate ASR
-step). As its tokens arrive, :class:`SentenceChunker` cuts the text at sentence and clause ends
+The speech-LLM hears the recording and answers it (the model decides how: the starter's Whisper
+hears, and its LLM answers a recording alone as a typed message, see ``spoken_questions``). As its
+tokens arrive, :class:`SentenceChunker` cuts the text at sentence and clause ends
 and a :class:`SpeechWorker` thread speaks each piece while the LLM keeps writing, so text and
 audio chunks come out interleaved: :meth:`ChatEngine.reply` yields :class:`TextDelta`,
 :class:`SpeechChunk`, :class:`Notice` and, last, :class:`TurnDone`.

@@ -345,7 +345,7 @@ def build_blocks(app: ChatApp):
         turns = gr.State([])
         gr.Markdown("### speechllm voice chat\nTalk hands-free (start the microphone once: a pause ends your "
                     "turn, speaking over the answer stops it), or record, upload or type and press Send. "
-                    "The model answers the recording itself; the answer is spoken as it is written.")
+                    "The model hears the recording and answers it; the answer is spoken as it is written.")
         chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="conversation")
         with gr.Row():
             live_in = gr.Audio(sources=["microphone"], streaming=True, type="numpy", elem_id="live-in",
