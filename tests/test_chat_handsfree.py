@@ -131,6 +131,32 @@ def test_a_paused_turn_is_heard_ahead_on_its_own_thread():
     assert TurnEnded in [type(e) for e in failing.hear(SR, frames("..ssss......"))]  # only time is lost
 
 
+def test_a_recording_is_heard_while_the_user_gets_to_send(tmp_path):
+    """Push to send: a recording made or uploaded goes to the model's ``prehear`` at once, as the turn
+    will load it; one over the turn's limit, a broken file or none, quietly not (Send reports them)."""
+    pytest.importorskip("gradio", reason="gradio not installed (pip install 'speechllm[chat]')")
+    from speechllm.apps.chat.ui import ChatApp
+    from speechllm.audio import load_audio
+
+    class Hearing(SlowModel):
+        def __init__(self):
+            super().__init__(words=2, delay=0.0)
+            self.heard = []
+
+        def prehear(self, clip):
+            self.heard.append(clip)
+
+    model = Hearing()
+    app = ChatApp("speechllm-starter", voice="none", loaded_model=model, options=ChatOptions(max_seconds=2))
+    short, long, broken = tmp_path / "short.wav", tmp_path / "long.wav", tmp_path / "broken.wav"
+    soundfile.write(short, 0.1 * np.ones(8000, np.float32), SR)
+    soundfile.write(long, np.zeros(3 * SR, np.float32), SR)
+    broken.write_bytes(b"RIFF....")
+    for path in (str(short), str(long), str(broken), None, ""):
+        app.prehear_recording(path)
+    assert len(model.heard) == 1 and np.array_equal(model.heard[0], load_audio(short))
+
+
 def test_the_answer_stops_when_the_page_has_played_it():
     from speechllm.apps.chat.live import LiveSession
 

@@ -184,6 +184,16 @@ class ChatApp:
         if hear is not None:
             hear(audio)
 
+    def prehear_recording(self, path: str | None) -> None:
+        """A recording just made or uploaded, heard while the user gets to Send (the model remembers
+        it). A turn's limits apply; a recording they refuse is reported when it is sent."""
+        if not path:
+            return
+        try:
+            self.prehear(ChatEngine(self.model, None, self.options).load_turn_audio(path))
+        except Exception:  # hearing ahead only saves time
+            pass
+
     def load_model(self, name: str, quant: str) -> str:
         """Switch the shared model, for everyone, to one offered by name (see :class:`AllowList`)."""
         source = self.models.source(name)
@@ -384,6 +394,9 @@ def build_blocks(app: ChatApp):
         outputs = [chatbot, stream_box, answer_audio, turns, audio_in, text_in]
         model_slot = {"concurrency_id": "model", "concurrency_limit": 1}  # one answer at a time on the model
         send.click(respond, inputs, outputs, api_name="respond", **model_slot)
+        for event in (audio_in.stop_recording, audio_in.upload):  # heard while the user gets to Send
+            event(app.prehear_recording, audio_in, None, concurrency_limit=None, api_visibility="private",
+                  show_progress="hidden")
         text_in.submit(respond, inputs, outputs, api_visibility="private", **model_slot)
         live_in.stream(listen, live_in, [onset_box, ready_box], stream_every=0.1, concurrency_limit=None,
                        api_visibility="private", show_progress="hidden")
