@@ -239,6 +239,9 @@ def test_a_whisper_hears_a_clip_once_while_it_remembers_it(tmp_path):
     hearing.asr.options = replace(hearing.asr.options, beam_size=2)  # other options: heard again
     hearing.heard(clips[:1])
     assert calls[-1] == 4000 and len(calls) == 5
+    hearing.forget()  # nothing remembered: heard again
+    hearing.heard(clips[:1])
+    assert len(calls) == 6
 
 
 def test_a_clip_heard_ahead_is_not_heard_again_for_its_answer(data, tmp_path):

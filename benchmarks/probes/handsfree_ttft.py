@@ -20,15 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from spoken_turns import spoken
+from spoken_turns import spoken_prompts
 from step_timing import meta
 
-from speechllm import speechlm_path
 from speechllm.apps.chat.engine import ChatEngine, ChatOptions, TextDelta
 from speechllm.apps.chat.live import LiveSession
 from speechllm.apps.chat.turns import SAMPLE_RATE, TurnEnded, TurnOptions
-from speechllm.apps.chat.voices import load_voice
-from speechllm.speechlm.io import load_speechlm
 from speechllm.zoo import STARTER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,7 +36,7 @@ PIECE = SAMPLE_RATE // 10  # the page sends ~100 ms pieces
 
 def turn_to_text(model, engine: ChatEngine, clip: np.ndarray, options: TurnOptions, ahead: bool) -> float:
     """Seconds from the detector's end of the turn to the answer's first text."""
-    model.whisper._recent.clear()
+    model.whisper.forget()
     session = LiveSession(options, prehear=model.prehear if ahead else None)
     audio = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), clip, np.zeros(SAMPLE_RATE, np.float32)])
     for i in range(0, len(audio), PIECE):
@@ -61,9 +58,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_speechlm(speechlm_path(args.model))
-    voice = load_voice(args.voice)
-    clips = [spoken(voice, text) for text in CHAT]
+    model, clips = spoken_prompts(args.model, args.voice)
     options = TurnOptions(pause_ms=300)  # the chat's: end_ms 600, heard ahead at half of it
     engine = ChatEngine(model, None, ChatOptions(max_new_tokens=8, remember_speech=False))
     list(engine.reply([], audio=clips[0]))  # warm up

@@ -40,6 +40,12 @@ def spoken(voice, text: str) -> np.ndarray:
     return resample(np.concatenate(list(voice.stream(text))), voice.sample_rate)
 
 
+def spoken_prompts(model: str, voice: str):
+    """(the speech-LLM ``model``, the 12 chat prompts of ``decode_e2e.py`` read by ``voice``)."""
+    reader = load_voice(voice)
+    return load_speechlm(speechlm_path(model)), [spoken(reader, text) for text in CHAT]
+
+
 def reply(engine: ChatEngine, audio=None, text=None) -> tuple[str, float]:
     start = time.perf_counter()
     answer = "".join(e.text for e in engine.reply([], audio=audio, text=text) if isinstance(e, TextDelta))
@@ -55,9 +61,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_speechlm(speechlm_path(args.model))
-    voice = load_voice(args.voice)
-    clips = [spoken(voice, text) for text in CHAT]
+    model, clips = spoken_prompts(args.model, args.voice)
     heard = [g.text for g in model.generate(clips, instruction("transcribe"))]
     engine = ChatEngine(model, None, ChatOptions(max_new_tokens=args.max_new_tokens, remember_speech=False))
     typed = [reply(engine, text=text) for text in CHAT]

@@ -196,7 +196,6 @@ class StaticEngine:
                 for kind, (cos, sin) in self.tables.items()}
         state.valid[:, start:start + t] = True if keys is None else keys
         mask = None  # a step, or a verify pass (a few positions of unpadded rows: attention per position)
-        masks = dict.fromkeys(self.windows)
         if state.padded or t > ROW_EXACT_UP_TO:  # keys: valid columns, causal within the new block
             mask = state.valid[:, None, None, :start + t].expand(-1, 1, t, -1).clone()
             mask[..., start:] &= torch.ones(t, t, dtype=torch.bool, device=h.device).tril()

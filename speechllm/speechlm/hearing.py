@@ -71,12 +71,17 @@ class WhisperHearing:
     def heard(self, audio: Sequence[np.ndarray]) -> list[Heard]:
         """What Whisper writes for each 16 kHz clip (at most one 30 s window each), and in which
         language (detected by a multilingual Whisper; English for an English-only one)."""
-        model = self.asr.model
-        device = next(model.encoder.parameters()).device
-        if model.device != device:  # the speech-LLM moved the encoder it shares: the decoder follows
-            model.to(device)
         with self._lock:
+            model = self.asr.model
+            device = next(model.encoder.parameters()).device
+            if model.device != device:  # the speech-LLM moved the encoder it shares: the decoder follows
+                model.to(device)
             return self._heard(audio)
+
+    def forget(self) -> None:
+        """Drop the remembered transcripts (e.g. to time a hearing)."""
+        with self._lock:
+            self._recent.clear()
 
     def _heard(self, audio: Sequence[np.ndarray]) -> list[Heard]:
         out = []
