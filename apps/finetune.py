@@ -9,8 +9,11 @@
    ``--skip-bad`` trains without them instead;
 3. **split**: without ``--eval``, a seeded ``--eval-fraction`` of the utterances is held out;
 4. **evaluate the base model** on the held-out set (WER/CER, IFR);
-5. **train** (``speechllm.train``: progress bar, checkpoints, ``--resume``), starting from the base
-   model's adapter (and LoRA), then **evaluate after** on the same rows;
+5. **train**, then **evaluate after** on the same rows. A base that hears through Whisper's decoder
+   (``"hearing": "whisper"``, the starter) has that decoder fine-tuned on the transcripts
+   (:func:`tune_hearing`, ``speechllm.whisper.finetune``): what it hears with learns the voice, and
+   every task that hears audio gains. Other bases (and ``--train-adapter`` / ``--freeze-adapter``)
+   train their adapter and LoRA (``speechllm.train``: progress bar, checkpoints, ``--resume``);
 6. leave ``OUT/`` as a model folder, ``OUT/data/`` with the exact manifests used, and
    ``OUT/adaptation.json`` with the metrics before and after.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,10 @@ class Base:
     model: str  # folder or zoo name
     lora_rank: int = 0  # > 0: a fresh LoRA of this rank on a base without one
     encoder_layers: int = 0  # > 0: fine-tune this many top encoder blocks of a base with a frozen encoder
+    train_adapter: bool = False  # a Whisper-hearing base: train its adapter and hear through it instead
+
+
+HEARING_DECODER = "hearing_decoder.safetensors"  # a tuned Whisper-hearing model's decoder, in OUT/
 
 
 @dataclass(frozen=True)
@@ -227,12 +235,103 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
     return ", ".join(parts) or json.dumps({k: v for k, v in metrics.items() if isinstance(v, float)})
 
 
-def adapt(config, base: Base | None, prepared: PreparedData) -> dict[str, Any]:
+def tunes_hearing(config, base: Base | None) -> bool:
+    """Whether a run fine-tunes the base's hearing Whisper decoder (:func:`tune_hearing`): a base that
+    hears through Whisper, unless the run asks for its adapter or LoRA to train."""
+    from speechllm.speechlm import read_config
+    from speechllm.zoo import resolve
+
+    if base is None or base.train_adapter or base.lora_rank or base.encoder_layers:
+        return False
+    if config.freeze_adapter or config.text_train:
+        return False
+    return read_config(resolve(base.model).path)[0].hearing == "whisper"
+
+
+def tune_hearing(config, base: Base, prepared: PreparedData, tuning=None) -> dict[str, Any]:
+    """Evaluate the base (checked by :func:`adapt`), fine-tune the decoder of the Whisper it hears with on
+    the training rows' transcripts (``tuning``: :class:`speechllm.whisper.finetune.DecoderTuning`),
+    evaluate after, and save ``OUT/`` hearing with it; returns the report also written to ``OUT/adaptation.json``."""
+    from speechllm.encoder_cache import EncoderCache
+    from speechllm.speechlm.io import atomic_write_text, save_speechlm
+    from speechllm.train import eval_subset, evaluate
+    from speechllm.whisper.finetune import Clip, DecoderTuning, tune_decoder
+
+    tuning = tuning or DecoderTuning()
+    out = Path(config.out)
+    rows = read_manifest(prepared.train)
+    clips = [Clip(r.audio, r.text, r.lang) for r in rows if r.task == "asr" and r.text and r.text.strip()]
+    if len(clips) < len(rows):
+        print(f"{len(rows) - len(clips)} training row(s) of other tasks than transcription are not used: "
+              "Whisper's decoder learns from transcripts (--freeze-adapter trains the LoRA on them)",
+              file=sys.stderr)
+    if not clips:
+        raise ValueError(f"{prepared.train}: no transcribed clips to fine-tune Whisper's decoder on")
+    report_path = out / REPORT_FILE
+    report: dict[str, Any] = {"base": base.model, "train": prepared.train, "eval": prepared.eval,
+                              "trains": "whisper decoder"}
+    if config.resume and report_path.is_file():
+        report = {**json.loads(report_path.read_text(encoding="utf-8")), **report}
+    eval_rows = eval_subset(read_manifest(prepared.eval), config.eval_max_rows, config.seed) \
+        if prepared.eval else []
+    report["eval_rows"] = len(eval_rows)
+    print(f"--base {base.model} hears through Whisper's decoder: fine-tuning it on {len(clips)} transcribed "
+          "clips (--train-adapter trains the adapter instead)", file=sys.stderr)
+    model, _ = _load_base(base.model, 0)
+
+    def evaluated() -> dict[str, Any]:
+        model.whisper.forget()  # transcripts heard before this step are stale
+        return _numbers(evaluate(model, eval_rows, config.eval_batch_size, config.max_new_tokens,
+                                 progress=config.progress))
+
+    out.mkdir(parents=True, exist_ok=True)
+    if eval_rows and "before" not in report:
+        print(f"evaluating the base model on {len(eval_rows)} held-out utterances ...", file=sys.stderr)
+        report["before"] = evaluated()
+        atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+        print(f"before: {_metrics_line(report['before'])}")
+    whisper = model.whisper.asr
+    cache = EncoderCache(config.encoder_cache, f"{model.config.encoder}|30 s window") \
+        if config.encoder_cache else None
+    started = time.monotonic()
+    result = tune_decoder(whisper.model, whisper.tokenizer, clips, out, tuning, resume=config.resume,
+                          cache=cache, evaluate=(lambda step: evaluated()) if eval_rows else None)
+    report["train_seconds"] = round(time.monotonic() - started, 1)  # this run's: encoding, steps, evaluations
+    for line in result.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    model.config = replace(model.config, hearing_decoder=HEARING_DECODER)
+    used = len(clips) - len(result.skipped)
+    info = {"base": base.model,
+            "hearing_decoder": f"Whisper's decoder fine-tuned {result.step} steps on {used} clips of "
+                               f"{prepared.train}"}
+    save_speechlm(model, out, info)
+    report["steps"] = result.step
+    if eval_rows:
+        done = result.evals[-1] if result.evals and result.evals[-1]["step"] == result.step else None
+        report["after"] = {k: v for k, v in done.items() if k != "step"} if done else evaluated()
+        report["evals"] = [{"step": e["step"], **{k: e[k] for k in ("wer", "cer") if k in e}}
+                           for e in result.evals]
+        _print_after(report, len(eval_rows))
+    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _print_after(report: dict[str, Any], rows: int) -> None:
+    print(f"after:  {_metrics_line(report['after'])}")
+    if "before" in report and "wer" in report["before"] and "wer" in report["after"]:
+        before, after = 100 * report["before"]["wer"], 100 * report["after"]["wer"]
+        print(f"WER on {rows} held-out utterances: {before:.1f}% (base) -> {after:.1f}% (adapted)")
+
+
+def adapt(config, base: Base | None, prepared: PreparedData, tuning=None) -> dict[str, Any]:
     """Evaluate the base model, train from it (or from scratch without ``base``), evaluate after.
 
     ``config`` is a :class:`speechllm.train.TrainConfig` naming the prepared manifests (with a
     ``base``, its model is the base's); returns the report also written to ``OUT/adaptation.json``.
+    A base that hears through Whisper has its decoder tuned instead (:func:`tune_hearing`, with
+    ``tuning``).
     """
+
     from speechllm.apps.commands.preflight import check_model
     from speechllm.device import pick_device
     from speechllm.speechlm import load_speechlm, read_config
@@ -243,6 +342,8 @@ def adapt(config, base: Base | None, prepared: PreparedData) -> dict[str, Any]:
     if base is not None:  # bad rows before the base model loads (the trainer checks again, durations too)
         check_manifests([m for m in (prepared.train, prepared.eval) if m], None)
         check_model(base.model, needs_speechlm=True, flag="--base", task="finetune")  # damaged: one line
+        if tunes_hearing(config, base):
+            return tune_hearing(config, base, prepared, tuning)
     report_path = out / REPORT_FILE
     report: dict[str, Any] = {"base": base and base.model, "train": prepared.train, "eval": prepared.eval}
     if config.resume and report_path.is_file():
@@ -279,11 +380,7 @@ def adapt(config, base: Base | None, prepared: PreparedData) -> dict[str, Any]:
                              progress=config.progress)
         report["after"] = _numbers(after)
         report["steps"] = result.step
-        print(f"after:  {_metrics_line(report['after'])}")
-        if "before" in report and "wer" in report["before"] and "wer" in report["after"]:
-            before, after = 100 * report["before"]["wer"], 100 * report["after"]["wer"]
-            print(f"WER on {len(eval_rows)} held-out utterances: {before:.1f}% (base) -> "
-                  f"{after:.1f}% (adapted)")
+        _print_after(report, len(eval_rows))
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
     return report
 

@@ -233,13 +233,17 @@ TABLES["passage-copy-share"] = Table("passage-copy-share.json", (
                     {"label": "**all**", "answers": d["answers"],
                      "tokens": sum(b["tokens"] for b in d["buckets"]), **d["all"]}])
 
-TABLES["finetune-slt"] = Table("finetune-slt.json", (
+FINETUNE_COLUMNS = (
     Column("model", "model"),
     Column("held-out utterances", "rows", numeric=True),
     Column("WER", "wer", pct(1), True),
-    Column("CER", "cer", pct(1), True)),
-    rows=lambda d: [{"model": "the starter (before)", **d["before"]},
-                    {"model": "adapted to the voice (after)", **d["after"]}])
+    Column("CER", "cer", pct(1), True))
+TABLES["finetune-slt"] = Table("finetune-slt.json", FINETUNE_COLUMNS, rows=lambda d: [
+    {"model": "the starter, hearing through Whisper tiny.en (before)", **d["before"]},
+    {"model": f"its Whisper decoder tuned to the voice, {d['steps']} steps (after)", **d["after"]}])
+TABLES["finetune-slt-adapter"] = Table("finetune-slt-adapter.json", FINETUNE_COLUMNS, rows=lambda d: [
+    {"model": "the starter, hearing through its adapter (before)", **d["before"]},
+    {"model": f"its adapter tuned to the voice, {d['steps']} steps (after)", **d["after"]}])
 
 # the encoder speechllm.audio.write_audio uses for each container
 ENCODERS = {"m4a": "aac", "mp4": "aac", "webm": "libopus", "opus": "libopus", "mp3": "LAME (libsndfile)"}
@@ -311,6 +315,9 @@ FIGURES: dict[str, Figure] = {
     "finetune-cer-before": Figure("finetune-slt.json", lambda d: d["before"]["cer"], pct(1)),
     "finetune-cer-after": Figure("finetune-slt.json", lambda d: d["after"]["cer"], pct(1)),
     "finetune-rows": Figure("finetune-slt.json", lambda d: d["eval_rows"]),
+    "finetune-steps": Figure("finetune-slt.json", lambda d: d["steps"]),
+    "finetune-adapter-before": Figure("finetune-slt-adapter.json", lambda d: d["before"]["wer"], pct(1)),
+    "finetune-adapter-after": Figure("finetune-slt-adapter.json", lambda d: d["after"]["wer"], pct(1)),
     "audio-formats-same": Figure("audio-formats.json", lambda d: f"{d['same']} of the {d['files']}"),
     "serve-16-requests": Figure("serve.json", lambda d: one(d["server"], clients=16)["requests"]),
     "serve-16-wer": Figure("serve.json", lambda d: one(d["server"], clients=16)["wer"], pct(1)),

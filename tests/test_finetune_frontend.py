@@ -150,21 +150,57 @@ def test_a_base_with_a_frozen_encoder_can_fine_tune_its_top_layer(tmp_path, base
     assert "between 1 and 1" in capsys.readouterr().err
 
 
-def test_a_base_hearing_through_whisper_is_tuned_hearing_through_its_adapter(tmp_path, capsys):
+def whisper_hearing_base(folder):
     from tiny_models import make_tiny_llm, make_tiny_whisper
 
-    from speechllm.speechlm import SpeechLLM, SpeechLLMConfig, load_speechlm, save_speechlm
+    from speechllm.speechlm import SpeechLLM, SpeechLLMConfig, save_speechlm
 
-    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(tmp_path / "whisper")), adapter="ctc-posterior",
-                             llm=str(make_tiny_llm(tmp_path / "llm")), hearing="whisper",
+    config = SpeechLLMConfig(encoder=str(make_tiny_whisper(folder / "whisper")), adapter="ctc-posterior",
+                             llm=str(make_tiny_llm(folder / "llm")), hearing="whisper",
                              adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4})
     torch.manual_seed(0)
-    base = save_speechlm(SpeechLLM.build(config), tmp_path / "base")
+    return save_speechlm(SpeechLLM.build(config), folder / "base")
+
+
+def test_a_base_hearing_through_whisper_has_that_decoder_tuned_and_resumes(tmp_path, capsys):
+    """The default for a Whisper-hearing base: its Whisper's decoder learns the transcripts, the model
+    folder keeps the tuned part and hears with it; --resume after the end trains nothing more."""
+    from speechllm.files import load_tensors
+    from speechllm.speechlm import load_speechlm
+    from speechllm.whisper.finetune import decoder_weights
+
+    base = whisper_hearing_base(tmp_path)
+    data = recordings(tmp_path / "my_recordings")
+    args = ["finetune", "--train", str(data), "--base", str(base), "--batch-size", "2", "--steps", "3",
+            "--lr", "1e-3", "--max-new-tokens", "4", "--out", str(tmp_path / "tuned"), "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "fine-tuning it on 7 transcribed clips" in out.err and "WER on 1 held-out" in out.out
+    report = json.loads((tmp_path / "tuned" / "adaptation.json").read_text())
+    assert report["trains"] == "whisper decoder" and report["steps"] == 3
+    assert {"before", "after"} <= set(report) and report["evals"][-1]["step"] == 3
+    tuned = load_speechlm(tmp_path / "tuned")
+    assert tuned.config.hearing == "whisper" and tuned.config.hearing_decoder == "hearing_decoder.safetensors"
+    saved = load_tensors(tmp_path / "tuned" / "hearing_decoder.safetensors")
+    heard = decoder_weights(tuned.whisper.asr.model)
+    assert all(torch.equal(saved[k], heard[k]) for k in saved)
+    original = decoder_weights(load_speechlm(base).whisper.asr.model)
+    assert any(not torch.equal(saved[k], original[k]) for k in saved)
+    assert main(args + ["--resume"]) == 0  # finished: the checkpoint is the end, nothing trains again
+    assert "resuming Whisper's decoder" in capsys.readouterr().err
+    assert all(torch.equal(saved[k], v) for k, v in
+               load_tensors(tmp_path / "tuned" / "hearing_decoder.safetensors").items())
+
+
+def test_a_base_hearing_through_whisper_can_train_its_adapter_instead(tmp_path, capsys):
+    from speechllm.speechlm import load_speechlm
+
+    base = whisper_hearing_base(tmp_path)
     data = recordings(tmp_path / "my_recordings")
     args = ["finetune", "--train", str(data), "--base", str(base), "--batch-size", "2", "--steps", "1",
             "--eval-every", "100", "--max-new-tokens", "4", "--lm-weight", "0", "--quiet"]
-    assert main(args + ["--out", str(tmp_path / "tuned")]) == 0
-    assert "hears through Whisper's decoder" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "tuned"), "--train-adapter"]) == 0
+    assert "model is evaluated and saved hearing through the adapter" in capsys.readouterr().err
     assert load_speechlm(tmp_path / "tuned").config.hearing == "adapter"
     assert main(args + ["--out", str(tmp_path / "lora"), "--lora-rank", "2", "--freeze-adapter",
                         "--lm-weight", "1"]) == 0

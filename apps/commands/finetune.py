@@ -66,12 +66,17 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "encoder); with --base: a base with a frozen encoder starts doing so")
     parser.add_argument("--instruction-first", action="store_true",
                         help="put the instruction before the audio (default: audio first)")
-    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps in all")
-    parser.add_argument("--batch-size", type=int, default=8, help="utterances per micro-batch (per device)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps in all (default 1000; tuning Whisper's decoder: about 8 "
+                             "passes over the clips)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="utterances per micro-batch, per device (default 8; Whisper's decoder 16)")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default 5e-4; Whisper's decoder 1e-5)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--warmup", type=int, default=100, help="warm-up steps")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 100; Whisper's "
+                        "decoder 10)")
     parser.add_argument("--ctc-weight", type=float, default=1.0, help="weight of a CTC adapter's loss")
     parser.add_argument("--augment", nargs="?", const="{}", default=None, metavar="JSON",
                         help="on-the-fly augmentation of training audio (speed, noise, gain, reverb); "
@@ -83,10 +88,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-weight", type=float, default=1.0,
                         help="weight of the LLM's loss; 0 trains a ctc-posterior adapter on CTC alone, "
                              "without running the LLM")
+    parser.add_argument("--train-adapter", action="store_true",
+                        help="with a --base that hears through Whisper's decoder (the starter): train its "
+                             "adapter and LoRA, and hear through the adapter, instead of fine-tuning "
+                             "Whisper's decoder")
     parser.add_argument("--freeze-adapter", action="store_true",
                         help="train only the LoRA: the base model's adapter, and so its CTC transcript, stay "
                              "as they are (e.g. teaching a --base new tasks)")
-    parser.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between evaluations (default 500; Whisper's decoder: at the end)")
     parser.add_argument("--save-every", type=int, default=None, help="steps between checkpoints")
     parser.add_argument("--eval-max-rows", type=int, default=200)
     parser.add_argument("--max-new-tokens", type=int, default=128, help="reply length cap at evaluation")
@@ -138,6 +148,14 @@ def text_share(args: argparse.Namespace) -> float:
     return share
 
 
+SCHEDULE = ("steps", "batch_size", "lr", "warmup", "eval_every")  # flags whose default depends on what trains
+
+
+def _given(args: argparse.Namespace, defaults) -> dict:
+    """The schedule flags, each as given or else ``defaults``' value (a dataclass instance)."""
+    return {k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k) for k in SCHEDULE}
+
+
 def train_config(args: argparse.Namespace):
     """The trainer's config: the flags' data (the front end replaces it with what it prepared), the
     model the flags describe (a --base run replaces it with the base's), and how to train."""
@@ -147,14 +165,22 @@ def train_config(args: argparse.Namespace):
     return TrainConfig(
         train=args.train or "", eval=args.eval, out=args.out,
         model=SpeechLLMConfig() if args.base else model_config(args),
-        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        weight_decay=args.weight_decay, warmup=args.warmup, ctc_weight=args.ctc_weight,
+        **_given(args, TrainConfig(train="", out="")), grad_accum=args.grad_accum,
+        weight_decay=args.weight_decay, ctc_weight=args.ctc_weight,
         lm_weight=args.lm_weight, freeze_adapter=args.freeze_adapter, text_train=args.text_train,
         text_share=text_share(args), text_noise=_json_option(args.text_noise, "--text-noise"),
         augment=_json_option(args.augment, "--augment"), encoder_cache=args.encoder_cache,
-        eval_every=args.eval_every, save_every=args.save_every, eval_max_rows=args.eval_max_rows,
+        save_every=args.save_every, eval_max_rows=args.eval_max_rows,
         max_new_tokens=args.max_new_tokens, seed=args.seed, num_workers=args.num_workers, device=args.device,
         resume=args.resume, progress=not args.quiet)
+
+
+def decoder_tuning(args: argparse.Namespace):
+    """How a Whisper-hearing base's decoder is fine-tuned: the flags, or the decoder's own defaults."""
+    from speechllm.whisper.finetune import DecoderTuning
+
+    given = _given(args, DecoderTuning())
+    return DecoderTuning(**given, weight_decay=0.0, seed=args.seed, progress=not args.quiet)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -166,8 +192,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(given)}: the architecture comes from --base {args.base}")
     if not args.train and not args.text_train:
         raise ValueError("give training data: --train, --text-train, or both")
-    if args.steps < 1 or args.batch_size < 1 or args.grad_accum < 1 or args.eval_every < 1:
+    if any(v is not None and v < 1 for v in (args.steps, args.batch_size, args.grad_accum, args.eval_every)):
         raise ValueError("--steps, --batch-size, --grad-accum and --eval-every must be at least 1")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError("--lr must be above 0")
     if not 0 <= args.eval_fraction < 1:
         raise ValueError("--eval-fraction must be in [0, 1)")
     preflight.check_device(args.device)
@@ -198,10 +226,11 @@ def run(args: argparse.Namespace) -> int:
         print(note, file=sys.stderr)
     if prepared is not None:
         config = replace(config, train=prepared.train, eval=prepared.eval)
-    base = Base(args.base, args.lora_rank, args.train_encoder_layers) if args.base else None
+    base = Base(args.base, args.lora_rank, args.train_encoder_layers, args.train_adapter) \
+        if args.base else None
     if prepared is not None and (args.base or prepared.train != args.train):  # the front end's way
         with preflight.quiet_libraries(args.quiet):
-            adapt(config, base, prepared)
+            adapt(config, base, prepared, decoder_tuning(args))
         print(f"model folder: {args.out}")
         return 0
     with preflight.quiet_libraries(args.quiet):  # -q: no transformers loading bars either

@@ -20,6 +20,9 @@ transcript comes close to a sentence of the memory's source side (:meth:`Whisper
 the nearest sentence is its prompt for the second hearing, and brings that text's names, spelling and
 register with it. Everyday sentences rarely come close to a Bible verse and are heard once.
 
+``"hearing_decoder"`` names a file of the model folder holding that Whisper's decoder fine-tuned on the
+user's recordings (``speechllm finetune`` on a Whisper-hearing base), loaded over the checkpoint's.
+
 A Whisper remembers its last few clips' first transcripts (by the clip's samples and its options): a
 chat's spoken turn is heard once for its answer and its place in the history, a clip asked several
 things in a row once.
@@ -77,6 +80,16 @@ class WhisperHearing:
             if model.device != device:  # the speech-LLM moved the encoder it shares: the decoder follows
                 model.to(device)
             return self._heard(audio)
+
+    def load_decoder(self, path) -> None:
+        """A fine-tuned decoder (``speechllm.whisper.finetune.decoder_weights``, saved in ``path``) in
+        place of the checkpoint's; remembered transcripts are dropped."""
+        from speechllm.files import load_tensors
+        from speechllm.whisper.finetune import load_decoder_weights
+
+        with self._lock:
+            load_decoder_weights(self.asr.model, load_tensors(path), str(path))
+            self._recent.clear()
 
     def forget(self) -> None:
         """Drop the remembered transcripts (e.g. to time a hearing)."""

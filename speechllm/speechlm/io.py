@@ -58,6 +58,11 @@ def save_speechlm(model: SpeechLLM, folder: str | Path, info: dict[str, Any] | N
                             {"encoder": model.config.encoder, "layers": str(layers)})
     else:
         (folder / ENCODER_FILE).unlink(missing_ok=True)
+    if model.config.hearing_decoder:
+        from speechllm.whisper.finetune import decoder_weights
+
+        atomic_save_tensors(decoder_weights(model.whisper.asr.model), folder / model.config.hearing_decoder,
+                            {"whisper": model.config.encoder})
     if model.has_lora:
         for peft_config in model.llm.peft_config.values():  # peft would record the local folder
             peft_config.base_model_name_or_path = peft_base_name(model.config.llm)
@@ -139,15 +144,21 @@ def check_speechlm_files(folder: str | Path) -> SpeechLLMConfig:
         if not (folder / file).is_file():
             raise FileNotFoundError(f"{folder}: config.json names a translation memory for {pair!r} but "
                                     f"{folder / file} is missing")
-    for what, file in (("a phrase book", config.phrases), ("a draft head", config.draft_head)):
+    for what, file in (("a phrase book", config.phrases), ("a draft head", config.draft_head),
+                       ("a fine-tuned Whisper decoder", config.hearing_decoder)):
         if file and not (folder / file).is_file():
             raise FileNotFoundError(f"{folder}: config.json names {what} but {folder / file} is missing")
+    if config.hearing_decoder:
+        check_safetensors(folder / config.hearing_decoder)
     return config
 
 
 def load_speech_side(model: SpeechLLM, folder: Path) -> None:
-    """The adapter's weights and any fine-tuned encoder layers saved in ``folder`` into ``model``."""
+    """The adapter's weights, any fine-tuned encoder layers and a fine-tuned hearing decoder saved in
+    ``folder`` into ``model``."""
     model.adapter.load_state_dict(load_tensors(folder / ADAPTER_FILE))
+    if model.config.hearing_decoder:
+        model.whisper.load_decoder(folder / model.config.hearing_decoder)
     layers = model.config.encoder_trainable_layers
     if layers:
         weights = folder / ENCODER_FILE

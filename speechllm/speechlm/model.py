@@ -115,6 +115,10 @@ class SpeechLLMConfig:
     # their language detection picks among these (e.g. ["es", "en"]: the languages the LoRA learned;
     # empty: all of Whisper's)
     hearing_languages: tuple[str, ...] = ()
+    # under hearing="whisper": a file in the model folder with the hearing Whisper's decoder fine-tuned on
+    # the user's recordings (speechllm finetune; speechllm.whisper.finetune): it replaces the
+    # checkpoint's decoder weights when the model loads, and is written from them when it is saved
+    hearing_decoder: str = ""
     # under hearing="whisper": translation memories, "Spanish-English" -> a file of source<TAB>target pairs
     # in the model folder (speechllm.speechlm.memory; keyed as in speechllm-translate's config). A clip
     # whose transcript shares enough words with a pair's source (memory_min_score) is heard again with
@@ -149,7 +153,7 @@ class SpeechLLMConfig:
         if self.spoken_questions == "text" and self.hearing != "whisper" and self.asr_decoder != "ctc":
             raise ValueError("spoken_questions='text' needs a transcript without the LLM: hearing='whisper' "
                              "or asr_decoder='ctc'")
-        for name in ("hearing_models", "memory"):
+        for name in ("hearing_models", "memory", "hearing_decoder"):
             if getattr(self, name) and self.hearing != "whisper":
                 raise ValueError(f"{name} needs hearing='whisper'")
         unknown = set(self.hearing_models) - set(TASKS)
@@ -272,7 +276,7 @@ class SpeechLLM(nn.Module):
         questions stay typed where the CTC path writes the transcript they need."""
         spoken = self.config.spoken_questions if self.config.asr_decoder == "ctc" else "lora"
         self.config = replace(self.config, hearing="adapter", hearing_models={}, memory={},
-                              spoken_questions=spoken)
+                              hearing_decoder="", spoken_questions=spoken)
         self.whisper = None
         self._hearings = {}
         return self
