@@ -251,7 +251,8 @@ def tunes_hearing(config, base: Base | None) -> bool:
 def tune_hearing(config, base: Base, prepared: PreparedData, tuning=None) -> dict[str, Any]:
     """Evaluate the base (checked by :func:`adapt`), fine-tune the decoder of the Whisper it hears with on
     the training rows' transcripts (``tuning``: :class:`speechllm.whisper.finetune.DecoderTuning`),
-    evaluate after, and save ``OUT/`` hearing with it; returns the report also written to ``OUT/adaptation.json``."""
+    evaluate after, and save ``OUT/`` hearing with it; returns the report also written to
+    ``OUT/adaptation.json``."""
     from speechllm.encoder_cache import EncoderCache
     from speechllm.speechlm.io import atomic_write_text, save_speechlm
     from speechllm.train import eval_subset, evaluate
