@@ -27,6 +27,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,22 @@ def _metrics_line(metrics: dict[str, Any]) -> str:
     return ", ".join(parts) or json.dumps({k: v for k, v in metrics.items() if isinstance(v, float)})
 
 
+def is_whisper_base(name: str) -> bool:
+    """Whether ``name`` (zoo name, folder or Hugging Face id) is a plain Whisper model folder."""
+    from speechllm.speechlm import is_speechlm_folder
+    from speechllm.whisper.weights import detect_format
+    from speechllm.zoo import resolve
+
+    try:
+        folder = resolve(name).path
+        if is_speechlm_folder(folder):
+            return False
+        detect_format(folder)
+    except (OSError, ValueError):  # not there, or not Whisper: check_model names the problem
+        return False
+    return True
+
+
 def tunes_hearing(config, base: Base | None) -> bool:
     """Whether a run fine-tunes the base's hearing Whisper decoder (:func:`tune_hearing`): a base that
     hears through Whisper, unless the run asks for its adapter or LoRA to train."""
@@ -248,14 +265,77 @@ def tunes_hearing(config, base: Base | None) -> bool:
     return read_config(resolve(base.model).path)[0].hearing == "whisper"
 
 
+@dataclass
+class DecoderTarget:
+    """What a decoder-tuning run works on: the Whisper (a :class:`~speechllm.transcriber.WhisperTranscriber`)
+    whose decoder trains, how the model around it is evaluated (the task metrics), and how it is saved."""
+
+    asr: Any
+    cache_key: str  # the encoder's name, for --encoder-cache
+    evaluate: Callable[[list[ManifestRow]], dict[str, Any]]
+    save: Callable[[Path, dict[str, Any]], None]  # (OUT, info)
+
+
 def tune_hearing(config, base: Base, prepared: PreparedData, tuning=None) -> dict[str, Any]:
-    """Evaluate the base (checked by :func:`adapt`), fine-tune the decoder of the Whisper it hears with on
-    the training rows' transcripts (``tuning``: :class:`speechllm.whisper.finetune.DecoderTuning`),
-    evaluate after, and save ``OUT/`` hearing with it; returns the report also written to
-    ``OUT/adaptation.json``."""
+    """A speech-LLM base (checked by :func:`adapt`) that hears through Whisper: that Whisper's decoder
+    fine-tuned on the training rows' transcripts (:func:`tune_decoder_of`); ``OUT/`` hears with it."""
+    from speechllm.speechlm.io import save_speechlm
+    from speechllm.train import evaluate
+
+    print(f"--base {base.model} hears through Whisper's decoder: fine-tuning it on the transcripts "
+          "(--train-adapter trains the adapter instead)", file=sys.stderr)
+    model, _ = _load_base(base.model, 0)
+
+    def evaluated(rows: list[ManifestRow]) -> dict[str, Any]:
+        model.whisper.forget()  # transcripts heard before this step are stale
+        return evaluate(model, rows, config.eval_batch_size, config.max_new_tokens, progress=config.progress)
+
+    def save(out: Path, info: dict[str, Any]) -> None:
+        model.config = replace(model.config, hearing_decoder=HEARING_DECODER)
+        save_speechlm(model, out, info)
+
+    target = DecoderTarget(model.whisper.asr, model.config.encoder, evaluated, save)
+    return tune_decoder_of(target, config, base, prepared, tuning)
+
+
+def tune_whisper(config, base: Base, prepared: PreparedData, tuning=None) -> dict[str, Any]:
+    """A plain Whisper base: its decoder fine-tuned (:func:`tune_decoder_of`); ``OUT/`` is a Whisper model
+    folder (``speechllm.whisper.finetune.write_tuned_whisper``) that ``transcribe --model`` takes."""
+    from speechllm.speechlm.tasks import error_rates
+    from speechllm.transcriber import WhisperTranscriber
+    from speechllm.whisper.finetune import write_tuned_whisper
+
+    for flag, given in (("--lora-rank", base.lora_rank), ("--train-encoder-layers", base.encoder_layers),
+                        ("--train-adapter", base.train_adapter), ("--freeze-adapter", config.freeze_adapter),
+                        ("--text-train", config.text_train)):
+        if given:
+            raise ValueError(f"{flag}: --base {base.model} is a Whisper model, whose decoder is fine-tuned; "
+                             f"{flag} is for speech-LLM bases")
+    asr = WhisperTranscriber(base.model, device=config.device if config.device != "auto" else None)
+    print(f"--base {base.model} is a Whisper model: fine-tuning its decoder on the transcripts",
+          file=sys.stderr)
+
+    def evaluated(rows: list[ManifestRow]) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        bar = tqdm(rows, desc="evaluating", unit="utt", disable=not config.progress, file=sys.stderr)
+        hyps = [asr.transcribe(r.audio).text.strip() for r in bar]
+        return {"rows": len(rows), **error_rates("transcribe", [r.text for r in rows], hyps)}
+
+    def save(out: Path, info: dict[str, Any]) -> None:
+        write_tuned_whisper(asr.model, base.model, asr.resolved.path, out, info)
+
+    return tune_decoder_of(DecoderTarget(asr, base.model, evaluated, save), config, base, prepared, tuning)
+
+
+def tune_decoder_of(target: DecoderTarget, config, base: Base, prepared: PreparedData,
+                    tuning=None) -> dict[str, Any]:
+    """Evaluate ``target`` on the held-out rows, fine-tune its Whisper's decoder on the training rows'
+    transcripts (``tuning``: :class:`speechllm.whisper.finetune.DecoderTuning`), evaluate after, save
+    it to ``OUT/``; returns the report also written to ``OUT/adaptation.json``."""
     from speechllm.encoder_cache import EncoderCache
-    from speechllm.speechlm.io import atomic_write_text, save_speechlm
-    from speechllm.train import eval_subset, evaluate
+    from speechllm.files import atomic_write_text
+    from speechllm.train import eval_subset
     from speechllm.whisper.finetune import Clip, DecoderTuning, tune_decoder
 
     tuning = tuning or DecoderTuning()
@@ -264,8 +344,7 @@ def tune_hearing(config, base: Base, prepared: PreparedData, tuning=None) -> dic
     clips = [Clip(r.audio, r.text, r.lang) for r in rows if r.task == "asr" and r.text and r.text.strip()]
     if len(clips) < len(rows):
         print(f"{len(rows) - len(clips)} training row(s) of other tasks than transcription are not used: "
-              "Whisper's decoder learns from transcripts (--freeze-adapter trains the LoRA on them)",
-              file=sys.stderr)
+              "Whisper's decoder learns from transcripts", file=sys.stderr)
     if not clips:
         raise ValueError(f"{prepared.train}: no transcribed clips to fine-tune Whisper's decoder on")
     report_path = out / REPORT_FILE
@@ -273,43 +352,32 @@ def tune_hearing(config, base: Base, prepared: PreparedData, tuning=None) -> dic
                               "trains": "whisper decoder"}
     if config.resume and report_path.is_file():
         report = {**json.loads(report_path.read_text(encoding="utf-8")), **report}
-    eval_rows = eval_subset(read_manifest(prepared.eval), config.eval_max_rows, config.seed) \
-        if prepared.eval else []
+    eval_rows = [r for r in eval_subset(read_manifest(prepared.eval), config.eval_max_rows, config.seed)
+                 if r.task == "asr"] if prepared.eval else []
     report["eval_rows"] = len(eval_rows)
-    print(f"--base {base.model} hears through Whisper's decoder: fine-tuning it on {len(clips)} transcribed "
-          "clips (--train-adapter trains the adapter instead)", file=sys.stderr)
-    model, _ = _load_base(base.model, 0)
-
-    def evaluated() -> dict[str, Any]:
-        model.whisper.forget()  # transcripts heard before this step are stale
-        return _numbers(evaluate(model, eval_rows, config.eval_batch_size, config.max_new_tokens,
-                                 progress=config.progress))
-
     out.mkdir(parents=True, exist_ok=True)
     if eval_rows and "before" not in report:
         print(f"evaluating the base model on {len(eval_rows)} held-out utterances ...", file=sys.stderr)
-        report["before"] = evaluated()
+        report["before"] = _numbers(target.evaluate(eval_rows))
         atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
         print(f"before: {_metrics_line(report['before'])}")
-    whisper = model.whisper.asr
-    cache = EncoderCache(config.encoder_cache, f"{model.config.encoder}|30 s window") \
+    cache = EncoderCache(config.encoder_cache, f"{target.cache_key}|30 s window") \
         if config.encoder_cache else None
     started = time.monotonic()
-    result = tune_decoder(whisper.model, whisper.tokenizer, clips, out, tuning, resume=config.resume,
-                          cache=cache, evaluate=(lambda step: evaluated()) if eval_rows else None)
+    result = tune_decoder(target.asr.model, target.asr.tokenizer, clips, out, tuning, resume=config.resume,
+                          cache=cache, evaluate=(lambda step: _numbers(target.evaluate(eval_rows)))
+                          if eval_rows else None)
     report["train_seconds"] = round(time.monotonic() - started, 1)  # this run's: encoding, steps, evaluations
     for line in result.skipped:
         print(f"skipped: {line}", file=sys.stderr)
-    model.config = replace(model.config, hearing_decoder=HEARING_DECODER)
     used = len(clips) - len(result.skipped)
-    info = {"base": base.model,
-            "hearing_decoder": f"Whisper's decoder fine-tuned {result.step} steps on {used} clips of "
-                               f"{prepared.train}"}
-    save_speechlm(model, out, info)
+    target.save(out, {"base": base.model, "decoder": f"Whisper's decoder fine-tuned {result.step} steps on "
+                                                     f"{used} clips of {prepared.train}"})
     report["steps"] = result.step
     if eval_rows:
         done = result.evals[-1] if result.evals and result.evals[-1]["step"] == result.step else None
-        report["after"] = {k: v for k, v in done.items() if k != "step"} if done else evaluated()
+        report["after"] = {k: v for k, v in done.items() if k != "step"} if done \
+            else _numbers(target.evaluate(eval_rows))
         report["evals"] = [{"step": e["step"], **{k: e[k] for k in ("wer", "cer") if k in e}}
                            for e in result.evals]
         _print_after(report, len(eval_rows))
@@ -342,6 +410,8 @@ def adapt(config, base: Base | None, prepared: PreparedData, tuning=None) -> dic
     out = Path(config.out)
     if base is not None:  # bad rows before the base model loads (the trainer checks again, durations too)
         check_manifests([m for m in (prepared.train, prepared.eval) if m], None)
+        if is_whisper_base(base.model):
+            return tune_whisper(config, base, prepared, tuning)
         check_model(base.model, needs_speechlm=True, flag="--base", task="finetune")  # damaged: one line
         if tunes_hearing(config, base):
             return tune_hearing(config, base, prepared, tuning)

@@ -241,6 +241,9 @@ FINETUNE_COLUMNS = (
 TABLES["finetune-slt"] = Table("finetune-slt.json", FINETUNE_COLUMNS, rows=lambda d: [
     {"model": "the starter, hearing through Whisper tiny.en (before)", **d["before"]},
     {"model": f"its Whisper decoder tuned to the voice, {d['steps']} steps (after)", **d["after"]}])
+TABLES["finetune-slt-whisper"] = Table("finetune-slt-whisper.json", FINETUNE_COLUMNS, rows=lambda d: [
+    {"model": "Whisper tiny.en, as `speechllm transcribe` runs it (before)", **d["before"]},
+    {"model": f"its decoder tuned to the voice, {d['steps']} steps (after)", **d["after"]}])
 TABLES["finetune-slt-adapter"] = Table("finetune-slt-adapter.json", FINETUNE_COLUMNS, rows=lambda d: [
     {"model": "the starter, hearing through its adapter (before)", **d["before"]},
     {"model": f"its adapter tuned to the voice, {d['steps']} steps (after)", **d["after"]}])
@@ -316,6 +319,9 @@ FIGURES: dict[str, Figure] = {
     "finetune-cer-after": Figure("finetune-slt.json", lambda d: d["after"]["cer"], pct(1)),
     "finetune-rows": Figure("finetune-slt.json", lambda d: d["eval_rows"]),
     "finetune-steps": Figure("finetune-slt.json", lambda d: d["steps"]),
+    "finetune-minutes": Figure("finetune-slt.json", lambda d: d["train_seconds"] / 60, fixed(1)),
+    "finetune-whisper-before": Figure("finetune-slt-whisper.json", lambda d: d["before"]["wer"], pct(1)),
+    "finetune-whisper-after": Figure("finetune-slt-whisper.json", lambda d: d["after"]["wer"], pct(1)),
     "finetune-adapter-before": Figure("finetune-slt-adapter.json", lambda d: d["before"]["wer"], pct(1)),
     "finetune-adapter-after": Figure("finetune-slt-adapter.json", lambda d: d["after"]["wer"], pct(1)),
     "audio-formats-same": Figure("audio-formats.json", lambda d: f"{d['same']} of the {d['files']}"),

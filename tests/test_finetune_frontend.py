@@ -175,7 +175,7 @@ def test_a_base_hearing_through_whisper_has_that_decoder_tuned_and_resumes(tmp_p
             "--lr", "1e-3", "--max-new-tokens", "4", "--out", str(tmp_path / "tuned"), "--quiet"]
     assert main(args) == 0
     out = capsys.readouterr()
-    assert "fine-tuning it on 7 transcribed clips" in out.err and "WER on 1 held-out" in out.out
+    assert "fine-tuning it on the transcripts" in out.err and "WER on 1 held-out" in out.out
     report = json.loads((tmp_path / "tuned" / "adaptation.json").read_text())
     assert report["trains"] == "whisper decoder" and report["steps"] == 3
     assert {"before", "after"} <= set(report) and report["evals"][-1]["step"] == 3
@@ -234,3 +234,34 @@ def test_training_on_spoken_questions_lets_the_lora_answer_them(tmp_path, capsys
     assert main(["finetune", "--train", str(data), "--out", str(tmp_path / "asr"), *args]) == 0
     assert "spoken questions" not in capsys.readouterr().err
     assert load_speechlm(tmp_path / "asr").config.spoken_questions == "text"
+
+
+def test_a_whisper_base_becomes_a_tuned_whisper_folder_that_transcribe_takes(tmp_path, capsys):
+    """--base a Whisper model: its decoder is fine-tuned and OUT/ is a Whisper folder (the tuned part
+    over the base, which is not copied) that every --model option loads."""
+    from tiny_models import make_tiny_whisper
+
+    from speechllm.whisper import load_whisper
+    from speechllm.whisper.finetune import decoder_weights
+
+    base = make_tiny_whisper(tmp_path / "whisper")
+    data = recordings(tmp_path / "my_recordings")
+    out = tmp_path / "my_whisper"
+    args = ["finetune", "--train", str(data), "--base", str(base), "--batch-size", "2", "--steps", "2",
+            "--lr", "1e-3", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "is a Whisper model: fine-tuning its decoder" in captured.err
+    assert "WER on 1 held-out" in captured.out
+    report = json.loads((out / "adaptation.json").read_text())
+    assert report["trains"] == "whisper decoder" and {"before", "after"} <= set(report)
+    assert not (out / "model.safetensors").exists()
+    tuned, _ = load_whisper(out)
+    original, _ = load_whisper(base)
+    assert any(not torch.equal(v, decoder_weights(original)[k]) for k, v in decoder_weights(tuned).items())
+    assert torch.equal(tuned.encoder.conv1.weight, original.encoder.conv1.weight)
+    assert main(["transcribe", str(data / "utt00.wav"), "--model", str(out), "--output",
+                 str(tmp_path / "t.jsonl"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "t.jsonl").read_text())["audio"].endswith("utt00.wav")
+    assert main([*args, "--lora-rank", "2"]) == 1
+    assert "--lora-rank: --base" in capsys.readouterr().err

@@ -52,9 +52,13 @@ def test_training_lowers_the_loss_and_changes_only_the_tuned_part(tmp_path, tiny
 
 
 def test_a_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(tmp_path, tiny_whisper):
-    options = DecoderTuning(steps=6, batch_size=3, lr=1e-3, warmup=2, eval_every=3, progress=False)
+    from speechllm.checkpoints import checkpoint_folders
+
+    options = DecoderTuning(steps=6, batch_size=3, lr=1e-3, warmup=2, eval_every=3, save_every=4,
+                            progress=False)
     whole, tokenizer = load_whisper(tiny_whisper)
     tune_decoder(whole, tokenizer, clips(), tmp_path / "whole", options)
+    assert [f.name for f in checkpoint_folders(tmp_path / "whole")] == ["step-0000004", "step-0000006"]
     cut, _ = load_whisper(tiny_whisper)
     from dataclasses import replace
 
@@ -81,13 +85,15 @@ def test_weights_of_another_whisper_are_refused_by_name(tmp_path, tiny_whisper):
         load_decoder_weights(model, partial)
 
 
-def test_clips_too_long_for_the_decoder_are_left_out_with_the_reason(tmp_path, tiny_whisper):
+def test_clips_the_decoder_cannot_take_are_left_out_with_the_reason(tmp_path, tiny_whisper):
     model, tokenizer = load_whisper(tiny_whisper)
-    items = clips() + [Clip("long.wav", "a b c d e f g h i j k l m n o p q r", samples=clips()[0].samples)]
+    items = clips() + [Clip("long.wav", "a b c d e f g h i j k l m n o p q r", samples=clips()[0].samples),
+                       Clip("es.wav", "hola", language="es", samples=clips()[0].samples)]
     options = DecoderTuning(steps=1, batch_size=2, progress=False)
     result = tune_decoder(model, tokenizer, items, tmp_path, options)
-    assert len(result.skipped) == 1 and result.skipped[0].startswith("long.wav: ")
+    assert len(result.skipped) == 2 and result.skipped[0].startswith("long.wav: ")
     assert "over the decoder's 32" in result.skipped[0]
+    assert result.skipped[1] == "es.wav: this model is English-only: it transcribes English and nothing else"
 
 
 def test_targets_in_both_of_whispers_forms(tiny_whisper):

@@ -179,8 +179,9 @@ def decoder_tuning(args: argparse.Namespace):
     """How a Whisper-hearing base's decoder is fine-tuned: the flags, or the decoder's own defaults."""
     from speechllm.whisper.finetune import DecoderTuning
 
-    given = _given(args, DecoderTuning())
-    return DecoderTuning(**given, weight_decay=0.0, seed=args.seed, progress=not args.quiet)
+    defaults = DecoderTuning()
+    return DecoderTuning(**_given(args, defaults), save_every=args.save_every or defaults.save_every,
+                         seed=args.seed, progress=not args.quiet)
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -47,6 +47,7 @@ class DecoderTuning:
     max_grad_norm: float = 1.0
     timestamp_share: float = 0.5  # rows trained in the timestamped form
     eval_every: int = 0  # 0: at the end only
+    save_every: int = 100  # checkpoints (and at the end)
     seed: int = 0
     progress: bool = True
 
@@ -88,6 +89,29 @@ def load_decoder_weights(model: Whisper, tensors: dict[str, Tensor], source: str
                 raise ValueError(f"{source}: {name} is {tuple(tensors[name].shape)}, this Whisper's "
                                  f"{tuple(p.shape)} (another model size)")
             p.copy_(tensors[name].to(p.dtype))
+
+
+def write_tuned_whisper(model: Whisper, base: str, base_folder: str | Path, out: str | Path,
+                        info: dict | None = None) -> Path:
+    """``out`` as a Whisper model folder: ``model``'s tuned decoder part over ``base`` (a zoo name, folder
+    or Hugging Face id, found again when the folder loads: :data:`speechllm.whisper.weights.TUNED_FILE`),
+    with the base's tokenizer and settings files beside it (its weights are not copied)."""
+    import json
+    import shutil
+
+    from speechllm.files import atomic_save_tensors, atomic_write_text
+    from speechllm.whisper.weights import TUNED_DECODER, TUNED_FILE, WEIGHT_FILES
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for file in Path(base_folder).iterdir():
+        if file.is_file() and file.name not in WEIGHT_FILES and not file.name.endswith(".safetensors"):
+            shutil.copyfile(file, out / file.name)
+    base = str(Path(base).resolve()) if Path(base).exists() else base  # a folder: absolute
+    atomic_save_tensors(decoder_weights(model), out / TUNED_DECODER, {"base": base})
+    meta = {"base": base, "decoder": TUNED_DECODER, "info": info or {}}
+    atomic_write_text(out / TUNED_FILE, json.dumps(meta, indent=2) + "\n")
+    return out
 
 
 class WindowEncoder:
@@ -196,9 +220,10 @@ def tune_decoder(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Cl
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 bar.update()
                 done = step + 1
-                if done % every == 0 or done == total:
+                if done % options.save_every == 0 or done % every == 0 or done == total:
                     save_checkpoint(Path(out), done, optimizer, lambda folder: atomic_save_tensors(
                         decoder_weights(model), folder / WEIGHTS_FILE))
+                if done % every == 0 or done == total:
                     if evaluate is not None:
                         model.decoder.eval()
                         evals.append({"step": done, **evaluate(done)})
@@ -239,7 +264,11 @@ def _encoded(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip],
                     seconds = len(samples) / 16000
                     skipped.append(f"{clip.audio}: {seconds:.1f} s is over Whisper's 30 s window")
                     continue
-                untimed = target_tokens(tokenizer, clip.text, clip.language, None)
+                try:  # a language this Whisper does not know
+                    untimed = target_tokens(tokenizer, clip.text, clip.language, None)
+                except ValueError as error:
+                    skipped.append(f"{clip.audio}: {error}")
+                    continue
                 timed = target_tokens(tokenizer, clip.text, clip.language, speech_end(samples)) \
                     if timestamps else untimed
                 if len(timed[0]) > limit:

@@ -186,6 +186,33 @@ def _load_ct2(folder: Path) -> tuple[WhisperConfig, StateDict, dict[str, Any]]:
     return ct2_config(ct2.variables), ct2_to_state_dict(ct2.variables), suppress
 
 
+# ---------------------------------------------------------------- a fine-tuned decoder over a base
+
+# written by speechllm.whisper.finetune.write_tuned_whisper
+TUNED_FILE, TUNED_DECODER = "tuned_whisper.json", "decoder.safetensors"
+WEIGHT_FILES = ("model.bin", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _load_tuned(folder: Path) -> tuple[WhisperConfig, StateDict, dict[str, Any]]:
+    """The base Whisper the folder names, with the folder's fine-tuned decoder tensors in place."""
+    from speechllm.files import load_tensors
+    from speechllm.zoo import resolve
+
+    meta = json.loads((folder / TUNED_FILE).read_text())
+    try:
+        base = resolve(meta["base"]).path
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{folder}: fine-tuned from {meta['base']}, which cannot be loaded here: "
+                         f"{exc}") from None
+    config, state_dict, suppress = FORMATS[detect_format(base)].load(base)
+    for name, tensor in load_tensors(folder / meta["decoder"]).items():
+        key = f"decoder.{name}"
+        if key not in state_dict or state_dict[key].shape != tensor.shape:
+            raise ValueError(f"{folder / meta['decoder']}: {name} does not fit {meta['base']}'s decoder")
+        state_dict[key] = tensor
+    return config, state_dict, suppress
+
+
 # ---------------------------------------------------------------- registry and entry point
 
 
@@ -195,7 +222,8 @@ class WeightFormat:
     load: Callable[[Path], tuple[WhisperConfig, StateDict, dict[str, Any]]]
 
 
-FORMATS: dict[str, WeightFormat] = {
+FORMATS: dict[str, WeightFormat] = {  # the first whose detect holds
+    "tuned": WeightFormat(lambda p: (p / TUNED_FILE).is_file(), _load_tuned),
     "ctranslate2": WeightFormat(lambda p: (p / "model.bin").is_file(), _load_ct2),
     "huggingface": WeightFormat(
         lambda p: (p / "config.json").is_file() and any(
@@ -220,6 +248,10 @@ def is_multilingual(path: str | Path) -> bool:
     """Whether a Whisper model folder holds a multilingual model (vocabulary of 51,865 or more),
     read from its small files only (no weights)."""
     folder = Path(path)
+    if detect_format(folder) == "tuned":
+        from speechllm.zoo import resolve
+
+        return is_multilingual(resolve(json.loads((folder / TUNED_FILE).read_text())["base"]).path)
     if detect_format(folder) == "huggingface":
         return int(json.loads((folder / "config.json").read_text()).get("vocab_size", 0)) >= 51865
     vocabulary = folder / "vocabulary.txt"
