@@ -318,6 +318,7 @@ def tune_whisper(config, base: Base, prepared: PreparedData, tuning=None) -> dic
     def evaluated(rows: list[ManifestRow]) -> dict[str, Any]:
         from tqdm import tqdm
 
+        rows = [r for r in rows if r.task == "asr"]  # what a Whisper does
         bar = tqdm(rows, desc="evaluating", unit="utt", disable=not config.progress, file=sys.stderr)
         hyps = [asr.transcribe(r.audio).text.strip() for r in bar]
         return {"rows": len(rows), **error_rates("transcribe", [r.text for r in rows], hyps)}
@@ -352,8 +353,8 @@ def tune_decoder_of(target: DecoderTarget, config, base: Base, prepared: Prepare
                               "trains": "whisper decoder"}
     if config.resume and report_path.is_file():
         report = {**json.loads(report_path.read_text(encoding="utf-8")), **report}
-    eval_rows = [r for r in eval_subset(read_manifest(prepared.eval), config.eval_max_rows, config.seed)
-                 if r.task == "asr"] if prepared.eval else []
+    eval_rows = eval_subset(read_manifest(prepared.eval), config.eval_max_rows, config.seed) \
+        if prepared.eval else []
     report["eval_rows"] = len(eval_rows)
     out.mkdir(parents=True, exist_ok=True)
     if eval_rows and "before" not in report:

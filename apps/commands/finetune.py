@@ -5,10 +5,11 @@ folder in DIR that every ``--model`` option accepts.
 
 * From scratch: ``--train TRAIN.jsonl --eval EVAL.jsonl --adapter alignformer`` (mixed-task
   manifests). Runs as is under ``torchrun --nproc_per_node N`` (DDP). See ``speechllm.train``.
-* Adapting a trained model to your data: ``--train my_recordings/ --base MODEL``: the recordings
-  (audio + same-named .txt, or ``--layout librispeech|commonvoice|kaldi``, or a manifest) are
-  imported and validated, an eval set is held out when none is given, the base model is evaluated,
-  trained on, and evaluated again; WER before and after is printed. See ``speechllm.apps.finetune``.
+* Adapting a trained model (a speech-LLM, or a Whisper) to your data: ``--train my_recordings/ --base
+  MODEL``: the recordings (audio + same-named .txt, or ``--layout librispeech|commonvoice|kaldi``, or
+  a manifest) are imported and validated, an eval set is held out when none is given, the base model
+  is evaluated, trained on, and evaluated again; WER before and after is printed. See
+  ``speechllm.apps.finetune``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import os
 import sys
 from dataclasses import replace
 
-HELP = "train a speech-LLM, or adapt one to a folder of your recordings (--base); the output is a model"
+HELP = ("train a speech-LLM, or adapt one (or a Whisper) to a folder of your recordings (--base); the output "
+        "is a model")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +46,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "folder)")
     parser.add_argument("--base", metavar="MODEL",
                         help="start from this trained speech-LLM (folder or zoo name): its encoder, adapter, "
-                             "LLM and LoRA; it is evaluated before and after")
+                             "LLM and LoRA, or the Whisper decoder it hears with; or from a Whisper model "
+                             "(e.g. whisper-tiny.en), whose decoder is tuned; evaluated before and after")
     parser.add_argument("--eval-fraction", type=float, default=0.1,
                         help="share of TRAIN held out for evaluation when no --eval is given (0: none)")
     parser.add_argument("--skip-bad", action="store_true",
