@@ -371,6 +371,10 @@ def tune_decoder_of(target: DecoderTarget, config, base: Base, prepared: Prepare
     report["train_seconds"] = round(time.monotonic() - started, 1)  # this run's: encoding, steps, evaluations
     for line in result.skipped:
         print(f"skipped: {line}", file=sys.stderr)
+    report["languages"] = result.languages  # given by the rows, or detected by a multilingual Whisper
+    if set(result.languages) != {"en"}:
+        print("clips by language: " + ", ".join(f"{k} {v}" for k, v in sorted(result.languages.items())),
+              file=sys.stderr)
     used = len(clips) - len(result.skipped)
     target.save(out, {"base": base.model, "decoder": f"Whisper's decoder fine-tuned {result.step} steps on "
                                                      f"{used} clips of {prepared.train}"})

@@ -113,3 +113,36 @@ def test_speech_end_is_where_the_sound_stops():
     t = np.arange(16000) / 16000
     audio = np.where(t < 0.62, 0.3 * np.sin(2 * np.pi * 200 * t), 1e-4 * np.sin(2 * np.pi * 50 * t))
     assert abs(speech_end(audio.astype(np.float32)) - 0.62) <= 0.02
+
+
+def test_a_multilingual_whisper_trains_each_clip_in_its_language(tmp_path, monkeypatch):
+    """A clip's own language (a locale read as its code), else the one the Whisper detects in it."""
+    import json
+
+    from tiny_models import make_tiny_whisper
+
+    from speechllm.whisper import decoding
+    from speechllm.whisper.model import WhisperConfig
+    from speechllm.whisper.tokenizer import WhisperTokenizer
+
+    folder = make_tiny_whisper(tmp_path / "whisper")
+    specials = ["<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>", "<|transcribe|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+    (folder / "added_tokens.json").write_text(json.dumps({t: 51 + i for i, t in enumerate(specials)}))
+    model, tokenizer = load_whisper(folder)
+    monkeypatch.setattr(WhisperConfig, "is_multilingual", property(lambda self: True))
+    tokenizer = WhisperTokenizer(tokenizer.tokenizer, multilingual=True)
+    detected = []
+
+    def detect(model, tokenizer, audio):
+        detected.append(len(audio))
+        return [{"de": 0.9, "en": 0.1}] * len(audio)
+
+    monkeypatch.setattr(decoding, "detect_language", detect)
+    items = [*clips()[:2], Clip("en.wav", "hello", language="EN", samples=clips()[2].samples),
+             Clip("at.wav", "hallo", language="de_AT", samples=clips()[3].samples),
+             Clip("xx.wav", "hallo", language="xx", samples=clips()[3].samples)]
+    result = tune_decoder(model, tokenizer, items, tmp_path / "out", DecoderTuning(steps=1, batch_size=2,
+                                                                                   progress=False))
+    assert result.languages == {"de": 3, "en": 1} and detected == [2]
+    assert result.skipped == ("xx.wav: unknown language 'xx'; known: en, de",)

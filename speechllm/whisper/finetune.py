@@ -163,6 +163,7 @@ class TuneResult:
     losses: tuple[float, ...]  # mean loss of each step of this run
     evals: tuple[dict, ...]  # what ``evaluate`` returned, with its "step"
     skipped: tuple[str, ...]  # clips left out, with the reason
+    languages: dict[str, int]  # clips trained on, by language (given, or detected by a multilingual Whisper)
 
 
 def tune_decoder(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip], out: str | Path,
@@ -177,7 +178,7 @@ def tune_decoder(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Cl
     from speechllm.files import atomic_save_tensors, load_tensors
     from speechllm.schedule import warmup_cosine
 
-    frames, rows, skipped = _encoded(model, tokenizer, clips, cache, options)
+    frames, rows, skipped, languages = _encoded(model, tokenizer, clips, cache, options)
     if not rows:
         raise ValueError("no clip left to train Whisper's decoder on: " + "; ".join(skipped[:3]))
     total = options.total_steps(len(rows))
@@ -232,13 +233,13 @@ def tune_decoder(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Cl
         model.decoder.eval()
         for p in params.values():
             p.requires_grad_(False)
-    return TuneResult(max(start, total), tuple(losses), tuple(evals), tuple(skipped))
+    return TuneResult(max(start, total), tuple(losses), tuple(evals), tuple(skipped), languages)
 
 
 def _encoded(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip], cache,
-             options: DecoderTuning) -> tuple[list[Tensor], list[tuple], list[str]]:
+             options: DecoderTuning) -> tuple[list[Tensor], list[tuple], list[str], dict[str, int]]:
     """Each usable clip's window frames (fp16, CPU) and its row: (frames index, (tokens, prompt length)
-    timestamped, the same untimed)."""
+    timestamped, the same untimed); the clips left out, with the reason; clips per language."""
     from tqdm import tqdm
 
     from speechllm.audio import load_audio
@@ -247,8 +248,7 @@ def _encoded(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip],
     frames: list[Tensor] = []
     rows: list[tuple] = []
     skipped: list[str] = []
-    limit = model.config.n_text_ctx
-    timestamps = tokenizer.timestamp_begin + 1500 < model.config.n_vocab  # else the untimed form alone
+    languages: dict[str, int] = {}
     batch = 8
     with tqdm(total=len(clips), unit="clip", disable=not options.progress, file=sys.stderr,
               desc="encoding clips") as bar:
@@ -264,34 +264,60 @@ def _encoded(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip],
                     seconds = len(samples) / 16000
                     skipped.append(f"{clip.audio}: {seconds:.1f} s is over Whisper's 30 s window")
                     continue
-                try:  # a language this Whisper does not know
-                    untimed = target_tokens(tokenizer, clip.text, clip.language, None)
-                except ValueError as error:
-                    skipped.append(f"{clip.audio}: {error}")
-                    continue
-                timed = target_tokens(tokenizer, clip.text, clip.language, speech_end(samples)) \
-                    if timestamps else untimed
-                if len(timed[0]) > limit:
-                    skipped.append(f"{clip.audio}: {len(timed[0])} tokens of transcript, over the decoder's "
-                                   f"{limit}")
-                    continue
-                todo.append((clip, timed, untimed))
+                todo.append(clip)
                 audio.append(samples)
             if todo:
                 lengths = torch.tensor([len(a) for a in audio])
                 padded = torch.zeros(len(audio), int(lengths.max()))
                 for i, a in enumerate(audio):
                     padded[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
-                if cache is not None and all(c.samples is None for c, _, _ in todo):
-                    hidden, _ = cache.frames(encoder, [c.audio for c, _, _ in todo], padded, lengths,
-                                             torch.device("cpu"))
+                if cache is not None and all(c.samples is None for c in todo):
+                    paths = [c.audio for c in todo]
+                    hidden, _ = cache.frames(encoder, paths, padded, lengths, torch.device("cpu"))
                 else:
                     hidden, _ = encoder.frames(padded, lengths, torch.device("cpu"))
-                for i, (_, timed, untimed) in enumerate(todo):
-                    rows.append((len(frames), timed, untimed))
+                spoken = _languages(model, tokenizer, todo, hidden)
+                for i, (clip, samples, language) in enumerate(zip(todo, audio, spoken, strict=True)):
+                    targets = _targets(model, tokenizer, clip.text, language, samples)
+                    if isinstance(targets, str):
+                        skipped.append(f"{clip.audio}: {targets}")
+                        continue
+                    rows.append((len(frames), *targets))
                     frames.append(hidden[i].to(torch.float16).contiguous())
+                    languages[language or "en"] = languages.get(language or "en", 0) + 1
             bar.update(len(clips[first:first + batch]))
-    return frames, rows, skipped
+    return frames, rows, skipped, languages
+
+
+def _languages(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip],
+               hidden: Tensor) -> list[str | None]:
+    """Each clip's Whisper language code: its own (``es-ES`` read as ``es``), else, for a multilingual
+    Whisper, the one it detects in the clip (as transcription would); None: English-only."""
+    from speechllm.whisper.decoding import detect_language
+
+    found = [c.language.lower().replace("_", "-").split("-")[0] if c.language else None for c in clips]
+    unknown = [i for i, code in enumerate(found) if code is None]
+    if model.config.is_multilingual and unknown:
+        with torch.inference_mode():
+            audio = hidden[unknown].to(model.device)
+            for i, probs in zip(unknown, detect_language(model, tokenizer, audio), strict=True):
+                found[i] = next(iter(probs))
+    return found
+
+
+def _targets(model: Whisper, tokenizer: WhisperTokenizer, text: str, language: str | None,
+             samples: np.ndarray) -> tuple[tuple[list[int], int], tuple[list[int], int]] | str:
+    """(timestamped, untimed) targets of a clip, or why it cannot train (too long, a language the
+    Whisper lacks). A vocabulary without timestamp tokens gets the untimed form twice."""
+    try:
+        untimed = target_tokens(tokenizer, text, language, None)
+    except ValueError as error:
+        return str(error)
+    timed = target_tokens(tokenizer, text, language, speech_end(samples)) \
+        if tokenizer.timestamp_begin + 1500 < model.config.n_vocab else untimed
+    if len(timed[0]) > model.config.n_text_ctx:
+        return f"{len(timed[0])} tokens of transcript, over the decoder's {model.config.n_text_ctx}"
+    return timed, untimed
 
 
 def _batches(n: int, size: int, steps: int, seed: int) -> list[list[int]]:
