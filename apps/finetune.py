@@ -229,6 +229,8 @@ def _load_base(base: str, lora_rank: int):
 
 def _metrics_line(metrics: dict[str, Any]) -> str:
     parts = [f"{k.upper()} {100 * metrics[k]:.1f}%" for k in ("wer", "cer") if k in metrics]
+    if "wer_fallback" in metrics:
+        parts.append(f"with temperature fallback WER {100 * metrics['wer_fallback']:.1f}%")
     if "ifr" in metrics:
         parts.append(f"IFR {100 * metrics['ifr']:.0f}%")
     if "bleu" in metrics:
@@ -304,6 +306,7 @@ def tune_whisper(config, base: Base, prepared: PreparedData, tuning=None) -> dic
     from speechllm.speechlm.tasks import error_rates
     from speechllm.transcriber import WhisperTranscriber
     from speechllm.whisper.finetune import write_tuned_whisper
+    from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
 
     for flag, given in (("--lora-rank", base.lora_rank), ("--train-encoder-layers", base.encoder_layers),
                         ("--train-adapter", base.train_adapter), ("--freeze-adapter", config.freeze_adapter),
@@ -315,13 +318,24 @@ def tune_whisper(config, base: Base, prepared: PreparedData, tuning=None) -> dic
     print(f"--base {base.model} is a Whisper model: fine-tuning its decoder on the transcripts",
           file=sys.stderr)
 
+    greedy = asr.options
+    fallback = replace(greedy, temperatures=TEMPERATURE_FALLBACK)
+
     def evaluated(rows: list[ManifestRow]) -> dict[str, Any]:
+        """Transcripts as ``transcribe`` writes them, and with Whisper's temperature fallback (a Whisper
+        tuned on few clips can loop on a hard one, which the fallback decodes again): ``*_fallback``."""
         from tqdm import tqdm
 
         rows = [r for r in rows if r.task == "asr"]  # what a Whisper does
-        bar = tqdm(rows, desc="evaluating", unit="utt", disable=not config.progress, file=sys.stderr)
-        hyps = [asr.transcribe(r.audio).text.strip() for r in bar]
-        return {"rows": len(rows), **error_rates("transcribe", [r.text for r in rows], hyps)}
+        metrics: dict[str, Any] = {"rows": len(rows)}
+        for suffix, options in (("", greedy), ("_fallback", fallback)):
+            asr.options = options
+            bar = tqdm(rows, desc="evaluating", unit="utt", disable=not config.progress, file=sys.stderr)
+            hyps = [asr.transcribe(r.audio).text.strip() for r in bar]
+            metrics.update({k + suffix: v for k, v in error_rates("transcribe", [r.text for r in rows],
+                                                                    hyps).items()})
+        asr.options = greedy
+        return metrics
 
     def save(out: Path, info: dict[str, Any]) -> None:
         write_tuned_whisper(asr.model, base.model, asr.resolved.path, out, info)
@@ -383,7 +397,7 @@ def tune_decoder_of(target: DecoderTarget, config, base: Base, prepared: Prepare
         done = result.evals[-1] if result.evals and result.evals[-1]["step"] == result.step else None
         report["after"] = {k: v for k, v in done.items() if k != "step"} if done \
             else _numbers(target.evaluate(eval_rows))
-        report["evals"] = [{"step": e["step"], **{k: e[k] for k in ("wer", "cer") if k in e}}
+        report["evals"] = [{"step": e["step"], **{k: v for k, v in e.items() if k.startswith(("wer", "cer"))}}
                            for e in result.evals]
         _print_after(report, len(eval_rows))
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
@@ -395,6 +409,10 @@ def _print_after(report: dict[str, Any], rows: int) -> None:
     if "before" in report and "wer" in report["before"] and "wer" in report["after"]:
         before, after = 100 * report["before"]["wer"], 100 * report["after"]["wer"]
         print(f"WER on {rows} held-out utterances: {before:.1f}% (base) -> {after:.1f}% (adapted)")
+    if "wer_fallback" in report.get("before", {}) and "wer_fallback" in report["after"]:
+        before, after = 100 * report["before"]["wer_fallback"], 100 * report["after"]["wer_fallback"]
+        print(f"with temperature fallback (transcribe --temperature 0,0.2,0.4,0.6,0.8,1): {before:.1f}% -> "
+              f"{after:.1f}%")
 
 
 def adapt(config, base: Base | None, prepared: PreparedData, tuning=None) -> dict[str, Any]:

@@ -244,6 +244,12 @@ TABLES["finetune-slt"] = Table("finetune-slt.json", FINETUNE_COLUMNS, rows=lambd
 TABLES["finetune-slt-whisper"] = Table("finetune-slt-whisper.json", FINETUNE_COLUMNS, rows=lambda d: [
     {"model": "Whisper tiny.en, as `speechllm transcribe` runs it (before)", **d["before"]},
     {"model": f"its decoder tuned to the voice, {d['steps']} steps (after)", **d["after"]}])
+TABLES["finetune-es-whisper"] = Table("finetune-es-whisper.json", (
+    *FINETUNE_COLUMNS,
+    Column("WER, temperature fallback", "wer_fallback", pct(1), True),
+    Column("CER, temperature fallback", "cer_fallback", pct(1), True)), rows=lambda d: [
+    {"model": "Whisper base (before)", **d["before"]},
+    {"model": f"its decoder tuned to the voice, {d['steps']} steps (after)", **d["after"]}])
 TABLES["finetune-slt-adapter"] = Table("finetune-slt-adapter.json", FINETUNE_COLUMNS, rows=lambda d: [
     {"model": "the starter, hearing through its adapter (before)", **d["before"]},
     {"model": f"its adapter tuned to the voice, {d['steps']} steps (after)", **d["after"]}])
@@ -322,6 +328,12 @@ FIGURES: dict[str, Figure] = {
     "finetune-minutes": Figure("finetune-slt.json", lambda d: d["train_seconds"] / 60, fixed(1)),
     "finetune-whisper-before": Figure("finetune-slt-whisper.json", lambda d: d["before"]["wer"], pct(1)),
     "finetune-whisper-after": Figure("finetune-slt-whisper.json", lambda d: d["after"]["wer"], pct(1)),
+    "finetune-es-before": Figure("finetune-es-whisper.json", lambda d: d["before"]["wer"], pct(1)),
+    "finetune-es-after": Figure("finetune-es-whisper.json", lambda d: d["after"]["wer"], pct(1)),
+    "finetune-es-before-fallback": Figure("finetune-es-whisper.json", lambda d: d["before"]["wer_fallback"],
+                                          pct(1)),
+    "finetune-es-after-fallback": Figure("finetune-es-whisper.json", lambda d: d["after"]["wer_fallback"],
+                                         pct(1)),
     "finetune-adapter-before": Figure("finetune-slt-adapter.json", lambda d: d["before"]["wer"], pct(1)),
     "finetune-adapter-after": Figure("finetune-slt-adapter.json", lambda d: d["after"]["wer"], pct(1)),
     "audio-formats-same": Figure("audio-formats.json", lambda d: f"{d['same']} of the {d['files']}"),

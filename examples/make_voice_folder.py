@@ -2,11 +2,14 @@
 speaker that the corpus recipes hold out of every training split, reading texts that are held out too.
 
     python examples/make_voice_folder.py --speaker flite:slt --count 300 --out my_voice/
+    python examples/make_voice_folder.py --language es --count 200 --out es_voice/
 
 Writes NNNN.wav (16 kHz mono) and NNNN.txt (the transcript) per utterance: the layout that
 ``speechllm finetune --train my_voice/`` imports. The texts are fortunes and generated sentences
 (numbers, dates, money) whose text hash puts them in the recipes' test split; the held-out English
-speakers are flite ``slt`` and ``awb`` and Piper ``joe``. Same arguments, same folder.
+speakers are flite ``slt`` and ``awb`` and Piper ``joe``. ``--language es``: held-out Bible verses in
+Spanish (up to 20 words), read by default by a held-out espeak-ng Latin American voice. Same arguments,
+same folder.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from speechllm.audio import write_audio
 from speechllm.data_recipes import texts
-from speechllm.data_recipes.recipes import EN_TEST_SPEAKERS, split_of
+from speechllm.data_recipes.recipes import EN_TEST_SPEAKERS, ES_TEST, split_of
 from speechllm.data_recipes.voices import Speaker, check_speakers, synthesize
 
 
@@ -35,21 +38,32 @@ def held_out_texts(count: int, seed: int, max_words: int = 30) -> list[str]:
     return mixed[:count]
 
 
+def held_out_verses(count: int, seed: int) -> list[str]:
+    """``count`` Spanish Bible verses of the test split (up to 20 words)."""
+    return [v.es for v in texts.held_out_verses(count=count, max_words=20, seed=seed)]
+
+
+LANGUAGES = {"en": (held_out_texts, "flite:slt", EN_TEST_SPEAKERS),  # texts, default speaker, held-out ones
+             "es": (held_out_verses, ES_TEST.speakers[0].id, ES_TEST.speakers)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--speaker", default="flite:slt", help="a speaker id (default flite:slt, held out)")
+    parser.add_argument("--language", choices=LANGUAGES, default="en", help="what the recordings say")
+    parser.add_argument("--speaker", default=None,
+                        help="a speaker id (default: a held-out one, flite:slt for English)")
     parser.add_argument("--count", type=int, default=300, help="utterances")
     parser.add_argument("--out", type=Path, required=True, help="folder to write")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    speaker = Speaker.parse(args.speaker)
+    held_out, default_speaker, held_out_speakers = LANGUAGES[args.language]
+    speaker = Speaker.parse(args.speaker or default_speaker)
     check_speakers([speaker])
-    if speaker not in EN_TEST_SPEAKERS:
-        print(f"note: {speaker.id} is not one of the held-out speakers "
-              f"({', '.join(s.id for s in EN_TEST_SPEAKERS)}); the starter model may have heard it")
+    if speaker not in held_out_speakers:
+        print(f"note: {speaker.id} is not one of the held-out speakers; the starter model may have heard it")
     args.out.mkdir(parents=True, exist_ok=True)
     seconds = 0.0
-    for i, text in enumerate(held_out_texts(args.count, args.seed)):
+    for i, text in enumerate(held_out(args.count, args.seed)):
         wav, txt = args.out / f"{i:04d}.wav", args.out / f"{i:04d}.txt"
         if not (wav.exists() and txt.exists()):  # resumable
             audio = synthesize(speaker, text)

@@ -255,6 +255,8 @@ def test_a_whisper_base_becomes_a_tuned_whisper_folder_that_transcribe_takes(tmp
     assert "WER on 1 held-out" in captured.out
     report = json.loads((out / "adaptation.json").read_text())
     assert report["trains"] == "whisper decoder" and {"before", "after"} <= set(report)
+    assert {"wer", "cer", "wer_fallback", "cer_fallback"} <= set(report["after"])
+    assert "with temperature fallback" in captured.out
     assert not (out / "model.safetensors").exists()
     tuned, _ = load_whisper(out)
     original, _ = load_whisper(base)

@@ -146,3 +146,6 @@ def test_a_multilingual_whisper_trains_each_clip_in_its_language(tmp_path, monke
                                                                                    progress=False))
     assert result.languages == {"de": 3, "en": 1} and detected == [2]
     assert result.skipped == ("xx.wav: unknown language 'xx'; known: en, de",)
+    options = DecoderTuning(steps=1, batch_size=2, language="en", progress=False)
+    given = tune_decoder(model, tokenizer, items, tmp_path / "given", options)
+    assert given.languages == {"en": 3, "de": 1} and detected == [2]  # nothing left to detect

@@ -91,6 +91,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-weight", type=float, default=1.0,
                         help="weight of the LLM's loss; 0 trains a ctc-posterior adapter on CTC alone, "
                              "without running the LLM")
+    parser.add_argument("--language", default=None, metavar="CODE",
+                        help="tuning a Whisper decoder: the recordings' language (e.g. es) where a row names "
+                             "none (default: each clip's, detected by a multilingual Whisper)")
     parser.add_argument("--train-adapter", action="store_true",
                         help="with a --base that hears through Whisper's decoder (the starter): train its "
                              "adapter and LoRA, and hear through the adapter, instead of fine-tuning "
@@ -184,7 +187,7 @@ def decoder_tuning(args: argparse.Namespace):
 
     defaults = DecoderTuning()
     return DecoderTuning(**_given(args, defaults), save_every=args.save_every or defaults.save_every,
-                         seed=args.seed, progress=not args.quiet)
+                         language=args.language, seed=args.seed, progress=not args.quiet)
 
 
 def check_args(args: argparse.Namespace) -> None:

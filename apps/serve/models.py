@@ -22,6 +22,7 @@ import numpy as np
 
 from speechllm.apps.serve.errors import bad_request, queue_full
 from speechllm.apps.serve.workers import Delta, Job, ModelWorker, QueueFull
+from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,6 @@ class ModelOptions:
     beam_size: int = 1
     segmenter: str = "auto"
     max_queue: int = 64  # waiting jobs per model before 503
-
-
-FALLBACK = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # temperature 0: greedy, hotter while a window fails (OpenAI's)
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,8 @@ class ServedModel:
             raise bad_request(message, param="language") from None
         options = replace(base.options, task=task, language=language, initial_prompt=request.prompt,
                           word_timestamps=request.words,
-                          temperatures=FALLBACK if request.temperature == 0 else (request.temperature,))
+                          temperatures=(TEMPERATURE_FALLBACK if request.temperature == 0
+                                        else (request.temperature,)))
         variant = copy.copy(base)  # the same weights and segmenter, other decoding options
         variant.options = options
         return variant

@@ -46,6 +46,7 @@ class DecoderTuning:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     timestamp_share: float = 0.5  # rows trained in the timestamped form
+    language: str | None = None  # of clips that name none (None: a multilingual Whisper detects it)
     eval_every: int = 0  # 0: at the end only
     save_every: int = 100  # checkpoints (and at the end)
     seed: int = 0
@@ -276,7 +277,7 @@ def _encoded(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip],
                     hidden, _ = cache.frames(encoder, paths, padded, lengths, torch.device("cpu"))
                 else:
                     hidden, _ = encoder.frames(padded, lengths, torch.device("cpu"))
-                spoken = _languages(model, tokenizer, todo, hidden)
+                spoken = _languages(model, tokenizer, todo, hidden, options.language)
                 for i, (clip, samples, language) in enumerate(zip(todo, audio, spoken, strict=True)):
                     targets = _targets(model, tokenizer, clip.text, language, samples)
                     if isinstance(targets, str):
@@ -289,13 +290,14 @@ def _encoded(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip],
     return frames, rows, skipped, languages
 
 
-def _languages(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip],
-               hidden: Tensor) -> list[str | None]:
-    """Each clip's Whisper language code: its own (``es-ES`` read as ``es``), else, for a multilingual
-    Whisper, the one it detects in the clip (as transcription would); None: English-only."""
+def _languages(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip], hidden: Tensor,
+               default: str | None = None) -> list[str | None]:
+    """Each clip's Whisper language code: its own or ``default`` (``es-ES`` read as ``es``), else, for a
+    multilingual Whisper, the one it detects in the clip (as transcription would); None: English-only."""
     from speechllm.whisper.decoding import detect_language
 
-    found = [c.language.lower().replace("_", "-").split("-")[0] if c.language else None for c in clips]
+    given = [c.language or default for c in clips]
+    found = [code.lower().replace("_", "-").split("-")[0] if code else None for code in given]
     unknown = [i for i, code in enumerate(found) if code is None]
     if model.config.is_multilingual and unknown:
         with torch.inference_mode():
