@@ -12,7 +12,8 @@
 5. **train**, then **evaluate after** on the same rows. A base that hears through Whisper's decoder
    (``"hearing": "whisper"``, the starter) has that decoder fine-tuned on the transcripts
    (:func:`tune_hearing`, ``speechllm.whisper.finetune``): what it hears with learns the voice, and
-   every task that hears audio gains. Other bases (and ``--train-adapter`` / ``--freeze-adapter``)
+   every task that hears audio hears with it; a plain Whisper base likewise (:func:`tune_whisper`). Other
+   speech-LLM bases (and ``--train-adapter`` / ``--freeze-adapter``)
    train their adapter and LoRA (``speechllm.train``: progress bar, checkpoints, ``--resume``);
 6. leave ``OUT/`` as a model folder, ``OUT/data/`` with the exact manifests used, and
    ``OUT/adaptation.json`` with the metrics before and after.
