@@ -149,3 +149,27 @@ def test_a_multilingual_whisper_trains_each_clip_in_its_language(tmp_path, monke
     options = DecoderTuning(steps=1, batch_size=2, language="en", progress=False)
     given = tune_decoder(model, tokenizer, items, tmp_path / "given", options)
     assert given.languages == {"en": 3, "de": 1} and detected == [2]  # nothing left to detect
+
+
+def test_frames_from_an_encoder_cache_train_as_those_held_in_memory(tmp_path, tiny_whisper):
+    """With an encoder cache each step reads its clips' frames back from the cache folder; the weights
+    come out as from frames held in memory, and a second run encodes nothing."""
+    import soundfile
+
+    from speechllm.encoder_cache import EncoderCache
+
+    files = []
+    for clip in clips():
+        path = tmp_path / f"{clip.audio}.wav"
+        soundfile.write(path, clip.samples, 16000)
+        files.append(Clip(str(path), clip.text))
+    options = DecoderTuning(steps=3, batch_size=2, lr=1e-3, warmup=1, progress=False)
+    held, tokenizer = load_whisper(tiny_whisper)
+    tune_decoder(held, tokenizer, files, tmp_path / "held", options)
+    cache = EncoderCache(tmp_path / "cache", "tiny|30 s window")
+    for run in ("first", "second"):
+        cached, _ = load_whisper(tiny_whisper)
+        tune_decoder(cached, tokenizer, files, tmp_path / run, options, cache=cache)
+        for name, tensor in decoder_weights(held).items():
+            assert torch.equal(decoder_weights(cached)[name], tensor)
+    assert (cache.misses, cache.hits) == (4, 4)

@@ -2,9 +2,10 @@
 
 A voice, an accent or a vocabulary that Whisper mishears is mostly a decoder matter: its encoder's
 features still hold the sounds. So only the decoder trains, and each clip's encoder output (the
-30 s window transcription sees: the clip padded with silence) is computed once, kept in memory or
-in an :class:`~speechllm.encoder_cache.EncoderCache` folder, and a training step costs the decoder
-alone: a few CPU minutes for a few hundred clips with Whisper tiny.
+30 s window transcription sees: the clip padded with silence) is computed once and kept in memory,
+or in an :class:`~speechllm.encoder_cache.EncoderCache` folder that each step reads back (no memory
+held); a training step costs the decoder alone: a few CPU minutes for a few hundred clips with
+Whisper tiny.
 
 Targets come in the two forms Whisper decodes, as in its own training: with timestamps
 (``<|0.00|> text<|end|>``, the end where the clip's speech ends; what the transcriber reads
@@ -238,9 +239,10 @@ def tune_decoder(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Cl
 
 
 def _encoded(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip], cache,
-             options: DecoderTuning) -> tuple[list[Tensor], list[tuple], list[str], dict[str, int]]:
-    """Each usable clip's window frames (fp16, CPU) and its row: (frames index, (tokens, prompt length)
-    timestamped, the same untimed); the clips left out, with the reason; clips per language."""
+             options: DecoderTuning) -> tuple[list[Tensor | Path], list[tuple], list[str], dict[str, int]]:
+    """Each usable clip's window frames (fp16, CPU; with a ``cache``, its file there) and its row:
+    (frames index, (tokens, prompt length) timestamped, the same untimed); the clips left out, with the
+    reason; clips per language."""
     from tqdm import tqdm
 
     from speechllm.audio import load_audio
@@ -284,7 +286,9 @@ def _encoded(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Clip],
                         skipped.append(f"{clip.audio}: {targets}")
                         continue
                     rows.append((len(frames), *targets))
-                    frames.append(hidden[i].to(torch.float16).contiguous())
+                    on_disk = cache is not None and clip.samples is None  # read back per step, not held
+                    frames.append(cache.path_for(clip.audio) if on_disk
+                                  else hidden[i].to(torch.float16).contiguous())
                     languages[language or "en"] = languages.get(language or "en", 0) + 1
             bar.update(len(clips[first:first + batch]))
     return frames, rows, skipped, languages
@@ -338,11 +342,14 @@ def _batches(n: int, size: int, steps: int, seed: int) -> list[list[int]]:
     return out
 
 
-def _loss(model: Whisper, frames: list[Tensor], batch: list[tuple[list[int], int]]) -> Tensor:
+def _loss(model: Whisper, frames: list[Tensor | Path], batch: list[tuple[list[int], int]]) -> Tensor:
     """Mean cross-entropy of the target tokens of ``batch`` ((tokens, prompt length) per row, over
-    ``frames``' row of the same place), teacher-forced."""
+    ``frames``' row of the same place: a tensor, or an encoder cache file), teacher-forced."""
+    from speechllm.files import load_tensors
+
     device = model.device
-    audio = torch.stack(frames).to(device=device, dtype=torch.float32)
+    held = [f if isinstance(f, Tensor) else load_tensors(f)["hidden"] for f in frames]
+    audio = torch.stack(held).to(device=device, dtype=torch.float32)
     width = max(len(tokens) for tokens, _ in batch) - 1
     inputs = torch.full((len(batch), width), model.config.n_vocab - 1, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
