@@ -371,6 +371,11 @@ def tune_decoder_of(target: DecoderTarget, config, base: Base, prepared: Prepare
     eval_rows = eval_subset(read_manifest(prepared.eval), config.eval_max_rows, config.seed) \
         if prepared.eval else []
     report["eval_rows"] = len(eval_rows)
+    if tuning.language is not None:  # a code this Whisper lacks: said before anything runs
+        try:
+            target.asr.tokenizer.sot_sequence(tuning.language)
+        except ValueError as exc:
+            raise ValueError(f"--language {tuning.language}: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
     if eval_rows and "before" not in report:
         print(f"evaluating the base model on {len(eval_rows)} held-out utterances ...", file=sys.stderr)
@@ -436,7 +441,11 @@ def adapt(config, base: Base | None, prepared: PreparedData, tuning=None) -> dic
         check_manifests([m for m in (prepared.train, prepared.eval) if m], None)
         if is_whisper_base(base.model):
             return tune_whisper(config, base, prepared, tuning)
-        check_model(base.model, needs_speechlm=True, flag="--base", task="finetune")  # damaged: one line
+        try:
+            check_model(base.model, needs_speechlm=True, flag="--base", task="finetune")
+        except ValueError as exc:
+            raise ValueError(f"{exc}; or a Whisper model (e.g. --base whisper-tiny.en), whose decoder is "
+                             "tuned") from None  # damaged: one line
         if tunes_hearing(config, base):
             return tune_hearing(config, base, prepared, tuning)
     report_path = out / REPORT_FILE

@@ -267,3 +267,6 @@ def test_a_whisper_base_becomes_a_tuned_whisper_folder_that_transcribe_takes(tmp
     assert json.loads((tmp_path / "t.jsonl").read_text())["audio"].endswith("utt00.wav")
     assert main([*args, "--lora-rank", "2"]) == 1
     assert "--lora-rank: --base" in capsys.readouterr().err
+    assert main([*args, "--language", "es"]) == 1  # said before the base is evaluated
+    err = capsys.readouterr().err
+    assert "--language es: this model is English-only" in err and "evaluating" not in err

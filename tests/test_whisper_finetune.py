@@ -96,6 +96,15 @@ def test_clips_the_decoder_cannot_take_are_left_out_with_the_reason(tmp_path, ti
     assert result.skipped[1] == "es.wav: this model is English-only: it transcribes English and nothing else"
 
 
+def test_no_clip_left_says_why_once_per_reason(tmp_path, tiny_whisper):
+    model, tokenizer = load_whisper(tiny_whisper)
+    items = [Clip(f"{i}.wav", "hola", language="es", samples=clips()[0].samples) for i in range(3)]
+    with pytest.raises(ValueError) as info:
+        tune_decoder(model, tokenizer, items, tmp_path, DecoderTuning(steps=1, progress=False))
+    assert str(info.value) == ("no clip left to train Whisper's decoder on (3 left out: 3 x this model is "
+                               "English-only: it transcribes English and nothing else)")
+
+
 def test_targets_in_both_of_whispers_forms(tiny_whisper):
     from speechllm.zoo import resolve
 

@@ -182,7 +182,12 @@ def tune_decoder(model: Whisper, tokenizer: WhisperTokenizer, clips: Sequence[Cl
 
     frames, rows, skipped, languages = _encoded(model, tokenizer, clips, cache, options)
     if not rows:
-        raise ValueError("no clip left to train Whisper's decoder on: " + "; ".join(skipped[:3]))
+        reasons: dict[str, int] = {}
+        for line in skipped:
+            reason = line.split(": ", 1)[-1]  # after the clip's name
+            reasons[reason] = reasons.get(reason, 0) + 1
+        raise ValueError(f"no clip left to train Whisper's decoder on ({len(skipped)} left out: "
+                         + "; ".join(f"{n} x {reason}" for reason, n in reasons.items()) + ")")
     total = options.total_steps(len(rows))
     params = trained_parameters(model)
     for p in model.parameters():
