@@ -328,6 +328,8 @@ FIGURES: dict[str, Figure] = {
     "finetune-minutes": Figure("finetune-slt.json", lambda d: d["train_seconds"] / 60, fixed(1)),
     "finetune-whisper-before": Figure("finetune-slt-whisper.json", lambda d: d["before"]["wer"], pct(1)),
     "finetune-whisper-after": Figure("finetune-slt-whisper.json", lambda d: d["after"]["wer"], pct(1)),
+    "finetune-whisper-after-fallback": Figure("finetune-slt-whisper.json", lambda d: d["after"]["wer_fallback"],
+                                              pct(1)),
     "finetune-es-before": Figure("finetune-es-whisper.json", lambda d: d["before"]["wer"], pct(1)),
     "finetune-es-after": Figure("finetune-es-whisper.json", lambda d: d["after"]["wer"], pct(1)),
     "finetune-es-before-fallback": Figure("finetune-es-whisper.json", lambda d: d["before"]["wer_fallback"],
