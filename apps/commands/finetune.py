@@ -77,7 +77,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--lr", type=float, default=None,
                         help="peak learning rate (default 5e-4; Whisper's decoder 1e-5)")
-    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="AdamW weight decay (default 0.01; Whisper's decoder 0)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 100; Whisper's "
                         "decoder 10)")
     parser.add_argument("--ctc-weight", type=float, default=1.0, help="weight of a CTC adapter's loss")
@@ -154,7 +155,8 @@ def text_share(args: argparse.Namespace) -> float:
     return share
 
 
-SCHEDULE = ("steps", "batch_size", "lr", "warmup", "eval_every")  # flags whose default depends on what trains
+# flags whose default depends on what trains (the adapter trainer's or Whisper's decoder's)
+SCHEDULE = ("steps", "batch_size", "lr", "warmup", "eval_every", "weight_decay")
 
 
 def _given(args: argparse.Namespace, defaults) -> dict:
@@ -172,7 +174,7 @@ def train_config(args: argparse.Namespace):
         train=args.train or "", eval=args.eval, out=args.out,
         model=SpeechLLMConfig() if args.base else model_config(args),
         **_given(args, TrainConfig(train="", out="")), grad_accum=args.grad_accum,
-        weight_decay=args.weight_decay, ctc_weight=args.ctc_weight,
+        ctc_weight=args.ctc_weight,
         lm_weight=args.lm_weight, freeze_adapter=args.freeze_adapter, text_train=args.text_train,
         text_share=text_share(args), text_noise=_json_option(args.text_noise, "--text-noise"),
         augment=_json_option(args.augment, "--augment"), encoder_cache=args.encoder_cache,
