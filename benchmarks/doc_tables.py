@@ -279,6 +279,13 @@ def _asr(system: str, path: str) -> Callable[[list], Any]:
 
 STARTER_ASK, BEFORE_ASK = "runs/cand-int4", "speechllm-starter"  # see ASK_MODELS
 SHIPPED, ADAPTER_HEARING = "speech-LLM speechllm-starter", "speech-LLM runs/starter-ctc"  # asr-starter.json
+
+
+def _adaptation(file: str, phase: str, metric: str = "wer") -> Figure:
+    """An error rate of a fine-tuning report (``speechllm finetune``'s adaptation.json), before or after."""
+    return Figure(file, lambda d: d[phase][metric], pct(1))
+
+
 FIGURES: dict[str, Figure] = {
     "serve-load": Figure("serve.json", lambda d: f"{d['load_average_at_start']:.0f} at the start and "
                                                  f"{d['load_average_at_end']:.0f} at the end"),
@@ -319,25 +326,22 @@ FIGURES: dict[str, Figure] = {
         "first_chunk_ms_median"], fixed(0, " ms")),
     "tts-own-rtf": Figure("tts.json", lambda d: one(d["voices"], voice="speechllm-joe")["rtf_stream"],
                           fixed(3)),
-    "finetune-before": Figure("finetune-slt.json", lambda d: d["before"]["wer"], pct(1)),
-    "finetune-after": Figure("finetune-slt.json", lambda d: d["after"]["wer"], pct(1)),
-    "finetune-cer-before": Figure("finetune-slt.json", lambda d: d["before"]["cer"], pct(1)),
-    "finetune-cer-after": Figure("finetune-slt.json", lambda d: d["after"]["cer"], pct(1)),
+    "finetune-before": _adaptation("finetune-slt.json", "before"),
+    "finetune-after": _adaptation("finetune-slt.json", "after"),
+    "finetune-cer-before": _adaptation("finetune-slt.json", "before", "cer"),
+    "finetune-cer-after": _adaptation("finetune-slt.json", "after", "cer"),
     "finetune-rows": Figure("finetune-slt.json", lambda d: d["eval_rows"]),
     "finetune-steps": Figure("finetune-slt.json", lambda d: d["steps"]),
     "finetune-minutes": Figure("finetune-slt.json", lambda d: d["train_seconds"] / 60, fixed(1)),
-    "finetune-whisper-before": Figure("finetune-slt-whisper.json", lambda d: d["before"]["wer"], pct(1)),
-    "finetune-whisper-after": Figure("finetune-slt-whisper.json", lambda d: d["after"]["wer"], pct(1)),
-    "finetune-whisper-after-fallback": Figure("finetune-slt-whisper.json",
-                                              lambda d: d["after"]["wer_fallback"], pct(1)),
-    "finetune-es-before": Figure("finetune-es-whisper.json", lambda d: d["before"]["wer"], pct(1)),
-    "finetune-es-after": Figure("finetune-es-whisper.json", lambda d: d["after"]["wer"], pct(1)),
-    "finetune-es-before-fallback": Figure("finetune-es-whisper.json", lambda d: d["before"]["wer_fallback"],
-                                          pct(1)),
-    "finetune-es-after-fallback": Figure("finetune-es-whisper.json", lambda d: d["after"]["wer_fallback"],
-                                         pct(1)),
-    "finetune-adapter-before": Figure("finetune-slt-adapter.json", lambda d: d["before"]["wer"], pct(1)),
-    "finetune-adapter-after": Figure("finetune-slt-adapter.json", lambda d: d["after"]["wer"], pct(1)),
+    "finetune-whisper-before": _adaptation("finetune-slt-whisper.json", "before"),
+    "finetune-whisper-after": _adaptation("finetune-slt-whisper.json", "after"),
+    "finetune-whisper-after-fallback": _adaptation("finetune-slt-whisper.json", "after", "wer_fallback"),
+    "finetune-es-before": _adaptation("finetune-es-whisper.json", "before"),
+    "finetune-es-after": _adaptation("finetune-es-whisper.json", "after"),
+    "finetune-es-before-fallback": _adaptation("finetune-es-whisper.json", "before", "wer_fallback"),
+    "finetune-es-after-fallback": _adaptation("finetune-es-whisper.json", "after", "wer_fallback"),
+    "finetune-adapter-before": _adaptation("finetune-slt-adapter.json", "before"),
+    "finetune-adapter-after": _adaptation("finetune-slt-adapter.json", "after"),
     "audio-formats-same": Figure("audio-formats.json", lambda d: f"{d['same']} of the {d['files']}"),
     "serve-16-requests": Figure("serve.json", lambda d: one(d["server"], clients=16)["requests"]),
     "serve-16-wer": Figure("serve.json", lambda d: one(d["server"], clients=16)["wer"], pct(1)),
