@@ -416,9 +416,11 @@ def _print_after(report: dict[str, Any], rows: int) -> None:
         before, after = 100 * report["before"]["wer"], 100 * report["after"]["wer"]
         print(f"WER on {rows} held-out utterances: {before:.1f}% (base) -> {after:.1f}% (adapted)")
     if "wer_fallback" in report.get("before", {}) and "wer_fallback" in report["after"]:
+        from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
+
         before, after = 100 * report["before"]["wer_fallback"], 100 * report["after"]["wer_fallback"]
-        print(f"with temperature fallback (transcribe --temperature 0,0.2,0.4,0.6,0.8,1): {before:.1f}% -> "
-              f"{after:.1f}%")
+        flag = ",".join(f"{t:g}" for t in TEMPERATURE_FALLBACK)
+        print(f"with temperature fallback (transcribe --temperature {flag}): {before:.1f}% -> {after:.1f}%")
 
 
 def adapt(config, base: Base | None, prepared: PreparedData, tuning=None) -> dict[str, Any]:
@@ -441,11 +443,11 @@ def adapt(config, base: Base | None, prepared: PreparedData, tuning=None) -> dic
         check_manifests([m for m in (prepared.train, prepared.eval) if m], None)
         if is_whisper_base(base.model):
             return tune_whisper(config, base, prepared, tuning)
-        try:
+        try:  # damaged or not a speech-LLM: one line
             check_model(base.model, needs_speechlm=True, flag="--base", task="finetune")
         except ValueError as exc:
             raise ValueError(f"{exc}; or a Whisper model (e.g. --base whisper-tiny.en), whose decoder is "
-                             "tuned") from None  # damaged: one line
+                             "tuned") from None
         if tunes_hearing(config, base):
             return tune_hearing(config, base, prepared, tuning)
     report_path = out / REPORT_FILE
