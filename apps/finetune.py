@@ -307,7 +307,6 @@ def tune_whisper(config, base: Base, prepared: PreparedData, tuning=None) -> dic
     from speechllm.speechlm.tasks import error_rates
     from speechllm.transcriber import WhisperTranscriber
     from speechllm.whisper.finetune import write_tuned_whisper
-    from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
 
     for flag, given in (("--lora-rank", base.lora_rank), ("--train-encoder-layers", base.encoder_layers),
                         ("--train-adapter", base.train_adapter), ("--freeze-adapter", config.freeze_adapter),
@@ -319,8 +318,8 @@ def tune_whisper(config, base: Base, prepared: PreparedData, tuning=None) -> dic
     print(f"--base {base.model} is a Whisper model: fine-tuning its decoder on the transcripts",
           file=sys.stderr)
 
-    greedy = asr.options
-    fallback = replace(greedy, temperatures=TEMPERATURE_FALLBACK)
+    fallback = asr.options  # transcribe's default
+    greedy = replace(fallback, temperatures=(0.0,))
 
     def evaluated(rows: list[ManifestRow]) -> dict[str, Any]:
         """Transcripts as ``transcribe`` writes them, and with Whisper's temperature fallback (a Whisper
@@ -412,15 +411,14 @@ def tune_decoder_of(target: DecoderTarget, config, base: Base, prepared: Prepare
 
 def _print_after(report: dict[str, Any], rows: int) -> None:
     print(f"after:  {_metrics_line(report['after'])}")
+    fallback = "wer_fallback" in report.get("before", {}) and "wer_fallback" in report["after"]
     if "before" in report and "wer" in report["before"] and "wer" in report["after"]:
         before, after = 100 * report["before"]["wer"], 100 * report["after"]["wer"]
-        print(f"WER on {rows} held-out utterances: {before:.1f}% (base) -> {after:.1f}% (adapted)")
-    if "wer_fallback" in report.get("before", {}) and "wer_fallback" in report["after"]:
-        from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
-
+        how = " greedy (--temperature 0)" if fallback else ""
+        print(f"WER on {rows} held-out utterances{how}: {before:.1f}% (base) -> {after:.1f}% (adapted)")
+    if fallback:
         before, after = 100 * report["before"]["wer_fallback"], 100 * report["after"]["wer_fallback"]
-        flag = ",".join(f"{t:g}" for t in TEMPERATURE_FALLBACK)
-        print(f"with temperature fallback (transcribe --temperature {flag}): {before:.1f}% -> {after:.1f}%")
+        print(f"with temperature fallback (transcribe's default): {before:.1f}% -> {after:.1f}%")
 
 
 def adapt(config, base: Base | None, prepared: PreparedData, tuning=None) -> dict[str, Any]:

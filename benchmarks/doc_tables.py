@@ -696,3 +696,11 @@ FIGURES.update({
     "wf-translate-bleu": Figure("whisper-features.json", lambda d: d["translate"]["bleu"], fixed(1)),
     "wf-translate-clips": Figure("whisper-features.json", lambda d: d["translate"]["clips"]),
 })
+
+TABLES["temperature-fallback"] = Table("temperature-fallback.json", (
+    Column("audio", "audio"),
+    Column("decoding", "decoding"),
+    Column("WER", "wer", pct(), True),
+    Column("RTF", "rtf", fixed(3), True),
+    Column("segments decoded hotter", "hot_segments", text, True)),
+    rows=lambda d: d["rows"])

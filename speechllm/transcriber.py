@@ -17,6 +17,7 @@ from speechllm.audio import SAMPLE_RATE, AudioError, audio_from_array, audio_inf
 from speechllm.device import pick_device
 from speechllm.segment import AudioSegment, segment_stream
 from speechllm.whisper.timing import Word
+from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
 from speechllm.zoo import DEFAULT_ASR
 
 # a path; a 1-D (or 2-D, channels on the shorter axis) array at 16 kHz; or (array, sampling_rate)
@@ -156,8 +157,9 @@ class WhisperTranscriber:
     """Batch transcription with the project's own Whisper: segments from its timestamp tokens,
     language detection (multilingual models), translation to English, temperature fallback,
     word timestamps. Options as :class:`~speechllm.whisper.transcribe.TranscribeOptions`;
-    ``temperature`` is one value or the sequence tried in turn (None: the model folder's default, a
-    folder tuned by ``speechllm finetune`` Whisper's fallback; else 0); ``detect_among`` limits language
+    ``temperature`` is one value or the sequence tried in turn (default: Whisper's fallback, 0 then 0.2
+    ... 1 while a window fails its checks, as openai-whisper and faster-whisper decode; 0: greedy
+    alone); ``detect_among`` limits language
     detection to those languages (e.g. ``("en", "es")``)."""
 
     max_segment_seconds = 30.0
@@ -165,7 +167,7 @@ class WhisperTranscriber:
     def __init__(self, model: str = DEFAULT_ASR, device: str | None = None,
                  beam_size: int = 1, batch_size: int = 8, dtype: torch.dtype = torch.float32,
                  segmenter: str = "auto", quant: str | None = None, task: str = "transcribe",
-                 language: str | None = None, temperature: float | Sequence[float] | None = None,
+                 language: str | None = None, temperature: float | Sequence[float] = TEMPERATURE_FALLBACK,
                  word_timestamps: bool = False, detect_among: Sequence[str] = (), **decoding):
         from speechllm.whisper import load_whisper
         from speechllm.whisper.transcribe import TranscribeOptions
@@ -176,8 +178,6 @@ class WhisperTranscriber:
         self.model, self.tokenizer = load_whisper(self.resolved.path, device=self.device, dtype=dtype)
         if quant is not None:
             quantize_linears(self.model, quant)
-        if temperature is None:  # the model folder's own default, else greedy alone
-            temperature = self.model.default_temperatures or 0.0
         temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
         self.options = TranscribeOptions(language=self.check_language(language), task=self.check_task(task),
                                          beam_size=beam_size, temperatures=tuple(map(float, temperatures)),

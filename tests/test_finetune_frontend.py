@@ -268,9 +268,9 @@ def test_a_whisper_base_becomes_a_tuned_whisper_folder_that_transcribe_takes(tmp
     from speechllm.transcriber import WhisperTranscriber
     from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
 
-    assert WhisperTranscriber(str(out)).options.temperatures == TEMPERATURE_FALLBACK  # the folder's default
+    assert WhisperTranscriber(str(out)).options.temperatures == TEMPERATURE_FALLBACK  # transcribe's default
     assert WhisperTranscriber(str(out), temperature=0).options.temperatures == (0.0,)  # asked for
-    assert WhisperTranscriber(str(base)).options.temperatures == (0.0,)
+    assert WhisperTranscriber(str(base)).options.temperatures == TEMPERATURE_FALLBACK  # any Whisper's
     assert main([*args, "--lora-rank", "2"]) == 1
     assert "--lora-rank: --base" in capsys.readouterr().err
     assert main([*args, "--language", "es"]) == 1  # said before the base is evaluated

@@ -1,6 +1,7 @@
 """Whisper decoding features: timestamp rules, segments and seeking, language detection, fallback,
 word alignment, subtitle cues; tiny models built here, and the real bundles where installed."""
 
+import inspect
 import json
 import shutil
 import subprocess
@@ -113,6 +114,20 @@ def test_split_at_timestamps():
 
 def result(text="a b c", avg_logprob=-0.2, no_speech_prob=0.1):
     return DecodingResult(text, (), avg_logprob, no_speech_prob)
+
+
+def test_the_fallback_is_the_default_and_zero_decodes_greedily():
+    from speechllm.apps.cli import build_parser
+    from speechllm.apps.commands.whisper_options import whisper_options
+    from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
+
+    parser = build_parser()
+    default = whisper_options(parser.parse_args(["transcribe", "a.wav"]), is_speechlm=False)
+    assert "temperature" not in default  # the transcriber's own default: Whisper's fallback
+    default_temperature = inspect.signature(WhisperTranscriber).parameters["temperature"].default
+    assert default_temperature == TEMPERATURE_FALLBACK == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    greedy = whisper_options(parser.parse_args(["transcribe", "a.wav", "--temperature", "0"]), False)
+    assert greedy["temperature"] == (0.0,)
 
 
 def test_fallback_and_silence_rules():

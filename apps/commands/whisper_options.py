@@ -40,9 +40,9 @@ def add_whisper_options(parser: argparse.ArgumentParser, translating: bool = Fal
                            help="translate: Whisper's own speech translation into English (multilingual "
                                 "models)")
     group.add_argument("--temperature", type=temperatures, default=None, metavar="T[,T...]",
-                       help="decoding temperature(s): 0 = greedy/beam (default); several, e.g. "
-                            "0,0.2,0.4,0.6,0.8,1, are tried in turn while a window's transcript fails the "
-                            "two thresholds below")
+                       help="decoding temperature(s), tried in turn while a window's transcript fails the "
+                            "two thresholds below; default 0,0.2,0.4,0.6,0.8,1 (Whisper's fallback, as "
+                            "openai-whisper decodes); 0 = greedy/beam alone")
     group.add_argument("--compression-ratio-threshold", type=_threshold, default=2.4, metavar="X",
                        help="a transcript compressing better than this loops: retry hotter (default 2.4; "
                             "none: off)")

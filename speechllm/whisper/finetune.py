@@ -111,12 +111,7 @@ def write_tuned_whisper(model: Whisper, base: str, base_folder: str | Path, out:
             shutil.copyfile(file, out / file.name)
     base = str(Path(base).resolve()) if Path(base).exists() else base  # a folder: absolute
     atomic_save_tensors(decoder_weights(model), out / TUNED_DECODER, {"base": base})
-    from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
-
-    # tuned on few clips, a decoder can loop on a hard one: transcribing with this folder tries the
-    # fallback's hotter temperatures on such a window unless the user asks for others
-    meta = {"base": base, "decoder": TUNED_DECODER,
-            "transcribe": {"temperatures": list(TEMPERATURE_FALLBACK)}, "info": info or {}}
+    meta = {"base": base, "decoder": TUNED_DECODER, "info": info or {}}
     atomic_write_text(out / TUNED_FILE, json.dumps(meta, indent=2) + "\n")
     return out
 

@@ -230,9 +230,6 @@ class Whisper(nn.Module):
         # decoder (layer, head) pairs whose cross-attention follows the speech (word timestamps);
         # None: the known table by shape, else the top half (see timing.py)
         self.alignment_heads: tuple[tuple[int, int], ...] | None = None
-        # the temperatures a transcriber tries when none are asked for (None: greedy alone); a folder
-        # tuned by speechllm finetune asks for Whisper's fallback (speechllm.whisper.weights)
-        self.default_temperatures: tuple[float, ...] | None = None
         self.encoder = AudioEncoder(config)
         self.decoder = TextDecoder(config)
 

@@ -36,7 +36,7 @@ from speechllm.whisper.tokenizer import WhisperTokenizer
 SAMPLE_RATE = 16_000
 MIN_SEEK_SECONDS = 1.0  # a cut-off segment is decoded again only when the seek moves this far
 # greedy first, hotter while a window fails the checks below: openai-whisper's, faster-whisper's and the
-# OpenAI API's schedule (the CLI's default is greedy alone: --temperature 0,0.2,... asks for it)
+# OpenAI API's schedule, and the default of every Whisper transcription here (--temperature 0: greedy alone)
 TEMPERATURE_FALLBACK = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 

@@ -210,7 +210,7 @@ def _load_tuned(folder: Path) -> tuple[WhisperConfig, StateDict, dict[str, Any]]
         if key not in state_dict or state_dict[key].shape != tensor.shape:
             raise ValueError(f"{folder / meta['decoder']}: {name} does not fit {meta['base']}'s decoder")
         state_dict[key] = tensor
-    return config, state_dict, {**suppress, "temperatures": meta.get("transcribe", {}).get("temperatures")}
+    return config, state_dict, suppress
 
 
 # ---------------------------------------------------------------- registry and entry point
@@ -267,14 +267,11 @@ def load_whisper(path: str | Path, device: str | torch.device = "cpu",
     folder = Path(path)
     config, state_dict, suppress = FORMATS[detect_format(folder)].load(folder)
     heads = suppress.pop("alignment_heads", None)
-    temperatures = suppress.pop("temperatures", None)
     with torch.device("meta"):
         model = Whisper(config)
     model.load_state_dict(state_dict, assign=True)
     model = model.to(device=device, dtype=dtype).eval()
     if heads:  # the folder's own (layer, head) pairs for word timestamps
         model.alignment_heads = tuple((int(layer), int(head)) for layer, head in heads)
-    if temperatures:
-        model.default_temperatures = tuple(float(t) for t in temperatures)
     tokenizer = WhisperTokenizer.from_folder(folder, multilingual=config.is_multilingual, **suppress)
     return model, tokenizer
