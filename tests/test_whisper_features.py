@@ -35,6 +35,7 @@ from speechllm.whisper.timing import (
 )
 from speechllm.whisper.transcribe import (
     TranscribeOptions,
+    best_attempt,
     is_silence,
     needs_fallback,
     split_at_timestamps,
@@ -114,6 +115,14 @@ def test_split_at_timestamps():
 
 def result(text="a b c", avg_logprob=-0.2, no_speech_prob=0.1):
     return DecodingResult(text, (), avg_logprob, no_speech_prob)
+
+
+def test_a_window_failing_every_temperature_keeps_its_best_attempt():
+    options = TranscribeOptions()
+    loop, unsure, surer = result("la " * 60, -0.1), result("a b c", -1.8), result("a b d", -1.3)
+    assert best_attempt([loop, unsure, surer, result("x y", -2.5)], options) is surer  # not the hottest
+    assert best_attempt([result("la " * 60, -0.9), result("na " * 60, -0.4)], options).avg_logprob == -0.4
+    assert best_attempt([loop, unsure], TranscribeOptions(compression_ratio_threshold=None)) is loop
 
 
 def test_the_fallback_is_the_default_and_zero_decodes_greedily():

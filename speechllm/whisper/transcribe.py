@@ -142,12 +142,12 @@ def is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
 def decode_with_fallback(model: Whisper, tokenizer: WhisperTokenizer, audio: Tensor,
                          audio_mask: Tensor | None, options: TranscribeOptions,
                          languages: list[str | None]) -> list[DecodingResult]:
-    """Each window at the first temperature whose transcript passes :func:`needs_fallback` (the
-    last temperature's otherwise)."""
+    """Each window at the first temperature whose transcript passes :func:`needs_fallback`; where every
+    temperature fails, the best attempt (:func:`best_attempt`)."""
     prompt = tuple(tokenizer.encode(" " + options.initial_prompt.strip())) if options.initial_prompt else ()
     base = DecodingOptions(beam_size=options.beam_size, task=options.task, timestamps=options.timestamps,
                            prompt=prompt, max_new_tokens=options.max_new_tokens)
-    results: list[DecodingResult | None] = [None] * audio.shape[0]
+    attempts: list[list[DecodingResult]] = [[] for _ in range(audio.shape[0])]
     todo = list(range(audio.shape[0]))
     for n, temperature in enumerate(options.temperatures):
         rows = torch.tensor(todo, device=audio.device)
@@ -156,12 +156,19 @@ def decode_with_fallback(model: Whisper, tokenizer: WhisperTokenizer, audio: Ten
                                replace(base, temperature=temperature, seed=n),
                                languages=[languages[i] for i in todo])
         for i, result in zip(todo, decoded, strict=True):
-            results[i] = result
-        if n + 1 < len(options.temperatures):
-            todo = [i for i in todo if needs_fallback(results[i], options)]
+            attempts[i].append(result)
+        todo = [i for i in todo if needs_fallback(attempts[i][-1], options)]
         if not todo:
             break
-    return results
+    return [best_attempt(tried, options) if i in todo else tried[-1] for i, tried in enumerate(attempts)]
+
+
+def best_attempt(tried: list[DecodingResult], options: TranscribeOptions) -> DecodingResult:
+    """A window that failed at every temperature keeps its most probable transcript among those that do not
+    loop (among all, if each loops), as faster-whisper does, rather than the hottest one's."""
+    ratio = options.compression_ratio_threshold
+    calm = [r for r in tried if ratio is None or r.compression_ratio <= ratio]
+    return max(calm or tried, key=lambda r: r.avg_logprob)
 
 
 @dataclass
