@@ -5,7 +5,8 @@ decoded together; a window whose last segment was cut off (no closing timestamp)
 again from that segment's start (the seek), in a later batch, so nothing past the last complete
 segment is lost and no window is ever truncated. A window whose transcript looks wrong (it
 compresses too well: a loop; or its average log-probability is too low) is decoded again at the
-next temperature of ``temperatures``, unless the model says there is no speech.
+next temperature of ``temperatures``, unless the model says there is no speech; where every temperature
+fails, the most probable attempt that does not loop is kept.
 
 The previous window's text is not fed back as a prompt (windows of a batch are decoded side by
 side, and feeding it back is what makes Whisper loop on long files); ``initial_prompt`` is given
