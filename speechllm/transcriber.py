@@ -157,9 +157,8 @@ class WhisperTranscriber:
     """Batch transcription with the project's own Whisper: segments from its timestamp tokens,
     language detection (multilingual models), translation to English, temperature fallback,
     word timestamps. Options as :class:`~speechllm.whisper.transcribe.TranscribeOptions`;
-    ``temperature`` is one value or the sequence tried in turn (default: Whisper's fallback, 0 then 0.2
-    ... 1 while a window fails its checks, as openai-whisper and faster-whisper decode; 0: greedy
-    alone); ``detect_among`` limits language
+    ``temperature`` is one value or the sequence tried in turn (default: Whisper's fallback, as
+    openai-whisper and faster-whisper decode; 0: greedy alone); ``detect_among`` limits language
     detection to those languages (e.g. ``("en", "es")``)."""
 
     max_segment_seconds = 30.0

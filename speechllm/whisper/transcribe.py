@@ -47,7 +47,7 @@ class TranscribeOptions:
     detect_among: tuple[str, ...] = ()  # detection picks among these languages only (empty: all)
     task: str = "transcribe"  # or "translate" (to English, multilingual models)
     beam_size: int = 1
-    temperatures: tuple[float, ...] = (0.0,)  # tried in turn while a window's transcript fails
+    temperatures: tuple[float, ...] = TEMPERATURE_FALLBACK  # tried in turn while a window's transcript fails
     compression_ratio_threshold: float | None = 2.4  # above: a loop, try the next temperature
     logprob_threshold: float | None = -1.0  # below (average per token): try the next temperature
     no_speech_threshold: float | None = 0.6  # above, with a low logprob: the window is silence
