@@ -155,8 +155,9 @@ TABLES: dict[str, Table] = {
         Column("audio (held-out sentences, the teacher's test split)", "input"),
         Column("WER faster-whisper", "wer faster-whisper", pct(), True),
         Column("WER Whisper (ours)", "wer whisper", pct(), True),
-        Column("normalised-mel L1", maybe("mel l1"), fixed(3), True)),
-        rows=lambda d: d["stages"]),
+        Column("normalised-mel L1", maybe("mel l1"), fixed(3), True),
+        Column("its audio's normalised-mel L1", maybe("audio mel l1"), fixed(3), True)),
+        rows=lambda d: [s for s in d["stages"] if s["voice"] == d["voices"][0]["voice"]]),
     "tts-lm-flow-voices": _tts_voices("tts-lm-flow.json", TTS_LM_FLOW_VOICES),
     "tts-lm-flow-stages": Table("tts-lm-flow.json", (
         Column("audio (10 held-out Piper joe sentences)", "input"),
@@ -697,10 +698,23 @@ FIGURES.update({
     "wf-translate-clips": Figure("whisper-features.json", lambda d: d["translate"]["clips"]),
 })
 
-TABLES["temperature-fallback"] = Table("temperature-fallback.json", (
+TABLES["whisper-decoding"] = Table("whisper-decoding.json", (
     Column("audio", "audio"),
     Column("decoding", "decoding"),
     Column("WER", "wer", pct(), True),
     Column("RTF", "rtf", fixed(3), True),
     Column("segments decoded hotter", "hot_segments", text, True)),
     rows=lambda d: d["rows"])
+
+
+def _decoding(d: dict, prefix: str) -> dict:
+    """The clean-audio row of whisper-decoding.json whose decoding starts with ``prefix``."""
+    return next(r for r in d["rows"] if r["audio"] == "clean" and r["decoding"].startswith(prefix))
+
+
+FIGURES.update({
+    "beam5-fewer-errors": Figure("whisper-decoding.json", lambda d: 1 - _decoding(d, "beam 5")["wer"]
+                                 / _decoding(d, "fallback (default")["wer"], pct(0)),
+    "beam5-time": Figure("whisper-decoding.json", lambda d: _decoding(d, "beam 5")["rtf"]
+                         / _decoding(d, "fallback (default")["rtf"], fixed(1, "x")),
+})

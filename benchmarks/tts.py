@@ -16,7 +16,8 @@ recorded test audio, and of its vocoder on the recorded mel, plain and blurred o
 (a known smear, with its normalised-mel MSE, to read the prior's MSE against): where
 intelligibility is lost, stage by stage. ``--distilled CACHE`` does the same for the first
 phoneme-route voice (``speechllm data distill``'s test split): the teacher's audio, the vocoder on
-the teacher's mel, the acoustic model's mel with the teacher's durations and with its own.
+the teacher's mel, the acoustic model's mel with the teacher's durations and with its own, and how far
+the audio's own mel lies from the teacher's where the frames line up.
 """
 
 from __future__ import annotations
@@ -145,42 +146,50 @@ def resynthesis(name: str, voice, cache: str, limit: int, asr: Transcribers) -> 
     makers = {"recording": lambda i: test.wav[i].float().numpy() / 32767,
               **{k: (lambda i, f=f: voice.vocoder(f(i).T[None])[0].numpy()) for k, f in mels.items()},
               "flow+vocoder on tokenizer tokens": lambda i: voice.synthesize_tokens(test.tokens[i])}
-    def mse(label: str, i: int) -> float | None:
+    def mse(label: str, i: int, audio: np.ndarray) -> float | None:
         if label not in mels:
             return None
         mel, ref = mels[label](i), test.mel[i].float()
         n = min(len(mel), len(ref))
         return float((flow.normalize(mel[:n]) - flow.normalize(ref[:n])).pow(2).mean())
 
-    return stage_rows(name, index, texts, makers, asr, mse, "mel mse")
+    return stage_rows(name, index, texts, makers, asr, {"mel mse": mse})
+
+
+ErrorFn = Callable[[str, int, np.ndarray], "float | None"]  # (stage, test item, its audio) -> error or None
 
 
 def stage_rows(name: str, index: list[int], texts: list[str], makers: dict, asr: Transcribers,
-               error: Callable[[str, int], float | None], error_key: str) -> list[dict]:
-    """One row per stage (``makers``: label -> audio of test item i at 16 kHz): WER by each ASR and the
-    mean of ``error(label, i)`` where it gives one."""
+               errors: dict[str, ErrorFn]) -> list[dict]:
+    """One row per stage (``makers``: label -> audio of test item i at 16 kHz): WER by each ASR and, per
+    entry of ``errors``, the mean of what it gives for the stage's items (where it gives one)."""
     rows = []
     for label, make in makers.items():
         hyps: dict[str, list[str]] = {}
-        errors = []
+        found: dict[str, list[float]] = {}
         with torch.no_grad():
             for i in index:
-                for k, v in asr(make(i), 16_000).items():
+                audio = make(i)
+                for k, v in asr(audio, 16_000).items():
                     hyps.setdefault(k, []).append(v)
-                e = error(label, i)
-                if e is not None:
-                    errors.append(e)
+                for key, error in errors.items():
+                    if (e := error(label, i, audio)) is not None:
+                        found.setdefault(key, []).append(e)
         rows.append({"voice": name, "input": label, "sentences": len(index),
                      **{f"wer {k}": round(wer(texts, v), 4) for k, v in hyps.items()},
-                     **({error_key: round(statistics.mean(errors), 4)} if errors else {})})
+                     **{k: round(statistics.mean(v), 4) for k, v in found.items()}})
     return rows
 
 
-def acoustic_stages(name: str, voice, cache: str, limit: int, asr: Transcribers) -> list[dict]:
-    """For a phoneme-route voice: WER of the teacher's test audio (distilled cache), of the vocoder on
-    the teacher's mel, and of the acoustic model's mel (the teacher's durations, then its own) through
-    the vocoder, with the normalised-mel L1 where the frames line up: where intelligibility is lost."""
+def acoustic_stages(name: str, voice, cache: str, limit: int, asr: Transcribers,
+                    teacher: bool = True) -> list[dict]:
+    """For a phoneme-route voice: WER of the teacher's test audio (distilled cache; ``teacher``), of the
+    vocoder on the teacher's mel, and of the acoustic model's mel (the teacher's durations, then its own)
+    through the vocoder; where the frames line up with the teacher's, the normalised-mel L1 of the acoustic
+    model's mel and of the audio's own mel against the teacher's: where intelligibility and fidelity are
+    lost."""
     from speechllm.tts.data import load_corpus
+    from speechllm.tts.mel import mel_spectrogram
 
     test = load_corpus(cache, "test")
     index = [i for i, p in enumerate(test.phonemes) if len(p)][:limit]
@@ -193,15 +202,25 @@ def acoustic_stages(name: str, voice, cache: str, limit: int, asr: Transcribers)
     mels = {"vocoder on the teacher's mel": lambda i: test.mel[i].float(),
             "acoustic model, teacher's durations": lambda i: timed(i, True),
             "acoustic model, own durations": lambda i: timed(i, False)}
-    makers = {"teacher (recording)": lambda i: test.wav[i].float().numpy() / 32767,
+    makers = {**({"teacher (recording)": lambda i: test.wav[i].float().numpy() / 32767} if teacher else {}),
               **{k: (lambda i, f=f: voice.vocoder(f(i).T[None])[0].numpy()) for k, f in mels.items()}}
-    def l1(label: str, i: int) -> float | None:  # where the frames line up: the teacher's timing
+    aligned = ("vocoder on the teacher's mel", "acoustic model, teacher's durations")
+
+    def l1(label: str, i: int, audio: np.ndarray) -> float | None:
         if label != "acoustic model, teacher's durations":
             return None
         ref = test.mel[i].float()
         return float(((mels[label](i)[: len(ref)] - ref) / model.mel_std).abs().mean())
 
-    return stage_rows(name, index, [test.texts[i] for i in index], makers, asr, l1, "mel l1")
+    def audio_l1(label: str, i: int, audio: np.ndarray) -> float | None:
+        if label not in aligned:
+            return None
+        ref = test.mel[i].float()
+        heard = mel_spectrogram(torch.from_numpy(audio)[None])[0].T[: len(ref)]
+        return float(((heard - ref[: len(heard)]) / model.mel_std).abs().mean())
+
+    return stage_rows(name, index, [test.texts[i] for i in index], makers, asr,
+                      {"mel l1": l1, "audio mel l1": audio_l1})
 
 
 def held_out_sentences(manifest: str | None, distilled: str | None) -> list[str]:
@@ -245,8 +264,9 @@ def main() -> None:
         if args.resynthesis and hasattr(voice, "flow") and not stages:  # flow + vocoder: once is enough
             stages += resynthesis(name, voice, args.resynthesis, args.limit, asr)
             print(json.dumps(stages), flush=True)
-        if args.distilled and hasattr(voice, "model") and not stages:
-            stages += acoustic_stages(name, voice, args.distilled, args.limit, asr)
+        if args.distilled and hasattr(voice, "model"):  # every phoneme-route voice; the teacher once
+            first = not any(s["input"] == "teacher (recording)" for s in stages)
+            stages += acoustic_stages(name, voice, args.distilled, args.limit, asr, teacher=first)
             print(json.dumps(stages), flush=True)
     cols = ["voice", "ratio", "wer stream faster-whisper", "wer stream whisper", "wer whole faster-whisper",
             "wer whole whisper", "first_chunk_ms_median", "first_chunk_ms_p90", "rtf_stream", "rtf_whole"]
@@ -254,7 +274,7 @@ def main() -> None:
     for r in results:
         print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
     if stages:
-        cols = ["voice", "input", "wer faster-whisper", "wer whisper", "mel mse", "mel l1"]
+        cols = ["voice", "input", "wer faster-whisper", "wer whisper", "mel mse", "mel l1", "audio mel l1"]
         print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
         for r in stages:
             print("| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")

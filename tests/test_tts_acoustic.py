@@ -173,6 +173,25 @@ def test_distill_then_train_and_assemble_a_voice(tmp_path):
     voice = load(str(tmp_path / "voice"))
     assert len(voice.synthesize("It works.")) > 0
 
+    # the vocoder fine-tuned on the voice's own teacher-timed mels, starting from the voice's vocoder
+    from safetensors.torch import load_file
+
+    from speechllm.tts.train import aligned_mels, load_acoustic, trained_step
+
+    aligned = aligned_mels(load_acoustic(str(tmp_path / "voice")), dev)
+    assert [len(m) for m in aligned.mel] == [len(m) for m in dev.mel]
+    first = voice.model.synthesize(dev.phonemes[0].long(), durations=dev.durations[0]).T
+    assert torch.allclose(aligned.mel[0].float(), first[: len(dev.mel[0])].half().float())
+    tuned = tmp_path / "voc-tuned"
+    frozen = ["--acoustic", str(tmp_path / "voice"), "--vocoder", str(tmp_path / "voice"), "--lr", "0"]
+    assert main(["--stage", "vocoder", "--out", str(tuned), *frozen, *common]) == 0
+    start = load_file(tmp_path / "voice" / "vocoder.safetensors")
+    assert all(torch.equal(start[k], v) for k, v in load_file(tuned / "model.safetensors").items())
+    assert main(["--stage", "assemble-acoustic", "--cache", str(cache), "--acoustic", str(tmp_path / "voice"),
+                 "--vocoder", str(tuned), "--out", str(tmp_path / "voice2")]) == 0
+    assert trained_step(str(tmp_path / "voice2"), "acoustic") == 2
+    assert len(load(str(tmp_path / "voice2")).synthesize("It works.")) > 0
+
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 def test_cli_speaks_with_an_acoustic_folder_at_a_chosen_speed(acoustic_voice_dir, tmp_path, capsys):

@@ -18,6 +18,7 @@ from speechllm.whisper import DecodingOptions, Whisper, WhisperConfig, WhisperTo
 from speechllm.whisper.decoding import (
     ApplyTimestampRules,
     DecodingResult,
+    GreedyDecoder,
     compression_ratio,
     detect_language,
     encode,
@@ -137,6 +138,9 @@ def test_the_fallback_is_the_default_and_zero_decodes_greedily():
     assert default_temperature == TEMPERATURE_FALLBACK == (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     greedy = whisper_options(parser.parse_args(["transcribe", "a.wav", "--temperature", "0"]), False)
     assert greedy["temperature"] == (0.0,)
+    assert default["best_of"] == TranscribeOptions().best_of == 1  # samples at each hotter temperature
+    five = whisper_options(parser.parse_args(["transcribe", "a.wav", "--best-of", "5"]), False)
+    assert five["best_of"] == 5
 
 
 def test_fallback_and_silence_rules():
@@ -159,6 +163,36 @@ def test_sampling_is_seeded(tiny):
     assert [r.tokens for r in first] == [r.tokens for r in again] and first[0].temperature == 1.0
     other = decode(model, tok, mel, options=DecodingOptions(temperature=1.0, max_new_tokens=12, seed=4))
     assert [r.tokens for r in other] != [r.tokens for r in first]
+
+
+def test_best_of_keeps_the_most_probable_sample(tiny):
+    model, tok = tiny
+    mel = torch.randn(2, 80, 200)
+    seen = []
+
+    class Recording(GreedyDecoder):
+        def finalize(self, tokens, sum_logprobs):
+            seen.extend(out := super().finalize(tokens, sum_logprobs))
+            return out
+
+    hot = DecodingOptions(temperature=1.0, max_new_tokens=12, seed=3, best_of=4)
+    results = decode(model, tok, mel, options=hot, token_decoder=Recording(tok.eot, 1.0, 3, samples=4))
+    assert len(seen) == 2 and all(len(samples) == 4 for samples in seen)
+    assert len({tuple(t) for t, _ in seen[0]}) > 1  # independent samples
+    begin = len(tok.sot_sequence("en", "transcribe", False))
+
+    def per_token(seq, score):
+        text = seq[begin:]
+        return score / max(len(text[: text.index(tok.eot)] if tok.eot in text else text), 1)
+
+    for res, samples in zip(results, seen, strict=True):
+        chosen = res.avg_logprob * (len(res.tokens) + 1) / max(len(res.tokens), 1)
+        assert chosen == pytest.approx(max(per_token(t, s) for t, s in samples))
+    assert [r.tokens for r in decode(model, tok, mel, options=hot)] == [r.tokens for r in results]
+    with pytest.raises(ValueError, match="temperature above 0"):
+        GreedyDecoder(tok.eot, 0.0, samples=2)
+    with pytest.raises(ValueError, match="best_of"):
+        TranscribeOptions(best_of=0)
 
 
 def test_transcribe_windows_on_tiny_model(tiny):

@@ -28,7 +28,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from speechllm.device import pick_device
 from speechllm.files import atomic_save_tensors, atomic_write_text, check_safetensors, load_tensors
 from speechllm.schedule import warmup_cosine
 from speechllm.tts.data import Corpus, asr_corpus, char_ids, chars_text, load_corpus, save_tokens
-from speechllm.tts.synthesize import config_from_dict
+from speechllm.tts.synthesize import config_from_dict, is_tts_folder
 from speechllm.zoo import DEFAULT_LLM
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -133,9 +133,11 @@ class StageOptions:
     backbone: str = _flag(DEFAULT_LLM, "lm: backbone zoo name/path")
     layers: int | None = _flag(help="lm: use the first N backbone layers", type=int)
     lm: str | None = _flag(help="assemble: the trained LM")
-    acoustic: str | None = _flag(help="assemble-acoustic: the trained acoustic model")
+    acoustic: str | None = _flag(help="assemble-acoustic: the trained acoustic model (stage or voice "
+                                      "folder); vocoder: train on its teacher-timed mels")
     flow: str | None = _flag(help="assemble: the trained flow model")
-    vocoder: str | None = _flag(help="assemble: the trained vocoder")
+    vocoder: str | None = _flag(help="assemble, assemble-acoustic: the trained vocoder (stage or voice "
+                                     "folder); vocoder: start from it (a fine-tune)")
     max_mb: float | None = _flag(help="pack: size cap in MiB (dev/test first, then whole training parts)",
                                  type=float)
 
@@ -341,6 +343,10 @@ def _speaker_filter(corpus: Corpus, prefix: str | None) -> Corpus:
 
 
 class VocoderStage(Stage):
+    """Mel -> 16 kHz audio. With ``--acoustic``, its inputs are that acoustic model's mels timed by the
+    teacher's durations (ground-truth-aligned), so it learns to voice the acoustic model's smoothed mels
+    as the teacher's audio; ``--vocoder`` starts from a trained vocoder (a fine-tune)."""
+
     name = "vocoder"
     crop = 64  # mel frames per training segment (1.28 s)
 
@@ -349,15 +355,33 @@ class VocoderStage(Stage):
         from speechllm.tts.vocoder import VocoderConfig
 
         self.config = VocoderConfig()
+        self.dev_targets: list[Tensor] | None = None  # the teacher's dev mels, where the inputs are not
 
     def build(self) -> nn.Module:
         from speechllm.tts.vocoder import Vocos
 
+        if self.options.vocoder:
+            vocoder = load_vocoder(self.options.vocoder)
+            self.config = vocoder.config
+            return vocoder
         return Vocos(self.config)
 
     def load_data(self) -> tuple[Corpus, Corpus]:
         train, dev = super().load_data()
-        return _speaker_filter(train, self.options.speakers), _speaker_filter(dev, self.options.speakers)
+        speakers = self.options.speakers
+        train, dev = _speaker_filter(train, speakers), _speaker_filter(dev, speakers)
+        if not self.options.acoustic:
+            return train, dev
+        acoustic = load_acoustic(self.options.acoustic)
+        if train.durations is None or dev.durations is None:
+            raise ValueError(f"{self.options.cache}: no teacher durations for --acoustic; build it with "
+                             "'speechllm data distill'")
+        started = time.perf_counter()
+        self.dev_targets = dev.mel
+        train, dev = aligned_mels(acoustic, train), aligned_mels(acoustic, dev)
+        print(f"vocoder: {len(train) + len(dev)} teacher-timed mels of {self.options.acoustic} in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+        return train, dev
 
     def usable(self, corpus: Corpus) -> list[int]:
         return [i for i, m in enumerate(corpus.mel) if len(m) >= self.crop and len(corpus.wav[i])]
@@ -380,11 +404,26 @@ class VocoderStage(Stage):
     def evaluate(self, model: nn.Module, dev: Corpus) -> dict[str, float]:
         from speechllm.tts.mel import mel_spectrogram
 
-        errors = []
+        targets, errors = self.dev_targets or dev.mel, []
         for i in range(min(len(dev), 12)):
-            mel = dev.mel[i].float().T[None]
-            errors.append(float((mel_spectrogram(model(mel.to(self.device)).cpu()) - mel).abs().mean()))
+            voiced = mel_spectrogram(model(dev.mel[i].float().T[None].to(self.device)).cpu())
+            target = targets[i].float().T[None]
+            n = min(voiced.shape[-1], target.shape[-1])
+            errors.append(float((voiced[..., :n] - target[..., :n]).abs().mean()))
         return {"dev_mel_l1": round(sum(errors) / len(errors), 4)}
+
+
+@torch.no_grad()
+def aligned_mels(acoustic: nn.Module, corpus: Corpus) -> Corpus:
+    """``corpus`` with each mel replaced by ``acoustic``'s mel of the same phonemes, timed by the teacher's
+    durations: frame for frame the teacher's audio (a frame short or long from rounding is evened out)."""
+    mels = []
+    for ids, durations, mel in zip(corpus.phonemes, corpus.durations, corpus.mel, strict=True):
+        predicted = acoustic.synthesize(ids.long(), durations=durations.float()).T[: len(mel)]
+        if len(predicted) < len(mel):
+            predicted = torch.cat([predicted, predicted[-1:].expand(len(mel) - len(predicted), -1)])
+        mels.append(predicted.to(mel.dtype))
+    return replace(corpus, mel=mels)
 
 
 class FlowStage(Stage):
@@ -619,14 +658,43 @@ def run_pack(options: StageOptions) -> None:
     print(f"pack {options.out}: {json.dumps(counts)} utterances, {size:.1f} MB", flush=True)
 
 
-def load_vocoder_stage(folder: str) -> nn.Module:
-    """The trained vocoder of a ``vocoder`` stage folder."""
+def load_vocoder(folder: str) -> nn.Module:
+    """The trained vocoder of a ``vocoder`` stage folder or of an acoustic voice folder."""
     from speechllm.tts.vocoder import VocoderConfig, Vocos
 
+    if is_tts_folder(folder):
+        return _acoustic_voice(folder).vocoder
     config, state = read_stage(folder, "vocoder")
     vocoder = Vocos(config_from_dict(VocoderConfig, config))
     vocoder.load_state_dict(state)
     return vocoder
+
+
+def load_acoustic(folder: str) -> nn.Module:
+    """The trained acoustic model of an ``acoustic`` stage folder or of an acoustic voice folder."""
+    from speechllm.tts.acoustic import AcousticConfig, AcousticModel
+
+    if is_tts_folder(folder):
+        return _acoustic_voice(folder).model
+    config, state = read_stage(folder, "acoustic")
+    model = AcousticModel(config_from_dict(AcousticConfig, config))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def trained_step(folder: str, stage: str) -> int | None:
+    """The training step a stage folder's weights are from (a voice folder records its stages')."""
+    info = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8")).get("info", {})
+    return info["step"] if "step" in info else info.get("steps", {}).get(stage)
+
+
+def _acoustic_voice(folder: str) -> Any:
+    from speechllm.tts.synthesize import AcousticTTS, load_tts_folder
+
+    voice = load_tts_folder(folder)
+    if not isinstance(voice, AcousticTTS):
+        raise ValueError(f"{folder}: a TTS folder of another kind, not an acoustic voice")
+    return voice
 
 
 def run_assemble(options: StageOptions) -> None:
@@ -641,7 +709,7 @@ def run_assemble(options: StageOptions) -> None:
     flow_config, flow_state = read_stage(options.flow, "flow")
     flow = FlowMatching(config_from_dict(FlowConfig, flow_config))
     flow.load_state_dict(flow_state)
-    vocoder = load_vocoder_stage(options.vocoder)
+    vocoder = load_vocoder(options.vocoder)
     train = load_corpus(options.cache, "train", tokens=True)
     prefix = options.speakers or "piper"
     candidates = [i for i, s in enumerate(train.speakers) if s.startswith(prefix)]
@@ -660,20 +728,16 @@ def run_assemble(options: StageOptions) -> None:
 def run_assemble_acoustic(options: StageOptions) -> None:
     """A trained acoustic model + vocoder → one TTS model folder in ``--out``, speaking with the
     frontend (espeak-ng voice, phoneme ids) of the teacher that the cache's distillation used."""
-    from speechllm.tts.acoustic import AcousticConfig, AcousticModel
     from speechllm.tts.piper import PiperVoice
     from speechllm.tts.synthesize import save_acoustic_tts
 
-    config, state = read_stage(options.acoustic, "acoustic")
-    model = AcousticModel(config_from_dict(AcousticConfig, config))
-    model.load_state_dict(state)
-    vocoder = load_vocoder_stage(options.vocoder)
+    model = load_acoustic(options.acoustic)
+    vocoder = load_vocoder(options.vocoder)
     distilled = json.loads((Path(options.cache) / "distill.json").read_text(encoding="utf-8"))
     teacher = PiperVoice.load(distilled["teacher"]).config
     frontend = {"espeak_voice": teacher.espeak_voice, "phoneme_id_map": teacher.phoneme_id_map}
     info = {"teacher": distilled, "stages": {k: str(getattr(options, k)) for k in ("acoustic", "vocoder")},
-            "steps": {k: json.loads((Path(getattr(options, k)) / CONFIG_FILE).read_text())["info"].get("step")
-                      for k in ("acoustic", "vocoder")}}
+            "steps": {k: trained_step(getattr(options, k), k) for k in ("acoustic", "vocoder")}}
     save_acoustic_tts(options.out, model, vocoder, frontend, info=info)
     print(f"TTS model folder written to {options.out}", flush=True)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 # WhisperTranscriber keyword -> its default here (what argparse gives when the flag is absent)
-DEFAULTS = {"language": None, "temperature": None, "initial_prompt": None, "word_timestamps": False,
-            "compression_ratio_threshold": 2.4, "logprob_threshold": -1.0, "no_speech_threshold": 0.6}
+DEFAULTS = {"language": None, "temperature": None, "best_of": 1, "initial_prompt": None,
+            "word_timestamps": False, "compression_ratio_threshold": 2.4, "logprob_threshold": -1.0,
+            "no_speech_threshold": 0.6}
 
 
 def temperatures(value: str) -> tuple[float, ...]:
@@ -43,6 +44,9 @@ def add_whisper_options(parser: argparse.ArgumentParser, translating: bool = Fal
                        help="decoding temperature(s), tried in turn while a window's transcript fails the "
                             "two thresholds below; default 0,0.2,0.4,0.6,0.8,1 (Whisper's fallback, as "
                             "openai-whisper decodes); 0 = greedy/beam alone")
+    group.add_argument("--best-of", type=int, default=1, metavar="N",
+                       help="samples drawn at each temperature above 0, the most probable kept (default 1; "
+                            "openai-whisper's CLI and faster-whisper draw 5)")
     group.add_argument("--compression-ratio-threshold", type=_threshold, default=2.4, metavar="X",
                        help="a transcript compressing better than this loops: retry hotter (default 2.4; "
                             "none: off)")

@@ -55,14 +55,15 @@ class DecodingOptions:
     task: str = "transcribe"  # or "translate" (multilingual models)
     pad_to_30s: bool = True  # pad each clip with silence to 30 s, as Whisper was trained
     temperature: float = 0.0  # 0: greedy / beam search; > 0: sampling at this temperature
+    best_of: int = 1  # sampling: this many samples of each item, the most probable kept
     timestamps: bool = False  # sample timestamp tokens under ApplyTimestampRules
     max_initial_timestamp: float | None = 1.0  # seconds: latest first timestamp
     prompt: tuple[int, ...] = ()  # text ids before <|startoftranscript|> (an initial prompt)
     seed: int = 0  # sampling's random generator
 
     def __post_init__(self) -> None:
-        if self.beam_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("beam_size and max_new_tokens must be at least 1")
+        if self.beam_size < 1 or self.best_of < 1 or self.max_new_tokens < 1:
+            raise ValueError("beam_size, best_of and max_new_tokens must be at least 1")
         if self.temperature < 0:
             raise ValueError(f"temperature must be at least 0, not {self.temperature}")
         if self.task not in ("transcribe", "translate"):
@@ -175,7 +176,7 @@ class ApplyTimestampRules(LogitFilter):
 
 
 class TokenDecoder:
-    beam_size = 1
+    rows_per_item = 1  # decoder rows each audio item gets (beams, or samples to pick the best of)
 
     def update(self, tokens: Tensor, logits: Tensor, sum_logprobs: Tensor,
                cache: KVCache) -> tuple[Tensor, bool]:
@@ -188,10 +189,13 @@ class TokenDecoder:
 
 
 class GreedyDecoder(TokenDecoder):
-    """The likeliest token, or (``temperature`` > 0) one sampled from the softened distribution."""
+    """The likeliest token, or (``temperature`` > 0) one sampled from the softened distribution, in
+    ``samples`` independent rows per audio item (each item's best is kept: openai-whisper's best_of)."""
 
-    def __init__(self, eot: int, temperature: float = 0.0, seed: int = 0):
-        self.eot, self.temperature = eot, temperature
+    def __init__(self, eot: int, temperature: float = 0.0, seed: int = 0, samples: int = 1):
+        if samples > 1 and temperature == 0:
+            raise ValueError("several samples of an item need a temperature above 0 (greedy rows are equal)")
+        self.eot, self.temperature, self.rows_per_item = eot, temperature, samples
         self.generator: torch.Generator | None = None
         if temperature > 0:
             self.generator = torch.Generator().manual_seed(seed)
@@ -211,7 +215,9 @@ class GreedyDecoder(TokenDecoder):
         return torch.cat([tokens, next_tokens[:, None]], dim=-1), bool((next_tokens == self.eot).all())
 
     def finalize(self, tokens: Tensor, sum_logprobs: Tensor) -> list[list[tuple[list[int], float]]]:
-        return [[(row, score)] for row, score in zip(tokens.tolist(), sum_logprobs.tolist(), strict=True)]
+        rows = list(zip(tokens.tolist(), sum_logprobs.tolist(), strict=True))
+        n = self.rows_per_item
+        return [rows[i:i + n] for i in range(0, len(rows), n)]
 
 
 class BeamSearchDecoder(TokenDecoder):
@@ -219,7 +225,7 @@ class BeamSearchDecoder(TokenDecoder):
     until every item has ``beam_size`` of them (patience 1)."""
 
     def __init__(self, beam_size: int, eot: int):
-        self.beam_size, self.eot = beam_size, eot
+        self.beam_size, self.rows_per_item, self.eot = beam_size, beam_size, eot
         self.finished: list[dict[tuple[int, ...], float]] | None = None
 
     def update(self, tokens: Tensor, logits: Tensor, sum_logprobs: Tensor,
@@ -332,10 +338,11 @@ def decode_audio(model: Whisper, tokenizer: WhisperTokenizer, audio: Tensor, aud
         language_probs = detect_language(model, tokenizer, audio, audio_mask)
         languages = [next(iter(p)) for p in language_probs]
     if token_decoder is None:
-        token_decoder = (GreedyDecoder(tokenizer.eot, options.temperature, options.seed)
-                         if options.beam_size == 1 or options.temperature > 0
-                         else BeamSearchDecoder(options.beam_size, tokenizer.eot))
-    beam = token_decoder.beam_size
+        token_decoder = (BeamSearchDecoder(options.beam_size, tokenizer.eot)
+                         if options.beam_size > 1 and options.temperature == 0
+                         else GreedyDecoder(tokenizer.eot, options.temperature, options.seed,
+                                            options.best_of if options.temperature > 0 else 1))
+    beam = token_decoder.rows_per_item
     audio = audio.repeat_interleave(beam, dim=0)
     audio_mask = None if audio_mask is None else audio_mask.repeat_interleave(beam, dim=0)
 

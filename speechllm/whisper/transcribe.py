@@ -48,6 +48,7 @@ class TranscribeOptions:
     task: str = "transcribe"  # or "translate" (to English, multilingual models)
     beam_size: int = 1
     temperatures: tuple[float, ...] = TEMPERATURE_FALLBACK  # tried in turn while a window's transcript fails
+    best_of: int = 1  # samples drawn at each temperature above 0, the most probable kept (whisper's CLI: 5)
     compression_ratio_threshold: float | None = 2.4  # above: a loop, try the next temperature
     logprob_threshold: float | None = -1.0  # below (average per token): try the next temperature
     no_speech_threshold: float | None = 0.6  # above, with a low logprob: the window is silence
@@ -57,6 +58,8 @@ class TranscribeOptions:
     max_new_tokens: int = 224
 
     def __post_init__(self) -> None:
+        if self.best_of < 1:
+            raise ValueError(f"best_of must be at least 1, not {self.best_of}")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError(f"temperatures must be one or more values >= 0, not {self.temperatures}")
         if self.task not in ("transcribe", "translate"):
@@ -146,8 +149,9 @@ def decode_with_fallback(model: Whisper, tokenizer: WhisperTokenizer, audio: Ten
     """Each window at the first temperature whose transcript passes :func:`needs_fallback`; where every
     temperature fails, the best attempt (:func:`best_attempt`)."""
     prompt = tuple(tokenizer.encode(" " + options.initial_prompt.strip())) if options.initial_prompt else ()
-    base = DecodingOptions(beam_size=options.beam_size, task=options.task, timestamps=options.timestamps,
-                           prompt=prompt, max_new_tokens=options.max_new_tokens)
+    base = DecodingOptions(beam_size=options.beam_size, best_of=options.best_of, task=options.task,
+                           timestamps=options.timestamps, prompt=prompt,
+                           max_new_tokens=options.max_new_tokens)
     attempts: list[list[DecodingResult]] = [[] for _ in range(audio.shape[0])]
     todo = list(range(audio.shape[0]))
     for n, temperature in enumerate(options.temperatures):

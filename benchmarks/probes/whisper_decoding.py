@@ -1,14 +1,14 @@
-"""Whisper's temperature fallback (``transcribe``'s default) against greedy decoding alone, on clean files
-and on the same files under noise.
+"""Whisper's decoding choices: greedy alone, the temperature fallback with one sample or the best of five
+(``transcribe``'s default), and beam search, on clean files and on the same files under noise.
 
-    python benchmarks/probes/temperature_fallback.py --manifest corpora/asr-10h/test.jsonl --snr 5 \
-        --json benchmarks/results/temperature-fallback.json
+    python benchmarks/probes/whisper_decoding.py --manifest corpora/asr-10h/test.jsonl --snr 5 \
+        --json benchmarks/results/whisper-decoding.json
 
-Each file of the manifest is transcribed as ``speechllm transcribe`` does (``WhisperTranscriber``), once
-with ``--temperature 0`` and once with the default fallback, as it is and with white or pink noise
-(alternating per file, seeded) at each ``--snr``. Per condition: WER (spoken-form words), wall seconds,
-the real-time factor and the segments a hotter temperature wrote (windows that failed the loop or
-log-probability checks greedily). Conditions run in turns after one warm-up file, in one process.
+Each file of the manifest is transcribed as ``speechllm transcribe`` does (``WhisperTranscriber``) under
+each decoding of :data:`DECODINGS`, as it is and with white or pink noise (alternating per file, seeded)
+at each ``--snr``. Per condition: WER (spoken-form words), wall seconds, the real-time factor and the
+segments a hotter temperature wrote (windows that failed the loop or log-probability checks at 0).
+Conditions run in turns after one warm-up file, in one process.
 """
 
 import argparse
@@ -27,10 +27,16 @@ from speechllm.augment import add_noise
 from speechllm.manifest import read_manifest
 from speechllm.metrics import word_error_rate
 from speechllm.transcriber import WhisperTranscriber
-from speechllm.whisper.transcribe import TEMPERATURE_FALLBACK
 from speechllm.zoo import DEFAULT_ASR
 
-DECODINGS = {"greedy (--temperature 0)": (0.0,), "fallback (default)": TEMPERATURE_FALLBACK}
+# name -> WhisperTranscriber keywords (none: transcribe's default)
+DECODINGS = {
+    "greedy (--temperature 0)": {"temperature": 0.0},
+    "fallback (default: one sample)": {},
+    "fallback, best of 5 samples (--best-of 5)": {"best_of": 5},
+    # openai-whisper's CLI defaults
+    "beam 5, then the fallback, best of 5 (--beam-size 5 --best-of 5)": {"beam_size": 5, "best_of": 5},
+}
 
 
 def noisy_copies(paths: list[str], snr_db: float, folder: Path, seed: int = 0) -> list[str]:
@@ -59,8 +65,8 @@ def main() -> None:
     rows = rows[:args.limit] if args.limit else rows
     refs = [r.text for r in rows]
     audio_s = sum(load_audio(r.audio).size for r in rows) / SAMPLE_RATE
-    transcribers = {name: WhisperTranscriber(args.model, device="cpu", temperature=temps)
-                    for name, temps in DECODINGS.items()}
+    transcribers = {name: WhisperTranscriber(args.model, device="cpu", **options)
+                    for name, options in DECODINGS.items()}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         conditions = {"clean": [r.audio for r in rows]}
@@ -82,7 +88,7 @@ def main() -> None:
                 results.append(row)
                 print(f"| {condition} | {name} | {100 * row['wer']:.2f} % | {row['rtf']:.3f} | {hot} |",
                       flush=True)
-    report = {"rows": results, "meta": meta("temperature_fallback.py", model=args.model, files=len(rows),
+    report = {"rows": results, "meta": meta("whisper_decoding.py", model=args.model, files=len(rows),
                                             audio_s=audio_s, threads=args.threads)}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
