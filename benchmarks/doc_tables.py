@@ -718,3 +718,15 @@ FIGURES.update({
     "beam5-time": Figure("whisper-decoding.json", lambda d: _decoding(d, "beam 5")["rtf"]
                          / _decoding(d, "fallback (default")["rtf"], fixed(1, "x")),
 })
+
+
+def _aligned_vocoder_l1(voice: str) -> Figure:
+    """tts-vocoder-aligned.json: the audio's normalised-mel L1 of ``voice`` with the teacher's durations."""
+    return Figure("tts-vocoder-aligned.json", lambda d: one(
+        d["stages"], voice=voice, input="acoustic model, teacher's durations")["audio mel l1"], fixed(3))
+
+
+FIGURES.update({
+    "tts-aligned-l1-before": _aligned_vocoder_l1("speechllm-joe"),
+    "tts-aligned-l1-after": _aligned_vocoder_l1("runs/tts/voice-aligned"),
+})

@@ -122,7 +122,9 @@ def test_a_window_failing_every_temperature_keeps_its_best_attempt():
     options = TranscribeOptions()
     loop, unsure, surer = result("la " * 60, -0.1), result("a b c", -1.8), result("a b d", -1.3)
     assert best_attempt([loop, unsure, surer, result("x y", -2.5)], options) is surer  # not the hottest
-    assert best_attempt([result("la " * 60, -0.9), result("na " * 60, -0.4)], options).avg_logprob == -0.4
+    # every attempt loops: the shortest loop, not the surest (a loop grows surer as it runs on)
+    short, long = result("Cuba, " * 13, -0.25), result("Cuba. " * 112, -0.06)
+    assert short.compression_ratio > 2.4 and best_attempt([short, long], options) is short
     assert best_attempt([loop, unsure], TranscribeOptions(compression_ratio_threshold=None)) is loop
 
 

@@ -170,10 +170,14 @@ def decode_with_fallback(model: Whisper, tokenizer: WhisperTokenizer, audio: Ten
 
 def best_attempt(tried: list[DecodingResult], options: TranscribeOptions) -> DecodingResult:
     """A window that failed at every temperature keeps its most probable transcript among those that do not
-    loop (among all, if each loops), as faster-whisper does, rather than the hottest one's."""
+    loop, as faster-whisper does, rather than the hottest one's. If each loops, the one that loops least
+    (lowest compression ratio): a loop is most probable the longer it runs, so the most probable would be
+    the longest run of inserted words (faster-whisper's choice there)."""
     ratio = options.compression_ratio_threshold
     calm = [r for r in tried if ratio is None or r.compression_ratio <= ratio]
-    return max(calm or tried, key=lambda r: r.avg_logprob)
+    if calm:
+        return max(calm, key=lambda r: r.avg_logprob)
+    return min(tried, key=lambda r: r.compression_ratio)
 
 
 @dataclass
