@@ -1,5 +1,5 @@
-"""Whisper's decoding choices: greedy alone, the temperature fallback with one sample or the best of five
-(``transcribe``'s default), and beam search, on clean files and on the same files under noise.
+"""Whisper's decoding choices: greedy alone, the temperature fallback (``transcribe``'s default: one sample
+at each hotter temperature) or the best of five samples, and beam search, on clean files and noisy copies.
 
     python benchmarks/probes/whisper_decoding.py --manifest corpora/asr-10h/test.jsonl --snr 5 \
         --json benchmarks/results/whisper-decoding.json
