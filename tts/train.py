@@ -77,6 +77,14 @@ def read_stage(folder: str | Path, stage: str) -> tuple[dict[str, Any], dict[str
     return document["config"], load_file(folder / MODEL_FILE)
 
 
+def stage_model(folder: str | Path, stage: str, model_cls: type, config_cls: type) -> nn.Module:
+    """The trained model of a ``stage`` folder: ``model_cls(config)`` with its saved weights."""
+    config, state = read_stage(folder, stage)
+    model = model_cls(config_from_dict(config_cls, config))
+    model.load_state_dict(state)
+    return model
+
+
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     """What a stage saves: its own weights (a frozen shared backbone stays out)."""
     if hasattr(model, "saved_state"):
@@ -631,9 +639,7 @@ def run_tokens(options: StageOptions) -> None:
     """Tokenize every cached split with the trained tokenizer in ``--out``."""
     from speechllm.tts.tokenizer import SpeechTokenizer, TokenizerConfig
 
-    config, state = read_stage(options.out, "tokenizer")
-    model = SpeechTokenizer(config_from_dict(TokenizerConfig, config))
-    model.load_state_dict(state)
+    model = stage_model(options.out, "tokenizer", SpeechTokenizer, TokenizerConfig)
     device = pick_device(options.device)
     model.to(device).eval()
     for split in ("train", "dev", "test"):
@@ -664,10 +670,7 @@ def load_vocoder(folder: str) -> nn.Module:
 
     if is_tts_folder(folder):
         return _acoustic_voice(folder).vocoder
-    config, state = read_stage(folder, "vocoder")
-    vocoder = Vocos(config_from_dict(VocoderConfig, config))
-    vocoder.load_state_dict(state)
-    return vocoder
+    return stage_model(folder, "vocoder", Vocos, VocoderConfig)
 
 
 def load_acoustic(folder: str) -> nn.Module:
@@ -676,10 +679,7 @@ def load_acoustic(folder: str) -> nn.Module:
 
     if is_tts_folder(folder):
         return _acoustic_voice(folder).model
-    config, state = read_stage(folder, "acoustic")
-    model = AcousticModel(config_from_dict(AcousticConfig, config))
-    model.load_state_dict(state)
-    return model.eval()
+    return stage_model(folder, "acoustic", AcousticModel, AcousticConfig).eval()
 
 
 def trained_step(folder: str, stage: str) -> int | None:
@@ -706,9 +706,7 @@ def run_assemble(options: StageOptions) -> None:
     lm_config, lm_state = read_stage(options.lm, "lm")
     lm = TextSpeechLM.build(config_from_dict(LMConfig, lm_config))
     lm.load_saved_state(lm_state)
-    flow_config, flow_state = read_stage(options.flow, "flow")
-    flow = FlowMatching(config_from_dict(FlowConfig, flow_config))
-    flow.load_state_dict(flow_state)
+    flow = stage_model(options.flow, "flow", FlowMatching, FlowConfig)
     vocoder = load_vocoder(options.vocoder)
     train = load_corpus(options.cache, "train", tokens=True)
     prefix = options.speakers or "piper"
