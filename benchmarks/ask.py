@@ -9,7 +9,9 @@ path as ``speechllm ask`` (the model's own prompt format, batched generation) an
 trainer scores it (``speechllm.train.evaluate``): *accuracy* is the share of replies that contain
 the reference answer as whole words after normalisation; *answered* (IFR) is the share of replies
 that are not empty and not a near copy of what was said (a reply that transcribes the question does
-not answer it). Test rows are held out by text and spoken by voices no training row uses.
+not answer it). Test rows are held out by text and spoken by voices no training row uses. Spoken
+questions are also scored by kind (the row's ``source``: ``arithmetic``, ``quiz``), since a model's
+skills (speechllm.speechlm.skills) answer the sums without its LLM.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ KEYS = {"passage": ("qa_acc/passage-question", "ifr/passage-question"),
         "spoken": ("qa_acc/spoken-question", "ifr/spoken-question")}
 
 
+def kind_of(row) -> str | None:
+    """A spoken question's kind from its ``source`` ("quiz:state" -> "quiz"); None without one."""
+    source = row.extra.get("source")
+    return source.split(":")[0] if isinstance(source, str) and source else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True, help="model folders or zoo names")
@@ -44,6 +52,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = read_manifest(args.manifest)[: args.limit]
     counts = {"passage": sum(bool(r.prompt) for r in rows), "spoken": sum(not r.prompt for r in rows)}
+    kinds = [kind_of(r) for r in rows if not r.prompt]
+    counts["spoken_by_kind"] = {kind: kinds.count(kind) for kind in sorted(set(kinds) - {None})}
     print(f"{len(rows)} rows ({counts['passage']} spoken passages + text question, {counts['spoken']} "
           f"spoken questions) from {args.manifest}")
     results = []
@@ -54,16 +64,20 @@ def main() -> None:
         start = time.perf_counter()
         model = load_speechlm(folder, device="cpu")
         loaded = time.perf_counter()
-        metrics = evaluate(model, rows, args.batch_size, args.max_new_tokens, progress=True)
+        metrics = evaluate(model, rows, args.batch_size, args.max_new_tokens, progress=True, group=kind_of)
         done = time.perf_counter()
         result = {"model": name, "load_s": round(loaded - start, 2), "answer_s": round(done - loaded, 1)}
         for kind, (acc, ifr) in KEYS.items():
             result[kind] = {"items": counts[kind], "accuracy": metrics.get(acc), "answered": metrics.get(ifr)}
+        result["spoken"]["by_kind"] = {key.rsplit("/", 1)[1]: value for key, value in metrics.items()
+                                       if key.startswith(KEYS["spoken"][0] + "/")}
+        result["skills"] = list(getattr(model.config, "skills", ()))
         result["examples"] = metrics["examples"]
         results.append(result)
         print(f"{name}: passage accuracy {result['passage']['accuracy']:.3f} (answered "
               f"{result['passage']['answered']:.3f}); spoken questions answered "
-              f"{result['spoken']['answered']:.3f}, accuracy {result['spoken']['accuracy']:.3f}; "
+              f"{result['spoken']['answered']:.3f}, accuracy {result['spoken']['accuracy']:.3f} "
+              f"({', '.join(f'{k} {v:.3f}' for k, v in result['spoken']['by_kind'].items())}); "
               f"{result['answer_s']} s for {len(rows)} rows")
         del model
     if args.json:

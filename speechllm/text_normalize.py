@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
+from fractions import Fraction
 
 _ONES = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -61,6 +63,51 @@ def number_to_words(n: int) -> str:
             high, rest = divmod(n, value)
             return number_to_words(high) + " " + name + (" " + number_to_words(rest) if rest else "")
     raise AssertionError("unreachable")
+
+
+_WORD_VALUES = {word: i for i, word in enumerate(_ONES)} | {
+    word: 10 * i for i, word in enumerate(_TENS) if word != "_"}
+_SCALE_VALUES = {name: value for value, name in _SCALES}
+_NUMERAL = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
+
+
+def read_number(words: Sequence[str], start: int = 0) -> tuple[Fraction, int] | None:
+    """The number that ``words[start:]`` begin with and the index after it, or None: a numeral
+    ("1,234", "2.5") or cardinal words as :func:`number_to_words` writes them and as people say them
+    ("one hundred and five", "a hundred", "twenty one", "two point five"). Words are lower case, one
+    per item (hyphens split). It stops where the words stop making one number: "two three" is 2."""
+    if start < len(words) and _NUMERAL.fullmatch(words[start]):
+        return Fraction(words[start].replace(",", "")), start + 1
+    if start < len(words) and words[start] == "zero":
+        return Fraction(0), start + 1
+    total, current, scale, i, last = 0, 0, None, start, None  # last: what the previous word was
+    while i < len(words):
+        word, after = words[i], words[i + 1] if i + 1 < len(words) else ""
+        value = _WORD_VALUES.get(word, 0)
+        if 1 <= value <= 9 and last in (None, "hundred", "scale", "and", "tens"):
+            current, last = current + value, "ones"
+        elif value >= 10 and last in (None, "hundred", "scale", "and"):
+            current, last = current + value, "tens" if value >= 20 and value % 10 == 0 else "teen"
+        elif word == "a" and last is None and (after == "hundred" or after in _SCALE_VALUES):
+            current, last = 1, "a"
+        elif word == "hundred" and 0 < current < 100 and last in ("ones", "teen", "a"):
+            current, last = current * 100, "hundred"
+        elif (word in _SCALE_VALUES and current and last not in (None, "and", "scale")
+              and (scale is None or _SCALE_VALUES[word] < scale)):
+            scale = _SCALE_VALUES[word]
+            total, current, last = total + current * scale, 0, "scale"
+        elif word == "and" and last in ("hundred", "scale") and _WORD_VALUES.get(after, 0) > 0:
+            last = "and"
+        elif word == "point" and last in ("ones", "teen", "tens") and after in _ONES[:10]:
+            digits = ""
+            while i + 1 < len(words) and words[i + 1] in _ONES[:10]:
+                digits += str(_ONES.index(words[i + 1]))
+                i += 1
+            return total + current + Fraction(int(digits), 10 ** len(digits)), i + 1
+        else:
+            break
+        i += 1
+    return (Fraction(total + current), i) if last in ("ones", "teen", "tens", "hundred", "scale") else None
 
 
 def ordinal_to_words(n: int) -> str:

@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -123,9 +123,11 @@ class TrainResult:
 
 @torch.no_grad()
 def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
-             max_new_tokens: int = 128, progress: bool = False) -> dict[str, Any]:
+             max_new_tokens: int = 128, progress: bool = False,
+             group: Callable[[ManifestRow], str | None] | None = None) -> dict[str, Any]:
     """Greedy replies to ``rows``; each task's own metrics (the task registry's), and IFR per task
-    and overall."""
+    and overall. ``group``: a name per row (e.g. the kind of question); each task's metrics are then
+    also given per group, as ``METRIC/GROUP`` (``qa_acc/spoken-question/arithmetic``)."""
     examples = [example_of(r) for r in rows]
     replies = _replies(model, rows, examples, batch_size, max_new_tokens, progress)
     metrics: dict[str, Any] = {"rows": len(rows)}
@@ -136,8 +138,13 @@ def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
     for task, idx in by_task.items():
         metrics[f"ifr/{task}"] = float(np.mean([followed[i] for i in idx]))
         metric = TASKS[task].metric
-        if metric is not None:
-            metrics.update(metric(task, [examples[i].reply for i in idx], [replies[i] for i in idx]))
+        if metric is None:
+            continue
+        metrics.update(metric(task, [examples[i].reply for i in idx], [replies[i] for i in idx]))
+        for name in sorted({group(rows[i]) for i in idx} - {None}) if group else ():
+            part = [i for i in idx if group(rows[i]) == name]
+            scores = metric(task, [examples[i].reply for i in part], [replies[i] for i in part])
+            metrics.update({f"{key}/{name}": value for key, value in scores.items()})
     metrics["ifr"] = float(np.mean(followed)) if followed else 0.0
     metrics["examples"] = [{"task": e.task, "ref": e.reply, "hyp": r}
                            for e, r in list(zip(examples, replies, strict=True))[:5]]

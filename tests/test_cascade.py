@@ -113,6 +113,29 @@ def test_translation_memory_supplies_the_nearest_demonstrations(cascade_folder, 
     assert "English: The dog eats meat.\nSpanish: El perro come carne." in back
 
 
+def test_skills_answer_a_spoken_sum_without_the_llm(cascade_folder, tmp_path):
+    from speechllm.speechlm.cascade import DEFAULT_OPTIONS, TranscriptSpeechLLM
+
+    folder = tmp_path / "with-skills"
+    folder.mkdir()
+    config = json.loads((cascade_folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "skills": ["arithmetic"]}))
+    model = TranscriptSpeechLLM.from_folder(folder)
+    said = {16000: "What is sixty nine plus thirty nine?", 8000: "Who wrote Hamlet?"}
+    model.hear = lambda audio: [(said[len(a)], "English") for a in audio]
+    clips = [np.zeros(16000, np.float32), np.zeros(8000, np.float32)]
+    asked = instruction("spoken-question")
+    replies = model.generate(clips, [asked, asked])
+    assert replies[0].text == "69 plus 39 is 108."
+    budget = DEFAULT_OPTIONS.max_new_tokens
+    assert replies[1].text == model.complete([model.prompt(said[8000], "English", asked)], budget)[0].text
+    # a sum in a passage is the passage's, not a question to the calculator
+    passage = model.generate(clips[:1], instruction("passage-question", "What was asked?"))[0].text
+    assert passage != "69 plus 39 is 108."
+    with pytest.raises(ValueError, match="unknown skill"):
+        TranscriptSpeechLLM.from_folder(folder).config.__class__(skills=("weather",))
+
+
 def test_a_looping_reply_ends_after_its_first_pass(cascade_folder, monkeypatch):
     import speechllm.generation as generation
 

@@ -218,6 +218,43 @@ def test_spoken_questions_as_text_answer_what_was_heard_as_a_typed_message(data,
         SpeechLLMConfig(spoken_questions="typed")
 
 
+def test_skills_answer_the_questions_they_know_typed_or_spoken(data, tmp_path):
+    import json
+
+    from speechllm.generation import GenerationOptions
+    from speechllm.speechlm import SpeechLLMConfig, instruction
+    from speechllm.speechlm.hearing import Heard
+
+    run = config(data, tmp_path / "skills", adapter="ctc-posterior", hearing="whisper",
+                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
+                 lora=LoraSpec(rank=2, alpha=4.0))
+    plain = SpeechLLM.build(replace(run.model_config(), spoken_questions="text")).eval()
+    skilled = replace(plain.config, skills=("arithmetic", "clock"))
+    model = SpeechLLM.build(skilled, encoder=plain.encoder).eval()
+    model.load_state_dict(plain.state_dict())
+    heard = {8000: "what is sixty nine plus thirty nine", 4000: "what should I cook tonight"}
+    for m in (plain, model):
+        m.whisper.heard = lambda audio: [Heard(heard[len(a)], "en") for a in audio]
+    clips = [np.zeros(8000, np.float32), np.zeros(4000, np.float32)]
+    asked = instruction("spoken-question")
+    history = "Earlier in this conversation:\nUser: hi\nAssistant: hello\n\n" + asked
+    options = GenerationOptions(max_new_tokens=6)
+    spoken = model.generate(clips + clips[:1], [asked, asked, history], options)
+    typed = model.generate(None, ["What is 7 x 8?", "What should I cook tonight?"], options)
+    llm_reply = plain.generate(clips[1:], asked, options)[0].text
+    assert [r.text for r in spoken] == ["69 plus 39 is 108.", llm_reply, "69 plus 39 is 108."]
+    assert typed[0].text == "7 times 8 is 56." and typed[0].stop == "end"
+    assert model.tokenizer.decode(list(typed[0].tokens)) == typed[0].text
+    assert typed[1].text == plain.generate(None, "What should I cook tonight?", options)[0].text
+    assert "".join(model.stream(clips[0], history, options)) == "69 plus 39 is 108."
+    assert "".join(model.stream(None, "What is 7 x 8?", options)) == "7 times 8 is 56."
+    assert plain.generate(None, "What is 7 x 8?", options)[0].text != "7 times 8 is 56."  # no skills: the LLM
+    saved = json.loads(json.dumps(model.config.to_dict()))
+    assert SpeechLLMConfig.from_dict(saved).skills == ("arithmetic", "clock")
+    with pytest.raises(ValueError, match="unknown skill"):
+        SpeechLLMConfig(skills=("weather",))
+
+
 def test_a_whisper_hears_a_clip_once_while_it_remembers_it(tmp_path):
     """A chat's spoken turn is heard for its answer and again for the history: one transcription, until
     the clip is among the oldest of more than ``remembered``, or the options change."""

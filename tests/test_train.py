@@ -203,6 +203,8 @@ def test_a_new_task_is_one_registry_entry(data, monkeypatch):
     metrics = evaluate(model, rows)
     assert asked == ["How many words are spoken?"] * 2
     assert metrics["exact"] == 0.5 and metrics["ifr/count-words"] == 1.0
+    by_length = evaluate(model, rows, group=lambda row: "long" if " " in row.text else None)
+    assert by_length["exact"] == 0.5 and by_length["exact/long"] == 1.0 and "exact/None" not in by_length
     with pytest.raises(ValueError, match="not trained here"):
         example_of(ManifestRow(audio=tone, text="x", task="summarize"))
 

@@ -30,6 +30,7 @@ import torch
 from speechllm.device import pick_device
 from speechllm.generation.options import Generation, GenerationOptions
 from speechllm.speechlm.memory import TranslationMemory
+from speechllm.speechlm.skills import check_skills, skill_reply
 from speechllm.speechlm.tasks import LANGUAGES, language_name, parse_instruction
 
 SAMPLE_RATE = 16_000
@@ -45,6 +46,10 @@ class CascadeConfig:
     memory: tuple[tuple[str, str], ...] = ()  # ("Spanish-English", file) per language pair
     memory_k: int = 8
     memory_min_score: float = 15.0
+    skills: tuple[str, ...] = ()  # spoken questions they answer exactly (speechllm.speechlm.skills)
+
+    def __post_init__(self) -> None:
+        check_skills(self.skills)
 
     @classmethod
     def from_dict(cls, raw: dict, folder: str | Path | None = None) -> CascadeConfig:
@@ -52,7 +57,7 @@ class CascadeConfig:
         known = {k: raw[k] for k in fields if k in raw}
         root = Path(folder) if folder is not None else Path()
         memory = tuple((pair, str(root / file)) for pair, file in (raw.get("memory") or {}).items())
-        return cls(**known, memory=memory)
+        return cls(**known, memory=memory, skills=tuple(raw.get("skills", ())))
 
 
 # few-shot demonstrations per task: (what was said, the text prompt, the reply)
@@ -227,14 +232,23 @@ class TranscriptSpeechLLM:
             raise ValueError("this speech-LLM answers about audio; text-only prompts need the LLM itself")
         instructions = [instructions] * len(audio) if isinstance(instructions, str) else list(instructions)
         heard = self.hear(audio)
+        answers = [self.skill_reply(said, i) for (said, _), i in zip(heard, instructions, strict=True)]
+        replies = {i: Generation((), answer, 0.0, "end") for i, answer in enumerate(answers) if answer}
         prompts = [
             self.prompt(said, lang, instr) for (said, lang), instr in zip(heard, instructions, strict=True)
         ]
-        asked = [i for i, p in enumerate(prompts) if p is not None]
+        asked = [i for i, p in enumerate(prompts) if p is not None and i not in replies]
         completed = self.complete([prompts[i] for i in asked], options.max_new_tokens,
                                   options.stop_repetition, options)
-        replies = dict(zip(asked, completed, strict=True))
+        replies.update(zip(asked, completed, strict=True))
         return [replies.get(i) or Generation((), heard[i][0], 0.0, "end") for i in range(len(prompts))]
+
+    def skill_reply(self, said: str, instruction: str) -> str | None:
+        """A skill's reply to a question asked in the audio (``said``), or None."""
+        request = parse_instruction(instruction)
+        if not self.config.skills or request is None or request.task != "spoken-question":
+            return None
+        return skill_reply(said, self.config.skills)
 
     def translate_text(
         self, texts: Sequence[str], source: str = "Spanish", target: str = "English"

@@ -52,6 +52,7 @@ from speechllm.speechlm.ctc_beam import (
 )
 from speechllm.speechlm.hearing import HEARINGS, Heard, WhisperHearing, transcript_units
 from speechllm.speechlm.memory import TranslationMemory
+from speechllm.speechlm.skills import check_skills, skill_reply
 from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task registry lives in tasks.py)
     LANGUAGES,
     TASKS,
@@ -139,6 +140,9 @@ class SpeechLLMConfig:
     # a draft head in the model folder: an MLP over the LLM's hidden states trained on its own replies, which
     # drafts where neither the prompt nor the phrase book does (speechllm.generation.draft_head; "": none)
     draft_head: str = ""
+    # questions answered exactly without the LLM writing (speechllm.speechlm.skills: "arithmetic",
+    # "clock"), in typed messages and in the transcripts of spoken questions answered as typed
+    skills: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.asr_decoder not in ("llm", "ctc"):
@@ -164,6 +168,7 @@ class SpeechLLMConfig:
             if len(pair.split("-")) != 2:
                 raise ValueError(f"memory: {pair!r} is not a language pair like 'Spanish-English'")
         CTCBeamOptions(**self.ctc_beam)  # unknown or bad options fail here, not at the first transcript
+        check_skills(self.skills)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,7 +181,8 @@ class SpeechLLMConfig:
             lora = LoraSpec(**{**lora, "target_modules": tuple(lora.get("target_modules", ()))})
         prompt = PromptFormat(**values.pop("prompt", {}))
         languages = tuple(values.pop("hearing_languages", ()))
-        return cls(**values, lora=lora, prompt=prompt, hearing_languages=languages)
+        skills = tuple(values.pop("skills", ()))
+        return cls(**values, lora=lora, prompt=prompt, hearing_languages=languages, skills=skills)
 
 
 @dataclass(frozen=True)
@@ -675,6 +681,9 @@ class SpeechLLM(nn.Module):
         """Replies for a batch of 16 kHz clips (or, with ``audio=None``, text-only prompts)."""
         instructions = [instructions] * (len(audio) if audio is not None else 1) if isinstance(
             instructions, str) else list(instructions)
+        if audio is None and (rows := [i for i, text in enumerate(instructions) if self.skill_reply(text)]):
+            return self._apart(audio, instructions, rows, options,
+                               lambda _, texts: [self._as_generation(self.skill_reply(t)) for t in texts])
         if audio is not None:
             transcriber, asr = self.transcriber, instruction("transcribe")
             rows = [i for i, text in enumerate(instructions) if text == asr]
@@ -701,15 +710,26 @@ class SpeechLLM(nn.Module):
             return self.whisper_transcripts
         return self.ctc_transcripts if self.config.asr_decoder == "ctc" else None
 
-    def _apart(self, audio: Sequence[np.ndarray], instructions: list[str], rows: list[int],
+    def _apart(self, audio: Sequence[np.ndarray] | None, instructions: list[str], rows: list[int],
                options: GenerationOptions, answer) -> list[Generation]:
-        """Replies where ``rows`` are answered by ``answer(clips, instructions)`` and the others as usual."""
-        answers = answer([audio[i] for i in rows], [instructions[i] for i in rows])
+        """Replies where ``rows`` are answered by ``answer(clips, instructions)`` and the others as usual
+        (clips: None for text-only prompts)."""
+        def clips(idx: list[int]) -> list[np.ndarray] | None:
+            return None if audio is None else [audio[i] for i in idx]
+
+        answers = answer(clips(rows), [instructions[i] for i in rows])
         replies = dict(zip(rows, answers, strict=True))
         if rest := [i for i in range(len(instructions)) if i not in replies]:
-            others = self.generate([audio[i] for i in rest], [instructions[i] for i in rest], options)
+            others = self.generate(clips(rest), [instructions[i] for i in rest], options)
             replies.update(zip(rest, others, strict=True))
         return [replies[i] for i in range(len(instructions))]
+
+    def skill_reply(self, prompt: str) -> str | None:
+        """The reply of one of the model's skills to a text prompt (its last paragraph), or None."""
+        return skill_reply(prompt, self.config.skills) if self.config.skills else None
+
+    def _as_generation(self, text: str) -> Generation:
+        return Generation(tuple(self.tokenizer(text, add_special_tokens=False).input_ids), text, 0.0)
 
     def _asks_as_typed(self, instruction_text: str) -> bool:
         """Whether this model answers ``instruction_text`` about a clip as a typed message
@@ -744,6 +764,9 @@ class SpeechLLM(nn.Module):
         forming loop is held back, so the text shown never goes beyond where generate() cuts it."""
         if audio is not None and self._asks_as_typed(instruction_text):
             yield from self.stream(None, self.as_typed([audio], [instruction_text])[0], options)
+            return
+        if audio is None and (answer := self.skill_reply(instruction_text)):
+            yield answer
             return
         with self.text_mode() if audio is None else nullcontext():
             spliced, seeds = self._prefill_seeded(None if audio is None else [audio], [instruction_text])

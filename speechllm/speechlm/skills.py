@@ -1,0 +1,304 @@
+"""Skills: questions a speech-LLM answers exactly, without its LLM writing the reply.
+
+A 135M LLM cannot add ("sixty nine plus thirty nine" -> "1000") and does not know the time, yet
+both are among the first things people ask a voice assistant. A skill recognises such a question
+in a typed message or a spoken question's transcript and computes the answer; every other message
+goes to the LLM as before. A skill answers only when the whole message (its last paragraph: a
+chat turn's history comes before it) is a question it knows, so "what is the sum of our costs"
+or "tell me three times you were wrong" still reach the LLM.
+
+A model folder names the skills it uses in config.json (``"skills": ["arithmetic", "clock"]``, the
+starter's); a new skill is one ``register_skill(Skill(...))``.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+
+from speechllm.text_normalize import number_to_words, read_number
+
+
+@dataclass(frozen=True)
+class Skill:
+    name: str
+    description: str
+    answer: Callable[[str], str | None]  # a message (lower case, no end punctuation) -> reply or None
+
+
+SKILLS: dict[str, Skill] = {}
+
+
+def register_skill(skill: Skill) -> Skill:
+    SKILLS[skill.name] = skill
+    return skill
+
+
+def check_skills(names: Sequence[str]) -> None:
+    """A ValueError naming any skill that is not registered."""
+    unknown = [n for n in names if n not in SKILLS]
+    if unknown:
+        raise ValueError(f"unknown skill(s) {', '.join(unknown)} (known: {', '.join(SKILLS)})")
+
+
+def skill_reply(message: str, names: Sequence[str]) -> str | None:
+    """The reply of the first of ``names`` that answers ``message`` (its last paragraph), or None."""
+    question = message.strip().rsplit("\n\n", 1)[-1].strip().lower().rstrip("?.! ").strip()
+    if not question or "\n" in question:
+        return None
+    for name in names:
+        reply = SKILLS[name].answer(question)
+        if reply is not None:
+            return reply
+    return None
+
+
+# ---------------------------------------------------------------- arithmetic
+
+# what may come before and after the sum itself ("what do you get for", "equal to"), longest first
+_LEADS = sorted((
+    "what is", "what's", "whats", "what are", "how much is", "how much are", "what do you get for",
+    "what do you get if you", "what do you get when you", "what do i get for", "what does",
+    "calculate", "compute", "work out", "tell me", "can you tell me", "could you tell me",
+    "please", "hey", "okay", "ok", "so", "quick question", "do you know",
+), key=len, reverse=True)
+_TAILS = sorted(("equal", "equals", "equal to", "make", "makes", "please", "in total", "altogether",
+                 "come to", "come out to"), key=len, reverse=True)
+
+_INFIX = {  # operator words -> (symbol, precedence)
+    ("plus",): ("+", 1), ("+",): ("+", 1), ("minus",): ("-", 1), ("-",): ("-", 1), ("less",): ("-", 1),
+    ("take", "away"): ("-", 1), ("times",): ("*", 2), ("x",): ("*", 2), ("*",): ("*", 2), ("×",): ("*", 2),
+    ("multiplied", "by"): ("*", 2), ("divided", "by"): ("/", 2), ("over",): ("/", 2), ("/",): ("/", 2),
+    ("÷",): ("/", 2), ("to", "the", "power", "of"): ("^", 3), ("^",): ("^", 3),
+}
+_OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+_WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by", "^": "to the power of"}
+# "add 3 and 4", "subtract 3 from 10": verb, first operand, joiner, second, and the operation's order
+_VERBS = {"add": (("and", "to"), "+", False), "subtract": (("from",), "-", True),
+          "multiply": (("by", "and"), "*", False), "divide": (("by",), "/", False)}
+_OF_AND = {"sum": "+", "product": "*", "difference": "-"}  # "the sum of 3 and 4"
+_TOKEN = re.compile(r"\d[\d,]*(?:\.\d+)?|\.\d+|[a-z]+(?:'[a-z]+)?|[-+*/×÷^%]")
+
+
+class _NotArithmetic(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Node:
+    text: str  # how the reply says it
+    value: Fraction | None  # None: undefined (a division by zero)
+    computed: bool = True  # False: a number as said, with no operation on it
+
+
+def _number_text(value: Fraction) -> str:
+    """Digits as a reply shows them: thousands grouped (so a spoken form never reads 1234 as a year),
+    at most six decimals ("about" when rounded), "minus" for a negative."""
+    if value < 0:
+        return "minus " + _number_text(-value)
+    if value.denominator == 1:
+        return f"{value.numerator:,}"
+    text = f"{float(value):,.6f}".rstrip("0").rstrip(".")
+    return text if Fraction(text.replace(",", "")) == value else "about " + text
+
+
+class _Parser:
+    """Recursive descent over the words of one question: expression := term ((+|-) term)*,
+    term := power ((*|/) power)*, power := unary (^ unary | squared | cubed)?, unary := minus unary |
+    the square root of unary | the sum/product of x and y | the difference between x and y |
+    verb x joiner y | number (percent of unary)?."""
+
+    def __init__(self, words: list[str]):
+        self.words, self.i = words, 0
+
+    def peek(self, *words: str) -> bool:
+        return tuple(self.words[self.i : self.i + len(words)]) == words
+
+    def take(self, *words: str) -> bool:
+        if self.peek(*words):
+            self.i += len(words)
+            return True
+        return False
+
+    def operator(self, level: int) -> str | None:
+        for words, (symbol, precedence) in _INFIX.items():
+            if precedence == level and self.take(*words):
+                return symbol
+        return None
+
+    def expression(self, level: int = 1) -> _Node:
+        if level > 3:
+            return self.unary()
+        node = self.expression(level + 1)
+        while (symbol := self.operator(level)) is not None:
+            node = _apply(symbol, node, self.expression(level + 1))
+        while level == 3 and (power := 2 if self.take("squared") else 3 if self.take("cubed") else 0):
+            node = _apply("^", node, _Node(str(power), Fraction(power)), said=f"{node.text} "
+                          + ("squared" if power == 2 else "cubed"))
+        return node
+
+    def unary(self) -> _Node:
+        if self.take("minus") or self.take("negative") or self.take("-"):
+            inner = self.unary()
+            return _Node("minus " + inner.text, None if inner.value is None else -inner.value, inner.computed)
+        self.take("the")
+        if self.take("square", "root", "of"):
+            inner = self.unary()
+            if inner.value is None or inner.value < 0:
+                raise _NotArithmetic
+            root = _square_root(inner.value)
+            return _Node(f"the square root of {inner.text}", root)
+        for noun, symbol in _OF_AND.items():
+            if self.take(noun, "of") or (noun == "difference" and self.take(noun, "between")):
+                left = self.expression()
+                if not self.take("and"):
+                    raise _NotArithmetic
+                return _apply(symbol, left, self.expression())
+        for verb, (joiners, symbol, reverse) in _VERBS.items():
+            if self.take(verb):
+                left = self.expression()
+                if not any(self.take(j) for j in joiners):
+                    raise _NotArithmetic
+                right = self.expression()
+                return _apply(symbol, right, left) if reverse else _apply(symbol, left, right)
+        found = read_number(self.words, self.i)
+        if found is None:
+            raise _NotArithmetic
+        value, self.i = found
+        node = _Node(_number_text(value), value, computed=False)
+        if self.take("percent", "of") or self.take("%", "of"):
+            whole = self.unary()
+            value = None if whole.value is None else value * whole.value / 100
+            return _Node(f"{node.text} percent of {whole.text}", value)
+        return node
+
+
+def _square_root(value: Fraction) -> Fraction:
+    exact = [int(round(float(part) ** 0.5)) for part in (value.numerator, value.denominator)]
+    if exact[0] ** 2 == value.numerator and exact[1] ** 2 == value.denominator:
+        return Fraction(exact[0], exact[1])
+    return Fraction(float(value) ** 0.5)
+
+
+def _apply(symbol: str, left: _Node, right: _Node, said: str | None = None) -> _Node:
+    said = said or f"{left.text} {_WORDS[symbol]} {right.text}"
+    a, b = left.value, right.value
+    if a is None or b is None or (symbol == "/" and b == 0):
+        return _Node(said, None)
+    if symbol == "^":
+        if b.denominator != 1 or abs(b) > 1000 or (a == 0 and b < 0):
+            raise _NotArithmetic
+        return _Node(said, a ** int(b))
+    return _Node(said, _OPERATIONS[symbol](a, b))
+
+
+def _strip(words: list[str], phrases: Sequence[str], at_start: bool) -> list[str]:
+    changed = True
+    while changed and words:
+        changed = False
+        for phrase in phrases:
+            p = phrase.split()
+            if (words[: len(p)] if at_start else words[-len(p):]) == p and len(words) > len(p):
+                words = words[len(p):] if at_start else words[: -len(p)]
+                changed = True
+                break
+    return words
+
+
+# words a transcript writes for a number it misheard ("eight times free"): read as that number where
+# one must stand (after an operator or a tens word, before an operator or the end)
+_SOUNDS_LIKE = {"free": "three", "tree": "three", "too": "two", "to": "two", "for": "four", "fore": "four",
+                "won": "one", "ate": "eight"}
+_OPERATOR_WORDS = {words[0] for words in _INFIX} | {"squared", "cubed", "percent", "%"}
+_TENS_WORDS = {"twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"}
+
+
+def _spelled(words: list[str]) -> list[str]:
+    """Whole numerals as words ("43" -> "forty three"), so "40 for" can read as forty four."""
+    out = []
+    for word in words:
+        plain = word.replace(",", "")
+        out += number_to_words(int(plain)).split() if plain.isdigit() and len(plain) <= 15 else [word]
+    return out
+
+
+def _heard_as_numbers(words: list[str]) -> list[str]:
+    out = list(words)
+    for i, word in enumerate(words):
+        before, after = words[i - 1] if i else None, words[i + 1] if i + 1 < len(words) else None
+        if (word in _SOUNDS_LIKE and (before is None or before in _OPERATOR_WORDS or before in _TENS_WORDS)
+                and (after is None or after in _OPERATOR_WORDS)):
+            out[i] = _SOUNDS_LIKE[word]
+    return out
+
+
+def _question_bodies(words: list[str]) -> list[list[str]]:
+    """Where the sum may start: after the known leads, or, in a question that starts "what" or "how",
+    after any of its first words that end a lead ("what do you debt for": a misheard "get")."""
+    bodies = [_strip(words, _LEADS, True)]
+    if words and words[0] in ("what", "how", "what's", "whats"):
+        ends = ("is", "are", "for", "of")
+        bodies += [words[k:] for k in range(1, min(len(words), 7)) if words[k - 1] in ends]
+    return bodies
+
+
+def _parse(words: list[str]) -> _Node | None:
+    parser = _Parser(_heard_as_numbers(words))
+    try:
+        node = parser.expression()
+    except _NotArithmetic:
+        return None
+    return node if parser.i == len(words) and node.computed else None
+
+
+def arithmetic(question: str) -> str | None:
+    """``what is sixty nine plus thirty nine`` -> ``69 plus 39 is 108.``; None when the question is
+    not a sum from start to end (a single number alone is not one)."""
+    text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", question.replace("%", " % "))
+    words = _strip(_spelled(_TOKEN.findall(text)), _TAILS, False)
+    node = next((n for body in _question_bodies(words) if body and (n := _parse(body))), None)
+    if node is None:
+        return None
+    said = node.text[:1].upper() + node.text[1:]
+    if node.value is None:
+        return f"{said} is undefined: a number cannot be divided by zero."
+    if abs(node.value) >= 10**18 or 0 < abs(node.value) < Fraction(1, 10**6):
+        mantissa, exponent = f"{Decimal(node.value.numerator) / node.value.denominator:.5e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        exact = Fraction(Decimal(mantissa)) * Fraction(10) ** int(exponent) == node.value
+        size = f"{mantissa} times 10 to the power of {int(exponent)}".replace("-", "minus ", 1)
+        return f"{said} is {'' if exact else 'about '}{size}."
+    return f"{said} is {_number_text(node.value)}."
+
+
+register_skill(Skill("arithmetic", "sums, differences, products, quotients, powers, square roots and "
+                     "percentages, said in words or digits", arithmetic))
+
+
+# ---------------------------------------------------------------- clock
+
+_TIME = re.compile(r"(what|what's|whats) (is )?the time( now| right now)?|what time is it( now| right now)?|"
+                   r"(can you |could you )?tell me the time|do you know what time it is")
+_DATE = re.compile(r"(what|what's|whats) (is )?(the date|today's date)( today)?|"
+                   r"what day is (it|today)( today)?|(what|what's|whats) (is )?today|"
+                   r"what day of the week is (it|today)|"
+                   r"(can you |could you )?tell me (the|today's) date")
+
+
+def clock(question: str, now: Callable[[], datetime] = datetime.now) -> str | None:
+    """The host's local time or date, for "what time is it" or "what's the date today"."""
+    if _TIME.fullmatch(question):
+        moment = now()
+        return f"It is {moment.hour % 12 or 12}:{moment.minute:02d} {'a.m.' if moment.hour < 12 else 'p.m.'}"
+    if _DATE.fullmatch(question):
+        moment = now()
+        return f"Today is {moment:%A, %B} {moment.day}, {moment.year}."
+    return None
+
+
+register_skill(Skill("clock", "the time and the date (this computer's clock)", lambda q: clock(q)))
