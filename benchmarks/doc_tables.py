@@ -42,7 +42,8 @@ ASK_MODELS = {  # benchmarks/results/ask.json was run before the starter shipped
 HEARING_ASK = {  # benchmarks/results/ask-hearing.json: the shipped starter, its LoRA on spoken questions,
     # and its adapter's hearing
     "speechllm-starter": "**starter (shipped): hears through Whisper tiny.en's decoder; spoken questions "
-                         "typed to the LLM without its LoRA**",
+                         "typed to the LLM without its LoRA, sums and the time answered by its skills**",
+    "runs/starter-no-skills": "same, `\"skills\": []`: every spoken question goes to the LLM",
     "runs/starter-spoken-lora": "same, `\"spoken_questions\": \"lora\"`: the LoRA answers spoken questions",
     "runs/starter-ctc": "same weights, `\"hearing\": \"adapter\"`: the LLM reads its CTC units "
                         "(spoken questions: the CTC transcript, typed)",
@@ -79,13 +80,17 @@ def _tts_voices(results: str, labels: dict[str, str]) -> Table:
         rows=lambda d: d["voices"])
 
 
-def _ask_table(results: str, labels: dict[str, str]) -> Table:
-    """A benchmarks/ask.py results file: one row per model."""
+def _ask_table(results: str, labels: dict[str, str], by_kind: bool = False) -> Table:
+    """A benchmarks/ask.py results file: one row per model (``by_kind``: spoken sums and quiz questions
+    apart, which files from before ask.py scored them so do not have)."""
+    kinds = (Column("spoken: sums / quiz accuracy", pair("spoken.by_kind.arithmetic", "spoken.by_kind.quiz",
+                                                         pct(1)), numeric=True),) if by_kind else ()
     return Table(results, (
         Column("model", labelled(labels, "model")),
         Column("passage question: accuracy", "passage.accuracy", pct(1), True),
         Column("spoken question: answered / accuracy", pair("spoken.answered", "spoken.accuracy", pct(1)),
                numeric=True),
+        *kinds,
         Column("load", "load_s", fixed(1, " s"), True),
         Column("all answers", "answer_s", fixed(0, " s"), True)),
         rows=lambda d: d["results"])
@@ -120,7 +125,7 @@ TABLES: dict[str, Table] = {
         Column("LLM loss at the end", maybe("lm_loss_end"), fixed(2), True),
         Column("dev WER (30 rows)", maybe("eval_wer"), pct(), True))),
     "ask": _ask_table("ask.json", ASK_MODELS),
-    "ask-hearing": _ask_table("ask-hearing.json", HEARING_ASK),
+    "ask-hearing": _ask_table("ask-hearing.json", HEARING_ASK, by_kind=True),
     "asr-starter": Table("asr-starter.json", (
         Column("system", labelled(STARTER_SYSTEMS, "system")),
         Column("test WER", "wer", pct(), True), *VOICES,
@@ -270,6 +275,9 @@ def _span(values: list[float]) -> tuple[float, float]:
     return min(values), max(values)
 
 
+SHIPPED_ASK, NO_SKILLS = "speechllm-starter", "runs/starter-no-skills"  # rows of ask-hearing.json
+
+
 def _ask(model: str, path: str) -> Callable[[dict], Any]:
     return lambda d: get(one(d["results"], model=model), path)
 
@@ -301,6 +309,11 @@ FIGURES: dict[str, Figure] = {
     "ask-passage": Figure("ask-hearing.json", _ask("speechllm-starter", "passage.accuracy"), pct(1)),
     "ask-passage-lora": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
     "ask-spoken-accuracy": Figure("ask-hearing.json", _ask("speechllm-starter", "spoken.accuracy"), pct(1)),
+    "ask-spoken-sums": Figure("ask-hearing.json", _ask(SHIPPED_ASK, "spoken.by_kind.arithmetic"), pct(1)),
+    "ask-spoken-sums-llm": Figure("ask-hearing.json", _ask(NO_SKILLS, "spoken.by_kind.arithmetic"), pct(1)),
+    "ask-spoken-quiz": Figure("ask-hearing.json", _ask(SHIPPED_ASK, "spoken.by_kind.quiz"), pct(1)),
+    "ask-sums": Figure("ask-hearing.json", lambda d: d["counts"]["spoken_by_kind"]["arithmetic"]),
+    "ask-quiz": Figure("ask-hearing.json", lambda d: d["counts"]["spoken_by_kind"]["quiz"]),
     "ask-spoken": Figure("ask-hearing.json", lambda d: d["counts"]["spoken"]),
     "ask-passage-before": Figure("ask.json", _ask(BEFORE_ASK, "passage.accuracy"), pct(1)),
     "ask-passages": Figure("ask-hearing.json", lambda d: d["counts"]["passage"]),
