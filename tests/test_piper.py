@@ -83,3 +83,36 @@ def test_voices_engine_resamples_to_16k():
     voices.check_speakers([speaker])
     audio = voices.synthesize(speaker, "Hello there.")
     assert 0.4 < len(audio) / 16000 < 2.5
+
+
+def test_every_voice_with_a_rate_control_speaks_at_a_chosen_speed(tmp_path, capsys):
+    """tts.at_speed: Piper (its length scale), espeak speakers (words per minute); a voice without a
+    rate control (flite) and a rate outside 0.25-4 are refused; the CLI's --speed reaches Piper too."""
+    import soundfile as sf
+
+    from speechllm import tts
+    from speechllm.apps.cli import main
+
+    text = "The weather will be sunny tomorrow, with a light breeze."
+    for voice in (tts.load("piper-joe"), tts.load("espeak:en-us")):
+        normal = len(voice.synthesize(text))
+        faster = tts.at_speed(voice, 2.0)
+        assert 0.4 * normal < len(faster.synthesize(text)) < 0.7 * normal
+        assert len(np.concatenate(list(faster.synthesize(text, stream=True)))) < 0.7 * normal
+        assert len(voice.synthesize(text)) > 0.85 * normal  # the voice itself is unchanged (Piper's noise_w
+        # makes its durations vary a little from call to call)
+        assert tts.at_speed(voice, 1.0) is voice
+    with pytest.raises(ValueError, match="between 0.25 and 4"):
+        tts.at_speed(tts.load("piper-joe"), 0.1)
+    if shutil.which("flite"):
+        with pytest.raises(tts.VoiceError, match="only espeak speakers"):
+            tts.at_speed(tts.load("flite:slt"), 1.5)
+    lengths = {}
+    for speed in ("1", "2"):
+        out = tmp_path / f"{speed}.mp3"
+        args = ["tts", "--voice", "piper-joe", "--text", text, "--output", str(out), "--speed", speed]
+        assert main(args) == 0
+        audio, rate = sf.read(out)
+        lengths[speed] = len(audio) / rate
+    assert rate == 22050 and 0.4 * lengths["1"] < lengths["2"] < 0.7 * lengths["1"]
+    capsys.readouterr()

@@ -6,6 +6,7 @@ project's own streaming TTS speaks; every error case of the API."""
 import asyncio
 import base64
 import io
+import shutil
 import socket
 import threading
 import time
@@ -93,6 +94,8 @@ def server(tiny_speechlm, tiny_voice, tmp_path_factory):
     if ZOO["whisper-tiny.en"].bundle.folder() is not None:  # real word times need a real Whisper
         models.append(ServedModel.load("whisper-tiny.en", options))
     voices = [ServedVoice.load(f"voice={tiny_voice}", 8)]
+    if shutil.which("espeak-ng"):  # a voice with a rate control (the tiny one has none)
+        voices.append(ServedVoice.load("espeak", 8))
     serve = Server(models, voices, Limits(max_upload_bytes=2**20, max_seconds=20.0, max_new_tokens=12),
                    api_key=KEY)
     sock = socket.socket()
@@ -218,14 +221,37 @@ def test_speech_is_streamed_and_decodes(client):
     assert np.array_equal(np.frombuffer(speak("pcm"), dtype="<i2"), audio)  # seeded: the same samples
     flac, flac_sr = soundfile.read(io.BytesIO(speak("flac")), dtype="int16")
     assert flac_sr == 16000 and np.array_equal(flac, audio)
+    # mp3 (OpenAI's default, so also what a request without response_format gets) and opus: lossy
+    default = client.audio.speech.create(model="speechllm-tts", voice="voice", input=text)
+    assert default.response.headers["content-type"] == "audio/mpeg"
+    for fmt, body in (("mp3", default.read()), ("opus", speak("opus"))):
+        decoded, rate = soundfile.read(io.BytesIO(body), dtype="float32")
+        assert rate == 16000 and abs(len(decoded) - len(audio)) < 0.2 * rate, fmt  # codec delay, padding
+        assert np.sqrt(np.mean(decoded**2)) > 0.3 * np.sqrt(np.mean((audio / 32768.0) ** 2)), fmt
     with pytest.raises(openai.BadRequestError, match="voice"):
         client.audio.speech.create(model="speechllm-tts", voice="alloy", input="Hello.")
     with pytest.raises(openai.BadRequestError, match="response_format"):
-        speak_mp3 = {"model": "speechllm-tts", "voice": "voice", "input": "Hello.", "response_format": "mp3"}
-        client.audio.speech.create(**speak_mp3)
+        speak_aac = {"model": "speechllm-tts", "voice": "voice", "input": "Hello.", "response_format": "aac"}
+        client.audio.speech.create(**speak_aac)
+    with pytest.raises(openai.BadRequestError, match="cannot change its speed"):
+        client.audio.speech.create(model="speechllm-tts", voice="voice", input="Hello.", speed=1.5)
+    with pytest.raises(openai.BadRequestError, match="between 0.25 and 4"):
+        client.audio.speech.create(model="speechllm-tts", voice="voice", input="Hello.", speed=5.0)
     with pytest.raises(openai.APIStatusError, match="over the limit") as caught:
         client.audio.speech.create(model="speechllm-tts", voice="voice", input="word " * 1000)
     assert caught.value.status_code == 413
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_speech_speed_changes_the_duration(client):
+    def seconds(speed):
+        body = client.audio.speech.create(model="speechllm-tts", voice="espeak", speed=speed,
+                                          input="The weather will be sunny tomorrow.", response_format="wav")
+        audio, rate = soundfile.read(io.BytesIO(body.read()))
+        return len(audio) / rate
+
+    normal, fast = seconds(1.0), seconds(2.0)
+    assert 0.4 * normal < fast < 0.7 * normal
 
 
 def test_chat_with_input_audio_streamed_and_whole(client):

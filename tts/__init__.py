@@ -16,6 +16,7 @@ from speechllm.tts.voices import (
     SpeakerTTS,
     Voice,
     VoiceError,
+    at_speed,
     is_installed,
     load,
     load_voice,
@@ -29,5 +30,5 @@ def default_voice() -> str:
 
 
 __all__ = ["DEFAULT_VOICE", "FALLBACK_VOICE", "VOICES", "PiperTTS", "SpeakerTTS", "SpeechTTS",
-           "SynthesisOptions", "TextError", "Voice", "VoiceError", "default_voice", "is_installed", "load",
-           "load_voice", "prepare_text", "register_voice"]
+           "SynthesisOptions", "TextError", "Voice", "VoiceError", "at_speed", "default_voice",
+           "is_installed", "load", "load_voice", "prepare_text", "register_voice"]

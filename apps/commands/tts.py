@@ -14,14 +14,15 @@ HELP = f"speak text into an audio file (the project's own voice, or --voice {PIP
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", default=None, help="what to say (default: read standard input)")
-    parser.add_argument("--output", "-o", required=True, help="audio file to write (.wav, .flac, .ogg)")
+    parser.add_argument("--output", "-o", required=True, help="audio file to write (.wav, .flac, .ogg, .mp3)")
     parser.add_argument("--stream", action="store_true",
                         help="synthesize chunk by chunk, appending each chunk to the file as it comes")
     parser.add_argument("--voice", default=None,
                         help="voice name, TTS model folder, Piper .onnx or speaker id (espeak:en-gb+m3) "
                              f"(default: speechllm-joe, or {PIPER_VOICE} where its weights are missing)")
     parser.add_argument("--speed", type=float, default=None,
-                        help="speaking rate of the own voice (1.0; 1.2 is 20%% faster)")
+                        help="speaking rate, 0.25-4 (1.0; 1.2 is 20%% faster): the own voice, Piper voices, "
+                             "espeak speakers")
     parser.add_argument("--steps", type=int, default=None, help="flow-matching ODE steps (LM + flow voices)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (own voices)")
     parser.add_argument("--vocoder", choices=["vocos", "griffin-lim"], default=None,
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     out = preflight.check_output_file(args.output, example="speech.wav")  # before torch: fails at once
     fmt = out.suffix.lstrip(".").upper() or "WAV"
     if fmt not in sf.available_formats():
-        raise ValueError(f"--output {out}: unknown audio format {out.suffix!r} (use .wav, .flac or .ogg)")
+        raise ValueError(f"--output {out}: unknown audio format {out.suffix!r} "
+                         "(use .wav, .flac, .ogg or .mp3)")
     if args.speed is not None and not 0.25 <= args.speed <= 4.0:
         raise ValueError(f"--speed {args.speed}: give a rate between 0.25 and 4")
     if args.voice is not None and Path(args.voice).expanduser().is_dir():
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import torch  # only now: two seconds and more to import, with the model code below
 
     from speechllm import tts
-    from speechllm.tts.synthesize import AcousticTTS, SpeechTTS
+    from speechllm.tts.synthesize import SpeechTTS
 
     tts.prepare_text(text)  # bad text fails here, before any model loads
     if args.threads:
@@ -71,10 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
         changes = {k: v for k, v in (("flow_steps", args.steps), ("seed", args.seed)) if v is not None}
         voice.options = replace(voice.options, **changes)
-    if isinstance(voice, AcousticTTS) and args.speed is not None:
-        from dataclasses import replace
-
-        voice.options = replace(voice.options, speed=args.speed)
+    if args.speed is not None:
+        voice = tts.at_speed(voice, args.speed)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if not args.stream:

@@ -84,15 +84,16 @@ class SpeechRequest(BaseModel):
     model: str
     input: str
     voice: str | None = None
-    response_format: str = "wav"
+    response_format: str = "mp3"  # OpenAI's default
     speed: float = 1.0
     instructions: str | None = None
 
 
 @router.post("/v1/audio/speech")
 async def speech(request: Request) -> Response:
-    """Audio of ``input``, sent chunk by chunk as the voice makes it (wav, pcm; flac once made)."""
-    from speechllm.tts import TextError, prepare_text
+    """Audio of ``input``, sent chunk by chunk as the voice makes it (mp3, opus, wav, pcm; flac once made),
+    at ``speed`` (0.25-4) where the voice has a rate control."""
+    from speechllm.tts import TextError, VoiceError, at_speed, prepare_text
 
     serve = request.app.state.serve
     body = parse_json(SpeechRequest, await request.body())
@@ -100,8 +101,10 @@ async def speech(request: Request) -> Response:
     if body.response_format not in SPEECH_FORMATS:
         raise bad_request(f"response_format {body.response_format[:20]!r} is not supported; choose from "
                           f"{', '.join(SPEECH_FORMATS)}", param="response_format")
-    if body.speed != 1.0:
-        raise bad_request("speed: only 1.0 is supported", param="speed")
+    try:
+        speaker = at_speed(voice.voice, body.speed)
+    except (ValueError, VoiceError) as exc:
+        raise bad_request(f"speed: {exc}", param="speed") from None
     if body.instructions:
         raise bad_request("instructions are not supported by these voices", param="instructions")
     text = body.input.strip()
@@ -114,5 +117,5 @@ async def speech(request: Request) -> Response:
         raise bad_request(f"input: {exc}", param="input") from None
     media_type, encode = SPEECH_FORMATS[body.response_format]
     voice.admit()  # 503 when too many requests are speaking already
-    return StreamingResponse(encode(voice.chunks(text), voice.sample_rate), media_type=media_type,
+    return StreamingResponse(encode(voice.chunks(text, speaker), voice.sample_rate), media_type=media_type,
                              headers={"X-Sample-Rate": str(voice.sample_rate)})

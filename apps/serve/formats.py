@@ -1,4 +1,4 @@
-"""Response bodies: transcripts in OpenAI's ``response_format``s, and speech as wav, pcm or flac.
+"""Response bodies: transcripts in OpenAI's ``response_format``s, and speech as mp3, opus, wav, pcm or flac.
 
 Text, SRT and WebVTT are ``speechllm.apps.subtitles``' writers (the ``transcribe --format`` files);
 ``verbose_json`` carries the transcriber's segments (times, log-probabilities, temperature) and,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -94,8 +95,55 @@ def whole_flac(chunks: Iterator[np.ndarray], sample_rate: int) -> Iterator[bytes
     yield out.getvalue()
 
 
-# name -> (media type, encoder)
+def _encoded(chunks: Iterator[np.ndarray], sample_rate: int, format: str, subtype: str,
+             **settings: Any) -> Iterator[bytes]:
+    """libsndfile's encoder fed chunk by chunk: each chunk's bytes are sent as soon as they are written."""
+    import soundfile as sf
+
+    out = io.BytesIO()
+    sent = 0
+    with sf.SoundFile(out, "w", sample_rate, 1, format=format, subtype=subtype, **settings) as encoder:
+        for chunk in chunks:
+            encoder.write(int16(chunk))
+            if out.tell() > sent:
+                yield out.getvalue()[sent:]
+                sent = out.tell()
+    yield out.getvalue()[sent:]  # the encoder's last frames
+
+
+def stream_mp3(chunks: Iterator[np.ndarray], sample_rate: int) -> Iterator[bytes]:
+    """Constant-bitrate MPEG layer III frames as they are encoded. Constant, because the length of a
+    variable-rate stream is only known from the header frame that the encoder completes when it ends;
+    a reader of the streamed bytes would take it from the first frame's rate and stop short."""
+    return _encoded(chunks, sample_rate, "MP3", "MPEG_LAYER_III",
+                    compression_level=0.5, bitrate_mode="CONSTANT")
+
+
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def stream_opus(chunks: Iterator[np.ndarray], sample_rate: int) -> Iterator[bytes]:
+    """Ogg Opus; a voice at a rate Opus does not take (Piper's 22,050 Hz) is resampled to the next one
+    up, chunk by chunk with one resampler (soxr's stream), so chunk edges leave no seams."""
+    rate = next((r for r in OPUS_RATES if r >= sample_rate), OPUS_RATES[-1])
+    if rate != sample_rate:
+        chunks = _resampled(chunks, sample_rate, rate)
+    return _encoded(chunks, rate, "OGG", "OPUS")
+
+
+def _resampled(chunks: Iterator[np.ndarray], rate: int, to: int) -> Iterator[np.ndarray]:
+    import soxr
+
+    resampler = soxr.ResampleStream(rate, to, 1, dtype="float32")
+    for chunk in chunks:
+        yield resampler.resample_chunk(np.asarray(chunk, np.float32), last=False)
+    yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+# name -> (media type, encoder); mp3 first: OpenAI's default
 SPEECH_FORMATS: dict[str, tuple[str, Callable[[Iterator[np.ndarray], int], Iterator[bytes]]]] = {
+    "mp3": ("audio/mpeg", stream_mp3),
+    "opus": ("audio/ogg", stream_opus),
     "wav": ("audio/wav", stream_wav),
     "pcm": ("audio/pcm", stream_pcm),
     "flac": ("audio/flac", whole_flac),

@@ -226,11 +226,12 @@ class ServedVoice:
                 raise queue_full(f"voice {self.name}")
             self.active += 1
 
-    def chunks(self, text: str) -> Iterator[np.ndarray]:
-        """Audio chunks of ``text`` as they are made; call after :meth:`admit`, which this releases."""
+    def chunks(self, text: str, speaker=None) -> Iterator[np.ndarray]:
+        """Audio chunks of ``text`` as they are made, by ``speaker`` (the voice at another speed,
+        ``tts.at_speed``; default: the voice); call after :meth:`admit`, which this releases."""
         try:
             with self.lock:
-                pieces = iter(self.voice.synthesize(text, stream=True))
+                pieces = iter((speaker or self.voice).synthesize(text, stream=True))
             while True:
                 with self.lock:
                     chunk = next(pieces, None)
