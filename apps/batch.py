@@ -251,14 +251,7 @@ def run_batch(transcriber, inputs: list[str | BadInput], output: Path | None, re
                 failed += 1
                 print(f"failed: {result}", file=sys.stderr)
             else:
-                row = {"audio": source, "text": result.text, "duration": round(result.duration, 3),
-                       "segments": [s.to_row() for s in result.segments]}
-                if getattr(result, "language", None) is not None:  # Whisper: given or detected
-                    row["language"] = result.language
-                    if result.language_probs:
-                        row["language_probs"] = result.language_probs
-                if result.stop is not None:  # a speech-LLM's reply: why it ended (end/repetition/length)
-                    row["stop"] = result.stop
+                row = {"audio": source, **result.to_row()}
                 done += 1
                 audio_seconds += result.duration
                 for fmt in formats:

@@ -1,8 +1,10 @@
 """Transcript writers for ``speechllm transcribe --format``: plain text, SRT and WebVTT (cues
-split for reading by :mod:`speechllm.apps.cues`)."""
+split for reading by :mod:`speechllm.apps.cues`), and as openai-whisper writes them, TSV (segments in
+milliseconds) and JSON (the transcript's ``--output`` row)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +43,19 @@ def to_vtt(t: Transcript, options: CueOptions = DEFAULT) -> str:
                                     for c in _cues(t, options))
 
 
-FORMATS: dict[str, Callable[[Transcript, CueOptions], str]] = {"txt": to_txt, "srt": to_srt, "vtt": to_vtt}
+def to_tsv(t: Transcript, options: CueOptions = DEFAULT) -> str:
+    """``start<TAB>end<TAB>text`` per segment, times in whole milliseconds (openai-whisper's tsv)."""
+    rows = [f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{' '.join(s.text.split())}"
+            for s in t.segments if s.text.strip()]
+    return "start\tend\ttext\n" + "".join(row + "\n" for row in rows)
+
+
+def to_json(t: Transcript, options: CueOptions = DEFAULT) -> str:
+    return json.dumps(t.to_row(), ensure_ascii=False) + "\n"
+
+
+FORMATS: dict[str, Callable[[Transcript, CueOptions], str]] = {
+    "txt": to_txt, "srt": to_srt, "vtt": to_vtt, "tsv": to_tsv, "json": to_json}
 
 
 def transcript_names(sources: list[str]) -> tuple[dict[str, str], str]:

@@ -62,6 +62,19 @@ class Transcript:
         stops = {s.stop for s in self.segments}
         return next((r for r in ("length", "repetition", "end") if r in stops), None)
 
+    def to_row(self) -> dict:
+        """The JSON row of ``speechllm transcribe --output`` (without its "audio"): text, duration,
+        segments, and where known the language (with its probabilities when detected) and the stop."""
+        row: dict = {"text": self.text, "duration": round(self.duration, 3),
+                     "segments": [s.to_row() for s in self.segments]}
+        if self.language is not None:  # Whisper: given or detected
+            row["language"] = self.language
+            if self.language_probs:
+                row["language_probs"] = self.language_probs
+        if self.stop is not None:  # a speech-LLM's reply: why it ended (end/repetition/length)
+            row["stop"] = self.stop
+        return row
+
 
 SegmentText = tuple[str, str | None]  # a decoded segment's text and why its generation ended
 

@@ -160,11 +160,23 @@ def test_shard_splits_deterministically():
 def test_subtitle_formats_written_beside_output(tmp_path):
     good, _ = make_inputs(tmp_path)
     out = tmp_path / "res" / "out.jsonl"
-    run_batch(FakeTranscriber(), good[2:], out, progress=False, echo=False, formats=("srt", "vtt", "txt"))
+    formats = ("srt", "vtt", "txt", "tsv", "json")
+    run_batch(FakeTranscriber(), good[2:], out, progress=False, echo=False, formats=formats)
     srt = (out.parent / "clip2.srt").read_text()
     assert srt == "1\n00:00:00,000 --> 00:00:03,000\n3.0 seconds\n"
     assert (out.parent / "clip2.vtt").read_text().startswith("WEBVTT\n\n00:00:00.000 --> 00:00:03.000\n")
     assert (out.parent / "clip2.txt").read_text() == "3.0 seconds\n"
+    assert (out.parent / "clip2.tsv").read_text() == "start\tend\ttext\n0\t3000\t3.0 seconds\n"  # whisper's
+    row = json.loads(out.read_text().splitlines()[0])
+    row.pop("audio")
+    assert json.loads((out.parent / "clip2.json").read_text()) == row
+
+
+def test_the_command_offers_every_transcript_format():
+    from speechllm.apps.commands.transcribe import FORMAT_NAMES
+    from speechllm.apps.subtitles import FORMATS
+
+    assert FORMAT_NAMES == tuple(FORMATS)
 
 
 def test_format_files_of_inputs_sharing_a_name_do_not_overwrite(tmp_path, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 from speechllm.apps.commands.weights import add_weights_option
 
 HELP = "transcribe audio files, folders, globs or manifests (JSON lines with --output)"
+FORMAT_NAMES = ("txt", "srt", "vtt", "tsv", "json")  # speechllm.apps.subtitles.FORMATS (imported late: torch)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     add_whisper_options(parser)
     add_cue_options(parser)
-    parser.add_argument("--format", action="append", default=[], choices=["txt", "srt", "vtt"],
+    parser.add_argument("--format", action="append", default=[], choices=FORMAT_NAMES,
                         help="also write <audio stem>.FORMAT per input (repeatable)")
     parser.add_argument("--format-dir", type=Path,
                         help="folder for --format files (default: beside --output)")
