@@ -169,6 +169,20 @@ def test_transcription_in_every_format(client, solo):
 
 
 @pytest.mark.skipif(ZOO["whisper-tiny.en"].bundle.folder() is None, reason="whisper-tiny.en not installed")
+def test_transcription_streamed_as_it_is_decoded(client, solo):
+    for model, upload in (("tiny", clip_file(4)), ("whisper", clip_file(5))):
+        whole = client.audio.transcriptions.create(model=model, file=upload).text
+        events = list(client.audio.transcriptions.create(model=model, file=upload, stream=True))
+        assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1)
+        assert events[-1].type == "transcript.text.done" and events[-1].text == whole
+        assert "".join(e.delta for e in events[:-1]) == whole
+        if model == "tiny":
+            assert whole == solo[4] and len(events) >= 2  # something was said, and sent as a delta
+    with pytest.raises(openai.BadRequestError, match="response_format must be json or text"):
+        client.audio.transcriptions.create(model="tiny", file=clip_file(4), stream=True,
+                                           response_format="srt")
+
+
 def test_whisper_words_prompt_and_temperature(client):
     clip = EXAMPLES / "weather_awb.flac"
     want = clip.with_suffix(".txt").read_text().strip()

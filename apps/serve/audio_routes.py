@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from fastapi import APIRouter, Request
@@ -9,7 +10,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from speechllm.apps.serve.errors import bad_request, too_large
+from speechllm.apps.serve.errors import bad_request, error_body, too_large
 from speechllm.apps.serve.formats import SPEECH_FORMATS, TRANSCRIPT_FORMATS
 from speechllm.apps.serve.inputs import (
     client_name,
@@ -20,11 +21,12 @@ from speechllm.apps.serve.inputs import (
     parse_json,
 )
 from speechllm.apps.serve.models import SpeechToText, TranscribeJob
-from speechllm.apps.serve.workers import Job
+from speechllm.apps.serve.workers import Delta, Done, Failed, Job
 from speechllm.limits import MAX_PROMPT_CHARS
 
 router = APIRouter()
 GRANULARITIES = ("segment", "word")
+STREAMED_FORMATS = ("json", "text")  # stream=true: OpenAI streams these only
 
 
 @router.post("/v1/audio/transcriptions")
@@ -68,6 +70,10 @@ async def speech_to_text(request: Request, task: str) -> Response:
         if granularities and fmt != "verbose_json":
             raise bad_request("timestamp_granularities needs response_format verbose_json",
                               param="timestamp_granularities")
+        stream = form_choice(form, "stream", ("true", "false"), "false") == "true"
+        if stream and fmt not in STREAMED_FORMATS:
+            raise bad_request(f"stream=true sends text as it is decoded: response_format must be "
+                              f"{' or '.join(STREAMED_FORMATS)}, not {fmt}", param="stream")
         request_options = SpeechToText(task, language, prompt, temperature, "word" in granularities)
         name = client_name(upload.filename)
         data = await upload.read()  # the whole request body is capped (BodyLimit)
@@ -75,9 +81,36 @@ async def speech_to_text(request: Request, task: str) -> Response:
         await form.close()
     await run_in_threadpool(model.transcriber_for, request_options)  # 400 when the model cannot
     audio = await run_in_threadpool(decode_audio, data, name, serve.limits)
+    if stream:
+        job = model.submit(Job("transcription-stream", request_options, TranscribeJob(audio),
+                               batchable=False))
+        return StreamingResponse(transcript_events(job), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
     job = model.submit(Job("transcription", request_options, TranscribeJob(audio)))
     transcript = await job.result()
     return TRANSCRIPT_FORMATS[fmt](transcript, request_options)
+
+
+async def transcript_events(job: Job):
+    """OpenAI's transcription stream: ``transcript.text.delta`` per decoded segment, then
+    ``transcript.text.done`` with the whole text (server-sent events)."""
+    def event(body: dict) -> str:
+        return f"data: {json.dumps(body)}\n\n"
+
+    try:
+        while True:
+            item = await job.events.get()
+            if isinstance(item, Delta):
+                yield event({"type": "transcript.text.delta", "delta": item.text})
+            elif isinstance(item, Done):
+                yield event({"type": "transcript.text.done", "text": item.result})
+                yield "data: [DONE]\n\n"
+                return
+            elif isinstance(item, Failed):
+                yield event(error_body(item.error, "the transcription"))
+                return
+    finally:
+        job.cancelled.set()  # finished, or the client went away: the worker stops decoding
 
 
 class SpeechRequest(BaseModel):

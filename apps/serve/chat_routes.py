@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from speechllm.apps.serve.errors import APIError, bad_request, too_large
+from speechllm.apps.serve.errors import bad_request, error_body, too_large
 from speechllm.apps.serve.inputs import decode_audio, parse_json
 from speechllm.apps.serve.models import ChatJob
 from speechllm.apps.serve.workers import Delta, Done, Failed, Job
@@ -162,9 +162,7 @@ async def sse_events(job: Job, request_id: str, created: int, model_id: str):
                 yield "data: [DONE]\n\n"
                 return
             elif isinstance(event, Failed):
-                error = event.error if isinstance(event.error, APIError) else APIError(
-                    500, f"the reply failed ({type(event.error).__name__})", type="server_error")
-                yield f"data: {json.dumps(error.body())}\n\n"
+                yield f"data: {json.dumps(error_body(event.error, 'the reply'))}\n\n"
                 return
     finally:
         job.cancelled.set()  # finished, or the client went away: the worker stops generating

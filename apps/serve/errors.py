@@ -34,6 +34,14 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def error_body(error: BaseException, what: str) -> dict:
+    """The body of an error met while a response was streaming: an APIError's own, else a 500's
+    (``what`` failed) that names only the exception's type."""
+    if not isinstance(error, APIError):
+        error = APIError(500, f"{what} failed ({type(error).__name__})", type="server_error")
+    return error.body()
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 

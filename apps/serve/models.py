@@ -160,6 +160,21 @@ def run_transcriptions(model: ServedModel, jobs: list[Job]) -> None:
             job.finish(result)
 
 
+def run_transcription_stream(model: ServedModel, jobs: list[Job]) -> None:
+    """One recording's segments, each sent as it is decoded (``stream=true``); the transcript at the end."""
+    (job,) = jobs
+    segments, _ = model.transcriber_for(job.key).transcribe(job.payload.audio, stream=True)
+    said = []
+    for segment in segments:
+        if job.cancelled.is_set():  # the client went away: stop decoding
+            segments.close()
+            return
+        if segment.text:
+            job.emit(Delta((" " if said else "") + segment.text))
+            said.append(segment.text)
+    job.finish(" ".join(said))
+
+
 def run_chat(model: ServedModel, jobs: list[Job]) -> None:
     from speechllm.speechlm import GenerationOptions
 
@@ -192,6 +207,7 @@ def run_chat_stream(model: ServedModel, jobs: list[Job]) -> None:
 
 RUNNERS: dict[str, Callable[[ServedModel, list[Job]], None]] = {
     "transcription": run_transcriptions,
+    "transcription-stream": run_transcription_stream,
     "chat": run_chat,
     "chat-stream": run_chat_stream,
 }
