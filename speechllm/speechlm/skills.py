@@ -13,12 +13,13 @@ starter's); a new skill is one ``register_skill(Skill(...))``.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from fractions import Fraction
 
 from speechllm.text_normalize import number_to_words, read_number
@@ -100,10 +101,13 @@ def _number_text(value: Fraction) -> str:
     """Digits as a reply shows them: thousands grouped (so a spoken form never reads 1234 as a year),
     at most six decimals ("about" when rounded), "minus" for a negative."""
     if value < 0:
-        return "minus " + _number_text(-value)
+        size = _number_text(-value)
+        return "about minus " + size.removeprefix("about ") if size.startswith("about ") else "minus " + size
     if value.denominator == 1:
         return f"{value.numerator:,}"
-    text = f"{float(value):,.6f}".rstrip("0").rstrip(".")
+    with localcontext() as context:
+        context.prec = len(str(value.numerator // value.denominator)) + 8
+        text = f"{Decimal(value.numerator) / value.denominator:,.6f}".rstrip("0").rstrip(".")
     return text if Fraction(text.replace(",", "")) == value else "about " + text
 
 
@@ -132,11 +136,14 @@ class _Parser:
         return None
 
     def expression(self, level: int = 1) -> _Node:
-        if level > 3:
-            return self.unary()
-        node = self.expression(level + 1)
-        while (symbol := self.operator(level)) is not None:
-            node = _apply(symbol, node, self.expression(level + 1))
+        if level == 3:  # powers bind right to left: 2 ^ 3 ^ 2 = 2 ^ 9
+            node = self.unary()
+            if self.operator(3) is not None:
+                node = _apply("^", node, self.expression(3))
+        else:
+            node = self.expression(level + 1)
+            while (symbol := self.operator(level)) is not None:
+                node = _apply(symbol, node, self.expression(level + 1))
         while level == 3 and (power := 2 if self.take("squared") else 3 if self.take("cubed") else 0):
             node = _apply("^", node, _Node(str(power), Fraction(power)), said=f"{node.text} "
                           + ("squared" if power == 2 else "cubed"))
@@ -179,10 +186,10 @@ class _Parser:
 
 
 def _square_root(value: Fraction) -> Fraction:
-    exact = [int(round(float(part) ** 0.5)) for part in (value.numerator, value.denominator)]
-    if exact[0] ** 2 == value.numerator and exact[1] ** 2 == value.denominator:
-        return Fraction(exact[0], exact[1])
-    return Fraction(float(value) ** 0.5)
+    top, bottom = math.isqrt(value.numerator), math.isqrt(value.denominator)
+    if top * top == value.numerator and bottom * bottom == value.denominator:
+        return Fraction(top, bottom)
+    return Fraction(math.sqrt(value))  # OverflowError past floats: not answered
 
 
 def _apply(symbol: str, left: _Node, right: _Node, said: str | None = None) -> _Node:
@@ -191,8 +198,9 @@ def _apply(symbol: str, left: _Node, right: _Node, said: str | None = None) -> _
     if a is None or b is None or (symbol == "/" and b == 0):
         return _Node(said, None)
     if symbol == "^":
-        if b.denominator != 1 or abs(b) > 1000 or (a == 0 and b < 0):
-            raise _NotArithmetic
+        digits = abs(b) * max(a.numerator.bit_length(), a.denominator.bit_length()) * 0.302
+        if b.denominator != 1 or abs(b) > 1000 or digits > 5000 or (a == 0 and b < 0):
+            raise _NotArithmetic  # a whole power of a size worth saying
         return _Node(said, a ** int(b))
     return _Node(said, _OPERATIONS[symbol](a, b))
 
@@ -215,6 +223,8 @@ def _strip(words: list[str], phrases: Sequence[str], at_start: bool) -> list[str
 _SOUNDS_LIKE = {"free": "three", "tree": "three", "too": "two", "to": "two", "for": "four", "fore": "four",
                 "won": "one", "ate": "eight"}
 _OPERATOR_WORDS = {words[0] for words in _INFIX} | {"squared", "cubed", "percent", "%"}
+_MATH_WORDS = ({w for words in _INFIX for w in words} | set(_VERBS) | set(_OF_AND)
+               | {"square", "root", "squared", "cubed", "percent", "between", "negative"})
 _TENS_WORDS = {"twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"}
 
 
@@ -239,11 +249,13 @@ def _heard_as_numbers(words: list[str]) -> list[str]:
 
 def _question_bodies(words: list[str]) -> list[list[str]]:
     """Where the sum may start: after the known leads, or, in a question that starts "what" or "how",
-    after any of its first words that end a lead ("what do you debt for": a misheard "get")."""
+    after any of its first words that end a lead ("what do you debt for": a misheard "get") where the
+    words left out say nothing of the sum (no number, no operation: "the square root of" stays)."""
     bodies = [_strip(words, _LEADS, True)]
     if words and words[0] in ("what", "how", "what's", "whats"):
         ends = ("is", "are", "for", "of")
-        bodies += [words[k:] for k in range(1, min(len(words), 7)) if words[k - 1] in ends]
+        bodies += [words[k:] for k in range(1, min(len(words), 7)) if words[k - 1] in ends
+                   and not any(w in _MATH_WORDS or read_number([w]) for w in words[:k])]
     return bodies
 
 
@@ -261,9 +273,14 @@ def arithmetic(question: str) -> str | None:
     not a sum from start to end (a single number alone is not one)."""
     text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", question.replace("%", " % "))
     words = _strip(_spelled(_TOKEN.findall(text)), _TAILS, False)
-    node = next((n for body in _question_bodies(words) if body and (n := _parse(body))), None)
-    if node is None:
+    try:
+        node = next((n for body in _question_bodies(words) if body and (n := _parse(body))), None)
+        return None if node is None else _reply(node)
+    except OverflowError:  # a number past what a float holds, where one is needed (a square root)
         return None
+
+
+def _reply(node: _Node) -> str:
     said = node.text[:1].upper() + node.text[1:]
     if node.value is None:
         return f"{said} is undefined: a number cannot be divided by zero."
@@ -271,7 +288,7 @@ def arithmetic(question: str) -> str | None:
         mantissa, exponent = f"{Decimal(node.value.numerator) / node.value.denominator:.5e}".split("e")
         mantissa = mantissa.rstrip("0").rstrip(".")
         exact = Fraction(Decimal(mantissa)) * Fraction(10) ** int(exponent) == node.value
-        size = f"{mantissa} times 10 to the power of {int(exponent)}".replace("-", "minus ", 1)
+        size = f"{mantissa} times 10 to the power of {int(exponent)}".replace("-", "minus ")
         return f"{said} is {'' if exact else 'about '}{size}."
     return f"{said} is {_number_text(node.value)}."
 
