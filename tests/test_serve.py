@@ -6,6 +6,7 @@ project's own streaming TTS speaks; every error case of the API."""
 import asyncio
 import base64
 import io
+import json
 import shutil
 import socket
 import threading
@@ -242,6 +243,16 @@ def test_speech_is_streamed_and_decodes(client):
         decoded, rate = soundfile.read(io.BytesIO(body), dtype="float32")
         assert rate == 16000 and abs(len(decoded) - len(audio)) < 0.2 * rate, fmt  # codec delay, padding
         assert np.sqrt(np.mean(decoded**2)) > 0.3 * np.sqrt(np.mean((audio / 32768.0) ** 2)), fmt
+    events = client.audio.speech.create(model="speechllm-tts", voice="voice", input=text,
+                                        response_format="pcm", stream_format="sse")
+    assert events.response.headers["content-type"].startswith("text/event-stream")
+    lines = events.text.splitlines()
+    bodies = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+    assert [b["type"] for b in bodies] == ["speech.audio.delta"] * (len(bodies) - 1) + ["speech.audio.done"]
+    pieces = b"".join(base64.b64decode(b["audio"]) for b in bodies[:-1])
+    assert len(bodies) >= 3 and np.array_equal(np.frombuffer(pieces, dtype="<i2"), audio)  # as the pcm body
+    with pytest.raises(openai.BadRequestError, match="stream_format"):
+        client.audio.speech.create(model="speechllm-tts", voice="voice", input="Hi.", stream_format="events")
     with pytest.raises(openai.BadRequestError, match="voice"):
         client.audio.speech.create(model="speechllm-tts", voice="alloy", input="Hello.")
     with pytest.raises(openai.BadRequestError, match="response_format"):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+from collections.abc import Iterator
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
@@ -120,6 +123,7 @@ class SpeechRequest(BaseModel):
     response_format: str = "mp3"  # OpenAI's default
     speed: float = 1.0
     instructions: str | None = None
+    stream_format: Literal["audio", "sse"] = "audio"  # sse: base64 pieces as speech.audio.delta events
 
 
 @router.post("/v1/audio/speech")
@@ -150,5 +154,21 @@ async def speech(request: Request) -> Response:
         raise bad_request(f"input: {exc}", param="input") from None
     media_type, encode = SPEECH_FORMATS[body.response_format]
     voice.admit()  # 503 when too many requests are speaking already
-    return StreamingResponse(encode(voice.chunks(text, speaker), voice.sample_rate), media_type=media_type,
-                             headers={"X-Sample-Rate": str(voice.sample_rate)})
+    audio = encode(voice.chunks(text, speaker), voice.sample_rate)
+    headers = {"X-Sample-Rate": str(voice.sample_rate)}
+    if body.stream_format == "sse":
+        return StreamingResponse(speech_events(audio), media_type="text/event-stream",
+                                 headers={**headers, "Cache-Control": "no-cache"})
+    return StreamingResponse(audio, media_type=media_type, headers=headers)
+
+
+def speech_events(audio: Iterator[bytes]) -> Iterator[str]:
+    """OpenAI's speech stream: each encoded piece base64 in a ``speech.audio.delta`` event, then
+    ``speech.audio.done``."""
+    def event(body: dict) -> str:
+        return f"data: {json.dumps(body)}\n\n"
+
+    for piece in audio:
+        if piece:
+            yield event({"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode()})
+    yield event({"type": "speech.audio.done"})
