@@ -93,6 +93,29 @@ def test_logits_equal_transformers(tiny_hf, tiny):
         assert (again(mel, tokens) - expected).abs().max() < 1e-3
 
 
+def test_output_layer_copy_follows_the_weights_and_leaves_training_alone(tiny_hf):
+    """Decoding reads a contiguous [D, V] copy of the token embedding: the same logits as the
+    embedding's own transpose (which training reads, so gradients reach it), and a fresh copy after
+    the weights change (a fine-tuning step)."""
+    decoder = load_whisper(tiny_hf[1])[0].decoder
+    torch.manual_seed(4)
+    audio, tokens = torch.randn(2, 30, 64), torch.randint(0, 50, (2, 5))
+    weight = decoder.token_embedding.weight
+    with torch.no_grad():
+        fast = decoder(tokens, audio)
+        copy = decoder.output_weight()
+        assert copy.is_contiguous() and torch.equal(copy, weight.T) and decoder.output_weight() is copy
+    trained = decoder(tokens, audio)  # gradients on: the embedding itself
+    torch.testing.assert_close(fast, trained.detach(), atol=1e-5, rtol=0)
+    trained.sum().backward()
+    unread = torch.ones(weight.shape[0], dtype=torch.bool)
+    unread[tokens.unique()] = False  # rows only the output layer uses: their gradient comes from it
+    assert weight.grad[unread].abs().sum() > 0
+    with torch.no_grad():
+        weight.mul_(0.5)  # an optimizer step, in place
+        assert decoder.output_weight() is not copy and torch.equal(decoder.output_weight(), weight.T)
+
+
 def test_padding_never_leaks(tiny):
     model, _ = tiny
     torch.manual_seed(2)

@@ -200,6 +200,7 @@ class TextDecoder(nn.Module):
             for _ in range(config.n_decoder_layers)
         )
         self.ln = nn.LayerNorm(d)
+        self._output: tuple[tuple, Tensor] | None = None  # (weights version, the output layer [D, V])
 
     def forward(self, tokens: Tensor, audio: Tensor, audio_mask: Tensor | None = None,
                 cache: KVCache | None = None, cross_scores: list[Tensor] | None = None) -> Tensor:
@@ -220,7 +221,21 @@ class TextDecoder(nn.Module):
         cross_mask = None if audio_mask is None else audio_mask[:, None, None, :]
         for layer, block in enumerate(self.blocks):
             x = block(x, causal, audio, cross_mask, cache, layer, cross_scores)
-        return (self.ln(x) @ self.token_embedding.weight.T).float()
+        return (self.ln(x) @ self.output_weight()).float()
+
+    def output_weight(self) -> Tensor:
+        """The output layer: the token embedding transposed ([D, V]). On a CPU, outside training, a
+        contiguous copy of it, made once per version of the weights: MKL's product of a few rows with
+        the [V, D] embedding's transpose reads it at a third of the speed (tiny.en, 2 threads: 7.6 ms a
+        row against 2.9 ms; 2 rows 18 against 5.8 ms), and decoding is one such product a token. The
+        copy costs the embedding's size again (80 MB for tiny.en, 106 MB for base)."""
+        weight = self.token_embedding.weight
+        if weight.device.type != "cpu" or (torch.is_grad_enabled() and weight.requires_grad):
+            return weight.T
+        version = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
+        if self._output is None or self._output[0] != version:
+            self._output = (version, weight.detach().T.contiguous())
+        return self._output[1]
 
 
 class Whisper(nn.Module):
