@@ -114,6 +114,12 @@ def test_output_layer_copy_follows_the_weights_and_leaves_training_alone(tiny_hf
     with torch.no_grad():
         weight.mul_(0.5)  # an optimizer step, in place
         assert decoder.output_weight() is not copy and torch.equal(decoder.output_weight(), weight.T)
+    with torch.no_grad():
+        weight.mul_(2.0)  # another step; then an evaluation inside fine-tuning makes the copy anew...
+    with torch.inference_mode():
+        decoder(tokens, audio)
+    weight.requires_grad_(False)  # ...and training with the embedding frozen must not read it
+    decoder(tokens, audio).sum().backward()
 
 
 def test_padding_never_leaks(tiny):
