@@ -37,6 +37,13 @@ def ctc_posterior(data, tmp_path):
     return SpeechLLM.build(run.model_config())
 
 
+def whisper_hearing_run(data, folder):
+    """A tiny ctc-posterior speech-LLM with a LoRA that hears through its encoder's Whisper."""
+    return config(data, folder, adapter="ctc-posterior", hearing="whisper",
+                  adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
+                  lora=LoraSpec(rank=2, alpha=4.0))
+
+
 def test_clean_units_mix_exactly_the_tokens_of_the_text(ctc_posterior):
     model = ctc_posterior
     vocab = model.ctc_vocab
@@ -156,9 +163,7 @@ def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
     from speechllm.speechlm import instruction
     from speechllm.speechlm.hearing import Heard, transcript_units
 
-    run = config(data, tmp_path / "hearing", adapter="ctc-posterior", hearing="whisper",
-                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
-                 lora=LoraSpec(rank=2, alpha=4.0))
+    run = whisper_hearing_run(data, tmp_path / "hearing")
     model = SpeechLLM.build(run.model_config()).eval()
     heard = ["It costs 12 dollars.", ""]
     model.whisper.heard = lambda audio: [Heard(t, "en") for t in heard[: len(audio)]]  # not tiny noise
@@ -186,9 +191,7 @@ def test_spoken_questions_as_text_answer_what_was_heard_as_a_typed_message(data,
     from speechllm.speechlm import SpeechLLMConfig, instruction
     from speechllm.speechlm.hearing import Heard
 
-    run = config(data, tmp_path / "typed", adapter="ctc-posterior", hearing="whisper",
-                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
-                 lora=LoraSpec(rank=2, alpha=4.0))
+    run = whisper_hearing_run(data, tmp_path / "typed")
     model = SpeechLLM.build(replace(run.model_config(), spoken_questions="text")).eval()
     with torch.no_grad():  # a LoRA that changes replies: the typed path must run without it
         for name, param in model.llm.named_parameters():
@@ -225,9 +228,7 @@ def test_skills_answer_the_questions_they_know_typed_or_spoken(data, tmp_path):
     from speechllm.speechlm import SpeechLLMConfig, instruction
     from speechllm.speechlm.hearing import Heard
 
-    run = config(data, tmp_path / "skills", adapter="ctc-posterior", hearing="whisper",
-                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
-                 lora=LoraSpec(rank=2, alpha=4.0))
+    run = whisper_hearing_run(data, tmp_path / "skills")
     plain = SpeechLLM.build(replace(run.model_config(), spoken_questions="text")).eval()
     skilled = replace(plain.config, skills=("arithmetic", "clock"))
     model = SpeechLLM.build(skilled, encoder=plain.encoder).eval()
@@ -287,9 +288,7 @@ def test_a_clip_heard_ahead_is_not_heard_again_for_its_answer(data, tmp_path):
     from speechllm.generation import GenerationOptions
     from speechllm.speechlm import instruction
 
-    run = config(data, tmp_path / "ahead", adapter="ctc-posterior", hearing="whisper",
-                 adapter_options={"n_layers": 1, "d_ffn": 32, "bottleneck": 8, "top_k": 4},
-                 lora=LoraSpec(rank=2, alpha=4.0))
+    run = whisper_hearing_run(data, tmp_path / "ahead")
     model = SpeechLLM.build(run.model_config()).eval()
     calls = []
     transcribe = model.whisper.asr.transcribe
