@@ -659,6 +659,15 @@ def _wt(model: str, gaps: str, key: str, system: str = "speechllm") -> Callable[
 
 
 FIGURES.update({
+    "output-layer-hearing-before": Figure("whisper-output-layer.json",
+                                          lambda d: d["hearing_clip_s"]["transpose"], fixed(2, " s")),
+    "output-layer-hearing-after": Figure("whisper-output-layer.json",
+                                         lambda d: d["hearing_clip_s"]["contiguous copy"], fixed(2, " s")),
+    "output-layer-rtf-before": Figure("whisper-output-layer.json", lambda d: d["batch"]["rtf"]["transpose"],
+                                      fixed(4)),
+    "output-layer-rtf-after": Figure("whisper-output-layer.json",
+                                     lambda d: d["batch"]["rtf"]["contiguous copy"], fixed(4)),
+    "output-layer-same": Figure("whisper-output-layer.json", lambda d: d["batch"]["same_transcripts"]),
     "wf-longest-cue": Figure("whisper-features.json", lambda d: d["subtitles"]["longest_cue_s"],
                              fixed(2, " s")),
     "wf-longest-line": Figure("whisper-features.json", lambda d: d["subtitles"]["longest_line_chars"]),
