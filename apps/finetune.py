@@ -190,16 +190,19 @@ def load_base(base: str, lora_rank: int = 0, encoder_layers: int = 0, adapter_tr
     return model, model.config
 
 
-def answer_spoken_questions_with_lora(model, train_manifest: str) -> bool:
+def answer_spoken_questions_with_lora(model, train_manifest: str, text_rows: str | None = None) -> bool:
     """A base that types spoken questions to its LLM without the LoRA (``"spoken_questions": "text"``)
-    answers them with its LoRA once it trains on spoken questions, so that training counts (with a
-    notice); True when it changed."""
+    answers them with its LoRA once it trains on spoken questions (audio rows or ``--text-train`` rows),
+    so that training counts (with a notice); True when it changed."""
     from speechllm.speechlm import TASKS
+    from speechllm.train_data import read_text_rows
 
     task = TASKS["spoken-question"]
     if model.config.spoken_questions != "text":
         return False
-    if not any(row.task in task.rows and task.accepts(row) for row in read_manifest(train_manifest)):
+    rows = [*(read_manifest(train_manifest) if train_manifest else ()),
+            *(read_text_rows(text_rows) if text_rows else ())]
+    if not any(row.task in task.rows and task.accepts(row) for row in rows):
         return False
     print("the training data has spoken questions: the tuned model answers them with its LoRA "
           "(\"spoken_questions\": \"lora\"; the base typed them to its LLM without it)", file=sys.stderr)
@@ -474,7 +477,8 @@ def adapt(config, base: Base | None, prepared: PreparedData, tuning=None) -> dic
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
         print(f"before: {_metrics_line(report['before'])}")
-    if model is not None and not resuming and answer_spoken_questions_with_lora(model, prepared.train):
+    if model is not None and not resuming and answer_spoken_questions_with_lora(
+            model, prepared.train, config.text_train):
         config = replace(config, model=model.config)
     result = train(config, model=None if resuming else model)
     if eval_rows:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from speechllm.data_recipes import everyday, texts
+from speechllm.data_recipes import everyday, passages, texts
 from speechllm.data_recipes.texts import split_of
 from speechllm.data_recipes.voices import ESPEAK_EN_ACCENTS, ESPEAK_VARIANTS, converted_grid, espeak_grid
 from speechllm.text_normalize import normalize, spoken_form
@@ -211,6 +211,15 @@ def _passage(rng: np.random.Generator) -> Text:
     )
 
 
+def _grounded(rng: np.random.Generator) -> Text:
+    qa, kind = passages.grounded_qa(rng)
+    fields = [("question", qa.question), ("answer", qa.answer)]
+    if kind == "answered":
+        fields.append(("answer_start", qa.passage.index(qa.answer)))
+    source = "answered" if kind == "answered" else f"unanswered:{kind}"
+    return Text(qa.passage, qa.passage, source, tuple(fields))
+
+
 def _everyday(rng: np.random.Generator) -> Iterator[Text]:
     """Everyday Spanish -> English pairs from the bilingual grammar (never the translate benchmark's)."""
     for es, en in everyday.training_pairs(rng):
@@ -389,6 +398,16 @@ for _recipe in (
             ("passage", 0.3, _generated(_passage)),
             ("arithmetic", 0.2, _generated(_arithmetic)),
         ),
+        EN_TRAIN,
+        EN_TEST,
+        _sqa_fields,
+    ),
+    Recipe(
+        "passages",
+        "spoken passages of everyday facts + a text question: an answer span, or "
+        f"{passages.NOT_STATED!r} where the passage does not say",
+        "sqa",
+        (("passage", 1.0, _generated(_grounded)),),
         EN_TRAIN,
         EN_TEST,
         _sqa_fields,

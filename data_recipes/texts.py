@@ -482,8 +482,9 @@ class PassageQA:
     answer: str  # a span of ``passage``
 
 
-def passage_qa(rng: np.random.Generator) -> PassageQA:
-    """A short story and one question whose answer is a span of it."""
+def story(rng: np.random.Generator) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """A short story of two to four sentences: (passage, the questions it answers as (question, answer
+    span) pairs, the questions of the same story that it leaves unanswered)."""
     name, friend = (str(n) for n in rng.choice(NAMES, size=2, replace=False))
     he = "She" if name in WOMEN else "He"
     place, day, topic = str(rng.choice(_PLACES)), str(rng.choice(_DAYS)), str(rng.choice(_TOPICS))
@@ -507,6 +508,12 @@ def passage_qa(rng: np.random.Generator) -> PassageQA:
     order = [0] + sorted(rng.permutation(np.arange(1, 4))[: int(rng.integers(2, 4))].tolist())
     passage = " ".join(sentences[i] for i in order)
     usable = [(q, a) for q, a in questions if a in passage]
+    return passage, usable, [q for q, a in questions if a not in passage]
+
+
+def passage_qa(rng: np.random.Generator) -> PassageQA:
+    """A short story and one question whose answer is a span of it."""
+    passage, usable, _ = story(rng)
     question, answer = usable[int(rng.integers(len(usable)))]
     return PassageQA(passage, question, answer)
 

@@ -234,6 +234,12 @@ def test_training_on_spoken_questions_lets_the_lora_answer_them(tmp_path, capsys
     assert main(["finetune", "--train", str(data), "--out", str(tmp_path / "asr"), *args]) == 0
     assert "spoken questions" not in capsys.readouterr().err
     assert load_speechlm(tmp_path / "asr").config.spoken_questions == "text"
+    text_rows = tmp_path / "text.jsonl"  # text-side training alone (no audio manifest): the same rule
+    text_rows.write_text("".join(json.dumps({"task": "sqa", "text": text, "answer": "yes"}) + "\n"
+                                 for text in TEXTS))
+    assert main(["finetune", "--text-train", str(text_rows), "--out", str(tmp_path / "text"), *args]) == 0
+    assert "the training data has spoken questions" in capsys.readouterr().err
+    assert load_speechlm(tmp_path / "text").config.spoken_questions == "lora"
 
 
 def test_a_whisper_base_becomes_a_tuned_whisper_folder_that_transcribe_takes(tmp_path, capsys):

@@ -178,6 +178,30 @@ def test_generated_texts_are_spoken_form():
     assert not any(ch.isdigit() for t in texts.generated_sentences()[:500] for ch in t)
 
 
+def test_grounded_passages_answer_from_the_passage_or_say_it_does_not():
+    """`passages`: an answered question's answer is a span of the passage; an unanswered one is about
+    something the passage does not say (none of its own questions), and all three unanswered kinds occur."""
+    from speechllm.data_recipes import passages
+
+    rng = np.random.default_rng(1)
+    kinds = []
+    for _ in range(600):
+        qa, kind = passages.grounded_qa(rng)
+        kinds.append(kind)
+        assert not any(ch.isdigit() for ch in qa.passage + qa.question + qa.answer)
+        assert ".." not in qa.passage.replace("a.m.", "").replace("p.m.", "")
+        if kind == "answered":
+            assert qa.answer in qa.passage and qa.answer != passages.NOT_STATED
+        else:
+            assert qa.answer == passages.NOT_STATED
+    assert set(kinds) == {"answered", "near", "elsewhere", "generic"}
+    assert 0.25 < 1 - kinds.count("answered") / len(kinds) < 0.45
+    fact = passages.FACTS[0](rng)  # a fact's near misses are not among the questions it answers
+    assert not set(fact.near_misses) & {q for q, _ in fact.questions}
+    item = next(i for i in RECIPES["passages"].items(0) if i.source.startswith("unanswered"))
+    assert item.task == "sqa" and item.prompt and item.answer == passages.NOT_STATED
+
+
 def test_split_of_is_stable_and_proportioned():
     assert split_of("Hello, World!") == split_of("hello world")
     assert split_of("It costs $3.") == split_of("It costs three dollars.")
