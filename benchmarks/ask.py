@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/ask.py --models speechllm-starter runs/sqa-text \
         --manifest corpora/sqa-12h/test.jsonl --json benchmarks/results/ask.json
+    .venv/bin/python benchmarks/ask.py --models speechllm-starter \
+        --manifest corpora/passages-10h/test.jsonl --json benchmarks/results/ask-grounded.json
 
 Rows of an ``sqa`` manifest are either a spoken question (the audio asks it) or a spoken passage
 with a text question about it (``prompt``). Each model answers every row greedily through the same
@@ -9,7 +11,10 @@ path as ``speechllm ask`` (the model's own prompt format, batched generation) an
 trainer scores it (``speechllm.train.evaluate``): *accuracy* is the share of replies that contain
 the reference answer as whole words after normalisation; *answered* (IFR) is the share of replies
 that are not empty and not a near copy of what was said (a reply that transcribes the question does
-not answer it). Test rows are held out by text and spoken by voices no training row uses. Spoken
+not answer it). A ``passages`` manifest also has questions the passage does not answer (the row's
+``source`` ``unanswered:...``, answer "The recording does not say."): their accuracy is the share of
+replies saying so, and *says it is not stated* on the ``answered`` rows is the share of answerable
+questions wrongly refused. Test rows are held out by text and spoken by voices no training row uses. Spoken
 questions are also scored by kind (the row's ``source``: ``arithmetic``, ``quiz``), since a model's
 skills (speechllm.speechlm.skills) answer the sums without its LLM.
 """
@@ -37,6 +42,22 @@ def kind_of(row) -> str | None:
     """A spoken question's kind from its ``source`` ("quiz:state" -> "quiz"); None without one."""
     source = row.extra.get("source")
     return source.split(":")[0] if isinstance(source, str) and source else None
+
+
+def summary(result: dict) -> str:
+    """One line of a model's figures (the parts its manifest has)."""
+    parts = []
+    for kind in KEYS:
+        figures = result[kind]
+        if not figures["items"]:
+            continue
+        by_kind = ", ".join(f"{k} {v:.3f}" for k, v in figures["by_kind"].items())
+        parts.append(f"{kind} accuracy {figures['accuracy']:.3f}" + (f" ({by_kind})" if by_kind else "")
+                     + f", answered {figures['answered']:.3f}")
+    if result["passage"]["not_stated_by_kind"]:
+        parts.append("says it is not stated: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in result["passage"]["not_stated_by_kind"].items()))
+    return "; ".join(parts)
 
 
 def main() -> None:
@@ -69,16 +90,18 @@ def main() -> None:
         result = {"model": name, "load_s": round(loaded - start, 2), "answer_s": round(done - loaded, 1)}
         for kind, (acc, ifr) in KEYS.items():
             result[kind] = {"items": counts[kind], "accuracy": metrics.get(acc), "answered": metrics.get(ifr)}
-        result["spoken"]["by_kind"] = {key.rsplit("/", 1)[1]: value for key, value in metrics.items()
-                                       if key.startswith(KEYS["spoken"][0] + "/")}
+        for kind, (acc, _) in KEYS.items():
+            result[kind]["by_kind"] = {key.rsplit("/", 1)[1]: value for key, value in metrics.items()
+                                       if key.startswith(acc + "/")}
+        not_stated = "qa_not_stated/passage-question"
+        result["passage"]["not_stated"] = metrics.get(not_stated)
+        result["passage"]["not_stated_by_kind"] = {key.rsplit("/", 1)[1]: value
+                                                   for key, value in metrics.items()
+                                                   if key.startswith(not_stated + "/")}
         result["skills"] = list(getattr(model.config, "skills", ()))
         result["examples"] = metrics["examples"]
         results.append(result)
-        print(f"{name}: passage accuracy {result['passage']['accuracy']:.3f} (answered "
-              f"{result['passage']['answered']:.3f}); spoken questions answered "
-              f"{result['spoken']['answered']:.3f}, accuracy {result['spoken']['accuracy']:.3f} "
-              f"({', '.join(f'{k} {v:.3f}' for k, v in result['spoken']['by_kind'].items())}); "
-              f"{result['answer_s']} s for {len(rows)} rows")
+        print(f"{name}: {summary(result)}; {result['answer_s']} s for {len(rows)} rows")
         del model
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

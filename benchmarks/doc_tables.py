@@ -48,6 +48,10 @@ HEARING_ASK = {  # benchmarks/results/ask-hearing.json: the shipped starter, its
     "runs/starter-ctc": "same weights, `\"hearing\": \"adapter\"`: the LLM reads its CTC units "
                         "(spoken questions: the CTC transcript, typed)",
 }
+GROUNDED_ASK = {  # benchmarks/results/ask-grounded.json: the LoRA before and after the passages rows
+    "runs/starter-before-passages": "starter before (LoRA taught answerable questions only)",
+    "speechllm-starter": "**starter (shipped): + 600 steps with the `passages` rows**",
+}
 STARTER_SYSTEMS = {  # benchmarks/results/asr-starter.json
     "speechllm-whisper fp32": "Whisper tiny.en, the project's decoder",
     "faster-whisper int8": "faster-whisper (same tiny.en weights, int8)",
@@ -126,6 +130,13 @@ TABLES: dict[str, Table] = {
         Column("dev WER (30 rows)", maybe("eval_wer"), pct(), True))),
     "ask": _ask_table("ask.json", ASK_MODELS),
     "ask-hearing": _ask_table("ask-hearing.json", HEARING_ASK, by_kind=True),
+    "ask-grounded": Table("ask-grounded.json", (
+        Column("model", labelled(GROUNDED_ASK, "model")),
+        Column("answerable: right", "passage.by_kind.answered", pct(1), True),
+        Column("answerable: says not stated", "passage.not_stated_by_kind.answered", pct(1), True),
+        Column("not answerable: says not stated", "passage.by_kind.unanswered", pct(1), True),
+        Column("all answers", "answer_s", fixed(0, " s"), True)),
+        rows=lambda d: d["results"]),
     "asr-starter": Table("asr-starter.json", (
         Column("system", labelled(STARTER_SYSTEMS, "system")),
         Column("test WER", "wer", pct(), True), *VOICES,
@@ -307,6 +318,10 @@ FIGURES: dict[str, Figure] = {
     "handsfree-ttft-ahead-p90": Figure("handsfree-ttft.json", lambda d: d["heard ahead"]["p90_s"],
                                        fixed(2, " s")),
     "ask-passage": Figure("ask-hearing.json", _ask("speechllm-starter", "passage.accuracy"), pct(1)),
+    "ask-grounded-right": Figure("ask-grounded.json", _ask(SHIPPED_ASK, "passage.by_kind.answered"), pct(1)),
+    "ask-grounded-not-stated": Figure("ask-grounded.json", _ask(SHIPPED_ASK, "passage.by_kind.unanswered"),
+                                      pct(1)),
+    "ask-grounded-rows": Figure("ask-grounded.json", lambda d: d["counts"]["passage"]),
     "ask-passage-lora": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
     "ask-spoken-accuracy": Figure("ask-hearing.json", _ask("speechllm-starter", "spoken.accuracy"), pct(1)),
     "ask-spoken-sums": Figure("ask-hearing.json", _ask(SHIPPED_ASK, "spoken.by_kind.arithmetic"), pct(1)),

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from speechllm.data_recipes.texts import NAMES, PassageQA, story
+from speechllm.speechlm.tasks import NOT_STATED
 from speechllm.text_normalize import number_to_words, spoken_form
 
-NOT_STATED = "The recording does not say."
 UNANSWERED_SHARE = 0.35  # of questions; of those: near misses, elsewhere, generic
 UNANSWERED_KINDS = (("near", 0.5), ("elsewhere", 0.3), ("generic", 0.2))
 

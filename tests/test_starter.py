@@ -9,6 +9,7 @@ import pytest
 
 import speechllm
 from speechllm.metrics import word_error_rate
+from speechllm.speechlm.tasks import NOT_STATED
 from speechllm.zoo import ZOO
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -60,6 +61,9 @@ def test_starter_hears_through_whisper_and_answers_the_readme_question():
     ask = speechllm.load(speechllm.STARTER, task="passage-question",
                          prompt="What should be sent before the meeting?")
     assert "report" in ask.transcribe(str(EXAMPLES / "meeting_slt.flac")).text.lower()
+    for question in ("When is the meeting?", "Who is speaking?"):  # not said: no made-up answer
+        ask = speechllm.load(speechllm.STARTER, task="passage-question", prompt=question)
+        assert ask.transcribe(str(EXAMPLES / "meeting_slt.flac")).text == NOT_STATED, question
 
 
 @needs_bundles

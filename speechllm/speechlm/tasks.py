@@ -12,7 +12,8 @@ transcript (``reply_is_transcript``: transcribe) it follows when closeness < 0.5
 twice the transcript's length (+10 characters); for every other task it follows when it is *not*
 merely a transcript of the audio: closeness >= 0.5 (the SLAM-LLM failure mode: an ASR-trained model
 transcribes whatever it is asked). Replies to audio whose text is unknown follow when non-empty.
-QA accuracy: the normalised answer appears, as whole words, in the normalised reply.
+QA accuracy: the normalised answer appears, as whole words, in the normalised reply; a question that the
+audio does not answer has the answer :data:`NOT_STATED`.
 """
 
 from __future__ import annotations
@@ -194,9 +195,15 @@ def answer_correct(answer: str, reply: str) -> bool:
     return bool(a) and any(r[i : i + len(a)] == a for i in range(len(r) - len(a) + 1))
 
 
+NOT_STATED = "The recording does not say."  # the reply to a question about audio that does not answer it
+
+
 def qa_accuracy(task: str, refs: list[str], hyps: list[str]) -> dict[str, Any]:
+    """Accuracy, and the share of replies saying :data:`NOT_STATED` (right where the reference says so)."""
     correct = [answer_correct(r, h) for r, h in zip(refs, hyps, strict=True)]
-    return {f"qa_acc/{task}": sum(correct) / len(correct) if correct else 0.0}
+    not_stated = [answer_correct(NOT_STATED, h) for h in hyps]
+    return {f"qa_acc/{task}": sum(correct) / len(correct) if correct else 0.0,
+            f"qa_not_stated/{task}": sum(not_stated) / len(not_stated) if not_stated else 0.0}
 
 
 def follows_instruction(task: str, reply: str, spoken: str | None) -> bool:
