@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from speechllm.data_recipes.texts import NAMES, PassageQA, story
+from speechllm.data_recipes.texts import _DAYS as DAYS
+from speechllm.data_recipes.texts import NAMES, PassageQA, _ordinal, story
 from speechllm.speechlm.tasks import NOT_STATED
 from speechllm.text_normalize import number_to_words, spoken_form
 
@@ -46,7 +47,6 @@ _MORE_NAMES = (
 PEOPLE = tuple(NAMES) + tuple(_MORE_NAMES)
 CITIES = ("Boston Denver Leeds Lyon Porto Oslo Dublin Austin Seattle Glasgow Madrid Vienna Toronto "
           "Chicago").split()
-DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 EVENTS = ("meeting", "interview", "dentist appointment", "concert", "party", "exam", "workshop", "dinner")
 ACTIONS = ("send me the report", "book a table", "print the tickets", "call the plumber", "water the plants",
            "pick up the keys", "pay the rent", "reply to the email", "buy some milk", "clean the kitchen")
@@ -179,14 +179,10 @@ def _forecast(rng: np.random.Generator) -> Fact:
 def _room(rng: np.random.Generator) -> Fact:
     room, other, floor = rng.choice(np.arange(1, 500), size=3, replace=False)
     room_, other_ = number_to_words(int(room)), number_to_words(int(other))
-    floor_ = spoken_form(f"the {int(floor) % 20 + 1}{_suffix(int(floor) % 20 + 1)} floor")
+    floor_ = spoken_form(f"the {_ordinal(int(floor) % 20 + 1)} floor")
     return Fact(f"Room {room_} is on {floor_}.",
                 ((f"Which floor is room {room_} on?", floor_), (f"Where is room {room_}?", floor_)),
                 (f"Which floor is room {other_} on?", "Where is the lift?", f"Who works in room {room_}?"))
-
-
-def _suffix(n: int) -> str:
-    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def _crowd(rng: np.random.Generator) -> Fact:
