@@ -54,15 +54,10 @@ def default_model(task: str = "transcribe") -> str:
 
 
 def speechlm_path(name_or_dir: str) -> Path | None:
-    """The folder of a speech-LLM named by zoo name or path, or None when it names something else."""
-    from speechllm.speechlm.io import is_speechlm_folder
-    from speechllm.zoo import ZOO, resolve
+    """:func:`speechllm.speechlm.io.speechlm_path`, imported on first use (a light ``import speechllm``)."""
+    from speechllm.speechlm.io import speechlm_path
 
-    entry = ZOO.get(name_or_dir)
-    if entry is not None:
-        return resolve(name_or_dir).path if entry.kind == "speech-llm" else None
-    path = Path(name_or_dir).expanduser()
-    return path if path.is_dir() and is_speechlm_folder(path) else None
+    return speechlm_path(name_or_dir)
 
 
 def load(name_or_dir: str | None = None, device: str | None = None, task: str = "transcribe",

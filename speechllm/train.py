@@ -470,9 +470,11 @@ def _unit_simulator(model: SpeechLLM, noise: dict[str, Any] | None):
 
 
 def _text_loss(model: SpeechLLM, simulator, examples: list[Example], seed: list[int]):
-    """The LLM loss of text examples whose audio is simulated CTC units (seeded per item)."""
-    from speechllm.speechlm.simulated_units import simulated_output
+    """The LLM loss of text examples whose audio is simulated CTC units (seeded per item); a transcript
+    a real hearing wrote (``heard``) is read exactly, as at inference."""
+    from speechllm.speechlm.simulated_units import exact_units, simulated_output
 
-    units = [simulator(e.spoken, np.random.default_rng([*seed, j])) for j, e in enumerate(examples)]
+    units = [exact_units(simulator.vocab.encode(e.spoken)) if e.heard
+             else simulator(e.spoken, np.random.default_rng([*seed, j])) for j, e in enumerate(examples)]
     return model.forward_units(simulated_output(model.adapter, units), [e.instruction for e in examples],
                                [e.reply for e in examples])

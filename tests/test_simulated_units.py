@@ -186,6 +186,68 @@ def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
 
 
 
+def test_heard_rows_are_read_exactly_as_the_model_reads_its_transcript(ctc_posterior):
+    from speechllm.manifest import ManifestRow
+    from speechllm.speechlm.hearing import Heard, transcript_units
+    from speechllm.speechlm.tasks import example_of
+    from speechllm.train import _text_loss
+
+    model = ctc_posterior.eval()
+    row = ManifestRow(audio="", task="sqa", text="anna went to the market", prompt="where did anna go?",
+                      answer="the market")
+    plain = example_of(row)
+    real = example_of(replace(row, text="anna went to the marquee", extra={"heard_by": "speechllm-starter"}))
+    assert real.heard and not plain.heard and real.spoken == "anna went to the marquee"
+    simulator = UnitSimulator(model.ctc_vocab, confusable_units(model.adapter, 4))
+    with torch.no_grad():
+        noised = [float(_text_loss(model, simulator, [plain], [s]).loss) for s in (1, 2)]
+        exact = [float(_text_loss(model, simulator, [real], [s]).loss) for s in (1, 2)]
+        units = transcript_units(model.adapter, model.ctc_vocab, [Heard(real.spoken, "en")])
+        inference = float(model.forward_units(units, [real.instruction], [real.reply]).loss)
+    assert noised[0] != noised[1]  # simulated errors drawn per seed
+    assert exact[0] == exact[1] == pytest.approx(inference, abs=1e-5)  # what the model reads at inference
+
+
+def test_data_heard_writes_text_rows_as_the_model_hears_them_and_resumes(data, tmp_path, monkeypatch, capsys):
+    import soundfile
+
+    from speechllm.apps.cli import main
+    from speechllm.speechlm import save_speechlm
+    from speechllm.speechlm.hearing import Heard, WhisperHearing
+
+    folder = save_speechlm(SpeechLLM.build(whisper_hearing_run(data, tmp_path / "m").model_config()),
+                           tmp_path / "model")
+    rows = [{"audio": "a.wav", "text": "paris", "task": "sqa", "prompt": "where?", "answer": "paris"},
+            {"audio": "b.wav", "text": "hello world", "task": "asr"},
+            {"audio": "c.wav", "text": "the weather", "task": "st", "source_text": "el tiempo"},
+            {"audio": "d.wav", "text": "who?", "task": "sqa", "answer": "me"}]
+    for n, row in enumerate(rows):
+        soundfile.write(tmp_path / row["audio"], np.zeros(8000 * (n + 1), np.float32), 16000)
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    said = {8000: "It costs 12 dollars.", 24000: "el tiempo, el tiempo", 32000: ""}  # by clip length
+    monkeypatch.setattr(WhisperHearing, "heard", lambda _, audio: [Heard(said[len(a)], "en") for a in audio])
+    out = tmp_path / "heard.jsonl"
+    assert main(["data", "heard", str(manifest), "--by", str(folder), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["It costs twelve dollars.", "the weather"]
+    err = capsys.readouterr().err
+    assert "1 row(s) of tasks whose reply is the transcript (asr) left out" in err
+    assert "d.wav: nothing heard" in err
+    assert rows[0]["said"] == "paris" and rows[0]["answer"] == "paris" and rows[0]["prompt"] == "where?"
+    assert rows[1]["source_text"] == "el tiempo, el tiempo" and rows[1]["said"] == "el tiempo"
+    assert {r["heard_by"] for r in rows} == {str(folder)}
+    assert len(read_text_rows(out)) == 2  # finetune --text-train takes them
+    assert main(["data", "heard", str(manifest), "--by", str(folder), "--out", str(out)]) == 1
+    assert "--resume" in capsys.readouterr().err
+    out.write_text(out.read_text().splitlines()[0] + "\n" + '{"task": "st", "te')  # killed mid-row
+    assert main(["data", "heard", str(manifest), "--by", str(folder), "--out", str(out), "--resume"]) == 0
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == [r["text"] for r in rows]
+    assert "1 rows heard" in capsys.readouterr().out
+    assert main(["data", "heard", str(manifest), "--by", str(data[3]), "--out", str(tmp_path / "x")]) == 1
+    assert "not a speech-LLM" in capsys.readouterr().err
+
+
 def test_spoken_questions_as_text_answer_what_was_heard_as_a_typed_message(data, tmp_path):
     from speechllm.generation import GenerationOptions
     from speechllm.speechlm import SpeechLLMConfig, instruction
@@ -193,6 +255,7 @@ def test_spoken_questions_as_text_answer_what_was_heard_as_a_typed_message(data,
 
     run = whisper_hearing_run(data, tmp_path / "typed")
     model = SpeechLLM.build(replace(run.model_config(), spoken_questions="text")).eval()
+    torch.manual_seed(0)  # the LoRA drawn below, whatever ran before
     with torch.no_grad():  # a LoRA that changes replies: the typed path must run without it
         for name, param in model.llm.named_parameters():
             if "lora_B" in name:

@@ -122,6 +122,21 @@ def _run_text(args: argparse.Namespace) -> int:
     return run_text(args)
 
 
+# ---------------------------------------------------------------- heard rows
+
+
+def _register_heard(parser: argparse.ArgumentParser) -> None:
+    from speechllm.data_recipes.heard import register_heard
+
+    register_heard(parser)
+
+
+def _run_heard(args: argparse.Namespace) -> int:
+    from speechllm.data_recipes.heard import run_heard
+
+    return run_heard(args)
+
+
 # ---------------------------------------------------------------- merge
 
 
@@ -180,6 +195,8 @@ ACTIONS: dict[str, Action] = {
                       _register_distill, _run_distill),
     "text": Action("a recipe's rows without audio, for text-side training (finetune --text-train)",
                    _register_text, _run_text),
+    "heard": Action("an audio manifest's rows as text rows, their text as a model's Whisper hears it "
+                    "(finetune --text-train)", _register_heard, _run_heard),
     "merge": Action("merge manifests into one (paths rebased; optional shuffle, per-task cap)",
                     _register_merge, _run_merge),
     "validate": Action("check every row of a manifest (and its audio)", _register_validate, _run_validate),

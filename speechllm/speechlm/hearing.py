@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from speechllm.adapters import AdapterOutput
-from speechllm.speechlm.simulated_units import simulated_output
+from speechllm.speechlm.simulated_units import exact_units, simulated_output
 from speechllm.text_normalize import spoken_form
 
 HEARINGS = ("adapter", "whisper")
@@ -139,8 +139,7 @@ def transcript_units(adapter, vocab, heard: Sequence[Heard]) -> AdapterOutput:
     spoken form (English numbers as words, as the LoRA's text rows were), and, per position, the LLM
     token it stands for (``tokens``: the speculative drafter's seed)."""
     units = [vocab.encode(spoken_form(h.text, lang=h.language)) for h in heard]
-    items = [(torch.tensor(u, dtype=torch.long).reshape(-1, 1), torch.ones(len(u), 1)) for u in units]
-    out = simulated_output(adapter, items)
+    out = simulated_output(adapter, [exact_units(u) for u in units])
     tokens = torch.zeros(out.mask.shape, dtype=torch.long, device=out.mask.device)
     for row, item in enumerate(units):
         llm_ids = [vocab.subset[u - 1] if vocab.subset else u - 1 for u in item]

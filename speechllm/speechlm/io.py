@@ -104,6 +104,17 @@ def is_speechlm_folder(path: str | Path) -> bool:
         return False
 
 
+def speechlm_path(name_or_dir: str) -> Path | None:
+    """The folder of a speech-LLM named by zoo name or path, or None when it names something else."""
+    from speechllm.zoo import ZOO, resolve
+
+    entry = ZOO.get(name_or_dir)
+    if entry is not None:
+        return resolve(name_or_dir).path if entry.kind == "speech-llm" else None
+    path = Path(name_or_dir).expanduser()
+    return path if path.is_dir() and is_speechlm_folder(path) else None
+
+
 def read_config(folder: str | Path) -> tuple[SpeechLLMConfig, dict[str, Any]]:
     """(model config, info) from a model folder's config.json."""
     path = Path(folder) / CONFIG_FILE

@@ -10,7 +10,9 @@ How the head errs (:class:`UnitNoise`): a unit is dropped, replaced by a token t
 with, or followed by a spurious one; a word is respelt as smaller pieces; and every unit is a soft
 mix: its own token gets a probability drawn from ``confidence``, the rest goes to confusable
 tokens. *Confusable* is read off the trained head itself (:func:`confusable_units`): two tokens
-whose rows of the CTC output layer point the same way are the ones its posteriors mix up.
+whose rows of the CTC output layer point the same way are the ones its posteriors mix up. A
+transcript a real hearing wrote (Whisper's, ``speechllm data heard``) is read as it is, as certain
+units (:func:`exact_units`).
 """
 
 from __future__ import annotations
@@ -117,6 +119,12 @@ class UnitSimulator:
     def __call__(self, text: str, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
         units = self.units(text, rng) or self.vocab.encode(text)[:1] or [1]
         return self.posteriors(units, rng)
+
+
+def exact_units(units: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """CTC ids as certain units (``(ids [n, 1], probs [n, 1])`` of ones): a transcript read as it is
+    written, the way a speech-LLM that hears through Whisper reads it."""
+    return torch.tensor(list(units), dtype=torch.long).reshape(-1, 1), torch.ones(len(units), 1)
 
 
 def simulated_output(adapter, items: Sequence[tuple[Tensor, Tensor]]) -> AdapterOutput:

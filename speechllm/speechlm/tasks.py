@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ class Example:
     instruction: str
     reply: str
     spoken: str | None  # what the audio says, when known: CTC target and IFR reference
+    heard: bool = False  # spoken is what a hearing model wrote (a ``heard_by`` row): read exactly, not noised
 
 
 def _always(row: ManifestRow) -> bool:
@@ -139,7 +140,8 @@ def example_of(row: ManifestRow) -> Example:
     """The example a manifest row teaches; ``ValueError`` for a row no task trains on."""
     for task in TASKS.values():
         if task.example is not None and row.task in task.rows and task.accepts(row):
-            return task.example(task, row)
+            example = task.example(task, row)
+            return replace(example, heard=True) if row.extra.get("heard_by") else example
     raise ValueError(f"task {row.task!r} is not trained here (known: {', '.join(row_tasks())})")
 
 
