@@ -50,21 +50,37 @@ def register_heard(parser: argparse.ArgumentParser) -> None:
                              "e.g. speechllm-starter")
     parser.add_argument("--out", "-o", type=Path, required=True, metavar="OUT.jsonl")
     parser.add_argument("--resume", action="store_true", help="keep the rows OUT has and hear only the rest")
+    parser.add_argument("--drop-lost-answers", action="store_true",
+                        help="leave out a question's row whose answer the transcript no longer holds (a "
+                             "misheard name or number: it cannot be learned from what was heard)")
     parser.add_argument("--limit", type=int, default=None, help="the first N rows of MANIFEST only")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
 
 
-def _done(out: Path) -> set[str]:
-    """The audio of the rows ``out`` already holds (a torn last line is dropped)."""
+def answer_lost(row: dict[str, Any]) -> bool:
+    """A question about a passage (a row with a text prompt) whose answer, a span of the passage, no
+    longer appears as whole words in what was heard."""
+    from speechllm.speechlm.tasks import NOT_STATED, answer_correct
+
+    answer = row.get("answer")
+    asked = bool(row.get("prompt") and answer) and answer != NOT_STATED
+    return asked and not answer_correct(answer, row["text"])
+
+
+def _done(out: Path, keep_row) -> tuple[set[str], int]:
+    """The audio of the rows ``out`` already holds, and how many rows it keeps: rows that ``keep_row``
+    refuses and a torn last line are dropped from it."""
     done, keep = set(), []
     for line in out.read_text(encoding="utf-8").splitlines():
         try:
-            done.add(json.loads(line)["heard_from"])
-            keep.append(line)
+            row = json.loads(line)
+            done.add(row["heard_from"])
         except (json.JSONDecodeError, KeyError, TypeError):
             break
+        if keep_row(row):
+            keep.append(line)
     out.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-    return done
+    return done, len(keep)
 
 
 def run_heard(args: argparse.Namespace) -> int:
@@ -89,7 +105,8 @@ def run_heard(args: argparse.Namespace) -> int:
         raise ValueError(f"--by {args.by}: not a speech-LLM folder or zoo name")
     if args.out.exists() and not args.resume:
         raise ValueError(f"{args.out} exists: --resume to go on with it, or choose another --out")
-    done = _done(args.out) if args.out.exists() else set()
+    keep_row = (lambda row: not answer_lost(row)) if args.drop_lost_answers else (lambda row: True)
+    done, kept = _done(args.out, keep_row) if args.out.exists() else (set(), 0)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_speechlm(folder, device="cpu")
@@ -98,7 +115,7 @@ def run_heard(args: argparse.Namespace) -> int:
                          "Whisper has transcripts to train on")
     todo = [(row, e) for row, e in zip(rows, examples, strict=True) if row.audio not in done]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    written = empty = 0
+    written = empty = lost = 0
     with open(args.out, "a", encoding="utf-8") as f:
         for row, example in tqdm(todo, desc="hearing", unit="clip", file=sys.stderr):
             heard = model.hear([load_audio(row.audio)], [example.instruction])[0]
@@ -107,9 +124,14 @@ def run_heard(args: argparse.Namespace) -> int:
                 empty += 1
                 print(f"{row.audio}: nothing heard; row left out", file=sys.stderr)
                 continue
-            f.write(json.dumps(heard_row(row, text, args.by), ensure_ascii=False) + "\n")
+            out = heard_row(row, text, args.by)
+            if not keep_row(out):
+                lost += 1
+                continue
+            f.write(json.dumps(out, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
             written += 1
-    print(f"{written} rows heard by {args.by} -> {args.out} ({len(done)} kept, {empty} heard as nothing)")
+    print(f"{written} rows heard by {args.by} -> {args.out} ({kept} kept from before, {empty} heard as "
+          f"nothing, {lost} with their answer lost left out)")
     return 0

@@ -244,6 +244,11 @@ def test_data_heard_writes_text_rows_as_the_model_hears_them_and_resumes(data, t
     assert main(["data", "heard", str(manifest), "--by", str(folder), "--out", str(out), "--resume"]) == 0
     assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == [r["text"] for r in rows]
     assert "1 rows heard" in capsys.readouterr().out
+    # "where?" -> "paris", heard as "It costs twelve dollars.": its answer is lost, the translation kept
+    assert main(["data", "heard", str(manifest), "--by", str(folder), "--out", str(out), "--resume",
+                 "--drop-lost-answers"]) == 0
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == ["the weather"]
+    assert "0 rows heard" in capsys.readouterr().out  # nothing heard again
     assert main(["data", "heard", str(manifest), "--by", str(data[3]), "--out", str(tmp_path / "x")]) == 1
     assert "not a speech-LLM" in capsys.readouterr().err
 
