@@ -58,12 +58,12 @@ def register_heard(parser: argparse.ArgumentParser) -> None:
 
 
 def answer_lost(row: dict[str, Any]) -> bool:
-    """A question about a passage (a row with a text prompt) whose answer, a span of the passage, no
-    longer appears as whole words in what was heard."""
+    """A question about a passage (an ``sqa`` row with a text prompt) whose answer, a span of the
+    passage, no longer appears as whole words in what was heard."""
     from speechllm.speechlm.tasks import NOT_STATED, answer_correct
 
     answer = row.get("answer")
-    asked = bool(row.get("prompt") and answer) and answer != NOT_STATED
+    asked = row["task"] == "sqa" and bool(row.get("prompt") and answer) and answer != NOT_STATED
     return asked and not answer_correct(answer, row["text"])
 
 
