@@ -48,9 +48,10 @@ HEARING_ASK = {  # benchmarks/results/ask-hearing.json: the shipped starter, its
     "runs/starter-ctc": "same weights, `\"hearing\": \"adapter\"`: the LLM reads its CTC units "
                         "(spoken questions: the CTC transcript, typed)",
 }
-GROUNDED_ASK = {  # benchmarks/results/ask-grounded.json: the LoRA before and after the passages rows
+GROUNDED_ASK = {  # benchmarks/results/ask-grounded.json: the LoRA before the passages rows, with them, heard
     "runs/starter-before-passages": "starter before (LoRA taught answerable questions only)",
-    "speechllm-starter": "**starter (shipped): + 600 steps with the `passages` rows**",
+    "runs/starter-run5": "+ 600 steps with the `passages` text rows",
+    "speechllm-starter": "**starter (shipped): + 400 steps with passages as its Whisper hears them**",
 }
 STARTER_SYSTEMS = {  # benchmarks/results/asr-starter.json
     "speechllm-whisper fp32": "Whisper tiny.en, the project's decoder",
