@@ -38,7 +38,7 @@ def heard_row(row: ManifestRow, heard: str, by: str) -> dict[str, Any]:
     out = {"task": row.task, "text": row.text, "prompt": row.prompt, "answer": row.answer, "lang": row.lang,
            **row.extra}
     field = SPOKEN_FIELD[row.task]
-    out.update({"said": out[field], field: heard, "heard_by": by, "heard_from": row.audio})
+    out.update({"said": out.get(field), field: heard, "heard_by": by, "heard_from": row.audio})
     return {k: v for k, v in out.items() if v is not None}
 
 
