@@ -144,8 +144,8 @@ def draft_counts(model, audio, texts, options, phrases, head=None) -> dict[str, 
     counts = {"drafted": 0, "accepted": 0, "passes": 0, "tokens": 0}
     for a, text in zip(audio, texts, strict=True):
         with model.text_mode() if a is None else torch.no_grad(), torch.no_grad():
-            spliced, seeds = model._prefill_seeded(None if a is None else [a], [text])
-            decoder = GreedyDecoder(model._stop_ids, options, seeds[0], phrases, head)
+            spliced, seeds, quotes = model._prefill_seeded(None if a is None else [a], [text], options)
+            decoder = GreedyDecoder(model._stop_ids, options, seeds[0], phrases, head, quotes)
             out = decoder.run(model._open(spliced, options))[0]
         for key in ("drafted", "accepted", "passes"):
             counts[key] += getattr(decoder.stats, key)

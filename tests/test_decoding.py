@@ -21,6 +21,7 @@ from speechllm.generation import (
     BeamSearchDecoder,
     DraftStats,
     GenerationOptions,
+    GreedyDecoder,
     HFState,
     PhraseBook,
     Reply,
@@ -36,7 +37,8 @@ from speechllm.generation import (
     state_class,
     token_stream,
 )
-from speechllm.speechlm.model import pad_audio
+from speechllm.generation.constraints import START, QuoteConstraint, TokenBytes
+from speechllm.speechlm.model import NOT_STATED, pad_audio
 
 VOCAB = 96
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add overhead
@@ -422,6 +424,53 @@ def test_speculation_stops_where_greedy_does_at_a_loop():
         assert (spec.tokens, spec.stop) == (greedy.tokens, greedy.stop)
 
 
+# --- replies held to quotes (QuoteConstraint) on every strategy -------------------------------------
+
+def _quotes() -> QuoteConstraint:
+    """Tokens 2.. as letters, spaced letters and letter pairs; a heard text and a refusal to quote."""
+    letters = [chr(97 + i) for i in range(26)]
+    pieces = letters + [" " + c for c in letters] + [a + b for a in "aeiou" for b in letters][:VOCAB - 54]
+    vocab = TokenBytes({t: p.encode() for t, p in enumerate(pieces, start=2)})
+    return QuoteConstraint(vocab, ["the cat sat on the mat and the dog ran far away"], ["no idea"], [0])
+
+
+def _quoted(model, ids, engine, quote, options, decoder=None, drafts=()) -> list[int]:
+    """The reply's tokens (stop token left out) under ``quote``: streamed, or by ``decoder``."""
+    with torch.no_grad():
+        state = open_state(model, model.get_input_embeddings()(ids), torch.ones_like(ids),
+                           torch.arange(ids.shape[1])[None], engine)
+        if decoder is None:
+            return [t for t, _ in token_stream(state, [0], options, drafts, constraint=quote)][:-1]
+        return decoder([0], options, constraints=[quote]).run(state)[0][0]
+
+
+@pytest.mark.parametrize("engine", ["auto", "hf"])
+def test_quoted_replies_are_the_best_allowed_tokens_on_every_strategy(engine):
+    model, quote = tiny_llama(4), _quotes()
+    replies = set()
+    for seed in range(4):
+        ids = prompt(seed)
+        reference, state, x = [], START, ids  # a full forward pass per step, the likeliest allowed token
+        with torch.no_grad():
+            while True:
+                logits = model(x).logits[0, -1]
+                token = max(quote.allowed(state), key=lambda t: float(logits[t]))
+                if token == 0:
+                    break
+                reference.append(token)
+                state, x = quote.advance(state, token), torch.cat([x, torch.tensor([[token]])], 1)
+        said = b"".join(quote.vocab.bytes_of[t] for t in reference).decode().strip()
+        assert said == "no idea" or said in "the cat sat on the mat and the dog ran far away", said
+        replies.add(said)
+        free, top1 = opts(stop_repetition=False, speculative=False), opts(temperature=0.7, top_k=1, seed=0)
+        assert _quoted(model, ids, engine, quote, free) == reference
+        copy = ids[0].tolist() + reference  # drafts that hold
+        assert _quoted(model, ids, engine, quote, opts(draft_tokens=5), drafts=copy) == reference
+        assert _quoted(model, ids, engine, quote, top1, GreedyDecoder) == reference  # the batch path
+        assert _quoted(model, ids, engine, quote, free, BeamSearchDecoder) == reference
+    assert len(replies) > 1
+
+
 @pytest.mark.parametrize("adapter, lora, quant", [("linear", True, None), ("linear", True, "int4"),
                                                   ("ctc-posterior", False, None)])
 def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_path, adapter, lora, quant):
@@ -444,12 +493,16 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
         assert engine_for(model.llm).projections[0].fused_qkv is not None
     clip = np.random.default_rng(0).standard_normal(12000).astype(np.float32) * 0.1
     question = "Answer this question about the speech: hello world the weather will be sunny tomorrow"
-    spliced, seeds = model._prefill_seeded([clip], [question])
+    spliced, seeds, quotes = model._prefill_seeded([clip], [question])
     before, after = model.prompt_ids(question)
     assert seeds[0][:len(before)] == before and seeds[0][len(seeds[0]) - len(after):] == after
-    if adapter == "ctc-posterior":  # the CTC head's hypothesis seeds the drafts
+    heard = ""
+    if adapter == "ctc-posterior":  # the CTC head's hypothesis seeds the drafts, and the answer quotes it
         encoded = model.encode_audio(*pad_audio([clip]))
         assert seeds[0][len(before):len(seeds[0]) - len(after)] == encoded.tokens[0][encoded.mask[0]].tolist()
+        heard = model.tokenizer.decode(encoded.tokens[0][encoded.mask[0]].tolist())
+        assert heard.strip()
+    assert (quotes[0] is not None) == (adapter == "ctc-posterior")  # nothing to quote from a linear adapter
     for audio in ([clip], None):
         plain = model.generate(audio, question, GenerationOptions(max_new_tokens=30, speculative=False))[0]
         fast = model.generate(audio, question, GenerationOptions(max_new_tokens=30, speculative=True))[0]
@@ -458,6 +511,11 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
         streamed = "".join(model.stream(None if audio is None else clip, question,
                                         GenerationOptions(max_new_tokens=30, speculative=True)))
         assert streamed == fast.text
+        if audio is not None and heard:
+            assert fast.text == NOT_STATED or fast.text in heard
+            left_free = GenerationOptions(max_new_tokens=30, quote_answers=False)
+            free = model.generate(audio, question, left_free)[0]
+            assert free.text != fast.text  # the random model writes something else when left free
 
 
 @pytest.mark.parametrize("attention", ["native", "sdpa"])

@@ -29,7 +29,7 @@ def speech_llm(tmp_path_factory):
 def _drafted(model, text: str, options: GenerationOptions, head) -> tuple[list[int], DraftStats]:
     stats = DraftStats()
     with torch.no_grad(), model.text_mode():
-        spliced, seeds = model._prefill_seeded(None, [text])
+        spliced, seeds, _ = model._prefill_seeded(None, [text])
         state = model._open(spliced, options)
         # no prompt seeds: every draft is the head's
         tokens = [t for t, _ in token_stream(state, model._stop_ids, options, (), stats, None, head)]

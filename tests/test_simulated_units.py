@@ -178,7 +178,7 @@ def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
     table = model.llm.get_input_embeddings()
     first = table(model.adapter.token_ids[torch.tensor(expected) - 1])
     assert torch.allclose(units.embeddings[0, : len(expected)], first, atol=1e-6)
-    spliced, seeds = model._prefill_seeded(clips, [instruction("spoken-question")] * 2)
+    spliced, seeds, _ = model._prefill_seeded(clips, [instruction("spoken-question")] * 2)
     assert len(seeds[0]) > len(seeds[1])  # the drafter's seed holds the heard tokens
     assert len(model.generate(clips, instruction("spoken-question"))) == 2
     with pytest.raises(ValueError, match="hearing='whisper' needs"):
@@ -449,7 +449,7 @@ def test_translation_memory_prompts_the_second_hearing_and_gives_examples(tmp_pa
     assert request.prompt == "English: y dijo dios sea la luz\nFrench: God said, let there be light"
     assert model.with_examples(asked, heard[1]) == asked  # nothing near enough
     assert model.with_examples(instruction("translate", target="German"), heard[0]).endswith("German.")
-    spliced, _ = model._prefill_seeded(clips, [asked, asked])
+    spliced, *_ = model._prefill_seeded(clips, [asked, asked])
     assert spliced.embeds.shape[0] == 2
     (tmp_path / "model" / "memory.tsv.gz").unlink()
     with pytest.raises(FileNotFoundError, match="translation memory for 'English-French'"):

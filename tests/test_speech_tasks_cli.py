@@ -35,12 +35,16 @@ def test_load_routes_speechlm_folders(model_dir):
     assert isinstance(transcriber, SpeechLLMTranscriber)
     assert transcriber.instruction == "Translate the speech into Spanish."
     assert speechllm.speechlm_path("whisper-tiny.en") is None
+    asking = speechllm.load(str(model_dir), task="passage-question", prompt="Who?", quote_answers=False)
+    assert asking.options.quote_answers is False  # `ask --free-answer`; quoting is the default
+    assert speechllm.load(str(model_dir), task="passage-question", prompt="Who?").options.quote_answers
     with pytest.raises(ValueError, match="needs a speech-LLM"):
         speechllm.load("whisper-tiny.en", task="translate")
 
 
 @pytest.mark.parametrize("argv", [["translate", "{wav}", "--to", "en"], ["ask", "{wav}"],
-                                  ["ask", "{wav}", "What is said?"], ["transcribe", "{wav}"]])
+                                  ["ask", "{wav}", "What is said?"],
+                                  ["ask", "{wav}", "Who?", "--free-answer"], ["transcribe", "{wav}"]])
 def test_task_commands_write_the_jsonl_contract(model_dir, wav, tmp_path, argv):
     out = tmp_path / "out.jsonl"
     args = [a.format(wav=wav) for a in argv] + ["--model", str(model_dir), "--output", str(out), "-q",
@@ -54,8 +58,10 @@ def test_task_commands_write_the_jsonl_contract(model_dir, wav, tmp_path, argv):
 def test_task_command_errors_are_one_line(model_dir, wav, capsys):
     assert main(["translate", str(wav), "--model", "whisper-tiny.en", "-q"]) == 1
     assert main(["ask", str(wav), "  ", "--model", str(model_dir), "-q"]) == 1
+    assert main(["ask", str(wav), "--free-answer", "--model", str(model_dir), "-q"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "needs a speech-LLM" in err[0] and "QUESTION is empty" in err[1]
+    assert len(err) == 3 and "needs a speech-LLM" in err[0] and "QUESTION is empty" in err[1]
+    assert "--free-answer goes with a QUESTION" in err[2]
     # a speech-LLM takes --language (told to the Whisper it hears with), no other Whisper option
     assert main(["translate", str(wav), "--model", str(model_dir), "--temperature", "0.2", "-q"]) == 1
     assert main(["translate", str(wav), "--model", str(model_dir), "--language", "es", "-q"]) == 1

@@ -10,7 +10,8 @@
   the greedy tokens.
 
 Every reply ends on its end token, the repetition guard or the length budget
-(:class:`~speechllm.generation.options.Reply`).
+(:class:`~speechllm.generation.options.Reply`). Any strategy can be held to a constraint per row
+(:class:`~speechllm.generation.constraints.QuoteConstraint`: a reply that quotes what was heard).
 """
 
 from __future__ import annotations
@@ -21,11 +22,34 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from speechllm.generation.constraints import START, QuoteConstraint, State
 from speechllm.generation.draft_head import HeadDrafter
 from speechllm.generation.options import GenerationOptions, Reply
 from speechllm.generation.speculative import PhraseBook, SamDrafter
 
 Decoded = tuple[list[int], float, str]  # tokens, logprob, stop reason
+Constraints = Sequence[QuoteConstraint | None]  # one per row of the batch (or empty: none)
+
+
+class RowConstraint:
+    """One row's constraint as its reply grows (no constraint: masks nothing)."""
+
+    def __init__(self, constraint: QuoteConstraint | None, state: State = START):
+        self.constraint, self.state = constraint, state
+
+    def mask(self, scores: Tensor) -> Tensor:
+        return scores if self.constraint is None else self.constraint.mask(scores, self.state)
+
+    def after(self, token: int) -> RowConstraint:
+        if self.constraint is None:
+            return self
+        return RowConstraint(self.constraint, self.constraint.advance(self.state, token))
+
+
+def _rows(constraints: Constraints, n: int) -> list[RowConstraint]:
+    if constraints and len(constraints) != n:
+        raise ValueError(f"{len(constraints)} constraints for {n} rows")
+    return [RowConstraint(c) for c in constraints] if constraints else [RowConstraint(None)] * n
 
 
 class TokenChooser:
@@ -62,8 +86,10 @@ class DraftStats:
 
 def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = (),
                  stats: DraftStats | None = None, phrases: PhraseBook | None = None,
-                 head: HeadDrafter | None = None) -> Iterator[tuple[int, float]]:
-    """Greedy (token, logprob) of row 0, stop token included, at most ``max_new_tokens``.
+                 head: HeadDrafter | None = None,
+                 constraint: QuoteConstraint | None = None) -> Iterator[tuple[int, float]]:
+    """Greedy (token, logprob) of row 0, stop token included, at most ``max_new_tokens``; with a
+    ``constraint``, the most likely token it allows (the logprob stays the model's).
 
     With ``options.speculative`` the tokens are the same, but the drafter's guesses are checked
     several at a time. ``prompt``: the token ids the reply may copy from (seeds the drafter);
@@ -83,13 +109,15 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
     # chains (each token dearer to draft, and less sure) grow by one
     size = head_size = min(2, options.draft_tokens)
     logits = state.logits[:1]
+    row = RowConstraint(constraint)
     while True:
         scores = logits.log_softmax(-1)
-        token = int(scores.argmax(-1)[0])
+        token = int(row.mask(scores).argmax(-1)[0])
         yield token, float(scores[0, token])
         emitted += 1
         if token in stops or emitted >= budget:
             return
+        row = row.after(token)
         draft: list[int] = []
         from_head = False
         if drafter is not None:
@@ -105,7 +133,12 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
         logits_after = state.extend_lazily(torch.tensor([[token, *draft]]))
         rows = [logits_after(0)[:1]]  # the logits after the token, then after each accepted draft token
         scores = [rows[0].log_softmax(-1)]
-        while len(scores) <= len(draft) and int(scores[-1].argmax(-1)[0]) == draft[len(scores) - 1]:
+        held = [row]  # the constraint before each draft token
+        while len(held) <= len(draft):
+            guess = draft[len(held) - 1]
+            if int(held[-1].mask(scores[-1]).argmax(-1)[0]) != guess:
+                break
+            held.append(held[-1].after(guess))
             rows.append(logits_after(len(rows))[:1])
             scores.append(rows[-1].log_softmax(-1))
         accepted = len(scores) - 1
@@ -127,21 +160,24 @@ def token_stream(state, stop_ids: Sequence[int], options: GenerationOptions, pro
             if t in stops or emitted >= budget:
                 return
             drafter.append(t)
+        row = held[accepted]
         logits = rows[-1]
 
 
 class GreedyDecoder:
     def __init__(self, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = (),
-                 phrases: PhraseBook | None = None, head: HeadDrafter | None = None):
+                 phrases: PhraseBook | None = None, head: HeadDrafter | None = None,
+                 constraints: Constraints = ()):
         self.stop_ids, self.options, self.prompt, self.phrases = tuple(stop_ids), options, prompt, phrases
-        self.head = head
+        self.head, self.constraints = head, constraints
         self.stats = DraftStats()
 
     def run(self, state) -> list[Decoded]:
         if state.logits.shape[0] == 1 and self.options.temperature <= 0:
             reply = Reply(self.stop_ids, self.options)
+            constraint = _rows(self.constraints, 1)[0].constraint
             for token, logprob in token_stream(state, self.stop_ids, self.options, self.prompt, self.stats,
-                                               self.phrases, self.head):
+                                               self.phrases, self.head, constraint):
                 if not reply.add(token, logprob):
                     break
             return [(reply.tokens, reply.logprob, reply.stop)]
@@ -150,13 +186,15 @@ class GreedyDecoder:
     def _batch(self, state) -> list[Decoded]:
         choose = TokenChooser(self.options, state.logits.device)
         replies = [Reply(self.stop_ids, self.options) for _ in range(state.logits.shape[0])]
+        held = _rows(self.constraints, len(replies))
         logits = state.logits
         for _ in range(self.options.max_new_tokens):
-            chosen = choose(logits)
+            chosen = choose(torch.stack([c.mask(row) for c, row in zip(held, logits, strict=True)]))
             scores = logits.log_softmax(-1).gather(-1, chosen[:, None])[:, 0].tolist()
-            for reply, token, score in zip(replies, chosen.tolist(), scores, strict=True):
+            for i, (reply, token, score) in enumerate(zip(replies, chosen.tolist(), scores, strict=True)):
                 if reply.live:
                     reply.add(token, score)
+                    held[i] = held[i].after(token)
             if not any(r.live for r in replies):
                 break
             logits = state.step(chosen)  # rows that ended run on, unread
@@ -167,8 +205,9 @@ class BeamSearchDecoder:
     """``beam_size`` hypotheses per item; an item ends once it has ``beam_size`` finished ones."""
 
     def __init__(self, stop_ids: Sequence[int], options: GenerationOptions, prompt: Sequence[int] = (),
-                 phrases: PhraseBook | None = None, head: HeadDrafter | None = None):
-        self.stop_ids, self.options = set(stop_ids), options
+                 phrases: PhraseBook | None = None, head: HeadDrafter | None = None,
+                 constraints: Constraints = ()):
+        self.stop_ids, self.options, self.constraints = set(stop_ids), options, constraints
 
     def score(self, logprob: float, length: int) -> float:
         penalty = self.options.length_penalty
@@ -181,11 +220,13 @@ class BeamSearchDecoder:
         sums = torch.full((items * k,), float("-inf"))
         sums[::k] = 0.0  # only the first beam of each item is live at the start
         beams: list[list[int]] = [[] for _ in range(items * k)]
+        held = [c for c in _rows(self.constraints, items) for _ in range(k)]
         finished: list[dict[tuple[int, ...], float]] = [{} for _ in range(items)]
         logits = state.logits
         for step in range(self.options.max_new_tokens):
             logprobs = logits.log_softmax(-1).cpu()
-            next_rows, next_tokens, next_sums, next_beams = [], [], [], []
+            logprobs = torch.stack([c.mask(row) for c, row in zip(held, logprobs, strict=True)])
+            next_rows, next_tokens, next_sums, next_beams, next_held = [], [], [], [], []
             for item in range(items):
                 rows = range(item * k, (item + 1) * k)
                 if len(finished[item]) >= k:  # done: keep its rows idle
@@ -193,6 +234,7 @@ class BeamSearchDecoder:
                     next_tokens += [min(self.stop_ids)] * k
                     next_sums += [float("-inf")] * k
                     next_beams += [beams[r] for r in rows]
+                    next_held += [held[r] for r in rows]
                     continue
                 candidates = []
                 for row in rows:
@@ -212,6 +254,7 @@ class BeamSearchDecoder:
                     next_tokens.append(token)
                     next_sums.append(total)
                     next_beams.append(beams[row] + [token])
+                    next_held.append(held[row].after(token))
                     kept += 1
                     if kept == k:
                         break
@@ -220,10 +263,11 @@ class BeamSearchDecoder:
                     next_tokens.append(min(self.stop_ids))
                     next_sums.append(float("-inf"))
                     next_beams.append([])
+                    next_held.append(held[item * k])
                     kept += 1
             if all(len(f) >= k for f in finished):
                 break
-            beams, sums = next_beams, torch.tensor(next_sums)
+            beams, sums, held = next_beams, torch.tensor(next_sums), next_held
             if step == self.options.max_new_tokens - 1:
                 break
             state.select(torch.tensor(next_rows))
@@ -245,11 +289,12 @@ DECODERS = {"greedy": GreedyDecoder, "beam": BeamSearchDecoder}
 
 def run_decoder(state, stop_ids: Sequence[int], options: GenerationOptions,
                 prompt: Sequence[int] = (), phrases: PhraseBook | None = None,
-                head: HeadDrafter | None = None) -> list[Decoded]:
+                head: HeadDrafter | None = None, constraints: Constraints = ()) -> list[Decoded]:
     """Decode a prefilled batch with the strategy the options name (beam search when beam_size > 1);
-    ``prompt``, ``phrases`` and ``head`` seed the drafts of a greedy row (:func:`token_stream`)."""
+    ``prompt``, ``phrases`` and ``head`` seed the drafts of a greedy row (:func:`token_stream`);
+    ``constraints``: one per row (None: free), or none at all."""
     decoder = DECODERS["greedy" if options.beam_size == 1 else "beam"]
-    return decoder(stop_ids, options, prompt, phrases, head).run(state)
+    return decoder(stop_ids, options, prompt, phrases, head, constraints).run(state)
 
 
 def greedy_steps(state, stop_ids: Sequence[int], max_new_tokens: int) -> Iterator[Tensor]:

@@ -29,6 +29,9 @@ class GenerationOptions:
     phrases: bool = True  # drafts also from the model's phrase book (its own replies), where it has one
     draft_head: bool = True  # drafts also from the model's draft head (its hidden states), where it has one
     engine: str = "auto"  # "auto": the registry's engine for the model type; "hf": the fallback
+    # a question about a recording (a task that quotes_audio) is answered by a span of what was heard or
+    # the task's refusal, nothing else (QuoteConstraint); False: the LLM writes freely
+    quote_answers: bool = True
 
     def __post_init__(self) -> None:
         if self.beam_size < 1 or self.max_new_tokens < 1:

@@ -43,6 +43,7 @@ from speechllm.generation import (
     run_decoder,
     token_stream,
 )
+from speechllm.generation.constraints import QuoteConstraint, token_bytes
 from speechllm.speechlm.backbone import SpeechEncoder, load_backbone, load_encoder
 from speechllm.speechlm.ctc_beam import (
     CTCBeamOptions,
@@ -55,6 +56,7 @@ from speechllm.speechlm.memory import TranslationMemory
 from speechllm.speechlm.skills import check_skills, skill_reply
 from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task registry lives in tasks.py)
     LANGUAGES,
+    NOT_STATED,
     TASKS,
     Task,
     instruction,
@@ -597,17 +599,20 @@ class SpeechLLM(nn.Module):
     def _prefill(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str]) -> Spliced:
         return self._prefill_seeded(audio, instructions)[0]
 
-    def _prefill_seeded(self, audio: Sequence[np.ndarray] | None,
-                        instructions: Sequence[str]) -> tuple[Spliced, list[list[int]]]:
-        """The spliced batch and, per row, the token ids its reply may copy from (the speculative
+    def _prefill_seeded(self, audio: Sequence[np.ndarray] | None, instructions: Sequence[str],
+                        options: GenerationOptions = DEFAULT_OPTIONS,
+                        ) -> tuple[Spliced, list[list[int]], list[QuoteConstraint | None]]:
+        """The spliced batch; per row, the token ids its reply may copy from (the speculative
         drafter's seed): the prompt's text (a typed passage or question) with, in place of the
         audio, the adapter's own hypothesis of it when it writes one (``ctc-posterior``: the CTC
-        units, so a transcript or a quote of the audio is drafted from the CTC head)."""
+        units, so a transcript or a quote of the audio is drafted from the CTC head); and per row the
+        constraint its reply is held to (:meth:`quote_constraints`)."""
         if audio is None:
             before = [self.prompt_ids(text, False)[0] for text in instructions]
-            return self.splice(before, None, [[] for _ in before]), before
+            return self.splice(before, None, [[] for _ in before]), before, [None] * len(before)
         if len(audio) != len(instructions):
             raise ValueError(f"{len(audio)} audio inputs but {len(instructions)} instructions")
+        asked = list(instructions)
         if self.whisper is not None:
             heard = self.hear(audio, instructions)
             instructions = [self.with_examples(text, h) for text, h in zip(instructions, heard, strict=True)]
@@ -615,14 +620,35 @@ class SpeechLLM(nn.Module):
         else:
             encoded = self.encode_audio(*pad_audio(audio))
         prompts = [self.prompt_ids(text, True) for text in instructions]
-        return self._splice_seeded([p[0] for p in prompts], encoded, [p[1] for p in prompts])
+        before, after = [p[0] for p in prompts], [p[1] for p in prompts]
+        spliced, seeds, heard_ids = self._splice_seeded(before, encoded, after)
+        return spliced, seeds, self.quote_constraints(asked, heard_ids, options)
 
     def _splice_seeded(self, before: list[list[int]], encoded: AdapterOutput,
-                       after: list[list[int]]) -> tuple[Spliced, list[list[int]]]:
-        heard = [[] for _ in before] if encoded.tokens is None else [
+                       after: list[list[int]]) -> tuple[Spliced, list[list[int]], list[list[int]]]:
+        """The spliced batch, the drafter's seeds and, per row, the token ids that stand for the audio
+        (None where the adapter's output has none)."""
+        heard = [None for _ in before] if encoded.tokens is None else [
             row[m].tolist() for row, m in zip(encoded.tokens, encoded.mask, strict=True)]
-        seeds = [b + h + a for b, h, a in zip(before, heard, after, strict=True)]
-        return self.splice(before, encoded, after), seeds
+        seeds = [b + (h or []) + a for b, h, a in zip(before, heard, after, strict=True)]
+        return self.splice(before, encoded, after), seeds, heard
+
+    def quote_constraints(self, instructions: Sequence[str], heard_ids: Sequence[Sequence[int] | None],
+                          options: GenerationOptions) -> list[QuoteConstraint | None]:
+        """Per row: for a task whose reply quotes the audio (``Task.quotes_audio``: a question about
+        the recording), a constraint to spans of what the LLM was handed as the audio (its units'
+        text) or :data:`NOT_STATED`; None for other rows, audio without units, or
+        ``options.quote_answers=False``."""
+        constraints: list[QuoteConstraint | None] = []
+        for text, ids in zip(instructions, heard_ids, strict=True):
+            task = TASKS.get(task_of(text))
+            if not (options.quote_answers and task is not None and task.quotes_audio and ids is not None):
+                constraints.append(None)
+                continue
+            spans = [decode_text(self.tokenizer, ids)] if ids else []
+            vocab = token_bytes(self.tokenizer)
+            constraints.append(QuoteConstraint(vocab, spans, [NOT_STATED], self._stop_ids))
+        return constraints
 
     def ctc_transcripts(self, audio: Sequence[np.ndarray], beam_size: int = 1) -> list[Generation]:
         """Transcripts from the adapter's CTC path over LLM tokens: greedy, or the prefix beam
@@ -662,7 +688,7 @@ class SpeechLLM(nn.Module):
             heard = Heard(text, code)
             prompt = self.prompt_ids(self.with_examples(asked, heard), True)
             encoded = transcript_units(self.adapter, self.ctc_vocab, [heard])
-            spliced, seeds = self._splice_seeded([prompt[0]], encoded, [prompt[1]])
+            spliced, seeds, _ = self._splice_seeded([prompt[0]], encoded, [prompt[1]])
             results = run_decoder(self._open(spliced, options), self._stop_ids, options, seeds[0],
                                   self.phrase_book(), self.draft_head())
             replies.append(decode_text(self.tokenizer, results[0][0]))
@@ -695,10 +721,10 @@ class SpeechLLM(nn.Module):
                 return self._apart(audio, instructions, rows, options,
                                    lambda clips, texts: self.generate(None, typed(clips, texts), options))
         with self.text_mode() if audio is None else nullcontext():
-            spliced, seeds = self._prefill_seeded(audio, instructions)
+            spliced, seeds, quotes = self._prefill_seeded(audio, instructions, options)
             state = self._open(spliced, options)
             results = run_decoder(state, self._stop_ids, options, seeds[0] if len(seeds) == 1 else (),
-                                  self.phrase_book(), self.draft_head())
+                                  self.phrase_book(), self.draft_head(), quotes)
         return [Generation(tuple(tokens), decode_text(self.tokenizer, tokens), logprob, stop)
                 for tokens, logprob, stop in results]
 
@@ -769,12 +795,14 @@ class SpeechLLM(nn.Module):
             yield answer
             return
         with self.text_mode() if audio is None else nullcontext():
-            spliced, seeds = self._prefill_seeded(None if audio is None else [audio], [instruction_text])
+            clips = None if audio is None else [audio]
+            spliced, seeds, quotes = self._prefill_seeded(clips, [instruction_text], options)
             state = self._open(spliced, options)
             reply = Reply(self._stop_ids, options)
             shown = ""
             for token, logprob in token_stream(state, self._stop_ids, options, seeds[0],
-                                               phrases=self.phrase_book(), head=self.draft_head()):
+                                               phrases=self.phrase_book(), head=self.draft_head(),
+                                               constraint=quotes[0]):
                 if not reply.add(token, logprob):
                     break
                 text = decode_text(self.tokenizer, reply.tokens[:reply.settled()], strip=False).lstrip()

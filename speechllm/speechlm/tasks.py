@@ -53,6 +53,8 @@ class Task:
     example: Callable[[Task, ManifestRow], Example] | None = None  # a row as instruction and reply
     metric: Metric | None = None  # scores beyond IFR
     reply_is_transcript: bool = False  # IFR: the reply should say what the audio says
+    # the reply is a span of what the audio says, or NOT_STATED (decoding holds it to that)
+    quotes_audio: bool = False
 
 
 TASKS: dict[str, Task] = {}
@@ -238,7 +240,7 @@ for _task in (
          rows=("sqa",), accepts=lambda row: not row.prompt, example=_answer, metric=qa_accuracy),
     Task("passage-question", "Answer this question about the speech: {prompt}",
          "text question about a spoken passage", rows=("sqa",), accepts=lambda row: bool(row.prompt),
-         example=_answer, metric=qa_accuracy),
+         example=_answer, metric=qa_accuracy, quotes_audio=True),
     Task("instruct", "{prompt}", "any free instruction", rows=("instruct",), example=_free),
 ):
     register_task(_task)

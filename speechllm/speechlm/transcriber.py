@@ -27,7 +27,7 @@ class SpeechLLMTranscriber(WhisperTranscriber):
     def __init__(self, model: str | SpeechLLM, device: str | None = None, beam_size: int = 1,
                  batch_size: int = 8, task: str = "transcribe", prompt: str | None = None,
                  target: str = "English", max_new_tokens: int = 200, segmenter: str = "auto",
-                 language: str | None = None):
+                 language: str | None = None, quote_answers: bool = True):
         if isinstance(model, SpeechLLM):
             self.model = model
             self.device = model.device
@@ -43,7 +43,8 @@ class SpeechLLMTranscriber(WhisperTranscriber):
             self.model.hear_in(language.strip().lower(), task)
         self.instruction = instruction(task, prompt, language_name(target))
         self.bound_to_audio = task in TASKS_BOUND_TO_AUDIO
-        self.options = GenerationOptions(max_new_tokens=max_new_tokens, beam_size=beam_size)
+        self.options = GenerationOptions(max_new_tokens=max_new_tokens, beam_size=beam_size,
+                                         quote_answers=quote_answers)
         self.batch_size = max(1, batch_size)
         self.segmenter = make_segmenter(segmenter)
 
