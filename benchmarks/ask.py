@@ -17,6 +17,10 @@ replies saying so, and *says it is not stated* on the ``answered`` rows is the s
 questions wrongly refused. Test rows are held out by text and spoken by voices no training row uses. Spoken
 questions are also scored by kind (the row's ``source``: ``arithmetic``, ``quiz``), since a model's
 skills (speechllm.speechlm.skills) answer the sums without its LLM.
+
+``--answers quoted free`` runs each model twice: answers to passage questions held to quotes of what
+was heard or the refusal (``quoted``, what ``speechllm ask`` does), and worded freely (``free``,
+``speechllm ask --free-answer``); a free run's model is named ``NAME (free answers)``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from speechllm.manifest import read_manifest
 from speechllm.speechlm.io import load_speechlm
 from speechllm.train import evaluate
 
+ANSWERS = {"quoted": True, "free": False}  # --answers: GenerationOptions.quote_answers
 KEYS = {"passage": ("qa_acc/passage-question", "ifr/passage-question"),
         "spoken": ("qa_acc/spoken-question", "ifr/spoken-question")}
 
@@ -68,6 +73,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--answers", nargs="+", choices=ANSWERS, default=["quoted"],
+                        help="how passage questions are answered; each model runs once per mode")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,15 +86,17 @@ def main() -> None:
           f"spoken questions) from {args.manifest}")
     results = []
     for name in args.models:
-        folder = speechlm_path(name)
-        if folder is None:
+        if speechlm_path(name) is None:
             parser.error(f"{name}: not a speech-LLM folder or zoo name")
+    for name, answers in ((name, answers) for name in args.models for answers in args.answers):
         start = time.perf_counter()
-        model = load_speechlm(folder, device="cpu")
+        model = load_speechlm(speechlm_path(name), device="cpu")
         loaded = time.perf_counter()
-        metrics = evaluate(model, rows, args.batch_size, args.max_new_tokens, progress=True, group=kind_of)
+        metrics = evaluate(model, rows, args.batch_size, args.max_new_tokens, progress=True, group=kind_of,
+                           quote_answers=ANSWERS[answers])
         done = time.perf_counter()
-        result = {"model": name, "load_s": round(loaded - start, 2), "answer_s": round(done - loaded, 1)}
+        result = {"model": name if ANSWERS[answers] else f"{name} (free answers)", "answers": answers,
+                  "load_s": round(loaded - start, 2), "answer_s": round(done - loaded, 1)}
         for kind, (acc, ifr) in KEYS.items():
             result[kind] = {"items": counts[kind], "accuracy": metrics.get(acc), "answered": metrics.get(ifr)}
         for kind, (acc, _) in KEYS.items():
@@ -101,12 +110,12 @@ def main() -> None:
         result["skills"] = list(getattr(model.config, "skills", ()))
         result["examples"] = metrics["examples"]
         results.append(result)
-        print(f"{name}: {summary(result)}; {result['answer_s']} s for {len(rows)} rows")
+        print(f"{result['model']}: {summary(result)}; {result['answer_s']} s for {len(rows)} rows")
         del model
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         report = {"command": "python benchmarks/ask.py " + " ".join(
-                      ["--models", *args.models, "--manifest", str(args.manifest)]
+                      ["--models", *args.models, "--manifest", str(args.manifest), "--answers", *args.answers]
                       + (["--limit", str(args.limit)] if args.limit else [])),
                   "manifest": str(args.manifest), "rows": len(rows), "counts": counts,
                   "threads": args.threads, "machine": platform.processor() or platform.machine(),

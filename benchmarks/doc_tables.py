@@ -48,10 +48,14 @@ HEARING_ASK = {  # benchmarks/results/ask-hearing.json: the shipped starter, its
     "runs/starter-ctc": "same weights, `\"hearing\": \"adapter\"`: the LLM reads its CTC units "
                         "(spoken questions: the CTC transcript, typed)",
 }
-GROUNDED_ASK = {  # benchmarks/results/ask-grounded.json: the LoRA before the passages rows, with them, heard
-    "runs/starter-before-passages": "starter before (LoRA taught answerable questions only)",
-    "runs/starter-run5": "+ 600 steps with the `passages` text rows",
-    "speechllm-starter": "**starter (shipped): + 400 steps with passages as its Whisper hears them**",
+GROUNDED_ASK = {  # benchmarks/results/ask-grounded.json: the LoRA before the passages rows, with them, heard;
+    # each with answers quoted (what `ask` does) and free (`ask --free-answer`)
+    "runs/starter-before-passages": "starter before (LoRA taught answerable questions only), quoted",
+    "runs/starter-before-passages (free answers)": "same, free",
+    "runs/starter-run5": "+ 600 steps with the `passages` text rows, quoted",
+    "runs/starter-run5 (free answers)": "same, free",
+    "speechllm-starter": "**starter (shipped): + 400 steps with passages as its Whisper hears them, quoted**",
+    "speechllm-starter (free answers)": "same, free",
 }
 STARTER_SYSTEMS = {  # benchmarks/results/asr-starter.json
     "speechllm-whisper fp32": "Whisper tiny.en, the project's decoder",
@@ -288,6 +292,7 @@ def _span(values: list[float]) -> tuple[float, float]:
 
 
 SHIPPED_ASK, NO_SKILLS = "speechllm-starter", "runs/starter-no-skills"  # rows of ask-hearing.json
+SHIPPED_FREE = "speechllm-starter (free answers)"  # a row of ask-grounded.json (ask --free-answer)
 
 
 def _ask(model: str, path: str) -> Callable[[dict], Any]:
@@ -322,6 +327,10 @@ FIGURES: dict[str, Figure] = {
     "ask-grounded-right": Figure("ask-grounded.json", _ask(SHIPPED_ASK, "passage.by_kind.answered"), pct(1)),
     "ask-grounded-not-stated": Figure("ask-grounded.json", _ask(SHIPPED_ASK, "passage.by_kind.unanswered"),
                                       pct(1)),
+    "ask-grounded-right-free": Figure("ask-grounded.json", _ask(SHIPPED_FREE, "passage.by_kind.answered"),
+                                      pct(1)),
+    "ask-grounded-not-stated-free": Figure("ask-grounded.json",
+                                           _ask(SHIPPED_FREE, "passage.by_kind.unanswered"), pct(1)),
     "ask-grounded-rows": Figure("ask-grounded.json", lambda d: d["counts"]["passage"]),
     "ask-passage-lora": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
     "ask-spoken-accuracy": Figure("ask-hearing.json", _ask("speechllm-starter", "spoken.accuracy"), pct(1)),

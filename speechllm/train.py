@@ -124,12 +124,15 @@ class TrainResult:
 @torch.no_grad()
 def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
              max_new_tokens: int = 128, progress: bool = False,
-             group: Callable[[ManifestRow], str | None] | None = None) -> dict[str, Any]:
+             group: Callable[[ManifestRow], str | None] | None = None,
+             quote_answers: bool = True) -> dict[str, Any]:
     """Greedy replies to ``rows``; each task's own metrics (the task registry's), and IFR per task
     and overall. ``group``: a name per row (e.g. the kind of question); each task's metrics are then
-    also given per group, as ``METRIC/GROUP`` (``qa_acc/spoken-question/arithmetic``)."""
+    also given per group, as ``METRIC/GROUP`` (``qa_acc/spoken-question/arithmetic``).
+    ``quote_answers``: as ``GenerationOptions.quote_answers`` (False: ``ask --free-answer``)."""
     examples = [example_of(r) for r in rows]
-    replies = _replies(model, rows, examples, batch_size, max_new_tokens, progress)
+    options = GenerationOptions(max_new_tokens=max_new_tokens, quote_answers=quote_answers)
+    replies = _replies(model, rows, examples, batch_size, options, progress)
     metrics: dict[str, Any] = {"rows": len(rows)}
     by_task: dict[str, list[int]] = {}
     for i, e in enumerate(examples):
@@ -152,14 +155,13 @@ def evaluate(model: SpeechLLM, rows: Sequence[ManifestRow], batch_size: int = 8,
 
 
 def _replies(model: SpeechLLM, rows: Sequence[ManifestRow], examples: list[Example], batch_size: int,
-             max_new_tokens: int, progress: bool) -> list[str]:
+             options: GenerationOptions, progress: bool) -> list[str]:
     from tqdm import tqdm
 
     from speechllm.audio import load_audio
 
     was_training = model.training
     model.eval()
-    options = GenerationOptions(max_new_tokens=max_new_tokens)
     replies: list[str] = []
     bar = tqdm(total=len(rows), desc="evaluating", unit="utt", disable=not progress, file=sys.stderr)
     for start in range(0, len(rows), batch_size):
