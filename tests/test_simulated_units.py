@@ -186,6 +186,34 @@ def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
 
 
 
+def test_a_question_is_about_the_whole_recording_and_its_answer_quotes_it(data, tmp_path):
+    from speechllm.speechlm import SpeechLLMTranscriber
+    from speechllm.speechlm.hearing import Heard
+    from speechllm.speechlm.tasks import NOT_STATED
+
+    model = SpeechLLM.build(whisper_hearing_run(data, tmp_path / "hearing").model_config()).eval()
+    said, clips = "anna went to the market on monday", []
+    model.whisper.heard = lambda audio: clips.extend(map(len, audio)) or [Heard(said, "en") for _ in audio]
+    with torch.no_grad():  # LoRA B starts at zero: make the tiny model's choices its own
+        for name, p in model.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    audio = (0.1 * np.sin(np.arange(70 * 16000) / 16000 * 2 * np.pi * 220)).astype(np.float32)
+    asking = SpeechLLMTranscriber(model, task="passage-question", prompt="Where did Anna go?",
+                                  segmenter="fixed", max_new_tokens=12)
+    result = asking.transcribe(audio)
+    assert len(clips) == 1 and clips[0] > 60 * 16000  # heard at once, answered once
+    assert len(result.segments) == 1
+    assert result.text in said or NOT_STATED.startswith(result.text)  # a quote (or the refusal, maybe cut)
+    free = SpeechLLMTranscriber(model, task="passage-question", prompt="Where did Anna go?",
+                                segmenter="fixed", max_new_tokens=12, quote_answers=False)
+    assert free.transcribe(audio).text != result.text  # the tiny LLM left free writes something else
+    clips.clear()
+    translating = SpeechLLMTranscriber(model, task="translate", segmenter="fixed", max_new_tokens=4)
+    assert len(translating.transcribe(audio).segments) >= 3  # a translation follows the audio
+    assert len(clips) >= 3 and max(clips) <= 30 * 16000
+
+
 def test_heard_rows_are_read_exactly_as_the_model_reads_its_transcript(ctc_posterior):
     from speechllm.manifest import ManifestRow
     from speechllm.speechlm.hearing import Heard, transcript_units

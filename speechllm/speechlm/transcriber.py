@@ -5,6 +5,11 @@
 VAD or fixed cuts; segments of several files decoded in one batch; bad files reported, not
 fatal) and replaces only how a batch of segments becomes text. The same class translates or answers when
 given another task, e.g. ``SpeechLLMTranscriber(dir, task="translate")``.
+
+A transcript or a translation follows the audio segment by segment. A question or an instruction is
+about the whole recording: a model that hears through Whisper (which cuts its own 30 s windows) hears
+up to :data:`WHOLE_RECORDING_SECONDS` at once and answers once; a longer recording is answered in
+pieces that long, and a model that hears through its adapter answers each ≤ 30 s segment.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from speechllm.transcriber import SegmentText, WhisperTranscriber, make_segmente
 # tasks whose reply says what the audio says (in some language): their length follows the audio's
 TASKS_BOUND_TO_AUDIO = ("transcribe", "translate")
 TOKENS_PER_SECOND, TOKENS_MIN = 8.0, 24  # the budget: ~3x speech's token rate, and a floor
+WHOLE_RECORDING_SECONDS = 600.0  # heard at once for a question (~2,000 LLM tokens of transcript)
 
 
 class SpeechLLMTranscriber(WhisperTranscriber):
@@ -38,6 +44,8 @@ class SpeechLLMTranscriber(WhisperTranscriber):
             self.model = load_speechlm(model, device=self.device)
         self.model.eval()
         limit = getattr(self.model, "max_seconds", None) or self.model.encoder.max_seconds
+        if task not in TASKS_BOUND_TO_AUDIO and getattr(self.model, "whisper", None) is not None:
+            limit = WHOLE_RECORDING_SECONDS
         self.max_segment_seconds = limit if limit is not None else 30.0
         if language is not None:  # the audio's language, told to the Whisper that hears the task
             self.model.hear_in(language.strip().lower(), task)
