@@ -12,6 +12,10 @@ five p.m."). Here about a third of the questions are not answered by the passage
 
 Every text is in :func:`speechllm.text_normalize.spoken_form`: the facts' pieces are spoken before the
 sentence is built from them, so that each answer is a span of the passage.
+
+A passage tells one to three facts (``passages``) or, for long recordings, five to nine
+(``passages-long``, :data:`LONG`), each of another kind and, in a long one, each about other people,
+so that no question has two answers.
 """
 
 from __future__ import annotations
@@ -230,12 +234,30 @@ FACTS: tuple[Callable[[np.random.Generator], Fact], ...] = (
 )
 
 
-def grounded_qa(rng: np.random.Generator) -> tuple[PassageQA, str]:
-    """A passage of one to three facts and one question: (the passage QA, its kind: ``answered``, or
-    the unanswered kind ``near`` / ``elsewhere`` / ``generic``)."""
-    kinds = rng.choice(len(FACTS), size=int(rng.integers(1, 4)) + 1, replace=False)
-    facts = [FACTS[int(k)](rng) for k in kinds]
-    told, untold = facts[:-1], facts[-1]  # the last one is drawn for "elsewhere" questions only
+SHORT = (1, 3)  # facts told in a passage: fewest, most
+LONG = (5, 9)
+
+
+def _people(fact: Fact) -> set[str]:
+    return {w for w in re.findall(r"[A-Z][a-z]+", fact.sentence) if w in PEOPLE}
+
+
+def _facts(rng: np.random.Generator, told: tuple[int, int]) -> list[Fact]:
+    """Facts of distinct kinds, the last one untold (drawn for "elsewhere" questions only); past three,
+    each told fact about other people than the rest ("Where does Amir work?" answered once)."""
+    while True:
+        kinds = rng.choice(len(FACTS), size=int(rng.integers(told[0], told[1] + 1)) + 1, replace=False)
+        facts = [FACTS[int(k)](rng) for k in kinds]
+        people = [_people(f) for f in facts[:-1]]
+        if told[1] <= SHORT[1] or sum(map(len, people)) == len(set().union(*people)):
+            return facts
+
+
+def grounded_qa(rng: np.random.Generator, told: tuple[int, int] = SHORT) -> tuple[PassageQA, str]:
+    """A passage of ``told`` facts (fewest, most) and one question: (the passage QA, its kind:
+    ``answered``, or the unanswered kind ``near`` / ``elsewhere`` / ``generic``)."""
+    facts = _facts(rng, told)
+    told, untold = facts[:-1], facts[-1]
     passage = re.sub(r"\.\.(?=\s|$)", ".", " ".join(f.sentence for f in told))  # "at ten a.m.." -> "a.m."
     answered = [(q, a) for f in told for q, a in f.questions]
     asked = {q for q, _ in answered}

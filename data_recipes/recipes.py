@@ -211,8 +211,8 @@ def _passage(rng: np.random.Generator) -> Text:
     )
 
 
-def _grounded(rng: np.random.Generator) -> Text:
-    qa, kind = passages.grounded_qa(rng)
+def _grounded(rng: np.random.Generator, told: tuple[int, int] = passages.SHORT) -> Text:
+    qa, kind = passages.grounded_qa(rng, told)
     fields = [("question", qa.question), ("answer", qa.answer)]
     if kind == "answered":
         fields.append(("answer_start", qa.passage.index(qa.answer)))
@@ -408,6 +408,15 @@ for _recipe in (
         f"{passages.NOT_STATED!r} where the passage does not say",
         "sqa",
         (("passage", 1.0, _generated(_grounded)),),
+        EN_TRAIN,
+        EN_TEST,
+        _sqa_fields,
+    ),
+    Recipe(
+        "passages-long",
+        "as passages, with five to nine facts a passage (recordings of half a minute to a minute)",
+        "sqa",
+        (("passage", 1.0, _generated(lambda rng: _grounded(rng, passages.LONG))),),
         EN_TRAIN,
         EN_TEST,
         _sqa_fields,

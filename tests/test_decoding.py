@@ -38,7 +38,7 @@ from speechllm.generation import (
     token_stream,
 )
 from speechllm.generation.constraints import START, QuoteConstraint, TokenBytes
-from speechllm.speechlm.model import NOT_STATED, pad_audio
+from speechllm.speechlm.model import pad_audio
 
 VOCAB = 96
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add overhead
@@ -496,13 +496,10 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
     spliced, seeds, quotes = model._prefill_seeded([clip], [question])
     before, after = model.prompt_ids(question)
     assert seeds[0][:len(before)] == before and seeds[0][len(seeds[0]) - len(after):] == after
-    heard = ""
-    if adapter == "ctc-posterior":  # the CTC head's hypothesis seeds the drafts, and the answer quotes it
+    if adapter == "ctc-posterior":  # the CTC head's hypothesis seeds the drafts
         encoded = model.encode_audio(*pad_audio([clip]))
         assert seeds[0][len(before):len(seeds[0]) - len(after)] == encoded.tokens[0][encoded.mask[0]].tolist()
-        heard = model.tokenizer.decode(encoded.tokens[0][encoded.mask[0]].tolist())
-        assert heard.strip()
-    assert (quotes[0] is not None) == (adapter == "ctc-posterior")  # nothing to quote from a linear adapter
+    assert quotes == [None]  # hearing through its adapter it answers freely (quoting: test_simulated_units)
     for audio in ([clip], None):
         plain = model.generate(audio, question, GenerationOptions(max_new_tokens=30, speculative=False))[0]
         fast = model.generate(audio, question, GenerationOptions(max_new_tokens=30, speculative=True))[0]
@@ -511,11 +508,6 @@ def test_speech_llm_reply_and_stream_are_the_same_with_and_without_drafts(tmp_pa
         streamed = "".join(model.stream(None if audio is None else clip, question,
                                         GenerationOptions(max_new_tokens=30, speculative=True)))
         assert streamed == fast.text
-        if audio is not None and heard:
-            assert fast.text == NOT_STATED or fast.text in heard
-            left_free = GenerationOptions(max_new_tokens=30, quote_answers=False)
-            free = model.generate(audio, question, left_free)[0]
-            assert free.text != fast.text  # the random model writes something else when left free
 
 
 @pytest.mark.parametrize("attention", ["native", "sdpa"])

@@ -202,6 +202,23 @@ def test_grounded_passages_answer_from_the_passage_or_say_it_does_not():
     assert item.task == "sqa" and item.prompt and item.answer == passages.NOT_STATED
 
 
+def test_long_passages_tell_five_to_nine_facts_each_about_other_people():
+    from speechllm.data_recipes import passages
+
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        facts = passages._facts(rng, passages.LONG)
+        told = facts[:-1]
+        assert passages.LONG[0] <= len(told) <= passages.LONG[1]
+        people = [passages._people(f) for f in told]
+        assert sum(map(len, people)) == len(set().union(*people))  # nobody in two facts
+    for _ in range(100):
+        qa, kind = passages.grounded_qa(rng, passages.LONG)
+        assert (qa.answer in qa.passage) if kind == "answered" else qa.answer == passages.NOT_STATED
+    item = next(iter(RECIPES["passages-long"].items(0)))
+    assert item.task == "sqa" and item.prompt and len(item.say.split()) > 30
+
+
 def test_split_of_is_stable_and_proportioned():
     assert split_of("Hello, World!") == split_of("hello world")
     assert split_of("It costs $3.") == split_of("It costs three dollars.")

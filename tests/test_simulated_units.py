@@ -187,7 +187,8 @@ def test_whisper_hearing_feeds_the_transcript_as_clean_units(data, tmp_path):
 
 
 def test_a_question_is_about_the_whole_recording_and_its_answer_quotes_it(data, tmp_path):
-    from speechllm.speechlm import SpeechLLMTranscriber
+    from speechllm.generation import GenerationOptions
+    from speechllm.speechlm import SpeechLLMTranscriber, instruction
     from speechllm.speechlm.hearing import Heard
     from speechllm.speechlm.tasks import NOT_STATED
 
@@ -205,6 +206,11 @@ def test_a_question_is_about_the_whole_recording_and_its_answer_quotes_it(data, 
     assert len(clips) == 1 and clips[0] > 60 * 16000  # heard at once, answered once
     assert len(result.segments) == 1
     assert result.text in said or NOT_STATED.startswith(result.text)  # a quote (or the refusal, maybe cut)
+    asked = instruction("passage-question", "Where did Anna go?")
+    replies = [model.generate([audio], asked, GenerationOptions(max_new_tokens=12, **o))[0].text
+               for o in ({"speculative": False}, {"speculative": True}, {"engine": "hf"})]
+    streamed = "".join(model.stream(audio, asked, GenerationOptions(max_new_tokens=12)))
+    assert replies == [result.text] * 3 and streamed == result.text  # quoted the same on every path
     free = SpeechLLMTranscriber(model, task="passage-question", prompt="Where did Anna go?",
                                 segmenter="fixed", max_new_tokens=12, quote_answers=False)
     assert free.transcribe(audio).text != result.text  # the tiny LLM left free writes something else

@@ -636,13 +636,15 @@ class SpeechLLM(nn.Module):
     def quote_constraints(self, instructions: Sequence[str], heard_ids: Sequence[Sequence[int] | None],
                           options: GenerationOptions) -> list[QuoteConstraint | None]:
         """Per row: for a task whose reply quotes the audio (``Task.quotes_audio``: a question about
-        the recording), a constraint to spans of what the LLM was handed as the audio (its units'
-        text) or :data:`NOT_STATED`; None for other rows, audio without units, or
-        ``options.quote_answers=False``."""
+        the recording) heard through Whisper, a constraint to spans of the transcript the LLM was
+        handed (its exact units' text) or :data:`NOT_STATED`. None for other rows, for
+        ``options.quote_answers=False`` and for a model that hears through its adapter (its units are a
+        mix the LLM reads, not text: their likeliest tokens misspell what the LLM may still read right)."""
         constraints: list[QuoteConstraint | None] = []
         for text, ids in zip(instructions, heard_ids, strict=True):
             task = TASKS.get(task_of(text))
-            if not (options.quote_answers and task is not None and task.quotes_audio and ids is not None):
+            quoted = options.quote_answers and task is not None and task.quotes_audio
+            if not (quoted and ids is not None and self.whisper is not None):
                 constraints.append(None)
                 continue
             spans = [decode_text(self.tokenizer, ids)] if ids else []
