@@ -292,7 +292,7 @@ def _span(values: list[float]) -> tuple[float, float]:
 
 
 SHIPPED_ASK, NO_SKILLS = "speechllm-starter", "runs/starter-no-skills"  # rows of ask-hearing.json
-SHIPPED_FREE = "speechllm-starter (free answers)"  # a row of ask-grounded.json (ask --free-answer)
+SHIPPED_FREE = "speechllm-starter (free answers)"  # ask --free-answer: in ask-grounded.json, ask-long.json
 
 
 def _ask(model: str, path: str) -> Callable[[dict], Any]:
@@ -332,6 +332,12 @@ FIGURES: dict[str, Figure] = {
     "ask-grounded-not-stated-free": Figure("ask-grounded.json",
                                            _ask(SHIPPED_FREE, "passage.by_kind.unanswered"), pct(1)),
     "ask-grounded-rows": Figure("ask-grounded.json", lambda d: d["counts"]["passage"]),
+    "ask-long-right": Figure("ask-long.json", _ask(SHIPPED_ASK, "passage.by_kind.answered"), pct(1)),
+    "ask-long-not-stated": Figure("ask-long.json", _ask(SHIPPED_ASK, "passage.by_kind.unanswered"), pct(1)),
+    "ask-long-right-free": Figure("ask-long.json", _ask(SHIPPED_FREE, "passage.by_kind.answered"), pct(1)),
+    "ask-long-not-stated-free": Figure("ask-long.json", _ask(SHIPPED_FREE, "passage.by_kind.unanswered"),
+                                       pct(1)),
+    "ask-long-rows": Figure("ask-long.json", lambda d: d["counts"]["passage"]),
     "ask-passage-lora": Figure("ask.json", _ask(STARTER_ASK, "passage.accuracy"), pct(1)),
     "ask-spoken-accuracy": Figure("ask-hearing.json", _ask("speechllm-starter", "spoken.accuracy"), pct(1)),
     "ask-spoken-sums": Figure("ask-hearing.json", _ask(SHIPPED_ASK, "spoken.by_kind.arithmetic"), pct(1)),

@@ -414,7 +414,7 @@ for _recipe in (
     ),
     Recipe(
         "passages-long",
-        "as passages, with five to nine facts a passage (recordings of half a minute to a minute)",
+        "as passages, with five to nine facts a passage (recordings of about 15 to 40 seconds)",
         "sqa",
         (("passage", 1.0, _generated(lambda rng: _grounded(rng, passages.LONG))),),
         EN_TRAIN,
