@@ -72,8 +72,8 @@ class WhisperHearing:
         return WhisperEncoder(model.encoder, model.config.n_mels).eval().requires_grad_(False)
 
     def heard(self, audio: Sequence[np.ndarray]) -> list[Heard]:
-        """What Whisper writes for each 16 kHz clip (at most one 30 s window each), and in which
-        language (detected by a multilingual Whisper; English for an English-only one)."""
+        """What Whisper writes for each 16 kHz clip (any length: it cuts its own 30 s windows), and in
+        which language (detected by a multilingual Whisper; English for an English-only one)."""
         with self._lock:
             model = self.asr.model
             device = next(model.encoder.parameters()).device

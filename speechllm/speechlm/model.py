@@ -625,7 +625,7 @@ class SpeechLLM(nn.Module):
         return spliced, seeds, self.quote_constraints(asked, heard_ids, options)
 
     def _splice_seeded(self, before: list[list[int]], encoded: AdapterOutput,
-                       after: list[list[int]]) -> tuple[Spliced, list[list[int]], list[list[int]]]:
+                       after: list[list[int]]) -> tuple[Spliced, list[list[int]], list[list[int] | None]]:
         """The spliced batch, the drafter's seeds and, per row, the token ids that stand for the audio
         (None where the adapter's output has none)."""
         heard = [None for _ in before] if encoded.tokens is None else [
