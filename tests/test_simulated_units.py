@@ -490,3 +490,19 @@ def test_translation_memory_prompts_the_second_hearing_and_gives_examples(tmp_pa
         load_speechlm(tmp_path / "model")
     with pytest.raises(ValueError, match="memory needs hearing='whisper'"):
         SpeechLLMConfig(memory={"Spanish-English": "memory.tsv.gz"})
+
+
+def test_a_recording_answered_in_pieces_gives_what_the_pieces_said():
+    from speechllm.speechlm.tasks import NOT_STATED
+    from speechllm.speechlm.transcriber import answer_of_pieces
+    from speechllm.transcriber import Segment, Transcript
+
+    def pieces(*texts):
+        return Transcript(" ".join(texts), tuple(Segment(600.0 * i, 600.0 * (i + 1), t)
+                                                 for i, t in enumerate(texts)), 600.0 * len(texts))
+
+    assert answer_of_pieces(pieces(NOT_STATED, "Leeds", NOT_STATED)).text == "Leeds"
+    assert answer_of_pieces(pieces("Leeds", "on Monday")).text == "Leeds on Monday"
+    both = answer_of_pieces(pieces(NOT_STATED, "Oslo"))
+    assert [s.text for s in both.segments] == [NOT_STATED, "Oslo"]  # each piece keeps its own answer
+    assert answer_of_pieces(pieces(NOT_STATED)).text == NOT_STATED

@@ -9,7 +9,9 @@ given another task, e.g. ``SpeechLLMTranscriber(dir, task="translate")``.
 A transcript or a translation follows the audio segment by segment. A question or an instruction is
 about the whole recording: a model that hears through Whisper (which cuts its own 30 s windows) hears
 up to :data:`WHOLE_RECORDING_SECONDS` at once and answers once; a longer recording is answered in
-pieces that long, and a model that hears through its adapter answers each ≤ 30 s segment.
+pieces that long, and a model that hears through its adapter answers each ≤ 30 s segment. Where a
+question about a recording is answered in pieces, the recording's answer is what the pieces answered:
+a piece that does not say is left out, and only where none says is the answer the refusal.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import numpy as np
 from speechllm.device import pick_device
 from speechllm.speechlm.generate import GenerationOptions
 from speechllm.speechlm.model import SpeechLLM, instruction, language_name
-from speechllm.transcriber import SegmentText, WhisperTranscriber, make_segmenter
+from speechllm.speechlm.tasks import NOT_STATED, TASKS, answer_correct
+from speechllm.transcriber import SegmentText, Transcript, WhisperTranscriber, make_segmenter
 
 # tasks whose reply says what the audio says (in some language): their length follows the audio's
 TASKS_BOUND_TO_AUDIO = ("transcribe", "translate")
@@ -51,6 +54,7 @@ class SpeechLLMTranscriber(WhisperTranscriber):
             self.model.hear_in(language.strip().lower(), task)
         self.instruction = instruction(task, prompt, language_name(target))
         self.bound_to_audio = task in TASKS_BOUND_TO_AUDIO
+        self.quotes_audio = TASKS[task].quotes_audio
         self.options = GenerationOptions(max_new_tokens=max_new_tokens, beam_size=beam_size,
                                          quote_answers=quote_answers)
         self.batch_size = max(1, batch_size)
@@ -64,3 +68,16 @@ class SpeechLLMTranscriber(WhisperTranscriber):
             options = replace(options, max_new_tokens=min(options.max_new_tokens, budget))
         results = self.model.generate(segments, [self.instruction] * len(segments), options)
         return [(r.text, r.stop) for r in results]
+
+    def _assemble(self, parts, duration: float) -> Transcript:
+        transcript = super()._assemble(parts, duration)
+        return answer_of_pieces(transcript) if self.quotes_audio else transcript
+
+
+def answer_of_pieces(transcript: Transcript) -> Transcript:
+    """A recording's answer from its pieces' answers: those that say something, in order; the refusal
+    only where no piece says (each piece's own answer stays in its segment)."""
+    if len(transcript.segments) < 2:
+        return transcript
+    said = [s.text for s in transcript.segments if s.text and not answer_correct(NOT_STATED, s.text)]
+    return replace(transcript, text=" ".join(said) if said else NOT_STATED)
