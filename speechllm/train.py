@@ -181,10 +181,13 @@ def _replies(model: SpeechLLM, rows: Sequence[ManifestRow], examples: list[Examp
 def save_checkpoint(model: SpeechLLM, optimizer: torch.optim.Optimizer, out: Path, step: int,
                     config: TrainConfig, keep: int = 2) -> Path:
     """``OUT/checkpoints/step-N`` as a model folder plus the optimizer; then ``OUT`` itself is
-    refreshed as the latest model folder."""
+    refreshed as the latest model folder. The files the model carries beside its weights (memories,
+    phrase book, draft head) are read from the new checkpoint from then on, so that the checkpoint a
+    run resumed from may be rotated out."""
     folder = checkpoints.save_checkpoint(out, step, optimizer,
                                          lambda tmp: save_speechlm(model, tmp, info={"step": step}),
                                          {"config": asdict(config)}, keep)
+    model.folder = folder
     save_speechlm(model, out, info={"step": step, "train": config.train})
     return folder
 

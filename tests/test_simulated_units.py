@@ -1,6 +1,7 @@
 """Text-side training: simulated CTC units stand in for audio (ctc-posterior only)."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -485,6 +486,16 @@ def test_translation_memory_prompts_the_second_hearing_and_gives_examples(tmp_pa
     assert model.with_examples(instruction("translate", target="German"), heard[0]).endswith("German.")
     spliced, *_ = model._prefill_seeded(clips, [asked, asked])
     assert spliced.embeds.shape[0] == 2
+    # a run resumed from a checkpoint outlives it: the rotated-out checkpoint's files are not read again
+    from speechllm.train import TrainConfig, save_checkpoint
+
+    resumed, optimizer = load_speechlm(tmp_path / "model"), torch.optim.SGD([torch.zeros(1)], lr=0.1)
+    for step in (1, 2):
+        save_checkpoint(resumed, optimizer, tmp_path / "run", step, TrainConfig(train="x", out="run"), keep=1)
+        if step == 1:
+            shutil.move(tmp_path / "model", tmp_path / "rotated-out")
+    assert (tmp_path / "run" / "memory.tsv.gz").read_bytes() == (tmp_path / "memory.tsv.gz").read_bytes()
+    shutil.move(tmp_path / "rotated-out", tmp_path / "model")
     (tmp_path / "model" / "memory.tsv.gz").unlink()
     with pytest.raises(FileNotFoundError, match="translation memory for 'English-French'"):
         load_speechlm(tmp_path / "model")
