@@ -54,7 +54,15 @@ GROUNDED_ASK = {  # benchmarks/results/ask-grounded.json: the LoRA before the pa
     "runs/starter-before-passages (free answers)": "same, free",
     "runs/starter-run5": "+ 600 steps with the `passages` text rows, quoted",
     "runs/starter-run5 (free answers)": "same, free",
-    "speechllm-starter": "**starter (shipped): + 400 steps with passages as its Whisper hears them, quoted**",
+    "runs/starter-run6": "+ 400 steps with passages as its Whisper hears them, quoted",
+    "runs/starter-run6 (free answers)": "same, free",
+    "speechllm-starter": "**starter (shipped): + 400 steps with passages of five to nine facts, quoted**",
+    "speechllm-starter (free answers)": "same, free",
+}
+LONG_ASK = {  # benchmarks/results/ask-long.json: the LoRA before and after the long passages' rows
+    "runs/starter-run6": "starter before (passages of one to three facts), quoted",
+    "runs/starter-run6 (free answers)": "same, free",
+    "speechllm-starter": "**starter (shipped): + 400 steps with passages of five to nine facts, quoted**",
     "speechllm-starter (free answers)": "same, free",
 }
 STARTER_SYSTEMS = {  # benchmarks/results/asr-starter.json
@@ -105,6 +113,17 @@ def _ask_table(results: str, labels: dict[str, str], by_kind: bool = False) -> T
         rows=lambda d: d["results"])
 
 
+def _passage_table(results: str, labels: dict[str, str]) -> Table:
+    """A benchmarks/ask.py results file of passage questions some of which the passage does not answer."""
+    return Table(results, (
+        Column("model", labelled(labels, "model")),
+        Column("answerable: right", "passage.by_kind.answered", pct(1), True),
+        Column("answerable: says not stated", "passage.not_stated_by_kind.answered", pct(1), True),
+        Column("not answerable: says not stated", "passage.by_kind.unanswered", pct(1), True),
+        Column("all answers", "answer_s", fixed(0, " s"), True)),
+        rows=lambda d: d["results"])
+
+
 def _encoder_rows(data: dict) -> list[dict]:
     names = {"whisper-tiny.en": "Whisper tiny.en", "whisper-base": "Whisper base"}
     return [{"encoder": label, "step500": data["step500"][key], **data["step1000"][key]}
@@ -135,13 +154,8 @@ TABLES: dict[str, Table] = {
         Column("dev WER (30 rows)", maybe("eval_wer"), pct(), True))),
     "ask": _ask_table("ask.json", ASK_MODELS),
     "ask-hearing": _ask_table("ask-hearing.json", HEARING_ASK, by_kind=True),
-    "ask-grounded": Table("ask-grounded.json", (
-        Column("model", labelled(GROUNDED_ASK, "model")),
-        Column("answerable: right", "passage.by_kind.answered", pct(1), True),
-        Column("answerable: says not stated", "passage.not_stated_by_kind.answered", pct(1), True),
-        Column("not answerable: says not stated", "passage.by_kind.unanswered", pct(1), True),
-        Column("all answers", "answer_s", fixed(0, " s"), True)),
-        rows=lambda d: d["results"]),
+    "ask-grounded": _passage_table("ask-grounded.json", GROUNDED_ASK),
+    "ask-long": _passage_table("ask-long.json", LONG_ASK),
     "asr-starter": Table("asr-starter.json", (
         Column("system", labelled(STARTER_SYSTEMS, "system")),
         Column("test WER", "wer", pct(), True), *VOICES,

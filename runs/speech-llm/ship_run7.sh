@@ -11,7 +11,7 @@ done
 PY=.venv/bin/python
 $PY benchmarks/ask.py --models runs/starter-run6 speechllm-starter --manifest corpora/passages-long/test.jsonl \
     --answers quoted free --json benchmarks/results/ask-long.json
-$PY benchmarks/ask.py --models runs/starter-before-passages runs/starter-run6 speechllm-starter \
+$PY benchmarks/ask.py --models runs/starter-before-passages runs/starter-run5 runs/starter-run6 speechllm-starter \
     --manifest corpora/passages-10h/test.jsonl --answers quoted free --json benchmarks/results/ask-grounded.json
 $PY benchmarks/ask.py --models speechllm-starter runs/starter-no-skills runs/starter-spoken-lora runs/starter-ctc \
     --manifest corpora/sqa-12h/test.jsonl --json benchmarks/results/ask-hearing.json
