@@ -11,7 +11,14 @@ from tiny_models import make_tiny_llm, make_tiny_whisper
 
 import speechllm
 from speechllm.data_recipes.everyday import SUBJECTS, everyday_pairs
-from speechllm.speechlm.tasks import TASKS, Request, instruction, parse_instruction
+from speechllm.speechlm.tasks import (
+    TASKS,
+    Request,
+    instruction,
+    parse_instruction,
+    question_about_audio,
+    task_of,
+)
 
 
 def test_every_task_instruction_parses_back_to_its_task():
@@ -29,6 +36,17 @@ def test_every_task_instruction_parses_back_to_its_task():
     assert parse_instruction(instruction("translate", None, "English")) == Request(
         "translate", None, "English"
     )
+
+
+def test_a_chats_earlier_turns_in_front_leave_the_task_and_the_question_as_they_are():
+    history = "Earlier in this conversation:\nUser: hi\n\nthere\nAssistant: Answer this\n\n"
+    asked = instruction("passage-question", "Who is speaking?")
+    assert task_of(history + asked) == "passage-question" and question_about_audio(history + asked) == (
+        "Who is speaking?")
+    assert task_of(history + instruction("spoken-question")) == "spoken-question"
+    assert task_of(history + "Summarise this") == "instruct"
+    assert question_about_audio(history + "Summarise this") == history + "Summarise this"
+    assert question_about_audio(history + instruction("translate", None, "English")) is None
 
 
 def test_everyday_pairs_are_distinct_repeatable_and_agree():
@@ -132,6 +150,13 @@ def test_skills_answer_a_spoken_sum_without_the_llm(cascade_folder, tmp_path):
     # a sum in a passage is the passage's, not a question to the calculator
     passage = model.generate(clips[:1], instruction("passage-question", "What was asked?"))[0].text
     assert passage != "69 plus 39 is 108."
+    # a question about the whole recording: its opening sentences, with the gist skill only
+    about = instruction("passage-question", "What is this recording about?")
+    assert model.generate(clips[1:], about)[0].text != said[8000]
+    (folder / "config.json").write_text(json.dumps({**config, "skills": ["arithmetic", "gist"]}))
+    model = TranscriptSpeechLLM.from_folder(folder)
+    model.hear = lambda audio: [(said[len(a)], "English") for a in audio]
+    assert model.generate(clips[1:], about)[0].text == said[8000]
     with pytest.raises(ValueError, match="unknown skill"):
         TranscriptSpeechLLM.from_folder(folder).config.__class__(skills=("weather",))
 

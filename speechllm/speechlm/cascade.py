@@ -30,8 +30,8 @@ import torch
 from speechllm.device import pick_device
 from speechllm.generation.options import Generation, GenerationOptions
 from speechllm.speechlm.memory import TranslationMemory
-from speechllm.speechlm.skills import check_skills, skill_reply
-from speechllm.speechlm.tasks import LANGUAGES, language_name, parse_instruction
+from speechllm.speechlm.skills import check_skills, recording_skill, skill_reply
+from speechllm.speechlm.tasks import LANGUAGES, language_name, parse_instruction, question_about_audio
 
 SAMPLE_RATE = 16_000
 DEFAULT_OPTIONS = GenerationOptions()
@@ -244,11 +244,16 @@ class TranscriptSpeechLLM:
         return [replies.get(i) or Generation((), heard[i][0], 0.0, "end") for i in range(len(prompts))]
 
     def skill_reply(self, said: str, instruction: str) -> str | None:
-        """A skill's reply to a question asked in the audio (``said``), or None."""
+        """A skill's reply to a question asked in the audio (``said``), or to a question about the
+        recording as a whole (``gist``: from what it says), or None."""
         request = parse_instruction(instruction)
-        if not self.config.skills or request is None or request.task != "spoken-question":
+        if not self.config.skills or request is None:
             return None
-        return skill_reply(said, self.config.skills)
+        if request.task == "spoken-question":
+            return skill_reply(said, self.config.skills)
+        question = question_about_audio(instruction)
+        answer = recording_skill(question, self.config.skills) if question else None
+        return answer(said) if answer else None
 
     def translate_text(
         self, texts: Sequence[str], source: str = "Spanish", target: str = "English"

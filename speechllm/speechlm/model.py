@@ -53,7 +53,7 @@ from speechllm.speechlm.ctc_beam import (
 )
 from speechllm.speechlm.hearing import HEARINGS, Heard, WhisperHearing, transcript_units
 from speechllm.speechlm.memory import TranslationMemory
-from speechllm.speechlm.skills import check_skills, skill_reply
+from speechllm.speechlm.skills import Answerer, check_skills, recording_skill, skill_reply
 from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task registry lives in tasks.py)
     LANGUAGES,
     NOT_STATED,
@@ -62,6 +62,7 @@ from speechllm.speechlm.tasks import (  # noqa: F401  (re-exported: the task reg
     instruction,
     language_name,
     parse_instruction,
+    question_about_audio,
     register_task,
     spoken_question_context,
     task_of,
@@ -722,6 +723,8 @@ class SpeechLLM(nn.Module):
                 typed = self.as_typed
                 return self._apart(audio, instructions, rows, options,
                                    lambda clips, texts: self.generate(None, typed(clips, texts), options))
+            if rows := [i for i, text in enumerate(instructions) if self.recording_answer(text)]:
+                return self._apart(audio, instructions, rows, options, self._answers_from_transcripts)
         with self.text_mode() if audio is None else nullcontext():
             spliced, seeds, quotes = self._prefill_seeded(audio, instructions, options)
             state = self._open(spliced, options)
@@ -755,6 +758,21 @@ class SpeechLLM(nn.Module):
     def skill_reply(self, prompt: str) -> str | None:
         """The reply of one of the model's skills to a text prompt (its last paragraph), or None."""
         return skill_reply(prompt, self.config.skills) if self.config.skills else None
+
+    def recording_answer(self, instruction_text: str) -> Answerer | None:
+        """How one of the model's skills answers the question about a whole clip in ``instruction_text``
+        from the clip's transcript (``gist``: what it is about), or None: the LLM answers. None for a model
+        with no transcript of its own (:attr:`transcriber`)."""
+        question = question_about_audio(instruction_text)
+        if question is None or not self.config.skills or self.transcriber is None:
+            return None
+        return recording_skill(question, self.config.skills)
+
+    def _answers_from_transcripts(self, audio: Sequence[np.ndarray],
+                                  instructions: Sequence[str]) -> list[Generation]:
+        heard = self.transcriber(audio)
+        return [self._as_generation(self.recording_answer(text)(said.text))
+                for text, said in zip(instructions, heard, strict=True)]
 
     def _as_generation(self, text: str) -> Generation:
         return Generation(tuple(self.tokenizer(text, add_special_tokens=False).input_ids), text, 0.0)
@@ -795,6 +813,9 @@ class SpeechLLM(nn.Module):
             return
         if audio is None and (answer := self.skill_reply(instruction_text)):
             yield answer
+            return
+        if audio is not None and self.recording_answer(instruction_text):
+            yield self._answers_from_transcripts([audio], [instruction_text])[0].text
             return
         with self.text_mode() if audio is None else nullcontext():
             clips = None if audio is None else [audio]

@@ -7,8 +7,13 @@ goes to the LLM as before. A skill answers only when the whole message (its last
 chat turn's history comes before it) is a question it knows, so "what is the sum of our costs"
 or "tell me three times you were wrong" still reach the LLM.
 
-A model folder names the skills it uses in config.json (``"skills": ["arithmetic", "clock"]``, the
-starter's); a new skill is one ``register_skill(Skill(...))``.
+A skill may also answer a question about a recording as a whole (``Skill.about_recording``): asked
+"what is this recording about?" or "summarize it", the starter's LLM, taught to quote what a recording
+says or to say it does not say, answered "The recording does not say.", and free-writing it made
+things up. ``gist`` answers with the recording's opening sentences, quoted from its transcript.
+
+A model folder names the skills it uses in config.json (``"skills": ["arithmetic", "clock", "gist"]``,
+the starter's); a new skill is one ``register_skill(Skill(...))``.
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ from fractions import Fraction
 
 from speechllm.text_normalize import number_to_words, read_number
 
+Answerer = Callable[[str], str]  # what a recording says (its transcript) -> the reply
+
 
 @dataclass(frozen=True)
 class Skill:
     name: str
     description: str
-    answer: Callable[[str], str | None]  # a message (lower case, no end punctuation) -> reply or None
+    # a message (lower case, no end punctuation) -> reply, or None: one it does not know
+    answer: Callable[[str], str | None] | None = None
+    # a question about a recording (lower case, no end punctuation) -> how to answer it from the transcript,
+    # or None: one it does not know
+    about_recording: Callable[[str], Answerer | None] | None = None
 
 
 SKILLS: dict[str, Skill] = {}
@@ -47,15 +58,33 @@ def check_skills(names: Sequence[str]) -> None:
         raise ValueError(f"unknown skill(s) {', '.join(unknown)} (known: {', '.join(SKILLS)})")
 
 
+def _question(message: str) -> str | None:
+    """A message's last paragraph, lower case, without end punctuation; None where that is empty or
+    several lines."""
+    question = message.strip().rsplit("\n\n", 1)[-1].strip().lower().rstrip("?.! ").strip()
+    return question if question and "\n" not in question else None
+
+
 def skill_reply(message: str, names: Sequence[str]) -> str | None:
     """The reply of the first of ``names`` that answers ``message`` (its last paragraph), or None."""
-    question = message.strip().rsplit("\n\n", 1)[-1].strip().lower().rstrip("?.! ").strip()
-    if not question or "\n" in question:
+    if (question := _question(message)) is None:
         return None
-    for name in names:
-        reply = SKILLS[name].answer(question)
+    for skill in (SKILLS[name] for name in names):
+        reply = skill.answer(question) if skill.answer else None
         if reply is not None:
             return reply
+    return None
+
+
+def recording_skill(question: str, names: Sequence[str]) -> Answerer | None:
+    """How the first of ``names`` that knows ``question`` (about a recording as a whole; its last
+    paragraph) answers it from the recording's transcript, or None: the LLM answers."""
+    if (asked := _question(question)) is None:
+        return None
+    for skill in (SKILLS[name] for name in names):
+        answerer = skill.about_recording(asked) if skill.about_recording else None
+        if answerer is not None:
+            return answerer
     return None
 
 
@@ -294,7 +323,7 @@ def _reply(node: _Node) -> str:
 
 
 register_skill(Skill("arithmetic", "sums, differences, products, quotients, powers, square roots and "
-                     "percentages, said in words or digits", arithmetic))
+                     "percentages, said in words or digits", answer=arithmetic))
 
 
 # ---------------------------------------------------------------- clock
@@ -318,4 +347,46 @@ def clock(question: str, now: Callable[[], datetime] = datetime.now) -> str | No
     return None
 
 
-register_skill(Skill("clock", "the time and the date (this computer's clock)", lambda q: clock(q)))
+register_skill(Skill("clock", "the time and the date (this computer's clock)", answer=lambda q: clock(q)))
+
+
+# ---------------------------------------------------------------- gist
+
+_RECORDING = (r"(it|this|that|(this|the|that) (recording|audio|clip|file|talk|speech|message|conversation|"
+              r"meeting|lecture|call|video|podcast|episode|interview|passage|story|speaker|voice message))")
+_PEOPLE = r"(it|he|she|they|you|the (speaker|speakers|people|person|man|woman))"
+_GIST = re.compile("|".join((
+    rf"((can|could) you )?(please )?(summari[sz]e|sum up|recap)( {_RECORDING})?( for me| briefly| please)*",
+    r"((can|could) you )?(please )?give (me )?(a|the) (short |brief |quick )?"
+    rf"(summary|gist|overview|rundown|recap)( of {_RECORDING})?( please)?",
+    rf"(what's|whats|what is|what was) {_RECORDING} (all )?about",
+    rf"(what's|whats|what is|what was) the (main )?(topic|subject|point|gist|theme|idea)( of {_RECORDING})?",
+    rf"(what|what's|whats) (is|are|was|were) {_PEOPLE} (talking|speaking|saying|on) about",
+    rf"what (is|are|was|were) {_PEOPLE} (saying|talking about)",
+    rf"what (does|did) {_RECORDING} say",
+    rf"what did {_PEOPLE} (say|talk about|speak about)",
+    rf"(what is|what was|what's|whats) said( in {_RECORDING})?",
+    rf"tell me (about|what is in|what's in) {_RECORDING}",
+    rf"(describe|outline) {_RECORDING}",
+)))
+
+
+def lead(transcript: str, words: int = 30, most: int = 60) -> str:
+    """A transcript's opening sentences, as said: sentences while they stay under ``words`` words (at least
+    one, at most three), cut with "..." at ``most`` words; "The recording does not say." for nothing heard."""
+    from speechllm.speechlm.tasks import NOT_STATED
+
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", " ".join(transcript.split())) if s]
+    if not sentences:
+        return NOT_STATED
+    taken = [sentences[0]]
+    for sentence in sentences[1:3]:
+        if len(" ".join(taken + [sentence]).split()) > words:
+            break
+        taken.append(sentence)
+    said = " ".join(taken).split()
+    return " ".join(said) if len(said) <= most else " ".join(said[:most]) + "..."
+
+
+register_skill(Skill("gist", "what a recording is about, or a summary of it: its opening sentences, quoted",
+                     about_recording=lambda q: lead if _GIST.fullmatch(q) else None))

@@ -55,6 +55,8 @@ class Task:
     reply_is_transcript: bool = False  # IFR: the reply should say what the audio says
     # the reply is a span of what the audio says, or NOT_STATED (decoding holds it to that)
     quotes_audio: bool = False
+    # its prompt is the user's own question or request about the audio (skills may know it: "gist")
+    prompt_asks: bool = False
 
 
 TASKS: dict[str, Task] = {}
@@ -124,9 +126,31 @@ def spoken_question_context(text: str) -> str | None:
     return None
 
 
-def task_of(text: str) -> str:
-    """The registered task an instruction text asks for (a free instruction: ``instruct``)."""
+def request_of(text: str) -> Request | None:
+    """What an instruction text asks for, after any context in front of the instruction (a chat's earlier
+    turns, ``Earlier in this conversation: ...``, end with a newline before it); with none that matches,
+    :func:`parse_instruction` of the whole text (a free instruction)."""
     request = parse_instruction(text)
+    if request is None or request.task != "instruct":
+        return request
+    for start in (i + 1 for i, c in enumerate(text) if c == "\n"):
+        after = parse_instruction(text[start:])
+        if after is not None and after.task != "instruct":
+            return after
+    return request
+
+
+def question_about_audio(text: str) -> str | None:
+    """The user's own question or request about the audio in an instruction text (a passage question's,
+    or a free instruction itself), or None for a task that asks none (``Task.prompt_asks``)."""
+    request = request_of(text)
+    return request.prompt if request is not None and TASKS[request.task].prompt_asks else None
+
+
+def task_of(text: str) -> str:
+    """The registered task an instruction text asks for, context in front aside (a free instruction:
+    ``instruct``)."""
+    request = request_of(text)
     return request.task if request is not None else "instruct"
 
 
@@ -240,7 +264,7 @@ for _task in (
          rows=("sqa",), accepts=lambda row: not row.prompt, example=_answer, metric=qa_accuracy),
     Task("passage-question", "Answer this question about the speech: {prompt}",
          "text question about a spoken passage", rows=("sqa",), accepts=lambda row: bool(row.prompt),
-         example=_answer, metric=qa_accuracy, quotes_audio=True),
-    Task("instruct", "{prompt}", "any free instruction", rows=("instruct",), example=_free),
+         example=_answer, metric=qa_accuracy, quotes_audio=True, prompt_asks=True),
+    Task("instruct", "{prompt}", "any free instruction", rows=("instruct",), example=_free, prompt_asks=True),
 ):
     register_task(_task)
