@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, localcontext
 from fractions import Fraction
+from typing import Any
 
 from speechllm.text_normalize import number_to_words, read_number
 
@@ -65,27 +66,24 @@ def _question(message: str) -> str | None:
     return question if question and "\n" not in question else None
 
 
-def skill_reply(message: str, names: Sequence[str]) -> str | None:
-    """The reply of the first of ``names`` that answers ``message`` (its last paragraph), or None."""
+def _first(message: str, names: Sequence[str], pick: Callable[[Skill, str], Any]) -> Any:
+    """``pick(skill, question)`` of the first of ``names`` that gives one (not None) for ``message``'s
+    question (:func:`_question`), or None."""
     if (question := _question(message)) is None:
         return None
-    for skill in (SKILLS[name] for name in names):
-        reply = skill.answer(question) if skill.answer else None
-        if reply is not None:
-            return reply
-    return None
+    return next((found for name in names if (found := pick(SKILLS[name], question)) is not None), None)
+
+
+def skill_reply(message: str, names: Sequence[str]) -> str | None:
+    """The reply of the first of ``names`` that answers ``message`` (its last paragraph), or None."""
+    return _first(message, names, lambda skill, q: skill.answer(q) if skill.answer else None)
 
 
 def recording_skill(question: str, names: Sequence[str]) -> Answerer | None:
     """How the first of ``names`` that knows ``question`` (about a recording as a whole; its last
     paragraph) answers it from the recording's transcript, or None: the LLM answers."""
-    if (asked := _question(question)) is None:
-        return None
-    for skill in (SKILLS[name] for name in names):
-        answerer = skill.about_recording(asked) if skill.about_recording else None
-        if answerer is not None:
-            return answerer
-    return None
+    return _first(question, names,
+                  lambda skill, q: skill.about_recording(q) if skill.about_recording else None)
 
 
 # ---------------------------------------------------------------- arithmetic
