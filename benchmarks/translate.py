@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build", type=Path, help="synthesize the clips and test.jsonl into this folder")
     parser.add_argument("--everyday", type=int, default=100)
-    parser.add_argument("--verses", type=int, default=50)
+    parser.add_argument("--verses", type=int, default=250)
     parser.add_argument("--max-words", type=int, default=14, help="verses of at most this many words")
     parser.add_argument("--data", type=Path, help="a folder written by --build")
     parser.add_argument("--models", nargs="+", default=["speechllm-translate"])

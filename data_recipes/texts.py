@@ -136,10 +136,10 @@ def split_of(key: str) -> str:
     return "test" if u < TEST_FRACTION else "dev" if u < TEST_FRACTION + DEV_FRACTION else "train"
 
 
-def held_out_verses(count: int = 50, max_words: int = 14, seed: int = 7) -> list[VersePair]:
+def held_out_verses(count: int = 250, max_words: int = 14, seed: int = 7) -> list[VersePair]:
     """The short verses the translation benchmark speaks (``benchmarks/translate.py``), drawn from the
     ``st`` recipe's test split (keyed by the English verse), so no training row ever holds one; never
-    put them in anything a model looks up either (the shipped translation memories leave them out)."""
+    put that split in anything a model looks up either (the shipped translation memories leave it out)."""
     rng = np.random.default_rng(seed)
     pool = [v for v in verse_pairs() if len(v.es.split()) <= max_words and len(v.en.split()) <= max_words + 4
             and split_of(v.en) == "test"]

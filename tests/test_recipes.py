@@ -268,12 +268,15 @@ def test_held_out_verses_are_in_no_training_row_and_by_example_rows_never_show_t
     from speechllm.data_recipes.text_rows import text_rows
 
     held_out = texts.held_out_verses()
-    assert len(held_out) == 50 and all(split_of(v.en) == "test" for v in held_out)
+    assert len(held_out) == 250 and all(split_of(v.en) == "test" for v in held_out)
     rows = list(text_rows("st-by-example", 40, seed=0))
     assert not {r["source"] for r in rows} & {f"bible:{v.ref}" for v in held_out}
     with_examples = [r for r in rows if r.get("prompt")]
     assert len(with_examples) > 20
     assert all(" ".join(r["source_text"].split()) not in r["prompt"] for r in with_examples)
+    from speechllm.data_recipes.translation_memory import bible_memory  # nor any other test-split verse
+    shown = {source for source, _ in bible_memory().pairs}
+    assert not any(" ".join(v.es.split()) in shown for v in texts.verse_pairs() if split_of(v.en) == "test")
     assert all(r["prompt"].startswith("Spanish: ") and r["prompt"].count("\nEnglish: ") <= 2
                for r in with_examples)
 

@@ -7,9 +7,10 @@ its source side shares with each pair. Pairs that share too little (``min_score`
 returned, so an everyday sentence keeps the caller's fixed demonstrations instead of borrowing
 archaic Bible verses.
 
-The memory shipped with ``speechllm-translate`` is Reina-Valera 1909 -> World English Bible, minus
-the verses the translation benchmark holds out (``data_recipes/texts.py: held_out_verses``); build
-it with ``python -m speechllm.data_recipes.translation_memory OUT.tsv.gz``.
+The memory shipped with ``speechllm-translate`` and the starter is Reina-Valera 1909 -> World English
+Bible, minus the ``st`` recipe's test split, where the translation benchmark draws its verses
+(``data_recipes/texts.py: held_out_verses``); build it with ``python -m
+speechllm.data_recipes.translation_memory OUT.tsv.gz``.
 """
 
 from __future__ import annotations
