@@ -28,6 +28,7 @@ from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Any
 
+from speechllm.speechlm.tasks import NOT_STATED
 from speechllm.text_normalize import number_to_words, read_number
 
 Answerer = Callable[[str], str]  # what a recording says (its transcript) -> the reply
@@ -372,8 +373,6 @@ _GIST = re.compile("|".join((
 def lead(transcript: str, words: int = 30, most: int = 60) -> str:
     """A transcript's opening sentences, as said: sentences while they stay under ``words`` words (at least
     one, at most three), cut with "..." at ``most`` words; "The recording does not say." for nothing heard."""
-    from speechllm.speechlm.tasks import NOT_STATED
-
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", " ".join(transcript.split())) if s]
     if not sentences:
         return NOT_STATED
