@@ -110,8 +110,8 @@ def for_drafting(head: DraftHead) -> DraftHead:
 class HeadDrafter:
     """A :class:`DraftHead` bound to its LLM: drafts a chain of tokens from a final hidden state, through
     int8 copies of the head and of the output rows of its vocabulary (``quantized``: :func:`for_drafting`).
-    ``min_prob`` 0.5: at 0.3 the starter's free chat ran at 0.98x greedy, at 0.5 1.00x, with passage answers
-    and copies as fast (runs/decoding/LOG.md, session 38)."""
+    ``min_prob``: a chain stops before a token the head is less sure of (0.5: at 0.3 its unsure drafts cost
+    free chat more than they gained; runs/decoding/LOG.md, session 38)."""
 
     def __init__(self, head: DraftHead, vocab: Tensor, llm: nn.Module, min_prob: float = 0.5,
                  quantized: bool = True):
